@@ -1,1 +1,13 @@
+//! Ferry's integration tests: one binary, one module per topic. Tests that mount need root and
+//! /dev/fuse (CI has both); without them they say SKIPPED on stderr and return.
 
+// Real mounts through the real binaries, and the compare-two-trees machinery.
+mod harness;
+// The same operation sequences on a mount and on a plain directory.
+mod posix;
+// Path attacks and hostile bytes sent straight to ferry-host.
+mod attacks;
+// The two halves as separate processes: listeners, tokens, several exports and agents.
+mod cli;
+// Real programs on the mount: git, tar.
+mod programs;

@@ -1,1 +1,346 @@
+//! The Ferry guest agent: mounts host exports inside the VM with FUSE and forwards every FUSE
+//! request to the host server over one byte stream.
+//!
+//! - [`client`]: the connection to the host server — handshake, request multiplexing, the
+//!   reader thread that dispatches replies to callbacks. Usable without `/dev/fuse`.
+//! - [`fs`]: [`FerryFs`], the `fuser::Filesystem` adapter turning FUSE calls into protocol
+//!   requests and replies back into FUSE replies, plus attribute conversions.
+//! - [`mount`]: mounting one export ([`mount()`], [`MountOptions`]) and unmounting it with
+//!   `MNT_DETACH` ([`MountHandle`]).
+//! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
+//!   [`serve_stream`], [`serve`]), logging, signal and token helpers for the command lines.
 
+pub mod client;
+pub mod fs;
+pub mod mount;
+
+use std::fmt;
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::{error, info, warn};
+
+pub use client::{Client, ClientConfig, ClientError, OwnedReply};
+pub use fs::FerryFs;
+pub use mount::{MountError, MountHandle, MountOptions, mount};
+
+/// Where the host server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectAddr {
+    /// A Unix socket path (`unix:PATH`).
+    Unix(PathBuf),
+    /// A TCP address, `HOST:PORT` (`tcp:HOST:PORT`).
+    Tcp(String),
+}
+
+/// Error from parsing a [`ConnectAddr`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server address {input:?}: {why}; expected unix:PATH or tcp:HOST:PORT")]
+pub struct ParseConnectAddrError {
+    input: String,
+    why: &'static str,
+}
+
+impl FromStr for ConnectAddr {
+    type Err = ParseConnectAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| ParseConnectAddrError {
+            input: s.to_string(),
+            why,
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(err("empty socket path"));
+            }
+            Ok(ConnectAddr::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = s.strip_prefix("tcp:") {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| err("missing port"))?;
+            if host.is_empty() {
+                return Err(err("empty host"));
+            }
+            port.parse::<u16>().map_err(|_| err("invalid port"))?;
+            Ok(ConnectAddr::Tcp(addr.to_string()))
+        } else {
+            Err(err("unknown scheme"))
+        }
+    }
+}
+
+impl fmt::Display for ConnectAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ConnectAddr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+impl ConnectAddr {
+    /// Connects and performs the handshake.
+    pub fn connect(&self, config: &ClientConfig) -> anyhow::Result<Arc<Client>> {
+        let client = match self {
+            ConnectAddr::Unix(path) => {
+                let stream = UnixStream::connect(path)
+                    .with_context(|| format!("cannot connect to {self}"))?;
+                Client::connect_unix(stream, config)
+            }
+            ConnectAddr::Tcp(addr) => {
+                let stream = TcpStream::connect(addr.as_str())
+                    .with_context(|| format!("cannot connect to {self}"))?;
+                Client::connect_tcp(stream, config)
+            }
+        };
+        client.with_context(|| format!("handshake with {self} failed"))
+    }
+}
+
+/// What the agent does: connect to one server and mount exports from it.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The server.
+    pub connect: ConnectAddr,
+    /// Shared secret (required by TCP listeners).
+    pub token: Option<Vec<u8>>,
+    /// `(export name, mountpoint)` pairs.
+    pub mounts: Vec<(String, PathBuf)>,
+    /// Entry/attribute cache timeout.
+    pub ttl: Duration,
+}
+
+/// The client name this agent announces.
+pub fn client_name() -> String {
+    format!(
+        "ferry-agent {} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    )
+}
+
+/// Connects to `config.connect`, mounts every requested export, then waits until `shutdown`
+/// receives (or its sender is dropped) or the server connection closes; then unmounts
+/// everything (`MNT_DETACH`) and returns.
+pub fn run(config: AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
+    let client = config.connect.connect(&client_config(&config))?;
+    serve(client, &mount_options(&config), shutdown)
+}
+
+/// As [`run`], over an already-connected Unix stream (e.g. one end of an in-process
+/// `UnixStream::pair()`); `config.connect` is not used.
+pub fn serve_stream(
+    stream: UnixStream,
+    config: &AgentConfig,
+    shutdown: Receiver<()>,
+) -> anyhow::Result<()> {
+    let client =
+        Client::connect_unix(stream, &client_config(config)).context("handshake failed")?;
+    serve(client, &mount_options(config), shutdown)
+}
+
+/// As [`run`], over any stream split into a reader and a writer.
+pub fn serve_io(
+    reader: Box<dyn std::io::Read + Send>,
+    writer: Box<dyn std::io::Write + Send>,
+    config: &ClientConfig,
+    mounts: &[MountOptions],
+    shutdown: Receiver<()>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(reader, writer, config).context("handshake failed")?;
+    serve(client, mounts, shutdown)
+}
+
+fn client_config(config: &AgentConfig) -> ClientConfig {
+    ClientConfig {
+        token: config.token.clone(),
+        client_name: client_name(),
+    }
+}
+
+fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
+    config
+        .mounts
+        .iter()
+        .map(|(export, mountpoint)| MountOptions {
+            ttl: config.ttl,
+            ..MountOptions::new(export.clone(), mountpoint.clone())
+        })
+        .collect()
+}
+
+/// Logs to stderr through `tracing`; `RUST_LOG` overrides the default filter (`info`, with
+/// fuser's own chatter at `warn`). Calling it twice is harmless.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it before starting other
+/// threads, which inherit the mask) and returns a receiver that gets `()` on the first of
+/// them. A second signal exits the process at once (status 130).
+pub fn shutdown_on_signals() -> anyhow::Result<Receiver<()>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set.thread_block()
+        .context("cannot block termination signals")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ferry-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            loop {
+                match set.wait() {
+                    Ok(sig) if first => {
+                        info!("received {sig}, shutting down");
+                        first = false;
+                        let _ = tx.send(());
+                    }
+                    Ok(sig) => {
+                        warn!("received {sig} again, exiting now");
+                        std::process::exit(130);
+                    }
+                    Err(e) => {
+                        error!("sigwait failed: {e}");
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(rx)
+}
+
+/// The shared token from `--token-file` (one trailing newline ignored) or `--token`; giving
+/// both is an error, an empty token too.
+pub fn load_token(
+    file: Option<&std::path::Path>,
+    token: Option<&str>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let t = match (file, token) {
+        (Some(_), Some(_)) => anyhow::bail!("give either a token file or a token, not both"),
+        (Some(path), None) => {
+            let mut t = std::fs::read(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            if t.ends_with(b"\n") {
+                t.pop();
+                if t.ends_with(b"\r") {
+                    t.pop();
+                }
+            }
+            t
+        }
+        (None, Some(t)) => t.as_bytes().to_vec(),
+        (None, None) => return Ok(None),
+    };
+    anyhow::ensure!(!t.is_empty(), "the token is empty");
+    Ok(Some(t))
+}
+
+/// The agent's main loop over a connected client: mounts `mounts` (all or none: on a failure
+/// the ones already mounted are unmounted), waits until `shutdown` receives or is
+/// disconnected, or the connection closes, or every mount has been unmounted from outside;
+/// then unmounts everything and closes the connection.
+pub fn serve(
+    client: Arc<Client>,
+    mounts: &[MountOptions],
+    shutdown: Receiver<()>,
+) -> anyhow::Result<()> {
+    let mut handles: Vec<MountHandle> = Vec::with_capacity(mounts.len());
+    for opts in mounts {
+        match mount::mount(client.clone(), opts) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                unmount_all(handles);
+                client.shutdown();
+                return Err(e.into());
+            }
+        }
+    }
+
+    let mut reported = vec![false; handles.len()];
+    loop {
+        match shutdown.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                info!("shutdown requested");
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if client.is_closed() {
+            warn!("the connection to the server is closed; unmounting");
+            break;
+        }
+        for (h, seen) in handles.iter().zip(reported.iter_mut()) {
+            if !*seen && h.is_finished() {
+                warn!(export = h.export(), mountpoint = %h.mountpoint().display(),
+                      "the mount was unmounted from outside");
+                *seen = true;
+            }
+        }
+        if !handles.is_empty() && reported.iter().all(|&r| r) {
+            info!("every mount is gone; stopping");
+            break;
+        }
+    }
+    unmount_all(handles);
+    client.shutdown();
+    Ok(())
+}
+
+fn unmount_all(handles: Vec<MountHandle>) {
+    for h in handles {
+        let mp = h.mountpoint().to_path_buf();
+        if let Err(e) = h.unmount() {
+            error!(mountpoint = %mp.display(), "unmount failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_connect_addr() {
+        assert_eq!(
+            "unix:/run/ferry.sock".parse::<ConnectAddr>().unwrap(),
+            ConnectAddr::Unix("/run/ferry.sock".into())
+        );
+        assert_eq!(
+            "tcp:10.0.2.2:7070".parse::<ConnectAddr>().unwrap(),
+            ConnectAddr::Tcp("10.0.2.2:7070".into())
+        );
+        assert_eq!(
+            "tcp:[::1]:7070".parse::<ConnectAddr>().unwrap(),
+            ConnectAddr::Tcp("[::1]:7070".into())
+        );
+        for bad in [
+            "",
+            "unix:",
+            "tcp:host",
+            "tcp::80",
+            "tcp:host:http",
+            "/run/x.sock",
+            "vsock:3:5",
+        ] {
+            let e = bad.parse::<ConnectAddr>().unwrap_err().to_string();
+            assert!(e.contains("unix:PATH or tcp:HOST:PORT"), "{e}");
+        }
+        let a: ConnectAddr = "tcp:localhost:1".parse().unwrap();
+        assert_eq!(a.to_string().parse::<ConnectAddr>().unwrap(), a);
+    }
+}

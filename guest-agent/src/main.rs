@@ -1,1 +1,77 @@
-fn main(){}
+//! `ferry-agent`: the command line over [`ferry_agent::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_agent::{AgentConfig, ConnectAddr};
+
+/// Mount Ferry exports inside the VM with FUSE.
+///
+/// Connects to a ferry-host, mounts each requested export, and serves the mounts until SIGINT or
+/// SIGTERM (or until the server goes away), then unmounts them all (lazily, so open files do
+/// not block the exit).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The ferry-host to connect to: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    connect: ConnectAddr,
+
+    /// Export to mount, as NAME=MOUNTPOINT (NAME as given to ferry-host --export). Repeat for
+    /// several mounts.
+    #[arg(long = "mount", value_name = "NAME=MOUNTPOINT", required = true, value_parser = parse_mount)]
+    mounts: Vec<(String, PathBuf)>,
+
+    /// File holding the shared token the server requires (trailing newline ignored).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+
+    /// The shared token itself; prefer --token-file, which keeps it out of `ps`.
+    #[arg(
+        long,
+        env = "FERRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
+    /// How long the guest kernel may cache names and attributes, in milliseconds. Host-side
+    /// changes can take this long to show.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    attr_timeout_ms: u64,
+}
+
+fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --mount {s:?}: expected NAME=MOUNTPOINT"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("invalid --mount {s:?}: expected NAME=MOUNTPOINT"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn main() -> std::process::ExitCode {
+    ferry_agent::init_logging();
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let shutdown = ferry_agent::shutdown_on_signals()?;
+    let token = ferry_agent::load_token(args.token_file.as_deref(), args.token.as_deref())?;
+    let config = AgentConfig {
+        connect: args.connect,
+        token,
+        mounts: args.mounts,
+        ttl: Duration::from_millis(args.attr_timeout_ms),
+    };
+    ferry_agent::run(config, shutdown)
+}

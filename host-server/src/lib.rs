@@ -1,1 +1,130 @@
+//! The Ferry host server: exports host directories to guests.
+//!
+//! - [`export`]: the export core. A FUSE-shaped, transport-neutral API over one host directory
+//!   (node ids with lookup counts, file handles), with the path-safety rules. Knows nothing of
+//!   sockets, FUSE sessions, vsock or vhost-user.
+//! - [`conn`]: one guest connection, generic over the byte stream: handshake, concurrent
+//!   request dispatch onto the export core, reply framing.
+//! - [`transport`]: listeners (Unix socket, TCP) that accept streams and hand them to `conn`.
+//! - [`config`]: the command-line configuration and its parsing.
+//!
+//! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
+pub mod config;
+pub mod conn;
+pub mod export;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::info;
+
+pub use config::{ExportSpec, ServerConfig};
+pub use conn::{ServerState, serve_connection};
+pub use export::{
+    Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
+};
+pub use transport::{ListenAddr, Listener};
+
+/// Opens every export, checking that each is a directory the server can use.
+pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
+    let mut seen = std::collections::HashSet::new();
+    specs
+        .iter()
+        .map(|s| {
+            anyhow::ensure!(
+                seen.insert(s.name.clone()),
+                "export name {:?} is given twice",
+                s.name
+            );
+            Export::open(ExportConfig {
+                name: s.name.clone(),
+                path: s.path.clone(),
+                read_only: s.read_only,
+            })
+            .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
+        })
+        .collect()
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.exports.is_empty(), "no --export given");
+    anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
+    if config.token.is_none() {
+        if let Some(a) = config.listen.iter().find(|a| a.requires_token()) {
+            anyhow::bail!(
+                "{a}: TCP listeners require a shared token; give --token-file PATH or set FERRY_TOKEN"
+            );
+        }
+    }
+    let exports = open_exports(&config.exports)?;
+    for (e, spec) in exports.iter().zip(&config.exports) {
+        info!(
+            name = e.name(),
+            read_only = e.read_only(),
+            "exporting {}",
+            spec.path.display()
+        );
+    }
+    let state = Arc::new(ServerState {
+        exports,
+        token: config.token.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in &config.listen {
+        let listener = Listener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tasks.spawn(listener.serve(state.clone()));
+    }
+    shutdown.await;
+    info!("shutting down");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Reads the shared token from a file (trailing whitespace dropped) or takes it as given.
+pub fn load_token(
+    file: Option<&std::path::Path>,
+    value: Option<&str>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let token = match (file, value) {
+        (Some(path), _) => {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?;
+            let end = raw
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |i| i + 1);
+            raw[..end].to_vec()
+        }
+        (None, Some(v)) => v.as_bytes().to_vec(),
+        (None, None) => return Ok(None),
+    };
+    anyhow::ensure!(!token.is_empty(), "the token is empty");
+    Ok(Some(token))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -101,7 +101,12 @@ impl fmt::Debug for Errno {
 
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} ({})", self, std::io::Error::from_raw_os_error(self.0))
+        write!(
+            f,
+            "{:?} ({})",
+            self,
+            std::io::Error::from_raw_os_error(self.0)
+        )
     }
 }
 

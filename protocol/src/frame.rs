@@ -102,9 +102,8 @@ impl FrameHeader {
                 need: HEADER_LEN,
                 have: bytes.len(),
             })?;
-        let le32 = |r: std::ops::Range<usize>| {
-            u32::from_le_bytes(b[r].try_into().expect("4-byte range"))
-        };
+        let le32 =
+            |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4-byte range"));
         let len = le32(0..4);
         if (len as usize) < HEADER_LEN {
             return Err(DecodeError::FrameTooShort(len));

@@ -14,6 +14,9 @@ pub mod errno;
 pub mod frame;
 pub mod messages;
 
+#[cfg(test)]
+mod tests;
+
 pub use errno::Errno;
 pub use frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_DATA, MAX_FRAME};
 pub use messages::*;

@@ -546,6 +546,10 @@ impl<'a> ReplyFrame<'a> {
         let op = self.op as u16;
         let id = self.id;
         let k = FrameKind::Reply;
+        if self.op.reply_kind() == ReplyKind::None {
+            // Not even an error: the guest expects nothing for these ids.
+            return Err(EncodeError::ReplyMismatch(self.op));
+        }
         let reply = match &self.result {
             Err(e) => {
                 if e.0 <= 0 {
@@ -591,6 +595,9 @@ impl<'a> ReplyFrame<'a> {
         }
         let op = Opcode::from_u16(h.op).ok_or(DecodeError::UnknownOpcode(h.op))?;
         let kind = op.reply_kind();
+        if kind == ReplyKind::None {
+            return Err(DecodeError::UnexpectedReply(op));
+        }
         let data_ok = matches!(kind, ReplyKind::Data | ReplyKind::Xattr);
         if !frame.payload.is_empty() && !data_ok {
             return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
@@ -628,6 +635,9 @@ impl<'a> ReplyFrame<'a> {
             ReplyKind::Statfs => Reply::Statfs(decode_exact(m)?),
             // An xattr reply is either a size (meta) or the data (payload with empty meta).
             ReplyKind::Xattr if m.is_empty() => Reply::Data(frame.payload),
+            ReplyKind::Xattr if !frame.payload.is_empty() => {
+                return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
+            }
             ReplyKind::Xattr => Reply::XattrSize(decode_exact(m)?),
             ReplyKind::Offset => Reply::Offset(decode_exact(m)?),
             ReplyKind::Lock => Reply::Lock(decode_exact(m)?),
@@ -694,9 +704,14 @@ impl Notice {
             return Err(DecodeError::UnexpectedKind(frame.header.kind));
         }
         Ok(match frame.header.op {
-            notice::SHUTDOWN => Some(Notice::Shutdown {
-                reason: decode_exact(frame.meta)?,
-            }),
+            notice::SHUTDOWN => {
+                if !frame.payload.is_empty() {
+                    return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
+                }
+                Some(Notice::Shutdown {
+                    reason: decode_exact(frame.meta)?,
+                })
+            }
             _ => None,
         })
     }

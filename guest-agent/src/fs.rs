@@ -1,0 +1,1100 @@
+//! [`FerryFs`]: the `fuser::Filesystem` that forwards every FUSE request to the host server.
+//!
+//! Each method converts fuser's arguments into a protocol request body and hands it to
+//! [`Client::call`] together with a closure that owns fuser's reply object; the closure answers
+//! the kernel from the client's reader thread once the server replies. A FUSE thread never
+//! waits for the server.
+//!
+//! Caching: entry and attribute TTLs come from [`crate::MountOptions::ttl`] (1 s by default)
+//! until the host sends change events. The kernel page cache stays on, with
+//! `FUSE_AUTO_INVAL_DATA` so that cached pages are dropped when a refreshed mtime or size
+//! differs; `FUSE_WRITEBACK_CACHE` stays off so writes reach the host at once.
+//!
+//! Forgets: fuser 0.18 does not export the `ForgetOne` type of `batch_forget`, so that method
+//! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
+//! `Forget` frame.
+//!
+//! Locks: `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS` are not requested (fuser 0.18 does not pass
+//! `lk_flags`, so flock and POSIX locks could not be told apart): both stay local to the guest
+//! kernel for now. `getlk`/`setlk` are forwarded should the kernel ever call them.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_protocol as proto;
+use ferry_protocol::{Attr, Ctx, Errno, MAX_DATA, Reply, Request as Req, SetTime, Timespec};
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, error};
+
+use crate::client::Client;
+
+/// Bytes' worth of entries asked from the server per readdir. fuser 0.18 does not expose the
+/// kernel's buffer size; the kernel asks again when a reply leaves room, and entries that do
+/// not fit are dropped (readdir) or forgotten again (readdirplus).
+pub const DIR_BUF_SIZE: u32 = 4096;
+
+/// The FUSE adapter for one export.
+#[derive(Debug)]
+pub struct FerryFs {
+    client: Arc<Client>,
+    export: u32,
+    ttl: Duration,
+    /// Lookups the server took for readdirplus entries the kernel never saw; given back with
+    /// the next `Forget` sent from a FUSE thread (never from the reader thread).
+    deferred_forgets: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl FerryFs {
+    /// An adapter forwarding to export `export` of `client`, with the given entry/attr TTL.
+    pub fn new(client: Arc<Client>, export: u32, ttl: Duration) -> Self {
+        Self {
+            client,
+            export,
+            ttl,
+            deferred_forgets: Arc::default(),
+        }
+    }
+
+    fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
+    where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        self.client
+            .call(self.export, ctx(req), &body, payload, Box::new(done));
+    }
+
+    fn forget_nodes(&self, req: &Request, mut nodes: Vec<(u64, u64)>) {
+        nodes.append(&mut self.take_deferred());
+        if nodes.is_empty() {
+            return;
+        }
+        self.client
+            .send_oneway(self.export, ctx(req), &Req::Forget(proto::Forget { nodes }));
+    }
+
+    fn take_deferred(&self) -> Vec<(u64, u64)> {
+        std::mem::take(
+            &mut *self
+                .deferred_forgets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    fn flush_deferred(&self, req: &Request) {
+        let nodes = self.take_deferred();
+        if !nodes.is_empty() {
+            self.forget_nodes(req, nodes);
+        }
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+fn bytes(s: &OsStr) -> &[u8] {
+    s.as_bytes()
+}
+
+/// Logs a reply of the wrong kind for `op` and returns EIO for the kernel.
+fn wrong(op: &str, r: &Reply<'_>) -> fuser::Errno {
+    error!(op, reply = ?std::mem::discriminant(r), "server sent a reply of the wrong kind");
+    fuser::Errno::EIO
+}
+
+/// Protocol time → `SystemTime` (saturating at the epoch on overflow).
+pub fn system_time(t: Timespec) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
+    let base = if t.sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(t.sec as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(t.sec.unsigned_abs()))
+    };
+    base.and_then(|b| b.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
+}
+
+/// `SystemTime` → protocol time (before the epoch: negative seconds, positive nanoseconds).
+pub fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs().min(i64::MAX as u64) as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut sec = -(d.as_secs().min(i64::MAX as u64) as i64);
+            let mut nsec = d.subsec_nanos();
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+/// File type from `st_mode`; unknown types are reported as regular files.
+pub fn kind_from_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// File type from a `DT_*` value; `DT_UNKNOWN` and others are reported as regular files
+/// (fuser has no "unknown" type).
+pub fn kind_from_dtype(dt: u8) -> FileType {
+    match dt {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn mode_from_dtype(dt: u8) -> u32 {
+    match kind_from_dtype(dt) {
+        FileType::Directory => libc::S_IFDIR,
+        FileType::Symlink => libc::S_IFLNK,
+        FileType::NamedPipe => libc::S_IFIFO,
+        FileType::CharDevice => libc::S_IFCHR,
+        FileType::BlockDevice => libc::S_IFBLK,
+        FileType::Socket => libc::S_IFSOCK,
+        FileType::RegularFile => libc::S_IFREG,
+    }
+}
+
+/// Protocol [`Attr`] → `fuser::FileAttr`.
+pub fn file_attr(a: &Attr) -> FileAttr {
+    let mtime = system_time(a.mtime);
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime,
+        ctime: system_time(a.ctime),
+        crtime: mtime,
+        kind: kind_from_mode(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+/// The attributes of an [`proto::Entry`], with the node id taken from the entry.
+fn entry_attr(e: &proto::Entry) -> FileAttr {
+    let mut attr = file_attr(&e.attr);
+    attr.ino = INodeNo(e.ino);
+    attr
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(timespec(t)),
+    }
+}
+
+fn fopen_flags(bits: u32) -> FopenFlags {
+    let mut f = FopenFlags::from_bits_truncate(bits);
+    // Passthrough needs a backing fd in this process; fuser asserts it is absent here.
+    f.remove(FopenFlags::FOPEN_PASSTHROUGH);
+    f
+}
+
+fn entry_done(
+    op: &'static str,
+    ttl: Duration,
+    reply: ReplyEntry,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Entry(e)) => reply.entry(&ttl, &entry_attr(&e), Generation(e.generation)),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn attr_done(
+    op: &'static str,
+    ttl: Duration,
+    reply: ReplyAttr,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(&a)),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn empty_done(
+    op: &'static str,
+    reply: ReplyEmpty,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Empty) => reply.ok(),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn data_done(
+    op: &'static str,
+    reply: ReplyData,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Data(d)) => reply.data(d),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn open_done(
+    op: &'static str,
+    reply: ReplyOpen,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Opened(o)) => reply.opened(FileHandle(o.fh), fopen_flags(o.open_flags)),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn written_done(
+    op: &'static str,
+    reply: ReplyWrite,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::Written(n)) => reply.written(n),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn xattr_done(
+    op: &'static str,
+    size: u32,
+    reply: ReplyXattr,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(Reply::XattrSize(n)) if size == 0 => reply.size(n),
+        Ok(Reply::Data(d)) if size == 0 => reply.size(d.len() as u32),
+        Ok(Reply::Data(d)) if d.len() <= size as usize => reply.data(d),
+        Ok(Reply::Data(_) | Reply::XattrSize(_)) => reply.error(fuser::Errno::ERANGE),
+        Ok(other) => reply.error(wrong(op, &other)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl Filesystem for FerryFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_DATA as u32) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_DATA as u32) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let mut wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            // open() forwards O_TRUNC to the host.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        if self.client.welcome().features & proto::features::READDIRPLUS != 0 {
+            wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        }
+        for flag in wanted.iter() {
+            if let Err(missing) = config.add_capabilities(flag) {
+                debug!(?missing, "kernel lacks FUSE capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let body = Req::Lookup(proto::Lookup {
+            parent: parent.0,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], entry_done("lookup", self.ttl, reply));
+    }
+
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_nodes(req, vec![(ino.0, nlookup)]);
+    }
+
+    // `batch_forget` is not overridden: fuser 0.18 does not export `ForgetOne`, so its
+    // default implementation calls `forget` for each node (one Forget frame each).
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let body = Req::Getattr(proto::Getattr {
+            ino: ino.0,
+            fh: fh.map(|f| f.0),
+        });
+        self.call(req, body, &[], attr_done("getattr", self.ttl, reply));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let body = Req::Setattr(proto::Setattr {
+            ino: ino.0,
+            fh: fh.map(|f| f.0),
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        });
+        self.call(req, body, &[], attr_done("setattr", self.ttl, reply));
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let body = Req::Readlink(proto::Readlink { ino: ino.0 });
+        self.call(req, body, &[], data_done("readlink", reply));
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let body = Req::Mknod(proto::Mknod {
+            parent: parent.0,
+            name: bytes(name),
+            mode,
+            rdev,
+            umask,
+        });
+        self.call(req, body, &[], entry_done("mknod", self.ttl, reply));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let body = Req::Mkdir(proto::Mkdir {
+            parent: parent.0,
+            name: bytes(name),
+            mode,
+            umask,
+        });
+        self.call(req, body, &[], entry_done("mkdir", self.ttl, reply));
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = Req::Unlink(proto::Unlink {
+            parent: parent.0,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], empty_done("unlink", reply));
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = Req::Rmdir(proto::Rmdir {
+            parent: parent.0,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], empty_done("rmdir", reply));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let body = Req::Symlink(proto::Symlink {
+            parent: parent.0,
+            name: bytes(link_name),
+            target: target.as_os_str().as_bytes(),
+        });
+        self.call(req, body, &[], entry_done("symlink", self.ttl, reply));
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Rename(proto::Rename {
+            parent: parent.0,
+            name: bytes(name),
+            newparent: newparent.0,
+            newname: bytes(newname),
+            flags: flags.bits(),
+        });
+        self.call(req, body, &[], empty_done("rename", reply));
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let body = Req::Link(proto::Link {
+            ino: ino.0,
+            newparent: newparent.0,
+            newname: bytes(newname),
+        });
+        self.call(req, body, &[], entry_done("link", self.ttl, reply));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let body = Req::Open(proto::Open {
+            ino: ino.0,
+            flags: flags.0,
+        });
+        self.call(req, body, &[], open_done("open", reply));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let body = Req::Create(proto::Create {
+            parent: parent.0,
+            name: bytes(name),
+            mode,
+            umask,
+            flags,
+        });
+        let ttl = self.ttl;
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Created(c)) => reply.created(
+                &ttl,
+                &entry_attr(&c.entry),
+                Generation(c.entry.generation),
+                FileHandle(c.opened.fh),
+                fopen_flags(c.opened.open_flags),
+            ),
+            Ok(other) => reply.error(wrong("create", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if size as usize > MAX_DATA {
+            // Cannot happen with max_pages derived from max_write = MAX_DATA; a short read
+            // would be zero-filled by the kernel, so refuse instead.
+            error!(size, "read larger than the protocol allows");
+            reply.error(fuser::Errno::EINVAL);
+            return;
+        }
+        let body = Req::Read(proto::Read {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size,
+        });
+        self.call(req, body, &[], data_done("read", reply));
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let body = Req::Write(proto::Write {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            write_flags: write_flags.bits(),
+            flags: flags.0,
+        });
+        self.call(req, body, data, written_done("write", reply));
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Flush(proto::Flush {
+            ino: ino.0,
+            fh: fh.0,
+            lock_owner: lock_owner.0,
+        });
+        self.call(req, body, &[], empty_done("flush", reply));
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Release(proto::Release {
+            ino: ino.0,
+            fh: fh.0,
+            flags: flags.0,
+            lock_owner: lock_owner.map(|o| o.0),
+            flush,
+        });
+        self.call(req, body, &[], empty_done("release", reply));
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Fsync(proto::Fsync {
+            ino: ino.0,
+            fh: fh.0,
+            datasync,
+        });
+        self.call(req, body, &[], empty_done("fsync", reply));
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let body = Req::Opendir(proto::Opendir {
+            ino: ino.0,
+            flags: flags.0,
+        });
+        self.call(req, body, &[], open_done("opendir", reply));
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let body = Req::Readdir(proto::Readdir {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size: DIR_BUF_SIZE,
+        });
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Dir(entries)) => {
+                for e in &entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(INodeNo(e.ino), e.offset, kind_from_dtype(e.kind), name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Ok(other) => reply.error(wrong("readdir", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.flush_deferred(req);
+        let body = Req::Readdirplus(proto::Readdirplus {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size: DIR_BUF_SIZE,
+        });
+        let ttl = self.ttl;
+        let deferred = self.deferred_forgets.clone();
+        let dir = ino.0;
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::DirPlus(entries)) => {
+                let forgets = fill_dirplus(&mut reply, dir, ttl, &entries);
+                reply.ok();
+                if !forgets.is_empty() {
+                    deferred
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(forgets);
+                }
+            }
+            Ok(other) => reply.error(wrong("readdirplus", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn releasedir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.flush_deferred(req);
+        let body = Req::Releasedir(proto::Releasedir {
+            ino: ino.0,
+            fh: fh.0,
+            flags: flags.0,
+        });
+        self.call(req, body, &[], empty_done("releasedir", reply));
+    }
+
+    fn fsyncdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Fsyncdir(proto::Fsyncdir {
+            ino: ino.0,
+            fh: fh.0,
+            datasync,
+        });
+        self.call(req, body, &[], empty_done("fsyncdir", reply));
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let body = Req::StatfsReq(proto::StatfsReq { ino: ino.0 });
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Statfs(s)) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Ok(other) => reply.error(wrong("statfs", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            // macOS resource forks only.
+            reply.error(fuser::Errno::EINVAL);
+            return;
+        }
+        let body = Req::Setxattr(proto::Setxattr {
+            ino: ino.0,
+            name: bytes(name),
+            value,
+            flags,
+        });
+        self.call(req, body, &[], empty_done("setxattr", reply));
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let body = Req::Getxattr(proto::Getxattr {
+            ino: ino.0,
+            name: bytes(name),
+            size,
+        });
+        self.call(req, body, &[], xattr_done("getxattr", size, reply));
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let body = Req::Listxattr(proto::Listxattr { ino: ino.0, size });
+        self.call(req, body, &[], xattr_done("listxattr", size, reply));
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = Req::Removexattr(proto::Removexattr {
+            ino: ino.0,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], empty_done("removexattr", reply));
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let body = Req::Access(proto::Access {
+            ino: ino.0,
+            mask: mask.bits(),
+        });
+        self.call(req, body, &[], empty_done("access", reply));
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let body = Req::Getlk(proto::Getlk {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            lock: proto::Lock {
+                start,
+                end,
+                typ,
+                pid,
+            },
+        });
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Lock(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Ok(other) => reply.error(wrong("getlk", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Setlk(proto::Setlk {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            lock: proto::Lock {
+                start,
+                end,
+                typ,
+                pid,
+            },
+            sleep,
+        });
+        self.call(req, body, &[], empty_done("setlk", reply));
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let body = Req::Fallocate(proto::Fallocate {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            length,
+            mode,
+        });
+        self.call(req, body, &[], empty_done("fallocate", reply));
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let body = Req::Lseek(proto::Lseek {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            whence,
+        });
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Offset(o)) => reply.offset(o),
+            Ok(other) => reply.error(wrong("lseek", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let body = Req::CopyFileRange(proto::CopyFileRange {
+            ino_in: ino_in.0,
+            fh_in: fh_in.0,
+            offset_in,
+            ino_out: ino_out.0,
+            fh_out: fh_out.0,
+            offset_out,
+            len,
+            flags: flags.bits() as u32,
+        });
+        self.call(req, body, &[], written_done("copy_file_range", reply));
+    }
+}
+
+/// Fills a readdirplus reply; returns the `(node, 1)` lookups the kernel will never forget:
+/// entries that did not fit, and `.`/`..` (the kernel does not link those).
+fn fill_dirplus(
+    reply: &mut ReplyDirectoryPlus,
+    dir: u64,
+    ttl: Duration,
+    entries: &[proto::DirEntryPlus],
+) -> Vec<(u64, u64)> {
+    let mut forgets = Vec::new();
+    let mut full = false;
+    for e in entries {
+        let is_dot = e.name == b"." || e.name == b"..";
+        if full {
+            if e.entry.ino != 0 {
+                forgets.push((e.entry.ino, 1));
+            }
+            continue;
+        }
+        let (attr, generation) = if e.entry.ino != 0 {
+            (entry_attr(&e.entry), e.entry.generation)
+        } else {
+            // Not looked up: node id 0 tells the kernel not to link it. The kernel ignores the
+            // node id of `.` and `..`, so give those a usable inode number for the dirent.
+            let ino = match (is_dot, e.entry.attr.ino) {
+                (true, 0) => dir,
+                (true, ino) => ino,
+                (false, _) => 0,
+            };
+            let mut attr = file_attr(&Attr {
+                mode: mode_from_dtype(e.kind),
+                ..e.entry.attr
+            });
+            attr.ino = INodeNo(ino);
+            (attr, 0)
+        };
+        let name = OsStr::from_bytes(&e.name);
+        if reply.add(
+            attr.ino,
+            e.offset,
+            name,
+            &ttl,
+            &attr,
+            Generation(generation),
+        ) {
+            full = true;
+            if e.entry.ino != 0 {
+                forgets.push((e.entry.ino, 1));
+            }
+        } else if is_dot && e.entry.ino != 0 {
+            forgets.push((e.entry.ino, 1));
+        }
+    }
+    forgets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_conversion() {
+        let a = Attr {
+            ino: 42,
+            size: 12345,
+            blocks: 24,
+            atime: Timespec {
+                sec: 1_700_000_000,
+                nsec: 5,
+            },
+            mtime: Timespec {
+                sec: 1_700_000_100,
+                nsec: 999_999_999,
+            },
+            ctime: Timespec { sec: -2, nsec: 500 },
+            mode: libc::S_IFREG | 0o4755,
+            nlink: 2,
+            uid: 1000,
+            gid: 100,
+            rdev: 0,
+            blksize: 4096,
+        };
+        let f = file_attr(&a);
+        assert_eq!(f.ino, INodeNo(42));
+        assert_eq!(f.size, 12345);
+        assert_eq!(f.blocks, 24);
+        assert_eq!(f.kind, FileType::RegularFile);
+        assert_eq!(f.perm, 0o4755);
+        assert_eq!(f.nlink, 2);
+        assert_eq!(
+            (f.uid, f.gid, f.rdev, f.blksize, f.flags),
+            (1000, 100, 0, 4096, 0)
+        );
+        assert_eq!(f.atime, UNIX_EPOCH + Duration::new(1_700_000_000, 5));
+        assert_eq!(
+            f.mtime,
+            UNIX_EPOCH + Duration::new(1_700_000_100, 999_999_999)
+        );
+        assert_eq!(f.crtime, f.mtime);
+        assert_eq!(
+            f.ctime,
+            UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500)
+        );
+        // Round trip through timespec, including before the epoch.
+        for t in [a.atime, a.mtime, a.ctime, Timespec { sec: -1, nsec: 0 }] {
+            assert_eq!(timespec(system_time(t)), t);
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        let cases = [
+            (libc::S_IFDIR | 0o755, FileType::Directory),
+            (libc::S_IFLNK | 0o777, FileType::Symlink),
+            (libc::S_IFIFO, FileType::NamedPipe),
+            (libc::S_IFCHR, FileType::CharDevice),
+            (libc::S_IFBLK, FileType::BlockDevice),
+            (libc::S_IFSOCK, FileType::Socket),
+            (libc::S_IFREG | 0o644, FileType::RegularFile),
+        ];
+        for (mode, kind) in cases {
+            assert_eq!(kind_from_mode(mode), kind);
+            let attr = file_attr(&Attr {
+                mode,
+                ..Default::default()
+            });
+            assert_eq!(attr.kind, kind);
+            assert_eq!(u32::from(attr.perm), mode & 0o7777);
+        }
+        assert_eq!(kind_from_dtype(libc::DT_DIR), FileType::Directory);
+        assert_eq!(kind_from_dtype(libc::DT_LNK), FileType::Symlink);
+        assert_eq!(kind_from_dtype(libc::DT_UNKNOWN), FileType::RegularFile);
+        assert_eq!(
+            kind_from_mode(mode_from_dtype(libc::DT_SOCK)),
+            FileType::Socket
+        );
+    }
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        for t in [
+            Timespec {
+                sec: i64::MAX,
+                nsec: u32::MAX,
+            },
+            Timespec {
+                sec: i64::MIN,
+                nsec: 0,
+            },
+        ] {
+            let _ = system_time(t);
+        }
+        let _ = timespec(UNIX_EPOCH - Duration::from_secs(1 << 40));
+    }
+}

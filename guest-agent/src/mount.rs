@@ -1,0 +1,582 @@
+//! Mounting one export with FUSE, and unmounting it.
+//!
+//! [`mount`] mounts synchronously (the FUSE `INIT` handshake happens before it returns) and runs
+//! the fuser session on a thread named `ferry-fuse-<export>`. [`MountHandle::unmount`] detaches
+//! the mount with `umount2(MNT_DETACH)`; fuser's own unmount fails with EBUSY while files are
+//! open and its `AutoUnmount` hangs, so neither is used. The kernel ends the session once the
+//! last open file under the detached mount is closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::mount::{MntFlags, umount2};
+use tracing::{debug, error, info, warn};
+
+use crate::client::Client;
+use crate::fs::FerryFs;
+
+/// How long [`MountHandle::unmount`] waits for the session to end after the detach.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// What to mount and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Export name, as announced by the server.
+    pub export: String,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Mount read-only (also done when the server marks the export read-only).
+    pub read_only: bool,
+    /// Entry and attribute cache timeout given to the kernel.
+    pub ttl: Duration,
+    /// FUSE worker threads (each with its own cloned `/dev/fuse` fd).
+    pub threads: usize,
+    /// Let users other than the mounting one (root) use the mount; needed for containers.
+    pub allow_other: bool,
+}
+
+impl MountOptions {
+    /// Default TTL: kernel caching stays on a short, safe timeout until host change events
+    /// exist.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+    /// Default number of FUSE threads.
+    pub const DEFAULT_THREADS: usize = 4;
+
+    /// Options with defaults: read-write, 1 s TTL, 4 threads, `allow_other`.
+    pub fn new(export: impl Into<String>, mountpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            export: export.into(),
+            mountpoint: mountpoint.into(),
+            read_only: false,
+            ttl: Self::DEFAULT_TTL,
+            threads: Self::DEFAULT_THREADS,
+            allow_other: true,
+        }
+    }
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The server does not export this name.
+    #[error("the server has no export named {name:?}; available exports: {available}")]
+    UnknownExport {
+        /// The requested name.
+        name: String,
+        /// The server's exports, comma-separated (or "none").
+        available: String,
+    },
+    /// The connection to the server is already closed.
+    #[error("the connection to the server is closed")]
+    Disconnected,
+    /// Mounting failed.
+    #[error("cannot mount export {export:?} on {}: {source}", .mountpoint.display())]
+    Mount {
+        /// The export.
+        export: String,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The session thread could not be started.
+    #[error("cannot start the FUSE session thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+#[derive(Default)]
+struct Finished {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// A mounted export. Dropping it detaches the mount without waiting (see
+/// [`MountHandle::unmount`]).
+#[derive(Debug)]
+pub struct MountHandle {
+    export: String,
+    mountpoint: PathBuf,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    finished: Arc<Finished>,
+    unmounted: bool,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished").finish_non_exhaustive()
+    }
+}
+
+/// Mounts export `opts.export` of `client` on `opts.mountpoint`.
+pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, MountError> {
+    if client.is_closed() {
+        return Err(MountError::Disconnected);
+    }
+    let exports = &client.welcome().exports;
+    let Some(info) = exports.iter().find(|e| e.name == opts.export).cloned() else {
+        let available = if exports.is_empty() {
+            "none".to_string()
+        } else {
+            exports
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(MountError::UnknownExport {
+            name: opts.export.clone(),
+            available,
+        });
+    };
+    let read_only = opts.read_only || info.read_only;
+    let mut mount_options = vec![
+        MountOption::FSName(format!("ferry:{}", opts.export)),
+        MountOption::Subtype("ferry".into()),
+        // Permissions are the host's decision: no DefaultPermissions.
+    ];
+    if read_only {
+        mount_options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+
+    let fs = FerryFs::new(client, info.id, opts.ttl);
+    let mount_err = |source| MountError::Mount {
+        export: opts.export.clone(),
+        mountpoint: opts.mountpoint.clone(),
+        source,
+    };
+    let session = Session::new(fs, &opts.mountpoint, &config).map_err(mount_err)?;
+    info!(
+        export = %opts.export,
+        mountpoint = %opts.mountpoint.display(),
+        read_only,
+        "mounted"
+    );
+
+    let finished = Arc::new(Finished::default());
+    let fin = finished.clone();
+    let export = opts.export.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("ferry-fuse-{}", opts.export))
+        .spawn(move || {
+            let r = session.run();
+            match &r {
+                Ok(()) => debug!(%export, "FUSE session ended"),
+                Err(e) => error!(%export, "FUSE session ended with an error: {e}"),
+            }
+            *fin.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            fin.cv.notify_all();
+            r
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            // The session was moved into the failed closure and dropped, which unmounts.
+            let _ = umount2(&opts.mountpoint, MntFlags::MNT_DETACH);
+            return Err(MountError::Spawn(e));
+        }
+    };
+    Ok(MountHandle {
+        export: opts.export.clone(),
+        mountpoint: opts.mountpoint.clone(),
+        thread: Some(thread),
+        finished,
+        unmounted: false,
+    })
+}
+
+impl MountHandle {
+    /// Where the export is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The export's name.
+    pub fn export(&self) -> &str {
+        &self.export
+    }
+
+    /// Whether the FUSE session has ended (unmounted, from here or from outside).
+    pub fn is_finished(&self) -> bool {
+        *self.finished.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until the FUSE session ends.
+    pub fn wait(&self) {
+        let mut done = self.finished.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self
+                .finished
+                .cv
+                .wait(done)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until the FUSE session ends or `timeout` passes; returns whether it ended.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let done = self.finished.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .finished
+            .cv
+            .wait_timeout_while(done, timeout, |d| !*d)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
+    }
+
+    /// Detaches the mount (`MNT_DETACH`), then waits up to [`UNMOUNT_WAIT`] for the session to
+    /// end. Files still open under the mount keep the session alive; then the session thread
+    /// is left to finish on its own (its requests fail with ENOTCONN once the connection is
+    /// closed) and this returns anyway.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.unmounted = true;
+        let detach = self.detach();
+        let start = Instant::now();
+        if self.wait_timeout(UNMOUNT_WAIT) {
+            if let Some(t) = self.thread.take() {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(export = %self.export, "session result: {e}"),
+                    Err(_) => error!(export = %self.export, "FUSE session thread panicked"),
+                }
+            }
+            debug!(export = %self.export, elapsed = ?start.elapsed(), "unmounted");
+        } else {
+            warn!(
+                export = %self.export,
+                mountpoint = %self.mountpoint.display(),
+                "mount detached, but files under it are still open; the FUSE session ends when \
+                 they are closed"
+            );
+        }
+        detach
+    }
+
+    fn detach(&self) -> std::io::Result<()> {
+        match umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                info!(export = %self.export, mountpoint = %self.mountpoint.display(), "unmounted");
+                Ok(())
+            }
+            // Already unmounted (from outside): the session is over or ending.
+            Err(nix::errno::Errno::EINVAL) if self.is_finished() => Ok(()),
+            Err(e) => {
+                if self.is_finished() {
+                    return Ok(());
+                }
+                error!(
+                    mountpoint = %self.mountpoint.display(),
+                    "cannot unmount: {e}"
+                );
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if !self.unmounted && !self.is_finished() {
+            let _ = self.detach();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{accept, read_one, send_reply, welcome};
+    use crate::client::{ClientConfig, OwnedReply};
+    use ferry_protocol::{
+        Attr, DirEntry, DirEntryPlus, Entry, Errno, Frame, Opcode, Opened, Request, RequestFrame,
+        Statfs,
+    };
+    use std::io::Read as _;
+    use std::os::unix::net::UnixStream;
+
+    const CONTENT: &[u8] = b"hello from the host\n";
+
+    static SAW_READDIRPLUS: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    fn attr(ino: u64) -> Attr {
+        let (mode, size, nlink) = if ino == 1 {
+            (libc::S_IFDIR | 0o755, 4096, 2)
+        } else {
+            (libc::S_IFREG | 0o644, CONTENT.len() as u64, 1)
+        };
+        Attr {
+            ino,
+            size,
+            mode,
+            nlink,
+            blksize: 4096,
+            ..Default::default()
+        }
+    }
+
+    /// Answers like a host exporting a directory with one file, `hello.txt`.
+    fn answer(body: &Request<'_>) -> Option<Result<OwnedReply, Errno>> {
+        Some(match body {
+            Request::Forget(_) => return None,
+            Request::Getattr(g) if g.ino <= 2 => Ok(OwnedReply::Attr(attr(g.ino))),
+            Request::Lookup(l) if l.parent == 1 && l.name == b"hello.txt" => {
+                Ok(OwnedReply::Entry(Entry {
+                    ino: 2,
+                    generation: 1,
+                    attr: attr(2),
+                }))
+            }
+            Request::Lookup(_) => Err(Errno::ENOENT),
+            Request::Opendir(_) | Request::Open(_) => Ok(OwnedReply::Opened(Opened {
+                fh: 5,
+                open_flags: 0,
+            })),
+            Request::Readdir(r) => {
+                let all = [(1, 4, "."), (1, 4, ".."), (2, 8, "hello.txt")];
+                Ok(OwnedReply::Dir(
+                    all.iter()
+                        .enumerate()
+                        .skip(r.offset as usize)
+                        .map(|(i, &(ino, kind, name))| DirEntry {
+                            ino,
+                            offset: i as u64 + 1,
+                            kind,
+                            name: name.as_bytes().to_vec(),
+                        })
+                        .collect(),
+                ))
+            }
+            Request::Readdirplus(r) => {
+                SAW_READDIRPLUS.store(true, std::sync::atomic::Ordering::SeqCst);
+                let dot = |name: &str| DirEntryPlus {
+                    entry: Entry::default(),
+                    offset: 0,
+                    kind: libc::DT_DIR,
+                    name: name.as_bytes().to_vec(),
+                };
+                let file = DirEntryPlus {
+                    entry: Entry {
+                        ino: 2,
+                        generation: 1,
+                        attr: attr(2),
+                    },
+                    offset: 0,
+                    kind: libc::DT_REG,
+                    name: b"hello.txt".to_vec(),
+                };
+                let all = [dot("."), dot(".."), file];
+                Ok(OwnedReply::DirPlus(
+                    all.into_iter()
+                        .enumerate()
+                        .skip(r.offset as usize)
+                        .map(|(i, mut e)| {
+                            e.offset = i as u64 + 1;
+                            e
+                        })
+                        .collect(),
+                ))
+            }
+            Request::Read(r) => {
+                let start = (r.offset as usize).min(CONTENT.len());
+                let end = (start + r.size as usize).min(CONTENT.len());
+                Ok(OwnedReply::Data(CONTENT[start..end].to_vec()))
+            }
+            Request::Releasedir(_) | Request::Release(_) | Request::Flush(_) => {
+                Ok(OwnedReply::Empty)
+            }
+            Request::Access(_) => Ok(OwnedReply::Empty),
+            Request::StatfsReq(_) => Ok(OwnedReply::Statfs(Statfs {
+                blocks: 100,
+                bsize: 4096,
+                namelen: 255,
+                frsize: 4096,
+                ..Default::default()
+            })),
+            _ => Err(Errno::ENOSYS),
+        })
+    }
+
+    fn fake_server(s: UnixStream) {
+        fake_server_with(s, 0)
+    }
+
+    fn fake_server_with(mut s: UnixStream, features: u64) {
+        accept(&mut s, &welcome(features));
+        while let Some(bytes) = read_one(&mut s) {
+            let f = Frame::parse(&bytes).unwrap();
+            let r = RequestFrame::decode(&f).unwrap();
+            assert!(r.export == 7 || r.export == 9, "export {}", r.export);
+            let op: Opcode = r.body.opcode();
+            if let Some(result) = answer(&r.body) {
+                let result = result.as_ref().map(|o| o.as_reply()).map_err(|e| *e);
+                send_reply(&mut s, r.id, op, result);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_export_lists_available() {
+        let (client_end, server) = UnixStream::pair().unwrap();
+        let srv = std::thread::spawn(move || fake_server(server));
+        let client = Client::connect_unix(client_end, &ClientConfig::default()).unwrap();
+        let err = mount(client.clone(), &MountOptions::new("nope", "/nonexistent")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"nope\"") && msg.contains("data, ro"),
+            "{msg}"
+        );
+        client.shutdown();
+        srv.join().unwrap();
+    }
+
+    #[test]
+    fn fuse_mount_lists_reads_and_unmounts() {
+        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root and /dev/fuse");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client_end, server) = UnixStream::pair().unwrap();
+        let srv = std::thread::spawn(move || fake_server(server));
+        let client = Client::connect_unix(client_end, &ClientConfig::default()).unwrap();
+        let opts = MountOptions::new("data", dir.path());
+        let handle = match mount(client.clone(), &opts) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("skipping: cannot mount: {e}");
+                client.shutdown();
+                srv.join().unwrap();
+                return;
+            }
+        };
+        assert_eq!(handle.mountpoint(), dir.path());
+        assert!(!handle.is_finished());
+
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["hello.txt".to_string()]);
+        let path = dir.path().join("hello.txt");
+        assert_eq!(std::fs::read(&path).unwrap(), CONTENT);
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!(md.len(), CONTENT.len() as u64);
+        assert!(md.is_file());
+        let err = std::fs::metadata(dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // Unsupported operations come back as the server's errno.
+        let err = std::fs::create_dir(dir.path().join("newdir")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
+
+        // An open file keeps the session alive after the detach: unmount must not hang.
+        let mut open = std::fs::File::open(&path).unwrap();
+        let started = Instant::now();
+        handle.unmount().unwrap();
+        assert!(started.elapsed() < UNMOUNT_WAIT + Duration::from_secs(2));
+        // The detached mount still serves the open file.
+        let mut buf = Vec::new();
+        open.read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, CONTENT);
+        drop(open);
+
+        // The mountpoint is a plain directory again.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        client.shutdown();
+        srv.join().unwrap();
+    }
+
+    #[test]
+    fn fuse_unmount_without_open_files_joins_session() {
+        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root and /dev/fuse");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client_end, server) = UnixStream::pair().unwrap();
+        let srv = std::thread::spawn(move || fake_server(server));
+        let client = Client::connect_unix(client_end, &ClientConfig::default()).unwrap();
+        let Ok(handle) = mount(client.clone(), &MountOptions::new("ro", dir.path())) else {
+            client.shutdown();
+            srv.join().unwrap();
+            return;
+        };
+        assert_eq!(
+            std::fs::read(dir.path().join("hello.txt")).unwrap(),
+            CONTENT
+        );
+        // The export is read-only: the mount is too.
+        let err = std::fs::write(dir.path().join("new"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let started = Instant::now();
+        let finished = {
+            let h = &handle;
+            umount2(h.mountpoint(), MntFlags::MNT_DETACH).unwrap();
+            h.wait_timeout(Duration::from_secs(5))
+        };
+        assert!(finished, "session did not end after the detach");
+        assert!(handle.is_finished());
+        handle.unmount().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        client.shutdown();
+        srv.join().unwrap();
+    }
+
+    #[test]
+    fn serve_with_readdirplus_until_shutdown() {
+        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root and /dev/fuse");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client_end, server) = UnixStream::pair().unwrap();
+        let srv = std::thread::spawn(move || {
+            fake_server_with(server, ferry_protocol::features::READDIRPLUS)
+        });
+        let config = crate::AgentConfig {
+            connect: crate::ConnectAddr::Unix("socketpair".into()),
+            token: None,
+            mounts: vec![("data".into(), dir.path().to_path_buf())],
+            ttl: Duration::from_millis(200),
+        };
+        let (stop, shutdown) = std::sync::mpsc::channel();
+        let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));
+        // Wait for the mount to appear.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let names = loop {
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            if !names.is_empty() || Instant::now() > deadline {
+                break names;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(names, vec!["hello.txt".to_string()]);
+        assert!(SAW_READDIRPLUS.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            std::fs::read(dir.path().join("hello.txt")).unwrap(),
+            CONTENT
+        );
+        let vfs = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        assert_eq!(vfs.blocks(), 100);
+        stop.send(()).unwrap();
+        agent.join().unwrap().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // The agent closed the connection: the fake server saw EOF.
+        srv.join().unwrap();
+    }
+}

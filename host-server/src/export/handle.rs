@@ -1,0 +1,101 @@
+//! Open handles of one session: file and directory fds the guest refers to by a `fh` number.
+//!
+//! Handle numbers come from a counter and are never reused within a session. A handle is an
+//! `Arc` so that a request in flight keeps its fd open even if a concurrent `release` removes
+//! the handle; the fd closes when the last user lets go. Closing the fd is what releases the
+//! OFD and flock locks taken through it.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+use ferry_protocol::Errno;
+
+/// What a handle was opened for.
+#[derive(Debug)]
+pub(crate) enum HandleKind {
+    /// A file opened with `open`/`create`.
+    File,
+    /// A directory opened with `opendir`. The mutex serialises the `lseek` + `getdents64`
+    /// pair, because both move the one file position of the shared fd.
+    Dir(Mutex<()>),
+}
+
+/// One open handle.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    /// The open fd (never `O_PATH`).
+    pub fd: OwnedFd,
+    /// File or directory.
+    pub kind: HandleKind,
+}
+
+impl Handle {
+    /// The open fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The fd of a file handle; EBADF for a directory handle.
+    pub fn file_fd(&self) -> Result<BorrowedFd<'_>, Errno> {
+        match self.kind {
+            HandleKind::File => Ok(self.fd.as_fd()),
+            HandleKind::Dir(_) => Err(Errno::EBADF),
+        }
+    }
+
+    /// The fd of a directory handle with its position lock held; EBADF for a file handle.
+    pub fn lock_dir(&self) -> Result<(BorrowedFd<'_>, MutexGuard<'_, ()>), Errno> {
+        match &self.kind {
+            // A poisoned lock only means another reader panicked; the fd is still usable
+            // because every reader seeks before reading.
+            HandleKind::Dir(m) => {
+                Ok((self.fd.as_fd(), m.lock().unwrap_or_else(|p| p.into_inner())))
+            }
+            HandleKind::File => Err(Errno::EBADF),
+        }
+    }
+}
+
+/// Handle number → handle.
+#[derive(Debug)]
+pub(crate) struct HandleTable {
+    map: DashMap<u64, Arc<Handle>>,
+    next: AtomicU64,
+}
+
+impl HandleTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        HandleTable {
+            map: DashMap::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Stores a handle and returns its number.
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.insert(fh, Arc::new(handle));
+        fh
+    }
+
+    /// The handle numbered `fh`; EBADF when the guest names a handle it does not hold.
+    pub fn get(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.map
+            .get(&fh)
+            .map(|h| Arc::clone(h.value()))
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Removes the handle numbered `fh`; EBADF if there is none.
+    pub fn remove(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.map.remove(&fh).map(|(_, h)| h).ok_or(Errno::EBADF)
+    }
+
+    /// Number of open handles.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}

@@ -1,0 +1,254 @@
+//! The export core: performing guest requests on an exported host directory.
+//!
+//! This module is transport-neutral. It knows nothing of sockets, FUSE sessions, vsock or
+//! vhost-user: a front door decodes a request, calls [`ExportSession::dispatch`] (or one of the
+//! typed methods directly) and sends back the [`Response`].
+//!
+//! - [`Export`]: one exported directory, shared by every connection. It holds an
+//!   `O_PATH | O_DIRECTORY` fd of the root and an fd of `/proc/self/fd`.
+//! - [`ExportSession`]: one guest's view of one export, with its own node ids, lookup counts and
+//!   open handles. Dropping it closes every fd it holds and so releases that guest's locks.
+//!
+//! # Safety promises
+//!
+//! - Every name in a request must be a single path component: empty names, `.`, `..`, and
+//!   names containing `/` or NUL are refused with EINVAL (FUSE never sends `.` or `..` for
+//!   normal paths, so a request carrying one is malformed or hostile).
+//! - Names are resolved only relative to the parent node's `O_PATH` fd, with `openat2` and
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (plain `openat` with
+//!   `O_NOFOLLOW` on kernels without `openat2`).
+//! - The host never follows a symlink inside the export: a symlink is a node of its own, and the
+//!   guest kernel resolves its target inside the mount. Opening a symlink node fails with ELOOP.
+//! - File data is reached by re-opening a node's `O_PATH` fd through `/proc/self/fd/N`, which
+//!   lands on that exact inode whatever happened to the path since the lookup.
+//! - Unknown node ids answer ESTALE and unknown handles EBADF; nothing a guest sends can panic
+//!   the server.
+//! - A read-only export refuses every mutating request with EROFS before touching anything.
+//!
+//! # Known limits
+//!
+//! - Files are created with the server's own uid/gid; [`ferry_protocol::Ctx`] is accepted by the methods so
+//!   that uid translation can be added without changing their signatures.
+//! - A directory moved out of the export by a host process while the guest holds its node
+//!   stays reachable through that node (as with virtiofsd).
+//! - POSIX locks are OFD locks on the handle's fd, so guest processes sharing one handle
+//!   (after fork) share its locks.
+
+mod dispatch;
+mod handle;
+mod inode;
+mod ops;
+mod sys;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_protocol::{Errno, Reply};
+
+use handle::HandleTable;
+use inode::InodeTable;
+
+pub use inode::ROOT_ID;
+pub use ops::{SetAttrs, XattrReply};
+
+/// How an export is configured (`--export NAME=PATH[:ro]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// The name guests see in the handshake.
+    pub name: String,
+    /// The host directory to export.
+    pub path: PathBuf,
+    /// Refuse every mutation with EROFS.
+    pub read_only: bool,
+}
+
+/// Why an export could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The path does not exist.
+    #[error("export {name:?}: {} does not exist", path.display())]
+    NotFound {
+        /// The export's name.
+        name: String,
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The path exists but is not a directory.
+    #[error("export {name:?}: {} is not a directory", path.display())]
+    NotADirectory {
+        /// The export's name.
+        name: String,
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The path contains a NUL byte.
+    #[error("export {name:?}: the path {} contains a NUL byte", path.display())]
+    BadPath {
+        /// The export's name.
+        name: String,
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// Any other failure to open the path.
+    #[error("export {name:?}: cannot open {}: {source}", path.display())]
+    Open {
+        /// The export's name.
+        name: String,
+        /// The configured path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `/proc/self/fd` is needed to reopen nodes and is missing.
+    #[error("cannot open /proc/self/fd (is /proc mounted?): {0}")]
+    Proc(std::io::Error),
+}
+
+/// One exported directory, shared by all connections.
+#[derive(Debug)]
+pub struct Export {
+    name: String,
+    path: PathBuf,
+    read_only: bool,
+    /// `O_PATH | O_DIRECTORY` fd of the export root.
+    root: OwnedFd,
+    /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
+    proc_fd: OwnedFd,
+}
+
+impl Export {
+    /// Opens the export root. The configured path itself may contain symlinks (the operator
+    /// chose it); everything below it is resolved without following any.
+    pub fn open(config: ExportConfig) -> Result<Arc<Export>, ExportError> {
+        let ExportConfig {
+            name,
+            path,
+            read_only,
+        } = config;
+        let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
+            return Err(ExportError::BadPath { name, path });
+        };
+        let root = match sys::open_path(&cpath, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Err(ExportError::NotFound { name, path }),
+            Err(Errno::ENOTDIR) => return Err(ExportError::NotADirectory { name, path }),
+            Err(e) => {
+                return Err(ExportError::Open {
+                    name,
+                    path,
+                    source: std::io::Error::from_raw_os_error(e.0),
+                });
+            }
+        };
+        let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| ExportError::Proc(std::io::Error::from_raw_os_error(e.0)))?;
+        tracing::debug!(name, path = %path.display(), read_only, "export opened");
+        Ok(Arc::new(Export {
+            name,
+            path,
+            read_only,
+            root,
+            proc_fd,
+        }))
+    }
+
+    /// The export's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The exported host path, as configured.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Whether mutations are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The `/proc/self/fd` directory fd.
+    fn proc_fd(&self) -> BorrowedFd<'_> {
+        self.proc_fd.as_fd()
+    }
+}
+
+/// What to send back for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing at all (`Forget`).
+    None,
+    /// A reply body; never [`Reply::Data`], which travels as [`Response::Data`].
+    Reply(Reply<'static>),
+    /// Raw bytes: file data, a symlink target, an xattr value or name list.
+    Data(Vec<u8>),
+    /// The request failed.
+    Error(Errno),
+}
+
+/// One guest's view of one export: its own node ids, lookup counts and open handles.
+///
+/// All methods take `&self` and may be called concurrently from many threads. Dropping the
+/// session closes every fd it holds and so releases that guest's locks.
+#[derive(Debug)]
+pub struct ExportSession {
+    export: Arc<Export>,
+    inodes: InodeTable,
+    handles: HandleTable,
+}
+
+impl ExportSession {
+    /// A fresh session on `export`, knowing only the root (node id [`ROOT_ID`]).
+    ///
+    /// # Panics
+    ///
+    /// Panics only if the process runs out of file descriptors while duplicating the root fd
+    /// or the root can no longer be stat'ed, which leaves no usable session to return.
+    pub fn new(export: Arc<Export>) -> ExportSession {
+        let root_fd = export
+            .root
+            .try_clone()
+            .expect("cannot duplicate the export root fd");
+        let st = sys::fstat(root_fd.as_fd()).expect("cannot stat the export root");
+        ExportSession {
+            inodes: InodeTable::new(root_fd, &st),
+            handles: HandleTable::new(),
+            export,
+        }
+    }
+
+    /// The export this session works on.
+    pub fn export(&self) -> &Arc<Export> {
+        &self.export
+    }
+
+    /// Number of live nodes, the root included (for diagnostics and tests).
+    pub fn node_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Number of open handles (for diagnostics and tests).
+    pub fn handle_count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
+    pub fn lookup_count(&self, ino: u64) -> Option<u64> {
+        self.inodes.get(ino).ok().map(|n| n.lookups())
+    }
+
+    /// Fails with EROFS on a read-only export.
+    fn check_writable(&self) -> Result<(), Errno> {
+        if self.export.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,988 @@
+//! The typed operations of [`ExportSession`], one per request kind.
+//!
+//! Each method validates its input, checks read-only exports before touching anything, then
+//! performs the operation with `*at` calls relative to node fds (or through `/proc/self/fd`).
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use ferry_protocol::{
+    Attr, CopyFileRange, Created, Ctx, DirEntry, DirEntryPlus, Entry, Errno, Lock, MAX_DATA,
+    Opened, SetTime, Statfs, Timespec,
+};
+
+use super::ExportSession;
+use super::handle::{Handle, HandleKind};
+use super::inode::InodeData;
+use super::sys;
+
+/// Attribute changes of a `setattr`; `None` leaves an attribute alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrs {
+    /// New permission bits (the file type bits are ignored).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// Result of `getxattr`/`listxattr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    /// The size the value or list needs (the request asked with `size == 0`).
+    Size(u32),
+    /// The value, or the NUL-separated name list.
+    Data(Vec<u8>),
+}
+
+/// Largest xattr value and name list Linux supports (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: usize = 65536;
+
+/// Most bytes one `copy_file_range` request copies; the reply counts in a u32 and a shorter
+/// copy is a valid answer the guest continues from.
+const MAX_COPY: u64 = 1 << 30;
+
+/// Open flags passed through to the host. Everything else is dropped: O_CREAT/O_EXCL (the
+/// node exists), O_NOCTTY, O_NOFOLLOW (the reopen must follow the `/proc` magic link),
+/// O_DIRECT (guest buffers need not meet the host's alignment), O_PATH and O_TMPFILE.
+const OPEN_FLAGS_KEPT: libc::c_int = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_TRUNC
+    | libc::O_NONBLOCK
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_NOATIME
+    | libc::O_LARGEFILE;
+
+/// True when opening with `flags` may modify the file.
+fn opens_for_writing(flags: libc::c_int) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND) != 0
+}
+
+/// Checks that `name` is one path component and returns it as a C string.
+///
+/// `.` and `..` are refused with EINVAL rather than ENOENT: the guest kernel resolves them
+/// itself and never sends them, so such a request is malformed or an attempt to climb out.
+fn component(name: &[u8]) -> Result<CString, Errno> {
+    if name.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        tracing::warn!(name = %String::from_utf8_lossy(name), "refused a name that is not a single path component");
+        return Err(Errno::EINVAL);
+    }
+    sys::cstring(name)
+}
+
+/// Converts a timespec from `stat`.
+fn timespec(sec: i64, nsec: i64) -> Timespec {
+    Timespec {
+        sec,
+        nsec: u32::try_from(nsec).unwrap_or(0),
+    }
+}
+
+/// Encodes a host `dev_t` the way the Linux kernel's `new_encode_dev` does, which is what a
+/// FUSE attribute's 32-bit `rdev` carries.
+fn encode_rdev(rdev: u64) -> u32 {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
+}
+
+/// Attributes of node `id` from a host stat; `ino` is the node id, not the host inode number.
+pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> Attr {
+    Attr {
+        ino: id,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: timespec(st.st_atime, st.st_atime_nsec),
+        mtime: timespec(st.st_mtime, st.st_mtime_nsec),
+        ctime: timespec(st.st_ctime, st.st_ctime_nsec),
+        mode: st.st_mode,
+        nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: encode_rdev(st.st_rdev),
+        blksize: u32::try_from(st.st_blksize).unwrap_or(u32::MAX),
+    }
+}
+
+fn entry_from_stat(id: u64, st: &libc::stat) -> Entry {
+    Entry {
+        ino: id,
+        generation: 0,
+        attr: attr_from_stat(id, st),
+    }
+}
+
+/// A protocol time as the `timespec` utimensat takes.
+fn utime(t: Option<SetTime>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => libc::timespec {
+            tv_sec: t.sec,
+            // Out-of-range nanoseconds are passed on so the kernel answers EINVAL.
+            tv_nsec: libc::c_long::from(t.nsec.min(i32::MAX as u32) as i32),
+        },
+    }
+}
+
+/// FUSE's size of one `fuse_dirent` carrying `namelen` bytes of name.
+fn dirent_cost(namelen: usize) -> usize {
+    (24 + namelen).div_ceil(8) * 8
+}
+
+/// FUSE's size of one `fuse_direntplus` (a `fuse_entry_out` of 128 bytes plus the dirent).
+fn direntplus_cost(namelen: usize) -> usize {
+    128 + dirent_cost(namelen)
+}
+
+/// `struct flock` for an OFD lock request.
+fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
+    let typ = match lock.typ {
+        t if t == libc::F_RDLCK => libc::F_RDLCK,
+        t if t == libc::F_WRLCK => libc::F_WRLCK,
+        t if t == libc::F_UNLCK => libc::F_UNLCK,
+        _ => return Err(Errno::EINVAL),
+    };
+    if lock.end < lock.start {
+        return Err(Errno::EINVAL);
+    }
+    let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
+    // A range reaching the largest offset means "to the end of file" (l_len == 0).
+    let len = if lock.end >= i64::MAX as u64 {
+        0
+    } else {
+        (lock.end - lock.start + 1) as i64
+    };
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    // OFD lock requests must carry l_pid == 0.
+    fl.l_pid = 0;
+    Ok(fl)
+}
+
+/// A lock reply from a `struct flock` filled by F_OFD_GETLK.
+fn from_flock(fl: &libc::flock) -> Lock {
+    let start = fl.l_start.max(0) as u64;
+    let end = if fl.l_len <= 0 {
+        u64::MAX
+    } else {
+        start.saturating_add(fl.l_len as u64 - 1)
+    };
+    Lock {
+        start,
+        end,
+        typ: i32::from(fl.l_type),
+        // OFD locks have no owning process; the kernel reports -1.
+        pid: u32::try_from(fl.l_pid).unwrap_or(0),
+    }
+}
+
+impl ExportSession {
+    fn proc_fd(&self) -> BorrowedFd<'_> {
+        self.export.proc_fd()
+    }
+
+    /// The node `id`, which must be a directory (ENOTDIR otherwise).
+    fn dir_node(&self, id: u64) -> Result<Arc<InodeData>, Errno> {
+        let node = self.inodes.get(id)?;
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(node)
+    }
+
+    /// Looks `name` up below the directory `dir` and takes one lookup of the result.
+    fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
+        let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let node = self.inodes.insert_or_ref(fd, &st);
+        Ok(entry_from_stat(node.id, &st))
+    }
+
+    /// Looks up an object just created as `name` in `dir`. When the server's own umask took
+    /// away permission bits the guest asked for (`want`), they are put back before the node
+    /// is handed out: the guest's umask, already applied to `want`, is the one that counts.
+    fn lookup_created(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        want: Option<u32>,
+    ) -> Result<Entry, Errno> {
+        let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
+        let mut st = sys::fstat(fd.as_fd())?;
+        if let Some(want) = want {
+            let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+            if !is_link && st.st_mode & 0o777 != want & 0o777 {
+                sys::chmod(
+                    self.proc_fd(),
+                    fd.as_fd(),
+                    (st.st_mode & 0o7000) | (want & 0o777),
+                )?;
+                st = sys::fstat(fd.as_fd())?;
+            }
+        }
+        let node = self.inodes.insert_or_ref(fd, &st);
+        Ok(entry_from_stat(node.id, &st))
+    }
+
+    /// The handle `fh` as a file handle.
+    fn file_handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        let h = self.handles.get(fh)?;
+        h.file_fd()?;
+        Ok(h)
+    }
+
+    /// Looks `name` up in directory `parent` (one more lookup of the result).
+    pub fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+        let name = component(name)?;
+        let dir = self.dir_node(parent)?;
+        self.lookup_at(dir.fd(), &name)
+    }
+
+    /// Gives back `nlookup` lookups of `ino`; at zero the node is dropped. Never fails.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.forget(ino, nlookup);
+    }
+
+    /// Attributes of `ino`, through handle `fh` when given.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
+        let node = self.inodes.get(ino)?;
+        let st = match fh {
+            Some(fh) => sys::fstat(self.handles.get(fh)?.fd())?,
+            None => sys::fstat(node.fd())?,
+        };
+        Ok(attr_from_stat(ino, &st))
+    }
+
+    /// Changes attributes of `ino` (in the order owner, mode, size, times, so that an explicit
+    /// mode survives the set-id clearing of chown) and returns the new attributes.
+    pub fn setattr(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        fh: Option<u64>,
+        attrs: &SetAttrs,
+    ) -> Result<Attr, Errno> {
+        self.check_writable()?;
+        let node = self.inodes.get(ino)?;
+        let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        if attrs.uid.is_some() || attrs.gid.is_some() {
+            // (uid_t)-1 leaves an id unchanged.
+            sys::chown(
+                node.fd(),
+                attrs.uid.unwrap_or(u32::MAX),
+                attrs.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = attrs.mode {
+            if node.is_symlink() {
+                // Linux has no permission bits on symlinks (lchmod is EOPNOTSUPP).
+                return Err(Errno::EOPNOTSUPP);
+            }
+            sys::chmod(self.proc_fd(), node.fd(), mode & 0o7777)?;
+        }
+        if let Some(size) = attrs.size {
+            match &handle {
+                Some(h) => sys::ftruncate(h.file_fd()?, size)?,
+                None => {
+                    if node.is_dir() {
+                        return Err(Errno::EISDIR);
+                    }
+                    // Opening a FIFO or device to truncate it could block or reach a host
+                    // device; truncate only means something for regular files.
+                    if !node.is_file() {
+                        return Err(Errno::EINVAL);
+                    }
+                    let fd = sys::reopen(self.proc_fd(), node.fd(), libc::O_WRONLY)?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if attrs.atime.is_some() || attrs.mtime.is_some() {
+            let times = [utime(attrs.atime), utime(attrs.mtime)];
+            sys::utimens(self.proc_fd(), node.fd(), &times)?;
+        }
+        let st = sys::fstat(node.fd())?;
+        Ok(attr_from_stat(ino, &st))
+    }
+
+    /// Target of the symlink `ino`; EINVAL for other nodes.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let node = self.inodes.get(ino)?;
+        if !node.is_symlink() {
+            return Err(Errno::EINVAL);
+        }
+        sys::readlink(node.fd())
+    }
+
+    /// Creates the symlink `name` → `target` in `parent`. The target is stored verbatim; the
+    /// host never follows it.
+    pub fn symlink(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<Entry, Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let target = sys::cstring(target)?;
+        let dir = self.dir_node(parent)?;
+        sys::symlinkat(&target, dir.fd(), &name)?;
+        self.lookup_created(dir.fd(), &name, None)
+    }
+
+    /// Creates a regular file, FIFO or socket. Device nodes are refused with EPERM: a device
+    /// node created on the host would be a door to the host's devices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        _rdev: u32,
+        umask: u32,
+    ) -> Result<Entry, Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => libc::S_IFREG,
+            libc::S_IFIFO => libc::S_IFIFO,
+            libc::S_IFSOCK => libc::S_IFSOCK,
+            libc::S_IFCHR | libc::S_IFBLK => return Err(Errno::EPERM),
+            _ => return Err(Errno::EINVAL),
+        };
+        let perm = mode & !umask & 0o7777;
+        let dir = self.dir_node(parent)?;
+        sys::mknodat(dir.fd(), &name, kind | perm)?;
+        self.lookup_created(dir.fd(), &name, Some(perm))
+    }
+
+    /// Creates a directory with `mode & !umask`.
+    pub fn mkdir(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Result<Entry, Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        let perm = mode & !umask & 0o7777;
+        let dir = self.dir_node(parent)?;
+        sys::mkdirat(dir.fd(), &name, perm)?;
+        self.lookup_created(dir.fd(), &name, Some(perm))
+    }
+
+    /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
+    /// until the guest forgets them.
+    pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        let dir = self.dir_node(parent)?;
+        sys::unlinkat(dir.fd(), &name, 0)
+    }
+
+    /// Removes the empty directory `name` from `parent`.
+    pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        let dir = self.dir_node(parent)?;
+        sys::unlinkat(dir.fd(), &name, libc::AT_REMOVEDIR)
+    }
+
+    /// Renames `parent/name` to `newparent/newname`; `flags` may hold RENAME_NOREPLACE (1) and
+    /// RENAME_EXCHANGE (2), anything else is EINVAL.
+    pub fn rename(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.check_writable()?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let name = component(name)?;
+        let newname = component(newname)?;
+        let dir = self.dir_node(parent)?;
+        let newdir = self.dir_node(newparent)?;
+        sys::renameat2(dir.fd(), &name, newdir.fd(), &newname, flags)
+    }
+
+    /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
+    pub fn link(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> Result<Entry, Errno> {
+        self.check_writable()?;
+        let newname = component(newname)?;
+        let node = self.inodes.get(ino)?;
+        if node.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let newdir = self.dir_node(newparent)?;
+        sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
+        self.lookup_at(newdir.fd(), &newname)
+    }
+
+    /// Opens the file `ino` by re-opening its node fd through `/proc/self/fd`.
+    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
+        if self.export.read_only && opens_for_writing(flags) {
+            return Err(Errno::EROFS);
+        }
+        let node = self.inodes.get(ino)?;
+        let mut host_flags = flags & OPEN_FLAGS_KEPT;
+        if node.is_symlink() {
+            return Err(Errno::ELOOP);
+        }
+        if node.is_dir() {
+            if flags & libc::O_DIRECTORY == 0 {
+                return Err(Errno::EISDIR);
+            }
+            host_flags |= libc::O_DIRECTORY;
+        } else if flags & libc::O_DIRECTORY != 0 {
+            return Err(Errno::ENOTDIR);
+        } else if !node.is_file() {
+            // The guest kernel opens FIFOs, sockets and device nodes itself and never asks
+            // the server; opening them on the host could block or reach a host device.
+            tracing::warn!(ino, "refused to open a special file on the host");
+            return Err(Errno::EPERM);
+        }
+        let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
+        let fh = self.handles.insert(Handle {
+            fd,
+            kind: HandleKind::File,
+        });
+        Ok(Opened { fh, open_flags: 0 })
+    }
+
+    /// Creates (or, without O_EXCL, opens an existing) regular file `name` in `parent` and
+    /// opens it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<Created, Errno> {
+        self.check_writable()?;
+        let name = component(name)?;
+        let dir = self.dir_node(parent)?;
+        let perm = mode & !umask & 0o7777;
+        let host_flags = flags & OPEN_FLAGS_KEPT;
+        let exclusive = flags & libc::O_EXCL != 0;
+        // Create exclusively first so we know whether the file is new (only a new file gets
+        // its mode corrected). An existing name is opened through an O_PATH lookup and a
+        // checked reopen, so a FIFO or device that is already there is never opened.
+        let mut opened: Option<(OwnedFd, OwnedFd, bool)> = None;
+        for _ in 0..8 {
+            match sys::open_beneath(
+                dir.fd(),
+                &name,
+                host_flags | libc::O_CREAT | libc::O_EXCL,
+                perm,
+            ) {
+                Ok(data) => {
+                    let path = sys::reopen(self.proc_fd(), data.as_fd(), libc::O_PATH)?;
+                    opened = Some((path, data, true));
+                    break;
+                }
+                Err(Errno::EEXIST) if !exclusive => {}
+                Err(e) => return Err(e),
+            }
+            let path = match sys::open_beneath(dir.fd(), &name, libc::O_PATH, 0) {
+                Ok(fd) => fd,
+                // Removed between the two attempts: try creating again.
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            let st = sys::fstat(path.as_fd())?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(Errno::EISDIR),
+                libc::S_IFLNK => return Err(Errno::ELOOP),
+                _ => return Err(Errno::EEXIST),
+            }
+            let data = sys::reopen(self.proc_fd(), path.as_fd(), host_flags)?;
+            opened = Some((path, data, false));
+            break;
+        }
+        let Some((path, data, created)) = opened else {
+            return Err(Errno::ENOENT);
+        };
+        let mut st = sys::fstat(path.as_fd())?;
+        if created && st.st_mode & 0o777 != perm & 0o777 {
+            sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
+            st = sys::fstat(path.as_fd())?;
+        }
+        let node = self.inodes.insert_or_ref(path, &st);
+        let fh = self.handles.insert(Handle {
+            fd: data,
+            kind: HandleKind::File,
+        });
+        Ok(Created {
+            entry: entry_from_stat(node.id, &st),
+            opened: Opened { fh, open_flags: 0 },
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset`; fewer only at end of file.
+    pub fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let size = size as usize;
+        if size > MAX_DATA {
+            return Err(Errno::EINVAL);
+        }
+        let h = self.file_handle(fh)?;
+        let mut buf = vec![0u8; size];
+        let n = sys::pread_full(h.file_fd()?, &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Writes all of `data` at `offset` (appends on a handle opened with O_APPEND).
+    pub fn write(&self, _ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        self.check_writable()?;
+        if data.len() > MAX_DATA {
+            return Err(Errno::EINVAL);
+        }
+        let h = self.file_handle(fh)?;
+        let n = sys::pwrite_all(h.file_fd()?, data, offset)?;
+        Ok(n as u32)
+    }
+
+    /// A `close(2)` in the guest. The host fd stays open until `release`, so there is nothing
+    /// to do beyond checking the handle.
+    pub fn flush(&self, _ino: u64, fh: u64, _lock_owner: u64) -> Result<(), Errno> {
+        self.file_handle(fh).map(drop)
+    }
+
+    /// Last close of a file handle: forgets it and closes its fd.
+    pub fn release(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
+        self.file_handle(fh)?;
+        self.handles.remove(fh).map(drop)
+    }
+
+    /// `fsync`/`fdatasync` of a file handle.
+    pub fn fsync(&self, _ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let h = self.file_handle(fh)?;
+        sys::fsync(h.file_fd()?, datasync)
+    }
+
+    /// Opens the directory `ino` for reading.
+    pub fn opendir(&self, _ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
+        let node = self.dir_node(ino)?;
+        let fd = sys::reopen(
+            self.proc_fd(),
+            node.fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
+        let fh = self.handles.insert(Handle {
+            fd,
+            kind: HandleKind::Dir(std::sync::Mutex::new(())),
+        });
+        Ok(Opened { fh, open_flags: 0 })
+    }
+
+    /// Walks the directory handle `fh` from cookie `offset`, calling `emit` for each entry
+    /// until it returns `false` (the reply is full) or the directory ends.
+    fn walk_dir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(BorrowedFd<'_>, sys::RawDirent<'_>) -> Result<bool, Errno>,
+    ) -> Result<(), Errno> {
+        let h = self.handles.get(fh)?;
+        let (fd, _guard) = h.lock_dir()?;
+        let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        sys::lseek(fd, offset, libc::SEEK_SET)?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = sys::getdents64(fd, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for d in sys::parse_dirents(&buf[..n]) {
+                if !emit(fd, d)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Entries after cookie `offset`, at most `size` bytes' worth in FUSE's encoding. The
+    /// inode numbers are the host's (readdir takes no lookups).
+    pub fn readdir(
+        &self,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        let budget = (size as usize).min(MAX_DATA);
+        let mut used = 0;
+        let mut out = Vec::new();
+        let res = self.walk_dir(fh, offset, |_, d| {
+            let cost = dirent_cost(d.name.len());
+            if used + cost > budget {
+                return Ok(false);
+            }
+            used += cost;
+            out.push(DirEntry {
+                ino: d.ino,
+                offset: d.off,
+                kind: d.kind,
+                name: d.name.to_vec(),
+            });
+            Ok(true)
+        });
+        match res {
+            // Entries already gathered are worth returning; the error will recur next call.
+            Err(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// As [`Self::readdir`], with a lookup of each entry (which the guest must forget).
+    /// `.` and `..` are not looked up: their entries carry node id 0.
+    pub fn readdirplus(
+        &self,
+        _ctx: &Ctx,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<DirEntryPlus>, Errno> {
+        let budget = (size as usize).min(MAX_DATA);
+        let mut used = 0;
+        let mut out = Vec::new();
+        let res = self.walk_dir(fh, offset, |dirfd, d| {
+            let cost = direntplus_cost(d.name.len());
+            if used + cost > budget {
+                return Ok(false);
+            }
+            let entry = if d.name == b"." || d.name == b".." {
+                Entry::default()
+            } else {
+                let name = sys::cstring(d.name)?;
+                match self.lookup_at(dirfd, &name) {
+                    Ok(entry) => entry,
+                    // Removed since getdents saw it: leave it out.
+                    Err(Errno::ENOENT) => return Ok(true),
+                    Err(e) => return Err(e),
+                }
+            };
+            used += cost;
+            out.push(DirEntryPlus {
+                entry,
+                offset: d.off,
+                kind: d.kind,
+                name: d.name.to_vec(),
+            });
+            Ok(true)
+        });
+        match res {
+            // Lookups were taken for the gathered entries, so they must reach the guest.
+            Err(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// The handle `fh` as a directory handle.
+    fn dir_handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        let h = self.handles.get(fh)?;
+        match h.kind {
+            HandleKind::Dir(_) => Ok(h),
+            HandleKind::File => Err(Errno::EBADF),
+        }
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
+        self.dir_handle(fh)?;
+        self.handles.remove(fh).map(drop)
+    }
+
+    /// `fsync`/`fdatasync` of a directory handle.
+    pub fn fsyncdir(&self, _ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let h = self.dir_handle(fh)?;
+        sys::fsync(h.fd(), datasync)
+    }
+
+    /// Statistics of the filesystem holding `ino`.
+    pub fn statfs(&self, ino: u64) -> Result<Statfs, Errno> {
+        let node = self.inodes.get(ino)?;
+        let st = sys::fstatvfs(node.fd())?;
+        Ok(Statfs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: u32::try_from(st.f_bsize).unwrap_or(u32::MAX),
+            namelen: u32::try_from(st.f_namemax).unwrap_or(u32::MAX),
+            frsize: u32::try_from(st.f_frsize).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// `access(2)` check of `ino` with `mask`; write access to a read-only export is EROFS.
+    pub fn access(&self, _ctx: &Ctx, ino: u64, mask: i32) -> Result<(), Errno> {
+        let node = self.inodes.get(ino)?;
+        if mask & libc::W_OK != 0 && self.export.read_only {
+            return Err(Errno::EROFS);
+        }
+        sys::access(self.proc_fd(), node.fd(), mask)
+    }
+
+    /// The `/proc/self/fd/N` path of a node. Xattr calls on it reach the node's own inode,
+    /// and for a symlink node the symlink itself: following the magic link never continues
+    /// into the symlink's target.
+    fn xattr_path(&self, node: &InodeData) -> CString {
+        sys::proc_path(node.fd())
+    }
+
+    /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
+    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
+        let node = self.inodes.get(ino)?;
+        let name = xattr_name(name)?;
+        let path = self.xattr_path(&node);
+        if size == 0 {
+            let n = sys::getxattr(&path, &name, &mut [])?;
+            return Ok(XattrReply::Size(n as u32));
+        }
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let n = sys::getxattr(&path, &name, &mut buf)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    /// NUL-separated xattr names; `size == 0` asks for the list's size.
+    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
+        let node = self.inodes.get(ino)?;
+        let path = self.xattr_path(&node);
+        if size == 0 {
+            let n = sys::listxattr(&path, &mut [])?;
+            return Ok(XattrReply::Size(n as u32));
+        }
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let n = sys::listxattr(&path, &mut buf)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    pub fn setxattr(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Errno> {
+        self.check_writable()?;
+        let node = self.inodes.get(ino)?;
+        let name = xattr_name(name)?;
+        if value.len() > XATTR_MAX {
+            return Err(Errno::E2BIG);
+        }
+        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        sys::setxattr(&self.xattr_path(&node), &name, value, flags)
+    }
+
+    /// Removes xattr `name`.
+    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
+        self.check_writable()?;
+        let node = self.inodes.get(ino)?;
+        let name = xattr_name(name)?;
+        sys::removexattr(&self.xattr_path(&node), &name)
+    }
+
+    /// `fallocate(2)` on a file handle.
+    pub fn fallocate(
+        &self,
+        _ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        self.check_writable()?;
+        let h = self.file_handle(fh)?;
+        sys::fallocate(h.file_fd()?, mode, offset, length)
+    }
+
+    /// `lseek(2)` on a file handle (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE).
+    pub fn lseek(&self, _ino: u64, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        if !matches!(
+            whence,
+            libc::SEEK_SET | libc::SEEK_CUR | libc::SEEK_END | libc::SEEK_DATA | libc::SEEK_HOLE
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        let h = self.file_handle(fh)?;
+        sys::lseek(h.file_fd()?, offset, whence)
+    }
+
+    /// Server-side copy between two file handles at explicit offsets; may copy less than
+    /// asked (at most 1 GiB per request).
+    pub fn copy_file_range(&self, req: &CopyFileRange) -> Result<u32, Errno> {
+        self.check_writable()?;
+        let h_in = self.file_handle(req.fh_in)?;
+        let h_out = self.file_handle(req.fh_out)?;
+        let len = req.len.min(MAX_COPY) as usize;
+        let n = sys::copy_file_range(
+            h_in.file_fd()?,
+            req.offset_in,
+            h_out.file_fd()?,
+            req.offset_out,
+            len,
+            req.flags,
+        )?;
+        Ok(n as u32)
+    }
+
+    /// Tests for a lock conflicting with `lock` (an OFD lock on the handle's fd); returns the
+    /// conflicting lock, or `lock` with type F_UNLCK when there is none.
+    pub fn getlk(&self, _ino: u64, fh: u64, _owner: u64, lock: &Lock) -> Result<Lock, Errno> {
+        let h = self.file_handle(fh)?;
+        let mut fl = to_flock(lock)?;
+        sys::fcntl_lock(h.file_fd()?, libc::F_OFD_GETLK, &mut fl)?;
+        Ok(from_flock(&fl))
+    }
+
+    /// Takes or releases an OFD lock on the handle's fd; `sleep` waits for a conflicting lock
+    /// to go away (blocking this thread), otherwise a conflict is EAGAIN. Locks change no
+    /// data, so read-only exports allow them.
+    pub fn setlk(
+        &self,
+        _ino: u64,
+        fh: u64,
+        _owner: u64,
+        lock: &Lock,
+        sleep: bool,
+    ) -> Result<(), Errno> {
+        let h = self.file_handle(fh)?;
+        let mut fl = to_flock(lock)?;
+        let cmd = if sleep {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
+        sys::fcntl_lock(h.file_fd()?, cmd, &mut fl)
+    }
+
+    /// `flock(2)` on the handle's fd: LOCK_SH, LOCK_EX or LOCK_UN, optionally with LOCK_NB.
+    pub fn flock(&self, _ino: u64, fh: u64, _owner: u64, op: i32) -> Result<(), Errno> {
+        if !matches!(
+            op & !libc::LOCK_NB,
+            libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        let h = self.file_handle(fh)?;
+        sys::flock(h.file_fd()?, op)
+    }
+}
+
+/// Checks an xattr name: non-empty, no NUL, at most 255 bytes (XATTR_NAME_MAX).
+fn xattr_name(name: &[u8]) -> Result<CString, Errno> {
+    if name.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > 255 {
+        return Err(Errno::ERANGE);
+    }
+    sys::cstring(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdev_encoding_matches_the_kernel() {
+        // makedev(8, 1) in glibc's layout is 0x801; the kernel's new encoding is the same for
+        // small numbers.
+        assert_eq!(encode_rdev(libc::makedev(8, 1)), 0x801);
+        // A large minor moves into the high bits: new_encode_dev(1, 0x12345).
+        let dev = libc::makedev(1, 0x12345);
+        assert_eq!(encode_rdev(dev), 0x45 | (1 << 8) | (0x123 << 20));
+    }
+
+    #[test]
+    fn names_must_be_single_components() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
+            assert_eq!(component(bad).unwrap_err(), Errno::EINVAL, "{bad:?}");
+        }
+        assert!(component(b"...").is_ok());
+        assert!(component(b".hidden").is_ok());
+    }
+
+    #[test]
+    fn lock_ranges_convert_both_ways() {
+        let l = Lock {
+            start: 10,
+            end: 19,
+            typ: libc::F_WRLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&l).unwrap();
+        assert_eq!((fl.l_start, fl.l_len), (10, 10));
+        assert_eq!(from_flock(&fl).end, 19);
+        let whole = Lock {
+            start: 0,
+            end: u64::MAX,
+            typ: libc::F_RDLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&whole).unwrap();
+        assert_eq!(fl.l_len, 0);
+        assert_eq!(from_flock(&fl).end, u64::MAX);
+        let bad = Lock {
+            start: 5,
+            end: 1,
+            ..whole
+        };
+        assert_eq!(to_flock(&bad).unwrap_err(), Errno::EINVAL);
+        let bad_type = Lock { typ: 99, ..whole };
+        assert_eq!(to_flock(&bad_type).unwrap_err(), Errno::EINVAL);
+    }
+}

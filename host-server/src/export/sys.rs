@@ -1,0 +1,600 @@
+//! Thin wrappers over the Linux system calls the export needs.
+//!
+//! Every wrapper turns a failed call into its [`Errno`] and keeps the `unsafe` in one place, so
+//! the operations in `ops.rs` are written in safe Rust. Nothing here resolves a path with more
+//! than one component: callers pass a directory fd and a single validated name, or an fd that
+//! is reached through `/proc/self/fd`.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_protocol::Errno;
+
+/// The errno of the last failed call on this thread.
+pub(crate) fn last_errno() -> Errno {
+    Errno::from_io(&std::io::Error::last_os_error())
+}
+
+/// Turns a `-1`-on-error return value into a `Result`.
+fn check(ret: libc::c_int) -> Result<libc::c_int, Errno> {
+    if ret < 0 { Err(last_errno()) } else { Ok(ret) }
+}
+
+/// Same as [`check`] for calls returning `ssize_t`.
+fn check_size(ret: libc::ssize_t) -> Result<usize, Errno> {
+    if ret < 0 {
+        Err(last_errno())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Takes ownership of a freshly returned fd.
+fn own_fd(ret: libc::c_int) -> Result<OwnedFd, Errno> {
+    let fd = check(ret)?;
+    // SAFETY: `fd` was just returned by a successful open-like call, so it is a valid
+    // descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A name or path as a C string; an interior NUL is EINVAL.
+pub(crate) fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+/// The empty path used with `AT_EMPTY_PATH` to address an fd itself.
+const EMPTY: &CStr = c"";
+
+/// `struct open_how` of openat2(2). libc's version is `non_exhaustive`, so it is declared here
+/// with the kernel's layout.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Cleared once openat2 answered ENOSYS, so the fallback is taken without asking again.
+static OPENAT2_AVAILABLE: AtomicBool = AtomicBool::new(true);
+
+/// Opens the single component `name` below `dir` without ever following a symlink and without
+/// leaving `dir`. `O_NOFOLLOW | O_CLOEXEC` are always added; with `O_PATH` a trailing symlink is
+/// returned as itself, otherwise opening one fails with ELOOP.
+pub(crate) fn open_beneath(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if OPENAT2_AVAILABLE.load(Ordering::Relaxed) {
+        let how = OpenHow {
+            flags: flags as u32 as u64,
+            mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+                u64::from(mode)
+            } else {
+                0
+            },
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+        };
+        // openat2 answers EAGAIN when a concurrent rename might have let RESOLVE_BENEATH be
+        // bypassed; the kernel asks callers to retry, and a few tries are plenty.
+        for _ in 0..16 {
+            // SAFETY: `name` is a valid NUL-terminated string and `how` a properly sized
+            // `open_how` that both outlive the call; the kernel only reads them.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            if ret >= 0 {
+                return own_fd(ret as libc::c_int);
+            }
+            let e = last_errno();
+            if e == Errno::ENOSYS {
+                OPENAT2_AVAILABLE.store(false, Ordering::Relaxed);
+                break;
+            }
+            if e != Errno::EAGAIN {
+                return Err(e);
+            }
+        }
+        if OPENAT2_AVAILABLE.load(Ordering::Relaxed) {
+            return Err(Errno::EAGAIN);
+        }
+    }
+    // The fallback is as safe for a single component that is neither "." nor "..":
+    // O_NOFOLLOW keeps a trailing symlink from being followed.
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    own_fd(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) })
+}
+
+/// Opens `path` (an operator-supplied absolute path) with `flags | O_CLOEXEC`.
+pub(crate) fn open_path(path: &CStr, flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    own_fd(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+/// The decimal name of `fd` inside `/proc/self/fd`.
+pub(crate) fn fd_name(fd: BorrowedFd<'_>) -> CString {
+    CString::new(fd.as_raw_fd().to_string()).expect("decimal digits contain no NUL")
+}
+
+/// The absolute `/proc/self/fd/N` path of `fd`, for calls that have no `*at` form.
+pub(crate) fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a proc path")
+}
+
+/// Re-opens the inode behind `fd` (usually an `O_PATH` fd) through its `/proc/self/fd` entry
+/// with real access `flags`. Callers must not pass symlink fds (the kernel answers ELOOP).
+pub(crate) fn reopen(
+    proc_fd: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    flags: libc::c_int,
+) -> Result<OwnedFd, Errno> {
+    let name = fd_name(fd);
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    own_fd(unsafe { libc::openat(proc_fd.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+/// `stat` of the object `fd` refers to; a symlink fd is not followed.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` points to writable memory of the right size and `EMPTY` is a valid string.
+    check(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: the kernel filled the structure on success (and it was zeroed before).
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fchmodat` through the `/proc/self/fd` entry of `fd` (which must not be a symlink).
+pub(crate) fn chmod(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    let name = fd_name(fd);
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    check(unsafe { libc::fchmodat(proc_fd.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `fchmod` of an open (non-`O_PATH`) fd.
+pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// `fchownat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.
+pub(crate) fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: `EMPTY` is a valid NUL-terminated string.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// `ftruncate` of an open fd.
+pub(crate) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+    let size = libc::off_t::try_from(size).map_err(|_| Errno::EFBIG)?;
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+}
+
+/// `utimensat` through the `/proc/self/fd` entry of `fd`. Following that magic link lands on
+/// the object itself, even when it is a symlink: the symlink's target is not followed.
+pub(crate) fn utimens(
+    proc_fd: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    times: &[libc::timespec; 2],
+) -> Result<(), Errno> {
+    let name = fd_name(fd);
+    // SAFETY: `name` and `times` are valid for the duration of the call; the kernel reads two
+    // timespecs.
+    check(unsafe { libc::utimensat(proc_fd.as_raw_fd(), name.as_ptr(), times.as_ptr(), 0) })
+        .map(drop)
+}
+
+/// The target of the symlink `fd` refers to.
+pub(crate) fn readlink(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for `buf.len()` bytes and `EMPTY` is a valid string.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub(crate) fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// `mknodat(dir, name, mode, 0)`.
+pub(crate) fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// `unlinkat(dir, name, flags)`.
+pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2(olddir, old, newdir, new, flags)`.
+pub(crate) fn renameat2(
+    olddir: BorrowedFd<'_>,
+    old: &CStr,
+    newdir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> Result<(), Errno> {
+    // SAFETY: both names are valid NUL-terminated strings for the duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            olddir.as_raw_fd(),
+            old.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// Hard-links the inode behind `fd` as `name` in `dir`, through its `/proc/self/fd` entry
+/// (`AT_SYMLINK_FOLLOW` follows the magic link to the object itself, never a symlink's target).
+pub(crate) fn link_fd(
+    proc_fd: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+) -> Result<(), Errno> {
+    let src = fd_name(fd);
+    // SAFETY: both names are valid NUL-terminated strings for the duration of the call.
+    check(unsafe {
+        libc::linkat(
+            proc_fd.as_raw_fd(),
+            src.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Reads at `offset` until `buf` is full or end of file; returns the bytes read.
+pub(crate) fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        let off = offset
+            .checked_add(done as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or(Errno::EINVAL)?;
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is writable for `rest.len()` bytes.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), off) };
+        match check_size(n) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) if done > 0 => {
+                tracing::debug!(error = ?e, "short read");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `data` at `offset`; returns the bytes written.
+pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < data.len() {
+        let off = offset
+            .checked_add(done as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or(Errno::EFBIG)?;
+        let rest = &data[done..];
+        // SAFETY: `rest` is readable for `rest.len()` bytes.
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) };
+        match check_size(n) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            // Part of the data is on disk: report what was written, as write(2) does.
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `fsync` or `fdatasync`.
+pub(crate) fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<(), Errno> {
+    // SAFETY: plain syscalls on a borrowed, valid fd.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// `lseek`.
+pub(crate) fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> Result<i64, Errno> {
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if ret < 0 { Err(last_errno()) } else { Ok(ret) }
+}
+
+/// `getdents64` into `buf`; returns the bytes filled (0 at end of directory).
+pub(crate) fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is writable for `buf.len()` bytes; the kernel writes at most that many.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if ret < 0 {
+        Err(last_errno())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// One parsed `struct linux_dirent64`.
+pub(crate) struct RawDirent<'a> {
+    pub ino: u64,
+    pub off: u64,
+    pub kind: u8,
+    pub name: &'a [u8],
+}
+
+/// Size of the fixed part of `struct linux_dirent64` (d_ino, d_off, d_reclen, d_type).
+const DIRENT_HEADER: usize = 19;
+
+/// Parses the records getdents64 left in `buf`, checking every length against the buffer.
+/// A malformed record ends the iteration rather than reading out of bounds.
+pub(crate) fn parse_dirents(buf: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let rest = buf.get(pos..)?;
+        if rest.len() < DIRENT_HEADER {
+            return None;
+        }
+        let ino = u64::from_ne_bytes(rest[0..8].try_into().ok()?);
+        let off = u64::from_ne_bytes(rest[8..16].try_into().ok()?);
+        let reclen = usize::from(u16::from_ne_bytes(rest[16..18].try_into().ok()?));
+        let kind = rest[18];
+        if reclen < DIRENT_HEADER || reclen > rest.len() {
+            return None;
+        }
+        let name_area = &rest[DIRENT_HEADER..reclen];
+        let name_len = name_area.iter().position(|&b| b == 0)?;
+        pos += reclen;
+        Some(RawDirent {
+            ino,
+            off,
+            kind,
+            name: &name_area[..name_len],
+        })
+    })
+}
+
+/// `fstatvfs`.
+pub(crate) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `st` points to writable memory of the right size.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: the call filled the structure on success (and it was zeroed before).
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `faccessat` through the `/proc/self/fd` entry of `fd`.
+pub(crate) fn access(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mask: i32) -> Result<(), Errno> {
+    let name = fd_name(fd);
+    // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::faccessat(proc_fd.as_raw_fd(), name.as_ptr(), mask, 0) }).map(drop)
+}
+
+/// `getxattr(path, name)`; an empty `buf` asks for the size.
+pub(crate) fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: strings are valid; `buf` is writable for `buf.len()` bytes (a null pointer with
+    // length 0 is how the size is queried).
+    check_size(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            buf.len(),
+        )
+    })
+}
+
+/// `listxattr(path)`; an empty `buf` asks for the size.
+pub(crate) fn listxattr(path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `path` is valid; `buf` is writable for `buf.len()` bytes (null with length 0
+    // queries the size).
+    check_size(unsafe {
+        libc::listxattr(
+            path.as_ptr(),
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            buf.len(),
+        )
+    })
+}
+
+/// `setxattr(path, name, value, flags)`.
+pub(crate) fn setxattr(
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: libc::c_int,
+) -> Result<(), Errno> {
+    // SAFETY: strings are valid; `value` is readable for `value.len()` bytes.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `removexattr(path, name)`.
+pub(crate) fn removexattr(path: &CStr, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// `fallocate`.
+pub(crate) fn fallocate(
+    fd: BorrowedFd<'_>,
+    mode: libc::c_int,
+    offset: u64,
+    length: u64,
+) -> Result<(), Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)?;
+    let length = libc::off_t::try_from(length).map_err(|_| Errno::EFBIG)?;
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, length) }).map(drop)
+}
+
+/// `copy_file_range` with explicit offsets (the fds' own positions are untouched).
+pub(crate) fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+    flags: u32,
+) -> Result<usize, Errno> {
+    let mut off_in = libc::off64_t::try_from(off_in).map_err(|_| Errno::EINVAL)?;
+    let mut off_out = libc::off64_t::try_from(off_out).map_err(|_| Errno::EFBIG)?;
+    // SAFETY: the offset pointers refer to live locals the kernel updates; fds are valid.
+    check_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len,
+            flags,
+        )
+    })
+}
+
+/// `fcntl(fd, cmd, &mut flock)` for the OFD lock commands.
+pub(crate) fn fcntl_lock(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    lock: &mut libc::flock,
+) -> Result<(), Errno> {
+    // SAFETY: `lock` is a valid, writable `struct flock` for the duration of the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
+}
+
+/// `flock(fd, op)`.
+pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
+        let reclen = (DIRENT_HEADER + name.len() + 1).div_ceil(8) * 8;
+        let mut v = Vec::with_capacity(reclen);
+        v.extend_from_slice(&ino.to_ne_bytes());
+        v.extend_from_slice(&off.to_ne_bytes());
+        v.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        v.push(kind);
+        v.extend_from_slice(name);
+        v.resize(reclen, 0);
+        v
+    }
+
+    #[test]
+    fn parses_records_and_stops_at_garbage() {
+        let mut buf = record(5, 10, 4, b"abc");
+        buf.extend(record(6, 20, 8, b"a-longer-name"));
+        let got: Vec<_> = parse_dirents(&buf)
+            .map(|d| (d.ino, d.off, d.kind, d.name.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (5, 10, 4, b"abc".to_vec()),
+                (6, 20, 8, b"a-longer-name".to_vec())
+            ]
+        );
+        // A record length running past the buffer ends the walk instead of reading past it.
+        let mut bad = record(7, 30, 8, b"x");
+        bad[16..18].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(parse_dirents(&bad).count(), 0);
+        // A record length below the header size ends the walk too.
+        let mut tiny = record(7, 30, 8, b"x");
+        tiny[16..18].copy_from_slice(&3u16.to_ne_bytes());
+        assert_eq!(parse_dirents(&tiny).count(), 0);
+        // A name without its terminating NUL is rejected.
+        let mut nonul = record(7, 30, 8, b"1234");
+        let len = nonul.len();
+        for b in &mut nonul[DIRENT_HEADER..len] {
+            *b = b'z';
+        }
+        assert_eq!(parse_dirents(&nonul).count(), 0);
+        assert_eq!(parse_dirents(&buf[..5]).count(), 0);
+    }
+}

@@ -1,0 +1,306 @@
+//! The binaries as a user runs them: `ferry share`, and `ferry-host` with `ferry-agent` as
+//! separate processes over Unix sockets and TCP.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::attacks::HostProc;
+use crate::harness::{Share, bins, fuse_available, is_ferry_mount, terminate, wait_mounted};
+
+/// Starts `ferry-agent` with the given arguments; stderr is piped for inspection.
+fn agent(args: &[String]) -> Child {
+    Command::new(&bins().agent)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit in {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn share_stops_cleanly_on_sigterm_with_files_open() {
+    if !fuse_available("share_sigterm") {
+        return;
+    }
+    let share = Share::start();
+    fs::write(share.src().join("f"), b"x").unwrap();
+    let mnt = share.mnt().to_path_buf();
+    let open_file = fs::File::open(mnt.join("f")).unwrap();
+    let cwd_holder = fs::read_dir(&mnt).unwrap();
+    let status = share.stop();
+    assert!(status.success(), "ferry share exited with {status}");
+    assert!(!is_ferry_mount(&mnt), "mount still present after exit");
+    drop(open_file);
+    drop(cwd_holder);
+}
+
+#[test]
+fn share_read_only_refuses_writes() {
+    if !fuse_available("share_ro") {
+        return;
+    }
+    let share = Share::start_with(&["--read-only"]);
+    fs::write(share.src().join("f"), b"host data").unwrap();
+    assert_eq!(fs::read(share.mnt().join("f")).unwrap(), b"host data");
+    let e = fs::write(share.mnt().join("g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(share.mnt().join("f"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert_eq!(fs::read(share.src().join("f")).unwrap(), b"host data");
+    assert!(!share.src().join("g").exists());
+    assert!(share.stop().success());
+}
+
+#[test]
+fn separate_processes_several_exports_and_agents() {
+    if !fuse_available("separate_processes") {
+        return;
+    }
+    let docs = tempfile::tempdir().unwrap();
+    fs::write(docs.path().join("readme"), b"docs").unwrap();
+    let host = HostProc::start(&[format!("docs={}:ro", docs.path().display())]);
+    let m1 = tempfile::tempdir().unwrap();
+    let m2 = tempfile::tempdir().unwrap();
+    let m3 = tempfile::tempdir().unwrap();
+    let connect = format!("unix:{}", host.sock.display());
+    let mut a1 = agent(&[
+        "--connect".into(),
+        connect.clone(),
+        "--mount".into(),
+        format!("ex={}", m1.path().display()),
+        "--mount".into(),
+        format!("docs={}", m2.path().display()),
+    ]);
+    wait_mounted(m1.path(), &mut a1);
+    wait_mounted(m2.path(), &mut a1);
+    let mut a2 = agent(&[
+        "--connect".into(),
+        connect,
+        "--mount".into(),
+        format!("ex={}", m3.path().display()),
+    ]);
+    wait_mounted(m3.path(), &mut a2);
+
+    // One agent writes, the other sees it (after its short attribute timeout at most).
+    fs::write(m1.path().join("shared"), b"from agent 1").unwrap();
+    assert_eq!(
+        fs::read(host.export().join("shared")).unwrap(),
+        b"from agent 1"
+    );
+    assert_eq!(fs::read(m3.path().join("shared")).unwrap(), b"from agent 1");
+    assert_eq!(fs::read(m2.path().join("readme")).unwrap(), b"docs");
+    let e = fs::write(m2.path().join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+
+    for (mut a, mounts) in [(a1, vec![m1.path(), m2.path()]), (a2, vec![m3.path()])] {
+        let status = terminate(&mut a);
+        assert!(
+            status.success(),
+            "agent exited with {status}: {}",
+            stderr_of(&mut a)
+        );
+        for m in mounts {
+            assert!(!is_ferry_mount(m), "{} still mounted", m.display());
+        }
+    }
+    assert!(host.stop().success());
+}
+
+#[test]
+fn unknown_export_is_a_clear_error() {
+    if !fuse_available("unknown_export") {
+        return;
+    }
+    let host = HostProc::start(&[]);
+    let m = tempfile::tempdir().unwrap();
+    let mut a = agent(&[
+        "--connect".into(),
+        format!("unix:{}", host.sock.display()),
+        "--mount".into(),
+        format!("nope={}", m.path().display()),
+    ]);
+    let status = wait_exit(&mut a, 20);
+    assert!(!status.success());
+    let err = stderr_of(&mut a);
+    assert!(
+        err.contains("nope") && err.contains("ex"),
+        "error names the export and the choices:\n{err}"
+    );
+}
+
+fn host_tcp(dir: &Path, port: u16, token: Option<&str>) -> Child {
+    let mut cmd = Command::new(&bins().host);
+    cmd.arg("--export")
+        .arg(format!("ex={}", dir.display()))
+        .arg("--listen")
+        .arg(format!("tcp:{port}"))
+        .env_remove("FERRY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        let f = dir.parent().unwrap().join(format!("token-{port}"));
+        fs::write(&f, format!("{t}\n")).unwrap();
+        cmd.arg("--token-file").arg(f);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry-host did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tcp_requires_a_token() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ex");
+    fs::create_dir(&dir).unwrap();
+    let mut h = host_tcp(&dir, free_port(), None);
+    let status = wait_exit(&mut h, 20);
+    assert!(!status.success());
+    let err = stderr_of(&mut h);
+    assert!(
+        err.contains("token"),
+        "ferry-host explains the missing token:\n{err}"
+    );
+}
+
+#[test]
+fn tcp_with_token_refuses_wrong_token_on_both_sides() {
+    if !fuse_available("tcp_token") {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ex");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("hello"), b"over tcp").unwrap();
+    let port = free_port();
+    let mut h = host_tcp(&dir, port, Some("s3cret"));
+    wait_listening(port);
+    let m = tempfile::tempdir().unwrap();
+    let connect = format!("tcp:127.0.0.1:{port}");
+    let mount = format!("ex={}", m.path().display());
+
+    let mut bad = Command::new(&bins().agent)
+        .args(["--connect", &connect, "--mount", &mount])
+        .env("FERRY_TOKEN", "wrong")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut bad, 20);
+    assert!(!status.success());
+    let err = stderr_of(&mut bad);
+    assert!(
+        err.contains("wrong token"),
+        "agent shows the server's reason:\n{err}"
+    );
+    assert!(!is_ferry_mount(m.path()));
+
+    let mut none = Command::new(&bins().agent)
+        .args(["--connect", &connect, "--mount", &mount])
+        .env_remove("FERRY_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(!wait_exit(&mut none, 20).success());
+    assert!(stderr_of(&mut none).contains("requires a token"));
+
+    let mut good = Command::new(&bins().agent)
+        .args(["--connect", &connect, "--mount", &mount])
+        .env("FERRY_TOKEN", "s3cret")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_mounted(m.path(), &mut good);
+    assert_eq!(fs::read(m.path().join("hello")).unwrap(), b"over tcp");
+    assert!(terminate(&mut good).success());
+
+    let status = terminate(&mut h);
+    assert!(status.success());
+    let log = stderr_of(&mut h);
+    assert!(
+        log.contains("refusing") && log.contains("wrong token"),
+        "host logs the refusal:\n{log}"
+    );
+}
+
+#[test]
+fn bad_addresses_are_clear_errors() {
+    for (bin, args, needle) in [
+        (
+            &bins().host,
+            vec!["--export", "a=/tmp", "--listen", "carrier-pigeon:1"],
+            "expected unix:PATH",
+        ),
+        (
+            &bins().host,
+            vec!["--export", "a b=/tmp", "--listen", "unix:/tmp/x"],
+            "not allowed in a name",
+        ),
+        (
+            &bins().agent,
+            vec!["--connect", "nowhere", "--mount", "a=/mnt"],
+            "unix:PATH",
+        ),
+        (
+            &bins().agent,
+            vec!["--connect", "unix:/tmp/x", "--mount", "nomountpoint"],
+            "NAME=MOUNTPOINT",
+        ),
+    ] {
+        let out = Command::new(bin).args(&args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    for bin in [&bins().host, &bins().agent, &bins().ferry] {
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}
