@@ -217,7 +217,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("bindfs is installed (apt-get install bindfs)");
-    wait_for_mount(&bind_mnt, "fuse.bindfs");
+    wait_for_mount(&bind_mnt, " fuse");
     let bind = Target {
         name: "bindfs",
         root: bind_mnt,
@@ -234,7 +234,7 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_mount(&ferry_mnt, "fuse.ferry");
+    wait_for_mount(&ferry_mnt, " ferry:");
     let ferry = Target {
         name: "ferry",
         root: ferry_mnt,

@@ -174,7 +174,7 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
 }
 
 /// Logs to stderr through `tracing`; `RUST_LOG` overrides the default filter (`info`, with
-/// fuser's own chatter at `warn`). Calling it twice is harmless.
+/// fuser's own chatter at `error`). Calling it twice is harmless.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
