@@ -78,20 +78,11 @@ fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> a
     let (host_end, guest_end) =
         std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-host")
-        .build()?;
-    host_end.set_nonblocking(true)?;
-    let server = {
-        let _guard = rt.enter();
-        let stream = tokio::net::UnixStream::from_std(host_end)?;
-        rt.spawn(ferry_host::serve_connection(
-            stream,
-            state,
-            "ferry share".into(),
-        ))
-    };
+    // The host half serves its end of the pair on threads of its own, as it would serve a
+    // socket accepted from a VM.
+    let server = std::thread::Builder::new()
+        .name("ferry-host".into())
+        .spawn(move || ferry_host::serve_connection(host_end, &state, "ferry share"))?;
 
     tracing::info!(
         "sharing {} at {}{}; Ctrl-C to stop",
@@ -107,9 +98,6 @@ fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> a
     };
     let result = ferry_agent::serve_stream(guest_end, &config, shutdown);
     // The agent has unmounted and closed its end; the server connection ends with it.
-    rt.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = server.join();
     result
 }

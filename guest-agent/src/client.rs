@@ -28,6 +28,9 @@ use ferry_protocol::{
 };
 use tracing::{debug, error, info, warn};
 
+/// Receive buffer of the reader thread.
+const READ_BUF: usize = 256 * 1024;
+
 /// How long the handshake may take on a socket before the connection attempt is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -338,7 +341,13 @@ impl Client {
         let c = client.clone();
         std::thread::Builder::new()
             .name("ferry-reader".into())
-            .spawn(move || c.reader_loop(reader, buf))?;
+            .spawn(move || {
+                // Replies are small and arrive in bursts: one read syscall picks up several.
+                c.reader_loop(
+                    Box::new(io::BufReader::with_capacity(READ_BUF, reader)),
+                    buf,
+                )
+            })?;
         Ok(client)
     }
 

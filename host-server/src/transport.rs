@@ -9,9 +9,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::conn::{ServerState, serve_connection};
+use crate::conn::{ServerState, Stream, serve_connection};
 
 /// Where the server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,28 +120,24 @@ impl Listener {
         }
     }
 
-    /// Accepts connections forever, serving each on its own task.
+    /// Accepts connections forever, serving each on its own threads.
     pub async fn serve(self, state: Arc<ServerState>) {
         let name = self.local_addr().to_string();
         info!("listening on {name}");
         loop {
             let accepted = match &self {
-                Listener::Unix(l, _) => l.accept().await.map(|(s, _)| {
-                    let state = state.clone();
-                    let peer = format!("{name} client");
-                    tokio::spawn(async move {
-                        let _ = serve_connection(s, state, peer).await;
-                    });
+                Listener::Unix(l, _) => l.accept().await.and_then(|(s, _)| {
+                    // Tokio hands out non-blocking sockets; the connection workers block.
+                    let s = s.into_std()?;
+                    s.set_nonblocking(false)?;
+                    spawn_connection(s, state.clone(), format!("{name} client"))
                 }),
-                Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
                     // Small request/reply frames must not wait for Nagle's algorithm.
-                    if let Err(e) = s.set_nodelay(true) {
-                        warn!("cannot set TCP_NODELAY: {e}");
-                    }
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let _ = serve_connection(s, state, peer.to_string()).await;
-                    });
+                    s.set_nodelay(true)?;
+                    let s = s.into_std()?;
+                    s.set_nonblocking(false)?;
+                    spawn_connection(s, state.clone(), peer.to_string())
                 }),
             };
             if let Err(e) = accepted {
@@ -151,6 +147,20 @@ impl Listener {
             }
         }
     }
+}
+
+/// Serves an accepted stream on threads of its own (see [`crate::conn`] for why not tasks).
+fn spawn_connection<S: Stream>(
+    stream: S,
+    state: Arc<ServerState>,
+    peer: String,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ferry-conn".into())
+        .spawn(move || {
+            let _ = serve_connection(stream, &state, &peer);
+        })?;
+    Ok(())
 }
 
 impl Drop for Listener {
