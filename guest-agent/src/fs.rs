@@ -18,6 +18,7 @@
 //! `lk_flags`, so flock and POSIX locks could not be told apart): both stay local to the guest
 //! kernel for now. `getlk`/`setlk` are forwarded should the kernel ever call them.
 
+use dashmap::DashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -50,6 +51,41 @@ pub struct FerryFs {
     /// Lookups the server took for readdirplus entries the kernel never saw; given back with
     /// the next `Forget` sent from a FUSE thread (never from the reader thread).
     deferred_forgets: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// Entries fetched ahead for plain readdir, per directory handle: the kernel asks for one
+    /// page at a time, the server is asked for [`DIR_CHUNK`] bytes' worth at a time.
+    dir_caches: Arc<DashMap<u64, DirCache>>,
+}
+
+/// Bytes' worth of entries (in FUSE's encoding) asked of the server per plain readdir.
+pub const DIR_CHUNK: u32 = 64 * 1024;
+
+/// Entries already fetched for one directory handle, starting at cookie `offset`.
+#[derive(Debug, Default)]
+struct DirCache {
+    /// The cookie the kernel passes to read the first entry of `entries`.
+    offset: u64,
+    entries: std::collections::VecDeque<ferry_protocol::DirEntry>,
+    /// The server returned no entries after `offset`.
+    eof: bool,
+}
+
+impl DirCache {
+    /// Whether a read at `offset` can be answered from this cache.
+    fn serves(&self, offset: u64) -> bool {
+        self.offset == offset && (self.eof || !self.entries.is_empty())
+    }
+
+    /// Moves entries into `reply` until it is full; the cache keeps what did not fit.
+    fn fill(&mut self, reply: &mut ReplyDirectory) {
+        while let Some(e) = self.entries.front() {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), e.offset, kind_from_dtype(e.kind), name) {
+                break;
+            }
+            self.offset = e.offset;
+            self.entries.pop_front();
+        }
+    }
 }
 
 impl FerryFs {
@@ -60,6 +96,7 @@ impl FerryFs {
             export,
             ttl,
             deferred_forgets: Arc::default(),
+            dir_caches: Arc::default(),
         }
     }
 
@@ -598,18 +635,17 @@ impl Filesystem for FerryFs {
 
     fn flush(
         &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        lock_owner: LockOwner,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let body = Req::Flush(proto::Flush {
-            ino: ino.0,
-            fh: fh.0,
-            lock_owner: lock_owner.0,
-        });
-        self.call(req, body, &[], empty_done("flush", reply));
+        // `close(2)` sends FLUSH and waits for it. The host has nothing to do for it: every
+        // WRITE was a synchronous pwrite the host acknowledged, and locks are kept by the guest
+        // kernel, so answering here saves a round trip on every close. (Once POSIX locks are
+        // forwarded, FLUSH must reach the host to drop the owner's locks.)
+        reply.ok();
     }
 
     fn release(
@@ -664,21 +700,32 @@ impl Filesystem for FerryFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        // The kernel reads a directory handle one page at a time, in order, and never two at
+        // once; whatever the last chunk left over answers the next page without a round trip.
+        if let Some(mut cache) = self.dir_caches.get_mut(&fh.0) {
+            if cache.serves(offset) {
+                cache.fill(&mut reply);
+                reply.ok();
+                return;
+            }
+        }
         let body = Req::Readdir(proto::Readdir {
             ino: ino.0,
             fh: fh.0,
             offset,
-            size: DIR_BUF_SIZE,
+            size: DIR_CHUNK,
         });
+        let caches = self.dir_caches.clone();
         self.call(req, body, &[], move |r| match r {
             Ok(Reply::Dir(entries)) => {
-                for e in &entries {
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), e.offset, kind_from_dtype(e.kind), name) {
-                        break;
-                    }
-                }
+                let mut cache = DirCache {
+                    offset,
+                    eof: entries.is_empty(),
+                    entries: entries.into(),
+                };
+                cache.fill(&mut reply);
                 reply.ok();
+                caches.insert(fh.0, cache);
             }
             Ok(other) => reply.error(wrong("readdir", &other)),
             Err(e) => reply.error(errno(e)),
@@ -728,6 +775,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         self.flush_deferred(req);
+        self.dir_caches.remove(&fh.0);
         let body = Req::Releasedir(proto::Releasedir {
             ino: ino.0,
             fh: fh.0,
