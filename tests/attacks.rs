@@ -82,6 +82,7 @@ pub enum Got {
     Entry(Entry),
     Data(Vec<u8>),
     Opened(u64),
+    OpenedData(Vec<u8>),
     /// Shown in assertion messages through `Debug`.
     Other(#[allow(dead_code)] String),
 }
@@ -136,6 +137,7 @@ impl Raw {
             Reply::Entry(e) => Got::Entry(e),
             Reply::Data(d) => Got::Data(d.to_vec()),
             Reply::Opened(o) => Got::Opened(o.fh),
+            Reply::OpenedData(_, d) => Got::OpenedData(d.to_vec()),
             other => Got::Other(format!("{other:?}")),
         })
     }
@@ -277,7 +279,14 @@ fn path_escapes_are_refused() {
             libc::O_RDWR,
             libc::O_RDONLY | libc::O_DIRECTORY,
         ] {
-            let r = c.call(Request::Open(Open { ino: e.ino, flags }), &[]);
+            let r = c.call(
+                Request::Open(Open {
+                    ino: e.ino,
+                    flags,
+                    prefetch: 4096,
+                }),
+                &[],
+            );
             assert!(
                 r.is_err(),
                 "open of symlink {link:?} with {flags:#x} gave {r:?}"
@@ -319,7 +328,15 @@ fn path_escapes_are_refused() {
             "lookup under forged {ino}"
         );
         assert!(
-            c.call(Request::Open(Open { ino, flags: 0 }), &[]).is_err(),
+            c.call(
+                Request::Open(Open {
+                    ino,
+                    flags: 0,
+                    prefetch: 4096
+                }),
+                &[]
+            )
+            .is_err(),
             "open {ino}"
         );
     }
@@ -357,10 +374,11 @@ fn path_escapes_are_refused() {
         );
         assert!(r.is_err(), "readdir through forged handle {fh} gave {r:?}");
     }
-    // Forgetting more than was looked up must not free the root or crash anything.
+    // Forgetting more than was looked up must not free the root or crash anything. (Forget is
+    // one-way and may be served after later requests, so it names a node not used again.)
     c.call(
         Request::Forget(Forget {
-            nodes: vec![(1, 1_000_000), (inside.ino, 99), (777, 1)],
+            nodes: vec![(1, 1_000_000), (sub.ino, 99), (777, 1)],
         }),
         &[],
     )
@@ -371,6 +389,7 @@ fn path_escapes_are_refused() {
     let fh = match c
         .call(
             Request::Open(Open {
+                prefetch: 0,
                 ino: inside.ino,
                 flags: libc::O_RDONLY,
             }),
@@ -396,6 +415,29 @@ fn path_escapes_are_refused() {
         Got::Data(d) => assert_eq!(d, b"fine"),
         other => panic!("read answered {other:?}"),
     }
+
+    // A read-only open carries the file's first bytes; a writing open never does.
+    let r = c.call(
+        Request::Open(Open {
+            ino: inside.ino,
+            flags: libc::O_RDONLY,
+            prefetch: 3,
+        }),
+        &[],
+    );
+    assert!(
+        matches!(r, Ok(Got::OpenedData(ref d)) if d == b"fin"),
+        "{r:?}"
+    );
+    let r = c.call(
+        Request::Open(Open {
+            ino: inside.ino,
+            flags: libc::O_RDWR,
+            prefetch: 4096,
+        }),
+        &[],
+    );
+    assert!(matches!(r, Ok(Got::Opened(_))), "{r:?}");
 
     let mut buf = [0u8; 4096];
     let events: Vec<_> = match ino.read_events() {

@@ -639,3 +639,31 @@ fn gigabyte_file_round_trip() {
     assert_eq!(six, want);
     assert!(share.stop().success());
 }
+
+#[test]
+fn reads_see_writes_made_after_open() {
+    // A read-only open carries the file's first bytes inline; a write through another
+    // descriptor after that open must still be seen by reads on the first one, as locally.
+    if !fuse_available("reads_see_writes_made_after_open") {
+        return;
+    }
+    let share = Share::start();
+    let path = share.mnt().join("f");
+    fs::write(&path, b"old contents").unwrap();
+    let reader = fs::File::open(&path).unwrap();
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(b"NEW", 0).unwrap();
+    let mut buf = [0u8; 12];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"NEW contents");
+    writer.set_len(3).unwrap();
+    let mut got = Vec::new();
+    (&reader).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"NEW");
+    drop((reader, writer));
+    // Bigger than the inline prefetch: reads past it come from the host.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(share.src().join("big"), &big).unwrap();
+    assert_eq!(fs::read(share.mnt().join("big")).unwrap(), big);
+    assert!(share.stop().success());
+}

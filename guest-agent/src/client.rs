@@ -92,6 +92,8 @@ pub enum OwnedReply {
     Data(Vec<u8>),
     /// An open handle.
     Opened(ferry_protocol::Opened),
+    /// An open handle with the file's first bytes.
+    OpenedData(ferry_protocol::Opened, Vec<u8>),
     /// A created and opened node.
     Created(ferry_protocol::Created),
     /// Bytes written or copied.
@@ -118,6 +120,7 @@ impl From<Reply<'_>> for OwnedReply {
             Reply::Attr(v) => Self::Attr(v),
             Reply::Data(d) => Self::Data(d.to_vec()),
             Reply::Opened(v) => Self::Opened(v),
+            Reply::OpenedData(v, d) => Self::OpenedData(v, d.to_vec()),
             Reply::Created(v) => Self::Created(v),
             Reply::Written(v) => Self::Written(v),
             Reply::Dir(v) => Self::Dir(v),
@@ -139,6 +142,7 @@ impl OwnedReply {
             Self::Attr(v) => Reply::Attr(*v),
             Self::Data(d) => Reply::Data(d),
             Self::Opened(v) => Reply::Opened(*v),
+            Self::OpenedData(v, d) => Reply::OpenedData(*v, d),
             Self::Created(v) => Reply::Created(*v),
             Self::Written(v) => Reply::Written(*v),
             Self::Dir(v) => Reply::Dir(v.clone()),

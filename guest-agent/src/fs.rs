@@ -54,6 +54,39 @@ pub struct FerryFs {
     /// Entries fetched ahead for plain readdir, per directory handle: the kernel asks for one
     /// page at a time, the server is asked for [`DIR_CHUNK`] bytes' worth at a time.
     dir_caches: Arc<DashMap<u64, DirCache>>,
+    /// The first bytes of files, read by the host at open time, per handle (see [`PREFETCH`]).
+    prefetched: Arc<DashMap<u64, Prefetched>>,
+}
+
+/// Bytes of a file asked for inline with a read-only open. Most files in a source tree are
+/// smaller, so open-read-close costs two round trips (lookup, open) instead of three.
+pub const PREFETCH: u32 = 64 * 1024;
+
+/// A file's first bytes as the host read them when the handle was opened. They answer reads
+/// within the attribute TTL of the open (the same staleness the kernel's own caches allow), and
+/// are dropped as soon as this guest changes the file.
+#[derive(Debug)]
+struct Prefetched {
+    ino: u64,
+    data: Vec<u8>,
+    /// `data` reaches the end of the file.
+    eof: bool,
+    at: std::time::Instant,
+}
+
+impl Prefetched {
+    /// The bytes a read of `size` at `offset` returns, if this buffer holds all of them.
+    fn slice(&self, offset: u64, size: u32) -> Option<&[u8]> {
+        let len = self.data.len() as u64;
+        let end = offset.checked_add(u64::from(size))?;
+        if end <= len {
+            Some(&self.data[offset as usize..end as usize])
+        } else if self.eof {
+            Some(&self.data[offset.min(len) as usize..])
+        } else {
+            None
+        }
+    }
 }
 
 /// Bytes' worth of entries (in FUSE's encoding) asked of the server per plain readdir.
@@ -97,6 +130,7 @@ impl FerryFs {
             ttl,
             deferred_forgets: Arc::default(),
             dir_caches: Arc::default(),
+            prefetched: Arc::default(),
         }
     }
 
@@ -124,6 +158,49 @@ impl FerryFs {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
+    }
+
+    /// Answers a read from the bytes prefetched at open, handing `reply` back when they do not
+    /// cover it (or are too old) so that the caller asks the host.
+    fn read_prefetched(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) -> Option<ReplyData> {
+        let Some(p) = self.prefetched.get(&fh) else {
+            return Some(reply);
+        };
+        let bytes = if p.at.elapsed() <= self.ttl {
+            p.slice(offset, size)
+        } else {
+            None
+        };
+        match bytes {
+            Some(bytes) => {
+                let consumed = offset + bytes.len() as u64 >= p.data.len() as u64;
+                reply.data(bytes);
+                drop(p);
+                // Reads past the buffer go to the host from now on: free it.
+                if consumed {
+                    self.prefetched.remove(&fh);
+                }
+                None
+            }
+            None => {
+                drop(p);
+                self.prefetched.remove(&fh);
+                Some(reply)
+            }
+        }
+    }
+
+    /// Forgets every prefetched buffer of `ino`: this guest is changing the file.
+    fn drop_prefetched(&self, ino: u64) {
+        if !self.prefetched.is_empty() {
+            self.prefetched.retain(|_, p| p.ino != ino);
+        }
     }
 
     fn flush_deferred(&self, req: &Request) {
@@ -421,6 +498,9 @@ impl Filesystem for FerryFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if size.is_some() {
+            self.drop_prefetched(ino.0);
+        }
         let body = Req::Setattr(proto::Setattr {
             ino: ino.0,
             fh: fh.map(|f| f.0),
@@ -546,11 +626,34 @@ impl Filesystem for FerryFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let prefetch = if read_only && !self.ttl.is_zero() {
+            PREFETCH
+        } else {
+            0
+        };
         let body = Req::Open(proto::Open {
             ino: ino.0,
             flags: flags.0,
+            prefetch,
         });
-        self.call(req, body, &[], open_done("open", reply));
+        let prefetched = self.prefetched.clone();
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::OpenedData(o, data)) => {
+                // Stored before the kernel learns the handle, so its first READ finds it.
+                prefetched.insert(
+                    o.fh,
+                    Prefetched {
+                        ino: ino.0,
+                        data: data.to_vec(),
+                        eof: data.len() < PREFETCH as usize,
+                        at: std::time::Instant::now(),
+                    },
+                );
+                reply.opened(FileHandle(o.fh), fopen_flags(o.open_flags));
+            }
+            other => open_done("open", reply)(other),
+        });
     }
 
     fn create(
@@ -602,13 +705,15 @@ impl Filesystem for FerryFs {
             reply.error(fuser::Errno::EINVAL);
             return;
         }
-        let body = Req::Read(proto::Read {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            size,
-        });
-        self.call(req, body, &[], data_done("read", reply));
+        if let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) {
+            let body = Req::Read(proto::Read {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                size,
+            });
+            self.call(req, body, &[], data_done("read", reply));
+        }
     }
 
     fn write(
@@ -623,6 +728,7 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.drop_prefetched(ino.0);
         let body = Req::Write(proto::Write {
             ino: ino.0,
             fh: fh.0,
@@ -658,6 +764,7 @@ impl Filesystem for FerryFs {
         flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.prefetched.remove(&fh.0);
         let body = Req::Release(proto::Release {
             ino: ino.0,
             fh: fh.0,
@@ -933,6 +1040,7 @@ impl Filesystem for FerryFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.drop_prefetched(ino.0);
         let body = Req::Fallocate(proto::Fallocate {
             ino: ino.0,
             fh: fh.0,
@@ -978,6 +1086,7 @@ impl Filesystem for FerryFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.drop_prefetched(ino_out.0);
         let body = Req::CopyFileRange(proto::CopyFileRange {
             ino_in: ino_in.0,
             fh_in: fh_in.0,

@@ -316,6 +316,9 @@ impl<S: Stream> Shared<S> {
             Response::Reply(r) => self.send(head, req.id, op, Ok(r), &[]),
             Response::Error(e) => self.send(head, req.id, op, Err(e), &[]),
             Response::Data(data) => self.send(head, req.id, op, Ok(Reply::Data(&data)), &data),
+            Response::OpenedData(o, data) => {
+                self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
+            }
         }
         Ok(())
     }

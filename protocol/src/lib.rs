@@ -90,6 +90,9 @@ pub enum EncodeError {
     /// A reply body that does not match the request's opcode.
     #[error("reply body does not match {0:?}")]
     ReplyMismatch(Opcode),
+    /// `Reply::OpenedData` with no data (send `Reply::Opened` instead).
+    #[error("inline open data must not be empty")]
+    EmptyInlineData,
     /// An errno of zero or below.
     #[error("invalid errno {0}")]
     BadErrno(i32),

@@ -272,8 +272,10 @@ bodies! {
              #[serde(borrow, with = "serde_bytes")] newname: &'a [u8], flags: u32 }
     /// Hard link `ino` as `newname` in `newparent`.
     Link<'a> { ino: u64, newparent: u64, #[serde(borrow, with = "serde_bytes")] newname: &'a [u8] }
-    /// Open a file; `flags` are the guest's `open(2)` flags.
-    Open { ino: u64, flags: i32 }
+    /// Open a file; `flags` are the guest's `open(2)` flags. For a read-only open of a regular
+    /// file the server sends up to `prefetch` bytes from offset 0 inline with the reply
+    /// ([`Reply::OpenedData`]); fewer than `prefetch` bytes means they reach end of file.
+    Open { ino: u64, flags: i32, prefetch: u32 }
     /// Create and open a file.
     Create<'a> { parent: u64, #[serde(borrow, with = "serde_bytes")] name: &'a [u8], mode: u32, umask: u32, flags: i32 }
     /// Read `size` bytes at `offset` (reply payload).
@@ -511,6 +513,8 @@ pub enum Reply<'a> {
     Data(&'a [u8]),
     /// An open handle.
     Opened(Opened),
+    /// An open handle with the file's first bytes (never empty; see [`Open::prefetch`]).
+    OpenedData(Opened, &'a [u8]),
     /// A created and opened node.
     Created(Created),
     /// Bytes written or copied.
@@ -568,6 +572,8 @@ impl<'a> ReplyFrame<'a> {
             Reply::Attr(v) => encode_frame(out, k, op, id, 0, v, 0),
             Reply::Data(d) => encode_frame(out, k, op, id, 0, &(), d.len()),
             Reply::Opened(v) => encode_frame(out, k, op, id, 0, v, 0),
+            Reply::OpenedData(_, []) => Err(EncodeError::EmptyInlineData),
+            Reply::OpenedData(v, d) => encode_frame(out, k, op, id, 0, v, d.len()),
             Reply::Created(v) => encode_frame(out, k, op, id, 0, v, 0),
             Reply::Written(v) => encode_frame(out, k, op, id, 0, v, 0),
             Reply::Dir(v) => encode_frame(out, k, op, id, 0, v, 0),
@@ -582,7 +588,7 @@ impl<'a> ReplyFrame<'a> {
     /// The raw payload to send after the encoded header and meta.
     pub fn payload(&self) -> &'a [u8] {
         match self.result {
-            Ok(Reply::Data(d)) => d,
+            Ok(Reply::Data(d) | Reply::OpenedData(_, d)) => d,
             _ => &[],
         }
     }
@@ -598,7 +604,7 @@ impl<'a> ReplyFrame<'a> {
         if kind == ReplyKind::None {
             return Err(DecodeError::UnexpectedReply(op));
         }
-        let data_ok = matches!(kind, ReplyKind::Data | ReplyKind::Xattr);
+        let data_ok = matches!(kind, ReplyKind::Data | ReplyKind::Xattr | ReplyKind::Opened);
         if !frame.payload.is_empty() && !data_ok {
             return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
         }
@@ -627,7 +633,8 @@ impl<'a> ReplyFrame<'a> {
                 decode_exact::<()>(m)?;
                 Reply::Data(frame.payload)
             }
-            ReplyKind::Opened => Reply::Opened(decode_exact(m)?),
+            ReplyKind::Opened if frame.payload.is_empty() => Reply::Opened(decode_exact(m)?),
+            ReplyKind::Opened => Reply::OpenedData(decode_exact(m)?, frame.payload),
             ReplyKind::Created => Reply::Created(decode_exact(m)?),
             ReplyKind::Written => Reply::Written(decode_exact(m)?),
             ReplyKind::Dir => Reply::Dir(decode_exact(m)?),
@@ -657,7 +664,7 @@ fn reply_fits(kind: ReplyKind, reply: &Reply<'_>) -> bool {
             | (ReplyKind::Entry, Reply::Entry(_))
             | (ReplyKind::Attr, Reply::Attr(_))
             | (ReplyKind::Data, Reply::Data(_))
-            | (ReplyKind::Opened, Reply::Opened(_))
+            | (ReplyKind::Opened, Reply::Opened(_) | Reply::OpenedData(..))
             | (ReplyKind::Created, Reply::Created(_))
             | (ReplyKind::Written, Reply::Written(_))
             | (ReplyKind::Dir, Reply::Dir(_))

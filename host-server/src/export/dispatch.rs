@@ -80,7 +80,11 @@ impl ExportSession {
                 empty(self.rename(ctx, r.parent, r.name, r.newparent, r.newname, r.flags))
             }
             Request::Link(r) => reply(self.link(ctx, r.ino, r.newparent, r.newname), Reply::Entry),
-            Request::Open(r) => reply(self.open(ctx, r.ino, r.flags), Reply::Opened),
+            Request::Open(r) => match self.open_prefetch(ctx, r.ino, r.flags, r.prefetch) {
+                Ok((o, data)) if data.is_empty() => Response::Reply(Reply::Opened(o)),
+                Ok((o, data)) => Response::OpenedData(o, data),
+                Err(e) => Response::Error(e),
+            },
             Request::Create(r) => reply(
                 self.create(ctx, r.parent, r.name, r.mode, r.umask, r.flags),
                 Reply::Created,

@@ -49,7 +49,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferry_protocol::{Errno, Reply};
+use ferry_protocol::{Errno, Opened, Reply};
 
 use handle::HandleTable;
 use inode::InodeTable;
@@ -188,6 +188,8 @@ pub enum Response {
     Reply(Reply<'static>),
     /// Raw bytes: file data, a symlink target, an xattr value or name list.
     Data(Vec<u8>),
+    /// An open handle with the file's first bytes (never empty).
+    OpenedData(Opened, Vec<u8>),
     /// The request failed.
     Error(Errno),
 }

@@ -179,16 +179,17 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x01, b'h',                                     // newname: len 1, "h"
         ], req(12, Request::Link(Link { ino: 5, newparent: 1, newname: b"h" }))),
         (&[
-            0x1F, 0x00, 0x00, 0x00,                         // len = 31
+            0x22, 0x00, 0x00, 0x00,                         // len = 34
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0D, 0x00,                                     // op = 13 (Open)
             0xAD, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAD
-            0x07, 0x00, 0x00, 0x00,                         // meta_len = 7
+            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
             0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
             0x05,                                           // ino = 5
             0x04,                                           // flags = O_RDWR = 2: zigzag 4
-        ], req(13, Request::Open(Open { ino: 5, flags: 2 }))),
+            0x80, 0x80, 0x04,                               // prefetch = 65536 = 0x10000
+        ], req(13, Request::Open(Open { ino: 5, flags: 2, prefetch: 65536 }))),
         (&[
             0x27, 0x00, 0x00, 0x00,                         // len = 39
             0x04, 0x00,                                     // kind = Request, flags = 0

@@ -194,8 +194,14 @@ pub(crate) fn request_body(op: Opcode) -> BoxedStrategy<Request<'static>> {
                 })
             })
             .boxed(),
-        Opcode::Open => (u64s(), i32s())
-            .prop_map(|(ino, flags)| R::Open(Open { ino, flags }))
+        Opcode::Open => (u64s(), i32s(), u32s())
+            .prop_map(|(ino, flags, prefetch)| {
+                R::Open(Open {
+                    ino,
+                    flags,
+                    prefetch,
+                })
+            })
             .boxed(),
         Opcode::Create => (u64s(), name(), u32s(), u32s(), i32s())
             .prop_map(|(parent, name, mode, umask, flags)| {
@@ -406,7 +412,12 @@ pub(crate) fn reply_ok(op: Opcode) -> Option<BoxedStrategy<Reply<'static>>> {
         ReplyKind::Entry => entry().prop_map(Reply::Entry).boxed(),
         ReplyKind::Attr => attr().prop_map(Reply::Attr).boxed(),
         ReplyKind::Data => data().boxed(),
-        ReplyKind::Opened => opened().prop_map(Reply::Opened).boxed(),
+        ReplyKind::Opened => prop_oneof![
+            opened().prop_map(Reply::Opened),
+            (opened(), vec(any::<u8>(), 1..=256).prop_map(leak))
+                .prop_map(|(o, d)| Reply::OpenedData(o, d)),
+        ]
+        .boxed(),
         ReplyKind::Created => (entry(), opened())
             .prop_map(|(entry, opened)| Reply::Created(Created { entry, opened }))
             .boxed(),
