@@ -243,13 +243,17 @@ fn main() {
 
     let targets = [native, bind, ferry];
     eprintln!(
-        "fsbench: {} files, {} MiB sequential, {} rounds (median), targets interleaved per round",
+        "fsbench: {} files, {} MiB sequential, {} rounds (median), target order rotated per round",
         w.files, w.mb, rounds
     );
     // results[target][row] = samples
     let mut results: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); ROWS.len()]; targets.len()];
     for round in 0..rounds {
-        for (t, target) in targets.iter().enumerate() {
+        // Rotate who goes first: the host filesystem's state (e.g. ext4's inode allocator after
+        // earlier deletes) changes during a round, and no target should always meet it last.
+        for k in 0..targets.len() {
+            let t = (round + k) % targets.len();
+            let target = &targets[t];
             let row = run_round(&w, &target.root, round);
             for (r, d) in row.into_iter().enumerate() {
                 results[t][r].push(d);
