@@ -66,13 +66,13 @@ pub enum ClientError {
         client: Version,
     },
     /// Reading from or writing to the stream failed.
-    #[error("connection I/O error: {0}")]
+    #[error("connection I/O error")]
     Io(#[from] io::Error),
     /// The server sent something that does not decode.
-    #[error("malformed handshake from server: {0}")]
+    #[error("malformed handshake from server")]
     Decode(#[from] DecodeError),
     /// The `Hello` could not be encoded (e.g. an oversized token).
-    #[error("cannot encode hello: {0}")]
+    #[error("cannot encode hello")]
     Encode(#[from] EncodeError),
 }
 

@@ -73,7 +73,7 @@ pub enum MountError {
     #[error("the connection to the server is closed")]
     Disconnected,
     /// Mounting failed.
-    #[error("cannot mount export {export:?} on {}: {source}", .mountpoint.display())]
+    #[error("cannot mount export {export:?} on {}", .mountpoint.display())]
     Mount {
         /// The export.
         export: String,

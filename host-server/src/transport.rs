@@ -127,10 +127,15 @@ impl Listener {
         loop {
             let accepted = match &self {
                 Listener::Unix(l, _) => l.accept().await.and_then(|(s, _)| {
+                    // Name the peer by its process where the kernel tells us.
+                    let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
+                        Some(pid) => format!("{name} pid {pid}"),
+                        None => format!("{name} client"),
+                    };
                     // Tokio hands out non-blocking sockets; the connection workers block.
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, state.clone(), format!("{name} client"))
+                    spawn_connection(s, state.clone(), peer)
                 }),
                 Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
                     // Small request/reply frames must not wait for Nagle's algorithm.

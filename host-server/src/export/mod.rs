@@ -96,7 +96,7 @@ pub enum ExportError {
         path: PathBuf,
     },
     /// Any other failure to open the path.
-    #[error("export {name:?}: cannot open {}: {source}", path.display())]
+    #[error("export {name:?}: cannot open {}", path.display())]
     Open {
         /// The export's name.
         name: String,
