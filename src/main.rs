@@ -95,6 +95,7 @@ fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> a
         token: None,
         mounts: vec![(name, mountpoint)],
         ttl,
+        connect_timeout: Duration::ZERO,
     };
     let result = ferry_agent::serve_stream(guest_end, &config, shutdown);
     // The agent has unmounted and closed its end; the server connection ends with it.

@@ -304,3 +304,49 @@ fn bad_addresses_are_clear_errors() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn hybrid_vsock_listener_serves_on_path_port() {
+    // Firecracker-style hybrid vsock: a guest connection to host port P arrives on the Unix
+    // socket `{uds_path}_P`. Here the agent dials that socket directly, as the VMM would.
+    if !fuse_available("hybrid_vsock") {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ex");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("f"), b"via hybrid vsock").unwrap();
+    let uds = base.path().join("vsock.sock");
+    let sock = base.path().join("vsock.sock_1024");
+    let m = tempfile::tempdir().unwrap();
+    // The agent starts before the server listens and waits for it, as in a VM that boots
+    // before the host server is up.
+    let mut a = agent(&[
+        "--connect".into(),
+        format!("unix:{}", sock.display()),
+        "--connect-timeout".into(),
+        "30".into(),
+        "--mount".into(),
+        format!("ex={}", m.path().display()),
+    ]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "the agent waits for the server"
+    );
+    let mut h = Command::new(&bins().host)
+        .arg("--export")
+        .arg(format!("ex={}", dir.display()))
+        .arg("--listen")
+        .arg(format!("hybrid-vsock:{}:1024", uds.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_mounted(m.path(), &mut a);
+    assert_eq!(fs::read(m.path().join("f")).unwrap(), b"via hybrid vsock");
+    assert!(terminate(&mut a).success());
+    assert!(terminate(&mut h).success());
+    assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err());
+}

@@ -208,6 +208,32 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// A connected socket the client can split into reader and writer and shut down.
+trait Socket: Read + Write + Send + Sized + 'static {
+    fn try_clone(&self) -> io::Result<Self>;
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn shutdown(&self);
+}
+
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn try_clone(&self) -> io::Result<Self> {
+                <$t>::try_clone(self)
+            }
+            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+                <$t>::set_read_timeout(self, t)
+            }
+            fn shutdown(&self) {
+                let _ = <$t>::shutdown(self, Shutdown::Both);
+            }
+        }
+    };
+}
+socket!(UnixStream);
+socket!(TcpStream);
+socket!(vsock::VsockStream);
+
 enum SendError {
     Encode(EncodeError),
     Io(io::Error),
@@ -235,28 +261,30 @@ impl Client {
         stream: UnixStream,
         config: &ClientConfig,
     ) -> Result<Arc<Client>, ClientError> {
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let reader = stream.try_clone()?;
-        let writer = stream.try_clone()?;
-        let reset = stream.try_clone()?;
-        Self::connect_with(
-            Box::new(reader),
-            Box::new(writer),
-            config,
-            Some(Box::new(move || {
-                let _ = stream.shutdown(Shutdown::Both);
-            })),
-            Some(Box::new(move || reset.set_read_timeout(None))),
-        )
+        Self::connect_socket(stream, config)
     }
 
-    /// Connects over TCP (sets `TCP_NODELAY`): handshake with a [`HANDSHAKE_TIMEOUT`], and
-    /// [`Client::shutdown`] shuts the socket down.
+    /// Connects over TCP (sets `TCP_NODELAY`), as [`Client::connect_unix`].
     pub fn connect_tcp(
         stream: TcpStream,
         config: &ClientConfig,
     ) -> Result<Arc<Client>, ClientError> {
         stream.set_nodelay(true)?;
+        Self::connect_socket(stream, config)
+    }
+
+    /// Connects over AF_VSOCK, as [`Client::connect_unix`].
+    pub fn connect_vsock(
+        stream: vsock::VsockStream,
+        config: &ClientConfig,
+    ) -> Result<Arc<Client>, ClientError> {
+        Self::connect_socket(stream, config)
+    }
+
+    fn connect_socket<S: Socket>(
+        stream: S,
+        config: &ClientConfig,
+    ) -> Result<Arc<Client>, ClientError> {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
@@ -265,9 +293,7 @@ impl Client {
             Box::new(reader),
             Box::new(writer),
             config,
-            Some(Box::new(move || {
-                let _ = stream.shutdown(Shutdown::Both);
-            })),
+            Some(Box::new(move || stream.shutdown())),
             Some(Box::new(move || reset.set_read_timeout(None))),
         )
     }

@@ -37,11 +37,23 @@ pub enum ConnectAddr {
     Unix(PathBuf),
     /// A TCP address, `HOST:PORT` (`tcp:HOST:PORT`).
     Tcp(String),
+    /// An AF_VSOCK address (`vsock:PORT` for the host, CID 2, or `vsock:CID:PORT`).
+    Vsock {
+        /// Context id; 2 is the host.
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
 }
+
+/// The vsock context id of the host.
+pub const VMADDR_CID_HOST: u32 = 2;
 
 /// Error from parsing a [`ConnectAddr`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid server address {input:?}: {why}; expected unix:PATH or tcp:HOST:PORT")]
+#[error(
+    "invalid server address {input:?}: {why}; expected unix:PATH, tcp:HOST:PORT, vsock:PORT or vsock:CID:PORT"
+)]
 pub struct ParseConnectAddrError {
     input: String,
     why: &'static str,
@@ -67,6 +79,16 @@ impl FromStr for ConnectAddr {
             }
             port.parse::<u16>().map_err(|_| err("invalid port"))?;
             Ok(ConnectAddr::Tcp(addr.to_string()))
+        } else if let Some(rest) = s.strip_prefix("vsock:") {
+            let number = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| err("invalid vsock CID or port"))
+            };
+            let (cid, port) = match rest.split_once(':') {
+                Some((cid, port)) => (number(cid)?, number(port)?),
+                None => (VMADDR_CID_HOST, number(rest)?),
+            };
+            Ok(ConnectAddr::Vsock { cid, port })
         } else {
             Err(err("unknown scheme"))
         }
@@ -78,6 +100,7 @@ impl fmt::Display for ConnectAddr {
         match self {
             ConnectAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             ConnectAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            ConnectAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
         }
     }
 }
@@ -85,20 +108,76 @@ impl fmt::Display for ConnectAddr {
 impl ConnectAddr {
     /// Connects and performs the handshake.
     pub fn connect(&self, config: &ClientConfig) -> anyhow::Result<Arc<Client>> {
-        let client = match self {
-            ConnectAddr::Unix(path) => {
-                let stream = UnixStream::connect(path)
-                    .with_context(|| format!("cannot connect to {self}"))?;
-                Client::connect_unix(stream, config)
-            }
-            ConnectAddr::Tcp(addr) => {
-                let stream = TcpStream::connect(addr.as_str())
-                    .with_context(|| format!("cannot connect to {self}"))?;
-                Client::connect_tcp(stream, config)
+        self.connect_within(config, Duration::ZERO)
+    }
+
+    /// As [`Self::connect`], but while the server is not there yet (nothing listening, no
+    /// such socket, the VM's vsock device not up) keeps trying for up to `patience`, waiting
+    /// 100 ms at first and doubling up to 5 s between attempts. A VM may boot before the host
+    /// server starts. A refused handshake is an answer, not an absence: it is never retried.
+    pub fn connect_within(
+        &self,
+        config: &ClientConfig,
+        patience: Duration,
+    ) -> anyhow::Result<Arc<Client>> {
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0u32;
+        let client = loop {
+            attempts += 1;
+            let attempt = match self {
+                ConnectAddr::Unix(path) => {
+                    UnixStream::connect(path).map(|s| Client::connect_unix(s, config))
+                }
+                ConnectAddr::Tcp(addr) => {
+                    TcpStream::connect(addr.as_str()).map(|s| Client::connect_tcp(s, config))
+                }
+                ConnectAddr::Vsock { cid, port } => {
+                    vsock::VsockStream::connect_with_cid_port(*cid, *port)
+                        .map(|s| Client::connect_vsock(s, config))
+                }
+            };
+            match attempt {
+                Ok(handshake) => break handshake,
+                Err(e) if is_absent(&e) && start.elapsed() + delay <= patience => {
+                    if attempts == 1 || delay == MAX_RETRY_DELAY {
+                        info!(
+                            "waiting for ferry-host at {self}: {e}; retrying every {} ms at most",
+                            delay.as_millis()
+                        );
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(if attempts > 1 {
+                        format!(
+                            "cannot connect to {self} (gave up after {attempts} attempts in {} s)",
+                            start.elapsed().as_secs()
+                        )
+                    } else {
+                        format!("cannot connect to {self}")
+                    }));
+                }
             }
         };
         client.with_context(|| format!("handshake with {self} failed"))
     }
+}
+
+/// Longest wait between two connection attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Errors that mean "the server is not there yet" rather than "the server said no".
+fn is_absent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        NotFound | ConnectionRefused | ConnectionReset | TimedOut | AddrNotAvailable
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV | libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ECONNRESET)
+    )
 }
 
 /// What the agent does: connect to one server and mount exports from it.
@@ -112,6 +191,9 @@ pub struct AgentConfig {
     pub mounts: Vec<(String, PathBuf)>,
     /// Entry/attribute cache timeout.
     pub ttl: Duration,
+    /// How long to keep trying while the server is not there yet (see
+    /// [`ConnectAddr::connect_within`]).
+    pub connect_timeout: Duration,
 }
 
 /// The client name this agent announces.
@@ -127,7 +209,9 @@ pub fn client_name() -> String {
 /// receives (or its sender is dropped) or the server connection closes; then unmounts
 /// everything (`MNT_DETACH`) and returns.
 pub fn run(config: AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
-    let client = config.connect.connect(&client_config(&config))?;
+    let client = config
+        .connect
+        .connect_within(&client_config(&config), config.connect_timeout)?;
     serve(client, &mount_options(&config), shutdown)
 }
 
@@ -335,12 +419,87 @@ mod tests {
             "tcp::80",
             "tcp:host:http",
             "/run/x.sock",
-            "vsock:3:5",
+            "vsock:",
+            "vsock:host",
+            "vsock:3:",
+            "vsock:-1:5",
+            "vsock:3:5:7",
+            "vsock:4294967296",
         ] {
             let e = bad.parse::<ConnectAddr>().unwrap_err().to_string();
-            assert!(e.contains("unix:PATH or tcp:HOST:PORT"), "{e}");
+            assert!(
+                e.contains("unix:PATH, tcp:HOST:PORT, vsock:PORT or vsock:CID:PORT"),
+                "{bad}: {e}"
+            );
         }
-        let a: ConnectAddr = "tcp:localhost:1".parse().unwrap();
-        assert_eq!(a.to_string().parse::<ConnectAddr>().unwrap(), a);
+        assert_eq!(
+            "vsock:1234".parse::<ConnectAddr>().unwrap(),
+            ConnectAddr::Vsock {
+                cid: VMADDR_CID_HOST,
+                port: 1234
+            }
+        );
+        assert_eq!(
+            "vsock:3:5".parse::<ConnectAddr>().unwrap(),
+            ConnectAddr::Vsock { cid: 3, port: 5 }
+        );
+        for a in ["tcp:localhost:1", "vsock:7:9", "unix:/x"] {
+            let a: ConnectAddr = a.parse().unwrap();
+            assert_eq!(a.to_string().parse::<ConnectAddr>().unwrap(), a);
+        }
+    }
+
+    /// A server that answers the handshake once, on a listener that appears late.
+    fn late_server(path: std::path::PathBuf, after: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            crate::client::tests::accept(
+                &mut s,
+                &ferry_protocol::Welcome {
+                    version: ferry_protocol::VERSION,
+                    features: 0,
+                    exports: vec![],
+                    server: "late".into(),
+                },
+            );
+            // Hold the connection until the client is done with it.
+            let _ = crate::client::tests::read_one(&mut s);
+        })
+    }
+
+    #[test]
+    fn connect_waits_for_a_server_that_starts_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.sock");
+        let server = late_server(path.clone(), Duration::from_millis(400));
+        let addr = ConnectAddr::Unix(path);
+        let client = addr
+            .connect_within(&ClientConfig::default(), Duration::from_secs(20))
+            .expect("connects once the server is up");
+        assert_eq!(client.welcome().server, "late");
+        client.shutdown();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn connect_gives_up_after_its_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = ConnectAddr::Unix(dir.path().join("never.sock"));
+        let start = std::time::Instant::now();
+        let e = addr
+            .connect_within(&ClientConfig::default(), Duration::from_millis(700))
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(start.elapsed() >= Duration::from_millis(300), "it retried");
+        assert!(start.elapsed() < Duration::from_secs(5), "it gave up");
+        assert!(
+            msg.contains("gave up after") && msg.contains("never.sock"),
+            "{msg}"
+        );
+        // Without patience there is a single attempt and a plain message.
+        let e = addr.connect(&ClientConfig::default()).unwrap_err();
+        assert!(!format!("{e:#}").contains("gave up"));
     }
 }

@@ -14,7 +14,9 @@ use ferry_agent::{AgentConfig, ConnectAddr};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// The ferry-host to connect to: unix:PATH or tcp:HOST:PORT.
+    /// The ferry-host to connect to: unix:PATH, tcp:HOST:PORT, vsock:PORT (the host, CID 2)
+    /// or vsock:CID:PORT. For Firecracker or cloud-hypervisor guests use vsock:PORT: the VMM
+    /// delivers the connection to the host's Unix socket PATH_PORT.
     #[arg(long, value_name = "ADDR")]
     connect: ConnectAddr,
 
@@ -40,6 +42,11 @@ struct Args {
     /// changes can take this long to show.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     attr_timeout_ms: u64,
+
+    /// While the server is not reachable yet (the VM booted first), keep retrying for this
+    /// many seconds, with a backoff of up to 5 s between attempts. 0 tries once.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    connect_timeout: u64,
 }
 
 fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
@@ -72,6 +79,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         token,
         mounts: args.mounts,
         ttl: Duration::from_millis(args.attr_timeout_ms),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
     };
     ferry_agent::run(config, shutdown)
 }

@@ -550,6 +550,7 @@ mod tests {
             token: None,
             mounts: vec![("data".into(), dir.path().to_path_buf())],
             ttl: Duration::from_millis(200),
+            connect_timeout: Duration::ZERO,
         };
         let (stop, shutdown) = std::sync::mpsc::channel();
         let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));

@@ -78,29 +78,24 @@ pub trait Stream: Read + Write + Send + Sync + Sized + 'static {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
 }
 
-impl Stream for UnixStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        UnixStream::try_clone(self)
-    }
-    fn shutdown(&self) {
-        let _ = UnixStream::shutdown(self, std::net::Shutdown::Both);
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        UnixStream::set_read_timeout(self, t)
-    }
+macro_rules! stream {
+    ($t:ty) => {
+        impl Stream for $t {
+            fn try_clone(&self) -> io::Result<Self> {
+                <$t>::try_clone(self)
+            }
+            fn shutdown(&self) {
+                let _ = <$t>::shutdown(self, std::net::Shutdown::Both);
+            }
+            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+                <$t>::set_read_timeout(self, t)
+            }
+        }
+    };
 }
-
-impl Stream for std::net::TcpStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        std::net::TcpStream::try_clone(self)
-    }
-    fn shutdown(&self) {
-        let _ = std::net::TcpStream::shutdown(self, std::net::Shutdown::Both);
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        std::net::TcpStream::set_read_timeout(self, t)
-    }
-}
+stream!(UnixStream);
+stream!(std::net::TcpStream);
+stream!(vsock::VsockStream);
 
 /// Serves one connection until the peer closes it or misbehaves. Blocks the calling thread.
 pub fn serve_connection<S: Stream>(

@@ -17,8 +17,11 @@ struct Args {
     #[arg(long = "export", value_name = "NAME=PATH[:ro]", required = true)]
     exports: Vec<ExportSpec>,
 
-    /// Where to accept guest agents: unix:PATH, tcp:PORT (loopback), or tcp:HOST:PORT.
-    /// TCP always requires a token. Repeat for several listeners.
+    /// Where to accept guest agents: unix:PATH, tcp:PORT (loopback), tcp:HOST:PORT,
+    /// vsock:PORT (AF_VSOCK, for vhost-vsock guests such as QEMU/KVM), or
+    /// hybrid-vsock:PATH:PORT (Firecracker, cloud-hypervisor, vhost-device-vsock: guests
+    /// connecting to vsock port PORT arrive on the Unix socket PATH_PORT, where PATH is the
+    /// VMM's vsock socket). TCP always requires a token. Repeat for several listeners.
     #[arg(long = "listen", value_name = "ADDR", required = true)]
     listen: Vec<ListenAddr>,
 

@@ -20,12 +20,30 @@ pub enum ListenAddr {
     Unix(PathBuf),
     /// A TCP address. Always requires a token.
     Tcp(SocketAddr),
+    /// AF_VSOCK on this host (vhost-vsock, e.g. QEMU/KVM guests), any CID.
+    Vsock(u32),
+    /// Hybrid vsock, as Firecracker, cloud-hypervisor and vhost-device-vsock expose it: a
+    /// guest connection to host port `port` arrives as a Unix-socket connection on
+    /// `{path}_{port}`, where `path` is the VMM's vsock socket.
+    HybridVsock {
+        /// The VMM's vsock Unix socket (`uds_path` / `socket=`).
+        path: PathBuf,
+        /// The vsock port guests connect to.
+        port: u32,
+    },
 }
 
 impl ListenAddr {
     /// Whether clients of this listener must present the token.
     pub fn requires_token(&self) -> bool {
         matches!(self, ListenAddr::Tcp(_))
+    }
+
+    /// The Unix socket a hybrid-vsock listener binds: `{path}_{port}`.
+    pub fn hybrid_socket(path: &std::path::Path, port: u32) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!("_{port}"));
+        PathBuf::from(p)
     }
 }
 
@@ -34,13 +52,19 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             ListenAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            ListenAddr::Vsock(port) => write!(f, "vsock:{port}"),
+            ListenAddr::HybridVsock { path, port } => {
+                write!(f, "hybrid-vsock:{}:{port}", path.display())
+            }
         }
     }
 }
 
 /// A listen address that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid listen address {input:?}: {why} (expected unix:PATH, tcp:PORT or tcp:HOST:PORT)")]
+#[error(
+    "invalid listen address {input:?}: {why} (expected unix:PATH, tcp:PORT, tcp:HOST:PORT, vsock:PORT or hybrid-vsock:PATH:PORT)"
+)]
 pub struct BadListenAddr {
     input: String,
     why: String,
@@ -77,6 +101,23 @@ impl FromStr for ListenAddr {
                 .map_err(|e| bad(&e))?;
             return Ok(ListenAddr::Tcp(addr));
         }
+        if let Some(port) = s.strip_prefix("vsock:") {
+            let port = port.parse::<u32>().map_err(|_| bad("invalid vsock port"))?;
+            return Ok(ListenAddr::Vsock(port));
+        }
+        if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let (path, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing vsock port"))?;
+            let port = port.parse::<u32>().map_err(|_| bad("invalid vsock port"))?;
+            if path.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            return Ok(ListenAddr::HybridVsock {
+                path: PathBuf::from(path),
+                port,
+            });
+        }
         Err(bad("unknown scheme"))
     }
 }
@@ -87,25 +128,43 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
     /// TCP socket.
     Tcp(TcpListener),
+    /// AF_VSOCK socket (blocking: accepted on a thread of its own).
+    Vsock(Arc<vsock::VsockListener>, u32),
+}
+
+/// Binds a Unix socket. A stale socket file (nobody listening) is replaced; a live one is an
+/// error.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another server", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    Ok(Listener::Unix(
+        UnixListener::bind(path)?,
+        path.to_path_buf(),
+    ))
 }
 
 impl Listener {
-    /// Binds the address. A stale Unix socket file (nobody listening) is replaced; a live one is
-    /// an error.
+    /// Binds the address.
     pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
         match addr {
-            ListenAddr::Unix(path) => {
-                if path.exists() {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AddrInUse,
-                            format!("{} is in use by another server", path.display()),
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            ListenAddr::Unix(path) => bind_unix(path),
+            ListenAddr::HybridVsock { path, port } => {
+                bind_unix(&ListenAddr::hybrid_socket(path, *port))
             }
+            ListenAddr::Vsock(port) => Ok(Listener::Vsock(
+                Arc::new(vsock::VsockListener::bind_with_cid_port(
+                    vsock::VMADDR_CID_ANY,
+                    *port,
+                )?),
+                *port,
+            )),
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
         }
     }
@@ -117,6 +176,7 @@ impl Listener {
             Listener::Tcp(l) => {
                 ListenAddr::Tcp(l.local_addr().expect("bound socket has an address"))
             }
+            Listener::Vsock(_, port) => ListenAddr::Vsock(*port),
         }
     }
 
@@ -144,6 +204,17 @@ impl Listener {
                     s.set_nonblocking(false)?;
                     spawn_connection(s, state.clone(), peer.to_string())
                 }),
+                Listener::Vsock(l, _) => {
+                    // AF_VSOCK has no async accept in tokio: accept on a blocking thread.
+                    let l = l.clone();
+                    tokio::task::spawn_blocking(move || l.accept())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                        .and_then(|(s, addr)| {
+                            let peer = format!("vsock cid {} port {}", addr.cid(), addr.port());
+                            spawn_connection(s, state.clone(), peer)
+                        })
+                }
             };
             if let Err(e) = accepted {
                 // Running out of descriptors must not kill the listener: back off and retry.
@@ -198,7 +269,37 @@ mod tests {
             "tcp:[::1]:7000".parse::<ListenAddr>().unwrap(),
             ListenAddr::Tcp("[::1]:7000".parse().unwrap())
         );
-        for bad in ["", "unix:", "tcp:", "tcp:nope:x", "vsock:3", "/tmp/sock"] {
+        assert_eq!(
+            "vsock:1024".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Vsock(1024)
+        );
+        let hybrid: ListenAddr = "hybrid-vsock:/run/fc/v.sock:1024".parse().unwrap();
+        assert_eq!(
+            hybrid,
+            ListenAddr::HybridVsock {
+                path: "/run/fc/v.sock".into(),
+                port: 1024
+            }
+        );
+        assert_eq!(hybrid.to_string().parse::<ListenAddr>().unwrap(), hybrid);
+        assert_eq!(
+            ListenAddr::hybrid_socket(std::path::Path::new("/run/fc/v.sock"), 1024),
+            std::path::PathBuf::from("/run/fc/v.sock_1024")
+        );
+        for bad in [
+            "",
+            "unix:",
+            "tcp:",
+            "tcp:nope:x",
+            "vsock:",
+            "vsock:x",
+            "vsock:-1",
+            "vsock:3:4",
+            "hybrid-vsock:/x",
+            "hybrid-vsock::5",
+            "hybrid-vsock:/x:port",
+            "/tmp/sock",
+        ] {
             let err = bad.parse::<ListenAddr>().unwrap_err().to_string();
             assert!(err.contains("expected unix:PATH"), "{bad}: {err}");
         }
