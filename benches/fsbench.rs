@@ -119,7 +119,7 @@ impl Workload {
     }
 
     fn readdir(&self, dir: &Path) {
-        for _ in 0..5 {
+        for _ in 0..READDIR_PASSES {
             assert_eq!(fs::read_dir(dir).unwrap().count(), self.files);
         }
     }
@@ -148,12 +148,15 @@ impl Workload {
     }
 }
 
+/// Listings per readdir sample: one pass of 10k entries is too short to time on its own.
+const READDIR_PASSES: usize = 20;
+
 const ROWS: &[&str] = &[
     "create-write-close 4 KiB files",
     "stat files, cold",
     "stat files, warm",
     "open-read-close 4 KiB files",
-    "readdir (x5)",
+    "readdir (x20)",
     "sequential write + fsync",
     "sequential read, cold",
 ];
