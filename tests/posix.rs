@@ -667,3 +667,37 @@ fn reads_see_writes_made_after_open() {
     assert_eq!(fs::read(share.mnt().join("big")).unwrap(), big);
     assert!(share.stop().success());
 }
+
+#[test]
+fn a_cached_miss_lasts_no_longer_than_the_attribute_timeout() {
+    // The agent caches "no such file" for the entry TTL (1 s by default), like positive
+    // entries. A file created on the host after a miss must show up once that has passed, and
+    // one created through the mount at once.
+    if !fuse_available("cached_miss") {
+        return;
+    }
+    let share = Share::start();
+    let late = share.mnt().join("late");
+    let e = fs::metadata(&late).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    fs::write(share.src().join("late"), b"from the host").unwrap();
+    let start = std::time::Instant::now();
+    while fs::metadata(&late).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "a host-created file is still invisible 3 s after a miss (TTL is 1 s)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(&late).unwrap(), b"from the host");
+
+    let mine = share.mnt().join("mine");
+    assert!(fs::metadata(&mine).is_err());
+    fs::write(&mine, b"from the guest").unwrap();
+    assert_eq!(fs::read(&mine).unwrap(), b"from the guest");
+    fs::remove_file(&mine).unwrap();
+    assert!(fs::metadata(&mine).is_err());
+    fs::create_dir(&mine).unwrap();
+    assert!(fs::metadata(&mine).unwrap().is_dir());
+    assert!(share.stop().success());
+}

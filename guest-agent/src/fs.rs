@@ -462,7 +462,21 @@ impl Filesystem for FerryFs {
             parent: parent.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], entry_done("lookup", self.ttl, reply));
+        let ttl = self.ttl;
+        self.call(req, body, &[], move |r| match r {
+            // A name that is not there is cached as a negative entry (node id 0) for the same
+            // TTL as a positive one: tools that probe many missing paths (module resolution,
+            // `git status`, PATH lookups) then pay one round trip per name, not one per probe.
+            // A file the host creates meanwhile shows up within the TTL, as attributes do.
+            Err(Errno::ENOENT) if !ttl.is_zero() => {
+                let negative = FileAttr {
+                    ino: INodeNo(0),
+                    ..file_attr(&ferry_protocol::Attr::default())
+                };
+                reply.entry(&ttl, &negative, Generation(0));
+            }
+            r => entry_done("lookup", ttl, reply)(r),
+        });
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
