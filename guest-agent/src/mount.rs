@@ -442,10 +442,18 @@ mod tests {
         srv.join().unwrap();
     }
 
+    /// Root and /dev/fuse are needed to mount; without them a test says SKIPPED loudly.
+    fn fuse_available() -> bool {
+        let ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
+        if !ok {
+            eprintln!("\n*** SKIPPED: needs root and /dev/fuse (CI has both) ***\n");
+        }
+        ok
+    }
+
     #[test]
     fn fuse_mount_lists_reads_and_unmounts() {
-        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root and /dev/fuse");
+        if !fuse_available() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -453,15 +461,8 @@ mod tests {
         let srv = std::thread::spawn(move || fake_server(server));
         let client = Client::connect_unix(client_end, &ClientConfig::default()).unwrap();
         let opts = MountOptions::new("data", dir.path());
-        let handle = match mount(client.clone(), &opts) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("skipping: cannot mount: {e}");
-                client.shutdown();
-                srv.join().unwrap();
-                return;
-            }
-        };
+        // With root and /dev/fuse present, failing to mount is a failure, not a skip.
+        let handle = mount(client.clone(), &opts).expect("mounts");
         assert_eq!(handle.mountpoint(), dir.path());
         assert!(!handle.is_finished());
 
@@ -500,19 +501,14 @@ mod tests {
 
     #[test]
     fn fuse_unmount_without_open_files_joins_session() {
-        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root and /dev/fuse");
+        if !fuse_available() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let (client_end, server) = UnixStream::pair().unwrap();
         let srv = std::thread::spawn(move || fake_server(server));
         let client = Client::connect_unix(client_end, &ClientConfig::default()).unwrap();
-        let Ok(handle) = mount(client.clone(), &MountOptions::new("ro", dir.path())) else {
-            client.shutdown();
-            srv.join().unwrap();
-            return;
-        };
+        let handle = mount(client.clone(), &MountOptions::new("ro", dir.path())).expect("mounts");
         assert_eq!(
             std::fs::read(dir.path().join("hello.txt")).unwrap(),
             CONTENT
@@ -536,8 +532,7 @@ mod tests {
 
     #[test]
     fn serve_with_readdirplus_until_shutdown() {
-        if !Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root and /dev/fuse");
+        if !fuse_available() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
