@@ -677,28 +677,14 @@ impl ExportSession {
         offset: u64,
         size: u32,
     ) -> Result<Vec<DirEntry>, Errno> {
-        let budget = (size as usize).min(MAX_DATA);
-        let mut used = 0;
-        let mut out = Vec::new();
-        let res = self.walk_dir(fh, offset, |_, d| {
-            let cost = dirent_cost(d.name.len());
-            if used + cost > budget {
-                return Ok(false);
-            }
-            used += cost;
-            out.push(DirEntry {
+        self.gather_dir(fh, offset, size, dirent_cost, |_, d| {
+            Ok(Some(DirEntry {
                 ino: d.ino,
                 offset: d.off,
                 kind: d.kind,
                 name: d.name.to_vec(),
-            });
-            Ok(true)
-        });
-        match res {
-            // Entries already gathered are worth returning; the error will recur next call.
-            Err(e) if out.is_empty() => Err(e),
-            _ => Ok(out),
-        }
+            }))
+        })
     }
 
     /// As [`Self::readdir`], with a lookup of each entry (which the guest must forget).
@@ -711,14 +697,7 @@ impl ExportSession {
         offset: u64,
         size: u32,
     ) -> Result<Vec<DirEntryPlus>, Errno> {
-        let budget = (size as usize).min(MAX_DATA);
-        let mut used = 0;
-        let mut out = Vec::new();
-        let res = self.walk_dir(fh, offset, |dirfd, d| {
-            let cost = direntplus_cost(d.name.len());
-            if used + cost > budget {
-                return Ok(false);
-            }
+        self.gather_dir(fh, offset, size, direntplus_cost, |dirfd, d| {
             let entry = if d.name == b"." || d.name == b".." {
                 Entry::default()
             } else {
@@ -726,21 +705,46 @@ impl ExportSession {
                 match self.lookup_at(dirfd, &name) {
                     Ok(entry) => entry,
                     // Removed since getdents saw it: leave it out.
-                    Err(Errno::ENOENT) => return Ok(true),
+                    Err(Errno::ENOENT) => return Ok(None),
                     Err(e) => return Err(e),
                 }
             };
-            used += cost;
-            out.push(DirEntryPlus {
+            Ok(Some(DirEntryPlus {
                 entry,
                 offset: d.off,
                 kind: d.kind,
                 name: d.name.to_vec(),
-            });
+            }))
+        })
+    }
+
+    /// Walks the directory from `offset`, turning entries into `T` with `make` (`None` skips
+    /// one) until the next would exceed `size` bytes at `cost(name_len)` each.
+    fn gather_dir<T>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        cost: fn(usize) -> usize,
+        mut make: impl FnMut(BorrowedFd<'_>, &sys::RawDirent<'_>) -> Result<Option<T>, Errno>,
+    ) -> Result<Vec<T>, Errno> {
+        let budget = (size as usize).min(MAX_DATA);
+        let mut used = 0;
+        let mut out = Vec::new();
+        let res = self.walk_dir(fh, offset, |dirfd, d| {
+            let c = cost(d.name.len());
+            if used + c > budget {
+                return Ok(false);
+            }
+            if let Some(item) = make(dirfd, &d)? {
+                used += c;
+                out.push(item);
+            }
             Ok(true)
         });
         match res {
-            // Lookups were taken for the gathered entries, so they must reach the guest.
+            // Entries already gathered are returned (for readdirplus their lookups were taken,
+            // so they must reach the guest); the error recurs on the next call.
             Err(e) if out.is_empty() => Err(e),
             _ => Ok(out),
         }
