@@ -31,8 +31,13 @@ enum Command {
         /// Refuse every change with EROFS.
         #[arg(long)]
         read_only: bool,
-        /// How long the kernel may cache names and attributes, in milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        /// How the kernel caches: `cached` (kept coherent by host change events) or
+        /// `consistent` (nothing cached). Both raise inotify events for host changes.
+        #[arg(long, value_name = "MODE", default_value = "cached")]
+        cache: ferry_agent::CacheMode,
+        /// In `cached` mode, how long names and attributes may be kept without a host event,
+        /// in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 60_000)]
         attr_timeout_ms: u64,
     },
 }
@@ -45,11 +50,13 @@ fn main() -> std::process::ExitCode {
             src,
             mountpoint,
             read_only,
+            cache,
             attr_timeout_ms,
         } => share(
             src,
             mountpoint,
             read_only,
+            cache,
             Duration::from_millis(attr_timeout_ms),
         ),
     };
@@ -62,7 +69,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> anyhow::Result<()> {
+fn share(
+    src: PathBuf,
+    mountpoint: PathBuf,
+    read_only: bool,
+    cache: ferry_agent::CacheMode,
+    ttl: Duration,
+) -> anyhow::Result<()> {
     // Signals are taken before any thread starts so that every thread inherits the mask.
     let shutdown = ferry_agent::shutdown_on_signals()?;
     let name = "share".to_string();
@@ -95,6 +108,7 @@ fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> a
         token: None,
         mounts: vec![(name, mountpoint)],
         ttl,
+        cache,
         connect_timeout: Duration::ZERO,
     };
     let result = ferry_agent::serve_stream(guest_end, &config, shutdown);

@@ -17,13 +17,14 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use ferry_protocol::{
-    Ctx, DecodeError, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello, Notice,
-    Opcode, Refused, Reply, ReplyFrame, ReplyKind, Request, RequestFrame, VERSION, Version,
+    Change, Ctx, DecodeError, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
+    Notice, Opcode, Refused, Reply, ReplyFrame, ReplyKind, Request, RequestFrame, VERSION, Version,
     Welcome, features,
 };
 use tracing::{debug, error, info, warn};
@@ -196,6 +197,8 @@ pub struct Client {
     closed_cv: Condvar,
     /// Unblocks the reader thread on `shutdown()` (shuts the socket down), when known.
     closer: Mutex<Option<Closer>>,
+    /// Where host changes of each watched export go (see [`Client::watch`]).
+    changes: DashMap<u32, Sender<Vec<Change>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -367,6 +370,7 @@ impl Client {
             closed_done: Mutex::new(false),
             closed_cv: Condvar::new(),
             closer: Mutex::new(closer),
+            changes: DashMap::new(),
         });
         let c = client.clone();
         std::thread::Builder::new()
@@ -460,6 +464,29 @@ impl Client {
             }),
         );
         rx.recv().unwrap_or(Err(Errno::ENOTCONN))
+    }
+
+    /// Asks the server for host changes of `export` and returns where they arrive, oldest
+    /// first. Fails when the server does not send change events.
+    pub fn watch(&self, export: u32) -> Result<Receiver<Vec<Change>>, Errno> {
+        if self.welcome.features & ferry_protocol::features::CHANGE_EVENTS == 0 {
+            return Err(Errno::ENOSYS);
+        }
+        let (tx, rx) = channel();
+        self.changes.insert(export, tx);
+        let r = self.call_blocking(
+            export,
+            Ctx::default(),
+            &Request::Watch(ferry_protocol::Watch { on: true }),
+            &[],
+        );
+        match r {
+            Ok(_) => Ok(rx),
+            Err(e) => {
+                self.changes.remove(&export);
+                Err(e)
+            }
+        }
     }
 
     /// Closes the connection; pending callbacks get ENOTCONN.
@@ -609,6 +636,15 @@ impl Client {
             FrameKind::Notify => match Notice::decode(&frame) {
                 Ok(Some(Notice::Shutdown { reason })) => {
                     warn!("the server is shutting down: {reason}");
+                    Ok(())
+                }
+                Ok(Some(Notice::Changes { export, changes })) => {
+                    match self.changes.get(&export) {
+                        Some(tx) => {
+                            let _ = tx.send(changes);
+                        }
+                        None => debug!(export, "changes for an export nobody watches"),
+                    }
                     Ok(())
                 }
                 Ok(None) => {

@@ -36,6 +36,7 @@ use fuser::{
 use tracing::{debug, error};
 
 use crate::client::Client;
+use crate::replay::{REPLAY_FH_BASE, ReplayState};
 
 /// Bytes' worth of entries asked from the server per readdir. fuser 0.18 does not expose the
 /// kernel's buffer size; the kernel asks again when a reply leaves room, and entries that do
@@ -56,6 +57,10 @@ pub struct FerryFs {
     dir_caches: Arc<DashMap<u64, DirCache>>,
     /// The first bytes of files, read by the host at open time, per handle (see [`PREFETCH`]).
     prefetched: Arc<DashMap<u64, Prefetched>>,
+    /// Host-change replay: recognises the replay thread's requests (see `replay.rs`).
+    replay: Arc<ReplayState>,
+    /// Keep the page cache across opens (host changes invalidate it: `cached` mode).
+    keep_cache: bool,
 }
 
 /// Bytes of a file asked for inline with a read-only open. Most files in a source tree are
@@ -131,6 +136,51 @@ impl FerryFs {
             deferred_forgets: Arc::default(),
             dir_caches: Arc::default(),
             prefetched: Arc::default(),
+            replay: Arc::default(),
+            keep_cache: false,
+        }
+    }
+
+    /// Keeps file pages cached across opens; only safe when host changes invalidate them.
+    pub fn with_keep_cache(mut self, keep: bool) -> Self {
+        self.keep_cache = keep;
+        self
+    }
+
+    /// The state the replay thread shares with this adapter.
+    pub fn replay_state(&self) -> Arc<ReplayState> {
+        Arc::clone(&self.replay)
+    }
+
+    /// A callback that drops the bytes prefetched for a node (its data changed on the host).
+    pub fn prefetch_dropper(&self) -> Box<dyn Fn(u64) + Send> {
+        let prefetched = Arc::clone(&self.prefetched);
+        Box::new(move |ino| {
+            if !prefetched.is_empty() {
+                prefetched.retain(|_, p| p.ino != ino);
+            }
+        })
+    }
+
+    /// Whether `req` comes from the replay thread.
+    fn replaying(&self, req: &Request) -> bool {
+        self.replay.is_replay(req.pid())
+    }
+
+    /// FOPEN flags for an open reply: the server's, plus KEEP_CACHE in `cached` mode.
+    fn open_flags(&self, bits: u32) -> FopenFlags {
+        let mut f = fopen_flags(bits);
+        if self.keep_cache && !f.contains(FopenFlags::FOPEN_DIRECT_IO) {
+            f |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        f
+    }
+
+    /// Answers a replayed creation with the node the host change carries.
+    fn replay_created(&self, reply: ReplyEntry) {
+        match self.replay.created() {
+            Some(e) => reply.entry(&self.ttl, &entry_attr(&e), Generation(e.generation)),
+            None => reply.error(fuser::Errno::EIO),
         }
     }
 
@@ -458,6 +508,18 @@ impl Filesystem for FerryFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if self.replaying(req) {
+            if let Some(answer) = self.replay.lookup(parent.0, bytes(name)) {
+                match answer {
+                    Some(e) => reply.entry(&self.ttl, &entry_attr(&e), Generation(e.generation)),
+                    None => reply.error(fuser::Errno::ENOENT),
+                }
+                return;
+            }
+        }
+        if ReplayState::is_synthetic(parent.0) {
+            return reply.error(fuser::Errno::ENOENT);
+        }
         let body = Req::Lookup(proto::Lookup {
             parent: parent.0,
             name: bytes(name),
@@ -480,6 +542,9 @@ impl Filesystem for FerryFs {
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        if ReplayState::is_synthetic(ino.0) {
+            return self.replay.forget_synthetic(ino.0);
+        }
         self.forget_nodes(req, vec![(ino.0, nlookup)]);
     }
 
@@ -487,6 +552,14 @@ impl Filesystem for FerryFs {
     // default implementation calls `forget` for each node (one Forget frame each).
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ReplayState::is_synthetic(ino.0) || self.replaying(req) {
+            if let Some(a) = self.replay.attr(ino.0) {
+                return reply.attr(&self.ttl, &file_attr(&a));
+            }
+            if ReplayState::is_synthetic(ino.0) {
+                return reply.error(fuser::Errno::ESTALE);
+            }
+        }
         let body = Req::Getattr(proto::Getattr {
             ino: ino.0,
             fh: fh.map(|f| f.0),
@@ -512,6 +585,13 @@ impl Filesystem for FerryFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if self.replaying(req) || ReplayState::is_synthetic(ino.0) {
+            // A replayed change: the kernel keeps the attributes of this reply, the host's.
+            return match self.replay.attr(ino.0) {
+                Some(a) => reply.attr(&self.ttl, &file_attr(&a)),
+                None => reply.error(fuser::Errno::ESTALE),
+            };
+        }
         if size.is_some() {
             self.drop_prefetched(ino.0);
         }
@@ -543,6 +623,9 @@ impl Filesystem for FerryFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if self.replaying(req) {
+            return self.replay_created(reply);
+        }
         let body = Req::Mknod(proto::Mknod {
             parent: parent.0,
             name: bytes(name),
@@ -562,6 +645,9 @@ impl Filesystem for FerryFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if self.replaying(req) {
+            return self.replay_created(reply);
+        }
         let body = Req::Mkdir(proto::Mkdir {
             parent: parent.0,
             name: bytes(name),
@@ -572,6 +658,9 @@ impl Filesystem for FerryFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replaying(req) {
+            return reply.ok();
+        }
         let body = Req::Unlink(proto::Unlink {
             parent: parent.0,
             name: bytes(name),
@@ -580,6 +669,9 @@ impl Filesystem for FerryFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replaying(req) {
+            return reply.ok();
+        }
         let body = Req::Rmdir(proto::Rmdir {
             parent: parent.0,
             name: bytes(name),
@@ -595,6 +687,9 @@ impl Filesystem for FerryFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if self.replaying(req) {
+            return self.replay_created(reply);
+        }
         let body = Req::Symlink(proto::Symlink {
             parent: parent.0,
             name: bytes(link_name),
@@ -613,6 +708,9 @@ impl Filesystem for FerryFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.replaying(req) {
+            return reply.ok();
+        }
         let body = Req::Rename(proto::Rename {
             parent: parent.0,
             name: bytes(name),
@@ -640,6 +738,9 @@ impl Filesystem for FerryFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.replaying(req) {
+            return reply.opened(FileHandle(self.replay.replay_fh()), FopenFlags::empty());
+        }
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         let prefetch = if read_only && !self.ttl.is_zero() {
             PREFETCH
@@ -652,7 +753,11 @@ impl Filesystem for FerryFs {
             prefetch,
         });
         let prefetched = self.prefetched.clone();
+        let keep = self.open_flags(0);
         self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Opened(o)) => {
+                reply.opened(FileHandle(o.fh), fopen_flags(o.open_flags) | keep)
+            }
             Ok(Reply::OpenedData(o, data)) => {
                 // Stored before the kernel learns the handle, so its first READ finds it.
                 prefetched.insert(
@@ -664,7 +769,7 @@ impl Filesystem for FerryFs {
                         at: std::time::Instant::now(),
                     },
                 );
-                reply.opened(FileHandle(o.fh), fopen_flags(o.open_flags));
+                reply.opened(FileHandle(o.fh), fopen_flags(o.open_flags) | keep);
             }
             other => open_done("open", reply)(other),
         });
@@ -680,6 +785,19 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.replaying(req) {
+            return match self.replay.created() {
+                Some(e) => reply.created(
+                    &self.ttl,
+                    &entry_attr(&e),
+                    Generation(e.generation),
+                    FileHandle(self.replay.replay_fh()),
+                    FopenFlags::empty(),
+                ),
+                None => reply.error(fuser::Errno::EIO),
+            };
+        }
+        let keep = self.open_flags(0);
         let body = Req::Create(proto::Create {
             parent: parent.0,
             name: bytes(name),
@@ -694,7 +812,7 @@ impl Filesystem for FerryFs {
                 &entry_attr(&c.entry),
                 Generation(c.entry.generation),
                 FileHandle(c.opened.fh),
-                fopen_flags(c.opened.open_flags),
+                fopen_flags(c.opened.open_flags) | keep,
             ),
             Ok(other) => reply.error(wrong("create", &other)),
             Err(e) => reply.error(errno(e)),
@@ -779,6 +897,10 @@ impl Filesystem for FerryFs {
         flush: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 >= REPLAY_FH_BASE {
+            // The replay thread's own open: the host never saw it.
+            return reply.ok();
+        }
         self.prefetched.remove(&fh.0);
         let body = Req::Release(proto::Release {
             ino: ino.0,

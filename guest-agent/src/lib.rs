@@ -12,7 +12,9 @@
 
 pub mod client;
 pub mod fs;
+pub mod kernel;
 pub mod mount;
+pub mod replay;
 
 use std::fmt;
 use std::net::TcpStream;
@@ -28,7 +30,7 @@ use tracing::{error, info, warn};
 
 pub use client::{Client, ClientConfig, ClientError, OwnedReply};
 pub use fs::FerryFs;
-pub use mount::{MountError, MountHandle, MountOptions, mount};
+pub use mount::{CacheMode, MountError, MountHandle, MountOptions, mount};
 
 /// Where the host server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,8 +191,10 @@ pub struct AgentConfig {
     pub token: Option<Vec<u8>>,
     /// `(export name, mountpoint)` pairs.
     pub mounts: Vec<(String, PathBuf)>,
-    /// Entry/attribute cache timeout.
+    /// Entry/attribute cache timeout in `cached` mode.
     pub ttl: Duration,
+    /// How the guest kernel caches.
+    pub cache: CacheMode,
     /// How long to keep trying while the server is not there yet (see
     /// [`ConnectAddr::connect_within`]).
     pub connect_timeout: Duration,
@@ -252,6 +256,7 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
         .iter()
         .map(|(export, mountpoint)| MountOptions {
             ttl: config.ttl,
+            cache: config.cache,
             ..MountOptions::new(export.clone(), mountpoint.clone())
         })
         .collect()

@@ -38,9 +38,15 @@ struct Args {
     )]
     token: Option<String>,
 
-    /// How long the guest kernel may cache names and attributes, in milliseconds. Host-side
-    /// changes can take this long to show.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// How the guest kernel caches: `cached` (names, attributes and pages kept, made coherent
+    /// by host change events) or `consistent` (nothing cached; every access asks the host).
+    /// Both raise inotify events in the guest for host changes.
+    #[arg(long, value_name = "MODE", default_value = "cached")]
+    cache: ferry_agent::CacheMode,
+
+    /// In `cached` mode, how long the guest kernel may keep names and attributes without a
+    /// host event, in milliseconds (1000 at most when the server sends no events).
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
     attr_timeout_ms: u64,
 
     /// While the server is not reachable yet (the VM booted first), keep retrying for this
@@ -79,6 +85,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         token,
         mounts: args.mounts,
         ttl: Duration::from_millis(args.attr_timeout_ms),
+        cache: args.cache,
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
     ferry_agent::run(config, shutdown)

@@ -15,8 +15,12 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use nix::mount::{MntFlags, umount2};
 use tracing::{debug, error, info, warn};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use crate::client::Client;
 use crate::fs::FerryFs;
+use crate::kernel::KernelNotifier;
+use crate::replay::{ReplayState, Replayer};
 
 /// How long [`MountHandle::unmount`] waits for the session to end after the detach.
 pub const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
@@ -36,12 +40,42 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let users other than the mounting one (root) use the mount; needed for containers.
     pub allow_other: bool,
+    /// How the guest kernel caches (see [`CacheMode`]).
+    pub cache: CacheMode,
+}
+
+/// How the guest kernel caches an export (osxfs's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Names, attributes and pages are cached for [`MountOptions::ttl`] and across opens, and
+    /// kept coherent by host change events (which also raise inotify events in the guest).
+    /// Without change events from the server the TTL falls back to 1 s.
+    #[default]
+    Cached,
+    /// Nothing is cached: every stat, lookup and open asks the host. Host changes still raise
+    /// inotify events in the guest.
+    Consistent,
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cached" => Ok(Self::Cached),
+            "consistent" => Ok(Self::Consistent),
+            _ => Err(format!(
+                "unknown cache mode {s:?}: expected cached or consistent"
+            )),
+        }
+    }
 }
 
 impl MountOptions {
-    /// Default TTL: kernel caching stays on a short, safe timeout until host change events
-    /// exist.
-    pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+    /// Default TTL in `cached` mode: host change events keep the caches coherent, the TTL only
+    /// bounds staleness should events ever be lost without an overflow notice.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+    /// TTL in `cached` mode when the server sends no change events.
+    pub const FALLBACK_TTL: Duration = Duration::from_secs(1);
     /// Default number of FUSE threads.
     pub const DEFAULT_THREADS: usize = 4;
 
@@ -54,6 +88,7 @@ impl MountOptions {
             ttl: Self::DEFAULT_TTL,
             threads: Self::DEFAULT_THREADS,
             allow_other: true,
+            cache: CacheMode::Cached,
         }
     }
 }
@@ -103,6 +138,7 @@ pub struct MountHandle {
     thread: Option<JoinHandle<std::io::Result<()>>>,
     finished: Arc<Finished>,
     unmounted: bool,
+    replay: Arc<ReplayState>,
 }
 
 impl std::fmt::Debug for Finished {
@@ -151,7 +187,22 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let fs = FerryFs::new(client, info.id, opts.ttl);
+    let events = client.welcome().features & ferry_protocol::features::CHANGE_EVENTS != 0;
+    let ttl = match opts.cache {
+        CacheMode::Consistent => Duration::ZERO,
+        CacheMode::Cached if events => opts.ttl,
+        CacheMode::Cached => {
+            warn!(
+                export = %opts.export,
+                "the server sends no change events; caching for at most 1 s"
+            );
+            opts.ttl.min(MountOptions::FALLBACK_TTL)
+        }
+    };
+    let fs = FerryFs::new(client.clone(), info.id, ttl)
+        .with_keep_cache(events && opts.cache == CacheMode::Cached);
+    let replay = fs.replay_state();
+    let on_data_change = fs.prefetch_dropper();
     let mount_err = |source| MountError::Mount {
         export: opts.export.clone(),
         mountpoint: opts.mountpoint.clone(),
@@ -162,8 +213,21 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         export = %opts.export,
         mountpoint = %opts.mountpoint.display(),
         read_only,
+        cache = ?opts.cache,
+        ttl_ms = ttl.as_millis() as u64,
         "mounted"
     );
+    if events {
+        start_replay(
+            &client,
+            info.id,
+            opts,
+            &session,
+            replay.clone(),
+            on_data_change,
+            read_only,
+        );
+    }
 
     let finished = Arc::new(Finished::default());
     let fin = finished.clone();
@@ -194,7 +258,68 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         thread: Some(thread),
         finished,
         unmounted: false,
+        replay,
     })
+}
+
+/// Subscribes to the export's host changes and starts the thread that replays them on the
+/// mount. Failures are logged: the mount still works, with TTL-bound coherence only.
+fn start_replay(
+    client: &Arc<Client>,
+    export: u32,
+    opts: &MountOptions,
+    session: &Session<FerryFs>,
+    state: Arc<ReplayState>,
+    on_data_change: Box<dyn Fn(u64) + Send>,
+    read_only: bool,
+) {
+    let setup = || -> std::io::Result<(OwnedFd, OwnedFd)> {
+        let fuse_fd = session.as_fd().try_clone_to_owned()?;
+        let root = nix::fcntl::open(
+            &opts.mountpoint,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok((fuse_fd, root))
+    };
+    let (fuse_fd, root) = match setup() {
+        Ok(fds) => fds,
+        Err(e) => {
+            warn!(export = %opts.export, "host change events off: {e}");
+            return;
+        }
+    };
+    let rx = match client.watch(export) {
+        Ok(rx) => rx,
+        Err(e) => {
+            warn!(export = %opts.export, "the server refused to send change events: {e:?}");
+            return;
+        }
+    };
+    if read_only {
+        info!(
+            export = %opts.export,
+            "read-only mount: host changes keep the caches coherent but raise no inotify events"
+        );
+    }
+    let replayer = Replayer {
+        raise_events: !read_only,
+        state,
+        kernel: KernelNotifier::new(fuse_fd),
+        mountpoint: opts.mountpoint.clone(),
+        root,
+        client: Arc::clone(client),
+        export,
+        on_data_change,
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("ferry-replay-{}", opts.export))
+        .spawn(move || replayer.run(rx));
+    if let Err(e) = spawned {
+        warn!(export = %opts.export, "cannot start the replay thread: {e}");
+    }
 }
 
 impl MountHandle {
@@ -265,6 +390,7 @@ impl MountHandle {
     }
 
     fn detach(&self) -> std::io::Result<()> {
+        self.replay.stop();
         match umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
             Ok(()) => {
                 info!(export = %self.export, mountpoint = %self.mountpoint.display(), "unmounted");
@@ -545,6 +671,7 @@ mod tests {
             token: None,
             mounts: vec![("data".into(), dir.path().to_path_buf())],
             ttl: Duration::from_millis(200),
+            cache: crate::CacheMode::Cached,
             connect_timeout: Duration::ZERO,
         };
         let (stop, shutdown) = std::sync::mpsc::channel();

@@ -20,13 +20,14 @@
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ferry_protocol::{
-    Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello, Opcode, Refused, Reply, ReplyFrame,
-    RequestFrame, VERSION, Welcome, features,
+    Change, ChangeKind, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
+    Notice, Opcode, Refused, Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome, features,
 };
 use tracing::{debug, info, warn};
 
@@ -40,6 +41,10 @@ const WORKERS: usize = 8;
 
 /// Receive buffer: several small frames arrive with one read.
 const READ_BUF: usize = 256 * 1024;
+
+/// Change batches queued for a guest that is not reading; beyond this the guest is told it
+/// lost events (an overflow) instead of the server buffering without bound.
+const MAX_QUEUED_CHANGES: usize = 1024;
 
 /// What every connection of one server shares.
 pub struct ServerState {
@@ -149,11 +154,12 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
     writer.write_all(&out)?;
 
-    let sessions: Vec<ExportSession> = state
+    let sessions: Vec<Arc<ExportSession>> = state
         .exports
         .iter()
-        .map(|e| ExportSession::new(e.clone()))
+        .map(|e| Arc::new(ExportSession::new(e.clone())))
         .collect();
+    let (notices, queued) = channel();
     let shared = Shared {
         reader: Mutex::new(reader),
         writer: Mutex::new(writer),
@@ -161,8 +167,15 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         sessions,
         closed: AtomicBool::new(false),
         error: Mutex::new(None),
+        notices: Mutex::new(notices),
+        queued_changes: Arc::new(AtomicUsize::new(0)),
     };
     std::thread::scope(|s| {
+        let shared_ref = &shared;
+        std::thread::Builder::new()
+            .name("ferry-conn-notify".into())
+            .spawn_scoped(s, move || shared_ref.send_changes(queued))
+            .expect("can spawn the change sender");
         for i in 0..WORKERS {
             let shared = &shared;
             std::thread::Builder::new()
@@ -180,8 +193,7 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
 fn welcome(state: &ServerState, client_features: u64) -> Welcome {
     Welcome {
         version: VERSION,
-        // Change events are not sent yet, so that bit is never granted.
-        features: client_features & features::ALL & !features::CHANGE_EVENTS,
+        features: client_features & features::ALL,
         exports: state
             .exports
             .iter()
@@ -264,9 +276,13 @@ struct Shared<S: Stream> {
     reader: Mutex<BufReader<S>>,
     writer: Mutex<S>,
     stream: S,
-    sessions: Vec<ExportSession>,
+    sessions: Vec<Arc<ExportSession>>,
     closed: AtomicBool,
     error: Mutex<Option<ConnError>>,
+    /// Change batches on their way to [`Shared::send_changes`], with the export id.
+    notices: Mutex<Sender<(u32, Vec<Change>)>>,
+    /// Batches queued and not yet written.
+    queued_changes: Arc<AtomicUsize>,
 }
 
 impl<S: Stream> Shared<S> {
@@ -306,6 +322,16 @@ impl<S: Stream> Shared<S> {
             }
             return Ok(());
         };
+        if let Request::Watch(w) = &req.body {
+            let result = if w.on {
+                session.watch(self.change_sink(req.export, session))
+            } else {
+                session.unwatch();
+                Ok(())
+            };
+            self.send(head, req.id, op, result.map(|()| Reply::Empty), &[]);
+            return Ok(());
+        }
         match session.dispatch(&req.ctx, &req.body, req.payload) {
             Response::None => {}
             Response::Reply(r) => self.send(head, req.id, op, Ok(r), &[]),
@@ -343,6 +369,96 @@ impl<S: Stream> Shared<S> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = write_all_vectored(&mut *w, head, payload) {
             debug!("reply not delivered: {e}");
+        }
+    }
+
+    /// Where the export's watcher hands this connection's changes: a queue drained by
+    /// [`Shared::send_changes`], so that the watcher never waits for this guest.
+    fn change_sink(&self, export: u32, session: &Arc<ExportSession>) -> crate::export::Sink {
+        let tx = self
+            .notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let queued = Arc::clone(&self.queued_changes);
+        let session: Weak<ExportSession> = Arc::downgrade(session);
+        let overflowed = AtomicBool::new(false);
+        Arc::new(move |changes: Vec<Change>| {
+            let n = queued.fetch_add(1, Ordering::AcqRel);
+            let batch = if n < MAX_QUEUED_CHANGES {
+                overflowed.store(false, Ordering::Relaxed);
+                changes
+            } else {
+                // The guest is not reading: give back the lookups these changes carry and tell
+                // it (once) that it lost events.
+                if let Some(s) = session.upgrade() {
+                    for c in &changes {
+                        if let Some(e) = &c.entry {
+                            s.forget(e.ino, 1);
+                        }
+                    }
+                }
+                if overflowed.swap(true, Ordering::Relaxed) {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                warn!(
+                    export,
+                    "a guest is not reading change events; telling it they overflowed"
+                );
+                vec![Change {
+                    kind: ChangeKind::Overflow,
+                    path: Vec::new(),
+                    to: Vec::new(),
+                    parent: 0,
+                    to_parent: 0,
+                    file_type: 0,
+                    entry: None,
+                }]
+            };
+            if tx.send((export, batch)).is_err() {
+                queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+    }
+
+    /// Writes queued change batches as `Changes` notices until the connection closes.
+    fn send_changes(&self, rx: Receiver<(u32, Vec<Change>)>) {
+        let mut out = Vec::new();
+        while !self.closed.load(Ordering::Acquire) {
+            let (export, changes) = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => b,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            self.queued_changes.fetch_sub(1, Ordering::AcqRel);
+            self.write_changes(&mut out, export, changes);
+        }
+    }
+
+    /// Writes one batch, split into as many notices as the frame size limit needs.
+    fn write_changes(&self, out: &mut Vec<u8>, export: u32, changes: Vec<Change>) {
+        let notice = Notice::Changes { export, changes };
+        match notice.encode(out) {
+            Ok(()) => {
+                let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = w.write_all(out) {
+                    debug!("changes not delivered: {e}");
+                }
+            }
+            Err(EncodeError::TooLarge(_)) => {
+                let Notice::Changes { mut changes, .. } = notice else {
+                    return;
+                };
+                if changes.len() < 2 {
+                    warn!(export, "a change is too large to send; dropped");
+                    return;
+                }
+                let rest = changes.split_off(changes.len() / 2);
+                self.write_changes(out, export, changes);
+                self.write_changes(out, export, rest);
+            }
+            Err(e) => warn!(export, "cannot encode changes: {e}"),
         }
     }
 

@@ -324,6 +324,8 @@ bodies! {
     Setlk { ino: u64, fh: u64, owner: u64, lock: Lock, sleep: bool }
     /// `flock(2)`: LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB.
     Flock { ino: u64, fh: u64, owner: u64, op: i32 }
+    /// Start (`on`) or stop sending this connection [`Notice::Changes`] for the export.
+    Watch { on: bool }
 }
 
 /// What the server answers to each request kind.
@@ -443,6 +445,7 @@ requests! {
     34 Getlk(Getlk) => Lock,
     35 Setlk(Setlk) => Empty,
     36 Flock(Flock) => Empty,
+    37 Watch(Watch) => Empty,
 }
 
 /// Decodes a postcard value that must use all of `bytes`.
@@ -676,10 +679,57 @@ fn reply_fits(kind: ReplyKind, reply: &Reply<'_>) -> bool {
     )
 }
 
+/// What happened to a host object, as a [`Change`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// `path` was created (or moved in from outside the export).
+    Created,
+    /// `path` was removed (or moved out of the export).
+    Removed,
+    /// `path` was written and is still open for writing on the host.
+    Data,
+    /// `path` was written and then closed.
+    DataClosed,
+    /// `path` was opened for writing and closed without a write seen in the same burst.
+    Closed,
+    /// Attributes of `path` changed (mode, owner, times, xattrs, link count).
+    Attrib,
+    /// `path` was renamed to `to`.
+    Renamed,
+    /// The host lost events (queue overflow, watch limit): the guest must drop every cached
+    /// name and attribute of the export. `path` is empty.
+    Overflow,
+}
+
+/// One host-side change of an export, as seen by one connection.
+///
+/// Node ids are this connection's. `parent` (and `to_parent` for renames) is the node id of the
+/// directory holding `path` (`to`) when the connection holds that directory, else 0. When
+/// `entry` is set the server took one lookup of `entry.ino` for the guest, which the guest
+/// hands to its kernel or gives back with `Forget`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What happened.
+    pub kind: ChangeKind,
+    /// Path relative to the export root, `/`-separated, empty for the root itself.
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    /// The new path of a rename, else empty.
+    #[serde(with = "serde_bytes")]
+    pub to: Vec<u8>,
+    /// Node id of the directory holding `path`, or 0.
+    pub parent: u64,
+    /// Node id of the directory holding `to`, or 0.
+    pub to_parent: u64,
+    /// File type bits (`S_IFMT`) of the object, 0 when unknown.
+    pub file_type: u32,
+    /// The object as it is now (after the change), when it still exists.
+    pub entry: Option<Entry>,
+}
+
 /// Unsolicited server → guest messages (the frame header's `op` says which).
 ///
-/// Change events will be added here; a guest ignores notice codes it does not know, so new
-/// notices need no version bump.
+/// A guest ignores notice codes it does not know, so new notices need no version bump.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// The server is shutting down; in-flight requests will not be answered.
@@ -687,12 +737,22 @@ pub enum Notice {
         /// Why.
         reason: String,
     },
+    /// Host-side changes of one export, in the order they happened (sent only after
+    /// [`Request::Watch`]). The export id travels in the header's `aux` field.
+    Changes {
+        /// Export id from the handshake.
+        export: u32,
+        /// The changes, oldest first.
+        changes: Vec<Change>,
+    },
 }
 
 /// Notice codes.
 pub mod notice {
     /// [`super::Notice::Shutdown`].
     pub const SHUTDOWN: u16 = 1;
+    /// [`super::Notice::Changes`].
+    pub const CHANGES: u16 = 2;
 }
 
 impl Notice {
@@ -702,6 +762,15 @@ impl Notice {
             Notice::Shutdown { reason } => {
                 encode_frame(out, FrameKind::Notify, notice::SHUTDOWN, 0, 0, reason, 0)
             }
+            Notice::Changes { export, changes } => encode_frame(
+                out,
+                FrameKind::Notify,
+                notice::CHANGES,
+                0,
+                *export,
+                changes,
+                0,
+            ),
         }
     }
 
@@ -710,15 +779,18 @@ impl Notice {
         if frame.header.kind != FrameKind::Notify {
             return Err(DecodeError::UnexpectedKind(frame.header.kind));
         }
+        let known = matches!(frame.header.op, notice::SHUTDOWN | notice::CHANGES);
+        if known && !frame.payload.is_empty() {
+            return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
+        }
         Ok(match frame.header.op {
-            notice::SHUTDOWN => {
-                if !frame.payload.is_empty() {
-                    return Err(DecodeError::UnexpectedPayload(frame.payload.len()));
-                }
-                Some(Notice::Shutdown {
-                    reason: decode_exact(frame.meta)?,
-                })
-            }
+            notice::SHUTDOWN => Some(Notice::Shutdown {
+                reason: decode_exact(frame.meta)?,
+            }),
+            notice::CHANGES => Some(Notice::Changes {
+                export: frame.header.aux,
+                changes: decode_exact(frame.meta)?,
+            }),
             _ => None,
         })
     }

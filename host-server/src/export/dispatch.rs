@@ -42,7 +42,59 @@ impl ExportSession {
     /// Performs a decoded protocol request. `payload` is the frame's raw data (only `Write`
     /// carries any).
     pub fn dispatch(&self, ctx: &Ctx, req: &Request<'_>, payload: &[u8]) -> Response {
-        let response = match req {
+        // Host events caused by a mutation wait for it to end and record its fingerprint.
+        let _mutation = is_mutation(req).then(|| self.export.events.mutation());
+        let response = self.perform(ctx, req, payload);
+        if !matches!(response, Response::Error(_)) {
+            self.note_echo(req, &response);
+        }
+        if let Response::Error(e) = &response {
+            tracing::debug!(op = ?req.opcode(), error = ?e, "request failed");
+        } else {
+            tracing::debug!(op = ?req.opcode(), "request done");
+        }
+        response
+    }
+
+    /// Records what a successful mutation left on the host (see `watch.rs`).
+    fn note_echo(&self, req: &Request<'_>, response: &Response) {
+        if !self.export.events.active() {
+            return;
+        }
+        match (req, response) {
+            (
+                Request::Create(_)
+                | Request::Mknod(_)
+                | Request::Mkdir(_)
+                | Request::Symlink(_)
+                | Request::Link(_),
+                Response::Reply(
+                    Reply::Entry(e) | Reply::Created(ferry_protocol::Created { entry: e, .. }),
+                ),
+            ) => self.echo_inode(e.ino),
+            (Request::Unlink(r), _) => self.echo_name(r.parent, r.name),
+            (Request::Rmdir(r), _) => self.echo_name(r.parent, r.name),
+            (Request::Rename(r), _) => {
+                self.echo_name(r.parent, r.name);
+                // An exchange moves the target away as well.
+                if r.flags & libc::RENAME_EXCHANGE != 0 {
+                    self.echo_name(r.newparent, r.newname);
+                }
+            }
+            (Request::Setattr(r), _) => self.echo_inode(r.ino),
+            (Request::Write(r), _) => self.echo_inode(r.ino),
+            (Request::Release(r), _) => self.echo_inode(r.ino),
+            (Request::Fallocate(r), _) => self.echo_inode(r.ino),
+            (Request::Setxattr(r), _) => self.echo_inode(r.ino),
+            (Request::Removexattr(r), _) => self.echo_inode(r.ino),
+            (Request::CopyFileRange(r), _) => self.echo_inode(r.ino_out),
+            (Request::Open(r), _) if r.flags & libc::O_TRUNC != 0 => self.echo_inode(r.ino),
+            _ => {}
+        }
+    }
+
+    fn perform(&self, ctx: &Ctx, req: &Request<'_>, payload: &[u8]) -> Response {
+        match req {
             Request::Lookup(r) => reply(self.lookup(ctx, r.parent, r.name), Reply::Entry),
             Request::Forget(r) => {
                 for &(ino, n) in &r.nodes {
@@ -114,12 +166,31 @@ impl ExportSession {
             Request::Getlk(r) => reply(self.getlk(r.ino, r.fh, r.owner, &r.lock), Reply::Lock),
             Request::Setlk(r) => empty(self.setlk(r.ino, r.fh, r.owner, &r.lock, r.sleep)),
             Request::Flock(r) => empty(self.flock(r.ino, r.fh, r.owner, r.op)),
-        };
-        if let Response::Error(e) = &response {
-            tracing::debug!(op = ?req.opcode(), error = ?e, "request failed");
-        } else {
-            tracing::debug!(op = ?req.opcode(), "request done");
+            // Subscribing needs a sink, which only the transport has (see `watch`).
+            Request::Watch(_) => Response::Error(Errno::EINVAL),
         }
-        response
+    }
+}
+
+/// Requests that can change the host tree (and so cause host events).
+fn is_mutation(req: &Request<'_>) -> bool {
+    match req {
+        Request::Setattr(_)
+        | Request::Symlink(_)
+        | Request::Mknod(_)
+        | Request::Mkdir(_)
+        | Request::Unlink(_)
+        | Request::Rmdir(_)
+        | Request::Rename(_)
+        | Request::Link(_)
+        | Request::Create(_)
+        | Request::Write(_)
+        | Request::Release(_)
+        | Request::Setxattr(_)
+        | Request::Removexattr(_)
+        | Request::Fallocate(_)
+        | Request::CopyFileRange(_) => true,
+        Request::Open(r) => r.flags & libc::O_TRUNC != 0,
+        _ => false,
     }
 }

@@ -104,6 +104,11 @@ impl InodeTable {
         }
     }
 
+    /// The node id of host object `(dev, ino)`, if this table holds it (no lookup taken).
+    pub fn id_of(&self, key: (u64, u64)) -> Option<u64> {
+        self.by_key.get(&key).map(|id| *id)
+    }
+
     /// Records one more lookup of the object behind `fd` (whose stat is `st`): the existing
     /// node for its `(dev, ino)` when there is one (and `fd` is closed), else a new node.
     pub fn insert_or_ref(&self, fd: OwnedFd, st: &libc::stat) -> Arc<InodeData> {

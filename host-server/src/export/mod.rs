@@ -39,6 +39,7 @@ mod handle;
 mod inode;
 mod ops;
 mod sys;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,9 @@ use inode::InodeTable;
 
 pub use inode::ROOT_ID;
 pub use ops::{SetAttrs, XattrReply};
+pub use watch::Sink;
+
+use watch::Events;
 
 /// How an export is configured (`--export NAME=PATH[:ro]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +124,8 @@ pub struct Export {
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
     proc_fd: OwnedFd,
+    /// Host change events: watcher, subscribers, echo fingerprints.
+    events: Events,
 }
 
 impl Export {
@@ -155,6 +161,7 @@ impl Export {
             read_only,
             root,
             proc_fd,
+            events: Events::default(),
         }))
     }
 
@@ -201,8 +208,16 @@ pub enum Response {
 #[derive(Debug)]
 pub struct ExportSession {
     export: Arc<Export>,
+    /// Unique among all sessions of the process (echo suppression tells sessions apart).
+    sid: u64,
     inodes: InodeTable,
     handles: HandleTable,
+}
+
+impl Drop for ExportSession {
+    fn drop(&mut self) {
+        self.export.unsubscribe(self.sid);
+    }
 }
 
 impl ExportSession {
@@ -218,7 +233,9 @@ impl ExportSession {
             .try_clone()
             .expect("cannot duplicate the export root fd");
         let st = sys::fstat(root_fd.as_fd()).expect("cannot stat the export root");
+        static NEXT_SID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         ExportSession {
+            sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inodes: InodeTable::new(root_fd, &st),
             handles: HandleTable::new(),
             export,
@@ -243,6 +260,50 @@ impl ExportSession {
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
         self.inodes.get(ino).ok().map(|n| n.lookups())
+    }
+
+    /// Starts sending this session's view of host changes to `sink`, oldest first (see
+    /// `watch.rs`). The first watching session of an export starts its watcher.
+    pub fn watch(self: &Arc<Self>, sink: Sink) -> Result<(), Errno> {
+        self.export.subscribe(self, sink)
+    }
+
+    /// Stops sending changes to this session.
+    pub fn unwatch(&self) {
+        self.export.unsubscribe(self.sid);
+    }
+
+    /// A lookup taken for the guest on behalf of a change event.
+    fn lookup_for_change(&self, parent: u64, name: &[u8]) -> Result<ferry_protocol::Entry, Errno> {
+        self.lookup(&ferry_protocol::Ctx::default(), parent, name)
+    }
+
+    /// Records the state of node `ino` after this session changed it, so that the host event
+    /// it causes is not sent back to this session.
+    fn echo_inode(&self, ino: u64) {
+        if !self.export.events.active() {
+            return;
+        }
+        if let Ok(node) = self.inodes.get(ino) {
+            if let Ok(st) = sys::fstat(node.fd()) {
+                let fp = watch::Fingerprint::of_stat(&st);
+                self.export
+                    .events
+                    .note_inode(self.sid, (node.dev, node.ino), fp);
+            }
+        }
+    }
+
+    /// Records that this session removed or renamed away `name` in directory `parent`.
+    fn echo_name(&self, parent: u64, name: &[u8]) {
+        if !self.export.events.active() {
+            return;
+        }
+        if let Ok(node) = self.inodes.get(parent) {
+            self.export
+                .events
+                .note_name(self.sid, (node.dev, node.ino), name);
+        }
     }
 
     /// Fails with EROFS on a read-only export.

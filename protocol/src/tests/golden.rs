@@ -171,6 +171,56 @@ fn notice_shutdown() {
 }
 
 #[rustfmt::skip]
+pub(crate) const CHANGES: &[u8] = &[
+    0x2B, 0x00, 0x00, 0x00,                         // len = 24 + 19 = 43
+    0x06, 0x00,                                     // kind = Notify, flags = 0
+    0x02, 0x00,                                     // op = notice::CHANGES = 2
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0
+    0x13, 0x00, 0x00, 0x00,                         // meta_len = 1 + 11 + 7 = 19
+    0x03, 0x00, 0x00, 0x00,                         // aux = export 3
+    0x02,                                           // 2 changes
+    0x06,                                           //   kind = Renamed (variant 6)
+    0x01, b'a',                                     //   path = "a"
+    0x03, b'd', b'/', b'b',                         //   to = "d/b"
+    0x01,                                           //   parent = 1
+    0x07,                                           //   to_parent = 7
+    0x00,                                           //   file_type = 0
+    0x00,                                           //   entry = None
+    0x07,                                           //   kind = Overflow (variant 7)
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             //   empty paths, zeros, no entry
+];
+
+#[test]
+fn notice_changes() {
+    check(
+        CHANGES,
+        Notice::Changes {
+            export: 3,
+            changes: vec![
+                Change {
+                    kind: ChangeKind::Renamed,
+                    path: b"a".to_vec(),
+                    to: b"d/b".to_vec(),
+                    parent: 1,
+                    to_parent: 7,
+                    file_type: 0,
+                    entry: None,
+                },
+                Change {
+                    kind: ChangeKind::Overflow,
+                    path: vec![],
+                    to: vec![],
+                    parent: 0,
+                    to_parent: 0,
+                    file_type: 0,
+                    entry: None,
+                },
+            ],
+        },
+    );
+}
+
+#[rustfmt::skip]
 pub(crate) const WRITE_WITH_PAYLOAD: &[u8] = &[
     0x2B, 0x00, 0x00, 0x00,                         // len = 43
     0x04, 0x00,                                     // kind = Request, flags = 0

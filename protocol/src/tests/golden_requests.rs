@@ -501,6 +501,16 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x07,                                           // owner = 7
             0x0C,                                           // op = LOCK_EX|LOCK_NB = 6: zigzag 12
         ], req(36, Request::Flock(Flock { ino: 5, fh: 3, owner: 7, op: 6 }))),
+        (&[
+            0x1E, 0x00, 0x00, 0x00,                         // len = 30
+            0x04, 0x00,                                     // kind = Request, flags = 0
+            0x25, 0x00,                                     // op = 37 (Watch)
+            0xC5, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC5
+            0x06, 0x00, 0x00, 0x00,                         // meta_len = 6
+            0x01, 0x00, 0x00, 0x00,                         // aux = export 1
+            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0x01,                                           // on = true
+        ], req(37, Request::Watch(Watch { on: true }))),
     ]
 }
 

@@ -377,6 +377,7 @@ pub(crate) fn request_body(op: Opcode) -> BoxedStrategy<Request<'static>> {
         Opcode::Flock => (u64s(), u64s(), u64s(), i32s())
             .prop_map(|(ino, fh, owner, op)| R::Flock(Flock { ino, fh, owner, op }))
             .boxed(),
+        Opcode::Watch => any::<bool>().prop_map(|on| R::Watch(Watch { on })).boxed(),
     }
 }
 
@@ -535,5 +536,42 @@ pub(crate) fn refused() -> impl Strategy<Value = Refused> {
 }
 
 pub(crate) fn notice() -> impl Strategy<Value = Notice> {
-    text().prop_map(|reason| Notice::Shutdown { reason })
+    prop_oneof![
+        text().prop_map(|reason| Notice::Shutdown { reason }),
+        (u32s(), prop::collection::vec(change(), 0..4))
+            .prop_map(|(export, changes)| Notice::Changes { export, changes }),
+    ]
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let kind = prop_oneof![
+        Just(ChangeKind::Created),
+        Just(ChangeKind::Removed),
+        Just(ChangeKind::Data),
+        Just(ChangeKind::DataClosed),
+        Just(ChangeKind::Closed),
+        Just(ChangeKind::Attrib),
+        Just(ChangeKind::Renamed),
+        Just(ChangeKind::Overflow),
+    ];
+    (
+        kind,
+        prop::collection::vec(any::<u8>(), 0..16),
+        prop::collection::vec(any::<u8>(), 0..16),
+        u64s(),
+        u64s(),
+        any::<u32>(),
+        prop::option::of(entry()),
+    )
+        .prop_map(
+            |(kind, path, to, parent, to_parent, file_type, entry)| Change {
+                kind,
+                path,
+                to,
+                parent,
+                to_parent,
+                file_type,
+                entry,
+            },
+        )
 }

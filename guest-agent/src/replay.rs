@@ -1,0 +1,657 @@
+//! Replaying host changes so that the guest kernel raises real inotify events.
+//!
+//! FUSE cache notifications raise no inotify events; only operations through the VFS do. So,
+//! as osxfs did, a dedicated replay thread performs, on the mount, the operation matching each
+//! host change (`mknod` for a created file, `unlink` for a removed one, `rename` for a rename,
+//! `utimensat` or an open-touch-close for a write, `utimensat` for an attribute change), and the
+//! FUSE handlers recognise that thread's requests by the thread id in the request header and
+//! answer them here, from a small *view* of the change, without a host round trip and without
+//! touching host files. The kernel then emits the events every watcher expects.
+//!
+//! For each change, in order (kernel behaviour measured in shared/notes/inotify-replay.md):
+//! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
+//! 2. install the view: how the replay thread's LOOKUPs are answered (the name as it was
+//!    before the change: absent for a creation and a rename target, present for a removal and
+//!    a rename source), which node a replayed creation returns, which attributes a replayed
+//!    SETATTR returns;
+//! 3. make the syscall, with no lock held;
+//! 4. drop the view, and give back the lookup the server took for the change if the kernel
+//!    never received it.
+//!
+//! Objects that no longer exist on the host (removed before the server looked) are answered
+//! with *synthetic* nodes: ids from [`SYNTHETIC_BASE`] up that the agent serves itself and the
+//! server never sees. A directory that holds a mount inside the guest is never removed or
+//! renamed by a replay (that would detach the mount); its entry is only expired.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use ferry_protocol::{self as proto, Attr, Change, ChangeKind, Ctx, Entry, Request as Req};
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::kernel::KernelNotifier;
+
+/// The export root's node id.
+const ROOT_NODE: u64 = 1;
+
+/// Node ids from here up are synthetic: answered by the agent, unknown to the server.
+pub const SYNTHETIC_BASE: u64 = 1 << 62;
+/// File handles from here up belong to the replay thread's own opens.
+pub const REPLAY_FH_BASE: u64 = 1 << 62;
+
+/// How the replay thread's LOOKUP of a name is answered.
+#[derive(Clone, Debug)]
+pub(crate) enum Answer {
+    /// ENOENT: the name did not exist before the change.
+    Absent,
+    /// This node (the server took one lookup for it).
+    Entry(Entry),
+    /// A synthetic node of this file type.
+    Synthetic(u32),
+}
+
+/// What the replay thread's requests are answered with while one change is replayed.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    /// `(parent or 0 for any, name, answer)`.
+    names: Vec<(u64, Vec<u8>, Answer)>,
+    /// The node a replayed MKNOD/MKDIR/SYMLINK/CREATE returns.
+    create: Option<Answer>,
+    /// The attributes a replayed SETATTR/GETATTR returns.
+    attr: Option<Attr>,
+    /// The server's lookup was handed to the kernel.
+    used: bool,
+}
+
+/// Counters for the log: did the event reach the VM, and what became of it.
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// Changes received from the host.
+    pub received: AtomicU64,
+    /// Changes replayed on the mount.
+    pub replayed: AtomicU64,
+    /// Changes whose replay failed (the cache was still invalidated).
+    pub failed: AtomicU64,
+    /// Changes not replayed on purpose (a guest mount below, nothing to replay).
+    pub skipped: AtomicU64,
+    /// Overflows: every cached name dropped.
+    pub overflows: AtomicU64,
+}
+
+/// State shared between the replay thread and the FUSE handlers.
+#[derive(Debug, Default)]
+pub struct ReplayState {
+    /// Thread id of the replay thread (0 until it runs).
+    tid: AtomicI32,
+    view: Mutex<Option<View>>,
+    next_synthetic: AtomicU64,
+    next_fh: AtomicU64,
+    /// Synthetic nodes the kernel holds.
+    synthetic: DashMap<u64, Attr>,
+    /// Set when the mount goes away: no more replays.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Counters.
+    pub stats: ReplayStats,
+}
+
+impl ReplayState {
+    /// Whether a request with header pid `pid` comes from the replay thread.
+    pub(crate) fn is_replay(&self, pid: u32) -> bool {
+        let tid = self.tid.load(Ordering::Relaxed);
+        tid != 0 && pid as i32 == tid
+    }
+
+    /// Stops replaying (the mount is going away).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `ino` is a synthetic node.
+    pub(crate) fn is_synthetic(ino: u64) -> bool {
+        ino >= SYNTHETIC_BASE
+    }
+
+    /// Attributes of a synthetic node.
+    pub(crate) fn synthetic_attr(&self, ino: u64) -> Option<Attr> {
+        self.synthetic.get(&ino).map(|a| *a)
+    }
+
+    /// The kernel dropped a synthetic node.
+    pub(crate) fn forget_synthetic(&self, ino: u64) {
+        self.synthetic.remove(&ino);
+    }
+
+    /// A new synthetic node of type `file_type`.
+    fn synthetic_entry(&self, file_type: u32) -> Entry {
+        let ino = SYNTHETIC_BASE + self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        let now = proto::Timespec {
+            sec: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            nsec: 0,
+        };
+        let ft = if file_type == 0 {
+            libc::S_IFREG
+        } else {
+            file_type
+        };
+        let attr = Attr {
+            ino,
+            mode: ft | if ft == libc::S_IFDIR { 0o755 } else { 0o644 },
+            nlink: if ft == libc::S_IFDIR { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            blksize: 4096,
+            ..Attr::default()
+        };
+        self.synthetic.insert(ino, attr);
+        Entry {
+            ino,
+            generation: 0,
+            attr,
+        }
+    }
+
+    fn resolve(&self, a: &Answer, view: &mut View) -> Option<Entry> {
+        match a {
+            Answer::Absent => None,
+            Answer::Entry(e) => {
+                view.used = true;
+                Some(*e)
+            }
+            Answer::Synthetic(ft) => Some(self.synthetic_entry(*ft)),
+        }
+    }
+
+    /// The answer to the replay thread's LOOKUP of `name` in `parent`: `None` when the view
+    /// does not cover it (ask the server), `Some(None)` for ENOENT, `Some(Some(entry))`.
+    pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Option<Option<Entry>> {
+        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let view = guard.as_mut()?;
+        let answer = view
+            .names
+            .iter()
+            .find(|(p, n, _)| (*p == 0 || *p == parent) && n == name)
+            .map(|(_, _, a)| a.clone())?;
+        Some(self.resolve(&answer, view))
+    }
+
+    /// The node a replayed creation returns.
+    pub(crate) fn created(&self) -> Option<Entry> {
+        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let view = guard.as_mut()?;
+        let answer = view.create.clone()?;
+        self.resolve(&answer, view)
+    }
+
+    /// The attributes a replayed SETATTR/GETATTR/OPEN of `ino` returns.
+    pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
+        if let Some(a) = self.synthetic_attr(ino) {
+            return Some(a);
+        }
+        let guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref()?.attr.map(|a| Attr { ino, ..a })
+    }
+
+    /// A handle for the replay thread's own open.
+    pub(crate) fn replay_fh(&self) -> u64 {
+        REPLAY_FH_BASE + self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn install(&self, view: View) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
+    }
+
+    fn take(&self) -> Option<View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What the replay thread needs.
+pub struct Replayer {
+    /// Replay changes as syscalls (false on a read-only mount, where they would fail: the
+    /// caches are then only invalidated).
+    pub raise_events: bool,
+    /// Shared with the FUSE handlers.
+    pub state: Arc<ReplayState>,
+    /// Notifications to the kernel.
+    pub kernel: KernelNotifier,
+    /// The mount's root path in the guest (for logs and the submount check).
+    pub mountpoint: PathBuf,
+    /// An `O_PATH` fd of the mount's root, opened once mounted. Every replay syscall is made
+    /// relative to it, so none can reach the directory underneath once the mount is gone.
+    pub root: OwnedFd,
+    /// For giving back lookups the kernel never received.
+    pub client: Arc<Client>,
+    /// The export id.
+    pub export: u32,
+    /// Called with a node id whose data changed on the host (drops prefetched bytes).
+    pub on_data_change: Box<dyn Fn(u64) + Send>,
+}
+
+impl Replayer {
+    /// Replays changes until the connection closes. Runs on its own thread.
+    pub fn run(self, rx: Receiver<Vec<Change>>) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.state.tid.store(tid, Ordering::Relaxed);
+        debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
+        for batch in rx {
+            for c in batch {
+                self.state.stats.received.fetch_add(1, Ordering::Relaxed);
+                if self.state.stopped.load(Ordering::Relaxed) {
+                    continue;
+                }
+                self.apply(&c);
+            }
+        }
+        let s = &self.state.stats;
+        info!(
+            received = s.received.load(Ordering::Relaxed),
+            replayed = s.replayed.load(Ordering::Relaxed),
+            skipped = s.skipped.load(Ordering::Relaxed),
+            failed = s.failed.load(Ordering::Relaxed),
+            overflows = s.overflows.load(Ordering::Relaxed),
+            mountpoint = %self.mountpoint.display(),
+            "host change events ended"
+        );
+    }
+
+    fn apply(&self, c: &Change) {
+        let path = self
+            .mountpoint
+            .join(Path::new(std::ffi::OsStr::from_bytes(&c.path)));
+        let Ok(rel) = relative(&c.path) else {
+            return;
+        };
+        let root = self.root.as_raw_fd();
+        let name = c
+            .path
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        let entry_answer = || match c.entry {
+            Some(e) => Answer::Entry(e),
+            None => Answer::Synthetic(c.file_type),
+        };
+        let ft = c
+            .entry
+            .map(|e| e.attr.mode & libc::S_IFMT)
+            .unwrap_or(c.file_type);
+        if !self.raise_events {
+            return self.invalidate_only(c, &name);
+        }
+        let mut view = View::default();
+        let result = match c.kind {
+            ChangeKind::Overflow => {
+                self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    "the host lost change events; dropping every cached name and attribute"
+                );
+                if let Err(e) = self.kernel.inc_epoch() {
+                    debug!("epoch increment unsupported ({e}); invalidating the root only");
+                    let _ = self.kernel.inval_inode(ROOT_NODE, 0, 0);
+                }
+                return;
+            }
+            ChangeKind::Created => {
+                view.names.push((c.parent, name.clone(), Answer::Absent));
+                view.create = Some(entry_answer());
+                view.attr = c.entry.map(|e| e.attr);
+                self.state.install(view);
+                create(root, &rel, ft)
+            }
+            ChangeKind::Removed => {
+                if ft == libc::S_IFDIR && self.holds_mount(&path) {
+                    return self.expire(c.parent, &name);
+                }
+                view.names
+                    .push((c.parent, name.clone(), Answer::Synthetic(ft)));
+                self.state.install(view);
+                remove(root, &rel, ft)
+            }
+            ChangeKind::Renamed => {
+                let Ok(to) = relative(&c.to) else {
+                    return;
+                };
+                let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                if ft == libc::S_IFDIR && self.holds_mount(&path) {
+                    self.expire(c.to_parent, to_name);
+                    return self.expire(c.parent, &name);
+                }
+                view.names.push((c.parent, name.clone(), entry_answer()));
+                view.names
+                    .push((c.to_parent, to_name.to_vec(), Answer::Absent));
+                self.state.install(view);
+                rename(root, &rel, &to)
+            }
+            ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
+                let Some(e) = c.entry else {
+                    self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let data = c.kind != ChangeKind::Attrib;
+                if data {
+                    (self.on_data_change)(e.ino);
+                }
+                // Invalidate before the event is raised, so a watcher reacting to it at once
+                // cannot read cached old bytes.
+                let (off, len) = if data { (0, 0) } else { (-1, 0) };
+                if let Err(err) = self.kernel.inval_inode(e.ino, off, len) {
+                    debug!(ino = e.ino, "inval_inode: {err}");
+                }
+                if !c.path.is_empty() {
+                    view.names.push((c.parent, name.clone(), Answer::Entry(e)));
+                } else {
+                    // The root: the kernel always holds it; no lookup to give back.
+                    view.used = true;
+                }
+                view.attr = Some(e.attr);
+                self.state.install(view);
+                touch(root, &rel, c.kind, ft)
+            }
+        };
+        let view = self.state.take();
+        match result {
+            Ok(()) => {
+                self.state.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                if c.kind == ChangeKind::Created || c.kind == ChangeKind::Removed {
+                    // At least make the name be looked up again.
+                    let _ = self.kernel.expire_entry(c.parent, &name);
+                }
+            }
+        }
+        if let (Some(e), Some(v)) = (c.entry, view) {
+            if !v.used && e.ino != ROOT_NODE {
+                self.forget(e.ino);
+            }
+        }
+    }
+
+    /// Drops what the kernel caches about a change without replaying it.
+    fn invalidate_only(&self, c: &Change, name: &[u8]) {
+        match c.kind {
+            ChangeKind::Overflow => {
+                let _ = self.kernel.inc_epoch();
+            }
+            ChangeKind::Created | ChangeKind::Removed => self.expire(c.parent, name),
+            ChangeKind::Renamed => {
+                let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                self.expire(c.parent, name);
+                self.expire(c.to_parent, to_name);
+            }
+            _ => {
+                if let Some(e) = c.entry {
+                    (self.on_data_change)(e.ino);
+                    let _ = self.kernel.inval_inode(e.ino, 0, 0);
+                }
+            }
+        }
+        if let Some(e) = c.entry {
+            if e.ino != ROOT_NODE {
+                self.forget(e.ino);
+            }
+        }
+    }
+
+    fn forget(&self, ino: u64) {
+        self.client.send_oneway(
+            self.export,
+            Ctx::default(),
+            &Req::Forget(proto::Forget {
+                nodes: vec![(ino, 1)],
+            }),
+        );
+    }
+
+    fn expire(&self, parent: u64, name: &[u8]) {
+        self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.kernel.expire_entry(parent, name) {
+            debug!("expire_entry: {e}");
+        }
+    }
+
+    /// Whether something is mounted on `path` or below it in this guest.
+    fn holds_mount(&self, path: &Path) -> bool {
+        let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+            return true; // When in doubt, do not tear down.
+        };
+        let want = path.as_os_str().as_bytes();
+        info.split(|&b| b == b'\n').any(|line| {
+            let Some(mp) = line.split(|&b| b == b' ').nth(4) else {
+                return false;
+            };
+            let mp = unescape_mountinfo(mp);
+            mp == want || (mp.starts_with(want) && mp.get(want.len()) == Some(&b'/'))
+        })
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A change's path as a C string relative to the mount root (`.` for the root).
+fn relative(path: &[u8]) -> std::io::Result<CString> {
+    if path.is_empty() {
+        return Ok(c".".to_owned());
+    }
+    if path.starts_with(b"/")
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c == b".." || c.is_empty())
+    {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput.into())
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `mknod`/`mkdir`/`symlink` by type: one IN_CREATE, no fd.
+fn create(root: libc::c_int, p: &CStr, ft: u32) -> std::io::Result<()> {
+    let r = match ft {
+        // SAFETY: `root` is an open fd and `p` a valid NUL-terminated string.
+        libc::S_IFDIR => unsafe { libc::mkdirat(root, p.as_ptr(), 0o755) },
+        // SAFETY: as above; the target is a literal C string.
+        libc::S_IFLNK => unsafe { libc::symlinkat(c"ferry-replay".as_ptr(), root, p.as_ptr()) },
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
+            // SAFETY: as above.
+            unsafe { libc::mknodat(root, p.as_ptr(), ft | 0o644, 0) }
+        }
+        // SAFETY: as above.
+        _ => unsafe { libc::mknodat(root, p.as_ptr(), libc::S_IFREG | 0o644, 0) },
+    };
+    check(r)
+}
+
+/// `unlink` or `rmdir`: IN_DELETE.
+fn remove(root: libc::c_int, p: &CStr, ft: u32) -> std::io::Result<()> {
+    let unlink = |flags| {
+        // SAFETY: `root` is an open fd and `p` a valid NUL-terminated string.
+        check(unsafe { libc::unlinkat(root, p.as_ptr(), flags) })
+    };
+    let first = if ft == libc::S_IFDIR {
+        libc::AT_REMOVEDIR
+    } else {
+        0
+    };
+    match unlink(first) {
+        // The guest knew it as the other kind.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENOTDIR)) => {
+            unlink(first ^ libc::AT_REMOVEDIR)
+        }
+        r => r,
+    }
+}
+
+/// `rename`: IN_MOVED_FROM and IN_MOVED_TO with one cookie.
+fn rename(root: libc::c_int, from: &CStr, to: &CStr) -> std::io::Result<()> {
+    // SAFETY: `root` is an open fd; both paths are valid NUL-terminated strings.
+    check(unsafe { libc::renameat(root, from.as_ptr(), root, to.as_ptr()) })
+}
+
+const OMIT: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: libc::UTIME_OMIT,
+};
+const NOW: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: libc::UTIME_NOW,
+};
+
+/// A data or attribute change:
+/// - `Data`: `utimensat(mtime = now)` → IN_MODIFY;
+/// - `DataClosed`: open for writing, `futimens(mtime = now)`, close → IN_MODIFY, IN_CLOSE_WRITE
+///   (IN_MODIFY alone when the file cannot be opened for writing, e.g. a running program);
+/// - `Closed`: open for writing and close → IN_CLOSE_WRITE;
+/// - `Attrib`: `utimensat(now, now)` → IN_ATTRIB.
+fn touch(root: libc::c_int, p: &CStr, kind: ChangeKind, ft: u32) -> std::io::Result<()> {
+    let utimes = |times: [libc::timespec; 2]| {
+        // SAFETY: `root` is open, `p` a valid string, `times` a live array of two timespecs.
+        check(unsafe {
+            libc::utimensat(root, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        })
+    };
+    let open_write = || -> std::io::Result<libc::c_int> {
+        // SAFETY: `root` is open and `p` a valid string.
+        let fd = unsafe {
+            libc::openat(
+                root,
+                p.as_ptr(),
+                libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(fd)
+        }
+    };
+    match kind {
+        ChangeKind::Attrib => utimes([NOW, NOW]),
+        ChangeKind::Data => utimes([OMIT, NOW]),
+        ChangeKind::DataClosed | ChangeKind::Closed if ft == libc::S_IFREG => {
+            let fd = match open_write() {
+                Ok(fd) => fd,
+                Err(_) if kind == ChangeKind::DataClosed => return utimes([OMIT, NOW]),
+                Err(e) => return Err(e),
+            };
+            let mut r = Ok(());
+            if kind == ChangeKind::DataClosed {
+                let times = [OMIT, NOW];
+                // SAFETY: `fd` is open; `times` is a live array of two timespecs.
+                r = check(unsafe { libc::futimens(fd, times.as_ptr()) });
+            }
+            // SAFETY: `fd` is open and owned here.
+            unsafe { libc::close(fd) };
+            r
+        }
+        ChangeKind::DataClosed => utimes([OMIT, NOW]),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_paths_stay_below_the_mount() {
+        assert_eq!(relative(b"").unwrap().as_bytes(), b".");
+        assert_eq!(relative(b"a/b").unwrap().as_bytes(), b"a/b");
+        let bad: [&[u8]; 6] = [
+            b"/etc",
+            b"a/../../x",
+            b"..",
+            b"a//b",
+            b"a/",
+            &[b'a', 0, b'b'],
+        ];
+        for p in bad {
+            assert!(relative(p).is_err(), "{:?}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(br"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo(br"/x\134y"), b"/x\\y");
+        assert_eq!(unescape_mountinfo(b"/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo(br"/end\04"), br"/end\04");
+    }
+
+    #[test]
+    fn view_answers_only_the_replay_names() {
+        let s = ReplayState::default();
+        s.tid.store(77, Ordering::Relaxed);
+        assert!(s.is_replay(77));
+        assert!(!s.is_replay(78));
+        assert_eq!(s.lookup(1, b"x"), None, "no view: ask the server");
+        let e = Entry {
+            ino: 9,
+            ..Entry::default()
+        };
+        s.install(View {
+            names: vec![
+                (1, b"gone".to_vec(), Answer::Synthetic(libc::S_IFREG)),
+                (1, b"new".to_vec(), Answer::Absent),
+                (2, b"src".to_vec(), Answer::Entry(e)),
+            ],
+            create: None,
+            attr: None,
+            used: false,
+        });
+        assert_eq!(s.lookup(1, b"new"), Some(None));
+        assert_eq!(s.lookup(1, b"other"), None);
+        assert_eq!(s.lookup(3, b"src"), None, "another directory's name");
+        assert_eq!(s.lookup(2, b"src").unwrap().unwrap().ino, 9);
+        let synth = s.lookup(1, b"gone").unwrap().unwrap();
+        assert!(ReplayState::is_synthetic(synth.ino));
+        assert_eq!(
+            s.synthetic_attr(synth.ino).unwrap().mode & libc::S_IFMT,
+            libc::S_IFREG
+        );
+        let v = s.take().unwrap();
+        assert!(v.used, "the server's lookup went to the kernel");
+        s.forget_synthetic(synth.ino);
+        assert!(s.synthetic_attr(synth.ino).is_none());
+    }
+}
