@@ -11,3 +11,5 @@ mod attacks;
 mod cli;
 // Real programs on the mount: git, tar.
 mod programs;
+// Host changes seen by inotify clients in the guest, and cache coherence.
+mod events;

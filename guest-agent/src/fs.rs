@@ -587,9 +587,18 @@ impl Filesystem for FerryFs {
     ) {
         if self.replaying(req) || ReplayState::is_synthetic(ino.0) {
             // A replayed change: the kernel keeps the attributes of this reply, the host's.
+            // Without them in the change (the object moved on since), ask for them: a read,
+            // never a change of the host file.
             return match self.replay.attr(ino.0) {
                 Some(a) => reply.attr(&self.ttl, &file_attr(&a)),
-                None => reply.error(fuser::Errno::ESTALE),
+                None if ReplayState::is_synthetic(ino.0) => reply.error(fuser::Errno::ESTALE),
+                None => {
+                    let body = Req::Getattr(proto::Getattr {
+                        ino: ino.0,
+                        fh: None,
+                    });
+                    self.call(req, body, &[], attr_done("getattr", self.ttl, reply));
+                }
             };
         }
         if size.is_some() {

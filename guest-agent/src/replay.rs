@@ -38,6 +38,9 @@ use tracing::{debug, info, warn};
 use crate::client::Client;
 use crate::kernel::KernelNotifier;
 
+/// Pause before replaying the first change inside a directory just created (see `run`).
+const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The export root's node id.
 const ROOT_NODE: u64 = 1;
 
@@ -246,12 +249,24 @@ impl Replayer {
         self.state.tid.store(tid, Ordering::Relaxed);
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {
+            let mut new_dir: Option<Vec<u8>> = None;
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
                 if self.state.stopped.load(Ordering::Relaxed) {
                     continue;
                 }
+                // A recursive watcher (inotifywait -r, chokidar) watches a new directory only
+                // after it has seen it created; on a local disk the programs filling it give it
+                // that moment. Give it the same moment before replaying what is inside.
+                if let Some(dir) = new_dir.take() {
+                    if c.path.starts_with(&dir) && c.path.get(dir.len()) == Some(&b'/') {
+                        std::thread::sleep(NEW_DIR_PAUSE);
+                    }
+                }
                 self.apply(&c);
+                if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
+                    new_dir = Some(c.path.clone());
+                }
             }
         }
         let s = &self.state.stats;
@@ -337,27 +352,27 @@ impl Replayer {
                 rename(root, &rel, &to)
             }
             ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
-                let Some(e) = c.entry else {
-                    self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
                 let data = c.kind != ChangeKind::Attrib;
-                if data {
-                    (self.on_data_change)(e.ino);
+                if let Some(e) = c.entry {
+                    if data {
+                        (self.on_data_change)(e.ino);
+                    }
+                    // Invalidate before the event is raised, so a watcher reacting to it at
+                    // once cannot read cached old bytes.
+                    let (off, len) = if data { (0, 0) } else { (-1, 0) };
+                    if let Err(err) = self.kernel.inval_inode(e.ino, off, len) {
+                        debug!(ino = e.ino, "inval_inode: {err}");
+                    }
+                    if !c.path.is_empty() {
+                        view.names.push((c.parent, name.clone(), Answer::Entry(e)));
+                    } else {
+                        // The root: the kernel always holds it; no lookup to give back.
+                        view.used = true;
+                    }
+                    view.attr = Some(e.attr);
                 }
-                // Invalidate before the event is raised, so a watcher reacting to it at once
-                // cannot read cached old bytes.
-                let (off, len) = if data { (0, 0) } else { (-1, 0) };
-                if let Err(err) = self.kernel.inval_inode(e.ino, off, len) {
-                    debug!(ino = e.ino, "inval_inode: {err}");
-                }
-                if !c.path.is_empty() {
-                    view.names.push((c.parent, name.clone(), Answer::Entry(e)));
-                } else {
-                    // The root: the kernel always holds it; no lookup to give back.
-                    view.used = true;
-                }
-                view.attr = Some(e.attr);
+                // Without an entry the object has moved on on the host since (a rename or
+                // removal follows); the replay works on what the guest holds.
                 self.state.install(view);
                 touch(root, &rel, c.kind, ft)
             }
@@ -568,7 +583,8 @@ fn touch(root: libc::c_int, p: &CStr, kind: ChangeKind, ft: u32) -> std::io::Res
     match kind {
         ChangeKind::Attrib => utimes([NOW, NOW]),
         ChangeKind::Data => utimes([OMIT, NOW]),
-        ChangeKind::DataClosed | ChangeKind::Closed if ft == libc::S_IFREG => {
+        // A data change without a known type (the file moved on since) is a file's.
+        ChangeKind::DataClosed | ChangeKind::Closed if ft == libc::S_IFREG || ft == 0 => {
             let fd = match open_write() {
                 Ok(fd) => fd,
                 Err(_) if kind == ChangeKind::DataClosed => return utimes([OMIT, NOW]),

@@ -6,6 +6,7 @@
 use ferry_protocol::{Ctx, Errno, Reply, Request};
 
 use super::ops::{SetAttrs, XattrReply};
+use super::watch::NameOp;
 use super::{ExportSession, Response};
 
 /// Wraps a typed result as a reply.
@@ -62,23 +63,38 @@ impl ExportSession {
             return;
         }
         match (req, response) {
-            (
-                Request::Create(_)
-                | Request::Mknod(_)
-                | Request::Mkdir(_)
-                | Request::Symlink(_)
-                | Request::Link(_),
-                Response::Reply(
-                    Reply::Entry(e) | Reply::Created(ferry_protocol::Created { entry: e, .. }),
-                ),
-            ) => self.echo_inode(e.ino),
-            (Request::Unlink(r), _) => self.echo_name(r.parent, r.name),
-            (Request::Rmdir(r), _) => self.echo_name(r.parent, r.name),
+            (Request::Create(r), Response::Reply(Reply::Created(c))) => {
+                self.echo_name(r.parent, r.name, NameOp::Created);
+                self.echo_inode(c.entry.ino);
+            }
+            (Request::Mknod(r), Response::Reply(Reply::Entry(e))) => {
+                self.echo_name(r.parent, r.name, NameOp::Created);
+                self.echo_inode(e.ino);
+            }
+            (Request::Mkdir(r), Response::Reply(Reply::Entry(e))) => {
+                self.echo_name(r.parent, r.name, NameOp::Created);
+                self.echo_inode(e.ino);
+            }
+            (Request::Symlink(r), Response::Reply(Reply::Entry(e))) => {
+                self.echo_name(r.parent, r.name, NameOp::Created);
+                self.echo_inode(e.ino);
+            }
+            (Request::Link(r), Response::Reply(Reply::Entry(e))) => {
+                self.echo_name(r.newparent, r.newname, NameOp::Created);
+                self.echo_inode(e.ino);
+            }
+            (Request::Unlink(r), _) => self.echo_name(r.parent, r.name, NameOp::Removed),
+            (Request::Rmdir(r), _) => self.echo_name(r.parent, r.name, NameOp::Removed),
             (Request::Rename(r), _) => {
-                self.echo_name(r.parent, r.name);
+                self.echo_name(r.parent, r.name, NameOp::RenamedFrom);
+                // Seen as a creation when the other half of the rename is not.
+                self.echo_name(r.newparent, r.newname, NameOp::Created);
+                self.echo_child(r.newparent, r.newname);
                 // An exchange moves the target away as well.
                 if r.flags & libc::RENAME_EXCHANGE != 0 {
-                    self.echo_name(r.newparent, r.newname);
+                    self.echo_name(r.newparent, r.newname, NameOp::RenamedFrom);
+                    self.echo_name(r.parent, r.name, NameOp::Created);
+                    self.echo_child(r.parent, r.name);
                 }
             }
             (Request::Setattr(r), _) => self.echo_inode(r.ino),

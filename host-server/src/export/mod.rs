@@ -294,15 +294,34 @@ impl ExportSession {
         }
     }
 
-    /// Records that this session removed or renamed away `name` in directory `parent`.
-    fn echo_name(&self, parent: u64, name: &[u8]) {
+    /// Records that this session did `op` to `name` in directory `parent`.
+    fn echo_name(&self, parent: u64, name: &[u8], op: watch::NameOp) {
         if !self.export.events.active() {
             return;
         }
         if let Ok(node) = self.inodes.get(parent) {
             self.export
                 .events
-                .note_name(self.sid, (node.dev, node.ino), name);
+                .note_name(self.sid, (node.dev, node.ino), name, op);
+        }
+    }
+
+    /// Records the state of `name` in `parent` after this session changed it.
+    fn echo_child(&self, parent: u64, name: &[u8]) {
+        if !self.export.events.active() {
+            return;
+        }
+        let Ok(dir) = self.inodes.get(parent) else {
+            return;
+        };
+        let Ok(cname) = sys::cstring(name) else {
+            return;
+        };
+        if let Ok(st) = sys::fstatat_nofollow(dir.fd(), &cname) {
+            let fp = watch::Fingerprint::of_stat(&st);
+            self.export
+                .events
+                .note_inode(self.sid, (st.st_dev, st.st_ino), fp);
         }
     }
 

@@ -162,6 +162,22 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: `name` must be a single component.
+pub(crate) fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` points to writable memory of the right size and `name` is a valid string.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: the kernel filled the structure on success (and it was zeroed before).
+    Ok(unsafe { st.assume_init() })
+}
+
 /// `fchmodat` through the `/proc/self/fd` entry of `fd` (which must not be a symlink).
 pub(crate) fn chmod(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
     let name = fd_name(fd);

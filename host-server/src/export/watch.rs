@@ -14,9 +14,12 @@
 //!    session's node ids, looks up the objects that exist (taking a lookup for the guest, as a
 //!    `Lookup` reply would) and hands the [`Change`]s to the session's sink.
 //!
-//! Echo suppression fingerprints what the server changed on a guest's behalf: the inode with
-//! its size, mtime, ctime, mode and owner after the change, and for removals and renames the
-//! directory and name. A change whose host state still matches a session's fingerprint is that
+//! Echo suppression fingerprints what the server changed on a guest's behalf: for data and
+//! attribute changes, the inode with its size, mtime, ctime, mode, link count and owner after
+//! the change (ctime catches a host change that leaves everything else alone, such as a chmod
+//! to the same mode; every server operation that moves ctime records the state it left); for
+//! creations, removals and renames, the directory, the name and the operation, which stay
+//! recognisable when the object changes again or goes away before the event is looked at. A change whose host state still matches a session's fingerprint is that
 //! session's own and is not sent back to it; other sessions get it. No time window decides
 //! anything: fingerprints are only aged out ([`ECHO_MAX_AGE`]) to bound memory.
 //!
@@ -38,7 +41,7 @@ use ferry_protocol::{Change, ChangeKind, Entry, Errno};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind};
 use notify::event::{Flag, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
@@ -67,6 +70,7 @@ pub(crate) struct Fingerprint {
     mtime: (i64, i64),
     ctime: (i64, i64),
     mode: u32,
+    nlink: u64,
     uid: u32,
     gid: u32,
 }
@@ -78,6 +82,7 @@ impl Fingerprint {
             mtime: (st.st_mtime, st.st_mtime_nsec),
             ctime: (st.st_ctime, st.st_ctime_nsec),
             mode: st.st_mode,
+            nlink: st.st_nlink,
             uid: st.st_uid,
             gid: st.st_gid,
         }
@@ -89,6 +94,7 @@ impl Fingerprint {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
             mode: m.mode(),
+            nlink: m.nlink(),
             uid: m.uid(),
             gid: m.gid(),
         }
@@ -98,8 +104,19 @@ impl Fingerprint {
 /// Host identity of an object.
 type Key = (u64, u64);
 
-/// A directory and a name in it.
-type NameKey = (Key, Vec<u8>);
+/// A directory, a name in it, and what a session did to that name.
+type NameKey = (Key, Vec<u8>, NameOp);
+
+/// What a session did to a name (see [`Events::note_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum NameOp {
+    /// Created it (or renamed something to it).
+    Created,
+    /// Removed it.
+    Removed,
+    /// Renamed it away.
+    RenamedFrom,
+}
 
 #[derive(Debug, Default)]
 struct EchoTable {
@@ -215,13 +232,16 @@ impl Events {
         v.push((sid, fp, now));
     }
 
-    /// Records that session `sid` removed (or renamed away) `name` in directory `dir`.
-    pub(crate) fn note_name(&self, sid: u64, dir: Key, name: &[u8]) {
+    /// Records that session `sid` did `op` to `name` in directory `dir`. Names, unlike
+    /// inode states, stay recognisable when the object changes again or goes away before the
+    /// event is looked at.
+    pub(crate) fn note_name(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) {
         let now = Instant::now();
+        trace!(sid, ?dir, name = %String::from_utf8_lossy(name), ?op, "echo name noted");
         let mut t = self.echo.lock().unwrap_or_else(|e| e.into_inner());
         t.gc(now);
         t.names
-            .entry((dir, name.to_vec()))
+            .entry((dir, name.to_vec(), op))
             .or_default()
             .push((sid, now));
     }
@@ -234,10 +254,11 @@ impl Events {
             .is_some_and(|v| v.iter().any(|(s, f, _)| *s == sid && f == fp))
     }
 
-    /// Whether removing `name` from `dir` was session `sid`'s doing; consumes the record.
-    fn echo_of_name(&self, sid: u64, dir: Key, name: &[u8]) -> bool {
+    /// Whether `op` on `name` in `dir` was session `sid`'s doing; consumes the record.
+    fn echo_of_name(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {
+        trace!(sid, ?dir, name = %String::from_utf8_lossy(name), ?op, "echo name checked");
         let mut t = self.echo.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (dir, name.to_vec());
+        let k = (dir, name.to_vec(), op);
         let Some(v) = t.names.get_mut(&k) else {
             return false;
         };
@@ -341,6 +362,7 @@ impl Export {
     fn watch_loop(&self, rx: Receiver<notify::Result<notify::Event>>) {
         let mut held_from: Option<(usize, PathBuf)> = None;
         let mut scanned = Scanned::default();
+        let mut dirs = DirKeys::default();
         loop {
             let Ok(first) = rx.recv() else {
                 debug!(export = self.name, "watcher thread ends");
@@ -389,25 +411,40 @@ impl Export {
                     "host events were lost; every guest will drop its caches of this export"
                 );
             }
-            self.deliver(&changes);
+            self.deliver(&changes, &mut dirs);
+            for c in &changes {
+                if matches!(c.kind, ChangeKind::Removed | ChangeKind::Renamed) {
+                    dirs.forget_tree(&c.path);
+                }
+            }
         }
     }
 
     /// Resolves `changes` for every watching session and hands them over.
-    fn deliver(&self, changes: &[Raw]) {
-        let facts: Vec<Facts> = changes.iter().map(|c| Facts::of(&self.path, c)).collect();
+    fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys) {
+        let facts: Vec<Facts> = changes
+            .iter()
+            .map(|c| Facts::of(&self.path, c, dirs))
+            .collect();
         let subs: Vec<(u64, Arc<ExportSession>, Sink)> = {
             let subs = self.events.subs.lock().unwrap_or_else(|e| e.into_inner());
             subs.iter()
                 .filter_map(|s| Some((s.sid, s.session.upgrade()?, Arc::clone(&s.sink))))
                 .collect()
         };
+        for (c, f) in changes.iter().zip(&facts) {
+            debug!(kind = ?c.kind, path = %c.path.display(), ?f.parent, subs = subs.len(), "host change");
+        }
         for (sid, session, sink) in subs {
             let out: Vec<Change> = changes
                 .iter()
                 .zip(&facts)
                 .filter_map(|(c, f)| self.resolve(sid, &session, c, f))
                 .collect();
+            for c in &out {
+                debug!(sid, kind = ?c.kind, path = %String::from_utf8_lossy(&c.path),
+                    to = %String::from_utf8_lossy(&c.to), entry = c.entry.map(|e| e.ino), "change sent");
+            }
             if !out.is_empty() {
                 sink(out);
             }
@@ -443,8 +480,10 @@ impl Export {
         match c.kind {
             ChangeKind::Overflow => Some(change(ChangeKind::Overflow, 0, 0, 0, None)),
             ChangeKind::Created => {
-                if f.obj
-                    .is_some_and(|(k, fp)| self.events.echo_of_inode(sid, k, &fp))
+                let name = c.path.file_name()?.as_bytes();
+                if self
+                    .events
+                    .echo_of_name(sid, f.parent?, name, NameOp::Created)
                 {
                     return None;
                 }
@@ -458,16 +497,24 @@ impl Export {
             ChangeKind::Removed => {
                 let parent_key = f.parent?;
                 let name = c.path.file_name()?.as_bytes();
-                if self.events.echo_of_name(sid, parent_key, name) {
+                // A rename whose other half was not seen shows as a removal.
+                if self
+                    .events
+                    .echo_of_name(sid, parent_key, name, NameOp::Removed)
+                    || self
+                        .events
+                        .echo_of_name(sid, parent_key, name, NameOp::RenamedFrom)
+                {
                     return None;
                 }
                 let parent = node_of(Some(parent_key));
                 (parent != 0).then(|| change(c.kind, parent, 0, file_type(&None), None))
             }
             ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
-                let (key, fp) = f.obj?;
-                if self.events.echo_of_inode(sid, key, &fp) {
-                    return None;
+                if let Some((key, fp)) = f.obj {
+                    if self.events.echo_of_inode(sid, key, &fp) {
+                        return None;
+                    }
                 }
                 if c.path.as_os_str().is_empty() {
                     let attr = session.getattr(ROOT_ID, None).ok()?;
@@ -482,19 +529,24 @@ impl Export {
                 if parent == 0 {
                     return None;
                 }
-                let entry = lookup(parent, &c.path)?;
-                Some(change(
-                    c.kind,
-                    parent,
-                    0,
-                    file_type(&Some(entry)),
-                    Some(entry),
-                ))
+                // Gone since (renamed or removed, reported next): the guest replays against
+                // what it holds.
+                let entry = lookup(parent, &c.path);
+                Some(change(c.kind, parent, 0, file_type(&entry), entry))
             }
             ChangeKind::Renamed => {
                 let from_key = f.parent?;
                 let from_name = c.path.file_name()?.as_bytes();
-                if self.events.echo_of_name(sid, from_key, from_name) {
+                if self
+                    .events
+                    .echo_of_name(sid, from_key, from_name, NameOp::RenamedFrom)
+                {
+                    if let (Some(k), Some(n)) =
+                        (f.to_parent, c.to.as_ref().and_then(|t| t.file_name()))
+                    {
+                        self.events
+                            .echo_of_name(sid, k, n.as_bytes(), NameOp::Created);
+                    }
                     return None;
                 }
                 let from_parent = node_of(Some(from_key));
@@ -564,24 +616,49 @@ struct Facts {
     obj: Option<(Key, Fingerprint)>,
 }
 
+/// Identities of directories seen, by path: a directory removed together with its entries
+/// (`rm -r`) is gone when their removals are looked at, but they still need its identity.
+#[derive(Debug, Default)]
+struct DirKeys(HashMap<PathBuf, Key>);
+
+impl DirKeys {
+    const MAX: usize = 200_000;
+
+    fn key(&mut self, root: &Path, dir: &Path) -> Option<Key> {
+        match std::fs::symlink_metadata(root.join(dir)) {
+            Ok(m) if m.is_dir() => {
+                let k = (m.dev(), m.ino());
+                if self.0.len() >= Self::MAX {
+                    self.0.clear();
+                }
+                self.0.insert(dir.to_path_buf(), k);
+                Some(k)
+            }
+            _ => self.0.get(dir).copied(),
+        }
+    }
+
+    /// Forgets `path` and everything below it once its removal or rename is delivered.
+    fn forget_tree(&mut self, path: &Path) {
+        self.0.retain(|p, _| !p.starts_with(path));
+    }
+}
+
 impl Facts {
-    fn of(root: &Path, c: &Raw) -> Facts {
+    fn of(root: &Path, c: &Raw, dirs: &mut DirKeys) -> Facts {
         // `symlink_metadata` never follows a final symlink; these identities are only
         // compared with nodes a session holds, never opened.
         let key = |p: &Path| -> Option<(Key, Fingerprint)> {
             let m = std::fs::symlink_metadata(root.join(p)).ok()?;
             Some(((m.dev(), m.ino()), Fingerprint::of_meta(&m)))
         };
-        let parent = |p: &Path| -> Option<Key> {
-            let dir = p.parent()?;
-            key(dir).map(|(k, _)| k)
-        };
         if c.kind == ChangeKind::Overflow {
             return Facts::default();
         }
+        let mut parent = |p: &Path| -> Option<Key> { dirs.key(root, p.parent()?) };
         Facts {
             parent: parent(&c.path),
-            to_parent: c.to.as_deref().and_then(parent),
+            to_parent: c.to.as_deref().and_then(&mut parent),
             obj: key(c.to.as_deref().unwrap_or(&c.path)),
         }
     }
@@ -762,7 +839,13 @@ impl Scanned {
             let Ok(rd) = std::fs::read_dir(root.join(&d)) else {
                 continue;
             };
-            for e in rd.flatten() {
+            // Creation order, as far as the host can tell, rather than directory order.
+            let mut entries: Vec<_> = rd
+                .flatten()
+                .filter_map(|e| e.metadata().ok().map(|m| (e, m)))
+                .collect();
+            entries.sort_by_key(|(_, m)| (m.ctime(), m.ctime_nsec(), m.ino()));
+            for (e, m) in entries {
                 n += 1;
                 if n > SCAN_LIMIT {
                     warn!(
@@ -772,7 +855,6 @@ impl Scanned {
                     out.push(Raw::overflow());
                     return;
                 }
-                let Ok(m) = e.metadata() else { continue };
                 let rel = d.join(e.file_name());
                 self.seen.insert(rel.clone(), (m.ino(), now));
                 out.push(Raw::new(ChangeKind::Created, rel.clone(), m.is_dir()));
@@ -873,12 +955,16 @@ mod tests {
         let mut other = fp;
         other.size = 11;
         assert!(!ev.echo_of_inode(1, (5, 6), &other));
-        ev.note_name(1, (5, 1), b"x");
-        assert!(!ev.echo_of_name(2, (5, 1), b"x"));
-        assert!(ev.echo_of_name(1, (5, 1), b"x"));
+        ev.note_name(1, (5, 1), b"x", NameOp::Removed);
+        assert!(!ev.echo_of_name(2, (5, 1), b"x", NameOp::Removed));
         assert!(
-            !ev.echo_of_name(1, (5, 1), b"x"),
-            "a name record is used once"
+            !ev.echo_of_name(1, (5, 1), b"x", NameOp::Created),
+            "another operation"
+        );
+        assert!(ev.echo_of_name(1, (5, 1), b"x", NameOp::Removed));
+        assert!(
+            !ev.echo_of_name(1, (5, 1), b"x", NameOp::Removed),
+            "used once"
         );
     }
 }

@@ -1,0 +1,461 @@
+//! Host changes reach the guest: real inotify clients (inotifywait from inotify-tools, Node's
+//! `fs.watch`) watching the mount must see what they see on a native directory, and the
+//! mount's `cached` view must be current as soon as the event is seen.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use crate::harness::{Share, fuse_available, sh};
+use crate::posix::snapshot;
+
+/// A watcher process whose output lines are collected as they come.
+struct Watcher {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watcher {
+    /// `inotifywait -m -r` on `dir`, one `path|EVENTS` line per event, paths relative to `dir`.
+    fn inotifywait(dir: &Path) -> Watcher {
+        let mut cmd = Command::new("inotifywait");
+        cmd.args(["-m", "-r", "-q", "--format", "%w%f|%e"]).arg(dir);
+        Self::start(cmd, dir, "inotifywait")
+    }
+
+    /// Node's `fs.watch` on every directory, adding new ones as they appear, as chokidar and
+    /// webpack do on Linux: `TYPE PATH` lines.
+    fn node(dir: &Path) -> Watcher {
+        let script = r#"
+const fs = require('fs'), path = require('path');
+const root = process.argv[1];
+const watched = new Map();
+function watch(dir) {
+  if (watched.has(dir)) return;
+  let w;
+  try { w = fs.watch(dir, (type, name) => {
+    if (!name) return;
+    const full = path.join(dir, name);
+    console.log(type + ' ' + path.relative(root, full));
+    try { if (fs.lstatSync(full).isDirectory()) watch(full); } catch (e) {}
+  }); } catch (e) { return; }
+  w.on('error', () => { w.close(); watched.delete(dir); });
+  watched.set(dir, w);
+  for (const e of fs.readdirSync(dir, { withFileTypes: true }))
+    if (e.isDirectory()) watch(path.join(dir, e.name));
+}
+watch(root);
+console.log('READY');
+"#;
+        let mut cmd = Command::new("node");
+        cmd.arg("-e").arg(script).arg(dir);
+        Self::start(cmd, dir, "node")
+    }
+
+    fn start(mut cmd: Command, dir: &Path, what: &str) -> Watcher {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l = Arc::clone(&lines);
+        let prefix = format!("{}/", dir.display());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let line = line.strip_prefix(&prefix).unwrap_or(&line).to_string();
+                l.lock().unwrap().push(line);
+            }
+        });
+        let w = Watcher { child, lines };
+        // Both tools need a moment to place their watches; Node says when it is ready.
+        if what == "node" {
+            w.wait_for(|l| l.iter().any(|x| x == "READY"), Duration::from_secs(10));
+            w.take();
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        w
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+
+    fn wait_for(&self, cond: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if cond(&self.lines.lock().unwrap()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Waits until no line arrived for `quiet` (at most 20 s), then takes the lines.
+    fn settle(&self, quiet: Duration) -> Vec<String> {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut n = usize::MAX;
+        let mut since = Instant::now();
+        while Instant::now() < end {
+            let now_n = self.lines.lock().unwrap().len();
+            if now_n != n {
+                n = now_n;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.take()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a tool is on PATH; in CI a missing tool is a failure, elsewhere a loud skip.
+fn have(tool: &str, test: &str) -> bool {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {tool} is missing in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED {test}: {tool} is not installed");
+    }
+    ok
+}
+
+/// Events a guest can be expected to see for host changes. Opens, reads and directory
+/// listings are the watcher's or the server's own and differ by nature.
+fn inotify_normal(lines: Vec<String>) -> Vec<String> {
+    const KEEP: [&str; 8] = [
+        "CREATE",
+        "DELETE",
+        "DELETE_SELF",
+        "MODIFY",
+        "ATTRIB",
+        "CLOSE_WRITE",
+        "MOVED_FROM",
+        "MOVED_TO",
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        let Some((path, events)) = l.rsplit_once('|') else {
+            continue;
+        };
+        let evs: Vec<&str> = events.split(',').collect();
+        let Some(main) = evs.iter().find(|e| KEEP.contains(e)) else {
+            continue;
+        };
+        let dir = if evs.contains(&"ISDIR") { ",ISDIR" } else { "" };
+        let line = format!("{path} {main}{dir}");
+        if out.last() != Some(&line) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// The host operations of the differential test, one shell step each.
+const STEPS: &[&str] = &[
+    "echo hello > a",
+    "echo more >> a",
+    "truncate -s 2 a",
+    "chmod 600 a",
+    "touch a",
+    "mkdir d",
+    "echo x > d/x",
+    "mv a b",
+    "mv b d/c",
+    "echo y > y && mv y d/x",
+    "ln -s d/x sl",
+    "ln d/c hard",
+    "mkdir d/sub",
+    "mv d e",
+    "rm e/x",
+    "rm hard sl",
+    "rmdir e/sub",
+    "rm -r e",
+    "mkdir burst && for i in $(seq 1 1000); do echo $i > burst/f$i; done",
+    "rm -r burst",
+];
+
+/// Runs `steps` in `work` while `watch` watches `seen`; returns each step's normalised events.
+fn record(
+    work: &Path,
+    watcher: &Watcher,
+    normal: fn(Vec<String>) -> Vec<String>,
+) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for step in STEPS {
+        let (ok, out) = sh(work, step);
+        assert!(ok, "step {step:?} failed: {out}");
+        all.push(normal(watcher.settle(Duration::from_millis(500))));
+    }
+    all
+}
+
+/// Steps whose events may interleave differently across paths (README, "Host changes"): a
+/// directory filled within milliseconds of its creation, before the host watcher watches it,
+/// is reported from a listing, so its first entries' creations come before their writes.
+/// Each path's own events must still match, in order.
+const PER_PATH_ORDER: &[&str] =
+    &["mkdir burst && for i in $(seq 1 1000); do echo $i > burst/f$i; done"];
+
+/// Each path's events, in order.
+fn by_path(events: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in events {
+        let (path, ev) = e.rsplit_once(' ').unwrap_or((e, ""));
+        m.entry(path.to_string()).or_default().push(ev.to_string());
+    }
+    m
+}
+
+fn compare(tool: &str, native: &[Vec<String>], mount: &[Vec<String>]) {
+    let mut diffs = String::new();
+    for (i, step) in STEPS.iter().enumerate() {
+        let same = if PER_PATH_ORDER.contains(step) {
+            by_path(&native[i]) == by_path(&mount[i])
+        } else {
+            native[i] == mount[i]
+        };
+        if !same {
+            diffs += &format!(
+                "\nstep {step:?}:\n  native: {:?}\n  mount:  {:?}",
+                native[i], mount[i]
+            );
+        }
+    }
+    assert!(diffs.is_empty(), "{tool} saw different events:{diffs}");
+}
+
+/// The differential test with inotifywait: the same host operations on a native directory
+/// watched natively and on the host side of a share watched through the mount.
+#[test]
+fn inotifywait_sees_host_changes_as_on_a_local_disk() {
+    let test = "inotifywait_sees_host_changes_as_on_a_local_disk";
+    if !fuse_available(test) || !have("inotifywait", test) {
+        return;
+    }
+    let native = tempfile::tempdir().unwrap();
+    let w = Watcher::inotifywait(native.path());
+    let expected = record(native.path(), &w, inotify_normal);
+    drop(w);
+
+    let share = Share::start();
+    let w = Watcher::inotifywait(share.mnt());
+    let got = record(share.src(), &w, inotify_normal);
+    drop(w);
+    compare("inotifywait", &expected, &got);
+    // The burst is really there: 1000 files, each created, written and closed.
+    let burst = &got[STEPS.len() - 2];
+    let creates = burst.iter().filter(|l| l.ends_with(" CREATE")).count();
+    assert_eq!(creates, 1000, "burst events: {}", burst.len());
+}
+
+/// Node's `fs.watch` (what webpack, vite and nodemon build on): `rename`/`change` per name.
+fn node_normal(lines: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        if out.last() != Some(&l) {
+            out.push(l);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn node_fs_watch_sees_host_changes_as_on_a_local_disk() {
+    let test = "node_fs_watch_sees_host_changes_as_on_a_local_disk";
+    if !fuse_available(test) || !have("node", test) {
+        return;
+    }
+    let native = tempfile::tempdir().unwrap();
+    let w = Watcher::node(native.path());
+    let expected = record(native.path(), &w, node_normal);
+    drop(w);
+
+    let share = Share::start();
+    let w = Watcher::node(share.mnt());
+    let got = record(share.src(), &w, node_normal);
+    drop(w);
+    compare("node fs.watch", &expected, &got);
+}
+
+/// The guest's own changes are not echoed back as a second set of events.
+#[test]
+fn guest_changes_are_not_echoed() {
+    let test = "guest_changes_are_not_echoed";
+    if !fuse_available(test) || !have("inotifywait", test) {
+        return;
+    }
+    let native = tempfile::tempdir().unwrap();
+    let w = Watcher::inotifywait(native.path());
+    // inotifywait -r watches a new directory only after it has seen it created and listed it,
+    // on a native disk as on the mount: give it that moment before using the directory.
+    let script = "echo 1 > f && echo 2 >> f && mkdir d && sleep 0.3 && mv f d/g && chmod 600 d/g && rm d/g && rmdir d";
+    assert!(sh(native.path(), script).0);
+    let expected = inotify_normal(w.settle(Duration::from_millis(500)));
+    drop(w);
+
+    let share = Share::start();
+    let w = Watcher::inotifywait(share.mnt());
+    assert!(sh(share.mnt(), script).0);
+    let got = inotify_normal(w.settle(Duration::from_millis(800)));
+    assert_eq!(
+        got, expected,
+        "a guest's own changes must produce their events once"
+    );
+}
+
+/// What a reader of the tree sees: names, types, sizes, modes and contents.
+fn view(root: &Path) -> BTreeMap<String, String> {
+    snapshot(root)
+        .into_iter()
+        .map(|(k, v)| {
+            // Link counts of directories differ between filesystems only by their subdirs,
+            // which the names already show; times are set by the clock.
+            let v = v
+                .split(' ')
+                .filter(|f| !f.starts_with("nlink=") || !v.starts_with("dir"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            (k, v)
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(usize, Vec<u8>),
+    Append(usize, Vec<u8>),
+    Truncate(usize, u64),
+    Rename(usize, usize),
+    Unlink(usize),
+    Mkdir(usize),
+    Rmdir(usize),
+    Chmod(usize, u32),
+}
+
+/// A small namespace so that operations collide: files and directories at two levels.
+const NAMES: [&str; 6] = ["a", "b", "d1/c", "d1/e", "d1", "d2"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let name = 0..NAMES.len();
+    let data = prop::collection::vec(any::<u8>(), 0..64);
+    prop_oneof![
+        (name.clone(), data.clone()).prop_map(|(n, d)| Op::Write(n, d)),
+        (name.clone(), data).prop_map(|(n, d)| Op::Append(n, d)),
+        (name.clone(), 0u64..100).prop_map(|(n, s)| Op::Truncate(n, s)),
+        (name.clone(), name.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        name.clone().prop_map(Op::Unlink),
+        name.clone().prop_map(Op::Mkdir),
+        name.clone().prop_map(Op::Rmdir),
+        (name, prop::sample::select(vec![0o600u32, 0o644, 0o755]))
+            .prop_map(|(n, m)| Op::Chmod(n, m)),
+    ]
+}
+
+/// Applies `op` under `root`; true when it changed something.
+fn apply(root: &Path, op: &Op) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let p = |i: usize| root.join(NAMES[i]);
+    let r = match op {
+        Op::Write(n, d) => std::fs::write(p(*n), d),
+        Op::Append(n, d) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(p(*n))
+            .and_then(|mut f| f.write_all(d)),
+        Op::Truncate(n, s) => std::fs::OpenOptions::new()
+            .write(true)
+            .open(p(*n))
+            .and_then(|f| f.set_len(*s)),
+        // Renaming a name to itself changes nothing and raises no event.
+        Op::Rename(a, b) if a == b => return false,
+        Op::Rename(a, b) => std::fs::rename(p(*a), p(*b)),
+        Op::Unlink(n) => std::fs::remove_file(p(*n)),
+        Op::Mkdir(n) => std::fs::create_dir(p(*n)),
+        Op::Rmdir(n) => std::fs::remove_dir(p(*n)),
+        Op::Chmod(n, m) => std::fs::set_permissions(p(*n), std::fs::Permissions::from_mode(*m)),
+    };
+    r.is_ok()
+}
+
+/// Interleaved host and guest operations on a `cached` mount: after a guest operation the
+/// guest's view is the host's at once; after a host operation it is as soon as a watcher on
+/// the mount has seen the event. Nothing is retried: a stale cache fails the test.
+#[test]
+fn cached_view_follows_interleaved_host_and_guest_changes() {
+    let test = "cached_view_follows_interleaved_host_and_guest_changes";
+    if !fuse_available(test) || !have("inotifywait", test) {
+        return;
+    }
+    let share = Share::start();
+    let w = Watcher::inotifywait(share.mnt());
+    let case = Mutex::new(0u32);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let ops = prop::collection::vec((any::<bool>(), op()), 1..24);
+    let result = runner.run(&ops, |ops| {
+        let mut n = case.lock().unwrap();
+        *n += 1;
+        let dir = PathBuf::from(format!("case{n}"));
+        std::fs::create_dir(share.src().join(&dir)).unwrap();
+        let host = share.src().join(&dir);
+        let guest = share.mnt().join(&dir);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !guest.exists() {
+            prop_assert!(Instant::now() < until, "case dir never showed in the guest");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        w.settle(Duration::from_millis(100));
+        for (i, (on_host, op)) in ops.iter().enumerate() {
+            let changed = apply(if *on_host { &host } else { &guest }, op);
+            if *on_host && changed {
+                let seen = w.wait_for(|l| !l.is_empty(), Duration::from_secs(5));
+                prop_assert!(seen, "no event for host op {i} {op:?}");
+                // One host operation can be several events (a created file, then its data):
+                // let them all arrive, then the view must be current with no retry.
+                w.settle(Duration::from_millis(150));
+            }
+            let (hv, gv) = (view(&host), view(&guest));
+            if hv != gv {
+                return Err(TestCaseError::fail(format!(
+                    "after op {i} {op:?} on the {}:\n host:  {hv:?}\n guest: {gv:?}",
+                    if *on_host { "host" } else { "guest" }
+                )));
+            }
+            w.settle(Duration::from_millis(50));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
