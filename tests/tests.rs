@@ -11,3 +11,5 @@ mod attacks;
 mod cli;
 // Real programs on the mount: git, tar.
 mod programs;
+// The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
+mod vm;
