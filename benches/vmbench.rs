@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, static_bins, wait_for_path};
+use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, static_bins};
 
 const PORT: u32 = 1024;
 const TARGETS: [(&str, &str); 3] = [
@@ -29,7 +28,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing we need.
+    // A test runner listing tests gets none: this is a benchmark, run by `cargo bench`.
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -68,23 +67,8 @@ fn main() {
         format!("ferry.rounds={rounds}"),
     ];
     cfg.timeout = std::time::Duration::from_secs(1800);
-    // vhost-device-vsock creates the directory's sockets; ferry-host listens before the boot.
     let mut vm = Vm::boot(&tools, &cfg, run.path());
-    let mut host = Proc::spawn(
-        "ferry-host",
-        Command::new(&bins.host)
-            .arg("--export")
-            .arg(format!("share={}", share.display()))
-            .arg("--listen")
-            .arg(format!("hybrid-vsock:{}:{PORT}", vm.uds().display())),
-        run.path(),
-    );
-    let sock = {
-        let mut p = vm.uds().into_os_string();
-        p.push(format!("_{PORT}"));
-        std::path::PathBuf::from(p)
-    };
-    wait_for_path(&sock, Some(&mut host), std::time::Duration::from_secs(30));
+    let mut host = vm.serve(&bins.host, "share", &share, PORT);
     let mounted = vm.wait_for("FERRY-MOUNTED");
     eprintln!("{mounted}");
     let (output, rc) = vm.finish();

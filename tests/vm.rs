@@ -67,15 +67,7 @@ fn vm_agent_over_vsock() {
     // The VM boots first and its agent waits; ferry-host comes up later, as on a real host.
     vm.wait_for("FERRY-AGENT-STARTED");
     std::thread::sleep(Duration::from_millis(1500));
-    let mut host = Proc::spawn(
-        "ferry-host",
-        Command::new(&bins.host)
-            .arg("--export")
-            .arg(format!("ex={}", export.display()))
-            .arg("--listen")
-            .arg(format!("hybrid-vsock:{}:{HOST_PORT}", vm.uds().display())),
-        run.path(),
-    );
+    let mut host = vm.serve(&bins.host, "ex", &export, HOST_PORT);
     let mounted = vm.wait_for("FERRY-MOUNTED");
     eprintln!("guest: {mounted}");
 
@@ -176,6 +168,8 @@ fn edit_on_the_host(export: &Path) {
 fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
     let mnt = run.join("guest-mnt");
     fs::create_dir_all(&mnt).unwrap();
+    // Dropped after the agent, so a failure below still leaves no mount behind.
+    let _unmount = DetachOnDrop(&mnt);
     let mut a = Proc::spawn(
         "host-side-ferry-agent",
         Command::new(agent)
@@ -201,7 +195,6 @@ fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
     let read = fs::read_to_string(mnt.join("hello.txt"));
     let wrote = fs::write(mnt.join("from-host.txt"), "written by the host over vsock");
     let status = a.stop(Duration::from_secs(20));
-    lazy_unmount(&mnt);
     assert_eq!(read.unwrap(), "made in the guest\n");
     wrote.unwrap();
     assert!(
@@ -253,6 +246,15 @@ fn check_guest_writes_on_the_host(export: &Path) {
         fs::read(g.join("big-copy.bin")).unwrap(),
         fs::read(export.join("from-host/big.bin")).unwrap()
     );
+}
+
+/// Detaches a leftover Ferry mount when dropped.
+struct DetachOnDrop<'a>(&'a Path);
+
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        lazy_unmount(self.0);
+    }
 }
 
 /// Answers the guest's `FERRY-WAIT name`.

@@ -136,6 +136,25 @@ impl Vm {
         self.dir.join("vsock.uds")
     }
 
+    /// Starts `ferry-host` (the binary `host`) exporting `path` as `name` on this VM's
+    /// hybrid-vsock socket for host port `port` (`hybrid-vsock:<uds>:PORT`), and waits until
+    /// it listens. Guests reach it as `vsock:PORT`.
+    pub fn serve(&self, host: &Path, name: &str, path: &Path, port: u32) -> Proc {
+        let mut server = Proc::spawn(
+            "ferry-host",
+            Command::new(host)
+                .arg("--export")
+                .arg(format!("{name}={}", path.display()))
+                .arg("--listen")
+                .arg(format!("hybrid-vsock:{}:{port}", self.uds().display())),
+            &self.dir,
+        );
+        let mut sock = self.uds().into_os_string();
+        sock.push(format!("_{port}"));
+        wait_for_path(Path::new(&sock), Some(&mut server), Duration::from_secs(30));
+        server
+    }
+
     /// The directory with sockets and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
