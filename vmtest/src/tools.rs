@@ -7,7 +7,7 @@
 //! | QEMU | `FERRY_VM_QEMU` | `qemu-system-x86_64` on PATH |
 //! | busybox (static) | `FERRY_VM_BUSYBOX` | `busybox` on PATH (Debian's busybox-static) |
 //! | vhost-device-vsock | `FERRY_VM_VHOST_DEVICE_VSOCK` | the cache's `vhost-device-vsock-<ver>/bin/`, then PATH |
-//! | kernel | `FERRY_VM_KERNEL_DIR` (an unpacked linux-image package) | newest under the cache's `kernel/` |
+//! | kernel | `FERRY_VM_KERNEL_DIR` (an unpacked linux-image package) | the one `.ci/vm-tools` unpacked under the cache's `kernel/` |
 //! | the cache | `FERRY_VM_CACHE` | `$XDG_CACHE_HOME/ferry-vm`, else `~/.cache/ferry-vm` |
 
 use std::path::{Path, PathBuf};
@@ -135,7 +135,7 @@ impl Tools {
                 let msg = format!(
                     "{what} needs:\n  - {list}\nInstall them all with `bash .ci/vm-tools`."
                 );
-                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                if in_ci() {
                     panic!("CI=true and the VM cannot run: {msg}");
                 }
                 eprintln!("\n*** SKIPPED {msg} ***\n");
@@ -143,6 +143,11 @@ impl Tools {
             }
         }
     }
+}
+
+/// Whether this is a CI run (`CI=true`), where a VM test that cannot run is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// `$var` if set, else the first existing candidate, else `name` on PATH.
