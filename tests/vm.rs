@@ -68,9 +68,8 @@ fn vm_agent_over_vsock() {
     let built = started.elapsed();
     let mut vm = Vm::boot(&tools, &cfg, run.path());
 
-    // The VM boots first and its agent waits; ferry-host comes up later, as on a real host.
-    vm.wait_for("FERRY-AGENT-STARTED");
-    std::thread::sleep(Duration::from_millis(1500));
+    // The VM boots first and its agent waits; ferry-host comes up only once the agent says so.
+    vm.wait_for("FERRY-AGENT-WAITING");
     let mut host = vm.serve(&bins.host, "ex", &export, HOST_PORT);
     let mounted = vm.wait_for("FERRY-MOUNTED");
     eprintln!("guest: {mounted}");
@@ -94,6 +93,7 @@ fn vm_agent_over_vsock() {
     };
     for step in events.iter().chain(&[
         "agent-waited-for-host",
+        "agent-connected-on-retry",
         "host-files-read",
         "guest-files-reread",
         "host-edits-read",

@@ -25,10 +25,13 @@ wait_pid() {
 ferry-agent --connect "vsock:$FERRY_PORT" --mount "ex=$M" --connect-timeout 120 \
     > /tmp/agent.log 2>&1 &
 AGENT=$!
-say "AGENT-STARTED uptime=$(cut -d' ' -f1 /proc/uptime)"
+check agent-waited-for-host \
+    wait_until 60 grep -qs "waiting for ferry-host at vsock:2:$FERRY_PORT" /tmp/agent.log
+# Only now does the host start ferry-host.
+say "AGENT-WAITING uptime=$(cut -d' ' -f1 /proc/uptime)"
 wait_until 150 is_mounted "$M" || { show /tmp/agent.log agent; fail mount; }
 say "MOUNTED uptime=$(cut -d' ' -f1 /proc/uptime)"
-check agent-waited-for-host grep -q "waiting for ferry-host at vsock:2:$FERRY_PORT" /tmp/agent.log
+check agent-connected-on-retry grep -q "ferry-host at vsock:2:$FERRY_PORT answered after" /tmp/agent.log
 check mount-is-ferry grep -q "^ferry:ex $M fuse" /proc/mounts
 cd "$M" || fail "cd $M"
 
