@@ -1,6 +1,7 @@
 //! Child processes a VM run starts (QEMU, vhost-device-vsock, ferry-host, a host-side agent):
 //! output to a log file, stopped by pid when dropped. Nothing else is ever signalled.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,21 @@ impl Proc {
         let out = std::fs::File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err = out.try_clone().expect("dup a log file");
+        // If the test process dies without running destructors (SIGKILL, a CI time-out), the
+        // child goes with it instead of leaving a QEMU spinning. The signal fires when the
+        // spawning thread exits; Drop has stopped the child long before that in every normal
+        // path.
+        // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+        // async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
