@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, static_bins};
+use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, run_dir, static_bins};
 
 const PORT: u32 = 1024;
 const TARGETS: [(&str, &str); 3] = [
@@ -39,10 +39,7 @@ fn main() {
     let mb = env_or("FERRY_VMBENCH_MB", 32);
     let rounds = env_or("FERRY_VMBENCH_ROUNDS", 3).max(1);
     let bins = static_bins();
-    let run = tempfile::Builder::new()
-        .prefix("ferry-vmbench.")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let run = run_dir("ferry-vmbench.");
     let share = run.path().join("share");
     make_tree(&share.join("tree"), files);
 

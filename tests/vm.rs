@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, inotify_helper, static_bins};
+use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, inotify_helper, run_dir, static_bins};
 
 use crate::harness::{fuse_available, is_ferry_mount, lazy_unmount, sh};
 
@@ -42,11 +42,7 @@ fn vm_agent_over_vsock() {
     let inotify = HOST_CHANGE_EVENTS || std::env::var("FERRY_VM_INOTIFY").is_ok_and(|v| v == "1");
     let started = Instant::now();
     let bins = static_bins();
-    // Unix socket paths must stay short: keep the run directory in /tmp.
-    let run = tempfile::Builder::new()
-        .prefix("ferry-vm.")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let run = run_dir("ferry-vm.");
     let export = run.path().join("export");
     prepare_host_tree(&export);
 

@@ -14,6 +14,15 @@ use crate::tools::Tools;
 /// The guest's vsock context id.
 pub const GUEST_CID: u32 = 3;
 
+/// A fresh directory for one run's sockets, logs and initramfs. It lives in /tmp because Unix
+/// socket paths must stay short (108 bytes).
+pub fn run_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("a temporary directory in /tmp")
+}
+
 /// What to boot.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
