@@ -13,3 +13,5 @@ mod cli;
 mod programs;
 // Host changes seen by inotify clients in the guest, and cache coherence.
 mod events;
+// The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
+mod vm;

@@ -5,6 +5,8 @@
 //!   reader thread that dispatches replies to callbacks. Usable without `/dev/fuse`.
 //! - [`fs`]: [`FerryFs`], the `fuser::Filesystem` adapter turning FUSE calls into protocol
 //!   requests and replies back into FUSE replies, plus attribute conversions.
+//! - [`hybrid`]: the host-initiated side of hybrid vsock (`CONNECT <port>` on a VMM's Unix
+//!   socket), for reaching a server that listens inside a VM.
 //! - [`mount`]: mounting one export ([`mount()`], [`MountOptions`]) and unmounting it with
 //!   `MNT_DETACH` ([`MountHandle`]).
 //! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
@@ -12,6 +14,7 @@
 
 pub mod client;
 pub mod fs;
+pub mod hybrid;
 pub mod kernel;
 pub mod mount;
 pub mod replay;
@@ -46,6 +49,15 @@ pub enum ConnectAddr {
         /// Port.
         port: u32,
     },
+    /// A vsock port inside a VM, reached from the host through the VMM's hybrid-vsock Unix
+    /// socket (`hybrid-vsock:PATH:PORT`; see [`hybrid`]).
+    HybridVsock {
+        /// The VMM's vsock Unix socket (Firecracker `uds_path`, cloud-hypervisor `socket=`,
+        /// vhost-device-vsock `uds-path`).
+        path: PathBuf,
+        /// The guest port.
+        port: u32,
+    },
 }
 
 /// The vsock context id of the host.
@@ -54,7 +66,7 @@ pub const VMADDR_CID_HOST: u32 = 2;
 /// Error from parsing a [`ConnectAddr`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid server address {input:?}: {why}; expected unix:PATH, tcp:HOST:PORT, vsock:PORT or vsock:CID:PORT"
+    "invalid server address {input:?}: {why}; expected unix:PATH, tcp:HOST:PORT, vsock:PORT, vsock:CID:PORT or hybrid-vsock:PATH:PORT"
 )]
 pub struct ParseConnectAddrError {
     input: String,
@@ -90,7 +102,24 @@ impl FromStr for ConnectAddr {
                 Some((cid, port)) => (number(cid)?, number(port)?),
                 None => (VMADDR_CID_HOST, number(rest)?),
             };
+            // u32::MAX is VMADDR_CID_ANY / VMADDR_PORT_ANY: wildcards, not a peer.
+            if cid == u32::MAX {
+                return Err(err("CID 4294967295 is the wildcard VMADDR_CID_ANY"));
+            }
+            if port == u32::MAX {
+                return Err(err("port 4294967295 is the wildcard VMADDR_PORT_ANY"));
+            }
             Ok(ConnectAddr::Vsock { cid, port })
+        } else if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let (path, port) = rest.rsplit_once(':').ok_or_else(|| err("missing port"))?;
+            if path.is_empty() {
+                return Err(err("empty socket path"));
+            }
+            let port = port.parse::<u32>().map_err(|_| err("invalid vsock port"))?;
+            Ok(ConnectAddr::HybridVsock {
+                path: PathBuf::from(path),
+                port,
+            })
         } else {
             Err(err("unknown scheme"))
         }
@@ -103,6 +132,9 @@ impl fmt::Display for ConnectAddr {
             ConnectAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             ConnectAddr::Tcp(a) => write!(f, "tcp:{a}"),
             ConnectAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            ConnectAddr::HybridVsock { path, port } => {
+                write!(f, "hybrid-vsock:{}:{port}", path.display())
+            }
         }
     }
 }
@@ -138,14 +170,32 @@ impl ConnectAddr {
                     vsock::VsockStream::connect_with_cid_port(*cid, *port)
                         .map(|s| Client::connect_vsock(s, config))
                 }
+                ConnectAddr::HybridVsock { path, port } => {
+                    hybrid::connect(path, *port).map(|s| Client::connect_unix(s, config))
+                }
             };
             match attempt {
-                Ok(handshake) => break handshake,
-                Err(e) if is_absent(&e) && start.elapsed() + delay <= patience => {
-                    if attempts == 1 || delay == MAX_RETRY_DELAY {
+                Ok(handshake) => {
+                    if attempts > 1 {
                         info!(
-                            "waiting for ferry-host at {self}: {e}; retrying every {} ms at most",
-                            delay.as_millis()
+                            "ferry-host at {self} answered after {attempts} attempts in {:.1} s",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    break handshake;
+                }
+                Err(e) if is_absent(&e) && start.elapsed() + delay <= patience => {
+                    if attempts == 1 {
+                        info!(
+                            "waiting for ferry-host at {self} ({e}); retrying for up to {} s, \
+                             backing off from 0.1 s to {} s between attempts",
+                            patience.as_secs(),
+                            MAX_RETRY_DELAY.as_secs()
+                        );
+                    } else if delay == MAX_RETRY_DELAY {
+                        info!(
+                            "still waiting for ferry-host at {self} after {} s ({e})",
+                            start.elapsed().as_secs()
                         );
                     }
                     std::thread::sleep(delay);
@@ -433,10 +483,35 @@ mod tests {
         ] {
             let e = bad.parse::<ConnectAddr>().unwrap_err().to_string();
             assert!(
-                e.contains("unix:PATH, tcp:HOST:PORT, vsock:PORT or vsock:CID:PORT"),
+                e.contains(
+                    "unix:PATH, tcp:HOST:PORT, vsock:PORT, vsock:CID:PORT or hybrid-vsock:PATH:PORT"
+                ),
                 "{bad}: {e}"
             );
         }
+        // The reason names what is wrong, not just the expected shapes.
+        for (bad, why) in [
+            ("vsock:4294967295:5", "VMADDR_CID_ANY"),
+            ("vsock:4294967295", "VMADDR_PORT_ANY"),
+            ("vsock:2:x", "invalid vsock CID or port"),
+            ("hybrid-vsock:/run/v.sock", "missing port"),
+            ("hybrid-vsock::5", "empty socket path"),
+            ("hybrid-vsock:/run/v.sock:x", "invalid vsock port"),
+            ("vsock2:5", "unknown scheme"),
+        ] {
+            let e = bad.parse::<ConnectAddr>().unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+        assert_eq!(
+            "hybrid-vsock:/run/fc:v.sock:5000"
+                .parse::<ConnectAddr>()
+                .unwrap(),
+            ConnectAddr::HybridVsock {
+                path: "/run/fc:v.sock".into(),
+                port: 5000
+            },
+            "the port is after the last colon; the path may contain colons"
+        );
         assert_eq!(
             "vsock:1234".parse::<ConnectAddr>().unwrap(),
             ConnectAddr::Vsock {
@@ -448,7 +523,12 @@ mod tests {
             "vsock:3:5".parse::<ConnectAddr>().unwrap(),
             ConnectAddr::Vsock { cid: 3, port: 5 }
         );
-        for a in ["tcp:localhost:1", "vsock:7:9", "unix:/x"] {
+        for a in [
+            "tcp:localhost:1",
+            "vsock:7:9",
+            "unix:/x",
+            "hybrid-vsock:/run/v.sock:1024",
+        ] {
             let a: ConnectAddr = a.parse().unwrap();
             assert_eq!(a.to_string().parse::<ConnectAddr>().unwrap(), a);
         }

@@ -15,8 +15,12 @@ use ferry_agent::{AgentConfig, ConnectAddr};
 #[command(version, about, long_about = None)]
 struct Args {
     /// The ferry-host to connect to: unix:PATH, tcp:HOST:PORT, vsock:PORT (the host, CID 2)
-    /// or vsock:CID:PORT. For Firecracker or cloud-hypervisor guests use vsock:PORT: the VMM
-    /// delivers the connection to the host's Unix socket PATH_PORT.
+    /// or vsock:CID:PORT. Inside a VM use vsock:PORT whatever the VMM: with QEMU/KVM
+    /// (vhost-vsock) it reaches ferry-host --listen vsock:PORT; with Firecracker,
+    /// cloud-hypervisor or vhost-device-vsock the VMM delivers it to the host's Unix socket
+    /// PATH_PORT (ferry-host --listen hybrid-vsock:PATH:PORT). hybrid-vsock:PATH:PORT, run on
+    /// the host, reaches a server listening on vsock port PORT inside the VM whose VMM socket
+    /// is PATH (the CONNECT handshake).
     #[arg(long, value_name = "ADDR")]
     connect: ConnectAddr,
 

@@ -15,7 +15,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use nix::mount::{MntFlags, umount2};
 use tracing::{debug, error, info, warn};
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use crate::client::Client;
 use crate::fs::FerryFs;
@@ -273,19 +273,8 @@ fn start_replay(
     on_data_change: Box<dyn Fn(u64) + Send>,
     read_only: bool,
 ) {
-    let setup = || -> std::io::Result<(OwnedFd, OwnedFd)> {
-        let fuse_fd = session.as_fd().try_clone_to_owned()?;
-        let root = nix::fcntl::open(
-            &opts.mountpoint,
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        Ok((fuse_fd, root))
-    };
-    let (fuse_fd, root) = match setup() {
-        Ok(fds) => fds,
+    let fuse_fd = match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
         Err(e) => {
             warn!(export = %opts.export, "host change events off: {e}");
             return;
@@ -309,7 +298,7 @@ fn start_replay(
         state,
         kernel: KernelNotifier::new(fuse_fd),
         mountpoint: opts.mountpoint.clone(),
-        root,
+        root_dev: 0,
         client: Arc::clone(client),
         export,
         on_data_change,

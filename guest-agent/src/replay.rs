@@ -230,9 +230,11 @@ pub struct Replayer {
     pub kernel: KernelNotifier,
     /// The mount's root path in the guest (for logs and the submount check).
     pub mountpoint: PathBuf,
-    /// An `O_PATH` fd of the mount's root, opened once mounted. Every replay syscall is made
-    /// relative to it, so none can reach the directory underneath once the mount is gone.
-    pub root: OwnedFd,
+    /// Device number of the mount (its root's `st_dev`; 0 until the thread has read it). Each
+    /// batch opens the mount root and replays only if it is still this filesystem, so no
+    /// replay can ever reach the directory underneath once the mount is gone; no fd is held
+    /// between batches, so `umount` works.
+    pub root_dev: u64,
     /// For giving back lookups the kernel never received.
     pub client: Arc<Client>,
     /// The export id.
@@ -243,18 +245,34 @@ pub struct Replayer {
 
 impl Replayer {
     /// Replays changes until the connection closes. Runs on its own thread.
-    pub fn run(self, rx: Receiver<Vec<Change>>) {
+    pub fn run(mut self, rx: Receiver<Vec<Change>>) {
+        // Read here, not while mounting: the stat needs the FUSE session to be serving.
+        match nix::sys::stat::stat(&self.mountpoint) {
+            Ok(st) => self.root_dev = st.st_dev,
+            Err(e) => {
+                warn!(mountpoint = %self.mountpoint.display(), "no replay of host changes: {e}");
+                return;
+            }
+        }
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         self.state.tid.store(tid, Ordering::Relaxed);
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {
+            let root = self.open_root();
             let mut new_dir: Option<Vec<u8>> = None;
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
                 if self.state.stopped.load(Ordering::Relaxed) {
                     continue;
                 }
+                let Some(root) = &root else {
+                    // Not mounted (any more): only drop the lookups the server took.
+                    if let Some(e) = c.entry {
+                        self.forget(e.ino);
+                    }
+                    continue;
+                };
                 // A recursive watcher (inotifywait -r, chokidar) watches a new directory only
                 // after it has seen it created; on a local disk the programs filling it give it
                 // that moment. Give it the same moment before replaying what is inside.
@@ -263,7 +281,7 @@ impl Replayer {
                         std::thread::sleep(NEW_DIR_PAUSE);
                     }
                 }
-                self.apply(&c);
+                self.apply(&c, root.as_raw_fd());
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
                     new_dir = Some(c.path.clone());
                 }
@@ -281,14 +299,31 @@ impl Replayer {
         );
     }
 
-    fn apply(&self, c: &Change) {
+    /// The mount root, if `mountpoint` is still this mount.
+    fn open_root(&self) -> Option<OwnedFd> {
+        let fd = nix::fcntl::open(
+            &self.mountpoint,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        if st.st_dev != self.root_dev {
+            debug!(mountpoint = %self.mountpoint.display(), "not mounted any more; no replay");
+            return None;
+        }
+        Some(fd)
+    }
+
+    fn apply(&self, c: &Change, root: libc::c_int) {
         let path = self
             .mountpoint
             .join(Path::new(std::ffi::OsStr::from_bytes(&c.path)));
         let Ok(rel) = relative(&c.path) else {
             return;
         };
-        let root = self.root.as_raw_fd();
         let name = c
             .path
             .rsplit(|&b| b == b'/')

@@ -1,4 +1,4 @@
-//! One guest connection, generic over the byte stream (Unix socket, TCP, and later vsock, or an
+//! One guest connection, generic over the byte stream (Unix socket, TCP, vsock, or an
 //! in-process socket pair for `ferry share`).
 //!
 //! Primer on the protocol this loop implements (see `ferry_protocol` for the bytes):

@@ -5,7 +5,8 @@
 //!   sockets, FUSE sessions, vsock or vhost-user.
 //! - [`conn`]: one guest connection, generic over the byte stream: handshake, concurrent
 //!   request dispatch onto the export core, reply framing.
-//! - [`transport`]: listeners (Unix socket, TCP) that accept streams and hand them to `conn`.
+//! - [`transport`]: listeners (Unix socket, TCP, AF_VSOCK, hybrid vsock) that accept streams
+//!   and hand them to `conn`.
 //! - [`config`]: the command-line configuration and its parsing.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.

@@ -101,15 +101,23 @@ impl FromStr for ListenAddr {
                 .map_err(|e| bad(&e))?;
             return Ok(ListenAddr::Tcp(addr));
         }
+        // u32::MAX is VMADDR_PORT_ANY, which would bind a port the guest cannot know.
+        let vsock_port = |p: &str| match p.parse::<u32>() {
+            Ok(u32::MAX) => Err(bad("port 4294967295 is the wildcard VMADDR_PORT_ANY")),
+            Ok(port) => Ok(port),
+            Err(_) if p.contains(':') => Err(bad(
+                "a vsock listener takes a port only (it accepts guests of every CID)",
+            )),
+            Err(_) => Err(bad("invalid vsock port")),
+        };
         if let Some(port) = s.strip_prefix("vsock:") {
-            let port = port.parse::<u32>().map_err(|_| bad("invalid vsock port"))?;
-            return Ok(ListenAddr::Vsock(port));
+            return Ok(ListenAddr::Vsock(vsock_port(port)?));
         }
         if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
             let (path, port) = rest
                 .rsplit_once(':')
                 .ok_or_else(|| bad("missing vsock port"))?;
-            let port = port.parse::<u32>().map_err(|_| bad("invalid vsock port"))?;
+            let port = vsock_port(port)?;
             if path.is_empty() {
                 return Err(bad("empty socket path"));
             }
@@ -128,8 +136,8 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
     /// TCP socket.
     Tcp(TcpListener),
-    /// AF_VSOCK socket (blocking: accepted on a thread of its own).
-    Vsock(Arc<vsock::VsockListener>, u32),
+    /// AF_VSOCK socket, accepted through tokio like the others.
+    Vsock(tokio_vsock::VsockListener, u32),
 }
 
 /// Binds a Unix socket. A stale socket file (nobody listening) is replaced; a live one is an
@@ -159,10 +167,10 @@ impl Listener {
                 bind_unix(&ListenAddr::hybrid_socket(path, *port))
             }
             ListenAddr::Vsock(port) => Ok(Listener::Vsock(
-                Arc::new(vsock::VsockListener::bind_with_cid_port(
-                    vsock::VMADDR_CID_ANY,
+                tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                    tokio_vsock::VMADDR_CID_ANY,
                     *port,
-                )?),
+                ))?,
                 *port,
             )),
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
@@ -205,12 +213,12 @@ impl Listener {
                     spawn_connection(s, state.clone(), peer.to_string())
                 }),
                 Listener::Vsock(l, _) => {
-                    // AF_VSOCK has no async accept in tokio: accept on a blocking thread.
-                    let l = l.clone();
-                    tokio::task::spawn_blocking(move || l.accept())
+                    // An async accept (not a blocking thread parked in accept(2)) is what lets
+                    // the runtime, and so the server, shut down while a vsock listener is idle.
+                    std::future::poll_fn(|cx| l.poll_accept_std(cx))
                         .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
                         .and_then(|(s, addr)| {
+                            s.set_nonblocking(false)?;
                             let peer = format!("vsock cid {} port {}", addr.cid(), addr.port());
                             spawn_connection(s, state.clone(), peer)
                         })
@@ -302,6 +310,18 @@ mod tests {
         ] {
             let err = bad.parse::<ListenAddr>().unwrap_err().to_string();
             assert!(err.contains("expected unix:PATH"), "{bad}: {err}");
+        }
+        // The reason says what is wrong with this one.
+        for (bad, why) in [
+            ("vsock:3:4", "port only"),
+            ("vsock:4294967295", "VMADDR_PORT_ANY"),
+            ("vsock:x", "invalid vsock port"),
+            ("hybrid-vsock:/x:4294967295", "VMADDR_PORT_ANY"),
+            ("hybrid-vsock:/x", "missing vsock port"),
+            ("vhost:1", "unknown scheme"),
+        ] {
+            let err = bad.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
         }
     }
 }
