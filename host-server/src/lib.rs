@@ -7,6 +7,8 @@
 //!   request dispatch onto the export core, reply framing.
 //! - [`transport`]: listeners (Unix socket, TCP, AF_VSOCK, hybrid vsock) that accept streams
 //!   and hand them to `conn`.
+//! - [`virtiofs`]: the export core as a vhost-user-fs backend (the guest kernel speaks FUSE
+//!   over virtqueues): FUSE codec, request server, vhost-user glue.
 //! - [`config`]: the command-line configuration and its parsing.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
@@ -15,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod export;
 pub mod transport;
+pub mod virtiofs;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,665 @@
+//! One FUSE request in, one reply out: decodes a request with [`abi`](super::abi), calls the
+//! matching typed method of [`ExportSession`] and encodes the answer.
+//!
+//! This is the only file of the virtio-fs front door that calls into the export core; every
+//! call site is in [`FuseServer::serve`] and the helpers right below it, so a change of the
+//! export core's signatures is adapted here and nowhere else.
+//!
+//! Not served (answered ENOSYS, so the guest kernel stops asking or falls back): POSIX and
+//! flock locks (the guest kernel then keeps locks local to the guest, as with the FUSE agent),
+//! copy_file_range (the kernel copies through read and write), ioctl, poll and DAX mappings.
+
+use std::time::Duration;
+
+use ferry_protocol::{Ctx, Errno, MAX_DATA, SetTime, Timespec};
+use zerocopy::IntoBytes;
+
+use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
+use crate::export::{ExportSession, SetAttrs, XattrReply};
+
+/// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
+/// intersection with what the kernel offers.
+const OFFERED: u32 = init_flags::ASYNC_READ
+    | init_flags::ATOMIC_O_TRUNC
+    | init_flags::BIG_WRITES
+    | init_flags::AUTO_INVAL_DATA
+    | init_flags::DO_READDIRPLUS
+    | init_flags::READDIRPLUS_AUTO
+    | init_flags::PARALLEL_DIROPS
+    | init_flags::MAX_PAGES;
+
+/// Serves FUSE requests of one guest (one vhost-user connection) from one export session.
+#[derive(Debug)]
+pub struct FuseServer {
+    session: ExportSession,
+    /// Entry and attribute validity handed to the guest kernel.
+    ttl: Duration,
+}
+
+/// What a request produced.
+enum Out {
+    /// No reply at all (FORGET, BATCH_FORGET, INTERRUPT).
+    None,
+    /// A success reply with these body parts.
+    Ok(Vec<u8>),
+    /// An error reply.
+    Err(Errno),
+}
+
+impl From<Errno> for Out {
+    fn from(e: Errno) -> Self {
+        Out::Err(e)
+    }
+}
+
+impl From<DecodeError> for Out {
+    fn from(e: DecodeError) -> Self {
+        tracing::warn!("virtio-fs: malformed request: {e}");
+        Out::Err(Errno::EINVAL)
+    }
+}
+
+/// The caller's credentials as the export core takes them.
+fn ctx(h: &InHeader) -> Ctx {
+    Ctx {
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    }
+}
+
+fn ok(body: &[u8]) -> Out {
+    Out::Ok(body.to_vec())
+}
+
+/// `?` for [`Out`]: returns early with the error.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Out::from(e),
+        }
+    };
+}
+
+impl FuseServer {
+    /// A server over `session`, giving the guest kernel `ttl` for entries and attributes.
+    pub fn new(session: ExportSession, ttl: Duration) -> Self {
+        FuseServer { session, ttl }
+    }
+
+    /// The export session (for diagnostics and tests).
+    pub fn session(&self) -> &ExportSession {
+        &self.session
+    }
+
+    /// Serves one request; `None` when the request takes no reply or is too broken to answer
+    /// (no readable header).
+    pub fn handle(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let (h, args) = match abi::parse_request(request) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("virtio-fs: dropped a request: {e}");
+                return None;
+            }
+        };
+        match self.serve(&h, args) {
+            Out::None => None,
+            Out::Ok(body) => Some(abi::reply(h.unique, 0, &[&body])),
+            Out::Err(e) => Some(abi::error_reply(h.unique, e.0)),
+        }
+    }
+
+    fn entry_out(&self, e: &ferry_protocol::Entry) -> abi::EntryOut {
+        abi::EntryOut {
+            nodeid: e.ino,
+            generation: e.generation,
+            entry_valid: self.ttl.as_secs(),
+            attr_valid: self.ttl.as_secs(),
+            entry_valid_nsec: self.ttl.subsec_nanos(),
+            attr_valid_nsec: self.ttl.subsec_nanos(),
+            attr: attr_out(&e.attr),
+        }
+    }
+
+    fn attr_reply(&self, a: &ferry_protocol::Attr) -> Out {
+        let out = abi::AttrOut {
+            attr_valid: self.ttl.as_secs(),
+            attr_valid_nsec: self.ttl.subsec_nanos(),
+            dummy: 0,
+            attr: attr_out(a),
+        };
+        ok(out.as_bytes())
+    }
+
+    fn entry_reply(&self, e: &ferry_protocol::Entry) -> Out {
+        ok(self.entry_out(e).as_bytes())
+    }
+
+    /// Every call into the export core.
+    fn serve(&self, h: &InHeader, mut args: Args<'_>) -> Out {
+        let s = &self.session;
+        let ino = h.nodeid;
+        let cx = ctx(h);
+        match h.opcode {
+            opcode::INIT => self.init(&mut args),
+            opcode::DESTROY | opcode::SYNCFS => ok(&[]),
+            opcode::INTERRUPT => Out::None,
+            opcode::LOOKUP => {
+                let name = tri!(args.name());
+                let e = tri!(s.lookup(&cx, ino, name));
+                self.entry_reply(&e)
+            }
+            opcode::FORGET => {
+                let f: abi::ForgetIn = tri!(args.obj());
+                s.forget(ino, f.nlookup);
+                Out::None
+            }
+            opcode::BATCH_FORGET => {
+                let b: abi::BatchForgetIn = match args.obj() {
+                    Ok(b) => b,
+                    Err(_) => return Out::None,
+                };
+                for _ in 0..b.count {
+                    let Ok(one) = args.obj::<abi::ForgetOne>() else {
+                        break;
+                    };
+                    s.forget(one.nodeid, one.nlookup);
+                }
+                Out::None
+            }
+            opcode::GETATTR => {
+                let g: abi::GetattrIn = tri!(args.obj());
+                let fh = (g.getattr_flags & abi::GETATTR_FH != 0).then_some(g.fh);
+                let a = tri!(s.getattr(ino, fh));
+                self.attr_reply(&a)
+            }
+            opcode::SETATTR => {
+                let a: abi::SetattrIn = tri!(args.obj());
+                let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
+                let attrs = set_attrs(&a);
+                let r = tri!(s.setattr(&cx, ino, fh, &attrs));
+                self.attr_reply(&r)
+            }
+            opcode::READLINK => Out::Ok(tri!(s.readlink(ino))),
+            opcode::SYMLINK => {
+                let name = tri!(args.name());
+                let target = tri!(args.name());
+                let e = tri!(s.symlink(&cx, ino, name, target));
+                self.entry_reply(&e)
+            }
+            opcode::MKNOD => {
+                let m: abi::MknodIn = tri!(args.obj());
+                let name = tri!(args.name());
+                let e = tri!(s.mknod(&cx, ino, name, m.mode, m.rdev, m.umask));
+                self.entry_reply(&e)
+            }
+            opcode::MKDIR => {
+                let m: abi::MkdirIn = tri!(args.obj());
+                let name = tri!(args.name());
+                let e = tri!(s.mkdir(&cx, ino, name, m.mode, m.umask));
+                self.entry_reply(&e)
+            }
+            opcode::UNLINK => ok_unit(s.unlink(&cx, ino, tri!(args.name()))),
+            opcode::RMDIR => ok_unit(s.rmdir(&cx, ino, tri!(args.name()))),
+            opcode::RENAME | opcode::RENAME2 => {
+                let (newdir, flags) = if h.opcode == opcode::RENAME {
+                    (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
+                } else {
+                    let r: abi::Rename2In = tri!(args.obj());
+                    (r.newdir, r.flags)
+                };
+                let old = tri!(args.name());
+                let new = tri!(args.name());
+                ok_unit(s.rename(&cx, ino, old, newdir, new, flags))
+            }
+            opcode::LINK => {
+                let l: abi::LinkIn = tri!(args.obj());
+                let name = tri!(args.name());
+                let e = tri!(s.link(&cx, l.oldnodeid, ino, name));
+                self.entry_reply(&e)
+            }
+            opcode::OPEN | opcode::OPENDIR => {
+                let o: abi::OpenIn = tri!(args.obj());
+                let opened = if h.opcode == opcode::OPEN {
+                    tri!(s.open(&cx, ino, o.flags as i32))
+                } else {
+                    tri!(s.opendir(&cx, ino, o.flags as i32))
+                };
+                ok(open_out(&opened).as_bytes())
+            }
+            opcode::CREATE => {
+                let c: abi::CreateIn = tri!(args.obj());
+                let name = tri!(args.name());
+                let r = tri!(s.create(&cx, ino, name, c.mode, c.umask, c.flags as i32));
+                let mut body = self.entry_out(&r.entry).as_bytes().to_vec();
+                body.extend_from_slice(open_out(&r.opened).as_bytes());
+                Out::Ok(body)
+            }
+            opcode::READ => {
+                let r: abi::ReadIn = tri!(args.obj());
+                Out::Ok(tri!(s.read(ino, r.fh, r.offset, r.size)))
+            }
+            opcode::WRITE => {
+                let w: abi::WriteIn = tri!(args.obj());
+                let data = tri!(args.bytes(w.size as usize));
+                let n = tri!(s.write(ino, w.fh, w.offset, data));
+                ok(abi::WriteOut {
+                    size: n,
+                    padding: 0,
+                }
+                .as_bytes())
+            }
+            opcode::FLUSH => {
+                let f: abi::FlushIn = tri!(args.obj());
+                ok_unit(s.flush(ino, f.fh, f.lock_owner))
+            }
+            opcode::RELEASE | opcode::RELEASEDIR => {
+                let r: abi::ReleaseIn = tri!(args.obj());
+                if h.opcode == opcode::RELEASE {
+                    ok_unit(s.release(ino, r.fh))
+                } else {
+                    ok_unit(s.releasedir(ino, r.fh))
+                }
+            }
+            opcode::FSYNC | opcode::FSYNCDIR => {
+                let f: abi::FsyncIn = tri!(args.obj());
+                let datasync = f.fsync_flags & 1 != 0;
+                if h.opcode == opcode::FSYNC {
+                    ok_unit(s.fsync(ino, f.fh, datasync))
+                } else {
+                    ok_unit(s.fsyncdir(ino, f.fh, datasync))
+                }
+            }
+            opcode::READDIR => {
+                let r: abi::ReadIn = tri!(args.obj());
+                let entries = tri!(s.readdir(ino, r.fh, r.offset, r.size));
+                let mut out = Vec::with_capacity(r.size as usize);
+                for d in &entries {
+                    abi::push_dirent(&mut out, d.ino, d.offset, u32::from(d.kind), &d.name);
+                }
+                Out::Ok(out)
+            }
+            opcode::READDIRPLUS => {
+                let r: abi::ReadIn = tri!(args.obj());
+                let entries = tri!(s.readdirplus(&cx, ino, r.fh, r.offset, r.size));
+                let mut out = Vec::with_capacity(r.size as usize);
+                for d in &entries {
+                    // `ino == 0` (for `.` and `..`): no node, which the kernel skips.
+                    let entry = if d.entry.ino == 0 {
+                        abi::EntryOut::default()
+                    } else {
+                        self.entry_out(&d.entry)
+                    };
+                    out.extend_from_slice(entry.as_bytes());
+                    let dino = if d.entry.ino == 0 { 1 } else { d.entry.ino };
+                    abi::push_dirent(&mut out, dino, d.offset, u32::from(d.kind), &d.name);
+                }
+                Out::Ok(out)
+            }
+            opcode::STATFS => {
+                let st = tri!(s.statfs(ino));
+                ok(abi::StatfsOut {
+                    blocks: st.blocks,
+                    bfree: st.bfree,
+                    bavail: st.bavail,
+                    files: st.files,
+                    ffree: st.ffree,
+                    bsize: st.bsize,
+                    namelen: st.namelen,
+                    frsize: st.frsize,
+                    ..abi::StatfsOut::default()
+                }
+                .as_bytes())
+            }
+            opcode::ACCESS => {
+                let a: abi::AccessIn = tri!(args.obj());
+                ok_unit(s.access(&cx, ino, a.mask as i32))
+            }
+            opcode::GETXATTR => {
+                let g: abi::GetxattrIn = tri!(args.obj());
+                let name = tri!(args.name());
+                xattr_reply(tri!(s.getxattr(ino, name, g.size)))
+            }
+            opcode::LISTXATTR => {
+                let g: abi::GetxattrIn = tri!(args.obj());
+                xattr_reply(tri!(s.listxattr(ino, g.size)))
+            }
+            opcode::SETXATTR => {
+                let x: abi::SetxattrIn = tri!(args.obj());
+                let name = tri!(args.name());
+                let value = tri!(args.bytes(x.size as usize));
+                ok_unit(s.setxattr(&cx, ino, name, value, x.flags as i32))
+            }
+            opcode::REMOVEXATTR => ok_unit(s.removexattr(&cx, ino, tri!(args.name()))),
+            opcode::FALLOCATE => {
+                let f: abi::FallocateIn = tri!(args.obj());
+                ok_unit(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
+            }
+            opcode::LSEEK => {
+                let l: abi::LseekIn = tri!(args.obj());
+                let off = tri!(s.lseek(ino, l.fh, l.offset as i64, l.whence as i32));
+                ok(abi::LseekOut { offset: off as u64 }.as_bytes())
+            }
+            other => {
+                tracing::debug!(opcode = other, "virtio-fs: unsupported opcode");
+                Out::Err(Errno::ENOSYS)
+            }
+        }
+    }
+
+    fn init(&self, args: &mut Args<'_>) -> Out {
+        let i: abi::InitIn = tri!(args.obj());
+        if i.major < abi::KERNEL_VERSION || (i.major == 7 && i.minor < abi::KERNEL_MINOR_VERSION) {
+            tracing::warn!(
+                major = i.major,
+                minor = i.minor,
+                "virtio-fs: guest kernel FUSE protocol too old"
+            );
+            return Out::Err(Errno::EPROTO);
+        }
+        let page = 4096;
+        let out = abi::InitOut {
+            major: abi::KERNEL_VERSION,
+            minor: abi::KERNEL_MINOR_VERSION,
+            max_readahead: i.max_readahead,
+            flags: i.flags & OFFERED,
+            max_background: 64,
+            congestion_threshold: 48,
+            max_write: MAX_DATA as u32,
+            time_gran: 1,
+            max_pages: (MAX_DATA / page) as u16,
+            ..abi::InitOut::default()
+        };
+        tracing::info!(
+            minor = i.minor,
+            flags = format_args!("{:#x}", out.flags),
+            "virtio-fs: guest kernel initialised the session"
+        );
+        ok(out.as_bytes())
+    }
+}
+
+fn ok_unit(r: Result<(), Errno>) -> Out {
+    match r {
+        Ok(()) => Out::Ok(Vec::new()),
+        Err(e) => Out::Err(e),
+    }
+}
+
+fn xattr_reply(r: XattrReply) -> Out {
+    match r {
+        XattrReply::Size(size) => ok(abi::GetxattrOut { size, padding: 0 }.as_bytes()),
+        XattrReply::Data(d) => Out::Ok(d),
+    }
+}
+
+fn attr_out(a: &ferry_protocol::Attr) -> abi::Attr {
+    abi::Attr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.sec as u64,
+        mtime: a.mtime.sec as u64,
+        ctime: a.ctime.sec as u64,
+        atimensec: a.atime.nsec,
+        mtimensec: a.mtime.nsec,
+        ctimensec: a.ctime.nsec,
+        mode: a.mode,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn open_out(o: &ferry_protocol::Opened) -> abi::OpenOut {
+    abi::OpenOut {
+        fh: o.fh,
+        open_flags: o.open_flags,
+        backing_id: 0,
+    }
+}
+
+fn set_attrs(a: &abi::SetattrIn) -> SetAttrs {
+    let v = a.valid;
+    let time = |set: u32, now: u32, sec: u64, nsec: u32| {
+        if v & now != 0 {
+            Some(SetTime::Now)
+        } else if v & set != 0 {
+            Some(SetTime::At(Timespec {
+                sec: sec as i64,
+                nsec,
+            }))
+        } else {
+            None
+        }
+    };
+    SetAttrs {
+        mode: (v & fattr::MODE != 0).then_some(a.mode),
+        uid: (v & fattr::UID != 0).then_some(a.uid),
+        gid: (v & fattr::GID != 0).then_some(a.gid),
+        size: (v & fattr::SIZE != 0).then_some(a.size),
+        atime: time(fattr::ATIME, fattr::ATIME_NOW, a.atime, a.atimensec),
+        mtime: time(fattr::MTIME, fattr::MTIME_NOW, a.mtime, a.mtimensec),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::export::{Export, ExportConfig};
+    use abi::{InHeader, OutHeader};
+    use zerocopy::FromBytes;
+
+    /// A request's bytes: header for `opcode` on `nodeid`, then `parts`.
+    pub(crate) fn request(opcode: u32, unique: u64, nodeid: u64, parts: &[&[u8]]) -> Vec<u8> {
+        let len = 40 + parts.iter().map(|p| p.len()).sum::<usize>();
+        let h = InHeader {
+            len: len as u32,
+            opcode,
+            unique,
+            nodeid,
+            uid: 0,
+            gid: 0,
+            pid: 77,
+            ..InHeader::default()
+        };
+        let mut v = h.as_bytes().to_vec();
+        for p in parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
+        let export = Export::open(ExportConfig {
+            name: "t".into(),
+            path: dir.to_path_buf(),
+            read_only,
+        })
+        .unwrap();
+        FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
+    }
+
+    /// Sends a request; returns (errno, body).
+    fn call(s: &FuseServer, opcode: u32, nodeid: u64, parts: &[&[u8]]) -> (i32, Vec<u8>) {
+        let reply = s.handle(&request(opcode, 9, nodeid, parts)).unwrap();
+        let (h, body) = OutHeader::read_from_prefix(&reply).unwrap();
+        assert_eq!(h.len as usize, reply.len());
+        assert_eq!(h.unique, 9);
+        (-h.error, body.to_vec())
+    }
+
+    fn entry(body: &[u8]) -> abi::EntryOut {
+        abi::EntryOut::read_from_prefix(body).unwrap().0
+    }
+
+    #[test]
+    fn init_negotiates_the_offered_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), false);
+        let init = abi::InitIn {
+            major: 7,
+            minor: 38,
+            max_readahead: 131072,
+            flags: u32::MAX,
+        };
+        let (err, body) = call(&s, opcode::INIT, 0, &[init.as_bytes(), &[0u8; 48]]);
+        assert_eq!(err, 0);
+        let out = abi::InitOut::read_from_bytes(&body).unwrap();
+        assert_eq!((out.major, out.minor, out.flags), (7, 31, OFFERED));
+        assert_eq!(out.max_write, MAX_DATA as u32);
+        let old = abi::InitIn {
+            major: 7,
+            minor: 20,
+            ..init
+        };
+        assert_eq!(call(&s, opcode::INIT, 0, &[old.as_bytes()]).0, libc::EPROTO);
+    }
+
+    #[test]
+    fn create_write_read_lookup_readdir() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), false);
+        let c = abi::CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: 0o100644,
+            umask: 0o022,
+            open_flags: 0,
+        };
+        let (err, body) = call(&s, opcode::CREATE, 1, &[c.as_bytes(), b"f\0"]);
+        assert_eq!(err, 0);
+        let e = entry(&body);
+        let o = abi::OpenOut::read_from_bytes(&body[128..]).unwrap();
+        assert_eq!(e.attr.mode, 0o100644);
+        let w = abi::WriteIn {
+            fh: o.fh,
+            offset: 0,
+            size: 5,
+            ..abi::WriteIn::default()
+        };
+        let (err, body) = call(&s, opcode::WRITE, e.nodeid, &[w.as_bytes(), b"hello"]);
+        assert_eq!((err, &body[..4]), (0, &5u32.to_le_bytes()[..]));
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
+        let r = abi::ReadIn {
+            fh: o.fh,
+            offset: 1,
+            size: 100,
+            ..abi::ReadIn::default()
+        };
+        assert_eq!(
+            call(&s, opcode::READ, e.nodeid, &[r.as_bytes()]),
+            (0, b"ello".to_vec())
+        );
+        let rel = abi::ReleaseIn {
+            fh: o.fh,
+            ..abi::ReleaseIn::default()
+        };
+        assert_eq!(call(&s, opcode::RELEASE, e.nodeid, &[rel.as_bytes()]).0, 0);
+        assert_eq!(s.session().handle_count(), 0);
+
+        let (err, body) = call(&s, opcode::LOOKUP, 1, &[b"f\0"]);
+        assert_eq!(
+            (err, entry(&body).nodeid, entry(&body).attr.size),
+            (0, e.nodeid, 5)
+        );
+        assert_eq!(call(&s, opcode::LOOKUP, 1, &[b"nope\0"]).0, libc::ENOENT);
+
+        let (err, body) = call(&s, opcode::OPENDIR, 1, &[abi::OpenIn::default().as_bytes()]);
+        assert_eq!(err, 0);
+        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
+        let r = abi::ReadIn {
+            fh,
+            size: 4096,
+            ..abi::ReadIn::default()
+        };
+        let (err, body) = call(&s, opcode::READDIR, 1, &[r.as_bytes()]);
+        assert_eq!(err, 0);
+        let mut names = Vec::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let (d, tail) = abi::Dirent::read_from_prefix(rest).unwrap();
+            names.push(tail[..d.namelen as usize].to_vec());
+            rest = &tail[(24 + d.namelen as usize).next_multiple_of(8) - 24..];
+        }
+        names.sort();
+        assert_eq!(names, [b".".to_vec(), b"..".to_vec(), b"f".to_vec()]);
+    }
+
+    #[test]
+    fn forget_takes_no_reply_and_drops_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"").unwrap();
+        let s = server(dir.path(), false);
+        let (_, body) = call(&s, opcode::LOOKUP, 1, &[b"a\0"]);
+        let ino = entry(&body).nodeid;
+        assert_eq!(s.session().lookup_count(ino), Some(1));
+        let f = abi::ForgetIn { nlookup: 1 };
+        assert!(
+            s.handle(&request(opcode::FORGET, 1, ino, &[f.as_bytes()]))
+                .is_none()
+        );
+        assert_eq!(s.session().lookup_count(ino), None);
+    }
+
+    #[test]
+    fn read_only_export_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        let s = server(dir.path(), true);
+        let m = abi::MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        assert_eq!(
+            call(&s, opcode::MKDIR, 1, &[m.as_bytes(), b"d\0"]).0,
+            libc::EROFS
+        );
+        let (_, body) = call(&s, opcode::LOOKUP, 1, &[b"a\0"]);
+        let o = abi::OpenIn {
+            flags: libc::O_WRONLY as u32,
+            open_flags: 0,
+        };
+        assert_eq!(
+            call(&s, opcode::OPEN, entry(&body).nodeid, &[o.as_bytes()]).0,
+            libc::EROFS
+        );
+    }
+
+    #[test]
+    fn hostile_requests_get_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), false);
+        // Truncated argument structs and names.
+        assert_eq!(call(&s, opcode::WRITE, 1, &[&[0; 7]]).0, libc::EINVAL);
+        assert_eq!(call(&s, opcode::LOOKUP, 1, &[b"abc"]).0, libc::EINVAL);
+        // Path tricks.
+        assert_eq!(call(&s, opcode::LOOKUP, 1, &[b"..\0"]).0, libc::EINVAL);
+        assert_eq!(call(&s, opcode::LOOKUP, 1, &[b"a/b\0"]).0, libc::EINVAL);
+        // Unknown node, unknown opcode, short header.
+        assert_eq!(call(&s, opcode::LOOKUP, 999, &[b"a\0"]).0, libc::ESTALE);
+        assert_eq!(call(&s, 4000, 1, &[]).0, libc::ENOSYS);
+        assert!(s.handle(&[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn symlink_out_of_the_export_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("l")).unwrap();
+        let s = server(dir.path(), false);
+        let (err, body) = call(&s, opcode::LOOKUP, 1, &[b"l\0"]);
+        assert_eq!(err, 0);
+        let e = entry(&body);
+        assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        let o = abi::OpenIn::default();
+        assert_eq!(
+            call(&s, opcode::OPEN, e.nodeid, &[o.as_bytes()]).0,
+            libc::ELOOP
+        );
+    }
+}
