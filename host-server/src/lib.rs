@@ -79,6 +79,23 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     });
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &config.listen {
+        if let ListenAddr::VhostUserFs { socket, export } = addr {
+            let export = state
+                .exports
+                .iter()
+                .find(|e| e.name() == export)
+                .with_context(|| format!("{addr}: no --export is named {export:?}"))?;
+            let listener = virtiofs::VirtioFsListener::bind(export.clone(), socket.clone())
+                .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            info!("listening on {addr}");
+            // The vhost-user daemon blocks in accept(2) and on its socket, so it runs on
+            // threads of its own; they end with the process.
+            std::thread::Builder::new()
+                .name(format!("virtiofs-{}", export.name()))
+                .spawn(move || listener.serve())
+                .context("cannot start the vhost-user-fs thread")?;
+            continue;
+        }
         let listener = Listener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

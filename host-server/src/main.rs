@@ -21,7 +21,9 @@ struct Args {
     /// vsock:PORT (AF_VSOCK, for vhost-vsock guests such as QEMU/KVM), or
     /// hybrid-vsock:PATH:PORT (Firecracker, cloud-hypervisor, vhost-device-vsock: guests
     /// connecting to vsock port PORT arrive on the Unix socket PATH_PORT, where PATH is the
-    /// VMM's vsock socket). TCP always requires a token. Repeat for several listeners.
+    /// VMM's vsock socket), or vhost-user-fs:SOCKET:NAME (a virtio-fs device backend serving
+    /// export NAME to a VMM such as QEMU; the guest mounts it with `mount -t virtiofs NAME`).
+    /// TCP always requires a token. Repeat for several listeners.
     #[arg(long = "listen", value_name = "ADDR", required = true)]
     listen: Vec<ListenAddr>,
 

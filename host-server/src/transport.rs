@@ -31,6 +31,14 @@ pub enum ListenAddr {
         /// The vsock port guests connect to.
         port: u32,
     },
+    /// A vhost-user-fs device backend socket serving one export: the VMM connects here and
+    /// the guest kernel mounts the export with `mount -t virtiofs` (see `crate::virtiofs`).
+    VhostUserFs {
+        /// The vhost-user socket the VMM connects to.
+        socket: PathBuf,
+        /// The name of the export served on it.
+        export: String,
+    },
 }
 
 impl ListenAddr {
@@ -56,6 +64,9 @@ impl fmt::Display for ListenAddr {
             ListenAddr::HybridVsock { path, port } => {
                 write!(f, "hybrid-vsock:{}:{port}", path.display())
             }
+            ListenAddr::VhostUserFs { socket, export } => {
+                write!(f, "vhost-user-fs:{}:{export}", socket.display())
+            }
         }
     }
 }
@@ -63,7 +74,7 @@ impl fmt::Display for ListenAddr {
 /// A listen address that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid listen address {input:?}: {why} (expected unix:PATH, tcp:PORT, tcp:HOST:PORT, vsock:PORT or hybrid-vsock:PATH:PORT)"
+    "invalid listen address {input:?}: {why} (expected unix:PATH, tcp:PORT, tcp:HOST:PORT, vsock:PORT, hybrid-vsock:PATH:PORT or vhost-user-fs:SOCKET:NAME)"
 )]
 pub struct BadListenAddr {
     input: String,
@@ -126,6 +137,19 @@ impl FromStr for ListenAddr {
                 port,
             });
         }
+        if let Some(rest) = s.strip_prefix("vhost-user-fs:") {
+            let (socket, export) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing export name"))?;
+            if socket.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            crate::config::validate_name(export).map_err(|w| bad(&w))?;
+            return Ok(ListenAddr::VhostUserFs {
+                socket: PathBuf::from(socket),
+                export: export.to_string(),
+            });
+        }
         Err(bad("unknown scheme"))
     }
 }
@@ -140,9 +164,11 @@ pub enum Listener {
     Vsock(tokio_vsock::VsockListener, u32),
 }
 
-/// Binds a Unix socket. A stale socket file (nobody listening) is replaced; a live one is an
-/// error.
-fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
+/// Binds a blocking Unix socket. A stale socket file (nobody listening) is replaced; a live one
+/// is an error.
+pub(crate) fn bind_unix_std(
+    path: &std::path::Path,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -152,8 +178,15 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
         }
         std::fs::remove_file(path)?;
     }
+    std::os::unix::net::UnixListener::bind(path)
+}
+
+/// Binds a Unix socket for tokio (see [`bind_unix_std`]).
+fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
+    let l = bind_unix_std(path)?;
+    l.set_nonblocking(true)?;
     Ok(Listener::Unix(
-        UnixListener::bind(path)?,
+        UnixListener::from_std(l)?,
         path.to_path_buf(),
     ))
 }
@@ -174,6 +207,10 @@ impl Listener {
                 *port,
             )),
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::VhostUserFs { .. } => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a vhost-user-fs socket is served by virtiofs::VirtioFsListener",
+            )),
         }
     }
 
@@ -294,6 +331,15 @@ mod tests {
             ListenAddr::hybrid_socket(std::path::Path::new("/run/fc/v.sock"), 1024),
             std::path::PathBuf::from("/run/fc/v.sock_1024")
         );
+        let vfs: ListenAddr = "vhost-user-fs:/run/a:b.sock:src".parse().unwrap();
+        assert_eq!(
+            vfs,
+            ListenAddr::VhostUserFs {
+                socket: "/run/a:b.sock".into(),
+                export: "src".into()
+            }
+        );
+        assert_eq!(vfs.to_string().parse::<ListenAddr>().unwrap(), vfs);
         for bad in [
             "",
             "unix:",
@@ -306,6 +352,9 @@ mod tests {
             "hybrid-vsock:/x",
             "hybrid-vsock::5",
             "hybrid-vsock:/x:port",
+            "vhost-user-fs:/x",
+            "vhost-user-fs::n",
+            "vhost-user-fs:/x:bad/name",
             "/tmp/sock",
         ] {
             let err = bad.parse::<ListenAddr>().unwrap_err().to_string();

@@ -13,13 +13,14 @@
 //! - `vhu_fs`: the vhost-user glue (descriptor chains in, used entries out).
 //!
 //! Each frontend connection gets a fresh session (node ids and handles), since a new
-//! connection means a guest driver that starts over with `FUSE_INIT`. When the frontend
-//! disconnects, the socket is bound again and the next connection is accepted.
+//! connection means a guest driver that starts over with `FUSE_INIT`. The socket stays bound;
+//! when a frontend disconnects, the next connection is accepted.
 
 pub mod abi;
 pub mod server;
 pub mod vhu_fs;
 
+use std::os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,20 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// Why serving a vhost-user-fs socket stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioFsError {
+    /// The socket could not be bound.
+    #[error("cannot listen on {}: {cause}", socket.display())]
+    Bind {
+        /// The socket.
+        socket: PathBuf,
+        /// The error.
+        cause: std::io::Error,
+    },
+    /// The listening socket could not be duplicated for the next connection.
+    #[error("cannot duplicate the listening socket: {0}")]
+    Dup(std::io::Error),
+    /// The exit eventfd of the vring worker could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
     /// The daemon could not be created.
     #[error("cannot create the vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
@@ -50,36 +65,144 @@ pub enum VirtioFsError {
     },
 }
 
-/// Serves one frontend connection on `socket` with a fresh session of `export`; returns when
-/// the frontend disconnects.
-pub fn serve_once(export: &Arc<Export>, socket: &std::path::Path) -> Result<(), VirtioFsError> {
-    let server = Arc::new(FuseServer::new(ExportSession::new(export.clone()), TTL));
-    let backend = VhostUserFs::new(server);
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new(format!("vhost-user-fs-{}", export.name()), backend, mem)
-        .map_err(VirtioFsError::Daemon)?;
-    daemon.serve(socket).map_err(|cause| VirtioFsError::Serve {
-        socket: socket.to_path_buf(),
-        cause,
-    })
+/// A bound vhost-user-fs socket serving one export.
+///
+/// The socket stays bound for the listener's whole life, so a frontend that reconnects (or a
+/// VMM started again) finds it at any time, also between two connections.
+#[derive(Debug)]
+pub struct VirtioFsListener {
+    export: Arc<Export>,
+    socket: PathBuf,
+    listener: std::os::unix::net::UnixListener,
 }
 
-/// Serves `export` on `socket` forever: one frontend at a time, accepting a new connection
-/// each time the previous one ends.
-pub fn serve(export: Arc<Export>, socket: PathBuf) {
-    loop {
-        tracing::info!(
-            export = export.name(),
-            "virtio-fs: waiting for a vhost-user frontend on {}",
-            socket.display()
-        );
-        match serve_once(&export, &socket) {
-            Ok(()) => tracing::info!("virtio-fs: frontend on {} disconnected", socket.display()),
-            Err(e) => {
-                tracing::warn!("virtio-fs: {e}");
-                // A socket that cannot be bound at all would otherwise spin.
-                std::thread::sleep(Duration::from_millis(200));
+impl VirtioFsListener {
+    /// Binds `socket` (a stale socket file is replaced, a live one is an error).
+    pub fn bind(export: Arc<Export>, socket: PathBuf) -> Result<Self, VirtioFsError> {
+        let listener =
+            crate::transport::bind_unix_std(&socket).map_err(|cause| VirtioFsError::Bind {
+                socket: socket.clone(),
+                cause,
+            })?;
+        Ok(VirtioFsListener {
+            export,
+            socket,
+            listener,
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Accepts one frontend connection and serves it with a fresh session of the export;
+    /// returns when the frontend disconnects.
+    pub fn serve_once(&self) -> Result<(), VirtioFsError> {
+        let server = Arc::new(FuseServer::new(
+            ExportSession::new(self.export.clone()),
+            TTL,
+        ));
+        let backend = VhostUserFs::new(server).map_err(VirtioFsError::EventFd)?;
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new(
+            format!("vhost-user-fs-{}", self.export.name()),
+            backend,
+            mem,
+        )
+        .map_err(VirtioFsError::Daemon)?;
+        let fd: OwnedFd = self
+            .listener
+            .try_clone()
+            .map_err(VirtioFsError::Dup)?
+            .into();
+        // SAFETY: `fd` is a listening Unix socket this function owns (a fresh duplicate of
+        // ours); ownership passes to the vhost Listener, which closes it when dropped. Made
+        // from a raw fd, that Listener has no path and so never unlinks our socket.
+        let listener = unsafe { vhost::vhost_user::Listener::from_raw_fd(fd.into_raw_fd()) };
+        let serve_err = |cause| VirtioFsError::Serve {
+            socket: self.socket.clone(),
+            cause,
+        };
+        daemon.start(listener).map_err(serve_err)?;
+        let result = daemon.wait();
+        // The vring worker threads of this connection end with it.
+        for handler in daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(serve_err(e)),
+        }
+    }
+
+    /// Serves frontends one after the other, forever.
+    pub fn serve(self) {
+        loop {
+            tracing::info!(
+                export = self.export.name(),
+                "virtio-fs: waiting for a vhost-user frontend on {}",
+                self.socket.display()
+            );
+            match self.serve_once() {
+                Ok(()) => tracing::info!(
+                    "virtio-fs: frontend on {} disconnected",
+                    self.socket.display()
+                ),
+                Err(e) => {
+                    tracing::warn!("virtio-fs: {e}");
+                    // Do not spin on an error that repeats.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportConfig;
+    use vhost::VhostBackend as _;
+    use vhost::vhost_user::Frontend;
+
+    #[test]
+    fn a_new_frontend_is_accepted_after_the_first_disconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = Export::open(ExportConfig {
+            name: "t".into(),
+            path: dir.path().to_path_buf(),
+            read_only: false,
+        })
+        .unwrap();
+        let socket = dir.path().join("vfs.sock");
+        let listener = VirtioFsListener::bind(export, socket.clone()).unwrap();
+        std::thread::spawn(move || listener.serve());
+        for _ in 0..3 {
+            let frontend = Frontend::connect(&socket, NUM_QUEUES_U64).unwrap();
+            frontend.set_owner().unwrap();
+            let features = frontend.get_features().unwrap();
+            assert_ne!(
+                features & (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1),
+                0
+            );
+            drop(frontend);
+        }
+        // A second server on a live socket is refused rather than stealing it.
+        let export = Export::open(ExportConfig {
+            name: "u".into(),
+            path: dir.path().to_path_buf(),
+            read_only: false,
+        })
+        .unwrap();
+        assert!(matches!(
+            VirtioFsListener::bind(export, socket),
+            Err(VirtioFsError::Bind { .. })
+        ));
+    }
+
+    const NUM_QUEUES_U64: u64 = vhu_fs::NUM_QUEUES as u64;
 }

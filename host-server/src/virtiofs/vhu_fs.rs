@@ -16,6 +16,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{QueueOwnedT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::server::FuseServer;
 
@@ -53,16 +54,19 @@ pub struct VhostUserFs {
     server: Arc<FuseServer>,
     mem: Arc<Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>>,
     event_idx: Arc<std::sync::atomic::AtomicBool>,
+    /// Written when the connection ends, to stop the vring worker thread.
+    exit: Arc<EventFd>,
 }
 
 impl VhostUserFs {
     /// A backend answering with `server`.
-    pub fn new(server: Arc<FuseServer>) -> Self {
-        VhostUserFs {
+    pub fn new(server: Arc<FuseServer>) -> io::Result<Self> {
+        Ok(VhostUserFs {
             server,
             mem: Arc::default(),
             event_idx: Arc::default(),
-        }
+            exit: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        })
     }
 
     /// Serves every available chain of `vring`, notifying the guest as the ring asks.
@@ -166,6 +170,10 @@ impl VhostUserBackend for VhostUserFs {
         Ok(())
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<EventFd> {
+        self.exit.try_clone().ok()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -239,7 +247,7 @@ mod tests {
     fn lookup_through_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hello"), b"12345").unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
         let (len, reply) = round_trip(
             &backend,
             &request(opcode::LOOKUP, 5, 1, &[b"hello\0"]),
@@ -255,7 +263,7 @@ mod tests {
     #[test]
     fn forget_uses_the_chain_without_a_reply() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
         let f = abi::ForgetIn { nlookup: 1 };
         let (len, _) = round_trip(
             &backend,
@@ -268,7 +276,7 @@ mod tests {
     #[test]
     fn a_reply_too_big_for_the_buffers_is_dropped_not_written_past() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
         let (len, _) = round_trip(&backend, &request(opcode::LOOKUP, 1, 1, &[b".\0"]), 8);
         assert_eq!(len, 0);
     }
@@ -276,7 +284,7 @@ mod tests {
     #[test]
     fn a_kick_before_memory_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap(),
         );
