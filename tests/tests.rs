@@ -15,3 +15,5 @@ mod programs;
 mod events;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
+// ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
+mod vm_virtiofs;

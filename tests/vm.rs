@@ -53,6 +53,7 @@ fn vm_agent_over_vsock() {
         .host_file("/bin/ferry-host", &bins.host, 0o755)
         .host_file("/bin/inotify-events", &inotify_helper(), 0o755)
         .bytes("/guest.sh", include_str!("vm/workload.sh"), 0o755)
+        .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
         .write(&initrd)
         .unwrap();
     let mut cfg = VmConfig::new(initrd);
@@ -123,7 +124,7 @@ fn vm_agent_over_vsock() {
 
 /// Contents the guest reads and checks with `sha256sum -c`: text files of many sizes, a
 /// 3 MiB binary that spans many reads, an empty file, a deep path and a symlink.
-fn prepare_host_tree(export: &Path) {
+pub(crate) fn prepare_host_tree(export: &Path) {
     let d = export.join("from-host");
     fs::create_dir_all(d.join("a/b/c")).unwrap();
     fs::create_dir_all(export.join("sync")).unwrap();
@@ -144,7 +145,7 @@ fn prepare_host_tree(export: &Path) {
 
 /// While the guest has the files cached: a new file, a changed one (another size), a rename
 /// and a delete; `host-edits.sha256` tells the guest what to expect.
-fn edit_on_the_host(export: &Path) {
+pub(crate) fn edit_on_the_host(export: &Path) {
     let d = export.join("from-host");
     fs::write(
         d.join("edited.txt"),
@@ -208,7 +209,7 @@ fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
 /// What the guest wrote is on the host: same names, same bytes (by the guest's own
 /// checksums, verified here by the host's `sha256sum`), the symlink, the mode, and nothing
 /// that the guest removed.
-fn check_guest_writes_on_the_host(export: &Path) {
+pub(crate) fn check_guest_writes_on_the_host(export: &Path) {
     let (ok, out) = sh(export, "sha256sum -c --quiet from-guest.sha256");
     assert!(ok, "guest-written files differ on the host:\n{out}");
     let (ok, names) = sh(export, "find from-guest | LC_ALL=C sort");
@@ -258,7 +259,7 @@ impl Drop for DetachOnDrop<'_> {
 }
 
 /// Answers the guest's `FERRY-WAIT name`.
-fn signal(export: &Path, name: &str) {
+pub(crate) fn signal(export: &Path, name: &str) {
     fs::write(export.join("sync").join(name), b"").unwrap();
 }
 

@@ -19,6 +19,8 @@ pub const LIB: &str = include_str!("../guest/lib.sh");
 pub const BASE_MODULES: &[&str] = &["virtio_pci", "fuse", "vmw_vsock_virtio_transport"];
 /// Modules for QEMU's built-in 9p share (the benchmark's baseline).
 pub const NINEP_MODULES: &[&str] = &["9pnet_virtio", "9p"];
+/// Modules for virtio-fs (`mount -t virtiofs`).
+pub const VIRTIOFS_MODULES: &[&str] = &["virtiofs"];
 
 /// An initramfs being assembled. Files are named by their path in the guest.
 pub struct Initramfs {

@@ -34,6 +34,9 @@ pub struct VmConfig {
     pub vsock: bool,
     /// QEMU 9p shares: (host directory, mount tag).
     pub ninep: Vec<(PathBuf, String)>,
+    /// virtio-fs devices: (vhost-user-fs backend socket, mount tag). The backend must be
+    /// listening before the VM boots (see [`serve_virtiofs`]).
+    pub virtiofs: Vec<(PathBuf, String)>,
     /// Extra kernel command line words, e.g. `ferry.port=1024` (the guest sees FERRY_PORT).
     pub cmdline: Vec<String>,
     /// Bound on the whole run, boot to power-off.
@@ -48,6 +51,7 @@ impl VmConfig {
             mem_mib: 512,
             vsock: true,
             ninep: Vec::new(),
+            virtiofs: Vec::new(),
             cmdline: Vec::new(),
             timeout: Duration::from_secs(600),
         }
@@ -126,6 +130,12 @@ impl Vm {
                 ))
                 .arg("-device")
                 .arg(format!("virtio-9p-pci,fsdev=fs9p{i},mount_tag={tag}"));
+        }
+        for (i, (sock, tag)) in cfg.virtiofs.iter().enumerate() {
+            qemu.arg("-chardev")
+                .arg(format!("socket,id=vfs{i},path={}", sock.display()))
+                .arg("-device")
+                .arg(format!("vhost-user-fs-pci,chardev=vfs{i},tag={tag}"));
         }
         let qemu = Proc::spawn("qemu", &mut qemu, dir);
         Vm {
@@ -243,6 +253,33 @@ impl Vm {
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
+}
+
+/// Starts `ferry-host` (the binary `host`) as the vhost-user-fs backend of every export in
+/// `exports` (`--export` specs such as `ex=/path` or `ro=/path:ro`), one socket per export in
+/// `dir`, and waits until all listen. Returns the server and the (socket, tag) pairs for
+/// [`VmConfig::virtiofs`].
+pub fn serve_virtiofs(
+    host: &Path,
+    dir: &Path,
+    exports: &[String],
+) -> (Proc, Vec<(PathBuf, String)>) {
+    let mut cmd = Command::new(host);
+    let mut devices = Vec::new();
+    for spec in exports {
+        let name = spec.split('=').next().unwrap_or(spec).to_string();
+        let sock = dir.join(format!("vfs-{name}.sock"));
+        cmd.arg("--export")
+            .arg(spec)
+            .arg("--listen")
+            .arg(format!("vhost-user-fs:{}:{name}", sock.display()));
+        devices.push((sock, name));
+    }
+    let mut server = Proc::spawn("ferry-host", &mut cmd, dir);
+    for (sock, _) in &devices {
+        wait_for_path(sock, Some(&mut server), Duration::from_secs(30));
+    }
+    (server, devices)
 }
 
 impl Drop for Vm {

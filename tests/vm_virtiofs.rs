@@ -1,0 +1,106 @@
+//! ferry-host as a vhost-user-fs backend for a real Linux guest: QEMU under TCG with a shared
+//! memfd as guest memory, `vhost-user-fs-pci` devices on ferry-host's sockets, and the guest
+//! kernel mounting them with `mount -t virtiofs` (no agent in the guest). The guest script
+//! (`vm/virtiofs.sh`) runs the vsock VM test's file workload, checks a read-only export and
+//! symlinks that point out of the export, and reads host edits. Needs what `.ci/vm-tools`
+//! installs; without it the test says SKIPPED (under CI it fails instead).
+
+use std::fs;
+use std::time::Instant;
+
+use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, run_dir, serve_virtiofs, static_bins};
+
+use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_tree, signal};
+
+#[test]
+fn vm_virtiofs() {
+    let name = "vm_virtiofs";
+    let Some(tools) = Tools::for_run(name) else {
+        return;
+    };
+    let started = Instant::now();
+    let bins = static_bins();
+    let run = run_dir("ferry-vfs.");
+    let export = run.path().join("export");
+    prepare_host_tree(&export);
+    let outside = run.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), b"TOP-SECRET\n").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), export.join("escape-abs")).unwrap();
+    std::os::unix::fs::symlink("../outside/secret", export.join("escape-rel")).unwrap();
+    let ro = run.path().join("ro");
+    fs::create_dir_all(&ro).unwrap();
+    fs::write(ro.join("kept.txt"), b"read-only data\n").unwrap();
+
+    let initrd = run.path().join("initrd.cpio");
+    Initramfs::new(&tools)
+        .unwrap()
+        .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
+        .unwrap()
+        .bytes("/guest.sh", include_str!("vm/virtiofs.sh"), 0o755)
+        .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
+        .write(&initrd)
+        .unwrap();
+    let (mut host, devices) = serve_virtiofs(
+        &bins.host,
+        run.path(),
+        &[
+            format!("ex={}", export.display()),
+            format!("ro={}:ro", ro.display()),
+        ],
+    );
+    let mut cfg = VmConfig::new(initrd);
+    cfg.vsock = false;
+    cfg.virtiofs = devices;
+    let built = started.elapsed();
+    let mut vm = Vm::boot(&tools, &cfg, run.path());
+    let mounted = vm.wait_for("FERRY-MOUNTED");
+    eprintln!("guest: {mounted}");
+
+    vm.wait_for("FERRY-WAIT host-edits");
+    edit_on_the_host(&export);
+    signal(&export, "host-edits");
+
+    let (output, rc) = vm.finish();
+    eprintln!("---- guest script output ----\n{output}");
+    assert_eq!(rc, 0, "the guest script failed:\n{output}");
+    for step in [
+        "mount-virtiofs",
+        "host-files-read",
+        "guest-files-reread",
+        "ro-create",
+        "ro-append",
+        "ro-mkdir",
+        "ro-unlink",
+        "ro-rename",
+        "ro-chmod",
+        "ro-unchanged",
+        "escape-abs-not-followed-on-the-host",
+        "escape-rel-not-followed-on-the-host",
+        "host-edits-read",
+        "umount",
+    ] {
+        assert!(
+            output.contains(&format!("FERRY-OK {step}\n")),
+            "step {step} did not pass:\n{output}"
+        );
+    }
+    assert!(output.contains("FERRY-ALL-DONE"), "{output}");
+    check_guest_writes_on_the_host(&export);
+    assert!(!ro.join("new.txt").exists() && !ro.join("d").exists());
+    assert_eq!(fs::read(ro.join("kept.txt")).unwrap(), b"read-only data\n");
+    assert!(host.exited().is_none(), "ferry-host died:\n{}", host.log());
+    let log = host.log();
+    assert!(
+        log.contains("guest kernel initialised the session"),
+        "{log}"
+    );
+    eprintln!(
+        "{name}: {:.0} s in all ({:.0} s building, {:.0} s for the VM)",
+        started.elapsed().as_secs_f64(),
+        built.as_secs_f64(),
+        vm.elapsed().as_secs_f64(),
+    );
+    drop(vm);
+    host.stop(std::time::Duration::from_secs(5));
+}
