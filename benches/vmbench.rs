@@ -1,21 +1,29 @@
-//! VM benchmark: the Ferry mount over vsock next to QEMU's built-in 9p share of the same host
-//! directory (cache=none, the default, and cache=loose), measured in one boot of one QEMU
-//! guest and printed as one markdown table. Under TCG every guest instruction is emulated, so
-//! absolute times mean nothing: read the ratios.
+//! VM benchmark: every way of sharing one host directory with one QEMU guest, measured in one
+//! boot and printed as one markdown table: Ferry's virtio-fs backend, virtiofsd with
+//! `--cache=auto` and `--cache=always` (when installed: `.ci/bench-tools`), the Ferry agent
+//! over vsock, and QEMU's built-in 9p (cache=none, the default, and cache=loose). Ratios are to
+//! virtiofsd `--cache=auto` (to 9p cache=none without virtiofsd). Under TCG every guest
+//! instruction is emulated, so absolute times mean nothing: read the ratios.
 //!
 //! `cargo bench --bench vmbench` (needs what `.ci/vm-tools` installs).
-//! Environment: FERRY_VMBENCH_FILES (default 1000), FERRY_VMBENCH_MB (default 32),
+//! Environment: FERRY_VMBENCH_FILES (default 5000), FERRY_VMBENCH_MB (default 64),
 //! FERRY_VMBENCH_ROUNDS (default 3; the median is reported).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, run_dir, static_bins};
+use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, run_dir, serve_virtiofs, static_bins};
 
 const PORT: u32 = 1024;
-const TARGETS: [(&str, &str); 3] = [
-    ("ferry", "Ferry (vsock)"),
+/// (target, column heading); virtio-fs targets are also the device tags.
+const FERRY_VFS: (&str, &str) = ("vfs", "Ferry virtio-fs");
+const VIRTIOFSD: [(&str, &str, &str); 2] = [
+    ("vfsd-auto", "virtiofsd cache=auto", "auto"),
+    ("vfsd-always", "virtiofsd cache=always", "always"),
+];
+const OTHERS: [(&str, &str); 3] = [
+    ("ferry", "Ferry agent (vsock)"),
     ("9p", "9p cache=none"),
     ("9p-loose", "9p cache=loose"),
 ];
@@ -35,8 +43,8 @@ fn main() {
     let Some(tools) = Tools::for_run("vmbench") else {
         return;
     };
-    let files = env_or("FERRY_VMBENCH_FILES", 1000);
-    let mb = env_or("FERRY_VMBENCH_MB", 32);
+    let files = env_or("FERRY_VMBENCH_FILES", 5000);
+    let mb = env_or("FERRY_VMBENCH_MB", 64);
     let rounds = env_or("FERRY_VMBENCH_ROUNDS", 3).max(1);
     let bins = static_bins();
     let run = run_dir("ferry-vmbench.");
@@ -48,22 +56,64 @@ fn main() {
         .unwrap()
         .modules(ferry_vmtest::initramfs::NINEP_MODULES)
         .unwrap()
+        .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
+        .unwrap()
         .host_file("/bin/ferry-agent", &bins.agent, 0o755)
         .bytes("/guest.sh", include_str!("vmbench.sh"), 0o755)
         .write(&initrd)
         .unwrap();
+    // The virtio-fs backends listen before QEMU starts, which connects to them at once.
+    let (mut vfs_host, mut devices) = serve_virtiofs(
+        &bins.host,
+        run.path(),
+        &[format!("{}={}", FERRY_VFS.0, share.display())],
+    );
+    let mut targets = vec![FERRY_VFS];
+    let mut daemons: Vec<Proc> = Vec::new();
+    match ferry_vmtest::tools::virtiofsd() {
+        Some(virtiofsd) => {
+            for (tag, heading, cache) in VIRTIOFSD {
+                let sock = run.path().join(format!("{tag}.sock"));
+                let mut d = Proc::spawn(
+                    tag,
+                    std::process::Command::new(&virtiofsd)
+                        .arg(format!("--socket-path={}", sock.display()))
+                        .arg(format!("--shared-dir={}", share.display()))
+                        .arg(format!("--cache={cache}"))
+                        .arg("--sandbox=none"),
+                    run.path(),
+                );
+                ferry_vmtest::wait_for_path(
+                    &sock,
+                    Some(&mut d),
+                    std::time::Duration::from_secs(30),
+                );
+                devices.push((sock, tag.to_string()));
+                targets.push((tag, heading));
+                daemons.push(d);
+            }
+        }
+        None => eprintln!(
+            "vmbench: no virtiofsd (run .ci/bench-tools, or set FERRY_VM_VIRTIOFSD); ratios are to 9p"
+        ),
+    }
+    targets.extend(OTHERS);
+    let names: Vec<&str> = targets.iter().map(|(t, _)| *t).collect();
+
     let mut cfg = VmConfig::new(initrd);
     cfg.ninep = vec![
         (share.clone(), "p9".into()),
         (share.clone(), "p9loose".into()),
     ];
+    cfg.virtiofs = devices;
     cfg.cmdline = vec![
         format!("ferry.port={PORT}"),
         format!("ferry.files={files}"),
         format!("ferry.mb={mb}"),
         format!("ferry.rounds={rounds}"),
+        format!("ferry.targets={}", names.join(",")),
     ];
-    cfg.timeout = std::time::Duration::from_secs(1800);
+    cfg.timeout = std::time::Duration::from_secs(3600);
     let mut vm = Vm::boot(&tools, &cfg, run.path());
     let mut host = vm.serve(&bins.host, "share", &share, PORT);
     let mounted = vm.wait_for("FERRY-MOUNTED");
@@ -71,19 +121,32 @@ fn main() {
     let (output, rc) = vm.finish();
     assert_eq!(rc, 0, "the guest benchmark failed:\n{output}");
     assert!(host.exited().is_none(), "ferry-host died:\n{}", host.log());
+    assert!(
+        vfs_host.exited().is_none(),
+        "ferry-host (virtio-fs) died:\n{}",
+        vfs_host.log()
+    );
+    drop(daemons);
 
     let results = parse(&output);
     // Every target listed the same tree.
-    let entries: Vec<f64> = TARGETS
+    let entries: Vec<f64> = targets
         .iter()
         .filter_map(|(t, _)| results.get(&(t.to_string(), "entries".to_string())))
         .map(|v| v[0])
         .collect();
     assert!(
-        entries.len() == TARGETS.len() && entries.iter().all(|&e| e == entries[0]),
+        entries.len() == targets.len() && entries.iter().all(|&e| e == entries[0]),
         "the targets saw different trees: {entries:?}\n{output}"
     );
-    print_table(&results, files, mb, rounds, vm.elapsed().as_secs_f64());
+    print_table(
+        &results,
+        &targets,
+        files,
+        mb,
+        rounds,
+        vm.elapsed().as_secs_f64(),
+    );
 }
 
 /// `files` small files (100 B to 4 KiB) in 20 directories.
@@ -128,6 +191,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn print_table(
     results: &BTreeMap<(String, String), Vec<f64>>,
+    targets: &[(&str, &str)],
     files: usize,
     mb: usize,
     rounds: usize,
@@ -135,6 +199,7 @@ fn print_table(
 ) {
     // Metrics in the order the guest runs them.
     let metrics = [
+        "mount",
         "find (cold)",
         "ls -lR (stat every file)",
         "read every small file (cold)",
@@ -143,37 +208,58 @@ fn print_table(
         "sequential read (cold)",
         "delete the created files",
     ];
+    let base = targets
+        .iter()
+        .position(|(t, _)| *t == VIRTIOFSD[0].0)
+        .or_else(|| targets.iter().position(|(t, _)| *t == "9p"))
+        .expect("a baseline target");
+    // Ratios for Ferry's two front doors.
+    let compared: Vec<usize> = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, _))| *t == FERRY_VFS.0 || *t == "ferry")
+        .map(|(i, _)| i)
+        .collect();
     println!(
         "\nVM benchmark: {files} small files, {mb} MiB sequential, median of {rounds} round(s); \
          QEMU TCG, 1 vCPU (absolute times are emulation-bound: compare the ratios)\n"
     );
-    let head: Vec<String> = TARGETS.iter().map(|(_, h)| format!("{h} (s)")).collect();
+    let head: Vec<String> = targets.iter().map(|(_, h)| format!("{h} (s)")).collect();
+    let ratio_head: Vec<String> = compared
+        .iter()
+        .map(|&i| format!("{} / {}", targets[i].1, targets[base].1))
+        .collect();
     println!(
-        "| operation | {} | Ferry / 9p cache=none | Ferry / 9p cache=loose |",
-        head.join(" | ")
+        "| operation | {} | {} |",
+        head.join(" | "),
+        ratio_head.join(" | ")
     );
-    println!("|---|{}---:|---:|", "---:|".repeat(TARGETS.len()));
+    println!(
+        "|---|{}{}",
+        "---:|".repeat(targets.len()),
+        "---:|".repeat(compared.len())
+    );
     for m in metrics {
-        let cell = |t: &str| {
-            results
-                .get(&(t.to_string(), m.to_string()))
-                .map(|v| median(v))
-        };
-        let vals: Vec<Option<f64>> = TARGETS.iter().map(|(t, _)| cell(t)).collect();
+        let vals: Vec<Option<f64>> = targets
+            .iter()
+            .map(|(t, _)| {
+                results
+                    .get(&(t.to_string(), m.to_string()))
+                    .map(|v| median(v))
+            })
+            .collect();
         let shown: Vec<String> = vals
             .iter()
             .map(|v| v.map_or("-".into(), |v| format!("{v:.2}")))
             .collect();
-        let ratio = |i: usize| match (vals[0], vals[i]) {
-            (Some(f), Some(p)) if p > 0.0 => format!("{:.2}", f / p),
-            _ => "-".into(),
-        };
-        println!(
-            "| {m} | {} | {} | {} |",
-            shown.join(" | "),
-            ratio(1),
-            ratio(2)
-        );
+        let ratios: Vec<String> = compared
+            .iter()
+            .map(|&i| match (vals[i], vals[base]) {
+                (Some(f), Some(b)) if b > 0.0 => format!("{:.2}", f / b),
+                _ => "-".into(),
+            })
+            .collect();
+        println!("| {m} | {} | {} |", shown.join(" | "), ratios.join(" | "));
     }
     println!("\n(ratio < 1: Ferry is faster; the whole VM run took {vm_secs:.0} s)");
 }

@@ -1,19 +1,15 @@
-# Guest side of benches/vmbench.rs: the same workload on the Ferry mount (vsock) and on QEMU's
-# 9p shares of the same host directory, in one boot. Prints
+# Guest side of benches/vmbench.rs: the same workload on every target sharing one host
+# directory, in one boot: the Ferry agent over vsock, QEMU's 9p (cache=none and loose), and
+# virtio-fs devices (Ferry's backend, virtiofsd) mounted by their tag. Prints
 # "FERRY-RESULT TARGET METRIC SECONDS" lines for the host to tabulate.
 #
+# FERRY_TARGETS comma-separated: ferry, 9p, 9p-loose, and virtio-fs tags (mounted at /mnt/TAG)
 # FERRY_PORT    host vsock port of ferry-host
 # FERRY_FILES   small files in tree/ (for the entry count check) and files to create
 # FERRY_MB      MiB for the sequential write and read
 # FERRY_ROUNDS  rounds; each runs every target, in a rotated order
 . /lib/ferry.sh
-mkdir -p /mnt/ferry /mnt/9p /mnt/9p-loose
-ferry-agent --connect "vsock:$FERRY_PORT" --mount share=/mnt/ferry > /tmp/agent.log 2>&1 &
-wait_until 120 is_mounted /mnt/ferry || { show /tmp/agent.log agent; fail "ferry mount"; }
-O=trans=virtio,version=9p2000.L,msize=512000
-mount -t 9p -o "$O" p9 /mnt/9p || fail "9p mount"
-mount -t 9p -o "$O,cache=loose" p9loose /mnt/9p-loose || fail "9p cache=loose mount"
-say "MOUNTED $(grep -E ' /mnt/(ferry|9p|9p-loose) ' /proc/mounts | tr '\n' ';')"
+TARGETS=$(echo "$FERRY_TARGETS" | tr ',' ' ')
 
 # timed TARGET METRIC CMD...: run CMD (output discarded) and report its wall time.
 timed() {
@@ -23,6 +19,24 @@ timed() {
     _t1=$(now)
     echo "FERRY-RESULT $_t $_m $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.3f", b - a }')"
 }
+
+ferry_mount() {
+    ferry-agent --connect "vsock:$FERRY_PORT" --mount share=/mnt/ferry > /tmp/agent.log 2>&1 &
+    wait_until 120 is_mounted /mnt/ferry || { show /tmp/agent.log agent; return 1; }
+}
+O=trans=virtio,version=9p2000.L,msize=512000
+# Mount every target, timing each mount (the device is there from boot; this is the mount).
+for t in $TARGETS; do
+    mkdir -p "/mnt/$t"
+    case $t in
+        # Not timed: the agent may still be waiting for the host's ferry-host to start.
+        ferry) ferry_mount || fail "ferry mount" ;;
+        9p) timed "$t" "mount" mount -t 9p -o "$O" p9 /mnt/9p ;;
+        9p-loose) timed "$t" "mount" mount -t 9p -o "$O,cache=loose" p9loose /mnt/9p-loose ;;
+        *) timed "$t" "mount" mount -t virtiofs "$t" "/mnt/$t" ;;
+    esac
+done
+say "MOUNTED $(grep -E ' /mnt/' /proc/mounts | tr '\n' ';')"
 
 create() {
     _i=0
@@ -50,15 +64,16 @@ run_target() {
 }
 
 r=0
+n=$(echo $TARGETS | wc -w)
 while [ "$r" -lt "$FERRY_ROUNDS" ]; do
-    case $((r % 3)) in
-        0) order="ferry 9p 9p-loose" ;;
-        1) order="9p 9p-loose ferry" ;;
-        2) order="9p-loose ferry 9p" ;;
-    esac
-    for t in $order; do run_target "$t" "/mnt/$t"; done
+    # Each round starts at another target, so no target always runs first (or last).
+    i=0
+    while [ "$i" -lt "$n" ]; do
+        t=$(echo $TARGETS | awk -v k=$(((i + r) % n + 1)) '{ print $k }')
+        run_target "$t" "/mnt/$t"
+        i=$((i + 1))
+    done
     r=$((r + 1))
 done
-umount /mnt/9p /mnt/9p-loose
-umount /mnt/ferry || fail "umount ferry"
+for t in $TARGETS; do umount "/mnt/$t" || fail "umount $t"; done
 say BENCH-DONE

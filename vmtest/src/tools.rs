@@ -8,12 +8,24 @@
 //! | busybox (static) | `FERRY_VM_BUSYBOX` | `busybox` on PATH (Debian's busybox-static) |
 //! | vhost-device-vsock | `FERRY_VM_VHOST_DEVICE_VSOCK` | the cache's `vhost-device-vsock-<ver>/bin/`, then PATH |
 //! | kernel | `FERRY_VM_KERNEL_DIR` (an unpacked linux-image package) | the one `.ci/vm-tools` unpacked under the cache's `kernel/` |
+//! | virtiofsd (benchmark only, optional) | `FERRY_VM_VIRTIOFSD` | the cache's `virtiofsd-<ver>/bin/` (`.ci/bench-tools`), then PATH |
 //! | the cache | `FERRY_VM_CACHE` | `$XDG_CACHE_HOME/ferry-vm`, else `~/.cache/ferry-vm` |
 
 use std::path::{Path, PathBuf};
 
 /// The vhost-device-vsock release `.ci/vm-tools` installs and the VM test is written against.
 pub const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
+
+/// The virtiofsd release `.ci/bench-tools` installs for the benchmark.
+pub const VIRTIOFSD_VERSION: &str = "1.13.2";
+
+/// virtiofsd, the reference virtio-fs backend, for the benchmark's baseline (optional).
+pub fn virtiofsd() -> Option<PathBuf> {
+    let cached = cache_dir()
+        .join(format!("virtiofsd-{VIRTIOFSD_VERSION}"))
+        .join("bin/virtiofsd");
+    tool("FERRY_VM_VIRTIOFSD", &[cached], "virtiofsd")
+}
 
 /// Where downloaded kernels and built tools are kept between runs.
 pub fn cache_dir() -> PathBuf {
