@@ -662,4 +662,26 @@ pub(crate) mod tests {
             libc::ELOOP
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any opcode with any argument bytes gets an answer or none, never a panic; a reply
+        /// always carries the request's id and its own length.
+        #[test]
+        fn arbitrary_requests_never_panic(
+            op in 0u32..60,
+            nodeid in proptest::prop_oneof![proptest::strategy::Just(1u64), 0u64..8, proptest::prelude::any::<u64>()],
+            args in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a"), b"x").unwrap();
+            let s = server(dir.path(), false);
+            if let Some(reply) = s.handle(&request(op, 5, nodeid, &[&args])) {
+                let (h, _) = OutHeader::read_from_prefix(&reply).unwrap();
+                proptest::prop_assert_eq!(h.unique, 5);
+                proptest::prop_assert_eq!(h.len as usize, reply.len());
+            }
+        }
+    }
 }
