@@ -127,6 +127,14 @@ fn main() {
         vfs_host.log()
     );
     drop(daemons);
+    vfs_host.stop(std::time::Duration::from_secs(5));
+    if let Some(line) = vfs_host
+        .log()
+        .lines()
+        .find(|l| l.contains("virtio-fs session ended"))
+    {
+        eprintln!("ferry-host (virtio-fs): {line}");
+    }
 
     let results = parse(&output);
     // Every target listed the same tree.

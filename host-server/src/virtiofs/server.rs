@@ -9,6 +9,7 @@
 //! flock locks (the guest kernel then keeps locks local to the guest, as with the FUSE agent),
 //! copy_file_range (the kernel copies through read and write), ioctl, poll and DAX mappings.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_protocol::{Ctx, Errno, MAX_DATA, SetTime, Timespec};
@@ -34,6 +35,27 @@ pub struct FuseServer {
     session: ExportSession,
     /// Entry and attribute validity handed to the guest kernel.
     ttl: Duration,
+    /// Requests and host time per opcode, logged when the session ends.
+    stats: [(AtomicU64, AtomicU64); 64],
+}
+
+impl Drop for FuseServer {
+    fn drop(&mut self) {
+        let mut parts = Vec::new();
+        let mut total = 0;
+        for (op, (n, ns)) in self.stats.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                total += n;
+                let us = ns.load(Ordering::Relaxed) / 1000;
+                parts.push(format!("{op}:{n}/{us}us"));
+            }
+        }
+        tracing::info!(
+            "virtio-fs session ended: {total} requests (opcode:count/host time) {}",
+            parts.join(" ")
+        );
+    }
 }
 
 /// What a request produced.
@@ -85,7 +107,11 @@ macro_rules! tri {
 impl FuseServer {
     /// A server over `session`, giving the guest kernel `ttl` for entries and attributes.
     pub fn new(session: ExportSession, ttl: Duration) -> Self {
-        FuseServer { session, ttl }
+        FuseServer {
+            session,
+            ttl,
+            stats: std::array::from_fn(|_| Default::default()),
+        }
     }
 
     /// The export session (for diagnostics and tests).
@@ -103,7 +129,13 @@ impl FuseServer {
                 return None;
             }
         };
-        match self.serve(&h, args) {
+        let started = std::time::Instant::now();
+        let out = self.serve(&h, args);
+        if let Some((n, ns)) = self.stats.get(h.opcode as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+            ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        match out {
             Out::None => None,
             Out::Ok(body) => Some(abi::reply(h.unique, 0, &[&body])),
             Out::Err(e) => Some(abi::error_reply(h.unique, e.0)),
