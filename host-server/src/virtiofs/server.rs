@@ -306,7 +306,7 @@ impl FuseServer {
             opcode::READDIR => {
                 let r: abi::ReadIn = tri!(args.obj());
                 let entries = tri!(s.readdir(ino, r.fh, r.offset, r.size));
-                let mut out = Vec::with_capacity(r.size as usize);
+                let mut out = Vec::with_capacity((r.size as usize).min(MAX_DATA));
                 for d in &entries {
                     abi::push_dirent(&mut out, d.ino, d.offset, u32::from(d.kind), &d.name);
                 }
@@ -315,7 +315,7 @@ impl FuseServer {
             opcode::READDIRPLUS => {
                 let r: abi::ReadIn = tri!(args.obj());
                 let entries = tri!(s.readdirplus(&cx, ino, r.fh, r.offset, r.size));
-                let mut out = Vec::with_capacity(r.size as usize);
+                let mut out = Vec::with_capacity((r.size as usize).min(MAX_DATA));
                 for d in &entries {
                     // `ino == 0` (for `.` and `..`): no node, which the kernel skips.
                     let entry = if d.entry.ino == 0 {

@@ -24,6 +24,9 @@ use super::server::FuseServer;
 pub const NUM_QUEUES: usize = 2;
 /// Largest queue the frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Largest request accepted: the largest write (`max_write` offered in INIT) plus room for the
+/// headers. A chain offering more is answered with nothing rather than buffered.
+pub const MAX_REQUEST: usize = ferry_protocol::MAX_DATA + 64 * 1024;
 
 /// What went wrong while serving a queue.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,14 @@ impl VhostUserFs {
         for chain in &chains {
             let head = chain.head_index();
             let mut reader = Reader::new(&*mem, chain.clone()).map_err(QueueError::Chain)?;
+            if reader.available_bytes() > MAX_REQUEST {
+                tracing::warn!(
+                    bytes = reader.available_bytes(),
+                    "virtio-fs: dropped a request larger than any FUSE request"
+                );
+                vring.add_used(head, 0).map_err(QueueError::Chain)?;
+                continue;
+            }
             let mut request = Vec::with_capacity(reader.available_bytes());
             reader
                 .read_to_end(&mut request)
@@ -278,6 +289,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
         let (len, _) = round_trip(&backend, &request(opcode::LOOKUP, 1, 1, &[b".\0"]), 8);
+        assert_eq!(len, 0);
+    }
+
+    #[test]
+    fn an_oversized_request_is_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let huge = vec![0u8; MAX_REQUEST + 1];
+        let (len, _) = round_trip(&backend, &huge, 64);
         assert_eq!(len, 0);
     }
 
