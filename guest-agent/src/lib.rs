@@ -194,6 +194,8 @@ pub struct AgentConfig {
     /// How long to keep trying while the server is not there yet (see
     /// [`ConnectAddr::connect_within`]).
     pub connect_timeout: Duration,
+    /// Who checks permissions on every mount; `None` follows the server's choice per export.
+    pub permissions: Option<ferry_protocol::Permissions>,
 }
 
 /// The client name this agent announces.
@@ -252,6 +254,7 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
         .iter()
         .map(|(export, mountpoint)| MountOptions {
             ttl: config.ttl,
+            permissions: config.permissions,
             ..MountOptions::new(export.clone(), mountpoint.clone())
         })
         .collect()

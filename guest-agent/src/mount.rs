@@ -36,6 +36,10 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let users other than the mounting one (root) use the mount; needed for containers.
     pub allow_other: bool,
+    /// Who checks permissions; `None` follows the server's choice for the export
+    /// ([`ferry_protocol::ExportInfo::permissions`]). `Guest` mounts with
+    /// `default_permissions`.
+    pub permissions: Option<ferry_protocol::Permissions>,
 }
 
 impl MountOptions {
@@ -54,6 +58,7 @@ impl MountOptions {
             ttl: Self::DEFAULT_TTL,
             threads: Self::DEFAULT_THREADS,
             allow_other: true,
+            permissions: None,
         }
     }
 }
@@ -133,11 +138,16 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         });
     };
     let read_only = opts.read_only || info.read_only;
+    let permissions = opts.permissions.unwrap_or(info.permissions);
     let mut mount_options = vec![
         MountOption::FSName(format!("ferry:{}", opts.export)),
         MountOption::Subtype("ferry".into()),
-        // Permissions are the host's decision: no DefaultPermissions.
     ];
+    if permissions == ferry_protocol::Permissions::Guest {
+        // The guest kernel checks every access against the owners and modes the server
+        // presents, as on a local filesystem; without it, the host decides alone.
+        mount_options.push(MountOption::DefaultPermissions);
+    }
     if read_only {
         mount_options.push(MountOption::RO);
     }
@@ -151,7 +161,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let fs = FerryFs::new(client, info.id, opts.ttl);
+    let fs = FerryFs::new(client, info.id, opts.ttl).with_caller_groups(info.wants_groups);
     let mount_err = |source| MountError::Mount {
         export: opts.export.clone(),
         mountpoint: opts.mountpoint.clone(),
@@ -162,6 +172,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         export = %opts.export,
         mountpoint = %opts.mountpoint.display(),
         read_only,
+        ?permissions,
         "mounted"
     );
 
@@ -546,6 +557,7 @@ mod tests {
             mounts: vec![("data".into(), dir.path().to_path_buf())],
             ttl: Duration::from_millis(200),
             connect_timeout: Duration::ZERO,
+            permissions: None,
         };
         let (stop, shutdown) = std::sync::mpsc::channel();
         let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));
