@@ -49,6 +49,8 @@ mod owners;
 mod sys;
 
 #[cfg(test)]
+mod ids_tests;
+#[cfg(test)]
 mod tests;
 
 use std::ffi::CString;
