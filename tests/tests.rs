@@ -11,3 +11,5 @@ mod attacks;
 mod cli;
 // Real programs on the mount: git, tar.
 mod programs;
+// Owners: squash, map and passthrough modes with programs running as several users.
+mod ids;
