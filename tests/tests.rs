@@ -15,3 +15,5 @@ mod programs;
 mod events;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
+// Owners: squash, map and passthrough modes with programs running as several users.
+mod ids;

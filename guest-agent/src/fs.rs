@@ -49,6 +49,8 @@ pub struct FerryFs {
     client: Arc<Client>,
     export: u32,
     ttl: Duration,
+    /// Creating requests carry the caller's supplementary groups (the server asked for them).
+    caller_groups: bool,
     /// Lookups the server took for readdirplus entries the kernel never saw; given back with
     /// the next `Forget` sent from a FUSE thread (never from the reader thread).
     deferred_forgets: Arc<Mutex<Vec<(u64, u64)>>>,
@@ -133,6 +135,7 @@ impl FerryFs {
             client,
             export,
             ttl,
+            caller_groups: false,
             deferred_forgets: Arc::default(),
             dir_caches: Arc::default(),
             prefetched: Arc::default(),
@@ -184,12 +187,35 @@ impl FerryFs {
         }
     }
 
+    /// Makes creating requests carry the caller's supplementary groups, read from
+    /// `/proc/PID/status` (FUSE passes only the uid, gid and pid). The server asks for them
+    /// when it creates files as the caller ([`proto::ExportInfo::wants_groups`]).
+    pub fn with_caller_groups(mut self, on: bool) -> Self {
+        self.caller_groups = on;
+        self
+    }
+
     fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
     where
         F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
     {
         self.client
             .call(self.export, ctx(req), &body, payload, Box::new(done));
+    }
+
+    /// As [`Self::call`] for a request that creates a node: the caller's supplementary groups
+    /// go with it when the server wants them.
+    fn call_creating<F>(&self, req: &Request, body: Req<'_>, done: F)
+    where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        let mut ctx = ctx(req);
+        // Root bypasses the permission checks the groups would serve.
+        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 {
+            ctx.groups = caller_groups(ctx.pid);
+        }
+        self.client
+            .call(self.export, ctx, &body, &[], Box::new(done));
     }
 
     fn forget_nodes(&self, req: &Request, mut nodes: Vec<(u64, u64)>) {
@@ -266,7 +292,34 @@ fn ctx(req: &Request) -> Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        groups: Vec::new(),
     }
+}
+
+/// The supplementary groups of thread `tid` (the pid FUSE reports is the calling thread's),
+/// from the `Groups:` line of `/proc/TID/status`; empty when the thread is gone.
+pub fn caller_groups(tid: u32) -> Vec<u32> {
+    match std::fs::read(format!("/proc/{tid}/status")) {
+        Ok(status) => parse_groups(&status),
+        Err(e) => {
+            debug!(tid, "cannot read the caller's groups: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The ids on the `Groups:` line of a `/proc/PID/status` text.
+fn parse_groups(status: &[u8]) -> Vec<u32> {
+    status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Groups:"))
+        .map(|l| {
+            String::from_utf8_lossy(l)
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -642,7 +695,7 @@ impl Filesystem for FerryFs {
             rdev,
             umask,
         });
-        self.call(req, body, &[], entry_done("mknod", self.ttl, reply));
+        self.call_creating(req, body, entry_done("mknod", self.ttl, reply));
     }
 
     fn mkdir(
@@ -663,7 +716,7 @@ impl Filesystem for FerryFs {
             mode,
             umask,
         });
-        self.call(req, body, &[], entry_done("mkdir", self.ttl, reply));
+        self.call_creating(req, body, entry_done("mkdir", self.ttl, reply));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -704,7 +757,7 @@ impl Filesystem for FerryFs {
             name: bytes(link_name),
             target: target.as_os_str().as_bytes(),
         });
-        self.call(req, body, &[], entry_done("symlink", self.ttl, reply));
+        self.call_creating(req, body, entry_done("symlink", self.ttl, reply));
     }
 
     fn rename(
@@ -815,7 +868,7 @@ impl Filesystem for FerryFs {
             flags,
         });
         let ttl = self.ttl;
-        self.call(req, body, &[], move |r| match r {
+        self.call_creating(req, body, move |r| match r {
             Ok(Reply::Created(c)) => reply.created(
                 &ttl,
                 &entry_attr(&c.entry),
@@ -1382,6 +1435,24 @@ mod tests {
             kind_from_mode(mode_from_dtype(libc::DT_SOCK)),
             FileType::Socket
         );
+    }
+
+    #[test]
+    fn groups_come_from_proc_status() {
+        let status = b"Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGroups:\t27 100 2000 \nNSpid:\t5\n";
+        assert_eq!(parse_groups(status), vec![27, 100, 2000]);
+        assert_eq!(parse_groups(b"Groups:\t\n"), Vec::<u32>::new());
+        assert_eq!(parse_groups(b"Name:\tx\n"), Vec::<u32>::new());
+        // This thread's own groups, as the kernel reports them.
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        let mine: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        assert_eq!(caller_groups(tid), mine);
+        assert_eq!(caller_groups(u32::MAX), Vec::<u32>::new());
     }
 
     #[test]

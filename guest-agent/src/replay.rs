@@ -196,13 +196,16 @@ impl ReplayState {
         self.resolve(&answer, view)
     }
 
-    /// The attributes a replayed SETATTR/GETATTR/OPEN of `ino` returns.
+    /// The attributes a replayed SETATTR/GETATTR of `ino` returns, when `ino` is the changed
+    /// node (or a synthetic one).
     pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
         if let Some(a) = self.synthetic_attr(ino) {
             return Some(a);
         }
+        // Only for the changed node: the kernel also asks for its parent's attributes (to
+        // check permissions), which must come from the host.
         let guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref()?.attr.map(|a| Attr { ino, ..a })
+        guard.as_ref()?.attr.filter(|a| a.ino == ino)
     }
 
     /// A handle for the replay thread's own open.

@@ -202,6 +202,10 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
                 id: i as u32,
                 name: e.name().to_string(),
                 read_only: e.read_only(),
+                permissions: e.ids().permissions,
+                // Only modes that create as the caller let the host check supplementary
+                // groups; in squash mode the agent need not read them.
+                wants_groups: e.ids().mode.creates_as_caller(),
             })
             .collect(),
         server: format!("ferry-host {}", env!("CARGO_PKG_VERSION")),

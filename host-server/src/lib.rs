@@ -8,12 +8,17 @@
 //! - [`transport`]: listeners (Unix socket, TCP, AF_VSOCK, hybrid vsock) that accept streams
 //!   and hand them to `conn`.
 //! - [`config`]: the command-line configuration and its parsing.
+//! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
+//!   parsing; the per-export [`IdPolicy`].
+//! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
 pub mod config;
 pub mod conn;
 pub mod export;
+pub mod ids;
+pub mod strip;
 pub mod transport;
 
 use std::future::Future;
@@ -22,11 +27,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-pub use config::{ExportSpec, ServerConfig};
+pub use config::{ExportSpec, IdOptions, ServerConfig};
 pub use conn::{ServerState, serve_connection};
 pub use export::{
     Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
 };
+pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::{ListenAddr, Listener};
 
 /// Opens every export, checking that each is a directory the server can use.
@@ -44,6 +50,7 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 name: s.name.clone(),
                 path: s.path.clone(),
                 read_only: s.read_only,
+                ids: s.ids.resolve(),
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })
@@ -66,6 +73,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         info!(
             name = e.name(),
             read_only = e.read_only(),
+            ids = %e.ids(),
             "exporting {}",
             spec.path.display()
         );

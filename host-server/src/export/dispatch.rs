@@ -8,6 +8,7 @@ use ferry_protocol::{Ctx, Errno, Reply, Request};
 use super::ops::{SetAttrs, XattrReply};
 use super::watch::NameOp;
 use super::{ExportSession, Response};
+use crate::ids::{GuestGid, GuestUid};
 
 /// Wraps a typed result as a reply.
 fn reply<T>(r: Result<T, Errno>, f: impl FnOnce(T) -> Reply<'static>) -> Response {
@@ -122,8 +123,8 @@ impl ExportSession {
             Request::Setattr(r) => {
                 let attrs = SetAttrs {
                     mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
+                    uid: r.uid.map(GuestUid),
+                    gid: r.gid.map(GuestGid),
                     size: r.size,
                     atime: r.atime,
                     mtime: r.mtime,

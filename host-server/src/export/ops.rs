@@ -15,7 +15,9 @@ use ferry_protocol::{
 use super::ExportSession;
 use super::handle::{Handle, HandleKind};
 use super::inode::InodeData;
+use super::owners::{self, Presented};
 use super::sys;
+use crate::ids::{GuestGid, GuestUid};
 
 /// Attribute changes of a `setattr`; `None` leaves an attribute alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,9 +25,9 @@ pub struct SetAttrs {
     /// New permission bits (the file type bits are ignored).
     pub mode: Option<u32>,
     /// New owner.
-    pub uid: Option<u32>,
+    pub uid: Option<GuestUid>,
     /// New group.
-    pub gid: Option<u32>,
+    pub gid: Option<GuestGid>,
     /// New size (truncate or extend).
     pub size: Option<u64>,
     /// New access time.
@@ -98,8 +100,9 @@ fn encode_rdev(rdev: u64) -> u32 {
     ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
 }
 
-/// Attributes of node `id` from a host stat; `ino` is the node id, not the host inode number.
-pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> Attr {
+/// Attributes of node `id` from a host stat and how the node looks to the guest (owner and
+/// mode: see [`ExportSession::present`]); `ino` is the node id, not the host inode number.
+pub(crate) fn attr_from_stat(id: u64, st: &libc::stat, shown: Presented) -> Attr {
     Attr {
         ino: id,
         size: st.st_size as u64,
@@ -107,20 +110,12 @@ pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> Attr {
         atime: timespec(st.st_atime, st.st_atime_nsec),
         mtime: timespec(st.st_mtime, st.st_mtime_nsec),
         ctime: timespec(st.st_ctime, st.st_ctime_nsec),
-        mode: st.st_mode,
+        mode: shown.mode,
         nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
-        uid: st.st_uid,
-        gid: st.st_gid,
+        uid: shown.uid.0,
+        gid: shown.gid.0,
         rdev: encode_rdev(st.st_rdev),
         blksize: u32::try_from(st.st_blksize).unwrap_or(u32::MAX),
-    }
-}
-
-fn entry_from_stat(id: u64, st: &libc::stat) -> Entry {
-    Entry {
-        ino: id,
-        generation: 0,
-        attr: attr_from_stat(id, st),
     }
 }
 
@@ -200,7 +195,7 @@ fn from_flock(fl: &libc::flock) -> Lock {
 }
 
 impl ExportSession {
-    fn proc_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn proc_fd(&self) -> BorrowedFd<'_> {
         self.export.proc_fd()
     }
 
@@ -213,24 +208,35 @@ impl ExportSession {
         Ok(node)
     }
 
+    /// The entry of `node`, whose stat is `st`, as the guest sees it.
+    fn entry(&self, node: &InodeData, st: &libc::stat) -> Entry {
+        Entry {
+            ino: node.id,
+            generation: 0,
+            attr: self.attr(node.id, node.fd(), st),
+        }
+    }
+
     /// Looks `name` up below the directory `dir` and takes one lookup of the result.
     fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
         let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let node = self.inodes.insert_or_ref(fd, &st);
-        Ok(entry_from_stat(node.id, &st))
+        Ok(self.entry(&node, &st))
     }
 
-    /// Looks up an object just created as `name` in `dir`. When the server's own umask took
-    /// away permission bits the guest asked for (`want`), they are put back before the node
-    /// is handed out: the guest's umask, already applied to `want`, is the one that counts.
+    /// Looks up an object `ctx` just created as `name` in `dir`. When the server's own umask
+    /// took away permission bits the guest asked for (`want`, the guest's umask already
+    /// applied), they are put back before the node is handed out. In squash mode the creator
+    /// is recorded (see [`ExportSession::record_creator`]).
     fn lookup_created(
         &self,
-        dir: BorrowedFd<'_>,
+        ctx: &Ctx,
+        dir: &InodeData,
         name: &CStr,
         want: Option<u32>,
     ) -> Result<Entry, Errno> {
-        let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
+        let fd = sys::open_beneath(dir.fd(), name, libc::O_PATH, 0)?;
         let mut st = sys::fstat(fd.as_fd())?;
         if let Some(want) = want {
             let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
@@ -244,7 +250,8 @@ impl ExportSession {
             }
         }
         let node = self.inodes.insert_or_ref(fd, &st);
-        Ok(entry_from_stat(node.id, &st))
+        let st = self.record_creator(ctx, dir, &node, &st, want.unwrap_or(0));
+        Ok(self.entry(&node, &st))
     }
 
     /// The handle `fh` as a file handle.
@@ -273,7 +280,7 @@ impl ExportSession {
             Some(fh) => sys::fstat(self.handles.get(fh)?.fd())?,
             None => sys::fstat(node.fd())?,
         };
-        Ok(attr_from_stat(ino, &st))
+        Ok(self.attr(ino, node.fd(), &st))
     }
 
     /// Changes attributes of `ino` (in the order owner, mode, size, times, so that an explicit
@@ -289,19 +296,14 @@ impl ExportSession {
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
         if attrs.uid.is_some() || attrs.gid.is_some() {
-            // (uid_t)-1 leaves an id unchanged.
-            sys::chown(
-                node.fd(),
-                attrs.uid.unwrap_or(u32::MAX),
-                attrs.gid.unwrap_or(u32::MAX),
-            )?;
+            self.change_owner(&node, attrs.uid, attrs.gid)?;
         }
         if let Some(mode) = attrs.mode {
             if node.is_symlink() {
                 // Linux has no permission bits on symlinks (lchmod is EOPNOTSUPP).
                 return Err(Errno::EOPNOTSUPP);
             }
-            sys::chmod(self.proc_fd(), node.fd(), mode & 0o7777)?;
+            self.change_mode(&node, mode & 0o7777)?;
         }
         if let Some(size) = attrs.size {
             match &handle {
@@ -325,7 +327,7 @@ impl ExportSession {
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
         let st = sys::fstat(node.fd())?;
-        Ok(attr_from_stat(ino, &st))
+        Ok(self.attr(ino, node.fd(), &st))
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -341,7 +343,7 @@ impl ExportSession {
     /// host never follows it.
     pub fn symlink(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         target: &[u8],
@@ -353,8 +355,9 @@ impl ExportSession {
         }
         let target = sys::cstring(target)?;
         let dir = self.dir_node(parent)?;
-        sys::symlinkat(&target, dir.fd(), &name)?;
-        self.lookup_created(dir.fd(), &name, None)
+        let who = self.create_as(ctx)?;
+        self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
+        self.lookup_created(ctx, &dir, &name, None)
     }
 
     /// Creates a regular file, FIFO or socket. Device nodes are refused with EPERM: a device
@@ -362,7 +365,7 @@ impl ExportSession {
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -380,14 +383,16 @@ impl ExportSession {
         };
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        sys::mknodat(dir.fd(), &name, kind | perm)?;
-        self.lookup_created(dir.fd(), &name, Some(perm))
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(kind, perm);
+        self.as_creator(&who, || sys::mknodat(dir.fd(), &name, kind | host_perm))?;
+        self.lookup_created(ctx, &dir, &name, Some(perm))
     }
 
     /// Creates a directory with `mode & !umask`.
     pub fn mkdir(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -397,8 +402,10 @@ impl ExportSession {
         let name = component(name)?;
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        sys::mkdirat(dir.fd(), &name, perm)?;
-        self.lookup_created(dir.fd(), &name, Some(perm))
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(libc::S_IFDIR, perm);
+        self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
+        self.lookup_created(ctx, &dir, &name, Some(perm))
     }
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
@@ -517,7 +524,7 @@ impl ExportSession {
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -530,26 +537,60 @@ impl ExportSession {
         let perm = mode & !umask & 0o7777;
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
-        // Create exclusively first so we know whether the file is new (only a new file gets
-        // its mode corrected). An existing name is opened through an O_PATH lookup and a
-        // checked reopen, so a FIFO or device that is already there is never opened.
-        let mut opened: Option<(OwnedFd, OwnedFd, bool)> = None;
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(libc::S_IFREG, perm);
+        // As the caller (in modes that create as the caller), so the host also checks the
+        // parent directory, and an existing file's open, against the caller's own ids.
+        let (path, data, created) = self.as_creator(&who, || {
+            self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
+        })?;
+        let mut st = sys::fstat(path.as_fd())?;
+        if created && st.st_mode & 0o777 != perm & 0o777 {
+            sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
+            st = sys::fstat(path.as_fd())?;
+        }
+        let node = self.inodes.insert_or_ref(path, &st);
+        if created {
+            st = self.record_creator(ctx, &dir, &node, &st, perm);
+        }
+        let fh = self.handles.insert(Handle {
+            fd: data,
+            kind: HandleKind::File,
+        });
+        Ok(Created {
+            entry: self.entry(&node, &st),
+            opened: Opened { fh, open_flags: 0 },
+        })
+    }
+
+    /// Creates `name` in `dir` exclusively, or (unless `exclusive`) opens the regular file
+    /// already there; returns its `O_PATH` fd, its open fd, and whether it is new. Creating
+    /// exclusively first tells whether the file is new (only a new file gets its mode
+    /// corrected). An existing name is opened through an `O_PATH` lookup and a checked reopen,
+    /// so a FIFO or device that is already there is never opened.
+    fn create_or_open(
+        &self,
+        dir: &InodeData,
+        name: &CStr,
+        host_flags: i32,
+        perm: u32,
+        exclusive: bool,
+    ) -> Result<(OwnedFd, OwnedFd, bool), Errno> {
         for _ in 0..8 {
             match sys::open_beneath(
                 dir.fd(),
-                &name,
+                name,
                 host_flags | libc::O_CREAT | libc::O_EXCL,
                 perm,
             ) {
                 Ok(data) => {
                     let path = sys::reopen(self.proc_fd(), data.as_fd(), libc::O_PATH)?;
-                    opened = Some((path, data, true));
-                    break;
+                    return Ok((path, data, true));
                 }
                 Err(Errno::EEXIST) if !exclusive => {}
                 Err(e) => return Err(e),
             }
-            let path = match sys::open_beneath(dir.fd(), &name, libc::O_PATH, 0) {
+            let path = match sys::open_beneath(dir.fd(), name, libc::O_PATH, 0) {
                 Ok(fd) => fd,
                 // Removed between the two attempts: try creating again.
                 Err(Errno::ENOENT) => continue,
@@ -563,26 +604,9 @@ impl ExportSession {
                 _ => return Err(Errno::EEXIST),
             }
             let data = sys::reopen(self.proc_fd(), path.as_fd(), host_flags)?;
-            opened = Some((path, data, false));
-            break;
+            return Ok((path, data, false));
         }
-        let Some((path, data, created)) = opened else {
-            return Err(Errno::ENOENT);
-        };
-        let mut st = sys::fstat(path.as_fd())?;
-        if created && st.st_mode & 0o777 != perm & 0o777 {
-            sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
-            st = sys::fstat(path.as_fd())?;
-        }
-        let node = self.inodes.insert_or_ref(path, &st);
-        let fh = self.handles.insert(Handle {
-            fd: data,
-            kind: HandleKind::File,
-        });
-        Ok(Created {
-            entry: entry_from_stat(node.id, &st),
-            opened: Opened { fh, open_flags: 0 },
-        })
+        Err(Errno::ENOENT)
     }
 
     /// Reads up to `size` bytes at `offset`; fewer only at end of file.
@@ -804,8 +828,12 @@ impl ExportSession {
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
+    /// The server's own `user.ferry.*` names read as absent.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
         let name = xattr_name(name)?;
         let path = self.xattr_path(&node);
         if size == 0 {
@@ -818,21 +846,35 @@ impl ExportSession {
         Ok(XattrReply::Data(buf))
     }
 
-    /// NUL-separated xattr names; `size == 0` asks for the list's size.
+    /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
+    /// `user.ferry.*` names are left out.
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         let path = self.xattr_path(&node);
+        // The whole list is read even for a size query, so that the size excludes the hidden
+        // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
+        let want = sys::listxattr(&path, &mut [])?;
+        let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
+        let n = match sys::listxattr(&path, &mut buf) {
+            // Grown since the size query.
+            Err(Errno::ERANGE) => {
+                buf.resize(XATTR_MAX, 0);
+                sys::listxattr(&path, &mut buf)?
+            }
+            r => r?,
+        };
+        let list = owners::filter_xattr_list(&buf[..n]);
         if size == 0 {
-            let n = sys::listxattr(&path, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
+            return Ok(XattrReply::Size(list.len() as u32));
         }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::listxattr(&path, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        if list.len() > size as usize {
+            return Err(Errno::ERANGE);
+        }
+        Ok(XattrReply::Data(list))
     }
 
-    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE). The server's own
+    /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
     pub fn setxattr(
         &self,
         _ctx: &Ctx,
@@ -843,6 +885,9 @@ impl ExportSession {
     ) -> Result<(), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(Errno::E2BIG);
@@ -853,10 +898,13 @@ impl ExportSession {
         sys::setxattr(&self.xattr_path(&node), &name, value, flags)
     }
 
-    /// Removes xattr `name`.
+    /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
     pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
         let name = xattr_name(name)?;
         sys::removexattr(&self.xattr_path(&node), &name)
     }

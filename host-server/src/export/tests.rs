@@ -17,6 +17,7 @@ const CTX: Ctx = Ctx {
     uid: 0,
     gid: 0,
     pid: 1,
+    groups: Vec::new(),
 };
 
 fn export(dir: &Path, read_only: bool) -> Arc<Export> {
@@ -24,6 +25,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         name: "test".into(),
         path: dir.to_path_buf(),
         read_only,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .expect("open export")
 }
@@ -65,6 +67,7 @@ fn open_reports_bad_paths_clearly() {
         name: "x".into(),
         path: missing.clone(),
         read_only: false,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -75,6 +78,7 @@ fn open_reports_bad_paths_clearly() {
         name: "x".into(),
         path: file.clone(),
         read_only: false,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));
@@ -473,8 +477,8 @@ fn setattr_size_mode_times() {
             f.ino,
             None,
             &SetAttrs {
-                uid: Some(1234),
-                gid: Some(5678),
+                uid: Some(crate::ids::GuestUid(1234)),
+                gid: Some(crate::ids::GuestGid(5678)),
                 ..Default::default()
             },
         )
