@@ -11,3 +11,5 @@ mod attacks;
 mod cli;
 // Real programs on the mount: git, tar.
 mod programs;
+// Generated operation sequences on a mount and a plain directory (proptest).
+mod model;
