@@ -13,3 +13,5 @@ mod cli;
 mod programs;
 // Generated operation sequences on a mount and a plain directory (proptest).
 mod model;
+// Locks across the boundary: host processes, two agents, disconnects, SQLite.
+mod locks;

@@ -14,9 +14,13 @@
 //! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
 //! `Forget` frame.
 //!
-//! Locks: `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS` are not requested (fuser 0.18 does not pass
-//! `lk_flags`, so flock and POSIX locks could not be told apart): both stay local to the guest
-//! kernel for now. `getlk`/`setlk` are forwarded should the kernel ever call them.
+//! Locks: with the server's `POSIX_LOCKS` and `FLOCK` features the kernel is given
+//! `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS`, and sends every `fcntl` lock as GETLK/SETLK(W)
+//! with the process as lock owner and every `flock(2)` as SETLK(W) with `FUSE_LK_FLOCK` (the
+//! patched fuser in third_party/ routes those to [`FerryFs::flock`]). Both go to the host,
+//! which holds them as host locks. A blocking request is answered when the host grants it; no
+//! FUSE thread waits. POSIX locks end with any `close(2)` by their owner, so FLUSH goes to the
+//! host for files this mount has locked, and is answered here for the others.
 
 use dashmap::DashMap;
 use std::ffi::OsStr;
@@ -56,6 +60,56 @@ pub struct FerryFs {
     dir_caches: Arc<DashMap<u64, DirCache>>,
     /// The first bytes of files, read by the host at open time, per handle (see [`PREFETCH`]).
     prefetched: Arc<DashMap<u64, Prefetched>>,
+    /// The server holds guest locks (features POSIX_LOCKS and FLOCK).
+    host_locks: bool,
+    /// Nodes a POSIX lock was ever asked for: a FLUSH of those must reach the host.
+    locked: DashMap<u64, ()>,
+    /// Granted locks go through here: the node's cached pages and attributes are dropped
+    /// before the kernel learns of the lock (see [`Revalidator`]).
+    revalidate: Revalidator,
+}
+
+/// Drops a node's cached pages and attributes, then answers the lock request that was just
+/// granted, on a thread of its own.
+///
+/// A lock is how programs that share a file (SQLite, anything using flock) say "from now on I
+/// may read what others wrote": once it is granted, reads must see the host's bytes, not pages
+/// the guest cached before another host process or guest changed them (NFS revalidates on lock
+/// for the same reason). The invalidation has to finish before the reply, and it cannot run on
+/// the client's reader thread: dropping a page waits for a read of it in flight, whose reply
+/// that very thread delivers.
+#[derive(Debug)]
+struct Revalidator {
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    queue: Mutex<std::sync::mpsc::Sender<(u64, ReplyEmpty)>>,
+}
+
+impl Revalidator {
+    fn new() -> Self {
+        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, ReplyEmpty)>();
+        let n = Arc::clone(&notifier);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-lock-inval".into())
+            .spawn(move || {
+                for (ino, reply) in rx {
+                    if let Some(n) = n.get() {
+                        // ENOENT: the kernel has no such inode cached, nothing to drop.
+                        if let Err(e) = n.inval_inode(INodeNo(ino), 0, -1) {
+                            debug!(ino, "inval_inode after a lock: {e}");
+                        }
+                    }
+                    reply.ok();
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot start the lock revalidation thread: {e}");
+        }
+        Revalidator {
+            notifier,
+            queue: Mutex::new(tx),
+        }
+    }
 }
 
 /// Bytes of a file asked for inline with a read-only open. Most files in a source tree are
@@ -124,7 +178,11 @@ impl DirCache {
 impl FerryFs {
     /// An adapter forwarding to export `export` of `client`, with the given entry/attr TTL.
     pub fn new(client: Arc<Client>, export: u32, ttl: Duration) -> Self {
+        let both = proto::features::POSIX_LOCKS | proto::features::FLOCK;
         Self {
+            host_locks: client.welcome().features & both == both,
+            locked: DashMap::new(),
+            revalidate: Revalidator::new(),
             client,
             export,
             ttl,
@@ -132,6 +190,36 @@ impl FerryFs {
             dir_caches: Arc::default(),
             prefetched: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.revalidate.notifier)
+    }
+
+    /// Sends a lock request; a granted lock (not an unlock) is answered after the node's
+    /// cached data is dropped.
+    fn call_lock(&self, req: &Request, ino: u64, unlock: bool, body: Req<'_>, reply: ReplyEmpty) {
+        if unlock {
+            self.call(req, body, &[], empty_done("lock", reply));
+            return;
+        }
+        self.drop_prefetched(ino);
+        let queue = self
+            .revalidate
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Empty) => {
+                if let Err(std::sync::mpsc::SendError((_, reply))) = queue.send((ino, reply)) {
+                    reply.ok();
+                }
+            }
+            Ok(other) => reply.error(wrong("lock", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
     }
 
     fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
@@ -446,6 +534,13 @@ impl Filesystem for FerryFs {
             // open() forwards O_TRUNC to the host.
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_AUTO_INVAL_DATA;
+        let features = self.client.welcome().features;
+        if features & proto::features::POSIX_LOCKS != 0 {
+            wanted |= InitFlags::FUSE_POSIX_LOCKS;
+        }
+        if features & proto::features::FLOCK != 0 {
+            wanted |= InitFlags::FUSE_FLOCK_LOCKS;
+        }
         if self.client.welcome().features & proto::features::READDIRPLUS != 0 {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
@@ -755,18 +850,30 @@ impl Filesystem for FerryFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // `close(2)` sends FLUSH and waits for it. The host has nothing to do for it: every
-        // WRITE was a synchronous pwrite the host acknowledged, and locks are kept by the guest
-        // kernel. ENOSYS tells the kernel exactly that: close() still succeeds, and the kernel
-        // stops sending FLUSH for this mount, which saves a hop on every close. (Once POSIX
-        // locks are forwarded, FLUSH must reach the host to drop the owner's locks.)
-        reply.error(fuser::Errno::ENOSYS);
+        // `close(2)` sends FLUSH and waits for it. Data needs nothing: every WRITE was a
+        // synchronous pwrite the host acknowledged. Locks do: a close drops the closing
+        // process's POSIX locks on the file, so a file this mount ever locked goes to the host.
+        if !self.host_locks {
+            // Locks are the guest kernel's own: ENOSYS makes it stop sending FLUSH at all.
+            reply.error(fuser::Errno::ENOSYS);
+            return;
+        }
+        if !self.locked.contains_key(&ino.0) {
+            reply.ok();
+            return;
+        }
+        let body = Req::Flush(proto::Flush {
+            ino: ino.0,
+            fh: fh.0,
+            lock_owner: lock_owner.0,
+        });
+        self.call(req, body, &[], empty_done("flush", reply));
     }
 
     fn release(
@@ -1030,6 +1137,7 @@ impl Filesystem for FerryFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.locked.insert(ino.0, ());
         let body = Req::Setlk(proto::Setlk {
             ino: ino.0,
             fh: fh.0,
@@ -1042,7 +1150,35 @@ impl Filesystem for FerryFs {
             },
             sleep,
         });
-        self.call(req, body, &[], empty_done("setlk", reply));
+        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+    }
+
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let op = match typ {
+            libc::F_RDLCK => libc::LOCK_SH,
+            libc::F_WRLCK => libc::LOCK_EX,
+            libc::F_UNLCK => libc::LOCK_UN,
+            _ => {
+                reply.error(fuser::Errno::EINVAL);
+                return;
+            }
+        };
+        let body = Req::Flock(proto::Flock {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            op: if sleep { op } else { op | libc::LOCK_NB },
+        });
+        self.call_lock(req, ino.0, op == libc::LOCK_UN, body, reply);
     }
 
     fn fallocate(
