@@ -15,3 +15,7 @@ mod programs;
 mod model;
 // Locks across the boundary: host processes, two agents, disconnects, SQLite.
 mod locks;
+// mmap, sockets, device nodes and read-only exports through a mount.
+mod special;
+// Path safety while the host swaps a directory for a symlink to /.
+mod race;
