@@ -71,6 +71,7 @@ fn share(src: PathBuf, mountpoint: PathBuf, read_only: bool, ttl: Duration) -> a
         path: src.clone(),
         read_only,
     }])?;
+    ferry_host::raise_fd_limit();
     let state = Arc::new(ferry_host::ServerState {
         exports,
         token: None,
