@@ -165,7 +165,9 @@ fn unix_sockets_work_between_guest_processes() {
     conn.read_to_string(&mut got).unwrap();
     client.join().unwrap();
     assert_eq!(got, "over a socket in the share");
-    assert!(share.stop().success());
+    drop((conn, listener));
+    let status = share.stop();
+    assert!(status.success(), "ferry share exited with {status}");
 }
 
 /// `mknod` of a device node; returns the errno or 0.

@@ -19,3 +19,5 @@ mod locks;
 mod special;
 // Path safety while the host swaps a directory for a symlink to /.
 mod race;
+// fsx-style random I/O with mmap against an in-memory model.
+mod fsx;
