@@ -698,7 +698,8 @@ fn gigabyte_file_round_trip() {
             x ^= x << 17;
             chunk.copy_from_slice(&(x ^ i).to_le_bytes());
         }
-        f.write_all(&block).unwrap();
+        f.write_all(&block)
+            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
     }
     f.sync_all().unwrap();
     drop(f);
