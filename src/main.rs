@@ -124,6 +124,7 @@ fn share(
         read_only,
         ids,
     }])?;
+    ferry_host::raise_fd_limit();
     let policy = exports[0].ids().to_string();
     let state = Arc::new(ferry_host::ServerState {
         exports,

@@ -393,6 +393,9 @@ fn apply(root: &Path, op: &Op) -> bool {
             .write(true)
             .open(p(*n))
             .and_then(|f| f.set_len(*s)),
+        // An empty append changes nothing; its lone close is indistinguishable from an echo
+        // of the guest's own last change to the file (README, "Host changes").
+        Op::Append(_, d) if d.is_empty() => return false,
         // Renaming a name to itself changes nothing and raises no event.
         Op::Rename(a, b) if a == b => return false,
         Op::Rename(a, b) => std::fs::rename(p(*a), p(*b)),

@@ -17,3 +17,13 @@ mod events;
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.
 mod ids;
+// Generated operation sequences on a mount and a plain directory (proptest).
+mod model;
+// Locks across the boundary: host processes, two agents, disconnects, SQLite.
+mod locks;
+// mmap, sockets, device nodes and read-only exports through a mount.
+mod special;
+// Path safety while the host swaps a directory for a symlink to /.
+mod race;
+// fsx-style random I/O with mmap against an in-memory model.
+mod fsx;

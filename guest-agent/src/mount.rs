@@ -219,7 +219,9 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         mountpoint: opts.mountpoint.clone(),
         source,
     };
+    let notifier = fs.notifier_slot();
     let session = Session::new(fs, &opts.mountpoint, &config).map_err(mount_err)?;
+    let _ = notifier.set(session.notifier());
     info!(
         export = %opts.export,
         mountpoint = %opts.mountpoint.display(),

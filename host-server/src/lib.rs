@@ -57,6 +57,45 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
         .collect()
 }
 
+/// Raises this process's open-file limit as far as it may go: to the kernel's `nr_open` when
+/// privileged, else to the hard limit. Every node the guest holds pins one `O_PATH` descriptor
+/// (see `export/inode.rs`), so a guest walking a large tree needs many; returns the new soft
+/// limit.
+pub fn raise_fd_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit reads the struct; raising the hard limit needs CAP_SYS_RESOURCE
+        // and simply fails without it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return max;
+        }
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above; the soft limit may always go up to the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+        lim.rlim_max
+    } else {
+        lim.rlim_cur
+    }
+}
+
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
@@ -69,6 +108,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         }
     }
     let exports = open_exports(&config.exports)?;
+    info!(limit = raise_fd_limit(), "open file limit");
     for (e, spec) in exports.iter().zip(&config.exports) {
         info!(
             name = e.name(),

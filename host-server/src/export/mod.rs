@@ -37,13 +37,14 @@
 //!
 //! - A directory moved out of the export by a host process while the guest holds its node
 //!   stays reachable through that node (as with virtiofsd).
-//! - POSIX locks are OFD locks on the handle's fd, so guest processes sharing one handle
-//!   (after fork) share its locks.
+//! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
+//!   are flock locks on the handle's fd (see `locks.rs`).
 
 mod creds;
 mod dispatch;
 mod handle;
 mod inode;
+mod locks;
 mod ops;
 mod owners;
 mod sys;
@@ -59,15 +60,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_protocol::{Errno, Opened, Reply};
 
 use handle::HandleTable;
 use inode::InodeTable;
+use locks::LockTable;
 
 use crate::ids::IdPolicy;
 
 pub use inode::ROOT_ID;
+pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
 pub use watch::Sink;
 
@@ -233,7 +237,7 @@ impl Export {
 }
 
 /// What to send back for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Response {
     /// Nothing at all (`Forget`).
     None,
@@ -245,7 +249,34 @@ pub enum Response {
     OpenedData(Opened, Vec<u8>),
     /// The request failed.
     Error(Errno),
+    /// The request waits (a blocking lock that conflicts): the front door runs
+    /// [`Pending::wait`] on a thread of its own and sends what it returns, so that waiting
+    /// ties up none of the threads that serve requests.
+    Pending(Pending),
 }
+
+/// A request whose answer must be waited for; see [`Response::Pending`].
+#[derive(Debug)]
+pub struct Pending(LockWait);
+
+impl Pending {
+    /// Waits (blocking the calling thread) and returns the response to send.
+    pub fn wait(self) -> Response {
+        match self.0.wait() {
+            Ok(()) => Response::Reply(Reply::Empty),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// Two waits are never the same request.
+impl PartialEq for Pending {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+impl Eq for Pending {}
 
 /// One guest's view of one export: its own node ids, lookup counts and open handles.
 ///
@@ -258,10 +289,15 @@ pub struct ExportSession {
     sid: u64,
     inodes: InodeTable,
     handles: HandleTable,
+    /// POSIX lock owners and their host open files.
+    locks: LockTable,
+    /// Set when the session ends; lock waits give up.
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for ExportSession {
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.export.unsubscribe(self.sid);
     }
 }
@@ -284,6 +320,8 @@ impl ExportSession {
             sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inodes: InodeTable::new(root_fd, &st),
             handles: HandleTable::new(),
+            locks: LockTable::default(),
+            closed: Arc::new(AtomicBool::new(false)),
             export,
         }
     }
@@ -301,6 +339,11 @@ impl ExportSession {
     /// Number of open handles (for diagnostics and tests).
     pub fn handle_count(&self) -> usize {
         self.handles.len()
+    }
+
+    /// Number of lock owners with a host open file (for diagnostics and tests).
+    pub fn lock_owner_count(&self) -> usize {
+        self.locks.len()
     }
 
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).

@@ -15,6 +15,7 @@ use ferry_protocol::{
 use super::ExportSession;
 use super::handle::{Handle, HandleKind};
 use super::inode::InodeData;
+use super::locks::{self, LockWait};
 use super::owners::{self, Presented};
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
@@ -177,20 +178,22 @@ fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
     Ok(fl)
 }
 
-/// A lock reply from a `struct flock` filled by F_OFD_GETLK.
+/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
+/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
+/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
 fn from_flock(fl: &libc::flock) -> Lock {
+    const OFFSET_MAX: u64 = i64::MAX as u64;
     let start = fl.l_start.max(0) as u64;
     let end = if fl.l_len <= 0 {
-        u64::MAX
+        OFFSET_MAX
     } else {
-        start.saturating_add(fl.l_len as u64 - 1)
+        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
     };
     Lock {
         start,
         end,
         typ: i32::from(fl.l_type),
-        // OFD locks have no owning process; the kernel reports -1.
-        pid: u32::try_from(fl.l_pid).unwrap_or(0),
+        pid: 0,
     }
 }
 
@@ -490,10 +493,7 @@ impl ExportSession {
             return Err(Errno::EPERM);
         }
         let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
-        let fh = self.handles.insert(Handle {
-            fd,
-            kind: HandleKind::File,
-        });
+        let fh = self.handles.insert(Handle::new(fd, HandleKind::File));
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -553,10 +553,7 @@ impl ExportSession {
         if created {
             st = self.record_creator(ctx, &dir, &node, &st, perm);
         }
-        let fh = self.handles.insert(Handle {
-            fd: data,
-            kind: HandleKind::File,
-        });
+        let fh = self.handles.insert(Handle::new(data, HandleKind::File));
         Ok(Created {
             entry: self.entry(&node, &st),
             opened: Opened { fh, open_flags: 0 },
@@ -633,15 +630,19 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// A `close(2)` in the guest. The host fd stays open until `release`, so there is nothing
-    /// to do beyond checking the handle.
-    pub fn flush(&self, _ino: u64, fh: u64, _lock_owner: u64) -> Result<(), Errno> {
-        self.file_handle(fh).map(drop)
+    /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner
+    /// holds on the file goes. The handle itself stays open until `release`.
+    pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        self.file_handle(fh)?;
+        self.locks.drop_owner(ino, lock_owner);
+        Ok(())
     }
 
-    /// Last close of a file handle: forgets it and closes its fd.
+    /// Last close of a file handle: forgets it and closes its fd, which releases its flock
+    /// locks, and drops the lock owners opened through it.
     pub fn release(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
         self.file_handle(fh)?;
+        self.locks.drop_handle(fh);
         self.handles.remove(fh).map(drop)
     }
 
@@ -659,10 +660,9 @@ impl ExportSession {
             node.fd(),
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
-        let fh = self.handles.insert(Handle {
-            fd,
-            kind: HandleKind::Dir(std::sync::Mutex::new(())),
-        });
+        let fh = self
+            .handles
+            .insert(Handle::new(fd, HandleKind::Dir(std::sync::Mutex::new(()))));
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -953,46 +953,106 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// Tests for a lock conflicting with `lock` (an OFD lock on the handle's fd); returns the
-    /// conflicting lock, or `lock` with type F_UNLCK when there is none.
-    pub fn getlk(&self, _ino: u64, fh: u64, _owner: u64, lock: &Lock) -> Result<Lock, Errno> {
+    /// Tests for a lock conflicting with `lock` for lock owner `owner`; returns the conflicting
+    /// lock, or `lock` with type F_UNLCK when there is none. The owner's own locks never
+    /// conflict. The holder's pid is reported as 0: a host pid means nothing in the guest.
+    pub fn getlk(&self, ino: u64, fh: u64, owner: u64, lock: &Lock) -> Result<Lock, Errno> {
         let h = self.file_handle(fh)?;
         let mut fl = to_flock(lock)?;
-        sys::fcntl_lock(h.file_fd()?, libc::F_OFD_GETLK, &mut fl)?;
+        match self.locks.get(ino, owner) {
+            Some(o) => locks::test_posix(&o, &mut fl)?,
+            // The handle's own description carries no record locks, so every lock is seen.
+            None => sys::fcntl_lock(h.file_fd()?, libc::F_OFD_GETLK, &mut fl)?,
+        }
         Ok(from_flock(&fl))
     }
 
-    /// Takes or releases an OFD lock on the handle's fd; `sleep` waits for a conflicting lock
-    /// to go away (blocking this thread), otherwise a conflict is EAGAIN. Locks change no
-    /// data, so read-only exports allow them.
+    /// Takes, changes or releases a POSIX lock of guest lock owner `owner` (see [`locks`]);
+    /// with `sleep`, waits for a conflicting lock to go away (retrying in the calling thread),
+    /// otherwise a conflict is EAGAIN. A read-only export refuses write locks with EROFS:
+    /// they would keep host writers out.
     pub fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        lock: &Lock,
+        sleep: bool,
+    ) -> Result<(), Errno> {
+        match self.setlk_start(ino, fh, owner, lock)? {
+            Some(wait) if sleep => wait.wait(),
+            Some(_) => Err(Errno::EAGAIN),
+            None => Ok(()),
+        }
+    }
+
+    /// Tries a POSIX lock once: `Ok(None)` when done, `Ok(Some(wait))` when it conflicts
+    /// (the caller may wait for it off its thread with [`LockWait::wait`]).
+    pub fn setlk_start(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        lock: &Lock,
+    ) -> Result<Option<LockWait>, Errno> {
+        let h = self.file_handle(fh)?;
+        let fl = to_flock(lock)?;
+        if lock.typ == libc::F_WRLCK && self.export.read_only {
+            return Err(Errno::EROFS);
+        }
+        if lock.typ == libc::F_UNLCK {
+            // An owner without a file holds no locks here.
+            if let Some(o) = self.locks.get(ino, owner) {
+                locks::start_posix(o, fl, &self.closed)?;
+            }
+            return Ok(None);
+        }
+        let read_only = self.export.read_only;
+        let o = self.locks.get_or_open(ino, owner, fh, || {
+            // A description of its own, readable and writable where the host allows, so that
+            // the owner can take read and write locks through any of its guest descriptors.
+            let fd = h.file_fd()?;
+            let wanted = if read_only {
+                libc::O_RDONLY
+            } else {
+                libc::O_RDWR
+            };
+            sys::reopen(self.proc_fd(), fd, wanted | libc::O_NOCTTY).or_else(|_| {
+                let mode = sys::access_mode(fd)?;
+                sys::reopen(self.proc_fd(), fd, mode | libc::O_NOCTTY)
+            })
+        })?;
+        locks::start_posix(o, fl, &self.closed)
+    }
+
+    /// `flock(2)` on the handle's fd: LOCK_SH, LOCK_EX or LOCK_UN, optionally with LOCK_NB.
+    /// Without LOCK_NB a conflict is waited for in the calling thread. A read-only export
+    /// refuses LOCK_EX with EROFS.
+    pub fn flock(&self, ino: u64, fh: u64, owner: u64, op: i32) -> Result<(), Errno> {
+        match self.flock_start(ino, fh, owner, op)? {
+            Some(wait) if op & libc::LOCK_NB == 0 => wait.wait(),
+            Some(_) => Err(Errno::EAGAIN),
+            None => Ok(()),
+        }
+    }
+
+    /// Tries an `flock` once: `Ok(None)` when done, `Ok(Some(wait))` when it conflicts.
+    pub fn flock_start(
         &self,
         _ino: u64,
         fh: u64,
         _owner: u64,
-        lock: &Lock,
-        sleep: bool,
-    ) -> Result<(), Errno> {
-        let h = self.file_handle(fh)?;
-        let mut fl = to_flock(lock)?;
-        let cmd = if sleep {
-            libc::F_OFD_SETLKW
-        } else {
-            libc::F_OFD_SETLK
-        };
-        sys::fcntl_lock(h.file_fd()?, cmd, &mut fl)
-    }
-
-    /// `flock(2)` on the handle's fd: LOCK_SH, LOCK_EX or LOCK_UN, optionally with LOCK_NB.
-    pub fn flock(&self, _ino: u64, fh: u64, _owner: u64, op: i32) -> Result<(), Errno> {
-        if !matches!(
-            op & !libc::LOCK_NB,
-            libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN
-        ) {
+        op: i32,
+    ) -> Result<Option<LockWait>, Errno> {
+        let kind = op & !libc::LOCK_NB;
+        if !matches!(kind, libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN) {
             return Err(Errno::EINVAL);
         }
+        if kind == libc::LOCK_EX && self.export.read_only {
+            return Err(Errno::EROFS);
+        }
         let h = self.file_handle(fh)?;
-        sys::flock(h.file_fd()?, op)
+        locks::start_flock(h, kind, &self.closed)
     }
 }
 
@@ -1049,7 +1109,7 @@ mod tests {
         };
         let fl = to_flock(&whole).unwrap();
         assert_eq!(fl.l_len, 0);
-        assert_eq!(from_flock(&fl).end, u64::MAX);
+        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
         let bad = Lock {
             start: 5,
             end: 1,
