@@ -249,24 +249,41 @@ fn compare(tool: &str, native: &[Vec<String>], mount: &[Vec<String>]) {
     assert!(diffs.is_empty(), "{tool} saw different events:{diffs}");
 }
 
-/// The differential test with inotifywait: the same host operations on a native directory
-/// watched natively and on the host side of a share watched through the mount.
-#[test]
-fn inotifywait_sees_host_changes_as_on_a_local_disk() {
-    let test = "inotifywait_sees_host_changes_as_on_a_local_disk";
-    if !fuse_available(test) || !have("inotifywait", test) {
-        return;
+/// Runs the steps on a native directory watched natively, then on the host side of a share
+/// watched through the mount, with the same tool; compares and returns the mount's events.
+fn differential(
+    test: &str,
+    tool: &str,
+    watch: fn(&Path) -> Watcher,
+    normal: fn(Vec<String>) -> Vec<String>,
+) -> Option<Vec<Vec<String>>> {
+    if !fuse_available(test) || !have(tool, test) {
+        return None;
     }
     let native = tempfile::tempdir().unwrap();
-    let w = Watcher::inotifywait(native.path());
-    let expected = record(native.path(), &w, inotify_normal);
+    let w = watch(native.path());
+    let expected = record(native.path(), &w, normal);
     drop(w);
 
     let share = Share::start();
-    let w = Watcher::inotifywait(share.mnt());
-    let got = record(share.src(), &w, inotify_normal);
+    let w = watch(share.mnt());
+    let got = record(share.src(), &w, normal);
     drop(w);
-    compare("inotifywait", &expected, &got);
+    compare(tool, &expected, &got);
+    Some(got)
+}
+
+/// The differential test with inotifywait.
+#[test]
+fn inotifywait_sees_host_changes_as_on_a_local_disk() {
+    let Some(got) = differential(
+        "inotifywait_sees_host_changes_as_on_a_local_disk",
+        "inotifywait",
+        Watcher::inotifywait,
+        inotify_normal,
+    ) else {
+        return;
+    };
     // The burst is really there: 1000 files, each created, written and closed.
     let burst = &got[STEPS.len() - 2];
     let creates = burst.iter().filter(|l| l.ends_with(" CREATE")).count();
@@ -288,20 +305,12 @@ fn node_normal(lines: Vec<String>) -> Vec<String> {
 
 #[test]
 fn node_fs_watch_sees_host_changes_as_on_a_local_disk() {
-    let test = "node_fs_watch_sees_host_changes_as_on_a_local_disk";
-    if !fuse_available(test) || !have("node", test) {
-        return;
-    }
-    let native = tempfile::tempdir().unwrap();
-    let w = Watcher::node(native.path());
-    let expected = record(native.path(), &w, node_normal);
-    drop(w);
-
-    let share = Share::start();
-    let w = Watcher::node(share.mnt());
-    let got = record(share.src(), &w, node_normal);
-    drop(w);
-    compare("node fs.watch", &expected, &got);
+    differential(
+        "node_fs_watch_sees_host_changes_as_on_a_local_disk",
+        "node",
+        Watcher::node,
+        node_normal,
+    );
 }
 
 /// The guest's own changes are not echoed back as a second set of events.
@@ -385,6 +394,9 @@ fn apply(root: &Path, op: &Op) -> bool {
     let p = |i: usize| root.join(NAMES[i]);
     let r = match op {
         Op::Write(n, d) => std::fs::write(p(*n), d),
+        // An empty append changes nothing; its lone close is indistinguishable from an echo
+        // of the guest's own last change to the file (README, "Host changes").
+        Op::Append(_, d) if d.is_empty() => return false,
         Op::Append(n, d) => std::fs::OpenOptions::new()
             .append(true)
             .open(p(*n))
@@ -393,9 +405,6 @@ fn apply(root: &Path, op: &Op) -> bool {
             .write(true)
             .open(p(*n))
             .and_then(|f| f.set_len(*s)),
-        // An empty append changes nothing; its lone close is indistinguishable from an echo
-        // of the guest's own last change to the file (README, "Host changes").
-        Op::Append(_, d) if d.is_empty() => return false,
         // Renaming a name to itself changes nothing and raises no event.
         Op::Rename(a, b) if a == b => return false,
         Op::Rename(a, b) => std::fs::rename(p(*a), p(*b)),
