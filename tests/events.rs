@@ -441,12 +441,13 @@ fn cached_view_follows_interleaved_host_and_guest_changes() {
         std::fs::create_dir(share.src().join(&dir)).unwrap();
         let host = share.src().join(&dir);
         let guest = share.mnt().join(&dir);
-        let until = Instant::now() + Duration::from_secs(5);
-        while !guest.exists() {
-            prop_assert!(Instant::now() < until, "case dir never showed in the guest");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        w.settle(Duration::from_millis(100));
+        // The watcher must watch the case directory before the case starts: wait for its
+        // creation event (inotifywait -r adds the watch when it sees it), then for quiet.
+        let created = format!("{}|CREATE,ISDIR", dir.display());
+        let seen = w.wait_for(|l| l.contains(&created), Duration::from_secs(10));
+        prop_assert!(seen, "case dir creation never reached the guest watcher");
+        prop_assert!(guest.exists());
+        w.settle(Duration::from_millis(200));
         for (i, (on_host, op)) in ops.iter().enumerate() {
             let changed = apply(if *on_host { &host } else { &guest }, op);
             if *on_host && changed {
