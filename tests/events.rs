@@ -172,6 +172,16 @@ fn inotify_normal(lines: Vec<String>) -> Vec<String> {
             out.push(line);
         }
     }
+    // A removed directory's DELETE_SELF (on its own watch) and the DELETE in its parent come
+    // from two watches; the kernel emits the first when it lets go of the inode, which on any
+    // filesystem may be before or after the second. Put them in one order.
+    for i in 1..out.len() {
+        if let Some(p) = out[i - 1].strip_suffix(" DELETE,ISDIR") {
+            if out[i] == format!("{p}/ DELETE_SELF") {
+                out.swap(i - 1, i);
+            }
+        }
+    }
     out
 }
 
