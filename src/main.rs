@@ -39,7 +39,36 @@ enum Command {
         /// in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 60_000)]
         attr_timeout_ms: u64,
+        /// How owners translate. `passthrough`: ids unchanged, files are created as the
+        /// calling user (needs root). `squash:UID:GID`: every file shows as owned by UID:GID
+        /// and everything created through the mount belongs to this process's user (`squash`
+        /// alone: this process's own ids). `map:[u:|g:|b:]GUEST:HOST:COUNT[,...]`: id ranges
+        /// as in an idmapped mount; ids outside every range show as 65534 and cannot be set
+        /// (needs root). Default: passthrough as root (the mount looks like SRC, as a bind
+        /// mount would), else squash to your own ids.
+        #[arg(long = "ids", value_name = "MODE", value_parser = parse_ids)]
+        ids: Option<ferry_host::IdMode>,
+        /// Keep owners set through the mount (chown, chgrp, and a chmod the host refuses) in
+        /// the user.ferry.owner xattr of each file. Default: on in squash mode, off otherwise.
+        #[arg(long, value_name = "on|off", value_parser = ferry_host::ids::parse_on_off)]
+        persist_owners: Option<bool>,
+        /// Who checks permissions: `guest` (the mount's kernel side, against the owners and
+        /// modes shown, as on a local disk) or `host` (every user may do what this process's
+        /// user may do). Default: host in squash mode, guest otherwise.
+        #[arg(long, value_name = "guest|host", value_parser = ferry_host::ids::parse_permissions)]
+        permissions: Option<ferry_host::Permissions>,
     },
+    /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
+    /// under PATH, without following symlinks or leaving PATH's filesystem.
+    StripOwners {
+        /// The tree to clean.
+        path: PathBuf,
+    },
+}
+
+fn parse_ids(s: &str) -> Result<ferry_host::IdMode, String> {
+    s.parse::<ferry_host::IdMode>()
+        .map_err(|e| format!("{e} (expected {})", ferry_host::ids::IDS_SYNTAX))
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,13 +81,22 @@ fn main() -> std::process::ExitCode {
             read_only,
             cache,
             attr_timeout_ms,
+            ids,
+            persist_owners,
+            permissions,
         } => share(
             src,
             mountpoint,
             read_only,
             cache,
             Duration::from_millis(attr_timeout_ms),
+            ferry_host::IdOptions {
+                mode: ids,
+                persist_owners,
+                permissions,
+            },
         ),
+        Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -75,6 +113,7 @@ fn share(
     read_only: bool,
     cache: ferry_agent::CacheMode,
     ttl: Duration,
+    ids: ferry_host::IdOptions,
 ) -> anyhow::Result<()> {
     // Signals are taken before any thread starts so that every thread inherits the mask.
     let shutdown = ferry_agent::shutdown_on_signals()?;
@@ -83,7 +122,10 @@ fn share(
         name: name.clone(),
         path: src.clone(),
         read_only,
+        ids,
     }])?;
+    ferry_host::raise_fd_limit();
+    let policy = exports[0].ids().to_string();
     let state = Arc::new(ferry_host::ServerState {
         exports,
         token: None,
@@ -98,10 +140,11 @@ fn share(
         .spawn(move || ferry_host::serve_connection(host_end, &state, "ferry share"))?;
 
     tracing::info!(
-        "sharing {} at {}{}; Ctrl-C to stop",
+        "sharing {} at {}{} ({}); Ctrl-C to stop",
         src.display(),
         mountpoint.display(),
-        if read_only { " (read-only)" } else { "" }
+        if read_only { " (read-only)" } else { "" },
+        policy
     );
     let config = ferry_agent::AgentConfig {
         connect: ferry_agent::ConnectAddr::Unix(PathBuf::from("socketpair")),
@@ -110,6 +153,7 @@ fn share(
         ttl,
         cache,
         connect_timeout: Duration::ZERO,
+        permissions: None,
     };
     let result = ferry_agent::serve_stream(guest_end, &config, shutdown);
     // The agent has unmounted and closed its end; the server connection ends with it.

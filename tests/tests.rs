@@ -15,5 +15,17 @@ mod programs;
 mod events;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
+// Owners: squash, map and passthrough modes with programs running as several users.
+mod ids;
+// Generated operation sequences on a mount and a plain directory (proptest).
+mod model;
+// Locks across the boundary: host processes, two agents, disconnects, SQLite.
+mod locks;
+// mmap, sockets, device nodes and read-only exports through a mount.
+mod special;
+// Path safety while the host swaps a directory for a symlink to /.
+mod race;
+// fsx-style random I/O with mmap against an in-memory model.
+mod fsx;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
 mod vm_virtiofs;

@@ -729,11 +729,15 @@ pub(crate) mod tests {
                     id: 7,
                     name: "data".into(),
                     read_only: false,
+                    permissions: ferry_protocol::Permissions::Guest,
+                    wants_groups: false,
                 },
                 ExportInfo {
                     id: 9,
                     name: "ro".into(),
                     read_only: true,
+                    permissions: ferry_protocol::Permissions::Guest,
+                    wants_groups: false,
                 },
             ],
             server: "fake".into(),
@@ -813,12 +817,13 @@ pub(crate) mod tests {
             uid: 1000,
             gid: 1000,
             pid: 42,
+            groups: vec![],
         };
         for ino in [1u64, 2, 3] {
             let tx = tx.clone();
             client.call(
                 7,
-                ctx,
+                ctx.clone(),
                 &getattr(ino),
                 &[],
                 Box::new(move |r| {
@@ -979,7 +984,7 @@ pub(crate) mod tests {
         let ctx = Ctx::default();
         let r = client.call_blocking(
             7,
-            ctx,
+            ctx.clone(),
             &Request::Read(ReadReq {
                 ino: 2,
                 fh: 1,
@@ -992,7 +997,7 @@ pub(crate) mod tests {
         let payload = vec![0xabu8; 300_000];
         let r = client.call_blocking(
             7,
-            ctx,
+            ctx.clone(),
             &Request::Write(ferry_protocol::Write {
                 ino: 2,
                 fh: 1,

@@ -14,9 +14,13 @@
 //! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
 //! `Forget` frame.
 //!
-//! Locks: `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS` are not requested (fuser 0.18 does not pass
-//! `lk_flags`, so flock and POSIX locks could not be told apart): both stay local to the guest
-//! kernel for now. `getlk`/`setlk` are forwarded should the kernel ever call them.
+//! Locks: with the server's `POSIX_LOCKS` and `FLOCK` features the kernel is given
+//! `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS`, and sends every `fcntl` lock as GETLK/SETLK(W)
+//! with the process as lock owner and every `flock(2)` as SETLK(W) with `FUSE_LK_FLOCK` (the
+//! patched fuser in third_party/ routes those to [`FerryFs::flock`]). Both go to the host,
+//! which holds them as host locks. A blocking request is answered when the host grants it; no
+//! FUSE thread waits. POSIX locks end with any `close(2)` by their owner, so FLUSH goes to the
+//! host for files this mount has locked, and is answered here for the others.
 
 use dashmap::DashMap;
 use std::ffi::OsStr;
@@ -36,7 +40,7 @@ use fuser::{
 use tracing::{debug, error};
 
 use crate::client::Client;
-use crate::replay::{REPLAY_FH_BASE, ReplayState};
+use crate::replay::{Answer, REPLAY_FH_BASE, ReplayState};
 
 /// Bytes' worth of entries asked from the server per readdir. fuser 0.18 does not expose the
 /// kernel's buffer size; the kernel asks again when a reply leaves room, and entries that do
@@ -49,6 +53,8 @@ pub struct FerryFs {
     client: Arc<Client>,
     export: u32,
     ttl: Duration,
+    /// Creating requests carry the caller's supplementary groups (the server asked for them).
+    caller_groups: bool,
     /// Lookups the server took for readdirplus entries the kernel never saw; given back with
     /// the next `Forget` sent from a FUSE thread (never from the reader thread).
     deferred_forgets: Arc<Mutex<Vec<(u64, u64)>>>,
@@ -61,6 +67,56 @@ pub struct FerryFs {
     replay: Arc<ReplayState>,
     /// Keep the page cache across opens (host changes invalidate it: `cached` mode).
     keep_cache: bool,
+    /// The server holds guest locks (features POSIX_LOCKS and FLOCK).
+    host_locks: bool,
+    /// Nodes a POSIX lock was ever asked for: a FLUSH of those must reach the host.
+    locked: DashMap<u64, ()>,
+    /// Granted locks go through here: the node's cached pages and attributes are dropped
+    /// before the kernel learns of the lock (see [`Revalidator`]).
+    revalidate: Revalidator,
+}
+
+/// Drops a node's cached pages and attributes, then answers the lock request that was just
+/// granted, on a thread of its own.
+///
+/// A lock is how programs that share a file (SQLite, anything using flock) say "from now on I
+/// may read what others wrote": once it is granted, reads must see the host's bytes, not pages
+/// the guest cached before another host process or guest changed them (NFS revalidates on lock
+/// for the same reason). The invalidation has to finish before the reply, and it cannot run on
+/// the client's reader thread: dropping a page waits for a read of it in flight, whose reply
+/// that very thread delivers.
+#[derive(Debug)]
+struct Revalidator {
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    queue: Mutex<std::sync::mpsc::Sender<(u64, ReplyEmpty)>>,
+}
+
+impl Revalidator {
+    fn new() -> Self {
+        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, ReplyEmpty)>();
+        let n = Arc::clone(&notifier);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-lock-inval".into())
+            .spawn(move || {
+                for (ino, reply) in rx {
+                    if let Some(n) = n.get() {
+                        // ENOENT: the kernel has no such inode cached, nothing to drop.
+                        if let Err(e) = n.inval_inode(INodeNo(ino), 0, -1) {
+                            debug!(ino, "inval_inode after a lock: {e}");
+                        }
+                    }
+                    reply.ok();
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot start the lock revalidation thread: {e}");
+        }
+        Revalidator {
+            notifier,
+            queue: Mutex::new(tx),
+        }
+    }
 }
 
 /// Bytes of a file asked for inline with a read-only open. Most files in a source tree are
@@ -129,10 +185,15 @@ impl DirCache {
 impl FerryFs {
     /// An adapter forwarding to export `export` of `client`, with the given entry/attr TTL.
     pub fn new(client: Arc<Client>, export: u32, ttl: Duration) -> Self {
+        let both = proto::features::POSIX_LOCKS | proto::features::FLOCK;
         Self {
+            host_locks: client.welcome().features & both == both,
+            locked: DashMap::new(),
+            revalidate: Revalidator::new(),
             client,
             export,
             ttl,
+            caller_groups: false,
             deferred_forgets: Arc::default(),
             dir_caches: Arc::default(),
             prefetched: Arc::default(),
@@ -177,11 +238,226 @@ impl FerryFs {
     }
 
     /// Answers a replayed creation with the node the host change carries.
-    fn replay_created(&self, reply: ReplyEntry) {
-        match self.replay.created() {
-            Some(e) => reply.entry(&self.ttl, &entry_attr(&e), Generation(e.generation)),
-            None => reply.error(fuser::Errno::EIO),
+    fn replay_created(&self, req: &Request, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        // The kernel holds the directory locked while it waits for this answer, so no other
+        // guest operation on the name can come in between: check the host still has what the
+        // change says (a read), so a late replay never hides a newer file under the name.
+        let created = self.replay.created();
+        let Some(c) = created else {
+            return reply.error(fuser::Errno::EIO);
+        };
+        let ttl = self.ttl;
+        let deferred = Arc::clone(&self.deferred_forgets);
+        let state = Arc::clone(&self.replay);
+        let body = Req::Lookup(proto::Lookup {
+            parent,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], move |r| {
+            let mut forget = Vec::new();
+            let real = !ReplayState::is_synthetic(c.ino);
+            match r {
+                Ok(Reply::Entry(now)) if now.ino == c.ino || !real => {
+                    // The name holds the created object (or one whose creation is about to be
+                    // replayed too): hand the kernel this fresh lookup.
+                    if real {
+                        forget.push((c.ino, 1));
+                    }
+                    reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
+                }
+                Ok(Reply::Entry(now)) => {
+                    // Something newer holds the name: this creation is stale.
+                    forget.push((now.ino, 1));
+                    forget.push((c.ino, 1));
+                    reply.error(fuser::Errno::EEXIST);
+                }
+                Err(Errno::ENOENT) => {
+                    // Already gone again: a transient node until its removal is replayed.
+                    let e = if real {
+                        forget.push((c.ino, 1));
+                        state.synthetic_like(&c)
+                    } else {
+                        c
+                    };
+                    reply.entry(&ttl, &entry_attr(&e), Generation(0));
+                }
+                _ => {
+                    if real {
+                        forget.push((c.ino, 1));
+                    }
+                    reply.error(fuser::Errno::EIO);
+                }
+            }
+            if !forget.is_empty() {
+                deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(forget);
+            }
+        });
+    }
+
+    /// Answers the replay thread's LOOKUP of a name the change is about. The view says how the
+    /// name looked before the change; the host says how it looks now. While the change still
+    /// holds (the name is the change's object, or gone), the view answers, so the replayed
+    /// operation raises its event; when something newer holds the name, the host answers, so
+    /// the kernel never caches a stale node under a name a program is using. The kernel holds
+    /// the directory locked meanwhile, so no guest operation on the name comes in between.
+    fn replay_lookup(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        answer: Answer,
+        node: Option<u64>,
+        reply: ReplyEntry,
+    ) {
+        let ttl = self.ttl;
+        let deferred = Arc::clone(&self.deferred_forgets);
+        let state = Arc::clone(&self.replay);
+        let body = Req::Lookup(proto::Lookup {
+            parent,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], move |r| {
+            let view = |reply: ReplyEntry| match state.hand_out(&answer) {
+                Some(e) => reply.entry(&ttl, &entry_attr(&e), Generation(e.generation)),
+                None => reply.error(fuser::Errno::ENOENT),
+            };
+            match r {
+                Ok(Reply::Entry(now)) => {
+                    let current = match answer {
+                        // A name the change creates: the change's own object is expected.
+                        Answer::Absent => node == Some(now.ino),
+                        // A name the change removes or renames away: expected gone.
+                        _ => false,
+                    };
+                    if current {
+                        deferred
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((now.ino, 1));
+                        view(reply);
+                    } else {
+                        reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
+                    }
+                }
+                _ => view(reply),
+            }
+        });
+    }
+
+    /// Answers a replayed removal once the host is checked to no longer have the name (see
+    /// [`FerryFs::replay_created`]).
+    fn replay_removed(&self, req: &Request, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let deferred = Arc::clone(&self.deferred_forgets);
+        let body = Req::Lookup(proto::Lookup {
+            parent,
+            name: bytes(name),
+        });
+        self.call(req, body, &[], move |r| match r {
+            Err(Errno::ENOENT) => reply.ok(),
+            Ok(Reply::Entry(now)) => {
+                // Created again since: the removal is stale.
+                deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((now.ino, 1));
+                reply.error(fuser::Errno::EBUSY);
+            }
+            _ => reply.error(fuser::Errno::EIO),
+        });
+    }
+
+    /// Answers a replayed rename once the host is checked to have the source gone and the
+    /// target present (see [`FerryFs::replay_created`]). Both lookups go out at once; the
+    /// later answer decides.
+    fn replay_renamed(
+        &self,
+        req: &Request,
+        from: (u64, &OsStr),
+        to: (u64, &OsStr),
+        reply: ReplyEmpty,
+    ) {
+        type Seen = (Option<bool>, Option<bool>, Option<ReplyEmpty>);
+        let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
+        for (i, (parent, name)) in [from, to].into_iter().enumerate() {
+            let seen = Arc::clone(&seen);
+            let deferred = Arc::clone(&self.deferred_forgets);
+            let body = Req::Lookup(proto::Lookup {
+                parent,
+                name: bytes(name),
+            });
+            self.call(req, body, &[], move |r| {
+                let present = match r {
+                    Ok(Reply::Entry(e)) => {
+                        deferred
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((e.ino, 1));
+                        Some(true)
+                    }
+                    Err(Errno::ENOENT) => Some(false),
+                    _ => None,
+                };
+                // An unknown answer counts as stale: the source as still there, the target as
+                // missing.
+                let present = present.unwrap_or(i == 0);
+                let mut g = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if i == 0 {
+                    g.0 = Some(present);
+                } else {
+                    g.1 = Some(present);
+                }
+                if let (Some(src), Some(dst)) = (g.0, g.1) {
+                    if let Some(reply) = g.2.take() {
+                        if !src && dst {
+                            reply.ok();
+                        } else {
+                            reply.error(fuser::Errno::EBUSY);
+                        }
+                    }
+                }
+            });
         }
+    }
+
+    /// Makes creating requests carry the caller's supplementary groups, read from
+    /// `/proc/PID/status` (FUSE passes only the uid, gid and pid). The server asks for them
+    /// when it creates files as the caller ([`proto::ExportInfo::wants_groups`]).
+    pub fn with_caller_groups(mut self, on: bool) -> Self {
+        self.caller_groups = on;
+        self
+    }
+
+    /// Where the mount puts the session's notifier once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.revalidate.notifier)
+    }
+
+    /// Sends a lock request; a granted lock (not an unlock) is answered after the node's
+    /// cached data is dropped.
+    fn call_lock(&self, req: &Request, ino: u64, unlock: bool, body: Req<'_>, reply: ReplyEmpty) {
+        if unlock {
+            self.call(req, body, &[], empty_done("lock", reply));
+            return;
+        }
+        self.drop_prefetched(ino);
+        let queue = self
+            .revalidate
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.call(req, body, &[], move |r| match r {
+            Ok(Reply::Empty) => {
+                if let Err(std::sync::mpsc::SendError((_, reply))) = queue.send((ino, reply)) {
+                    reply.ok();
+                }
+            }
+            Ok(other) => reply.error(wrong("lock", &other)),
+            Err(e) => reply.error(errno(e)),
+        });
     }
 
     fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
@@ -190,6 +466,21 @@ impl FerryFs {
     {
         self.client
             .call(self.export, ctx(req), &body, payload, Box::new(done));
+    }
+
+    /// As [`Self::call`] for a request that creates a node: the caller's supplementary groups
+    /// go with it when the server wants them.
+    fn call_creating<F>(&self, req: &Request, body: Req<'_>, done: F)
+    where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        let mut ctx = ctx(req);
+        // Root bypasses the permission checks the groups would serve.
+        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 {
+            ctx.groups = caller_groups(ctx.pid);
+        }
+        self.client
+            .call(self.export, ctx, &body, &[], Box::new(done));
     }
 
     fn forget_nodes(&self, req: &Request, mut nodes: Vec<(u64, u64)>) {
@@ -266,7 +557,34 @@ fn ctx(req: &Request) -> Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        groups: Vec::new(),
     }
+}
+
+/// The supplementary groups of thread `tid` (the pid FUSE reports is the calling thread's),
+/// from the `Groups:` line of `/proc/TID/status`; empty when the thread is gone.
+pub fn caller_groups(tid: u32) -> Vec<u32> {
+    match std::fs::read(format!("/proc/{tid}/status")) {
+        Ok(status) => parse_groups(&status),
+        Err(e) => {
+            debug!(tid, "cannot read the caller's groups: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The ids on the `Groups:` line of a `/proc/PID/status` text.
+fn parse_groups(status: &[u8]) -> Vec<u32> {
+    status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Groups:"))
+        .map(|l| {
+            String::from_utf8_lossy(l)
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -496,6 +814,13 @@ impl Filesystem for FerryFs {
             // open() forwards O_TRUNC to the host.
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_AUTO_INVAL_DATA;
+        let features = self.client.welcome().features;
+        if features & proto::features::POSIX_LOCKS != 0 {
+            wanted |= InitFlags::FUSE_POSIX_LOCKS;
+        }
+        if features & proto::features::FLOCK != 0 {
+            wanted |= InitFlags::FUSE_FLOCK_LOCKS;
+        }
         if self.client.welcome().features & proto::features::READDIRPLUS != 0 {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
@@ -509,12 +834,8 @@ impl Filesystem for FerryFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if self.replaying(req) {
-            if let Some(answer) = self.replay.lookup(parent.0, bytes(name)) {
-                match answer {
-                    Some(e) => reply.entry(&self.ttl, &entry_attr(&e), Generation(e.generation)),
-                    None => reply.error(fuser::Errno::ENOENT),
-                }
-                return;
+            if let Some((answer, node)) = self.replay.intent(parent.0, bytes(name)) {
+                return self.replay_lookup(req, parent.0, name, answer, node, reply);
             }
         }
         if ReplayState::is_synthetic(parent.0) {
@@ -552,13 +873,11 @@ impl Filesystem for FerryFs {
     // default implementation calls `forget` for each node (one Forget frame each).
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if ReplayState::is_synthetic(ino.0) || self.replaying(req) {
-            if let Some(a) = self.replay.attr(ino.0) {
-                return reply.attr(&self.ttl, &file_attr(&a));
-            }
-            if ReplayState::is_synthetic(ino.0) {
-                return reply.error(fuser::Errno::ESTALE);
-            }
+        if ReplayState::is_synthetic(ino.0) {
+            return match self.replay.synthetic_attr(ino.0) {
+                Some(a) => reply.attr(&self.ttl, &file_attr(&a)),
+                None => reply.error(fuser::Errno::ESTALE),
+            };
         }
         let body = Req::Getattr(proto::Getattr {
             ino: ino.0,
@@ -586,20 +905,21 @@ impl Filesystem for FerryFs {
         reply: ReplyAttr,
     ) {
         if self.replaying(req) || ReplayState::is_synthetic(ino.0) {
-            // A replayed change: the kernel keeps the attributes of this reply, the host's.
-            // Without them in the change (the object moved on since), ask for them: a read,
-            // never a change of the host file.
-            return match self.replay.attr(ino.0) {
-                Some(a) => reply.attr(&self.ttl, &file_attr(&a)),
-                None if ReplayState::is_synthetic(ino.0) => reply.error(fuser::Errno::ESTALE),
-                None => {
-                    let body = Req::Getattr(proto::Getattr {
-                        ino: ino.0,
-                        fh: None,
-                    });
-                    self.call(req, body, &[], attr_done("getattr", self.ttl, reply));
-                }
-            };
+            // A replayed change: the kernel keeps the attributes of this reply, so they must be
+            // the host's as they are now, asked for here (a read; the host file is never
+            // changed). A snapshot taken when the change was seen could carry an older size
+            // than writes this guest has made since, and shrink the file under them.
+            if ReplayState::is_synthetic(ino.0) {
+                return match self.replay.synthetic_attr(ino.0) {
+                    Some(a) => reply.attr(&self.ttl, &file_attr(&a)),
+                    None => reply.error(fuser::Errno::ESTALE),
+                };
+            }
+            let body = Req::Getattr(proto::Getattr {
+                ino: ino.0,
+                fh: None,
+            });
+            return self.call(req, body, &[], attr_done("getattr", self.ttl, reply));
         }
         if size.is_some() {
             self.drop_prefetched(ino.0);
@@ -633,7 +953,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(reply);
+            return self.replay_created(req, parent.0, name, reply);
         }
         let body = Req::Mknod(proto::Mknod {
             parent: parent.0,
@@ -642,7 +962,7 @@ impl Filesystem for FerryFs {
             rdev,
             umask,
         });
-        self.call(req, body, &[], entry_done("mknod", self.ttl, reply));
+        self.call_creating(req, body, entry_done("mknod", self.ttl, reply));
     }
 
     fn mkdir(
@@ -655,7 +975,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(reply);
+            return self.replay_created(req, parent.0, name, reply);
         }
         let body = Req::Mkdir(proto::Mkdir {
             parent: parent.0,
@@ -663,12 +983,12 @@ impl Filesystem for FerryFs {
             mode,
             umask,
         });
-        self.call(req, body, &[], entry_done("mkdir", self.ttl, reply));
+        self.call_creating(req, body, entry_done("mkdir", self.ttl, reply));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if self.replaying(req) {
-            return reply.ok();
+            return self.replay_removed(req, parent.0, name, reply);
         }
         let body = Req::Unlink(proto::Unlink {
             parent: parent.0,
@@ -679,7 +999,7 @@ impl Filesystem for FerryFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if self.replaying(req) {
-            return reply.ok();
+            return self.replay_removed(req, parent.0, name, reply);
         }
         let body = Req::Rmdir(proto::Rmdir {
             parent: parent.0,
@@ -697,14 +1017,14 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(reply);
+            return self.replay_created(req, parent.0, link_name, reply);
         }
         let body = Req::Symlink(proto::Symlink {
             parent: parent.0,
             name: bytes(link_name),
             target: target.as_os_str().as_bytes(),
         });
-        self.call(req, body, &[], entry_done("symlink", self.ttl, reply));
+        self.call_creating(req, body, entry_done("symlink", self.ttl, reply));
     }
 
     fn rename(
@@ -718,7 +1038,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         if self.replaying(req) {
-            return reply.ok();
+            return self.replay_renamed(req, (parent.0, name), (newparent.0, newname), reply);
         }
         let body = Req::Rename(proto::Rename {
             parent: parent.0,
@@ -815,7 +1135,7 @@ impl Filesystem for FerryFs {
             flags,
         });
         let ttl = self.ttl;
-        self.call(req, body, &[], move |r| match r {
+        self.call_creating(req, body, move |r| match r {
             Ok(Reply::Created(c)) => reply.created(
                 &ttl,
                 &entry_attr(&c.entry),
@@ -882,18 +1202,30 @@ impl Filesystem for FerryFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // `close(2)` sends FLUSH and waits for it. The host has nothing to do for it: every
-        // WRITE was a synchronous pwrite the host acknowledged, and locks are kept by the guest
-        // kernel. ENOSYS tells the kernel exactly that: close() still succeeds, and the kernel
-        // stops sending FLUSH for this mount, which saves a hop on every close. (Once POSIX
-        // locks are forwarded, FLUSH must reach the host to drop the owner's locks.)
-        reply.error(fuser::Errno::ENOSYS);
+        // `close(2)` sends FLUSH and waits for it. Data needs nothing: every WRITE was a
+        // synchronous pwrite the host acknowledged. Locks do: a close drops the closing
+        // process's POSIX locks on the file, so a file this mount ever locked goes to the host.
+        if !self.host_locks {
+            // Locks are the guest kernel's own: ENOSYS makes it stop sending FLUSH at all.
+            reply.error(fuser::Errno::ENOSYS);
+            return;
+        }
+        if !self.locked.contains_key(&ino.0) {
+            reply.ok();
+            return;
+        }
+        let body = Req::Flush(proto::Flush {
+            ino: ino.0,
+            fh: fh.0,
+            lock_owner: lock_owner.0,
+        });
+        self.call(req, body, &[], empty_done("flush", reply));
     }
 
     fn release(
@@ -1161,6 +1493,7 @@ impl Filesystem for FerryFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.locked.insert(ino.0, ());
         let body = Req::Setlk(proto::Setlk {
             ino: ino.0,
             fh: fh.0,
@@ -1173,7 +1506,35 @@ impl Filesystem for FerryFs {
             },
             sleep,
         });
-        self.call(req, body, &[], empty_done("setlk", reply));
+        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+    }
+
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let op = match typ {
+            libc::F_RDLCK => libc::LOCK_SH,
+            libc::F_WRLCK => libc::LOCK_EX,
+            libc::F_UNLCK => libc::LOCK_UN,
+            _ => {
+                reply.error(fuser::Errno::EINVAL);
+                return;
+            }
+        };
+        let body = Req::Flock(proto::Flock {
+            ino: ino.0,
+            fh: fh.0,
+            owner: lock_owner.0,
+            op: if sleep { op } else { op | libc::LOCK_NB },
+        });
+        self.call_lock(req, ino.0, op == libc::LOCK_UN, body, reply);
     }
 
     fn fallocate(
@@ -1382,6 +1743,24 @@ mod tests {
             kind_from_mode(mode_from_dtype(libc::DT_SOCK)),
             FileType::Socket
         );
+    }
+
+    #[test]
+    fn groups_come_from_proc_status() {
+        let status = b"Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGroups:\t27 100 2000 \nNSpid:\t5\n";
+        assert_eq!(parse_groups(status), vec![27, 100, 2000]);
+        assert_eq!(parse_groups(b"Groups:\t\n"), Vec::<u32>::new());
+        assert_eq!(parse_groups(b"Name:\tx\n"), Vec::<u32>::new());
+        // This thread's own groups, as the kernel reports them.
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        let mine: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        assert_eq!(caller_groups(tid), mine);
+        assert_eq!(caller_groups(u32::MAX), Vec::<u32>::new());
     }
 
     #[test]

@@ -248,6 +248,8 @@ pub struct AgentConfig {
     /// How long to keep trying while the server is not there yet (see
     /// [`ConnectAddr::connect_within`]).
     pub connect_timeout: Duration,
+    /// Who checks permissions on every mount; `None` follows the server's choice per export.
+    pub permissions: Option<ferry_protocol::Permissions>,
 }
 
 /// The client name this agent announces.
@@ -307,6 +309,7 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
         .map(|(export, mountpoint)| MountOptions {
             ttl: config.ttl,
             cache: config.cache,
+            permissions: config.permissions,
             ..MountOptions::new(export.clone(), mountpoint.clone())
         })
         .collect()

@@ -57,6 +57,21 @@ struct Args {
     /// many seconds, with a backoff of up to 5 s between attempts. 0 tries once.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     connect_timeout: u64,
+
+    /// Who checks permissions on the mounts: `guest` (this kernel checks every access against
+    /// the owners and modes shown, as on a local disk: mount option default_permissions) or
+    /// `host` (anything the server's user may do, every user here may do). By default each
+    /// export follows what ferry-host chose for it (guest, except in squash mode).
+    #[arg(long, value_name = "guest|host", value_parser = parse_permissions)]
+    permissions: Option<ferry_protocol::Permissions>,
+}
+
+fn parse_permissions(s: &str) -> Result<ferry_protocol::Permissions, String> {
+    match s {
+        "guest" => Ok(ferry_protocol::Permissions::Guest),
+        "host" => Ok(ferry_protocol::Permissions::Host),
+        _ => Err(format!("{s:?}: expected guest or host")),
+    }
 }
 
 fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
@@ -91,6 +106,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         ttl: Duration::from_millis(args.attr_timeout_ms),
         cache: args.cache,
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        permissions: args.permissions,
     };
     ferry_agent::run(config, shutdown)
 }

@@ -42,6 +42,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// How the guest kernel caches (see [`CacheMode`]).
     pub cache: CacheMode,
+    /// Who checks permissions; `None` follows the server's choice for the export
+    /// ([`ferry_protocol::ExportInfo::permissions`]). `Guest` mounts with
+    /// `default_permissions`.
+    pub permissions: Option<ferry_protocol::Permissions>,
 }
 
 /// How the guest kernel caches an export (osxfs's names).
@@ -89,6 +93,7 @@ impl MountOptions {
             threads: Self::DEFAULT_THREADS,
             allow_other: true,
             cache: CacheMode::Cached,
+            permissions: None,
         }
     }
 }
@@ -169,11 +174,16 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         });
     };
     let read_only = opts.read_only || info.read_only;
+    let permissions = opts.permissions.unwrap_or(info.permissions);
     let mut mount_options = vec![
         MountOption::FSName(format!("ferry:{}", opts.export)),
         MountOption::Subtype("ferry".into()),
-        // Permissions are the host's decision: no DefaultPermissions.
     ];
+    if permissions == ferry_protocol::Permissions::Guest {
+        // The guest kernel checks every access against the owners and modes the server
+        // presents, as on a local filesystem; without it, the host decides alone.
+        mount_options.push(MountOption::DefaultPermissions);
+    }
     if read_only {
         mount_options.push(MountOption::RO);
     }
@@ -200,7 +210,8 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         }
     };
     let fs = FerryFs::new(client.clone(), info.id, ttl)
-        .with_keep_cache(events && opts.cache == CacheMode::Cached);
+        .with_keep_cache(events && opts.cache == CacheMode::Cached)
+        .with_caller_groups(info.wants_groups);
     let replay = fs.replay_state();
     let on_data_change = fs.prefetch_dropper();
     let mount_err = |source| MountError::Mount {
@@ -208,13 +219,16 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         mountpoint: opts.mountpoint.clone(),
         source,
     };
+    let notifier = fs.notifier_slot();
     let session = Session::new(fs, &opts.mountpoint, &config).map_err(mount_err)?;
+    let _ = notifier.set(session.notifier());
     info!(
         export = %opts.export,
         mountpoint = %opts.mountpoint.display(),
         read_only,
         cache = ?opts.cache,
         ttl_ms = ttl.as_millis() as u64,
+        ?permissions,
         "mounted"
     );
     if events {
@@ -662,6 +676,7 @@ mod tests {
             ttl: Duration::from_millis(200),
             cache: crate::CacheMode::Cached,
             connect_timeout: Duration::ZERO,
+            permissions: None,
         };
         let (stop, shutdown) = std::sync::mpsc::channel();
         let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));

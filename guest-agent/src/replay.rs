@@ -12,8 +12,8 @@
 //! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
 //! 2. install the view: how the replay thread's LOOKUPs are answered (the name as it was
 //!    before the change: absent for a creation and a rename target, present for a removal and
-//!    a rename source), which node a replayed creation returns, which attributes a replayed
-//!    SETATTR returns;
+//!    a rename source), and which node a replayed creation returns; a replayed SETATTR is
+//!    answered with the host's current attributes (a read), since the kernel keeps them;
 //! 3. make the syscall, with no lock held;
 //! 4. drop the view, and give back the lookup the server took for the change if the kernel
 //!    never received it.
@@ -67,8 +67,8 @@ pub(crate) struct View {
     names: Vec<(u64, Vec<u8>, Answer)>,
     /// The node a replayed MKNOD/MKDIR/SYMLINK/CREATE returns.
     create: Option<Answer>,
-    /// The attributes a replayed SETATTR/GETATTR returns.
-    attr: Option<Attr>,
+    /// The node the change is about (created, renamed or changed), when the host had it.
+    node: Option<u64>,
     /// The server's lookup was handed to the kernel.
     used: bool,
 }
@@ -164,6 +164,11 @@ impl ReplayState {
         }
     }
 
+    /// A synthetic node of the same type as `e`, for an object gone from the host.
+    pub(crate) fn synthetic_like(&self, e: &Entry) -> Entry {
+        self.synthetic_entry(e.attr.mode & libc::S_IFMT)
+    }
+
     fn resolve(&self, a: &Answer, view: &mut View) -> Option<Entry> {
         match a {
             Answer::Absent => None,
@@ -175,17 +180,30 @@ impl ReplayState {
         }
     }
 
-    /// The answer to the replay thread's LOOKUP of `name` in `parent`: `None` when the view
-    /// does not cover it (ask the server), `Some(None)` for ENOENT, `Some(Some(entry))`.
-    pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Option<Option<Entry>> {
-        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        let view = guard.as_mut()?;
+    /// How the view would answer the replay thread's LOOKUP of `name` in `parent` (`None`:
+    /// not covered, ask the server), with the node the change is about. Nothing is handed
+    /// out yet: see [`ReplayState::hand_out`].
+    pub(crate) fn intent(&self, parent: u64, name: &[u8]) -> Option<(Answer, Option<u64>)> {
+        let guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let view = guard.as_ref()?;
         let answer = view
             .names
             .iter()
             .find(|(p, n, _)| (*p == 0 || *p == parent) && n == name)
             .map(|(_, _, a)| a.clone())?;
-        Some(self.resolve(&answer, view))
+        Some((answer, view.node))
+    }
+
+    /// The entry for `answer` (None for ENOENT), counting a real one as handed to the kernel.
+    pub(crate) fn hand_out(&self, answer: &Answer) -> Option<Entry> {
+        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(view) => self.resolve(answer, view),
+            None => match answer {
+                Answer::Synthetic(ft) => Some(self.synthetic_entry(*ft)),
+                _ => None,
+            },
+        }
     }
 
     /// The node a replayed creation returns.
@@ -194,15 +212,6 @@ impl ReplayState {
         let view = guard.as_mut()?;
         let answer = view.create.clone()?;
         self.resolve(&answer, view)
-    }
-
-    /// The attributes a replayed SETATTR/GETATTR/OPEN of `ino` returns.
-    pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
-        if let Some(a) = self.synthetic_attr(ino) {
-            return Some(a);
-        }
-        let guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref()?.attr.map(|a| Attr { ino, ..a })
     }
 
     /// A handle for the replay thread's own open.
@@ -358,7 +367,7 @@ impl Replayer {
             ChangeKind::Created => {
                 view.names.push((c.parent, name.clone(), Answer::Absent));
                 view.create = Some(entry_answer());
-                view.attr = c.entry.map(|e| e.attr);
+                view.node = c.entry.map(|e| e.ino);
                 self.state.install(view);
                 create(root, &rel, ft)
             }
@@ -383,6 +392,7 @@ impl Replayer {
                 view.names.push((c.parent, name.clone(), entry_answer()));
                 view.names
                     .push((c.to_parent, to_name.to_vec(), Answer::Absent));
+                view.node = c.entry.map(|e| e.ino);
                 self.state.install(view);
                 rename(root, &rel, &to)
             }
@@ -404,7 +414,6 @@ impl Replayer {
                         // The root: the kernel always holds it; no lookup to give back.
                         view.used = true;
                     }
-                    view.attr = Some(e.attr);
                 }
                 // Without an entry the object has moved on on the host since (a rename or
                 // removal follows); the replay works on what the guest holds.
@@ -420,9 +429,17 @@ impl Replayer {
             Err(e) => {
                 self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
                 debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
-                if c.kind == ChangeKind::Created || c.kind == ChangeKind::Removed {
-                    // At least make the name be looked up again.
-                    let _ = self.kernel.expire_entry(c.parent, &name);
+                // A stale or failed replay: make the names be looked up again.
+                match c.kind {
+                    ChangeKind::Created | ChangeKind::Removed => {
+                        let _ = self.kernel.expire_entry(c.parent, &name);
+                    }
+                    ChangeKind::Renamed => {
+                        let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        let _ = self.kernel.expire_entry(c.parent, &name);
+                        let _ = self.kernel.expire_entry(c.to_parent, to_name);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -675,7 +692,7 @@ mod tests {
         s.tid.store(77, Ordering::Relaxed);
         assert!(s.is_replay(77));
         assert!(!s.is_replay(78));
-        assert_eq!(s.lookup(1, b"x"), None, "no view: ask the server");
+        assert!(s.intent(1, b"x").is_none(), "no view: ask the server");
         let e = Entry {
             ino: 9,
             ..Entry::default()
@@ -687,14 +704,19 @@ mod tests {
                 (2, b"src".to_vec(), Answer::Entry(e)),
             ],
             create: None,
-            attr: None,
+            node: Some(9),
             used: false,
         });
-        assert_eq!(s.lookup(1, b"new"), Some(None));
-        assert_eq!(s.lookup(1, b"other"), None);
-        assert_eq!(s.lookup(3, b"src"), None, "another directory's name");
-        assert_eq!(s.lookup(2, b"src").unwrap().unwrap().ino, 9);
-        let synth = s.lookup(1, b"gone").unwrap().unwrap();
+        let (a, node) = s.intent(1, b"new").unwrap();
+        assert!(matches!(a, Answer::Absent));
+        assert_eq!(node, Some(9));
+        assert!(s.hand_out(&a).is_none());
+        assert!(s.intent(1, b"other").is_none());
+        assert!(s.intent(3, b"src").is_none(), "another directory's name");
+        let (a, _) = s.intent(2, b"src").unwrap();
+        assert_eq!(s.hand_out(&a).unwrap().ino, 9);
+        let (a, _) = s.intent(1, b"gone").unwrap();
+        let synth = s.hand_out(&a).unwrap();
         assert!(ReplayState::is_synthetic(synth.ino));
         assert_eq!(
             s.synthetic_attr(synth.ino).unwrap().mode & libc::S_IFMT,

@@ -3,9 +3,49 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::ids::{IdMode, IdPolicy, Permissions, parse_on_off, parse_permissions};
 use crate::transport::ListenAddr;
 
-/// One `--export NAME=PATH[:ro]`.
+/// Owner settings as given on a command line; `None` falls back (to the global flags, then to
+/// the defaults of [`IdPolicy::new`] for the mode, and for the mode to the server's user).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdOptions {
+    /// `--ids MODE` or `:ids=MODE`.
+    pub mode: Option<IdMode>,
+    /// `--persist-owners on|off` or `:persist-owners=on|off`.
+    pub persist_owners: Option<bool>,
+    /// `--permissions guest|host` or `:permissions=guest|host`.
+    pub permissions: Option<Permissions>,
+}
+
+impl IdOptions {
+    /// These options, with `fallback`'s for the ones not given here.
+    pub fn or(&self, fallback: &IdOptions) -> IdOptions {
+        IdOptions {
+            mode: self.mode.clone().or_else(|| fallback.mode.clone()),
+            persist_owners: self.persist_owners.or(fallback.persist_owners),
+            permissions: self.permissions.or(fallback.permissions),
+        }
+    }
+
+    /// The policy these options give in this process: a missing mode is the default for the
+    /// server's user ([`IdMode::default_for`]), missing settings the mode's defaults.
+    pub fn resolve(&self) -> IdPolicy {
+        let mut policy = match &self.mode {
+            Some(m) => IdPolicy::new(m.clone()),
+            None => IdPolicy::for_this_process(),
+        };
+        if let Some(p) = self.persist_owners {
+            policy.persist_owners = p;
+        }
+        if let Some(p) = self.permissions {
+            policy.permissions = p;
+        }
+        policy
+    }
+}
+
+/// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     /// Name the guest mounts it by.
@@ -14,11 +54,16 @@ pub struct ExportSpec {
     pub path: PathBuf,
     /// Refuse every mutation with EROFS.
     pub read_only: bool,
+    /// Owner settings of this export (before the global flags are applied).
+    pub ids: IdOptions,
 }
 
 /// An export specification that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --export {input:?}: {why} (expected NAME=PATH or NAME=PATH:ro)")]
+#[error(
+    "invalid --export {input:?}: {why} (expected NAME=PATH, then any of :ro, :ids=MODE, \
+     :persist-owners=on|off, :permissions=guest|host)"
+)]
 pub struct BadExportSpec {
     input: String,
     why: String,
@@ -34,15 +79,32 @@ impl FromStr for ExportSpec {
         };
         let (name, mut rest) = s.split_once('=').ok_or_else(|| bad("missing '='"))?;
         validate_name(name).map_err(|w| bad(&w))?;
-        // Options trail the path after a colon; a path may itself contain colons, so only known
-        // option words are taken off the end.
+        // Options trail the path after colons; a path (and an id mode) may itself contain
+        // colons, so only known option words are taken off the end, one at a time, and
+        // `ids=` takes everything after it that is not another option.
         let mut read_only = false;
+        let mut ids = IdOptions::default();
         loop {
             if let Some(p) = rest.strip_suffix(":ro") {
                 read_only = true;
                 rest = p;
             } else if let Some(p) = rest.strip_suffix(":rw") {
                 rest = p;
+            } else if let Some((p, v)) = take_option(rest, "persist-owners") {
+                ids.persist_owners =
+                    Some(parse_on_off(v).map_err(|e| bad(&format!("persist-owners={e}")))?);
+                rest = p;
+            } else if let Some((p, v)) = take_option(rest, "permissions") {
+                ids.permissions =
+                    Some(parse_permissions(v).map_err(|e| bad(&format!("permissions={e}")))?);
+                rest = p;
+            } else if let Some(i) = rest.rfind(":ids=") {
+                let v = &rest[i + ":ids=".len()..];
+                let mode = v
+                    .parse::<IdMode>()
+                    .map_err(|e| bad(&format!("ids={v}: {e}")))?;
+                ids.mode = Some(mode);
+                rest = &rest[..i];
             } else {
                 break;
             }
@@ -54,8 +116,16 @@ impl FromStr for ExportSpec {
             name: name.to_string(),
             path: PathBuf::from(rest),
             read_only,
+            ids,
         })
     }
+}
+
+/// Splits `...:key=VALUE` into `(..., VALUE)` when `VALUE` holds no colon.
+fn take_option<'a>(s: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
+    let i = s.rfind(':')?;
+    let v = s[i + 1..].strip_prefix(key)?.strip_prefix('=')?;
+    Some((&s[..i], v))
 }
 
 /// Export names appear in mount tables and log lines: keep them to a safe alphabet.
@@ -88,6 +158,13 @@ pub struct ServerConfig {
     pub token: Option<Vec<u8>>,
 }
 
+/// Applies the global owner flags to every export that does not set its own.
+pub fn apply_id_defaults(exports: &mut [ExportSpec], global: &IdOptions) {
+    for e in exports {
+        e.ids = e.ids.or(global);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +182,116 @@ mod tests {
             let err = bad.parse::<ExportSpec>().unwrap_err().to_string();
             assert!(err.contains("expected NAME=PATH"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn parses_owner_options_in_any_order() {
+        use crate::ids::{GuestGid, GuestUid};
+        let squash = Some(IdMode::Squash {
+            uid: GuestUid(1000),
+            gid: GuestGid(1000),
+        });
+        let table: Vec<(&str, &str, bool, IdOptions)> = vec![
+            ("a=/x", "/x", false, IdOptions::default()),
+            (
+                "a=/x:ids=squash:1000:1000",
+                "/x",
+                false,
+                IdOptions {
+                    mode: squash.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "a=/x:ids=squash:1000:1000:ro",
+                "/x",
+                true,
+                IdOptions {
+                    mode: squash.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "a=/x:ro:ids=squash:1000:1000:persist-owners=off:permissions=guest",
+                "/x",
+                true,
+                IdOptions {
+                    mode: squash.clone(),
+                    persist_owners: Some(false),
+                    permissions: Some(Permissions::Guest),
+                },
+            ),
+            (
+                "a=/a:b:permissions=host:ids=passthrough",
+                "/a:b",
+                false,
+                IdOptions {
+                    mode: Some(IdMode::Passthrough),
+                    permissions: Some(Permissions::Host),
+                    ..Default::default()
+                },
+            ),
+            (
+                "a=/x:ids=map:0:100000:65536,u:70000:1000:1",
+                "/x",
+                false,
+                IdOptions {
+                    mode: Some("map:0:100000:65536,u:70000:1000:1".parse().unwrap()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (input, path, ro, ids) in table {
+            let e: ExportSpec = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                (e.path.to_str().unwrap(), e.read_only, &e.ids),
+                (path, ro, &ids),
+                "{input}"
+            );
+        }
+        for (bad, why) in [
+            ("a=/x:ids=", "ids=: unknown mode"),
+            ("a=/x:ids=squash:1000", "squash:UID:GID"),
+            ("a=/x:ids=map:0:0:5,3:10:5", "overlap"),
+            ("a=/x:persist-owners=yes", "persist-owners="),
+            ("a=/x:permissions=kernel", "permissions="),
+            ("a=:ids=passthrough", "empty path"),
+        ] {
+            let err = bad.parse::<ExportSpec>().unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("--export"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn export_options_override_global_ones() {
+        let global = IdOptions {
+            mode: Some(IdMode::Passthrough),
+            persist_owners: Some(true),
+            permissions: None,
+        };
+        let mut specs: Vec<ExportSpec> = vec![
+            "a=/x".parse().unwrap(),
+            "b=/y:ids=squash:5:6:permissions=guest".parse().unwrap(),
+        ];
+        apply_id_defaults(&mut specs, &global);
+        let a = specs[0].ids.resolve();
+        assert_eq!(a.mode, IdMode::Passthrough);
+        assert!(a.persist_owners);
+        assert_eq!(a.permissions, Permissions::Guest);
+        let b = specs[1].ids.resolve();
+        assert_eq!(b.mode.to_string(), "squash:5:6");
+        assert!(b.persist_owners, "the global flag");
+        assert_eq!(b.permissions, Permissions::Guest, "the export's own");
+        // Nothing given: squash defaults are persisted owners and host checks.
+        let c = IdOptions {
+            mode: Some("squash:1:1".parse().unwrap()),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(c.persist_owners);
+        assert_eq!(c.permissions, Permissions::Host);
     }
 }

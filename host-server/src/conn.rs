@@ -162,7 +162,7 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
     let (notices, queued) = channel();
     let shared = Shared {
         reader: Mutex::new(reader),
-        writer: Mutex::new(writer),
+        writer: Arc::new(Mutex::new(writer)),
         stream,
         sessions,
         closed: AtomicBool::new(false),
@@ -202,6 +202,10 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
                 id: i as u32,
                 name: e.name().to_string(),
                 read_only: e.read_only(),
+                permissions: e.ids().permissions,
+                // Only modes that create as the caller let the host check supplementary
+                // groups; in squash mode the agent need not read them.
+                wants_groups: e.ids().mode.creates_as_caller(),
             })
             .collect(),
         server: format!("ferry-host {}", env!("CARGO_PKG_VERSION")),
@@ -274,7 +278,8 @@ fn read_frame<R: Read>(rd: &mut R, buf: &mut Vec<u8>) -> Result<(), ConnError> {
 /// What the workers of one connection share.
 struct Shared<S: Stream> {
     reader: Mutex<BufReader<S>>,
-    writer: Mutex<S>,
+    /// Shared with the threads that wait for blocking locks and answer them.
+    writer: Arc<Mutex<S>>,
     stream: S,
     sessions: Vec<Arc<ExportSession>>,
     closed: AtomicBool,
@@ -340,11 +345,31 @@ impl<S: Stream> Shared<S> {
             Response::OpenedData(o, data) => {
                 self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
             }
+            Response::Pending(wait) => {
+                // A blocking lock that conflicts: wait on a thread of its own so the workers
+                // keep serving (the lock holder's unlock may be the very next request). The
+                // session ending makes the wait give up, so the thread never outlives it long.
+                let writer = Arc::clone(&self.writer);
+                let id = req.id;
+                let spawned = std::thread::Builder::new()
+                    .name("ferry-lock-wait".into())
+                    .spawn(move || {
+                        let result = match wait.wait() {
+                            Response::Error(e) => Err(e),
+                            _ => Ok(Reply::Empty),
+                        };
+                        send(&writer, &mut Vec::new(), id, op, result, &[]);
+                    });
+                if let Err(e) = spawned {
+                    warn!("cannot start a lock wait thread: {e}");
+                    self.send(head, req.id, op, Err(Errno::ENOLCK), &[]);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Encodes and writes one reply. A failed write means the peer is gone; the reader notices.
+    /// Encodes and writes one reply.
     fn send(
         &self,
         head: &mut Vec<u8>,
@@ -353,23 +378,7 @@ impl<S: Stream> Shared<S> {
         result: Result<Reply<'_>, Errno>,
         payload: &[u8],
     ) {
-        let mut payload = payload;
-        if let Err(e) = (ReplyFrame { id, op, result }).encode(head) {
-            warn!(?op, "cannot encode reply: {e}");
-            let fallback = ReplyFrame {
-                id,
-                op,
-                result: Err(Errno::EIO),
-            };
-            if fallback.encode(head).is_err() {
-                return;
-            }
-            payload = &[];
-        }
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = write_all_vectored(&mut *w, head, payload) {
-            debug!("reply not delivered: {e}");
-        }
+        send(&self.writer, head, id, op, result, payload);
     }
 
     /// Where the export's watcher hands this connection's changes: a queue drained by
@@ -472,6 +481,35 @@ impl<S: Stream> Shared<S> {
             *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
         self.stream.shutdown();
+    }
+}
+
+/// Encodes and writes one reply under the write lock. A failed write means the peer is gone;
+/// the reader notices.
+fn send<S: Stream>(
+    writer: &Mutex<S>,
+    head: &mut Vec<u8>,
+    id: u64,
+    op: Opcode,
+    result: Result<Reply<'_>, Errno>,
+    payload: &[u8],
+) {
+    let mut payload = payload;
+    if let Err(e) = (ReplyFrame { id, op, result }).encode(head) {
+        warn!(?op, "cannot encode reply: {e}");
+        let fallback = ReplyFrame {
+            id,
+            op,
+            result: Err(Errno::EIO),
+        };
+        if fallback.encode(head).is_err() {
+            return;
+        }
+        payload = &[];
+    }
+    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = write_all_vectored(&mut *w, head, payload) {
+        debug!("reply not delivered: {e}");
     }
 }
 

@@ -10,12 +10,17 @@
 //! - [`virtiofs`]: the export core as a vhost-user-fs backend (the guest kernel speaks FUSE
 //!   over virtqueues): FUSE codec, request server, vhost-user glue.
 //! - [`config`]: the command-line configuration and its parsing.
+//! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
+//!   parsing; the per-export [`IdPolicy`].
+//! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
 pub mod config;
 pub mod conn;
 pub mod export;
+pub mod ids;
+pub mod strip;
 pub mod transport;
 pub mod virtiofs;
 
@@ -25,11 +30,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-pub use config::{ExportSpec, ServerConfig};
+pub use config::{ExportSpec, IdOptions, ServerConfig};
 pub use conn::{ServerState, serve_connection};
 pub use export::{
     Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
 };
+pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::{ListenAddr, Listener};
 
 /// Opens every export, checking that each is a directory the server can use.
@@ -47,10 +53,50 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 name: s.name.clone(),
                 path: s.path.clone(),
                 read_only: s.read_only,
+                ids: s.ids.resolve(),
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })
         .collect()
+}
+
+/// Raises this process's open-file limit as far as it may go: to the kernel's `nr_open` when
+/// privileged, else to the hard limit. Every node the guest holds pins one `O_PATH` descriptor
+/// (see `export/inode.rs`), so a guest walking a large tree needs many; returns the new soft
+/// limit.
+pub fn raise_fd_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit reads the struct; raising the hard limit needs CAP_SYS_RESOURCE
+        // and simply fails without it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return max;
+        }
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above; the soft limit may always go up to the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+        lim.rlim_max
+    } else {
+        lim.rlim_cur
+    }
 }
 
 /// Runs the server until `shutdown` completes.
@@ -65,10 +111,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         }
     }
     let exports = open_exports(&config.exports)?;
+    info!(limit = raise_fd_limit(), "open file limit");
     for (e, spec) in exports.iter().zip(&config.exports) {
         info!(
             name = e.name(),
             read_only = e.read_only(),
+            ids = %e.ids(),
             "exporting {}",
             spec.path.display()
         );

@@ -2,19 +2,37 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
-use ferry_host::{ExportSpec, ListenAddr, ServerConfig};
+use clap::{Parser, Subcommand};
+use ferry_host::ids::{IdMode, Permissions, parse_on_off, parse_permissions};
+use ferry_host::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
 
 /// Export host directories to Ferry guest agents.
 ///
 /// Each --export is offered to every client; each --listen accepts clients. Guests mount an
 /// export by its NAME with `ferry-agent --mount NAME=MOUNTPOINT`.
+///
+/// Owners: run as root, the server passes uids and gids through unchanged and creates files as
+/// the calling guest user, and the guest kernel checks permissions (like a local disk). Run as
+/// a normal user, it squashes: every host file shows as owned by the server's own uid and gid,
+/// everything the VM creates belongs to that user on the host, chown from the VM is kept in an
+/// xattr, and every VM user may do what the server's user may do. See --ids, --persist-owners
+/// and --permissions.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
-    /// Directory to export, as NAME=PATH, or NAME=PATH:ro to refuse every change with EROFS.
-    /// Repeat for several exports.
-    #[arg(long = "export", value_name = "NAME=PATH[:ro]", required = true)]
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Directory to export, as NAME=PATH. Options may follow the path, each after a colon: :ro
+    /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
+    /// :permissions=guest|host set that export's owner handling (see the flags of the same
+    /// names), e.g. src=/home/me/src:ids=squash:1000:1000. Repeat for several exports.
+    #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
     exports: Vec<ExportSpec>,
 
     /// Where to accept guest agents: unix:PATH, tcp:PORT (loopback), tcp:HOST:PORT,
@@ -40,6 +58,53 @@ struct Args {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+
+    #[command(flatten)]
+    ids: IdArgs,
+}
+
+/// The owner flags, shared by every export that does not set its own.
+#[derive(clap::Args, Debug)]
+struct IdArgs {
+    /// How owners translate between guest and host, for every export without its own :ids=.
+    /// `passthrough`: ids unchanged; files are created as the calling guest user (needs root).
+    /// `squash:UID:GID`: every host file shows as owned by UID:GID, and everything the VM
+    /// creates belongs on the host to this server's user (`squash` alone: the server's own
+    /// uid and gid). `map:[u:|g:|b:]GUEST:HOST:COUNT[,...]`: id ranges as in an idmapped
+    /// mount, for uids (u:), gids (g:) or both (b: or no prefix); ids outside every range show
+    /// as 65534 and cannot be set (needs root). Default: passthrough as root, else squash to
+    /// the server's own ids.
+    #[arg(long = "ids", value_name = "MODE", value_parser = parse_ids)]
+    mode: Option<IdMode>,
+
+    /// Keep owners set from the VM (chown, chgrp, and a chmod the host refuses) in the
+    /// user.ferry.owner xattr of the host file and show them from then on; a later chmod on
+    /// the host wins over a kept mode. Default: on in squash mode, off otherwise.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    persist_owners: Option<bool>,
+
+    /// Who checks permissions. `guest`: the VM's kernel, against the owners and modes shown, as
+    /// on a local disk (use it when VM users must be kept from each other's files, or programs
+    /// depend on permission bits). `host`: every VM user may do what this server's user may do,
+    /// as with Docker Desktop's osxfs (use it when VM users with other uids must simply be able
+    /// to write). Default: host in squash mode, guest otherwise.
+    #[arg(long, value_name = "guest|host", value_parser = parse_permissions)]
+    permissions: Option<Permissions>,
+}
+
+fn parse_ids(s: &str) -> Result<IdMode, String> {
+    s.parse::<IdMode>()
+        .map_err(|e| format!("{e} (expected {})", ferry_host::ids::IDS_SYNTAX))
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
+    /// under PATH, without following symlinks or leaving PATH's filesystem.
+    StripOwners {
+        /// The tree to clean, usually an export's directory.
+        path: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,9 +120,19 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::StripOwners { path }) = args.command {
+        return ferry_host::strip::run_strip_owners(&path);
+    }
     let token = ferry_host::load_token(args.token_file.as_deref(), args.token.as_deref())?;
+    let mut exports = args.exports;
+    let global = IdOptions {
+        mode: args.ids.mode,
+        persist_owners: args.ids.persist_owners,
+        permissions: args.ids.permissions,
+    };
+    ferry_host::config::apply_id_defaults(&mut exports, &global);
     let config = ServerConfig {
-        exports: args.exports,
+        exports,
         listen: args.listen,
         token,
     };

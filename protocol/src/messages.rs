@@ -17,8 +17,9 @@ pub struct Version {
     pub minor: u16,
 }
 
-/// The version this crate speaks.
-pub const VERSION: Version = Version { major: 1, minor: 0 };
+/// The version this crate speaks. Major 2: `Ctx` carries supplementary groups and
+/// `ExportInfo` the export's permission model.
+pub const VERSION: Version = Version { major: 2, minor: 0 };
 
 /// Feature bits, negotiated as the intersection of what both sides announce.
 pub mod features {
@@ -57,6 +58,23 @@ pub struct ExportInfo {
     pub name: String,
     /// Mutations are refused with EROFS.
     pub read_only: bool,
+    /// Who checks permissions on this export, as the server's operator chose it.
+    pub permissions: Permissions,
+    /// Creating requests (`Create`, `Mkdir`, `Mknod`, `Symlink`) should carry the caller's
+    /// supplementary groups in [`Ctx::groups`]: the server creates as the caller and the host
+    /// kernel checks the parent directory against them.
+    pub wants_groups: bool,
+}
+
+/// Where permission checks happen for one export.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Permissions {
+    /// The guest kernel checks every access against the owners and modes the server presents
+    /// (the FUSE mount option `default_permissions`), as on a local filesystem.
+    #[default]
+    Guest,
+    /// The guest kernel checks nothing; the host allows whatever the server's own user may do.
+    Host,
 }
 
 /// The server's acceptance.
@@ -132,7 +150,7 @@ pub struct Entry {
 }
 
 /// Caller credentials, carried by every request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ctx {
     /// Caller uid in the guest.
     pub uid: u32,
@@ -140,6 +158,10 @@ pub struct Ctx {
     pub gid: u32,
     /// Caller pid (thread id) in the guest.
     pub pid: u32,
+    /// The caller's supplementary groups in the guest. FUSE does not pass them, so the agent
+    /// reads them from `/proc/PID/status`, and only for creating requests on exports that ask
+    /// for them ([`ExportInfo::wants_groups`]); empty otherwise, and for root callers.
+    pub groups: Vec<u32>,
 }
 
 /// A time to set: `None` in [`SetAttr`] leaves it unchanged (UTIME_OMIT).

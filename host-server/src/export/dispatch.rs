@@ -7,7 +7,8 @@ use ferry_protocol::{Ctx, Errno, Reply, Request};
 
 use super::ops::{SetAttrs, XattrReply};
 use super::watch::NameOp;
-use super::{ExportSession, Response};
+use super::{ExportSession, Pending, Response};
+use crate::ids::{GuestGid, GuestUid};
 
 /// Wraps a typed result as a reply.
 fn reply<T>(r: Result<T, Errno>, f: impl FnOnce(T) -> Reply<'static>) -> Response {
@@ -122,8 +123,8 @@ impl ExportSession {
             Request::Setattr(r) => {
                 let attrs = SetAttrs {
                     mode: r.mode,
-                    uid: r.uid,
-                    gid: r.gid,
+                    uid: r.uid.map(GuestUid),
+                    gid: r.gid.map(GuestGid),
                     size: r.size,
                     atime: r.atime,
                     mtime: r.mtime,
@@ -180,8 +181,18 @@ impl ExportSession {
             Request::Lseek(r) => reply(self.lseek(r.ino, r.fh, r.offset, r.whence), Reply::Offset),
             Request::CopyFileRange(r) => reply(self.copy_file_range(r), Reply::Written),
             Request::Getlk(r) => reply(self.getlk(r.ino, r.fh, r.owner, &r.lock), Reply::Lock),
-            Request::Setlk(r) => empty(self.setlk(r.ino, r.fh, r.owner, &r.lock, r.sleep)),
-            Request::Flock(r) => empty(self.flock(r.ino, r.fh, r.owner, r.op)),
+            Request::Setlk(r) => match self.setlk_start(r.ino, r.fh, r.owner, &r.lock) {
+                Ok(None) => Response::Reply(Reply::Empty),
+                Ok(Some(wait)) if r.sleep => Response::Pending(Pending(wait)),
+                Ok(Some(_)) => Response::Error(Errno::EAGAIN),
+                Err(e) => Response::Error(e),
+            },
+            Request::Flock(r) => match self.flock_start(r.ino, r.fh, r.owner, r.op) {
+                Ok(None) => Response::Reply(Reply::Empty),
+                Ok(Some(wait)) if r.op & libc::LOCK_NB == 0 => Response::Pending(Pending(wait)),
+                Ok(Some(_)) => Response::Error(Errno::EAGAIN),
+                Err(e) => Response::Error(e),
+            },
             // Subscribing needs a sink, which only the transport has (see `watch`).
             Request::Watch(_) => Response::Error(Errno::EINVAL),
         }

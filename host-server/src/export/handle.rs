@@ -6,7 +6,7 @@
 //! OFD and flock locks taken through it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -29,9 +29,25 @@ pub(crate) struct Handle {
     pub fd: OwnedFd,
     /// File or directory.
     pub kind: HandleKind,
+    /// Set by `release`: a lock waiting on this handle gives up.
+    released: AtomicBool,
 }
 
 impl Handle {
+    /// A handle on `fd`.
+    pub fn new(fd: OwnedFd, kind: HandleKind) -> Self {
+        Handle {
+            fd,
+            kind,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// True once the guest has released the handle.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
     /// The open fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -91,7 +107,9 @@ impl HandleTable {
 
     /// Removes the handle numbered `fh`; EBADF if there is none.
     pub fn remove(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        self.map.remove(&fh).map(|(_, h)| h).ok_or(Errno::EBADF)
+        let h = self.map.remove(&fh).map(|(_, h)| h).ok_or(Errno::EBADF)?;
+        h.released.store(true, Ordering::Release);
+        Ok(h)
     }
 
     /// Number of open handles.

@@ -25,22 +25,33 @@
 //!   the server.
 //! - A read-only export refuses every mutating request with EROFS before touching anything.
 //!
+//! # Owners
+//!
+//! Each export has an [`IdPolicy`]: how guest and host ids translate (passthrough, ranges,
+//! squash), whether owners set from the guest are persisted in an xattr, and who checks
+//! permissions. Attributes sent to the guest show translated owners; creating requests run with
+//! the caller's translated credentials on the worker thread (see `creds.rs`) in the modes that
+//! create as the caller. See `owners.rs` for the persisted-owner record.
+//!
 //! # Known limits
 //!
-//! - Files are created with the server's own uid/gid; [`ferry_protocol::Ctx`] is accepted by the methods so
-//!   that uid translation can be added without changing their signatures.
 //! - A directory moved out of the export by a host process while the guest holds its node
 //!   stays reachable through that node (as with virtiofsd).
-//! - POSIX locks are OFD locks on the handle's fd, so guest processes sharing one handle
-//!   (after fork) share its locks.
+//! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
+//!   are flock locks on the handle's fd (see `locks.rs`).
 
+mod creds;
 mod dispatch;
 mod handle;
 mod inode;
+mod locks;
 mod ops;
+mod owners;
 mod sys;
 mod watch;
 
+#[cfg(test)]
+mod ids_tests;
 #[cfg(test)]
 mod tests;
 
@@ -49,19 +60,25 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_protocol::{Errno, Opened, Reply};
 
 use handle::HandleTable;
 use inode::InodeTable;
+use locks::LockTable;
+
+use crate::ids::IdPolicy;
 
 pub use inode::ROOT_ID;
+pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
 pub use watch::Sink;
 
+pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
 use watch::Events;
 
-/// How an export is configured (`--export NAME=PATH[:ro]`).
+/// How an export is configured (`--export NAME=PATH[:ro][:ids=MODE]...`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportConfig {
     /// The name guests see in the handshake.
@@ -70,6 +87,8 @@ pub struct ExportConfig {
     pub path: PathBuf,
     /// Refuse every mutation with EROFS.
     pub read_only: bool,
+    /// Owners: id translation, persisted owners, permission checks.
+    pub ids: IdPolicy,
 }
 
 /// Why an export could not be opened.
@@ -112,6 +131,20 @@ pub enum ExportError {
     /// `/proc/self/fd` is needed to reopen nodes and is missing.
     #[error("cannot open /proc/self/fd (is /proc mounted?): {0}")]
     Proc(std::io::Error),
+    /// The id mode creates files as the caller, which needs root.
+    #[error(
+        "export {name:?}: ids={mode} creates files as the calling guest user, which needs \
+         ferry-host to run as root (it runs as uid {euid}); run it as root or use \
+         --ids squash:UID:GID"
+    )]
+    NeedsRoot {
+        /// The export's name.
+        name: String,
+        /// The id mode.
+        mode: String,
+        /// The server's effective uid.
+        euid: u32,
+    },
 }
 
 /// One exported directory, shared by all connections.
@@ -120,6 +153,7 @@ pub struct Export {
     name: String,
     path: PathBuf,
     read_only: bool,
+    ids: IdPolicy,
     /// `O_PATH | O_DIRECTORY` fd of the export root.
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
@@ -136,7 +170,17 @@ impl Export {
             name,
             path,
             read_only,
+            ids,
         } = config;
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let euid = unsafe { libc::geteuid() };
+        if ids.mode.creates_as_caller() && euid != 0 {
+            return Err(ExportError::NeedsRoot {
+                name,
+                mode: ids.mode.to_string(),
+                euid,
+            });
+        }
         let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
             return Err(ExportError::BadPath { name, path });
         };
@@ -154,11 +198,12 @@ impl Export {
         };
         let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ExportError::Proc(std::io::Error::from_raw_os_error(e.0)))?;
-        tracing::debug!(name, path = %path.display(), read_only, "export opened");
+        tracing::debug!(name, path = %path.display(), read_only, %ids, "export opened");
         Ok(Arc::new(Export {
             name,
             path,
             read_only,
+            ids,
             root,
             proc_fd,
             events: Events::default(),
@@ -180,6 +225,11 @@ impl Export {
         self.read_only
     }
 
+    /// How owners are translated, kept and checked.
+    pub fn ids(&self) -> &IdPolicy {
+        &self.ids
+    }
+
     /// The `/proc/self/fd` directory fd.
     fn proc_fd(&self) -> BorrowedFd<'_> {
         self.proc_fd.as_fd()
@@ -187,7 +237,7 @@ impl Export {
 }
 
 /// What to send back for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Response {
     /// Nothing at all (`Forget`).
     None,
@@ -199,7 +249,34 @@ pub enum Response {
     OpenedData(Opened, Vec<u8>),
     /// The request failed.
     Error(Errno),
+    /// The request waits (a blocking lock that conflicts): the front door runs
+    /// [`Pending::wait`] on a thread of its own and sends what it returns, so that waiting
+    /// ties up none of the threads that serve requests.
+    Pending(Pending),
 }
+
+/// A request whose answer must be waited for; see [`Response::Pending`].
+#[derive(Debug)]
+pub struct Pending(LockWait);
+
+impl Pending {
+    /// Waits (blocking the calling thread) and returns the response to send.
+    pub fn wait(self) -> Response {
+        match self.0.wait() {
+            Ok(()) => Response::Reply(Reply::Empty),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// Two waits are never the same request.
+impl PartialEq for Pending {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+impl Eq for Pending {}
 
 /// One guest's view of one export: its own node ids, lookup counts and open handles.
 ///
@@ -212,10 +289,15 @@ pub struct ExportSession {
     sid: u64,
     inodes: InodeTable,
     handles: HandleTable,
+    /// POSIX lock owners and their host open files.
+    locks: LockTable,
+    /// Set when the session ends; lock waits give up.
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for ExportSession {
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.export.unsubscribe(self.sid);
     }
 }
@@ -238,6 +320,8 @@ impl ExportSession {
             sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inodes: InodeTable::new(root_fd, &st),
             handles: HandleTable::new(),
+            locks: LockTable::default(),
+            closed: Arc::new(AtomicBool::new(false)),
             export,
         }
     }
@@ -255,6 +339,11 @@ impl ExportSession {
     /// Number of open handles (for diagnostics and tests).
     pub fn handle_count(&self) -> usize {
         self.handles.len()
+    }
+
+    /// Number of lock owners with a host open file (for diagnostics and tests).
+    pub fn lock_owner_count(&self) -> usize {
+        self.locks.len()
     }
 
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).

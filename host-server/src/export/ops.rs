@@ -15,7 +15,10 @@ use ferry_protocol::{
 use super::ExportSession;
 use super::handle::{Handle, HandleKind};
 use super::inode::InodeData;
+use super::locks::{self, LockWait};
+use super::owners::{self, Presented};
 use super::sys;
+use crate::ids::{GuestGid, GuestUid};
 
 /// Attribute changes of a `setattr`; `None` leaves an attribute alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,9 +26,9 @@ pub struct SetAttrs {
     /// New permission bits (the file type bits are ignored).
     pub mode: Option<u32>,
     /// New owner.
-    pub uid: Option<u32>,
+    pub uid: Option<GuestUid>,
     /// New group.
-    pub gid: Option<u32>,
+    pub gid: Option<GuestGid>,
     /// New size (truncate or extend).
     pub size: Option<u64>,
     /// New access time.
@@ -98,8 +101,9 @@ fn encode_rdev(rdev: u64) -> u32 {
     ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
 }
 
-/// Attributes of node `id` from a host stat; `ino` is the node id, not the host inode number.
-pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> Attr {
+/// Attributes of node `id` from a host stat and how the node looks to the guest (owner and
+/// mode: see [`ExportSession::present`]); `ino` is the node id, not the host inode number.
+pub(crate) fn attr_from_stat(id: u64, st: &libc::stat, shown: Presented) -> Attr {
     Attr {
         ino: id,
         size: st.st_size as u64,
@@ -107,20 +111,12 @@ pub(crate) fn attr_from_stat(id: u64, st: &libc::stat) -> Attr {
         atime: timespec(st.st_atime, st.st_atime_nsec),
         mtime: timespec(st.st_mtime, st.st_mtime_nsec),
         ctime: timespec(st.st_ctime, st.st_ctime_nsec),
-        mode: st.st_mode,
+        mode: shown.mode,
         nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
-        uid: st.st_uid,
-        gid: st.st_gid,
+        uid: shown.uid.0,
+        gid: shown.gid.0,
         rdev: encode_rdev(st.st_rdev),
         blksize: u32::try_from(st.st_blksize).unwrap_or(u32::MAX),
-    }
-}
-
-fn entry_from_stat(id: u64, st: &libc::stat) -> Entry {
-    Entry {
-        ino: id,
-        generation: 0,
-        attr: attr_from_stat(id, st),
     }
 }
 
@@ -182,25 +178,27 @@ fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
     Ok(fl)
 }
 
-/// A lock reply from a `struct flock` filled by F_OFD_GETLK.
+/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
+/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
+/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
 fn from_flock(fl: &libc::flock) -> Lock {
+    const OFFSET_MAX: u64 = i64::MAX as u64;
     let start = fl.l_start.max(0) as u64;
     let end = if fl.l_len <= 0 {
-        u64::MAX
+        OFFSET_MAX
     } else {
-        start.saturating_add(fl.l_len as u64 - 1)
+        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
     };
     Lock {
         start,
         end,
         typ: i32::from(fl.l_type),
-        // OFD locks have no owning process; the kernel reports -1.
-        pid: u32::try_from(fl.l_pid).unwrap_or(0),
+        pid: 0,
     }
 }
 
 impl ExportSession {
-    fn proc_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn proc_fd(&self) -> BorrowedFd<'_> {
         self.export.proc_fd()
     }
 
@@ -213,24 +211,35 @@ impl ExportSession {
         Ok(node)
     }
 
+    /// The entry of `node`, whose stat is `st`, as the guest sees it.
+    fn entry(&self, node: &InodeData, st: &libc::stat) -> Entry {
+        Entry {
+            ino: node.id,
+            generation: 0,
+            attr: self.attr(node.id, node.fd(), st),
+        }
+    }
+
     /// Looks `name` up below the directory `dir` and takes one lookup of the result.
     fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
         let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let node = self.inodes.insert_or_ref(fd, &st);
-        Ok(entry_from_stat(node.id, &st))
+        Ok(self.entry(&node, &st))
     }
 
-    /// Looks up an object just created as `name` in `dir`. When the server's own umask took
-    /// away permission bits the guest asked for (`want`), they are put back before the node
-    /// is handed out: the guest's umask, already applied to `want`, is the one that counts.
+    /// Looks up an object `ctx` just created as `name` in `dir`. When the server's own umask
+    /// took away permission bits the guest asked for (`want`, the guest's umask already
+    /// applied), they are put back before the node is handed out. In squash mode the creator
+    /// is recorded (see [`ExportSession::record_creator`]).
     fn lookup_created(
         &self,
-        dir: BorrowedFd<'_>,
+        ctx: &Ctx,
+        dir: &InodeData,
         name: &CStr,
         want: Option<u32>,
     ) -> Result<Entry, Errno> {
-        let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
+        let fd = sys::open_beneath(dir.fd(), name, libc::O_PATH, 0)?;
         let mut st = sys::fstat(fd.as_fd())?;
         if let Some(want) = want {
             let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
@@ -244,7 +253,8 @@ impl ExportSession {
             }
         }
         let node = self.inodes.insert_or_ref(fd, &st);
-        Ok(entry_from_stat(node.id, &st))
+        let st = self.record_creator(ctx, dir, &node, &st, want.unwrap_or(0));
+        Ok(self.entry(&node, &st))
     }
 
     /// The handle `fh` as a file handle.
@@ -273,7 +283,7 @@ impl ExportSession {
             Some(fh) => sys::fstat(self.handles.get(fh)?.fd())?,
             None => sys::fstat(node.fd())?,
         };
-        Ok(attr_from_stat(ino, &st))
+        Ok(self.attr(ino, node.fd(), &st))
     }
 
     /// Changes attributes of `ino` (in the order owner, mode, size, times, so that an explicit
@@ -289,19 +299,14 @@ impl ExportSession {
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
         if attrs.uid.is_some() || attrs.gid.is_some() {
-            // (uid_t)-1 leaves an id unchanged.
-            sys::chown(
-                node.fd(),
-                attrs.uid.unwrap_or(u32::MAX),
-                attrs.gid.unwrap_or(u32::MAX),
-            )?;
+            self.change_owner(&node, attrs.uid, attrs.gid)?;
         }
         if let Some(mode) = attrs.mode {
             if node.is_symlink() {
                 // Linux has no permission bits on symlinks (lchmod is EOPNOTSUPP).
                 return Err(Errno::EOPNOTSUPP);
             }
-            sys::chmod(self.proc_fd(), node.fd(), mode & 0o7777)?;
+            self.change_mode(&node, mode & 0o7777)?;
         }
         if let Some(size) = attrs.size {
             match &handle {
@@ -325,7 +330,7 @@ impl ExportSession {
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
         let st = sys::fstat(node.fd())?;
-        Ok(attr_from_stat(ino, &st))
+        Ok(self.attr(ino, node.fd(), &st))
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -341,7 +346,7 @@ impl ExportSession {
     /// host never follows it.
     pub fn symlink(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         target: &[u8],
@@ -353,8 +358,9 @@ impl ExportSession {
         }
         let target = sys::cstring(target)?;
         let dir = self.dir_node(parent)?;
-        sys::symlinkat(&target, dir.fd(), &name)?;
-        self.lookup_created(dir.fd(), &name, None)
+        let who = self.create_as(ctx)?;
+        self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
+        self.lookup_created(ctx, &dir, &name, None)
     }
 
     /// Creates a regular file, FIFO or socket. Device nodes are refused with EPERM: a device
@@ -362,7 +368,7 @@ impl ExportSession {
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -380,14 +386,16 @@ impl ExportSession {
         };
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        sys::mknodat(dir.fd(), &name, kind | perm)?;
-        self.lookup_created(dir.fd(), &name, Some(perm))
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(kind, perm);
+        self.as_creator(&who, || sys::mknodat(dir.fd(), &name, kind | host_perm))?;
+        self.lookup_created(ctx, &dir, &name, Some(perm))
     }
 
     /// Creates a directory with `mode & !umask`.
     pub fn mkdir(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -397,8 +405,10 @@ impl ExportSession {
         let name = component(name)?;
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        sys::mkdirat(dir.fd(), &name, perm)?;
-        self.lookup_created(dir.fd(), &name, Some(perm))
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(libc::S_IFDIR, perm);
+        self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
+        self.lookup_created(ctx, &dir, &name, Some(perm))
     }
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
@@ -483,10 +493,7 @@ impl ExportSession {
             return Err(Errno::EPERM);
         }
         let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
-        let fh = self.handles.insert(Handle {
-            fd,
-            kind: HandleKind::File,
-        });
+        let fh = self.handles.insert(Handle::new(fd, HandleKind::File));
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -517,7 +524,7 @@ impl ExportSession {
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -530,26 +537,57 @@ impl ExportSession {
         let perm = mode & !umask & 0o7777;
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
-        // Create exclusively first so we know whether the file is new (only a new file gets
-        // its mode corrected). An existing name is opened through an O_PATH lookup and a
-        // checked reopen, so a FIFO or device that is already there is never opened.
-        let mut opened: Option<(OwnedFd, OwnedFd, bool)> = None;
+        let who = self.create_as(ctx)?;
+        let host_perm = self.host_perm(libc::S_IFREG, perm);
+        // As the caller (in modes that create as the caller), so the host also checks the
+        // parent directory, and an existing file's open, against the caller's own ids.
+        let (path, data, created) = self.as_creator(&who, || {
+            self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
+        })?;
+        let mut st = sys::fstat(path.as_fd())?;
+        if created && st.st_mode & 0o777 != perm & 0o777 {
+            sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
+            st = sys::fstat(path.as_fd())?;
+        }
+        let node = self.inodes.insert_or_ref(path, &st);
+        if created {
+            st = self.record_creator(ctx, &dir, &node, &st, perm);
+        }
+        let fh = self.handles.insert(Handle::new(data, HandleKind::File));
+        Ok(Created {
+            entry: self.entry(&node, &st),
+            opened: Opened { fh, open_flags: 0 },
+        })
+    }
+
+    /// Creates `name` in `dir` exclusively, or (unless `exclusive`) opens the regular file
+    /// already there; returns its `O_PATH` fd, its open fd, and whether it is new. Creating
+    /// exclusively first tells whether the file is new (only a new file gets its mode
+    /// corrected). An existing name is opened through an `O_PATH` lookup and a checked reopen,
+    /// so a FIFO or device that is already there is never opened.
+    fn create_or_open(
+        &self,
+        dir: &InodeData,
+        name: &CStr,
+        host_flags: i32,
+        perm: u32,
+        exclusive: bool,
+    ) -> Result<(OwnedFd, OwnedFd, bool), Errno> {
         for _ in 0..8 {
             match sys::open_beneath(
                 dir.fd(),
-                &name,
+                name,
                 host_flags | libc::O_CREAT | libc::O_EXCL,
                 perm,
             ) {
                 Ok(data) => {
                     let path = sys::reopen(self.proc_fd(), data.as_fd(), libc::O_PATH)?;
-                    opened = Some((path, data, true));
-                    break;
+                    return Ok((path, data, true));
                 }
                 Err(Errno::EEXIST) if !exclusive => {}
                 Err(e) => return Err(e),
             }
-            let path = match sys::open_beneath(dir.fd(), &name, libc::O_PATH, 0) {
+            let path = match sys::open_beneath(dir.fd(), name, libc::O_PATH, 0) {
                 Ok(fd) => fd,
                 // Removed between the two attempts: try creating again.
                 Err(Errno::ENOENT) => continue,
@@ -563,26 +601,9 @@ impl ExportSession {
                 _ => return Err(Errno::EEXIST),
             }
             let data = sys::reopen(self.proc_fd(), path.as_fd(), host_flags)?;
-            opened = Some((path, data, false));
-            break;
+            return Ok((path, data, false));
         }
-        let Some((path, data, created)) = opened else {
-            return Err(Errno::ENOENT);
-        };
-        let mut st = sys::fstat(path.as_fd())?;
-        if created && st.st_mode & 0o777 != perm & 0o777 {
-            sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
-            st = sys::fstat(path.as_fd())?;
-        }
-        let node = self.inodes.insert_or_ref(path, &st);
-        let fh = self.handles.insert(Handle {
-            fd: data,
-            kind: HandleKind::File,
-        });
-        Ok(Created {
-            entry: entry_from_stat(node.id, &st),
-            opened: Opened { fh, open_flags: 0 },
-        })
+        Err(Errno::ENOENT)
     }
 
     /// Reads up to `size` bytes at `offset`; fewer only at end of file.
@@ -609,15 +630,19 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// A `close(2)` in the guest. The host fd stays open until `release`, so there is nothing
-    /// to do beyond checking the handle.
-    pub fn flush(&self, _ino: u64, fh: u64, _lock_owner: u64) -> Result<(), Errno> {
-        self.file_handle(fh).map(drop)
+    /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner
+    /// holds on the file goes. The handle itself stays open until `release`.
+    pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        self.file_handle(fh)?;
+        self.locks.drop_owner(ino, lock_owner);
+        Ok(())
     }
 
-    /// Last close of a file handle: forgets it and closes its fd.
+    /// Last close of a file handle: forgets it and closes its fd, which releases its flock
+    /// locks, and drops the lock owners opened through it.
     pub fn release(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
         self.file_handle(fh)?;
+        self.locks.drop_handle(fh);
         self.handles.remove(fh).map(drop)
     }
 
@@ -635,10 +660,9 @@ impl ExportSession {
             node.fd(),
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
-        let fh = self.handles.insert(Handle {
-            fd,
-            kind: HandleKind::Dir(std::sync::Mutex::new(())),
-        });
+        let fh = self
+            .handles
+            .insert(Handle::new(fd, HandleKind::Dir(std::sync::Mutex::new(()))));
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -804,8 +828,12 @@ impl ExportSession {
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
+    /// The server's own `user.ferry.*` names read as absent.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
         let name = xattr_name(name)?;
         let path = self.xattr_path(&node);
         if size == 0 {
@@ -818,21 +846,35 @@ impl ExportSession {
         Ok(XattrReply::Data(buf))
     }
 
-    /// NUL-separated xattr names; `size == 0` asks for the list's size.
+    /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
+    /// `user.ferry.*` names are left out.
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         let path = self.xattr_path(&node);
+        // The whole list is read even for a size query, so that the size excludes the hidden
+        // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
+        let want = sys::listxattr(&path, &mut [])?;
+        let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
+        let n = match sys::listxattr(&path, &mut buf) {
+            // Grown since the size query.
+            Err(Errno::ERANGE) => {
+                buf.resize(XATTR_MAX, 0);
+                sys::listxattr(&path, &mut buf)?
+            }
+            r => r?,
+        };
+        let list = owners::filter_xattr_list(&buf[..n]);
         if size == 0 {
-            let n = sys::listxattr(&path, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
+            return Ok(XattrReply::Size(list.len() as u32));
         }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::listxattr(&path, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        if list.len() > size as usize {
+            return Err(Errno::ERANGE);
+        }
+        Ok(XattrReply::Data(list))
     }
 
-    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE). The server's own
+    /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
     pub fn setxattr(
         &self,
         _ctx: &Ctx,
@@ -843,6 +885,9 @@ impl ExportSession {
     ) -> Result<(), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(Errno::E2BIG);
@@ -853,10 +898,13 @@ impl ExportSession {
         sys::setxattr(&self.xattr_path(&node), &name, value, flags)
     }
 
-    /// Removes xattr `name`.
+    /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
     pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
         let name = xattr_name(name)?;
         sys::removexattr(&self.xattr_path(&node), &name)
     }
@@ -905,46 +953,106 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// Tests for a lock conflicting with `lock` (an OFD lock on the handle's fd); returns the
-    /// conflicting lock, or `lock` with type F_UNLCK when there is none.
-    pub fn getlk(&self, _ino: u64, fh: u64, _owner: u64, lock: &Lock) -> Result<Lock, Errno> {
+    /// Tests for a lock conflicting with `lock` for lock owner `owner`; returns the conflicting
+    /// lock, or `lock` with type F_UNLCK when there is none. The owner's own locks never
+    /// conflict. The holder's pid is reported as 0: a host pid means nothing in the guest.
+    pub fn getlk(&self, ino: u64, fh: u64, owner: u64, lock: &Lock) -> Result<Lock, Errno> {
         let h = self.file_handle(fh)?;
         let mut fl = to_flock(lock)?;
-        sys::fcntl_lock(h.file_fd()?, libc::F_OFD_GETLK, &mut fl)?;
+        match self.locks.get(ino, owner) {
+            Some(o) => locks::test_posix(&o, &mut fl)?,
+            // The handle's own description carries no record locks, so every lock is seen.
+            None => sys::fcntl_lock(h.file_fd()?, libc::F_OFD_GETLK, &mut fl)?,
+        }
         Ok(from_flock(&fl))
     }
 
-    /// Takes or releases an OFD lock on the handle's fd; `sleep` waits for a conflicting lock
-    /// to go away (blocking this thread), otherwise a conflict is EAGAIN. Locks change no
-    /// data, so read-only exports allow them.
+    /// Takes, changes or releases a POSIX lock of guest lock owner `owner` (see [`locks`]);
+    /// with `sleep`, waits for a conflicting lock to go away (retrying in the calling thread),
+    /// otherwise a conflict is EAGAIN. A read-only export refuses write locks with EROFS:
+    /// they would keep host writers out.
     pub fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        lock: &Lock,
+        sleep: bool,
+    ) -> Result<(), Errno> {
+        match self.setlk_start(ino, fh, owner, lock)? {
+            Some(wait) if sleep => wait.wait(),
+            Some(_) => Err(Errno::EAGAIN),
+            None => Ok(()),
+        }
+    }
+
+    /// Tries a POSIX lock once: `Ok(None)` when done, `Ok(Some(wait))` when it conflicts
+    /// (the caller may wait for it off its thread with [`LockWait::wait`]).
+    pub fn setlk_start(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        lock: &Lock,
+    ) -> Result<Option<LockWait>, Errno> {
+        let h = self.file_handle(fh)?;
+        let fl = to_flock(lock)?;
+        if lock.typ == libc::F_WRLCK && self.export.read_only {
+            return Err(Errno::EROFS);
+        }
+        if lock.typ == libc::F_UNLCK {
+            // An owner without a file holds no locks here.
+            if let Some(o) = self.locks.get(ino, owner) {
+                locks::start_posix(o, fl, &self.closed)?;
+            }
+            return Ok(None);
+        }
+        let read_only = self.export.read_only;
+        let o = self.locks.get_or_open(ino, owner, fh, || {
+            // A description of its own, readable and writable where the host allows, so that
+            // the owner can take read and write locks through any of its guest descriptors.
+            let fd = h.file_fd()?;
+            let wanted = if read_only {
+                libc::O_RDONLY
+            } else {
+                libc::O_RDWR
+            };
+            sys::reopen(self.proc_fd(), fd, wanted | libc::O_NOCTTY).or_else(|_| {
+                let mode = sys::access_mode(fd)?;
+                sys::reopen(self.proc_fd(), fd, mode | libc::O_NOCTTY)
+            })
+        })?;
+        locks::start_posix(o, fl, &self.closed)
+    }
+
+    /// `flock(2)` on the handle's fd: LOCK_SH, LOCK_EX or LOCK_UN, optionally with LOCK_NB.
+    /// Without LOCK_NB a conflict is waited for in the calling thread. A read-only export
+    /// refuses LOCK_EX with EROFS.
+    pub fn flock(&self, ino: u64, fh: u64, owner: u64, op: i32) -> Result<(), Errno> {
+        match self.flock_start(ino, fh, owner, op)? {
+            Some(wait) if op & libc::LOCK_NB == 0 => wait.wait(),
+            Some(_) => Err(Errno::EAGAIN),
+            None => Ok(()),
+        }
+    }
+
+    /// Tries an `flock` once: `Ok(None)` when done, `Ok(Some(wait))` when it conflicts.
+    pub fn flock_start(
         &self,
         _ino: u64,
         fh: u64,
         _owner: u64,
-        lock: &Lock,
-        sleep: bool,
-    ) -> Result<(), Errno> {
-        let h = self.file_handle(fh)?;
-        let mut fl = to_flock(lock)?;
-        let cmd = if sleep {
-            libc::F_OFD_SETLKW
-        } else {
-            libc::F_OFD_SETLK
-        };
-        sys::fcntl_lock(h.file_fd()?, cmd, &mut fl)
-    }
-
-    /// `flock(2)` on the handle's fd: LOCK_SH, LOCK_EX or LOCK_UN, optionally with LOCK_NB.
-    pub fn flock(&self, _ino: u64, fh: u64, _owner: u64, op: i32) -> Result<(), Errno> {
-        if !matches!(
-            op & !libc::LOCK_NB,
-            libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN
-        ) {
+        op: i32,
+    ) -> Result<Option<LockWait>, Errno> {
+        let kind = op & !libc::LOCK_NB;
+        if !matches!(kind, libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN) {
             return Err(Errno::EINVAL);
         }
+        if kind == libc::LOCK_EX && self.export.read_only {
+            return Err(Errno::EROFS);
+        }
         let h = self.file_handle(fh)?;
-        sys::flock(h.file_fd()?, op)
+        locks::start_flock(h, kind, &self.closed)
     }
 }
 
@@ -1001,7 +1109,7 @@ mod tests {
         };
         let fl = to_flock(&whole).unwrap();
         assert_eq!(fl.l_len, 0);
-        assert_eq!(from_flock(&fl).end, u64::MAX);
+        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
         let bad = Lock {
             start: 5,
             end: 1,

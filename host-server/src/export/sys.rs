@@ -560,6 +560,12 @@ pub(crate) fn fcntl_lock(
     check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
 }
 
+/// The access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`) an fd was opened with.
+pub(crate) fn access_mode(fd: BorrowedFd<'_>) -> Result<libc::c_int, Errno> {
+    // SAFETY: plain syscall on a borrowed, valid fd.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }).map(|f| f & libc::O_ACCMODE)
+}
+
 /// `flock(fd, op)`.
 pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
     // SAFETY: plain syscall on a borrowed, valid fd.

@@ -17,6 +17,7 @@ const CTX: Ctx = Ctx {
     uid: 0,
     gid: 0,
     pid: 1,
+    groups: Vec::new(),
 };
 
 fn export(dir: &Path, read_only: bool) -> Arc<Export> {
@@ -24,6 +25,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         name: "test".into(),
         path: dir.to_path_buf(),
         read_only,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .expect("open export")
 }
@@ -65,6 +67,7 @@ fn open_reports_bad_paths_clearly() {
         name: "x".into(),
         path: missing.clone(),
         read_only: false,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -75,6 +78,7 @@ fn open_reports_bad_paths_clearly() {
         name: "x".into(),
         path: file.clone(),
         read_only: false,
+        ids: crate::ids::IdPolicy::passthrough(),
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));
@@ -473,8 +477,8 @@ fn setattr_size_mode_times() {
             f.ino,
             None,
             &SetAttrs {
-                uid: Some(1234),
-                gid: Some(5678),
+                uid: Some(crate::ids::GuestUid(1234)),
+                gid: Some(crate::ids::GuestGid(5678)),
                 ..Default::default()
             },
         )
@@ -1241,4 +1245,155 @@ fn concurrent_lookups_and_forgets_stay_consistent() {
         }
     });
     assert_eq!(s.node_count(), base, "every lookup was given back");
+}
+
+#[test]
+fn posix_lock_owners_merge_flush_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"lockme").unwrap();
+    let s = ExportSession::new(export(dir.path(), false));
+    let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
+    let h1 = s.open(&CTX, f.ino, libc::O_RDWR).unwrap().fh;
+    let h2 = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
+    let wr = Lock {
+        start: 0,
+        end: 9,
+        typ: libc::F_WRLCK,
+        pid: 0,
+    };
+    // Owner 1 locks through one handle and may change its lock through another (one guest
+    // process, two descriptors); owner 2 conflicts whichever handle it uses.
+    s.setlk(f.ino, h1, 1, &wr, false).unwrap();
+    s.setlk(f.ino, h2, 1, &wr, false).unwrap();
+    assert_eq!(s.setlk(f.ino, h1, 2, &wr, false), Err(Errno::EAGAIN));
+    assert_eq!(s.getlk(f.ino, h2, 1, &wr).unwrap().typ, libc::F_UNLCK);
+    let seen = s.getlk(f.ino, h2, 2, &wr).unwrap();
+    assert_eq!(
+        (seen.typ, seen.start, seen.end, seen.pid),
+        (libc::F_WRLCK, 0, 9, 0)
+    );
+    // flock locks are separate: they belong to handles.
+    s.flock(f.ino, h1, 1, libc::LOCK_EX | libc::LOCK_NB)
+        .unwrap();
+    assert_eq!(
+        s.flock(f.ino, h2, 1, libc::LOCK_SH | libc::LOCK_NB),
+        Err(Errno::EAGAIN)
+    );
+    // A close by owner 1 (FLUSH) drops its record locks, not the handle's flock. (Owner 2's
+    // failed attempt left it an open file, without locks.)
+    assert_eq!(s.lock_owner_count(), 2);
+    s.flush(f.ino, h2, 1).unwrap();
+    assert_eq!(s.lock_owner_count(), 1);
+    s.setlk(f.ino, h1, 2, &wr, false).unwrap();
+    assert_eq!(
+        s.flock(f.ino, h2, 3, libc::LOCK_SH | libc::LOCK_NB),
+        Err(Errno::EAGAIN)
+    );
+    // The last close of the handle an owner's file was opened through drops it too.
+    s.release(f.ino, h1).unwrap();
+    assert_eq!(s.lock_owner_count(), 0);
+    s.flock(f.ino, h2, 3, libc::LOCK_SH | libc::LOCK_NB)
+        .unwrap();
+    s.setlk(
+        f.ino,
+        h2,
+        4,
+        &Lock {
+            typ: libc::F_RDLCK,
+            ..wr
+        },
+        false,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_conflicting_blocking_lock_is_answered_later() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"lockme").unwrap();
+    let e = export(dir.path(), false);
+    let a = ExportSession::new(Arc::clone(&e));
+    let b = ExportSession::new(e);
+    let fa = a.lookup(&CTX, ROOT_ID, b"f").unwrap();
+    let fb = b.lookup(&CTX, ROOT_ID, b"f").unwrap();
+    let ha = a.open(&CTX, fa.ino, libc::O_RDWR).unwrap().fh;
+    let hb = b.open(&CTX, fb.ino, libc::O_RDWR).unwrap().fh;
+    let whole = Lock {
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_WRLCK,
+        pid: 0,
+    };
+    a.setlk(fa.ino, ha, 1, &whole, false).unwrap();
+    let setlkw = Request::Setlk(ferry_protocol::Setlk {
+        ino: fb.ino,
+        fh: hb,
+        owner: 7,
+        lock: whole,
+        sleep: true,
+    });
+    let Response::Pending(wait) = b.dispatch(&CTX, &setlkw, &[]) else {
+        panic!("a conflicting SETLKW must be deferred");
+    };
+    let waiter = std::thread::spawn(move || wait.wait());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!waiter.is_finished());
+    // Session A's close releases its lock; the wait completes.
+    a.flush(fa.ino, ha, 1).unwrap();
+    assert_eq!(waiter.join().unwrap(), Response::Reply(Reply::Empty));
+    // Without sleep a conflict is EAGAIN at once.
+    let setlk = Request::Setlk(ferry_protocol::Setlk {
+        ino: fa.ino,
+        fh: ha,
+        owner: 1,
+        lock: whole,
+        sleep: false,
+    });
+    assert_eq!(
+        a.dispatch(&CTX, &setlk, &[]),
+        Response::Error(Errno::EAGAIN)
+    );
+    // A wait whose session ends gives up with EINTR.
+    let flock = Request::Flock(ferry_protocol::Flock {
+        ino: fa.ino,
+        fh: ha,
+        owner: 1,
+        op: libc::LOCK_EX,
+    });
+    b.flock(fb.ino, hb, 7, libc::LOCK_EX).unwrap();
+    let Response::Pending(wait) = a.dispatch(&CTX, &flock, &[]) else {
+        panic!("a conflicting flock must be deferred");
+    };
+    let waiter = std::thread::spawn(move || wait.wait());
+    drop(a);
+    assert_eq!(waiter.join().unwrap(), Response::Error(Errno::EINTR));
+}
+
+#[test]
+fn read_only_exports_refuse_exclusive_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let s = ExportSession::new(export(dir.path(), true));
+    let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
+    let fh = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
+    let wr = Lock {
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_WRLCK,
+        pid: 0,
+    };
+    assert_eq!(s.setlk(f.ino, fh, 1, &wr, false), Err(Errno::EROFS));
+    assert_eq!(s.flock(f.ino, fh, 1, libc::LOCK_EX), Err(Errno::EROFS));
+    s.setlk(
+        f.ino,
+        fh,
+        1,
+        &Lock {
+            typ: libc::F_RDLCK,
+            ..wr
+        },
+        false,
+    )
+    .unwrap();
+    s.flock(f.ino, fh, 1, libc::LOCK_SH).unwrap();
 }

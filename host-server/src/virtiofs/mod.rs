@@ -176,6 +176,7 @@ mod tests {
             name: "t".into(),
             path: dir.path().to_path_buf(),
             read_only: false,
+            ids: crate::ids::IdPolicy::passthrough(),
         })
         .unwrap();
         let socket = dir.path().join("vfs.sock");
@@ -196,6 +197,7 @@ mod tests {
             name: "u".into(),
             path: dir.path().to_path_buf(),
             read_only: false,
+            ids: crate::ids::IdPolicy::passthrough(),
         })
         .unwrap();
         assert!(matches!(

@@ -87,6 +87,9 @@ fn ctx(h: &InHeader) -> Ctx {
         uid: h.uid,
         gid: h.gid,
         pid: h.pid,
+        // The FUSE header carries no supplementary groups (FUSE_CREATE_SUPP_GROUP is not
+        // negotiated): files created as the caller get its primary group only.
+        groups: Vec::new(),
     }
 }
 
@@ -471,8 +474,8 @@ fn set_attrs(a: &abi::SetattrIn) -> SetAttrs {
     };
     SetAttrs {
         mode: (v & fattr::MODE != 0).then_some(a.mode),
-        uid: (v & fattr::UID != 0).then_some(a.uid),
-        gid: (v & fattr::GID != 0).then_some(a.gid),
+        uid: (v & fattr::UID != 0).then_some(crate::ids::GuestUid(a.uid)),
+        gid: (v & fattr::GID != 0).then_some(crate::ids::GuestGid(a.gid)),
         size: (v & fattr::SIZE != 0).then_some(a.size),
         atime: time(fattr::ATIME, fattr::ATIME_NOW, a.atime, a.atimensec),
         mtime: time(fattr::MTIME, fattr::MTIME_NOW, a.mtime, a.mtimensec),
@@ -511,6 +514,7 @@ pub(crate) mod tests {
             name: "t".into(),
             path: dir.to_path_buf(),
             read_only,
+            ids: crate::ids::IdPolicy::passthrough(),
         })
         .unwrap();
         FuseServer::new(ExportSession::new(export), Duration::from_secs(1))

@@ -15,6 +15,7 @@ pub(crate) const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 1000,
     pid: 42,
+    groups: Vec::new(),
 };
 
 #[rustfmt::skip]
@@ -25,7 +26,7 @@ pub(crate) const HELLO_WITH_TOKEN: &[u8] = &[
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0 (unused)
     0x1B, 0x00, 0x00, 0x00,                         // meta_len = 27
     0x00, 0x00, 0x00, 0x00,                         // aux = 0 (unused)
-    0x01,                                           // version.major = 1
+    0x02,                                           // version.major = 2
     0x00,                                           // version.minor = 0
     0x0F,                                           // features = ALL = 0b1111
     0x01,                                           // token: Some
@@ -78,23 +79,27 @@ fn hello_without_token() {
 
 #[rustfmt::skip]
 pub(crate) const WELCOME: &[u8] = &[
-    0x34, 0x00, 0x00, 0x00,                         // len = 52
+    0x38, 0x00, 0x00, 0x00,                         // len = 56
     0x02, 0x00,                                     // kind = Welcome, flags = 0
     0x00, 0x00,                                     // op = 0
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0
-    0x1C, 0x00, 0x00, 0x00,                         // meta_len = 28
+    0x20, 0x00, 0x00, 0x00,                         // meta_len = 32
     0x00, 0x00, 0x00, 0x00,                         // aux = 0
-    0x01,                                           // version.major = 1
+    0x02,                                           // version.major = 2
     0x02,                                           // version.minor = 2
     0x03,                                           // features = READDIRPLUS | POSIX_LOCKS
     0x02,                                           // exports: 2 entries
     0x00,                                           // exports[0].id = 0
     0x04, b'h', b'o', b'm', b'e',                   // exports[0].name: len 4, "home"
     0x00,                                           // exports[0].read_only = false
+    0x00,                                           // exports[0].permissions = Guest (variant 0)
+    0x01,                                           // exports[0].wants_groups = true
     0xAC, 0x02,                                     // exports[1].id = 300 = 0b10_0101100:
                                                     //   0x2C | 0x80, then 300 >> 7 = 2
     0x02, b'r', b'o',                               // exports[1].name: len 2, "ro"
     0x01,                                           // exports[1].read_only = true
+    0x01,                                           // exports[1].permissions = Host (variant 1)
+    0x00,                                           // exports[1].wants_groups = false
     0x0A,                                           // server: len 10
     b'f', b'e', b'r', b'r', b'y', b'-', b'h', b'o', // server: "ferry-ho
     b's', b't',                                     //          st"
@@ -105,18 +110,22 @@ fn welcome_with_two_exports() {
     check(
         WELCOME,
         Welcome {
-            version: Version { major: 1, minor: 2 },
+            version: Version { major: 2, minor: 2 },
             features: features::READDIRPLUS | features::POSIX_LOCKS,
             exports: vec![
                 ExportInfo {
                     id: 0,
                     name: "home".into(),
                     read_only: false,
+                    permissions: Permissions::Guest,
+                    wants_groups: true,
                 },
                 ExportInfo {
                     id: 300,
                     name: "ro".into(),
                     read_only: true,
+                    permissions: Permissions::Host,
+                    wants_groups: false,
                 },
             ],
             server: "ferry-host".into(),
@@ -222,16 +231,17 @@ fn notice_changes() {
 
 #[rustfmt::skip]
 pub(crate) const WRITE_WITH_PAYLOAD: &[u8] = &[
-    0x2B, 0x00, 0x00, 0x00,                         // len = 43
+    0x2C, 0x00, 0x00, 0x00,                         // len = 44
     0x04, 0x00,                                     // kind = Request, flags = 0
     0x10, 0x00,                                     // op = 16 (Write)
     0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // id = 0x1122334455667788 (little endian)
-    0x0E, 0x00, 0x00, 0x00,                         // meta_len = 14
+    0x0F, 0x00, 0x00, 0x00,                         // meta_len = 15
     0x02, 0x00, 0x00, 0x00,                         // aux = export 2
     0xE8, 0x07,                                     // ctx.uid = 1000 = 0b111_1101000:
                                                     //   0x68 | 0x80, then 1000 >> 7 = 7
     0xE8, 0x07,                                     // ctx.gid = 1000
     0x2A,                                           // ctx.pid = 42
+    0x00,                                           // ctx.groups: len 0
     0x05,                                           // ino = 5
     0x03,                                           // fh = 3
     0x80, 0x80, 0x80, 0x80, 0x10,                   // offset = 1 << 32: four empty 7-bit
@@ -761,4 +771,50 @@ pub(crate) fn all_frames() -> Vec<&'static [u8]> {
             .map(|(b, _)| b),
     );
     all
+}
+
+#[rustfmt::skip]
+pub(crate) const MKDIR_WITH_GROUPS: &[u8] = &[
+    0x27, 0x00, 0x00, 0x00,                         // len = 39
+    0x04, 0x00,                                     // kind = Request, flags = 0
+    0x08, 0x00,                                     // op = 8 (Mkdir)
+    0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 7
+    0x0F, 0x00, 0x00, 0x00,                         // meta_len = 15
+    0x01, 0x00, 0x00, 0x00,                         // aux = export 1
+    0xE8, 0x07,                                     // ctx.uid = 1000
+    0x64,                                           // ctx.gid = 100
+    0x2A,                                           // ctx.pid = 42
+    0x03,                                           // ctx.groups: len 3
+    0x00,                                           //   0 (root's group)
+    0x1B,                                           //   27
+    0xD0, 0x0F,                                     //   2000 = 0x50 | 0x80, then 2000 >> 7 = 15
+    0x01,                                           // parent = 1
+    0x01, b'd',                                     // name: len 1, "d"
+    0xFD, 0x0F,                                     // mode = 0o3775 = 2045: 0x7D|0x80, 15
+    0x02,                                           // umask = 0o2
+];
+
+/// Creating requests carry the caller's supplementary groups after its pid.
+#[test]
+fn mkdir_with_groups() {
+    check(
+        MKDIR_WITH_GROUPS,
+        RequestFrame {
+            id: 7,
+            export: 1,
+            ctx: Ctx {
+                uid: 1000,
+                gid: 100,
+                pid: 42,
+                groups: vec![0, 27, 2000],
+            },
+            body: Request::Mkdir(Mkdir {
+                parent: 1,
+                name: b"d",
+                mode: 0o3775,
+                umask: 0o2,
+            }),
+            payload: &[],
+        },
+    );
 }

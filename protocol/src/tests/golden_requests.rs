@@ -1,5 +1,5 @@
 //! One golden request frame per opcode. Every frame has `id = 0xA0 + opcode`, export 1 and
-//! the caller `ctx = {uid 1000, gid 1000, pid 42}`, so the first 29 bytes differ only in
+//! the caller `ctx = {uid 1000, gid 1000, pid 42, no groups}`, so the first 30 bytes differ only in
 //! `len`, `op`, `id` and `meta_len`; the body follows the `ctx` line.
 //!
 //! See `golden.rs` for postcard's encoding rules.
@@ -23,48 +23,48 @@ fn req(op: u64, body: Request<'static>) -> RequestFrame<'static> {
 pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
     vec![
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x01, 0x00,                                     // op = 1 (Lookup)
             0xA1, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA1
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx: uid 1000 = 0x68|0x80, 1000>>7 = 7;
-                                                            //   gid 1000; pid 42
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx: uid 1000 = 0x68|0x80, 1000>>7 = 7;
+                                                            //   gid 1000; pid 42; groups: len 0
             0x01,                                           // parent = 1
             0x03, b'f', b'o', b'o',                         // name: len 3, "foo"
         ], req(1, Request::Lookup(Lookup { parent: 1, name: b"foo" }))),
         (&[
-            0x23, 0x00, 0x00, 0x00,                         // len = 35
+            0x24, 0x00, 0x00, 0x00,                         // len = 36
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x02, 0x00,                                     // op = 2 (Forget)
             0xA2, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA2
-            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
+            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x02,                                           // nodes: 2 pairs
             0x02, 0x01,                                     // (node 2, count 1)
             0xAC, 0x02, 0x05,                               // (node 300: 0x2C|0x80, 300>>7 = 2; count 5)
         ], req(2, Request::Forget(Forget { nodes: vec![(2, 1), (300, 5)] }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x03, 0x00,                                     // op = 3 (Getattr)
             0xA3, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA3
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x02,                                           // ino = 2
             0x01, 0x07,                                     // fh = Some(7)
         ], req(3, Request::Getattr(Getattr { ino: 2, fh: Some(7) }))),
         (&[
-            0x2E, 0x00, 0x00, 0x00,                         // len = 46
+            0x2F, 0x00, 0x00, 0x00,                         // len = 47
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x04, 0x00,                                     // op = 4 (Setattr)
             0xA4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA4
-            0x16, 0x00, 0x00, 0x00,                         // meta_len = 22
+            0x17, 0x00, 0x00, 0x00,                         // meta_len = 23
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x02,                                           // ino = 2
             0x00,                                           // fh = None
             0x01, 0xA4, 0x03,                               // mode = Some(0o644 = 420 = 0x1A4: 0x24|0x80, 3)
@@ -82,35 +82,35 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             mtime: Some(SetTime::At(Timespec { sec: 1_000_000, nsec: 5 })),
         }))),
         (&[
-            0x1E, 0x00, 0x00, 0x00,                         // len = 30
+            0x1F, 0x00, 0x00, 0x00,                         // len = 31
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x05, 0x00,                                     // op = 5 (Readlink)
             0xA5, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA5
-            0x06, 0x00, 0x00, 0x00,                         // meta_len = 6
+            0x07, 0x00, 0x00, 0x00,                         // meta_len = 7
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x03,                                           // ino = 3
         ], req(5, Request::Readlink(Readlink { ino: 3 }))),
         (&[
-            0x24, 0x00, 0x00, 0x00,                         // len = 36
+            0x25, 0x00, 0x00, 0x00,                         // len = 37
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x06, 0x00,                                     // op = 6 (Symlink)
             0xA6, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA6
-            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
+            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x02, b'l', b'n',                               // name: len 2, "ln"
             0x02, b'/', b't',                               // target: len 2, "/t"
         ], req(6, Request::Symlink(Symlink { parent: 1, name: b"ln", target: b"/t" }))),
         (&[
-            0x24, 0x00, 0x00, 0x00,                         // len = 36
+            0x25, 0x00, 0x00, 0x00,                         // len = 37
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x07, 0x00,                                     // op = 7 (Mknod)
             0xA7, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA7
-            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
+            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x01, b'p',                                     // name: len 1, "p"
             0xA4, 0x23,                                     // mode = S_IFIFO|0o644 = 0x11A4: 0x24|0x80, 0x23
@@ -118,48 +118,48 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x12,                                           // umask = 0o22 = 18
         ], req(7, Request::Mknod(Mknod { parent: 1, name: b"p", mode: 0o10644, rdev: 0, umask: 0o22 }))),
         (&[
-            0x23, 0x00, 0x00, 0x00,                         // len = 35
+            0x24, 0x00, 0x00, 0x00,                         // len = 36
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x08, 0x00,                                     // op = 8 (Mkdir)
             0xA8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA8
-            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
+            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x01, b'd',                                     // name: len 1, "d"
             0xED, 0x03,                                     // mode = 0o755 = 493 = 0x1ED: 0x6D|0x80, 3
             0x12,                                           // umask = 0o22 = 18
         ], req(8, Request::Mkdir(Mkdir { parent: 1, name: b"d", mode: 0o755, umask: 0o22 }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x09, 0x00,                                     // op = 9 (Unlink)
             0xA9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xA9
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x01, b'x',                                     // name: len 1, "x"
         ], req(9, Request::Unlink(Unlink { parent: 1, name: b"x" }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0A, 0x00,                                     // op = 10 (Rmdir)
             0xAA, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAA
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x01, b'd',                                     // name: len 1, "d"
         ], req(10, Request::Rmdir(Rmdir { parent: 1, name: b"d" }))),
         (&[
-            0x24, 0x00, 0x00, 0x00,                         // len = 36
+            0x25, 0x00, 0x00, 0x00,                         // len = 37
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0B, 0x00,                                     // op = 11 (Rename)
             0xAB, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAB
-            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
+            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x01, b'a',                                     // name: len 1, "a"
             0x02,                                           // newparent = 2
@@ -167,37 +167,37 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x01,                                           // flags = RENAME_NOREPLACE = 1
         ], req(11, Request::Rename(Rename { parent: 1, name: b"a", newparent: 2, newname: b"b", flags: 1 }))),
         (&[
-            0x21, 0x00, 0x00, 0x00,                         // len = 33
+            0x22, 0x00, 0x00, 0x00,                         // len = 34
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0C, 0x00,                                     // op = 12 (Link)
             0xAC, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAC
-            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
+            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x01,                                           // newparent = 1
             0x01, b'h',                                     // newname: len 1, "h"
         ], req(12, Request::Link(Link { ino: 5, newparent: 1, newname: b"h" }))),
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0D, 0x00,                                     // op = 13 (Open)
             0xAD, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAD
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x04,                                           // flags = O_RDWR = 2: zigzag 4
             0x80, 0x80, 0x04,                               // prefetch = 65536 = 0x10000
         ], req(13, Request::Open(Open { ino: 5, flags: 2, prefetch: 65536 }))),
         (&[
-            0x27, 0x00, 0x00, 0x00,                         // len = 39
+            0x28, 0x00, 0x00, 0x00,                         // len = 40
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0E, 0x00,                                     // op = 14 (Create)
             0xAE, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAE
-            0x0F, 0x00, 0x00, 0x00,                         // meta_len = 15
+            0x10, 0x00, 0x00, 0x00,                         // meta_len = 16
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // parent = 1
             0x03, b'n', b'e', b'w',                         // name: len 3, "new"
             0xA4, 0x03,                                     // mode = 0o644 = 420
@@ -206,26 +206,26 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
                                                             //   zigzag 130 = 0x82: 0x02|0x80, 1
         ], req(14, Request::Create(Create { parent: 1, name: b"new", mode: 0o644, umask: 0o22, flags: 0o101 }))),
         (&[
-            0x24, 0x00, 0x00, 0x00,                         // len = 36
+            0x25, 0x00, 0x00, 0x00,                         // len = 37
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x0F, 0x00,                                     // op = 15 (Read)
             0xAF, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xAF
-            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
+            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x80, 0x20,                                     // offset = 4096 = 0x1000: 0x00|0x80, 0x20
             0x80, 0x80, 0x04,                               // size = 65536 = 1 << 16: 0x80, 0x80, 1 << 2
         ], req(15, Request::Read(Read { ino: 5, fh: 3, offset: 4096, size: 65536 }))),
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x10, 0x00,                                     // op = 16 (Write)
             0xB0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB0
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x00,                                           // offset = 0
@@ -234,26 +234,26 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
                                                             // (empty payload: a zero-length write)
         ], req(16, Request::Write(Write { ino: 5, fh: 3, offset: 0, write_flags: 0, flags: 1 }))),
         (&[
-            0x29, 0x00, 0x00, 0x00,                         // len = 41
+            0x2A, 0x00, 0x00, 0x00,                         // len = 42
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x11, 0x00,                                     // op = 17 (Flush)
             0xB1, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB1
-            0x11, 0x00, 0x00, 0x00,                         // meta_len = 17
+            0x12, 0x00, 0x00, 0x00,                         // meta_len = 18
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0xFF, 0xFF, 0xFF, 0xFF, 0xFF,                   // lock_owner = u64::MAX: nine full
             0xFF, 0xFF, 0xFF, 0xFF, 0x01,                   //   7-bit groups (63 bits), then 1
         ], req(17, Request::Flush(Flush { ino: 5, fh: 3, lock_owner: u64::MAX }))),
         (&[
-            0x23, 0x00, 0x00, 0x00,                         // len = 35
+            0x24, 0x00, 0x00, 0x00,                         // len = 36
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x12, 0x00,                                     // op = 18 (Release)
             0xB2, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB2
-            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
+            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x00,                                           // flags = 0
@@ -261,155 +261,155 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x01,                                           // flush = true
         ], req(18, Request::Release(Release { ino: 5, fh: 3, flags: 0, lock_owner: Some(9), flush: true }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x13, 0x00,                                     // op = 19 (Fsync)
             0xB3, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB3
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x01,                                           // datasync = true
         ], req(19, Request::Fsync(Fsync { ino: 5, fh: 3, datasync: true }))),
         (&[
-            0x21, 0x00, 0x00, 0x00,                         // len = 33
+            0x22, 0x00, 0x00, 0x00,                         // len = 34
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x14, 0x00,                                     // op = 20 (Opendir)
             0xB4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB4
-            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
+            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
             0x80, 0x80, 0x08,                               // flags = O_DIRECTORY = 1 << 16:
                                                             //   zigzag 1 << 17: 0x80, 0x80, 1 << 3
         ], req(20, Request::Opendir(Opendir { ino: 1, flags: 0o200000 }))),
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x15, 0x00,                                     // op = 21 (Readdir)
             0xB5, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB5
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
             0x04,                                           // fh = 4
             0x00,                                           // offset = 0
             0x80, 0x20,                                     // size = 4096
         ], req(21, Request::Readdir(Readdir { ino: 1, fh: 4, offset: 0, size: 4096 }))),
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x16, 0x00,                                     // op = 22 (Readdirplus)
             0xB6, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB6
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
             0x04,                                           // fh = 4
             0x02,                                           // offset = 2
             0x80, 0x20,                                     // size = 4096
         ], req(22, Request::Readdirplus(Readdirplus { ino: 1, fh: 4, offset: 2, size: 4096 }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x17, 0x00,                                     // op = 23 (Releasedir)
             0xB7, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB7
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
             0x04,                                           // fh = 4
             0x00,                                           // flags = 0
         ], req(23, Request::Releasedir(Releasedir { ino: 1, fh: 4, flags: 0 }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x18, 0x00,                                     // op = 24 (Fsyncdir)
             0xB8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB8
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
             0x04,                                           // fh = 4
             0x00,                                           // datasync = false
         ], req(24, Request::Fsyncdir(Fsyncdir { ino: 1, fh: 4, datasync: false }))),
         (&[
-            0x1E, 0x00, 0x00, 0x00,                         // len = 30
+            0x1F, 0x00, 0x00, 0x00,                         // len = 31
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x19, 0x00,                                     // op = 25 (StatfsReq)
             0xB9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xB9
-            0x06, 0x00, 0x00, 0x00,                         // meta_len = 6
+            0x07, 0x00, 0x00, 0x00,                         // meta_len = 7
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // ino = 1
         ], req(25, Request::StatfsReq(StatfsReq { ino: 1 }))),
         (&[
-            0x1F, 0x00, 0x00, 0x00,                         // len = 31
+            0x20, 0x00, 0x00, 0x00,                         // len = 32
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1A, 0x00,                                     // op = 26 (Access)
             0xBA, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBA
-            0x07, 0x00, 0x00, 0x00,                         // meta_len = 7
+            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x08,                                           // mask = R_OK = 4: zigzag 8
         ], req(26, Request::Access(Access { ino: 5, mask: 4 }))),
         (&[
-            0x26, 0x00, 0x00, 0x00,                         // len = 38
+            0x27, 0x00, 0x00, 0x00,                         // len = 39
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1B, 0x00,                                     // op = 27 (Getxattr)
             0xBB, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBB
-            0x0E, 0x00, 0x00, 0x00,                         // meta_len = 14
+            0x0F, 0x00, 0x00, 0x00,                         // meta_len = 15
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x06, b'u', b's', b'e', b'r', b'.', b'a',       // name: len 6, "user.a"
             0x00,                                           // size = 0 (size query)
         ], req(27, Request::Getxattr(Getxattr { ino: 5, name: b"user.a", size: 0 }))),
         (&[
-            0x20, 0x00, 0x00, 0x00,                         // len = 32
+            0x21, 0x00, 0x00, 0x00,                         // len = 33
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1C, 0x00,                                     // op = 28 (Listxattr)
             0xBC, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBC
-            0x08, 0x00, 0x00, 0x00,                         // meta_len = 8
+            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x80, 0x02,                                     // size = 256 = 0x100: 0x00|0x80, 2
         ], req(28, Request::Listxattr(Listxattr { ino: 5, size: 256 }))),
         (&[
-            0x29, 0x00, 0x00, 0x00,                         // len = 41
+            0x2A, 0x00, 0x00, 0x00,                         // len = 42
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1D, 0x00,                                     // op = 29 (Setxattr)
             0xBD, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBD
-            0x11, 0x00, 0x00, 0x00,                         // meta_len = 17
+            0x12, 0x00, 0x00, 0x00,                         // meta_len = 18
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x06, b'u', b's', b'e', b'r', b'.', b'a',       // name: len 6, "user.a"
             0x02, b'v', b'1',                               // value: len 2, "v1"
             0x02,                                           // flags = XATTR_CREATE = 1: zigzag 2
         ], req(29, Request::Setxattr(Setxattr { ino: 5, name: b"user.a", value: b"v1", flags: 1 }))),
         (&[
-            0x25, 0x00, 0x00, 0x00,                         // len = 37
+            0x26, 0x00, 0x00, 0x00,                         // len = 38
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1E, 0x00,                                     // op = 30 (Removexattr)
             0xBE, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBE
-            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
+            0x0E, 0x00, 0x00, 0x00,                         // meta_len = 14
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x06, b'u', b's', b'e', b'r', b'.', b'a',       // name: len 6, "user.a"
         ], req(30, Request::Removexattr(Removexattr { ino: 5, name: b"user.a" }))),
         (&[
-            0x24, 0x00, 0x00, 0x00,                         // len = 36
+            0x25, 0x00, 0x00, 0x00,                         // len = 37
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x1F, 0x00,                                     // op = 31 (Fallocate)
             0xBF, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xBF
-            0x0C, 0x00, 0x00, 0x00,                         // meta_len = 12
+            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x00,                                           // offset = 0
@@ -417,13 +417,13 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x00,                                           // mode = 0
         ], req(31, Request::Fallocate(Fallocate { ino: 5, fh: 3, offset: 0, length: 1 << 20, mode: 0 }))),
         (&[
-            0x22, 0x00, 0x00, 0x00,                         // len = 34
+            0x23, 0x00, 0x00, 0x00,                         // len = 35
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x20, 0x00,                                     // op = 32 (Lseek)
             0xC0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC0
-            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
+            0x0B, 0x00, 0x00, 0x00,                         // meta_len = 11
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0xC8, 0x01,                                     // offset = 100 (i64): zigzag 200 = 0xC8:
@@ -431,13 +431,13 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x06,                                           // whence = SEEK_DATA = 3: zigzag 6
         ], req(32, Request::Lseek(Lseek { ino: 5, fh: 3, offset: 100, whence: 3 }))),
         (&[
-            0x27, 0x00, 0x00, 0x00,                         // len = 39
+            0x28, 0x00, 0x00, 0x00,                         // len = 40
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x21, 0x00,                                     // op = 33 (CopyFileRange)
             0xC1, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC1
-            0x0F, 0x00, 0x00, 0x00,                         // meta_len = 15
+            0x10, 0x00, 0x00, 0x00,                         // meta_len = 16
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino_in = 5
             0x03,                                           // fh_in = 3
             0x00,                                           // offset_in = 0
@@ -451,13 +451,13 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             flags: 0,
         }))),
         (&[
-            0x2D, 0x00, 0x00, 0x00,                         // len = 45
+            0x2E, 0x00, 0x00, 0x00,                         // len = 46
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x22, 0x00,                                     // op = 34 (Getlk)
             0xC2, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC2
-            0x15, 0x00, 0x00, 0x00,                         // meta_len = 21
+            0x16, 0x00, 0x00, 0x00,                         // meta_len = 22
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x07,                                           // owner = 7
@@ -470,13 +470,13 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             ino: 5, fh: 3, owner: 7, lock: Lock { start: 0, end: u64::MAX, typ: 1, pid: 42 },
         }))),
         (&[
-            0x25, 0x00, 0x00, 0x00,                         // len = 37
+            0x26, 0x00, 0x00, 0x00,                         // len = 38
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x23, 0x00,                                     // op = 35 (Setlk)
             0xC3, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC3
-            0x0D, 0x00, 0x00, 0x00,                         // meta_len = 13
+            0x0E, 0x00, 0x00, 0x00,                         // meta_len = 14
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x07,                                           // owner = 7
@@ -489,26 +489,26 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             ino: 5, fh: 3, owner: 7, lock: Lock { start: 10, end: 19, typ: 0, pid: 42 }, sleep: true,
         }))),
         (&[
-            0x21, 0x00, 0x00, 0x00,                         // len = 33
+            0x22, 0x00, 0x00, 0x00,                         // len = 34
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x24, 0x00,                                     // op = 36 (Flock)
             0xC4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC4
-            0x09, 0x00, 0x00, 0x00,                         // meta_len = 9
+            0x0A, 0x00, 0x00, 0x00,                         // meta_len = 10
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x05,                                           // ino = 5
             0x03,                                           // fh = 3
             0x07,                                           // owner = 7
             0x0C,                                           // op = LOCK_EX|LOCK_NB = 6: zigzag 12
         ], req(36, Request::Flock(Flock { ino: 5, fh: 3, owner: 7, op: 6 }))),
         (&[
-            0x1E, 0x00, 0x00, 0x00,                         // len = 30
+            0x1F, 0x00, 0x00, 0x00,                         // len = 31
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x25, 0x00,                                     // op = 37 (Watch)
             0xC5, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC5
-            0x06, 0x00, 0x00, 0x00,                         // meta_len = 6
+            0x07, 0x00, 0x00, 0x00,                         // meta_len = 7
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
-            0xE8, 0x07, 0xE8, 0x07, 0x2A,                   // ctx
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // on = true
         ], req(37, Request::Watch(Watch { on: true }))),
     ]

@@ -306,18 +306,18 @@ fn kind_and_flags() {
 
 #[test]
 fn meta_len_past_the_end() {
-    let frame = request_table()[0].0; // Lookup: len 34, meta_len 10
-    for meta_len in [11, 100, u32::MAX] {
+    let frame = request_table()[0].0; // Lookup: len 35, meta_len 11
+    for meta_len in [12, 100, u32::MAX] {
         let mut b = frame.to_vec();
         set_u32(&mut b, 16, meta_len);
         assert!(matches!(
             Frame::parse(&b),
-            Err(DecodeError::MetaOutOfBounds { meta_len: m, len: 34 }) if m == meta_len
+            Err(DecodeError::MetaOutOfBounds { meta_len: m, len: 35 }) if m == meta_len
         ));
     }
     // Meta shorter than the body: the rest is a payload, which a Lookup may not have.
     let mut b = frame.to_vec();
-    set_u32(&mut b, 16, 9);
+    set_u32(&mut b, 16, 10);
     let f = Frame::parse(&b).unwrap();
     assert!(RequestFrame::decode(&f).is_err());
 }
@@ -571,7 +571,7 @@ fn unknown_notice() {
 #[test]
 fn malformed_meta() {
     use postcard::Error as P;
-    const CTX: [u8; 5] = [0xE8, 0x07, 0xE8, 0x07, 0x2A];
+    const CTX: [u8; 6] = [0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00];
     let req =
         |op: Opcode, body: &[u8]| frame_bytes(4, op as u16, 1, 1, &[&CTX[..], body].concat(), &[]);
     let cases: Vec<(Vec<u8>, Option<P>)> = vec![
@@ -678,7 +678,7 @@ fn varint(mut v: u64) -> Vec<u8> {
 /// worth at once, however large the claim.
 #[test]
 fn huge_claimed_lengths() {
-    const CTX: [u8; 5] = [0xE8, 0x07, 0xE8, 0x07, 0x2A];
+    const CTX: [u8; 6] = [0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00];
     let huge = varint(1 << 40);
     assert_eq!(huge, [0x80, 0x80, 0x80, 0x80, 0x80, 0x20]); // 1 << 40 = 0x20 << 35
     let big_body = vec![0u8; 100_000];
@@ -700,6 +700,33 @@ fn huge_claimed_lengths() {
                 1,
                 1,
                 &[&CTX[..], &varint(big_body.len() as u64), &big_body].concat(),
+                &[],
+            ),
+        ),
+        (
+            "Ctx with 2^40 supplementary groups",
+            frame_bytes(
+                4,
+                5,
+                1,
+                1,
+                &[&[0xE8, 0x07, 0xE8, 0x07, 0x2A][..], &huge, &[1, 2, 3]].concat(),
+                &[],
+            ),
+        ),
+        (
+            "Ctx with as many groups as bytes",
+            frame_bytes(
+                4,
+                5,
+                1,
+                1,
+                &[
+                    &[0xE8, 0x07, 0xE8, 0x07, 0x2A][..],
+                    &varint(big_body.len() as u64),
+                    &big_body,
+                ]
+                .concat(),
                 &[],
             ),
         ),

@@ -103,7 +103,18 @@ fn opened() -> impl Strategy<Value = Opened> + Clone {
 }
 
 pub(crate) fn ctx() -> impl Strategy<Value = Ctx> + Clone {
-    (u32s(), u32s(), u32s()).prop_map(|(uid, gid, pid)| Ctx { uid, gid, pid })
+    (
+        u32s(),
+        u32s(),
+        u32s(),
+        proptest::collection::vec(u32s(), 0..40),
+    )
+        .prop_map(|(uid, gid, pid, groups)| Ctx {
+            uid,
+            gid,
+            pid,
+            groups,
+        })
 }
 
 /// Arbitrary bodies for one opcode. The match is exhaustive, so a new opcode needs a strategy.
@@ -516,11 +527,19 @@ pub(crate) fn hello() -> impl Strategy<Value = Hello<'static>> {
 }
 
 pub(crate) fn welcome() -> impl Strategy<Value = Welcome> {
-    let export = (u32s(), text(), any::<bool>()).prop_map(|(id, name, read_only)| ExportInfo {
-        id,
-        name,
-        read_only,
-    });
+    let export = (u32s(), text(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(id, name, read_only, host, wants_groups)| ExportInfo {
+            id,
+            name,
+            read_only,
+            permissions: if host {
+                Permissions::Host
+            } else {
+                Permissions::Guest
+            },
+            wants_groups,
+        },
+    );
     (version(), u64s(), vec(export, 0..5), text()).prop_map(
         |(version, features, exports, server)| Welcome {
             version,

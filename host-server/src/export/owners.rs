@@ -1,0 +1,469 @@
+//! Owners as the guest sees them: id translation, the persisted-owner xattr, and creating as
+//! the caller.
+//!
+//! # The persisted owner
+//!
+//! With persisted owners on (the default in squash mode), a `chown`/`chgrp` from the guest
+//! that the host cannot or must not perform, and a `chmod` the host refuses, succeed and are
+//! recorded in the `user.ferry.owner` xattr of the host file, as osxfs did with
+//! `com.docker.owner`. The value is text, `UID:GID:MODE:HOSTMODE`: the guest uid and gid to
+//! show, the mode to show (octal, file type bits included), and the host's own mode when the
+//! record was written. When the host mode has changed since (someone ran `chmod` on the host),
+//! the host's mode wins over the stale recorded one; the recorded owner still shows.
+//!
+//! In squash mode, a file or directory created by a guest user other than the squash target
+//! records its creator (and the group a local filesystem would give it), so that `initdb`
+//! running as uid 999 sees its own files as its own. Set-user-id and set-group-id bits on
+//! files are never set on the host in squash mode (a set-uid file owned by the server's user
+//! would be a door out of the VM): they are recorded and shown instead.
+//!
+//! Linux allows `user.*` xattrs only on regular files and directories, so symlinks, FIFOs and
+//! sockets cannot carry a record: a `chown` of one that needs a record succeeds without being
+//! kept (their owner matters to nothing but `protected_symlinks`).
+//!
+//! The whole `user.ferry.` namespace is the server's: the guest never sees it in `listxattr`,
+//! reads it as absent (ENODATA), and cannot set or remove it (EPERM).
+
+use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
+
+use ferry_protocol::{Attr, Ctx, Errno};
+
+use super::inode::InodeData;
+use super::{ExportSession, creds, sys};
+use crate::ids::{GuestGid, GuestUid, HostGid, HostUid, IdMode};
+
+/// The xattr holding a persisted owner.
+pub const OWNER_XATTR: &CStr = c"user.ferry.owner";
+
+/// Xattr names starting with this belong to the server and are hidden from the guest.
+pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.ferry.";
+
+/// Set-id bits that squash mode keeps off the host.
+const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// What `user.ferry.owner` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub uid: GuestUid,
+    pub gid: GuestGid,
+    /// The mode to show, file type bits included.
+    pub mode: u32,
+    /// The host's `st_mode` when the record was written.
+    pub host_mode: u32,
+}
+
+impl Record {
+    /// The xattr value.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}:{}:{:o}:{:o}",
+            self.uid.0, self.gid.0, self.mode, self.host_mode
+        )
+    }
+
+    /// Parses an xattr value; `None` for anything malformed (the host's view then wins).
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let mut it = s.trim_end_matches('\0').split(':');
+        let uid = it.next()?.parse().ok()?;
+        let gid = it.next()?.parse().ok()?;
+        let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+        let host_mode = u32::from_str_radix(it.next()?, 8).ok()?;
+        if it.next().is_some() || uid == u32::MAX || gid == u32::MAX {
+            return None;
+        }
+        Some(Record {
+            uid: GuestUid(uid),
+            gid: GuestGid(gid),
+            mode,
+            host_mode,
+        })
+    }
+}
+
+/// How a node looks to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Presented {
+    pub uid: GuestUid,
+    pub gid: GuestGid,
+    /// `st_mode` to show, file type bits included.
+    pub mode: u32,
+}
+
+/// Whether the host lets objects of this type (`st_mode`) carry `user.*` xattrs.
+fn can_record(mode: u32) -> bool {
+    matches!(mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+}
+
+/// Whether an xattr name is the server's (hidden from the guest).
+pub(crate) fn is_reserved_xattr(name: &[u8]) -> bool {
+    name.starts_with(RESERVED_XATTR_PREFIX)
+}
+
+/// Removes the server's names from a NUL-separated xattr name list.
+pub(crate) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split_inclusive(|&b| b == 0) {
+        if !is_reserved_xattr(name) {
+            out.extend_from_slice(name);
+        }
+    }
+    out
+}
+
+/// Logs once that the host filesystem refuses user xattrs.
+fn warn_no_xattrs(e: Errno) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            error = ?e,
+            "the host filesystem refuses user xattrs: owners set from the guest cannot be kept \
+             (chown answers EPERM)"
+        );
+    });
+}
+
+/// The host ids a creating request runs as, in modes that create as the caller.
+#[derive(Debug)]
+pub(crate) struct CreateAs {
+    uid: HostUid,
+    gid: HostGid,
+    groups: Vec<HostGid>,
+}
+
+impl ExportSession {
+    fn mode(&self) -> &IdMode {
+        &self.export.ids.mode
+    }
+
+    fn persist(&self) -> bool {
+        self.export.ids.persist_owners
+    }
+
+    /// Reads the persisted owner of a node (`path` is its `/proc/self/fd` path).
+    fn read_record(&self, path: &CStr, st: &libc::stat) -> Option<Record> {
+        if !self.persist() || !can_record(st.st_mode) {
+            return None;
+        }
+        let mut buf = [0u8; 64];
+        match sys::getxattr(path, OWNER_XATTR, &mut buf) {
+            Ok(n) => {
+                let r = Record::decode(&buf[..n]);
+                if r.is_none() {
+                    tracing::debug!(value = ?String::from_utf8_lossy(&buf[..n]), "ignored a malformed owner record");
+                }
+                r
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// How the host object behind `fd`, whose stat is `st`, looks to the guest.
+    pub(crate) fn present(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Presented {
+        let record = if self.persist() && can_record(st.st_mode) {
+            self.read_record(&sys::proc_path(fd), st)
+        } else {
+            None
+        };
+        self.present_with(st, record)
+    }
+
+    fn present_with(&self, st: &libc::stat, record: Option<Record>) -> Presented {
+        match record {
+            Some(r) => Presented {
+                uid: r.uid,
+                gid: r.gid,
+                // A host chmod since the record was written wins.
+                mode: if st.st_mode == r.host_mode {
+                    r.mode
+                } else {
+                    st.st_mode
+                },
+            },
+            None => Presented {
+                uid: self.mode().uid_to_guest(HostUid(st.st_uid)),
+                gid: self.mode().gid_to_guest(HostGid(st.st_gid)),
+                mode: st.st_mode,
+            },
+        }
+    }
+
+    /// Attributes of node `id` as the guest sees them.
+    pub(crate) fn attr(&self, id: u64, fd: BorrowedFd<'_>, st: &libc::stat) -> Attr {
+        super::ops::attr_from_stat(id, st, self.present(fd, st))
+    }
+
+    /// Writes (or, when it says nothing the host does not, removes) the owner record of a node.
+    fn write_record(&self, node: &InodeData, st: &libc::stat, record: Record) -> Result<(), Errno> {
+        let path = sys::proc_path(node.fd());
+        let plain = self.present_with(st, None);
+        let needed =
+            record.uid != plain.uid || record.gid != plain.gid || record.mode != st.st_mode;
+        let result = if needed {
+            sys::setxattr(&path, OWNER_XATTR, record.encode().as_bytes(), 0)
+        } else {
+            match sys::removexattr(&path, OWNER_XATTR) {
+                Err(Errno::ENODATA) => Ok(()),
+                r => r,
+            }
+        };
+        match result {
+            Err(e @ Errno::EOPNOTSUPP) => {
+                warn_no_xattrs(e);
+                Err(Errno::EPERM)
+            }
+            r => r,
+        }
+    }
+
+    /// The host ids a creating request runs as: `None` in squash mode (the server creates as
+    /// itself); EOVERFLOW for a caller without a host id, as an idmapped mount answers.
+    pub(crate) fn create_as(&self, ctx: &Ctx) -> Result<Option<CreateAs>, Errno> {
+        let mode = self.mode();
+        if !mode.creates_as_caller() {
+            return Ok(None);
+        }
+        let uid = mode
+            .uid_to_host(GuestUid(ctx.uid))
+            .ok_or(Errno::EOVERFLOW)?;
+        let gid = mode
+            .gid_to_host(GuestGid(ctx.gid))
+            .ok_or(Errno::EOVERFLOW)?;
+        // A supplementary group without a host id can grant nothing on the host.
+        let groups = ctx
+            .groups
+            .iter()
+            .filter_map(|&g| mode.gid_to_host(GuestGid(g)))
+            .collect();
+        Ok(Some(CreateAs { uid, gid, groups }))
+    }
+
+    /// Runs `f` (a creating system call) as the caller in modes that create as the caller.
+    pub(crate) fn as_creator<T>(
+        &self,
+        who: &Option<CreateAs>,
+        f: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        match who {
+            None => f(),
+            Some(c) => {
+                let _switched = creds::Switched::to(c.uid, c.gid, &c.groups)?;
+                f()
+            }
+        }
+    }
+
+    /// The permission bits the host gets for a new object of type `kind` asked with `perm`:
+    /// squash mode keeps set-id bits on files off the host (they are recorded instead).
+    pub(crate) fn host_perm(&self, kind: u32, perm: u32) -> u32 {
+        match self.mode() {
+            IdMode::Squash { .. } if kind != libc::S_IFDIR => perm & !SETID_BITS,
+            IdMode::Squash { .. } => perm & !libc::S_ISUID,
+            _ => perm,
+        }
+    }
+
+    /// After a creation in squash mode: records the creator when it is not the squash target,
+    /// and set-id bits the host did not get. `perm` is what the guest asked for (after its
+    /// umask); `parent` is the directory it was created in. A failure to record is logged, not
+    /// returned: the object exists and the guest must learn of it.
+    pub(crate) fn record_creator(
+        &self,
+        ctx: &Ctx,
+        parent: &InodeData,
+        node: &InodeData,
+        st: &libc::stat,
+        perm: u32,
+    ) -> libc::stat {
+        if !matches!(self.mode(), IdMode::Squash { .. })
+            || !self.persist()
+            || !can_record(st.st_mode)
+        {
+            return *st;
+        }
+        let parent_view = match sys::fstat(parent.fd()) {
+            Ok(pst) => self.present(parent.fd(), &pst),
+            Err(_) => return *st,
+        };
+        // As a local filesystem would: a set-group-id directory gives its group.
+        let gid = if parent_view.mode & libc::S_ISGID != 0 {
+            parent_view.gid
+        } else {
+            GuestGid(ctx.gid)
+        };
+        // What the host did, plus the set-id bits squash mode kept off the host file (mkdir
+        // ignores set-id bits in its mode; the host applied directory inheritance itself).
+        let mut mode = st.st_mode;
+        if mode & libc::S_IFMT != libc::S_IFDIR {
+            mode |= perm & SETID_BITS;
+            if mode & libc::S_ISGID != 0 && gid.0 != ctx.gid && !ctx.groups.contains(&gid.0) {
+                // A caller outside the file's group cannot make it set-group-id.
+                mode &= !libc::S_ISGID;
+            }
+        }
+        let record = Record {
+            uid: GuestUid(ctx.uid),
+            gid,
+            mode,
+            host_mode: st.st_mode,
+        };
+        if let Err(e) = self.write_record(node, st, record) {
+            tracing::debug!(error = ?e, "could not record the creator of a new file");
+        }
+        *st
+    }
+
+    /// `chown`/`chgrp` from the guest.
+    pub(crate) fn change_owner(
+        &self,
+        node: &InodeData,
+        uid: Option<GuestUid>,
+        gid: Option<GuestGid>,
+    ) -> Result<(), Errno> {
+        let st = sys::fstat(node.fd())?;
+        let mode = self.mode();
+        if mode.creates_as_caller() {
+            let host_uid = uid.map(|u| mode.uid_to_host(u));
+            let host_gid = gid.map(|g| mode.gid_to_host(g));
+            let mapped = !matches!(host_uid, Some(None)) && !matches!(host_gid, Some(None));
+            if mapped {
+                let r = sys::chown(
+                    node.fd(),
+                    host_uid.flatten().map_or(u32::MAX, |u| u.0),
+                    host_gid.flatten().map_or(u32::MAX, |g| g.0),
+                );
+                match r {
+                    Ok(()) => {
+                        // The host tells the truth again: a stale record would hide it.
+                        if self.persist() && can_record(st.st_mode) {
+                            let path = sys::proc_path(node.fd());
+                            let _ = sys::removexattr(&path, OWNER_XATTR);
+                        }
+                        return Ok(());
+                    }
+                    Err(Errno::EPERM) if self.persist() => {}
+                    Err(e) => return Err(e),
+                }
+            } else if !self.persist() {
+                // Outside every range: no host id to give, nowhere to keep it.
+                return Err(Errno::EINVAL);
+            }
+        } else if !self.persist() {
+            let now = self.present_with(&st, None);
+            if uid.is_none_or(|u| u == now.uid) && gid.is_none_or(|g| g == now.gid) {
+                return Ok(());
+            }
+            return Err(Errno::EPERM);
+        }
+        // Keep it in the record.
+        if !can_record(st.st_mode) {
+            tracing::debug!(
+                node = node.id,
+                "owner of a symlink or special file not kept (it cannot carry an xattr)"
+            );
+            return Ok(());
+        }
+        let now = self.present(node.fd(), &st);
+        let record = Record {
+            uid: uid.unwrap_or(now.uid),
+            gid: gid.unwrap_or(now.gid),
+            mode: now.mode,
+            host_mode: st.st_mode,
+        };
+        self.write_record(node, &st, record)
+    }
+
+    /// `chmod` from the guest (`mode` holds permission bits only).
+    pub(crate) fn change_mode(&self, node: &InodeData, mode: u32) -> Result<(), Errno> {
+        let st = sys::fstat(node.fd())?;
+        let host_bits = self.host_perm(st.st_mode & libc::S_IFMT, mode);
+        if host_bits != mode && !self.persist() {
+            // Squash mode without a record to keep them in: set-id bits are refused.
+            return Err(Errno::EPERM);
+        }
+        let wanted = (st.st_mode & libc::S_IFMT) | mode;
+        let record = if self.persist() && can_record(st.st_mode) {
+            self.read_record(&sys::proc_path(node.fd()), &st)
+        } else {
+            None
+        };
+        match sys::chmod(self.proc_fd(), node.fd(), host_bits) {
+            Ok(()) => {
+                if record.is_none() && host_bits == mode {
+                    return Ok(());
+                }
+                let after = sys::fstat(node.fd())?;
+                let now = self.present_with(&st, record);
+                self.write_record(
+                    node,
+                    &after,
+                    Record {
+                        uid: now.uid,
+                        gid: now.gid,
+                        mode: wanted,
+                        host_mode: after.st_mode,
+                    },
+                )
+            }
+            Err(Errno::EPERM) if self.persist() && can_record(st.st_mode) => {
+                // The host refuses (the server's user does not own the file): keep it.
+                let now = self.present_with(&st, record);
+                self.write_record(
+                    node,
+                    &st,
+                    Record {
+                        uid: now.uid,
+                        gid: now.gid,
+                        mode: wanted,
+                        host_mode: st.st_mode,
+                    },
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_reject_garbage() {
+        let r = Record {
+            uid: GuestUid(999),
+            gid: GuestGid(999),
+            mode: libc::S_IFDIR | 0o700,
+            host_mode: libc::S_IFDIR | 0o755,
+        };
+        assert_eq!(r.encode(), "999:999:40700:40755");
+        assert_eq!(Record::decode(r.encode().as_bytes()), Some(r));
+        assert_eq!(Record::decode(b"999:999:40700:40755\0"), Some(r));
+        for bad in [
+            &b""[..],
+            b"999",
+            b"999:999",
+            b"999:999:40700",
+            b"999:999:40700:40755:1",
+            b"x:999:40700:40755",
+            b"999:999:9:40755",
+            b"4294967295:0:100644:100644",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(Record::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_filtered_from_lists() {
+        assert!(is_reserved_xattr(b"user.ferry.owner"));
+        assert!(is_reserved_xattr(b"user.ferry.anything"));
+        assert!(!is_reserved_xattr(b"user.ferryman"));
+        assert!(!is_reserved_xattr(b"user.owner"));
+        let list = b"user.a\0user.ferry.owner\0security.selinux\0user.ferry.x\0";
+        assert_eq!(filter_xattr_list(list), b"user.a\0security.selinux\0");
+        assert_eq!(filter_xattr_list(b""), b"");
+        assert_eq!(filter_xattr_list(b"user.ferry.owner\0"), b"");
+    }
+}

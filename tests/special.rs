@@ -1,0 +1,201 @@
+//! mmap, special files and read-only exports through a real mount.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use crate::harness::{Share, cpath, fuse_available};
+
+/// Maps `len` bytes of `f` with `prot` and `flags`; panics on failure.
+fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
+    // SAFETY: a fresh mapping of an open file; the kernel picks the address.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, f.as_raw_fd(), 0) };
+    assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    p.cast()
+}
+
+#[test]
+fn shared_mmap_writes_reach_the_host_after_msync_and_munmap() {
+    if !fuse_available("shared_mmap") {
+        return;
+    }
+    let share = Share::start();
+    let (guest, host) = (share.mnt().join("m"), share.src().join("m"));
+    fs::write(&guest, vec![b'.'; 3 * 4096]).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&guest)
+        .unwrap();
+    let len = 3 * 4096;
+    let p = map(
+        &f,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    );
+    // SAFETY: `p` maps `len` writable bytes.
+    let m = unsafe { std::slice::from_raw_parts_mut(p, len) };
+    m[..5].copy_from_slice(b"hello");
+    m[4096 + 10..4096 + 15].copy_from_slice(b"world");
+    // SAFETY: msync of the mapping made above.
+    assert_eq!(unsafe { libc::msync(p.cast(), len, libc::MS_SYNC) }, 0);
+    let on_host = fs::read(&host).unwrap();
+    assert_eq!(&on_host[..5], b"hello");
+    assert_eq!(&on_host[4096 + 10..4096 + 15], b"world");
+    // Without msync: munmap writes the dirty pages back.
+    m[2 * 4096..2 * 4096 + 4].copy_from_slice(b"tail");
+    // SAFETY: unmapping the mapping made above; `m` is not used after.
+    assert_eq!(unsafe { libc::munmap(p.cast(), len) }, 0);
+    assert_eq!(&fs::read(&host).unwrap()[2 * 4096..2 * 4096 + 4], b"tail");
+    // Reads through a fresh mapping see what plain reads see.
+    let p = map(&f, len, libc::PROT_READ, libc::MAP_SHARED);
+    // SAFETY: `p` maps `len` readable bytes.
+    let m = unsafe { std::slice::from_raw_parts(p, len) };
+    assert_eq!(m, &fs::read(&guest).unwrap()[..]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::munmap(p.cast(), len) }, 0);
+    assert!(share.stop().success());
+}
+
+#[test]
+fn read_only_export_refuses_every_change() {
+    if !fuse_available("read_only_refuses") {
+        return;
+    }
+    let share = Share::start_with(&["--read-only"]);
+    let src = share.src();
+    fs::write(src.join("f"), b"host data").unwrap();
+    fs::create_dir(src.join("d")).unwrap();
+    fs::create_dir(src.join("empty")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let m = share.mnt();
+    let erofs = |what: &str, r: std::io::Result<()>| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    use std::os::unix::fs::PermissionsExt;
+    erofs("create", fs::write(m.join("new"), b"x"));
+    erofs(
+        "open for writing",
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("f"))
+            .map(drop),
+    );
+    erofs(
+        "chmod",
+        fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)),
+    );
+    erofs("mkdir", fs::create_dir(m.join("nd")));
+    erofs("rmdir", fs::remove_dir(m.join("empty")));
+    erofs("unlink", fs::remove_file(m.join("f")));
+    erofs("rename", fs::rename(m.join("f"), m.join("g")));
+    erofs("link", fs::hard_link(m.join("f"), m.join("h")));
+    erofs("symlink", std::os::unix::fs::symlink("f", m.join("s")));
+    let path = cpath(&m.join("f"));
+    let name = c"user.x";
+    // SAFETY: valid C strings and a one-byte value.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    // SAFETY: valid C string.
+    let rc = unsafe { libc::truncate(path.as_ptr(), 1) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    // Reading, shared locks and private mappings work; an exclusive lock would keep host
+    // writers out, and is refused.
+    let f = fs::File::open(m.join("f")).unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    let p = map(
+        &f,
+        4096,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE,
+    );
+    // SAFETY: `p` maps 4096 private writable bytes (the file's 9 bytes, then zeros).
+    let mapped = unsafe { std::slice::from_raw_parts_mut(p, 4096) };
+    assert_eq!(&mapped[..9], b"host data");
+    mapped[..4].copy_from_slice(b"MINE");
+    // SAFETY: unmapping the mapping made above.
+    assert_eq!(unsafe { libc::munmap(p.cast(), 4096) }, 0);
+    assert_eq!(fs::read(src.join("f")).unwrap(), b"host data");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"host data");
+    assert!(share.stop().success());
+}
+
+#[test]
+fn unix_sockets_work_between_guest_processes() {
+    if !fuse_available("unix_sockets") {
+        return;
+    }
+    let share = Share::start();
+    let sock = share.mnt().join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    assert!(
+        fs::symlink_metadata(share.src().join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let client = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            c.write_all(b"over a socket in the share").unwrap();
+        })
+    };
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    client.join().unwrap();
+    assert_eq!(got, "over a socket in the share");
+    drop((conn, listener));
+    let status = share.stop();
+    assert!(status.success(), "ferry share exited with {status}");
+}
+
+/// `mknod` of a device node; returns the errno or 0.
+fn mknod(path: &Path, kind: u32) -> i32 {
+    // SAFETY: valid C string; mknod takes no other pointers.
+    let rc = unsafe { libc::mknod(cpath(path).as_ptr(), kind | 0o600, libc::makedev(1, 3)) };
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+#[test]
+fn device_nodes_are_refused() {
+    if !fuse_available("device_nodes") {
+        return;
+    }
+    let share = Share::start();
+    assert_eq!(mknod(&share.mnt().join("null"), libc::S_IFCHR), libc::EPERM);
+    assert_eq!(mknod(&share.mnt().join("blk"), libc::S_IFBLK), libc::EPERM);
+    assert!(!share.src().join("null").exists());
+    // One the host made is seen as what it is, and opening it never reaches the host device.
+    assert_eq!(mknod(&share.src().join("hostnull"), libc::S_IFCHR), 0);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = fs::symlink_metadata(share.mnt().join("hostnull"))
+        .unwrap()
+        .file_type();
+    assert!(t.is_char_device());
+    assert!(share.stop().success());
+}
