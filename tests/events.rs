@@ -246,6 +246,12 @@ fn by_path(events: &[String]) -> BTreeMap<String, Vec<String>> {
 fn compare(tool: &str, native: &[Vec<String>], mount: &[Vec<String>]) {
     let mut diffs = String::new();
     for (i, step) in STEPS.iter().enumerate() {
+        // Node's watcher adds its watch on a new directory from a callback, after the event:
+        // how many of the burst's first files it sees depends on scheduling, natively as on
+        // the mount. The inotifywait run checks the burst instead.
+        if tool == "node" && PER_PATH_ORDER.contains(step) {
+            continue;
+        }
         let same = if PER_PATH_ORDER.contains(step) {
             by_path(&native[i]) == by_path(&mount[i])
         } else {
