@@ -237,62 +237,71 @@ impl FerryFs {
         f
     }
 
-    /// Answers a replayed creation with the node the host change carries.
-    fn replay_created(&self, req: &Request, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        // The kernel holds the directory locked while it waits for this answer, so no other
-        // guest operation on the name can come in between: check the host still has what the
-        // change says (a read), so a late replay never hides a newer file under the name.
-        let created = self.replay.created();
-        let Some(c) = created else {
-            return reply.error(fuser::Errno::EIO);
-        };
-        let ttl = self.ttl;
+    /// Asks the host for `name` in `parent` while the kernel waits on a replayed request (a
+    /// read, never a change). `done` gets the entry, for which the host took one lookup, or
+    /// the error, and a way to give a lookup back later: the callback runs on the client's
+    /// reader thread, which must not send, so the Forget goes out from a FUSE thread.
+    fn host_lookup<F>(&self, req: &Request, parent: u64, name: &OsStr, done: F)
+    where
+        F: FnOnce(Result<proto::Entry, Errno>, &dyn Fn(u64)) + Send + 'static,
+    {
         let deferred = Arc::clone(&self.deferred_forgets);
-        let state = Arc::clone(&self.replay);
         let body = Req::Lookup(proto::Lookup {
             parent,
             name: bytes(name),
         });
         self.call(req, body, &[], move |r| {
-            let mut forget = Vec::new();
+            let forget_later = |ino: u64| {
+                deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((ino, 1));
+            };
+            let r = match r {
+                Ok(Reply::Entry(e)) => Ok(e),
+                Ok(other) => {
+                    wrong("lookup", &other);
+                    Err(Errno::EIO)
+                }
+                Err(e) => Err(e),
+            };
+            done(r, &forget_later);
+        });
+    }
+
+    /// Answers a replayed creation with the node the host change carries.
+    fn replay_created(&self, req: &Request, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        // The kernel holds the directory locked while it waits for this answer, so no other
+        // guest operation on the name can come in between: check the host still has what the
+        // change says (a read), so a late replay never hides a newer file under the name.
+        let Some(c) = self.replay.created() else {
+            return reply.error(fuser::Errno::EIO);
+        };
+        let ttl = self.ttl;
+        let state = Arc::clone(&self.replay);
+        self.host_lookup(req, parent, name, move |r, forget_later| {
             let real = !ReplayState::is_synthetic(c.ino);
+            // The change's own lookup never reaches the kernel in this answer.
+            if real {
+                forget_later(c.ino);
+            }
             match r {
-                Ok(Reply::Entry(now)) if now.ino == c.ino || !real => {
+                Ok(now) if now.ino == c.ino || !real => {
                     // The name holds the created object (or one whose creation is about to be
                     // replayed too): hand the kernel this fresh lookup.
-                    if real {
-                        forget.push((c.ino, 1));
-                    }
                     reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
                 }
-                Ok(Reply::Entry(now)) => {
+                Ok(now) => {
                     // Something newer holds the name: this creation is stale.
-                    forget.push((now.ino, 1));
-                    forget.push((c.ino, 1));
+                    forget_later(now.ino);
                     reply.error(fuser::Errno::EEXIST);
                 }
                 Err(Errno::ENOENT) => {
                     // Already gone again: a transient node until its removal is replayed.
-                    let e = if real {
-                        forget.push((c.ino, 1));
-                        state.synthetic_like(&c)
-                    } else {
-                        c
-                    };
+                    let e = if real { state.synthetic_like(&c) } else { c };
                     reply.entry(&ttl, &entry_attr(&e), Generation(0));
                 }
-                _ => {
-                    if real {
-                        forget.push((c.ino, 1));
-                    }
-                    reply.error(fuser::Errno::EIO);
-                }
-            }
-            if !forget.is_empty() {
-                deferred
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(forget);
+                Err(_) => reply.error(fuser::Errno::EIO),
             }
         });
     }
@@ -313,36 +322,27 @@ impl FerryFs {
         reply: ReplyEntry,
     ) {
         let ttl = self.ttl;
-        let deferred = Arc::clone(&self.deferred_forgets);
         let state = Arc::clone(&self.replay);
-        let body = Req::Lookup(proto::Lookup {
-            parent,
-            name: bytes(name),
-        });
-        self.call(req, body, &[], move |r| {
-            let view = |reply: ReplyEntry| match state.hand_out(&answer) {
-                Some(e) => reply.entry(&ttl, &entry_attr(&e), Generation(e.generation)),
-                None => reply.error(fuser::Errno::ENOENT),
+        self.host_lookup(req, parent, name, move |r, forget_later| {
+            // A name the change creates expects the change's own object; a name it removes or
+            // renames away expects nothing.
+            let current = match &r {
+                Ok(now) => matches!(answer, Answer::Absent) && node == Some(now.ino),
+                Err(_) => true,
             };
             match r {
-                Ok(Reply::Entry(now)) => {
-                    let current = match answer {
-                        // A name the change creates: the change's own object is expected.
-                        Answer::Absent => node == Some(now.ino),
-                        // A name the change removes or renames away: expected gone.
-                        _ => false,
-                    };
-                    if current {
-                        deferred
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((now.ino, 1));
-                        view(reply);
-                    } else {
-                        reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
+                Ok(now) if !current => {
+                    reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
+                }
+                r => {
+                    if let Ok(now) = r {
+                        forget_later(now.ino);
+                    }
+                    match state.hand_out(&answer) {
+                        Some(e) => reply.entry(&ttl, &entry_attr(&e), Generation(e.generation)),
+                        None => reply.error(fuser::Errno::ENOENT),
                     }
                 }
-                _ => view(reply),
             }
         });
     }
@@ -350,22 +350,14 @@ impl FerryFs {
     /// Answers a replayed removal once the host is checked to no longer have the name (see
     /// [`FerryFs::replay_created`]).
     fn replay_removed(&self, req: &Request, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let deferred = Arc::clone(&self.deferred_forgets);
-        let body = Req::Lookup(proto::Lookup {
-            parent,
-            name: bytes(name),
-        });
-        self.call(req, body, &[], move |r| match r {
+        self.host_lookup(req, parent, name, move |r, forget_later| match r {
             Err(Errno::ENOENT) => reply.ok(),
-            Ok(Reply::Entry(now)) => {
+            Ok(now) => {
                 // Created again since: the removal is stale.
-                deferred
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((now.ino, 1));
+                forget_later(now.ino);
                 reply.error(fuser::Errno::EBUSY);
             }
-            _ => reply.error(fuser::Errno::EIO),
+            Err(_) => reply.error(fuser::Errno::EIO),
         });
     }
 
@@ -383,26 +375,17 @@ impl FerryFs {
         let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
         for (i, (parent, name)) in [from, to].into_iter().enumerate() {
             let seen = Arc::clone(&seen);
-            let deferred = Arc::clone(&self.deferred_forgets);
-            let body = Req::Lookup(proto::Lookup {
-                parent,
-                name: bytes(name),
-            });
-            self.call(req, body, &[], move |r| {
-                let present = match r {
-                    Ok(Reply::Entry(e)) => {
-                        deferred
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((e.ino, 1));
-                        Some(true)
-                    }
-                    Err(Errno::ENOENT) => Some(false),
-                    _ => None,
-                };
+            self.host_lookup(req, parent, name, move |r, forget_later| {
                 // An unknown answer counts as stale: the source as still there, the target as
                 // missing.
-                let present = present.unwrap_or(i == 0);
+                let present = match r {
+                    Ok(e) => {
+                        forget_later(e.ino);
+                        true
+                    }
+                    Err(Errno::ENOENT) => false,
+                    Err(_) => i == 0,
+                };
                 let mut g = seen.lock().unwrap_or_else(|e| e.into_inner());
                 if i == 0 {
                     g.0 = Some(present);

@@ -1040,35 +1040,42 @@ fn copy_file_range_copies_between_handles() {
     assert_eq!(r, Response::Reply(Reply::Written(10)));
 }
 
-#[test]
-fn ofd_locks_conflict_between_sessions_and_die_with_them() {
+/// One session with its file `f` looked up and opened read-write: (session, node, handle).
+type OpenFile = (ExportSession, u64, u64);
+
+/// Two sessions of one export (two guests), each holding `f` open read-write.
+fn two_sessions_on_one_file() -> (tempfile::TempDir, OpenFile, OpenFile) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"lockme").unwrap();
     let e = export(dir.path(), false);
-    let a = ExportSession::new(Arc::clone(&e));
-    let b = ExportSession::new(e);
-    let fa = a.lookup(&CTX, ROOT_ID, b"f").unwrap();
-    let fb = b.lookup(&CTX, ROOT_ID, b"f").unwrap();
-    let ha = a.open(&CTX, fa.ino, libc::O_RDWR).unwrap().fh;
-    let hb = b.open(&CTX, fb.ino, libc::O_RDWR).unwrap().fh;
+    let open = |s: ExportSession| {
+        let ino = s.lookup(&CTX, ROOT_ID, b"f").unwrap().ino;
+        let fh = s.open(&CTX, ino, libc::O_RDWR).unwrap().fh;
+        (s, ino, fh)
+    };
+    let a = open(ExportSession::new(Arc::clone(&e)));
+    let b = open(ExportSession::new(e));
+    (dir, a, b)
+}
+
+#[test]
+fn ofd_locks_conflict_between_sessions_and_die_with_them() {
+    let (_dir, (a, ia, ha), (b, ib, hb)) = two_sessions_on_one_file();
     let wr = Lock {
         start: 0,
         end: 99,
         typ: libc::F_WRLCK,
         pid: 0,
     };
-    a.setlk(fa.ino, ha, 1, &wr, false).unwrap();
-    assert_eq!(
-        b.setlk(fb.ino, hb, 2, &wr, false).unwrap_err(),
-        Errno::EAGAIN
-    );
+    a.setlk(ia, ha, 1, &wr, false).unwrap();
+    assert_eq!(b.setlk(ib, hb, 2, &wr, false).unwrap_err(), Errno::EAGAIN);
     let probe = Lock {
         start: 50,
         end: 60,
         typ: libc::F_RDLCK,
         pid: 0,
     };
-    let got = b.getlk(fb.ino, hb, 2, &probe).unwrap();
+    let got = b.getlk(ib, hb, 2, &probe).unwrap();
     assert_eq!(got.typ, libc::F_WRLCK);
     assert_eq!((got.start, got.end), (0, 99));
     // Outside the locked range there is no conflict.
@@ -1077,30 +1084,29 @@ fn ofd_locks_conflict_between_sessions_and_die_with_them() {
         end: u64::MAX,
         ..wr
     };
-    assert_eq!(b.getlk(fb.ino, hb, 2, &free).unwrap().typ, libc::F_UNLCK);
-    b.setlk(fb.ino, hb, 2, &free, false).unwrap();
+    assert_eq!(b.getlk(ib, hb, 2, &free).unwrap().typ, libc::F_UNLCK);
+    b.setlk(ib, hb, 2, &free, false).unwrap();
     // flock conflicts too.
-    a.flock(fa.ino, ha, 1, libc::LOCK_EX).unwrap();
+    a.flock(ia, ha, 1, libc::LOCK_EX).unwrap();
     assert_eq!(
-        b.flock(fb.ino, hb, 2, libc::LOCK_EX | libc::LOCK_NB)
+        b.flock(ib, hb, 2, libc::LOCK_EX | libc::LOCK_NB)
             .unwrap_err(),
         Errno::EAGAIN
     );
-    assert_eq!(b.flock(fb.ino, hb, 2, 12345).unwrap_err(), Errno::EINVAL);
+    assert_eq!(b.flock(ib, hb, 2, 12345).unwrap_err(), Errno::EINVAL);
     // Dropping session A closes its fds and so releases its locks.
     drop(a);
-    assert_eq!(b.getlk(fb.ino, hb, 2, &probe).unwrap().typ, libc::F_UNLCK);
-    b.setlk(fb.ino, hb, 2, &wr, false).unwrap();
-    b.flock(fb.ino, hb, 2, libc::LOCK_EX | libc::LOCK_NB)
-        .unwrap();
+    assert_eq!(b.getlk(ib, hb, 2, &probe).unwrap().typ, libc::F_UNLCK);
+    b.setlk(ib, hb, 2, &wr, false).unwrap();
+    b.flock(ib, hb, 2, libc::LOCK_EX | libc::LOCK_NB).unwrap();
     // Unlocking works and a sleeping lock that does not conflict returns at once.
     let un = Lock {
         typ: libc::F_UNLCK,
         ..wr
     };
-    b.setlk(fb.ino, hb, 2, &un, false).unwrap();
-    b.setlk(fb.ino, hb, 2, &wr, true).unwrap();
-    b.flock(fb.ino, hb, 2, libc::LOCK_UN).unwrap();
+    b.setlk(ib, hb, 2, &un, false).unwrap();
+    b.setlk(ib, hb, 2, &wr, true).unwrap();
+    b.flock(ib, hb, 2, libc::LOCK_UN).unwrap();
 }
 
 #[test]
@@ -1309,24 +1315,16 @@ fn posix_lock_owners_merge_flush_and_release() {
 
 #[test]
 fn a_conflicting_blocking_lock_is_answered_later() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("f"), b"lockme").unwrap();
-    let e = export(dir.path(), false);
-    let a = ExportSession::new(Arc::clone(&e));
-    let b = ExportSession::new(e);
-    let fa = a.lookup(&CTX, ROOT_ID, b"f").unwrap();
-    let fb = b.lookup(&CTX, ROOT_ID, b"f").unwrap();
-    let ha = a.open(&CTX, fa.ino, libc::O_RDWR).unwrap().fh;
-    let hb = b.open(&CTX, fb.ino, libc::O_RDWR).unwrap().fh;
+    let (_dir, (a, ia, ha), (b, ib, hb)) = two_sessions_on_one_file();
     let whole = Lock {
         start: 0,
         end: u64::MAX,
         typ: libc::F_WRLCK,
         pid: 0,
     };
-    a.setlk(fa.ino, ha, 1, &whole, false).unwrap();
+    a.setlk(ia, ha, 1, &whole, false).unwrap();
     let setlkw = Request::Setlk(ferry_protocol::Setlk {
-        ino: fb.ino,
+        ino: ib,
         fh: hb,
         owner: 7,
         lock: whole,
@@ -1339,11 +1337,11 @@ fn a_conflicting_blocking_lock_is_answered_later() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(!waiter.is_finished());
     // Session A's close releases its lock; the wait completes.
-    a.flush(fa.ino, ha, 1).unwrap();
+    a.flush(ia, ha, 1).unwrap();
     assert_eq!(waiter.join().unwrap(), Response::Reply(Reply::Empty));
     // Without sleep a conflict is EAGAIN at once.
     let setlk = Request::Setlk(ferry_protocol::Setlk {
-        ino: fa.ino,
+        ino: ia,
         fh: ha,
         owner: 1,
         lock: whole,
@@ -1355,12 +1353,12 @@ fn a_conflicting_blocking_lock_is_answered_later() {
     );
     // A wait whose session ends gives up with EINTR.
     let flock = Request::Flock(ferry_protocol::Flock {
-        ino: fa.ino,
+        ino: ia,
         fh: ha,
         owner: 1,
         op: libc::LOCK_EX,
     });
-    b.flock(fb.ino, hb, 7, libc::LOCK_EX).unwrap();
+    b.flock(ib, hb, 7, libc::LOCK_EX).unwrap();
     let Response::Pending(wait) = a.dispatch(&CTX, &flock, &[]) else {
         panic!("a conflicting flock must be deferred");
     };
