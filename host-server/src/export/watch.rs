@@ -368,10 +368,11 @@ impl Export {
                 debug!(export = self.name, "watcher thread ends");
                 return;
             };
+            let mut open_rename = opens_rename(held_from.is_some(), &first);
             let mut raw = vec![first];
             let start = Instant::now();
             loop {
-                let quiet = if raw_has_open_rename(&raw, &held_from) {
+                let quiet = if open_rename {
                     RENAME_WAIT
                 } else {
                     BURST_QUIET
@@ -380,7 +381,10 @@ impl Export {
                     break;
                 }
                 match rx.recv_timeout(quiet) {
-                    Ok(ev) => raw.push(ev),
+                    Ok(ev) => {
+                        open_rename = opens_rename(open_rename, &ev);
+                        raw.push(ev);
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
@@ -664,24 +668,19 @@ impl Facts {
     }
 }
 
-/// Whether the burst so far ends with the first half of a rename still waiting.
-fn raw_has_open_rename(
-    raw: &[notify::Result<notify::Event>],
-    held: &Option<(usize, PathBuf)>,
-) -> bool {
-    let mut open = held.is_some();
-    for ev in raw.iter().flatten() {
-        match ev.kind {
-            EventKind::Modify(ModifyKind::Name(RenameMode::From))
-                if ev.attrs.tracker().is_some() =>
-            {
-                open = true
+/// Whether a rename's first half is still waiting for its second after `ev`, given whether
+/// one was before it.
+fn opens_rename(open: bool, ev: &notify::Result<notify::Event>) -> bool {
+    match ev {
+        Ok(ev) => match ev.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                open || ev.attrs.tracker().is_some()
             }
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => open = false,
-            _ => {}
-        }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
+            _ => open,
+        },
+        Err(_) => open,
     }
-    open
 }
 
 /// Turns one `notify` event into changes, pairing rename halves through `held`.
