@@ -57,6 +57,11 @@ enum Command {
         /// user may do). Default: host in squash mode, guest otherwise.
         #[arg(long, value_name = "guest|host", value_parser = ferry_host::ids::parse_permissions)]
         permissions: Option<ferry_host::Permissions>,
+        /// Let the mount create character and block device nodes in SRC (as root, as mknod
+        /// would). Off by default: a device node in SRC would open a device of this machine
+        /// for anyone who can reach it there.
+        #[arg(long)]
+        devices: bool,
     },
     /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
     /// under PATH, without following symlinks or leaving PATH's filesystem.
@@ -84,10 +89,12 @@ fn main() -> std::process::ExitCode {
             ids,
             persist_owners,
             permissions,
+            devices,
         } => share(
             src,
             mountpoint,
             read_only,
+            devices,
             cache,
             Duration::from_millis(attr_timeout_ms),
             ferry_host::IdOptions {
@@ -111,6 +118,7 @@ fn share(
     src: PathBuf,
     mountpoint: PathBuf,
     read_only: bool,
+    devices: bool,
     cache: ferry_agent::CacheMode,
     ttl: Duration,
     ids: ferry_host::IdOptions,
@@ -123,6 +131,7 @@ fn share(
         path: src.clone(),
         read_only,
         ids,
+        devices,
     }])?;
     ferry_host::raise_fd_limit();
     let policy = exports[0].ids().to_string();

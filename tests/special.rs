@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::harness::{Share, cpath, fuse_available};
@@ -197,5 +197,36 @@ fn device_nodes_are_refused() {
         .unwrap()
         .file_type();
     assert!(t.is_char_device());
+    assert!(share.stop().success());
+}
+
+#[test]
+fn device_nodes_are_created_when_allowed() {
+    if !fuse_available("device_nodes_allowed") {
+        return;
+    }
+    let share = Share::start_with(&["--devices"]);
+    assert_eq!(mknod(&share.mnt().join("null"), libc::S_IFCHR), 0);
+    assert_eq!(mknod(&share.mnt().join("blk"), libc::S_IFBLK), 0);
+    for (name, is_chr) in [("null", true), ("blk", false)] {
+        let host = fs::symlink_metadata(share.src().join(name)).unwrap();
+        let guest = fs::symlink_metadata(share.mnt().join(name)).unwrap();
+        for m in [&host, &guest] {
+            assert_eq!(m.file_type().is_char_device(), is_chr, "{name}");
+            assert_eq!(m.file_type().is_block_device(), !is_chr, "{name}");
+            assert_eq!(
+                m.rdev(),
+                libc::makedev(1, 3),
+                "{name}: the device number survives"
+            );
+        }
+    }
+    // The mount is nodev, as FUSE mounts are by default: a node on the share (made by the
+    // guest or by anyone on the host) never opens a device of the guest.
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(share.mnt().join("null"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
     assert!(share.stop().success());
 }

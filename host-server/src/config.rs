@@ -45,7 +45,8 @@ impl IdOptions {
     }
 }
 
-/// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]`.
+/// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]
+/// [:devices=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     /// Name the guest mounts it by.
@@ -56,13 +57,15 @@ pub struct ExportSpec {
     pub read_only: bool,
     /// Owner settings of this export (before the global flags are applied).
     pub ids: IdOptions,
+    /// Let guests create device nodes (`:devices=on`).
+    pub devices: bool,
 }
 
 /// An export specification that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid --export {input:?}: {why} (expected NAME=PATH, then any of :ro, :ids=MODE, \
-     :persist-owners=on|off, :permissions=guest|host)"
+     :persist-owners=on|off, :permissions=guest|host, :devices=on|off)"
 )]
 pub struct BadExportSpec {
     input: String,
@@ -84,6 +87,7 @@ impl FromStr for ExportSpec {
         // `ids=` takes everything after it that is not another option.
         let mut read_only = false;
         let mut ids = IdOptions::default();
+        let mut devices = false;
         loop {
             if let Some(p) = rest.strip_suffix(":ro") {
                 read_only = true;
@@ -93,6 +97,9 @@ impl FromStr for ExportSpec {
             } else if let Some((p, v)) = take_option(rest, "persist-owners") {
                 ids.persist_owners =
                     Some(parse_on_off(v).map_err(|e| bad(&format!("persist-owners={e}")))?);
+                rest = p;
+            } else if let Some((p, v)) = take_option(rest, "devices") {
+                devices = parse_on_off(v).map_err(|e| bad(&format!("devices={e}")))?;
                 rest = p;
             } else if let Some((p, v)) = take_option(rest, "permissions") {
                 ids.permissions =
@@ -117,6 +124,7 @@ impl FromStr for ExportSpec {
             path: PathBuf::from(rest),
             read_only,
             ids,
+            devices,
         })
     }
 }
@@ -175,6 +183,11 @@ mod tests {
         assert_eq!(e.name, "src");
         assert_eq!(e.path, PathBuf::from("/home/me/src"));
         assert!(!e.read_only);
+        let e: ExportSpec = "dev=/x:devices=on:ro".parse().unwrap();
+        assert!(e.devices && e.read_only);
+        assert_eq!(e.path, PathBuf::from("/x"));
+        assert!(!"x=/y".parse::<ExportSpec>().unwrap().devices);
+        assert!("x=/y:devices=maybe".parse::<ExportSpec>().is_err());
         let e: ExportSpec = "docs=/a:b/c:ro".parse().unwrap();
         assert_eq!(e.path, PathBuf::from("/a:b/c"));
         assert!(e.read_only);

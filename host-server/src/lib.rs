@@ -54,6 +54,7 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 path: s.path.clone(),
                 read_only: s.read_only,
                 ids: s.ids.resolve(),
+                devices: s.devices,
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })

@@ -31,7 +31,9 @@ struct Args {
     /// Directory to export, as NAME=PATH. Options may follow the path, each after a colon: :ro
     /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
     /// :permissions=guest|host set that export's owner handling (see the flags of the same
-    /// names), e.g. src=/home/me/src:ids=squash:1000:1000. Repeat for several exports.
+    /// names); :devices=on lets guests create device nodes there (off by default: a device
+    /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
+    /// Repeat for several exports.
     #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
     exports: Vec<ExportSpec>,
 

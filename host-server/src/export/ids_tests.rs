@@ -42,6 +42,7 @@ fn session(policy: IdPolicy) -> (TempDir, ExportSession) {
         path: dir.path().to_path_buf(),
         read_only: false,
         ids: policy,
+        devices: false,
     })
     .unwrap();
     (dir, ExportSession::new(export))

@@ -89,6 +89,10 @@ pub struct ExportConfig {
     pub read_only: bool,
     /// Owners: id translation, persisted owners, permission checks.
     pub ids: IdPolicy,
+    /// Let guests create character and block device nodes on the host (`:devices=on`).
+    /// Off by default: a device node in the host directory opens a host device for any host
+    /// process that can reach it.
+    pub devices: bool,
 }
 
 /// Why an export could not be opened.
@@ -154,6 +158,7 @@ pub struct Export {
     path: PathBuf,
     read_only: bool,
     ids: IdPolicy,
+    devices: bool,
     /// `O_PATH | O_DIRECTORY` fd of the export root.
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
@@ -171,6 +176,7 @@ impl Export {
             path,
             read_only,
             ids,
+            devices,
         } = config;
         // SAFETY: geteuid cannot fail and touches no memory.
         let euid = unsafe { libc::geteuid() };
@@ -204,10 +210,16 @@ impl Export {
             path,
             read_only,
             ids,
+            devices,
             root,
             proc_fd,
             events: Events::default(),
         }))
+    }
+
+    /// Whether guests may create device nodes.
+    pub fn devices(&self) -> bool {
+        self.devices
     }
 
     /// The export's name.

@@ -101,6 +101,14 @@ fn encode_rdev(rdev: u64) -> u32 {
     ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
 }
 
+/// Decodes a FUSE request's 32-bit `rdev` (the kernel's `new_encode_dev` form) into a host
+/// `dev_t`.
+fn decode_rdev(rdev: u32) -> libc::dev_t {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
 /// Attributes of node `id` from a host stat and how the node looks to the guest (owner and
 /// mode: see [`ExportSession::present`]); `ino` is the node id, not the host inode number.
 pub(crate) fn attr_from_stat(id: u64, st: &libc::stat, shown: Presented) -> Attr {
@@ -363,8 +371,9 @@ impl ExportSession {
         self.lookup_created(ctx, &dir, &name, None)
     }
 
-    /// Creates a regular file, FIFO or socket. Device nodes are refused with EPERM: a device
-    /// node created on the host would be a door to the host's devices.
+    /// Creates a regular file, FIFO, socket or (on an export with `devices=on`) a device
+    /// node. Device nodes are otherwise refused with EPERM: a device node created on the host
+    /// would be a door to the host's devices for every host process that can reach it.
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
@@ -372,23 +381,35 @@ impl ExportSession {
         parent: u64,
         name: &[u8],
         mode: u32,
-        _rdev: u32,
+        rdev: u32,
         umask: u32,
     ) -> Result<Entry, Errno> {
         self.check_writable()?;
         let name = component(name)?;
-        let kind = match mode & libc::S_IFMT {
-            0 | libc::S_IFREG => libc::S_IFREG,
-            libc::S_IFIFO => libc::S_IFIFO,
-            libc::S_IFSOCK => libc::S_IFSOCK,
-            libc::S_IFCHR | libc::S_IFBLK => return Err(Errno::EPERM),
+        let (kind, host_rdev) = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => (libc::S_IFREG, 0),
+            libc::S_IFIFO => (libc::S_IFIFO, 0),
+            libc::S_IFSOCK => (libc::S_IFSOCK, 0),
+            kind @ (libc::S_IFCHR | libc::S_IFBLK) => {
+                if !self.export.devices() {
+                    tracing::info!(
+                        export = self.export.name(),
+                        "refused to create a device node (allow with the export option \
+                         :devices=on)"
+                    );
+                    return Err(Errno::EPERM);
+                }
+                (kind, decode_rdev(rdev))
+            }
             _ => return Err(Errno::EINVAL),
         };
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
         let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(kind, perm);
-        self.as_creator(&who, || sys::mknodat(dir.fd(), &name, kind | host_perm))?;
+        self.as_creator(&who, || {
+            sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
+        })?;
         self.lookup_created(ctx, &dir, &name, Some(perm))
     }
 
@@ -1079,6 +1100,10 @@ mod tests {
         // A large minor moves into the high bits: new_encode_dev(1, 0x12345).
         let dev = libc::makedev(1, 0x12345);
         assert_eq!(encode_rdev(dev), 0x45 | (1 << 8) | (0x123 << 20));
+        for (major, minor) in [(1, 3), (8, 1), (0xfff, 0xfffff), (259, 0x12345)] {
+            let dev = libc::makedev(major, minor);
+            assert_eq!(decode_rdev(encode_rdev(dev)), dev, "{major}:{minor}");
+        }
     }
 
     #[test]

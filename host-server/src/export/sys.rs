@@ -249,10 +249,15 @@ pub(crate) fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Resu
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
-/// `mknodat(dir, name, mode, 0)`.
-pub(crate) fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
+/// `mknodat(dir, name, mode, rdev)`.
+pub(crate) fn mknodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+    rdev: libc::dev_t,
+) -> Result<(), Errno> {
     // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
 
 /// `mkdirat(dir, name, mode)`.

@@ -26,6 +26,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         path: dir.to_path_buf(),
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
+        devices: false,
     })
     .expect("open export")
 }
@@ -68,6 +69,7 @@ fn open_reports_bad_paths_clearly() {
         path: missing.clone(),
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
+        devices: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -79,6 +81,7 @@ fn open_reports_bad_paths_clearly() {
         path: file.clone(),
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
+        devices: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));

@@ -177,6 +177,7 @@ mod tests {
             path: dir.path().to_path_buf(),
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
+            devices: false,
         })
         .unwrap();
         let socket = dir.path().join("vfs.sock");
@@ -198,6 +199,7 @@ mod tests {
             path: dir.path().to_path_buf(),
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
+            devices: false,
         })
         .unwrap();
         assert!(matches!(

@@ -515,6 +515,7 @@ pub(crate) mod tests {
             path: dir.to_path_buf(),
             read_only,
             ids: crate::ids::IdPolicy::passthrough(),
+            devices: false,
         })
         .unwrap();
         FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
