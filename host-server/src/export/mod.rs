@@ -358,6 +358,15 @@ impl ExportSession {
         self.locks.len()
     }
 
+    /// Whether node `ino`, found in directory `parent`, is a directory on another host
+    /// filesystem than its parent (a mount point inside the export). Unknown nodes are not.
+    pub fn is_submount(&self, parent: u64, ino: u64) -> bool {
+        match (self.inodes.get(parent), self.inodes.get(ino)) {
+            (Ok(parent), Ok(node)) => node.is_dir() && node.dev != parent.dev,
+            _ => false,
+        }
+    }
+
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
         self.inodes.get(ino).ok().map(|n| n.lookups())

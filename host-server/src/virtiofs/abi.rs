@@ -14,8 +14,14 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// FUSE kernel protocol major version.
 pub const KERNEL_VERSION: u32 = 7;
-/// The minor version this server speaks (7.31 is the first with virtio-fs).
-pub const KERNEL_MINOR_VERSION: u32 = 31;
+/// The minor version this server speaks (7.32: submount announcements).
+pub const KERNEL_MINOR_VERSION: u32 = 32;
+/// The oldest minor version accepted (7.31 is the first with virtio-fs).
+pub const MIN_KERNEL_MINOR_VERSION: u32 = 31;
+
+/// `fuse_attr.flags`: this directory is a mount point on the host; a kernel that negotiated
+/// [`init_flags::SUBMOUNTS`] makes it an automounted submount with its own `st_dev`.
+pub const ATTR_SUBMOUNT: u32 = 1 << 0;
 
 /// Opcodes (`enum fuse_opcode`).
 #[allow(missing_docs)]
@@ -71,6 +77,7 @@ pub mod init_flags {
     pub const READDIRPLUS_AUTO: u32 = 1 << 14;
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const MAX_PAGES: u32 = 1 << 22;
+    pub const SUBMOUNTS: u32 = 1 << 27;
 }
 
 /// `fuse_setattr_in.valid` bits.

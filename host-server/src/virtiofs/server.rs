@@ -27,7 +27,8 @@ const OFFERED: u32 = init_flags::ASYNC_READ
     | init_flags::DO_READDIRPLUS
     | init_flags::READDIRPLUS_AUTO
     | init_flags::PARALLEL_DIROPS
-    | init_flags::MAX_PAGES;
+    | init_flags::MAX_PAGES
+    | init_flags::SUBMOUNTS;
 
 /// Serves FUSE requests of one guest (one vhost-user connection) from one export session.
 #[derive(Debug)]
@@ -157,6 +158,17 @@ impl FuseServer {
         }
     }
 
+    /// As [`Self::entry_out`] for an entry found in directory `parent`, announcing it as a
+    /// submount when it is a mount point on the host (virtiofsd's `--announce-submounts`), so
+    /// the guest gives it its own `st_dev` and `find -xdev`, `du -x` and git stop there.
+    fn entry_out_in(&self, parent: u64, e: &ferry_protocol::Entry) -> abi::EntryOut {
+        let mut out = self.entry_out(e);
+        if self.session.is_submount(parent, e.ino) {
+            out.attr.flags |= abi::ATTR_SUBMOUNT;
+        }
+        out
+    }
+
     fn attr_reply(&self, a: &ferry_protocol::Attr) -> Out {
         let out = abi::AttrOut {
             attr_valid: self.ttl.as_secs(),
@@ -183,7 +195,7 @@ impl FuseServer {
             opcode::LOOKUP => {
                 let name = tri!(args.name());
                 let e = tri!(s.lookup(&cx, ino, name));
-                self.entry_reply(&e)
+                ok(self.entry_out_in(ino, &e).as_bytes())
             }
             opcode::FORGET => {
                 let f: abi::ForgetIn = tri!(args.obj());
@@ -324,7 +336,7 @@ impl FuseServer {
                     let entry = if d.entry.ino == 0 {
                         abi::EntryOut::default()
                     } else {
-                        self.entry_out(&d.entry)
+                        self.entry_out_in(ino, &d.entry)
                     };
                     out.extend_from_slice(entry.as_bytes());
                     let dino = if d.entry.ino == 0 { 1 } else { d.entry.ino };
@@ -385,7 +397,9 @@ impl FuseServer {
 
     fn init(&self, args: &mut Args<'_>) -> Out {
         let i: abi::InitIn = tri!(args.obj());
-        if i.major < abi::KERNEL_VERSION || (i.major == 7 && i.minor < abi::KERNEL_MINOR_VERSION) {
+        if i.major < abi::KERNEL_VERSION
+            || (i.major == 7 && i.minor < abi::MIN_KERNEL_MINOR_VERSION)
+        {
             tracing::warn!(
                 major = i.major,
                 minor = i.minor,
@@ -547,7 +561,7 @@ pub(crate) mod tests {
         let (err, body) = call(&s, opcode::INIT, 0, &[init.as_bytes(), &[0u8; 48]]);
         assert_eq!(err, 0);
         let out = abi::InitOut::read_from_bytes(&body).unwrap();
-        assert_eq!((out.major, out.minor, out.flags), (7, 31, OFFERED));
+        assert_eq!((out.major, out.minor, out.flags), (7, 32, OFFERED));
         assert_eq!(out.max_write, MAX_DATA as u32);
         let old = abi::InitIn {
             major: 7,
@@ -698,6 +712,75 @@ pub(crate) mod tests {
             call(&s, opcode::OPEN, e.nodeid, &[o.as_bytes()]).0,
             libc::ELOOP
         );
+    }
+
+    /// Unmounts (lazily) when dropped, so a failed assertion leaves no mount behind.
+    struct Mounted(std::path::PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn mount_points_inside_the_export_are_announced_as_submounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("\n*** SKIPPED: mounting a tmpfs needs root (CI runs as root) ***\n");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plain")).unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir.path().join("mnt"),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount a tmpfs as root");
+        let _mounted = Mounted(dir.path().join("mnt"));
+        std::fs::create_dir(dir.path().join("mnt/inner")).unwrap();
+        let s = server(dir.path(), false);
+        let flags_of = |parent: u64, name: &[u8]| {
+            let (err, body) = call(&s, opcode::LOOKUP, parent, &[name]);
+            assert_eq!(err, 0);
+            let e = entry(&body);
+            (e.nodeid, e.attr.flags)
+        };
+        let (mnt, flags) = flags_of(1, b"mnt\0");
+        assert_eq!(flags, abi::ATTR_SUBMOUNT, "the tmpfs mount point");
+        assert_eq!(flags_of(1, b"plain\0").1, 0, "a plain directory");
+        assert_eq!(
+            flags_of(mnt, b"inner\0").1,
+            0,
+            "a directory inside the submount"
+        );
+
+        // READDIRPLUS announces it the same way.
+        let (_, body) = call(&s, opcode::OPENDIR, 1, &[abi::OpenIn::default().as_bytes()]);
+        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
+        let r = abi::ReadIn {
+            fh,
+            size: 4096,
+            ..abi::ReadIn::default()
+        };
+        let (err, body) = call(&s, opcode::READDIRPLUS, 1, &[r.as_bytes()]);
+        assert_eq!(err, 0);
+        let mut announced = Vec::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let (e, after) = abi::EntryOut::read_from_prefix(rest).unwrap();
+            let (d, after) = abi::Dirent::read_from_prefix(after).unwrap();
+            let name = &after[..d.namelen as usize];
+            if e.attr.flags & abi::ATTR_SUBMOUNT != 0 {
+                announced.push(name.to_vec());
+            }
+            let padded = (d.namelen as usize).div_ceil(8) * 8;
+            rest = &after[padded..];
+        }
+        assert_eq!(announced, vec![b"mnt".to_vec()]);
     }
 
     proptest::proptest! {
