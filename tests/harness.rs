@@ -148,6 +148,11 @@ impl Share {
         self.src.path()
     }
 
+    /// The process id of the `ferry share` process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
