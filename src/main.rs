@@ -60,7 +60,7 @@ enum Command {
         /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
         /// others are reopened by kernel file handle when needed (as root; unprivileged, every
         /// node keeps its descriptor).
-        #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
+        #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
         max_node_fds: usize,
     },
     /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories

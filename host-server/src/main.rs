@@ -64,7 +64,7 @@ struct Args {
     /// when needed again (needs CAP_DAC_READ_SEARCH, which root has). Without handles (an
     /// unprivileged server, filesystems without them, FUSE) every node keeps its descriptor
     /// and only the open-file limit, raised at start, bounds them.
-    #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
+    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
     max_node_fds: usize,
 
     #[command(flatten)]
