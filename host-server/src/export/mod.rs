@@ -20,7 +20,9 @@
 //! - The host never follows a symlink inside the export: a symlink is a node of its own, and the
 //!   guest kernel resolves its target inside the mount. Opening a symlink node fails with ELOOP.
 //! - File data is reached by re-opening a node's `O_PATH` fd through `/proc/self/fd/N`, which
-//!   lands on that exact inode whatever happened to the path since the lookup.
+//!   lands on that exact inode whatever happened to the path since the lookup. A node whose fd
+//!   was evicted from the session's cache gets it back from its kernel file handle, which names
+//!   the same inode (checked: `(dev, ino)` and type); no path is resolved (see `inode.rs`).
 //! - Unknown node ids answer ESTALE and unknown handles EBADF; nothing a guest sends can panic
 //!   the server.
 //! - A read-only export refuses every mutating request with EROFS before touching anything.
@@ -37,6 +39,8 @@
 //!
 //! - A directory moved out of the export by a host process while the guest holds its node
 //!   stays reachable through that node (as with virtiofsd).
+//! - An object removed on the host while the guest holds its node, but no open handle, answers
+//!   ESTALE once its fd has been evicted (a held fd kept the deleted inode reachable).
 //! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
 //!   are flock locks on the handle's fd (see `locks.rs`).
 
