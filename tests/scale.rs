@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use std::os::unix::process::CommandExt;
+
 use crate::harness::{Share, fuse_available};
 
 const DIRS: usize = 20;
@@ -16,6 +18,8 @@ const CAP: usize = 64;
 /// (eight workers, each with a node or two), handles the kernel has not released yet, the
 /// directory the walk has open, and one handle base per filesystem.
 const SLACK: usize = 48;
+/// The capability `open_by_handle_at` needs (linux/capability.h).
+const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
 
 /// The content of file `f` in directory `d`: unique, and longer than the 64 KiB the open
 /// carries inline for some files, so that reads go through the handle too.
@@ -29,6 +33,17 @@ fn open_fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("the server's fd directory")
         .count()
+}
+
+/// Makes the test tree in `src`.
+fn make_tree(src: &Path) {
+    for d in 0..DIRS {
+        let dir = src.join(format!("d{d:04}"));
+        fs::create_dir(&dir).expect("mkdir");
+        for f in 0..PER_DIR {
+            fs::write(dir.join(format!("f{f:04}")), content(d, f)).expect("write");
+        }
+    }
 }
 
 /// Stats and reads every file under `root` (two levels) and checks both; returns the most
@@ -78,13 +93,7 @@ fn a_tree_larger_than_the_descriptor_cap_stays_within_it_and_reads_right() {
     let idle = open_fds(pid);
     let bound = idle + CAP + SLACK;
     // Made while the share runs: the server looks each new name up for its change notices.
-    for d in 0..DIRS {
-        let dir = share.src().join(format!("d{d:04}"));
-        fs::create_dir(&dir).expect("mkdir");
-        for f in 0..PER_DIR {
-            fs::write(dir.join(format!("f{f:04}")), content(d, f)).expect("write");
-        }
-    }
+    make_tree(share.src());
     assert!(open_fds(pid) <= bound, "after the host made the tree");
 
     // First pass: every name is looked up, stat'ed and read; the guest kernel keeps all of
@@ -103,6 +112,48 @@ fn a_tree_larger_than_the_descriptor_cap_stays_within_it_and_reads_right() {
     assert!(
         most <= bound,
         "second pass: {most} descriptors (idle {idle})"
+    );
+    share.stop();
+}
+
+#[test]
+fn without_cap_dac_read_search_every_node_keeps_its_descriptor_and_reads_right() {
+    if !fuse_available("scale without CAP_DAC_READ_SEARCH") {
+        return;
+    }
+    // The server is started without CAP_DAC_READ_SEARCH (dropped from the bounding set, so
+    // root's exec does not get it back): open_by_handle_at answers EPERM, and the server must
+    // fall back to holding a descriptor per node rather than fail or answer ESTALE.
+    let share = Share::start_configured(&["--max-node-fds", &CAP.to_string()], |cmd| {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_CAPBSET_DROP, CAP_DAC_READ_SEARCH, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let pid = share.pid();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapEff");
+    assert_eq!(
+        eff & (1 << CAP_DAC_READ_SEARCH),
+        0,
+        "capability still there"
+    );
+    make_tree(share.src());
+    walk_and_check(share.mnt(), pid);
+    let held = open_fds(pid);
+    assert!(
+        held > DIRS * PER_DIR,
+        "{held} descriptors for {} files: the fallback should hold one per node",
+        DIRS * PER_DIR
     );
     share.stop();
 }
