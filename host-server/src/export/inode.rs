@@ -13,7 +13,9 @@
 //! the nodes the guest has open (which are never evicted). On a miss the node is reopened with
 //! `open_by_handle_at` on a descriptor of the same filesystem, and the result is checked to be
 //! the same `(dev, ino)` and file type. A request gets a [`Node`], which holds the descriptor it
-//! was given, so an eviction meanwhile never closes a descriptor in use.
+//! was given, so an eviction meanwhile never closes a descriptor in use. Open nodes stay in the
+//! clock and the hand passes over them, so a guest with more files open than the cap makes
+//! each miss scan them (two turns at most) and the cache holds one descriptor per open node.
 //!
 //! A handle names the inode itself, as a held descriptor did: a reopened node is the object the
 //! guest looked up, wherever it is now, never whatever took its name. What changes is that an
