@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Exports a tree of N_DIRS x PER_DIR files (1000 x 1000 by default, made once under
 # $SCALE_DIR/src) through ferry-host and ferry-agent as separate release processes, then walks,
-# stats and reads a sample of it through the mount, printing the host server's open descriptors
-# and RSS after each step. Needs root and /dev/fuse. Usage:
-#   cargo build --release && bash benches/scale.sh [N_DIRS] [PER_DIR]
+# stats and reads a sample of it through the mount, printing the host server's open descriptors,
+# RSS and peak RSS after each step, and the server's memory per node. The same walk and stat on
+# the host directory, run first, give the native time. Needs root and /dev/fuse. Usage:
+#   cargo build --release -p ferry-host -p ferry-agent && bash benches/scale.sh [N_DIRS] [PER_DIR]
+# FERRY_MAX_NODE_FDS sets the server's node descriptor cap (default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N_DIRS=${1:-1000}
@@ -44,16 +46,28 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q " $MNT fuse" /proc/mounts && break; sleep 0.1; done
+rss() { awk -v k="$1:" '$1 == k {print $2}' /proc/$HOST/status; }
 report() {
-  local fds rss
-  fds=$(ls /proc/$HOST/fd | wc -l)
-  rss=$(awk '/VmRSS/ {print $2}' /proc/$HOST/status)
-  printf '%-34s %8s s   host fds %8d   host RSS %8d KiB\n' "$1" "$2" "$fds" "$rss"
+  printf '%-36s %9s s   host fds %7d   RSS %8d KiB   peak %8d KiB\n' \
+    "$1" "$2" "$(ls /proc/$HOST/fd | wc -l)" "$(rss VmRSS)" "$(rss VmHWM)"
 }
-report "mounted" 0
 t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+echo "native walk (find -type f | wc -l)   $(t sh -c "find '$SRC' -type f | wc -l") s"
+echo "native stat every entry               $(t sh -c "find '$SRC' -printf '%s\n' | wc -l") s"
+report "mounted" 0
+RSS0=$(rss VmRSS)
 report "walk (find -type f | wc -l)" "$(t sh -c "find '$MNT' -type f | wc -l")"
 report "stat every entry (find -printf %s)" "$(t sh -c "find '$MNT' -printf '%s\n' | wc -l")"
-report "read 10,000 files" "$(t sh -c "find '$MNT' -type f | shuf -n 10000 --random-source=/dev/zero | xargs cat | wc -c")"
+# A fixed sample of 10,000 files, read through the mount and checked against the host.
+(cd "$SRC" && find . -type f | shuf -n 10000 --random-source=/dev/zero) >"$SCALE_DIR/sample"
+report "read 10,000 files" "$(t sh -c "cd '$MNT' && xargs cat <'$SCALE_DIR/sample' | md5sum >'$SCALE_DIR/sample.mnt'")"
+(cd "$SRC" && xargs cat <"$SCALE_DIR/sample" | md5sum >"$SCALE_DIR/sample.src")
+cmp -s "$SCALE_DIR/sample.mnt" "$SCALE_DIR/sample.src" || { echo "sample content differs"; exit 1; }
+echo "sample content matches the host ($(cut -c1-12 "$SCALE_DIR/sample.src"))"
 report "second walk" "$(t sh -c "find '$MNT' -printf '%s\n' | wc -l")"
+# The guest kernel keeps every inode it looked up (no memory pressure here), so the server
+# holds one node per entry: the files, the directories and the root.
+NODES=$((N_DIRS * PER_DIR + N_DIRS + 1))
+echo "server memory per node: ($(rss VmRSS) - $RSS0) KiB / $NODES nodes = $(( ($(rss VmRSS) - RSS0) * 1024 / NODES )) bytes"
+echo "agent RSS $(awk '$1 == "VmRSS:" {print $2}' /proc/$AGENT/status) KiB"
 echo "files: $(find "$MNT" -type f | wc -l) through the mount, $((N_DIRS * PER_DIR)) on the host"

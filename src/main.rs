@@ -62,6 +62,11 @@ enum Command {
         /// for anyone who can reach it there.
         #[arg(long)]
         devices: bool,
+        /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
+        /// others are reopened by kernel file handle when needed (as root; unprivileged, every
+        /// node keeps its descriptor).
+        #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
+        max_node_fds: usize,
     },
     /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
     /// under PATH, without following symlinks or leaving PATH's filesystem.
@@ -90,6 +95,7 @@ fn main() -> std::process::ExitCode {
             persist_owners,
             permissions,
             devices,
+            max_node_fds,
         } => share(
             src,
             mountpoint,
@@ -102,6 +108,7 @@ fn main() -> std::process::ExitCode {
                 persist_owners,
                 permissions,
             },
+            max_node_fds,
         ),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
     };
@@ -122,6 +129,7 @@ fn share(
     cache: ferry_agent::CacheMode,
     ttl: Duration,
     ids: ferry_host::IdOptions,
+    max_node_fds: usize,
 ) -> anyhow::Result<()> {
     // Signals are taken before any thread starts so that every thread inherits the mask.
     let shutdown = ferry_agent::shutdown_on_signals()?;
@@ -133,7 +141,12 @@ fn share(
         ids,
         devices,
     }])?;
-    ferry_host::raise_fd_limit();
+    exports[0].set_max_node_fds(max_node_fds);
+    tracing::info!(
+        limit = ferry_host::raise_fd_limit(),
+        node_fds = max_node_fds,
+        "open file limit; node descriptors cached"
+    );
     let policy = exports[0].ids().to_string();
     let state = Arc::new(ferry_host::ServerState {
         exports,

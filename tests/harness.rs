@@ -110,18 +110,23 @@ impl Share {
 
     /// Shares a new empty directory with extra `ferry share` arguments.
     pub fn start_with(extra: &[&str]) -> Share {
+        Self::start_configured(extra, |_| {})
+    }
+
+    /// As [`Share::start_with`], with the command adjusted by `configure` before it starts.
+    pub fn start_configured(extra: &[&str], configure: impl FnOnce(&mut Command)) -> Share {
         let src = tempfile::tempdir().expect("tempdir");
         let mnt = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(&bins().ferry)
-            .arg("share")
+        let mut cmd = Command::new(&bins().ferry);
+        cmd.arg("share")
             .arg(src.path())
             .arg(mnt.path())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferry share starts");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("ferry share starts");
         wait_mounted(mnt.path(), &mut child);
         // Keep the pipe drained so a chatty process never blocks on a full stderr.
         let stderr = child.stderr.take();
@@ -146,6 +151,11 @@ impl Share {
     /// The host directory behind it.
     pub fn src(&self) -> &Path {
         self.src.path()
+    }
+
+    /// The process id of the `ferry share` process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.

@@ -27,5 +27,7 @@ mod special;
 mod race;
 // fsx-style random I/O with mmap against an in-memory model.
 mod fsx;
+// A tree much larger than the node descriptor cap: descriptors stay bounded, data stays right.
+mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
 mod vm_virtiofs;

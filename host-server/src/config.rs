@@ -164,6 +164,9 @@ pub struct ServerConfig {
     pub listen: Vec<ListenAddr>,
     /// Shared secret for TCP clients (and any client, when set).
     pub token: Option<Vec<u8>>,
+    /// Most `O_PATH` descriptors of nodes each session keeps open (see
+    /// [`crate::export::DEFAULT_NODE_FDS`]).
+    pub max_node_fds: usize,
 }
 
 /// Applies the global owner flags to every export that does not set its own.

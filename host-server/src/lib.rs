@@ -33,7 +33,8 @@ use tracing::info;
 pub use config::{ExportSpec, IdOptions, ServerConfig};
 pub use conn::{ServerState, serve_connection};
 pub use export::{
-    Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
+    DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
+    SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::{ListenAddr, Listener};
@@ -62,8 +63,9 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
 }
 
 /// Raises this process's open-file limit as far as it may go: to the kernel's `nr_open` when
-/// privileged, else to the hard limit. Every node the guest holds pins one `O_PATH` descriptor
-/// (see `export/inode.rs`), so a guest walking a large tree needs many; returns the new soft
+/// privileged, else to the hard limit. Node descriptors are capped per session where kernel
+/// file handles work, but where they do not every node the guest holds keeps one `O_PATH`
+/// descriptor (see `export/inode.rs`), and every open guest file is one; returns the new soft
 /// limit.
 pub fn raise_fd_limit() -> u64 {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -112,7 +114,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         }
     }
     let exports = open_exports(&config.exports)?;
-    info!(limit = raise_fd_limit(), "open file limit");
+    for e in &exports {
+        e.set_max_node_fds(config.max_node_fds);
+    }
+    info!(
+        limit = raise_fd_limit(),
+        node_fds = config.max_node_fds,
+        "open file limit; node descriptors cached per session"
+    );
     for (e, spec) in exports.iter().zip(&config.exports) {
         info!(
             name = e.name(),

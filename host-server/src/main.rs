@@ -61,6 +61,14 @@ struct Args {
     )]
     token: Option<String>,
 
+    /// Most O_PATH descriptors of looked-up files and directories each guest connection keeps
+    /// open. Beyond it, the least recently used are closed and reopened by kernel file handle
+    /// when needed again (needs CAP_DAC_READ_SEARCH, which root has). Without handles (an
+    /// unprivileged server, filesystems without them, FUSE) every node keeps its descriptor
+    /// and only the open-file limit, raised at start, bounds them.
+    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
+    max_node_fds: usize,
+
     #[command(flatten)]
     ids: IdArgs,
 }
@@ -137,6 +145,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         exports,
         listen: args.listen,
         token,
+        max_node_fds: args.max_node_fds,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

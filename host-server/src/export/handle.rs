@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dashmap::DashMap;
 use ferry_protocol::Errno;
 
+use super::inode::OpenPin;
+
 /// What a handle was opened for.
 #[derive(Debug)]
 pub(crate) enum HandleKind {
@@ -31,6 +33,8 @@ pub(crate) struct Handle {
     pub kind: HandleKind,
     /// Set by `release`: a lock waiting on this handle gives up.
     released: AtomicBool,
+    /// Keeps the node's `O_PATH` descriptor cached while the guest has it open.
+    _pin: Option<OpenPin>,
 }
 
 impl Handle {
@@ -40,6 +44,15 @@ impl Handle {
             fd,
             kind,
             released: AtomicBool::new(false),
+            _pin: None,
+        }
+    }
+
+    /// This handle, keeping its node's descriptor cached for as long as it is open.
+    pub fn pinning(self, pin: OpenPin) -> Self {
+        Handle {
+            _pin: Some(pin),
+            ..self
         }
     }
 

@@ -1,68 +1,266 @@
-//! The node table of one session: server-chosen node ids mapped to `O_PATH` fds.
+//! The node table of one session: server-chosen node ids mapped to host objects, with a
+//! bounded cache of `O_PATH` descriptors.
 //!
 //! Node ids are allocated from a counter and never reused within a session, so a stale id held
 //! by the guest can never name a different file. Hard links share one node: a second table maps
-//! the host's `(st_dev, st_ino)` to the node id. The `O_PATH` fd pins the host inode, so its
-//! number cannot be recycled while the node exists.
+//! the host's `(st_dev, st_ino)` to the node id.
+//!
+//! # Descriptors
+//!
+//! A node does not hold a descriptor of its own. It keeps the object's kernel file handle
+//! (`name_to_handle_at`, taken from the `O_PATH` descriptor of the lookup), and a clock cache
+//! holds `O_PATH` descriptors for the most recently used nodes: at most `cap` of them, plus
+//! the nodes the guest has open (which are never evicted). On a miss the node is reopened with
+//! `open_by_handle_at` on a descriptor of the same filesystem, and the result is checked to be
+//! the same `(dev, ino)` and file type. A request gets a [`Node`], which holds the descriptor it
+//! was given, so an eviction meanwhile never closes a descriptor in use. Open nodes stay in the
+//! clock and the hand passes over them, so a guest with more files open than the cap makes
+//! each miss scan them (two turns at most) and the cache holds one descriptor per open node.
+//!
+//! A handle names the inode itself, as a held descriptor did: a reopened node is the object the
+//! guest looked up, wherever it is now, never whatever took its name. What changes is that an
+//! object removed on the host that nothing keeps alive (no cached descriptor, no open guest
+//! handle) can no longer be reopened: the node answers ESTALE, where a held descriptor would
+//! have kept the deleted inode reachable.
+//!
+//! Where handles are not available the node keeps its descriptor for its whole life, as every
+//! node did before: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
+//! may not open them (EPERM: `open_by_handle_at` needs CAP_DAC_READ_SEARCH), and on FUSE
+//! filesystems, whose handles may not survive the kernel forgetting the inode. Each device is
+//! probed once, with its first node.
+//!
+//! Without a held descriptor an inode number can be reused by a new object while the node
+//! lives. The handle tells them apart (it carries the inode's generation): a lookup that finds
+//! a node for the same `(dev, ino)` whose descriptor is not cached compares handles, and
+//! mints a new node when they differ.
 //!
 //! Locking: the lookup count of a node is only changed while holding the `by_key` entry of its
 //! `(dev, ino)`, and a node is only removed under that same entry, so a lookup racing with the
 //! forget that drops the count to zero either revives the node before removal or finds it gone
-//! and creates a fresh one. The lock order is always `by_key` then `by_id`, and no `by_id`
-//! guard is ever held while `by_key` is touched.
+//! and creates a fresh one. The lock order is `by_key`, then the clock, then a node's slot, and
+//! no `by_id` guard is ever held while `by_key` is touched.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use ferry_protocol::Errno;
 
+use super::sys;
+
 /// The node id of the export root.
 pub const ROOT_ID: u64 = 1;
 
-/// One node: an `O_PATH | O_NOFOLLOW` fd of a host object inside the export.
+/// How many `O_PATH` descriptors of nodes a session keeps open when none is given.
+pub const DEFAULT_NODE_FDS: usize = 4096;
+
+/// `f_type` of FUSE filesystems: their handles are refused (see the module comment).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Handle bytes kept inside the node; longer handles go to the heap. Most local filesystems'
+/// handles fit (ext4 and xfs 8 bytes, tmpfs 12, btrfs 20).
+const INLINE_HANDLE: usize = 22;
+
+/// A kernel file handle, stored compactly.
+#[derive(Debug, PartialEq, Eq)]
+struct FileHandle {
+    /// The filesystem's handle type.
+    htype: i32,
+    bytes: HandleBytes,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HandleBytes {
+    Inline { len: u8, data: [u8; INLINE_HANDLE] },
+    Heap(Box<[u8]>),
+}
+
+impl FileHandle {
+    fn from_kernel(h: &sys::KernelHandle) -> FileHandle {
+        let b = h.bytes();
+        let bytes = if b.len() <= INLINE_HANDLE {
+            let mut data = [0; INLINE_HANDLE];
+            data[..b.len()].copy_from_slice(b);
+            HandleBytes::Inline {
+                len: b.len() as u8,
+                data,
+            }
+        } else {
+            HandleBytes::Heap(b.into())
+        };
+        FileHandle {
+            htype: h.handle_type,
+            bytes,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            HandleBytes::Inline { len, data } => &data[..usize::from(*len)],
+            HandleBytes::Heap(b) => b,
+        }
+    }
+
+    fn to_kernel(&self) -> Option<sys::KernelHandle> {
+        sys::KernelHandle::new(self.htype, self.bytes())
+    }
+}
+
+/// How a node reaches its host object.
+#[derive(Debug)]
+enum Anchor {
+    /// A descriptor held for the node's whole life: the root, and objects whose filesystem
+    /// gives no usable handles.
+    Pinned(Arc<OwnedFd>),
+    /// A kernel file handle, and the cached descriptor when there is one.
+    Handle {
+        handle: FileHandle,
+        slot: Mutex<Option<Arc<OwnedFd>>>,
+    },
+}
+
+/// One node: a host object inside the export, as the guest knows it.
 #[derive(Debug)]
 pub(crate) struct InodeData {
     /// The node id the guest knows.
     pub id: u64,
-    /// `O_PATH` fd; never used for I/O, only as an anchor for `*at` calls and `/proc` reopens.
-    pub fd: OwnedFd,
     /// Host device number.
     pub dev: u64,
     /// Host inode number.
     pub ino: u64,
-    /// File type bits (`st_mode & S_IFMT`); fixed for the life of an inode.
-    pub kind: u32,
     /// Lookups handed to the guest and not yet forgotten.
     nlookup: AtomicU64,
+    /// File type bits (`st_mode & S_IFMT`, which fit in 16 bits); fixed for the life of an
+    /// inode. Narrow so that the node packs into one allocation size class smaller.
+    kind: u16,
+    /// Open guest handles on this node; while there are any, its descriptor is not evicted.
+    opens: AtomicU32,
+    /// The clock's reference bit: used since the hand last passed.
+    used: AtomicBool,
+    anchor: Anchor,
 }
 
 impl InodeData {
-    /// The `O_PATH` fd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// File type bits (`st_mode & S_IFMT`).
+    pub fn kind(&self) -> u32 {
+        u32::from(self.kind)
     }
 
     /// True for directories.
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     /// True for symlinks.
     pub fn is_symlink(&self) -> bool {
-        self.kind == libc::S_IFLNK
+        self.kind() == libc::S_IFLNK
     }
 
     /// True for regular files.
     pub fn is_file(&self) -> bool {
-        self.kind == libc::S_IFREG
+        self.kind() == libc::S_IFREG
     }
 
     /// The current lookup count (for tests and diagnostics).
     pub fn lookups(&self) -> u64 {
         self.nlookup.load(Ordering::Relaxed)
+    }
+
+    /// The cached descriptor, if any (marks the node used).
+    fn cached(&self) -> Option<Arc<OwnedFd>> {
+        match &self.anchor {
+            Anchor::Pinned(fd) => Some(Arc::clone(fd)),
+            Anchor::Handle { slot, .. } => {
+                let fd = lock(slot).clone();
+                if fd.is_some() {
+                    self.used.store(true, Ordering::Relaxed);
+                }
+                fd
+            }
+        }
+    }
+
+    /// True when the node holds its descriptor for life.
+    fn is_pinned(&self) -> bool {
+        matches!(self.anchor, Anchor::Pinned(_))
+    }
+}
+
+/// A node with a descriptor of it, valid for as long as this value lives even if the cache
+/// evicts the node meanwhile. Derefs to the node's data.
+#[derive(Debug)]
+pub(crate) struct Node {
+    data: Arc<InodeData>,
+    fd: Arc<OwnedFd>,
+}
+
+impl Node {
+    /// The `O_PATH` descriptor: never used for I/O, only as an anchor for `*at` calls and
+    /// `/proc` reopens.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Keeps the node's descriptor cached until the returned value is dropped (an open guest
+    /// handle holds one).
+    pub fn pin(&self) -> OpenPin {
+        self.data.opens.fetch_add(1, Ordering::Relaxed);
+        OpenPin(Arc::clone(&self.data))
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = InodeData;
+
+    fn deref(&self) -> &InodeData {
+        &self.data
+    }
+}
+
+/// Keeps a node's descriptor from being evicted while it lives; see [`Node::pin`].
+#[derive(Debug)]
+pub(crate) struct OpenPin(Arc<InodeData>);
+
+impl Drop for OpenPin {
+    fn drop(&mut self) {
+        self.0.opens.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a device's objects are reached by handle, and through which descriptor.
+#[derive(Clone, Debug)]
+enum DevHandles {
+    /// Handles work; `open_by_handle_at` takes this descriptor of the same filesystem.
+    Yes(Arc<OwnedFd>),
+    /// No handles: nodes on this device hold their descriptors.
+    No,
+}
+
+/// The clock: nodes whose descriptor is cached, and the hand.
+#[derive(Debug, Default)]
+struct Clock {
+    ring: Vec<Weak<InodeData>>,
+    hand: usize,
+}
+
+/// The descriptor policy of a table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FdPolicy {
+    /// Most cached descriptors of unopened nodes (at least 1).
+    pub cap: usize,
+    /// Use kernel file handles where the filesystem allows; false pins every node (tests).
+    pub handles: bool,
+}
+
+impl Default for FdPolicy {
+    fn default() -> Self {
+        FdPolicy {
+            cap: DEFAULT_NODE_FDS,
+            handles: true,
+        }
     }
 }
 
@@ -72,32 +270,79 @@ pub(crate) struct InodeTable {
     by_id: DashMap<u64, Arc<InodeData>>,
     by_key: DashMap<(u64, u64), u64>,
     next_id: AtomicU64,
+    policy: FdPolicy,
+    devs: RwLock<HashMap<u64, DevHandles>>,
+    clock: Mutex<Clock>,
+    /// The export root's descriptor: the handle base of its device.
+    root_fd: Arc<OwnedFd>,
+    root_dev: u64,
+    /// Descriptors reopened by handle after an eviction (diagnostics).
+    reopened: AtomicU64,
+}
+
+/// The file type bits of a stat.
+fn file_type(st: &libc::stat) -> u16 {
+    // S_IFMT is 0o170000: the type bits fit in 16.
+    (st.st_mode & libc::S_IFMT) as u16
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves consistent state.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl InodeTable {
     /// A table holding only the root, whose fd is `root_fd` and whose stat is `st`.
-    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> Self {
+    pub fn new(root_fd: OwnedFd, st: &libc::stat, policy: FdPolicy) -> Self {
+        let root_fd = Arc::new(root_fd);
         let root = Arc::new(InodeData {
             id: ROOT_ID,
-            fd: root_fd,
             dev: st.st_dev,
             ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
+            kind: file_type(st),
             // The root is implicitly looked up once by the mount and is never removed.
             nlookup: AtomicU64::new(1),
+            opens: AtomicU32::new(0),
+            used: AtomicBool::new(false),
+            anchor: Anchor::Pinned(Arc::clone(&root_fd)),
         });
         let table = InodeTable {
             by_id: DashMap::new(),
             by_key: DashMap::new(),
             next_id: AtomicU64::new(ROOT_ID + 1),
+            policy: FdPolicy {
+                cap: policy.cap.max(1),
+                ..policy
+            },
+            devs: RwLock::new(HashMap::new()),
+            clock: Mutex::new(Clock::default()),
+            root_fd,
+            root_dev: st.st_dev,
+            reopened: AtomicU64::new(0),
         };
         table.by_key.insert((root.dev, root.ino), ROOT_ID);
         table.by_id.insert(ROOT_ID, root);
         table
     }
 
-    /// The node with id `id`; ESTALE when the guest names a node it does not hold.
-    pub fn get(&self, id: u64) -> Result<Arc<InodeData>, Errno> {
+    /// The node with id `id` and a descriptor of it; ESTALE when the guest names a node it
+    /// does not hold, or one whose object is gone and can no longer be reopened.
+    pub fn get(&self, id: u64) -> Result<Node, Errno> {
+        let data = self.peek(id)?;
+        if let Some(fd) = data.cached() {
+            return Ok(Node { data, fd });
+        }
+        let Anchor::Handle { handle, .. } = &data.anchor else {
+            unreachable!("a pinned node always has its descriptor");
+        };
+        let fd = self.reopen(&data, handle)?;
+        self.reopened.fetch_add(1, Ordering::Relaxed);
+        let fd = self.fill(&data, fd);
+        Ok(Node { data, fd })
+    }
+
+    /// The node with id `id` without a descriptor (for its id, identity and kind).
+    pub fn peek(&self, id: u64) -> Result<Arc<InodeData>, Errno> {
         match self.by_id.get(&id) {
             Some(node) => Ok(Arc::clone(node.value())),
             None => Err(Errno::ESTALE),
@@ -110,22 +355,47 @@ impl InodeTable {
     }
 
     /// Records one more lookup of the object behind `fd` (whose stat is `st`): the existing
-    /// node for its `(dev, ino)` when there is one (and `fd` is closed), else a new node.
-    pub fn insert_or_ref(&self, fd: OwnedFd, st: &libc::stat) -> Arc<InodeData> {
+    /// node for its `(dev, ino)` when there is one, else a new node.
+    pub fn insert_or_ref(&self, fd: OwnedFd, st: &libc::stat) -> Node {
         let key = (st.st_dev, st.st_ino);
+        // Taken before the map entry is locked: a system call or two, and the device probe.
+        let handle = self.handle_of(fd.as_fd(), st);
         match self.by_key.entry(key) {
             MapEntry::Occupied(mut e) => {
-                if let Some(node) = self.by_id.get(e.get()) {
-                    node.nlookup.fetch_add(1, Ordering::Relaxed);
-                    return Arc::clone(node.value());
+                if let Some(node) = self.by_id.get(e.get()).map(|n| Arc::clone(n.value())) {
+                    match node.cached() {
+                        // A cached descriptor pins the inode: the same (dev, ino) is the
+                        // same object, and `fd` is not needed.
+                        Some(cached) => {
+                            node.nlookup.fetch_add(1, Ordering::Relaxed);
+                            return Node {
+                                data: node,
+                                fd: cached,
+                            };
+                        }
+                        None => {
+                            let same = match (&node.anchor, &handle) {
+                                (Anchor::Handle { handle: h, .. }, Some(new)) => h == new,
+                                _ => false,
+                            };
+                            if same {
+                                node.nlookup.fetch_add(1, Ordering::Relaxed);
+                                let fd = self.fill(&node, fd);
+                                return Node { data: node, fd };
+                            }
+                            // The inode number was reused by a new object while the old
+                            // node lives on: the old node keeps its id (the guest forgets
+                            // it) and the key now names the new one.
+                            tracing::debug!(id = node.id, "inode number reused; new node");
+                        }
+                    }
                 }
-                // Unreachable with the locking above; recover by minting a fresh node.
-                let node = self.new_node(fd, st);
+                let node = self.new_node(fd, st, handle);
                 e.insert(node.id);
                 node
             }
             MapEntry::Vacant(e) => {
-                let node = self.new_node(fd, st);
+                let node = self.new_node(fd, st, handle);
                 e.insert(node.id);
                 node
             }
@@ -133,18 +403,193 @@ impl InodeTable {
     }
 
     /// Allocates an id and stores a node with one lookup. Called with the key entry held.
-    fn new_node(&self, fd: OwnedFd, st: &libc::stat) -> Arc<InodeData> {
+    fn new_node(&self, fd: OwnedFd, st: &libc::stat, handle: Option<FileHandle>) -> Node {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let node = Arc::new(InodeData {
+        let fd = Arc::new(fd);
+        let anchor = match handle {
+            Some(handle) => Anchor::Handle {
+                handle,
+                slot: Mutex::new(Some(Arc::clone(&fd))),
+            },
+            None => Anchor::Pinned(Arc::clone(&fd)),
+        };
+        let data = Arc::new(InodeData {
             id,
-            fd,
             dev: st.st_dev,
             ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
+            kind: file_type(st),
             nlookup: AtomicU64::new(1),
+            opens: AtomicU32::new(0),
+            used: AtomicBool::new(false),
+            anchor,
         });
-        self.by_id.insert(id, Arc::clone(&node));
-        node
+        if !data.is_pinned() {
+            let mut clock = lock(&self.clock);
+            self.make_room(&mut clock);
+            clock.ring.push(Arc::downgrade(&data));
+        }
+        self.by_id.insert(id, Arc::clone(&data));
+        Node { data, fd }
+    }
+
+    /// Caches `fd` as the descriptor of the handle node `node` and returns the cached
+    /// descriptor (another thread's, when it filled the slot first).
+    fn fill(&self, node: &Arc<InodeData>, fd: OwnedFd) -> Arc<OwnedFd> {
+        let Anchor::Handle { slot, .. } = &node.anchor else {
+            unreachable!("only handle nodes are filled");
+        };
+        let mut clock = lock(&self.clock);
+        if let Some(fd) = lock(slot).as_ref() {
+            return Arc::clone(fd);
+        }
+        // The node is not in the ring (its slot is empty), so it cannot be its own victim.
+        self.make_room(&mut clock);
+        let fd = Arc::new(fd);
+        *lock(slot) = Some(Arc::clone(&fd));
+        clock.ring.push(Arc::downgrade(node));
+        fd
+    }
+
+    /// Evicts descriptors until the ring has room for one more within the cap. Nodes the guest
+    /// has open are skipped; when only such nodes are left the ring grows past the cap.
+    fn make_room(&self, clock: &mut Clock) {
+        let cap = self.policy.cap;
+        let mut steps = 0;
+        while clock.ring.len() >= cap {
+            let len = clock.ring.len();
+            // Two full turns clear every reference bit; after that only open nodes are left.
+            if steps > 2 * len {
+                break;
+            }
+            steps += 1;
+            let i = clock.hand % len;
+            let victim = match clock.ring[i].upgrade() {
+                // Forgotten meanwhile: its descriptor closed with it.
+                None => true,
+                Some(n) => {
+                    if n.opens.load(Ordering::Relaxed) > 0 || n.used.swap(false, Ordering::Relaxed)
+                    {
+                        false
+                    } else {
+                        if let Anchor::Handle { slot, .. } = &n.anchor {
+                            lock(slot).take();
+                        }
+                        true
+                    }
+                }
+            };
+            if victim {
+                // The last entry moves to `i`, which the hand looks at next.
+                clock.ring.swap_remove(i);
+                clock.hand = i;
+            } else {
+                clock.hand = i + 1;
+            }
+        }
+    }
+
+    /// The handle of the object behind `fd`, or None when its node must hold a descriptor.
+    fn handle_of(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Option<FileHandle> {
+        if !self.policy.handles {
+            return None;
+        }
+        let dev = st.st_dev;
+        let known = self
+            .devs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dev)
+            .cloned();
+        let state = match known {
+            Some(s) => s,
+            None => self.probe(fd, st),
+        };
+        match state {
+            DevHandles::No => None,
+            DevHandles::Yes(_) => match sys::name_to_handle(fd) {
+                Ok(h) => Some(FileHandle::from_kernel(&h)),
+                Err(e) => {
+                    tracing::debug!(ino = st.st_ino, %e, "no file handle; node keeps its fd");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Finds out whether objects on `fd`'s device can be reached by handle: encodes `fd`'s
+    /// handle, opens it again and checks it is the same object. Records and returns the answer.
+    fn probe(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> DevHandles {
+        let dev = st.st_dev;
+        let mut devs = self.devs.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = devs.get(&dev) {
+            return s.clone();
+        }
+        // open_by_handle_at ignores O_PATH descriptors, so the base is a directory opened for
+        // reading: the export root, or the first directory seen on another device (usually
+        // the root of a filesystem mounted inside the export). A non-directory met first on a
+        // device keeps its descriptor and the question stays open.
+        let dir = if dev == self.root_dev {
+            self.root_fd.as_fd()
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            fd
+        } else {
+            return DevHandles::No;
+        };
+        let base = sys::open_path(&sys::proc_path(dir), libc::O_RDONLY | libc::O_DIRECTORY);
+        let tried = base.and_then(|base| {
+            if sys::fs_type(fd)? == FUSE_SUPER_MAGIC {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let h = sys::name_to_handle(fd)?;
+            let back = sys::open_by_handle(base.as_fd(), &h, libc::O_PATH | libc::O_NOFOLLOW)?;
+            let bst = sys::fstat(back.as_fd())?;
+            if (bst.st_dev, bst.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(Errno::ESTALE);
+            }
+            Ok(Arc::new(base))
+        });
+        let state = match tried {
+            Ok(base) => {
+                tracing::debug!(dev, "nodes on this device are reopened by file handle");
+                DevHandles::Yes(base)
+            }
+            Err(e) => {
+                let why = if e == Errno::EPERM {
+                    " (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
+                } else {
+                    ""
+                };
+                tracing::info!(
+                    dev,
+                    %e,
+                    "no kernel file handles on this device{why}; its nodes keep their descriptors"
+                );
+                DevHandles::No
+            }
+        };
+        devs.insert(dev, state.clone());
+        state
+    }
+
+    /// Opens the object of handle node `node` again and checks it is the same object.
+    fn reopen(&self, node: &InodeData, handle: &FileHandle) -> Result<OwnedFd, Errno> {
+        let base = match self
+            .devs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node.dev)
+        {
+            Some(DevHandles::Yes(base)) => Arc::clone(base),
+            _ => return Err(Errno::ESTALE),
+        };
+        let h = handle.to_kernel().ok_or(Errno::ESTALE)?;
+        let fd = sys::open_by_handle(base.as_fd(), &h, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino) || file_type(&st) != node.kind {
+            tracing::warn!(id = node.id, "a file handle opened another object; refused");
+            return Err(Errno::ESTALE);
+        }
+        Ok(fd)
     }
 
     /// Gives back `n` lookups of `id`; at zero the node is removed and its fd closed (once no
@@ -171,5 +616,246 @@ impl InodeTable {
     /// Number of live nodes, the root included.
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Number of descriptors the cache holds (pinned nodes not counted).
+    pub fn cached_fds(&self) -> usize {
+        let clock = lock(&self.clock);
+        clock.ring.iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Number of node descriptors reopened by handle so far.
+    pub fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::io::Read;
+
+    /// A directory with `n` files `f0..`, each holding its own name, and a table on it.
+    fn setup(n: usize, policy: FdPolicy) -> (tempfile::TempDir, InodeTable) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("f{i}")), format!("f{i}")).expect("write");
+        }
+        let path = CString::new(dir.path().to_str().expect("utf-8")).expect("no NUL");
+        let root = sys::open_path(&path, libc::O_PATH | libc::O_DIRECTORY).expect("open root");
+        let st = sys::fstat(root.as_fd()).expect("stat root");
+        (dir, InodeTable::new(root, &st, policy))
+    }
+
+    /// Looks `name` up below the root as `lookup` does and returns the node id.
+    fn lookup(t: &InodeTable, name: &str) -> u64 {
+        let root = t.get(ROOT_ID).expect("root");
+        let cname = CString::new(name).expect("no NUL");
+        let fd = sys::open_beneath(root.fd(), &cname, libc::O_PATH, 0).expect("lookup");
+        let st = sys::fstat(fd.as_fd()).expect("stat");
+        t.insert_or_ref(fd, &st).id
+    }
+
+    /// The content of node `id`, read through a reopen of its descriptor.
+    fn content(t: &InodeTable, id: u64) -> String {
+        let node = t.get(id).expect("node");
+        let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
+            .expect("/proc/self/fd");
+        let fd = sys::reopen(proc_fd.as_fd(), node.fd(), libc::O_RDONLY).expect("reopen");
+        let mut s = String::new();
+        std::fs::File::from(fd)
+            .read_to_string(&mut s)
+            .expect("read");
+        s
+    }
+
+    #[test]
+    fn a_node_is_small() {
+        // 88 bytes plus the Arc's counts: one allocation of 104 bytes per node (a 112-byte
+        // malloc chunk), plus its entries in the two maps.
+        assert!(std::mem::size_of::<InodeData>() <= 88);
+    }
+
+    fn has_fd(t: &InodeTable, id: u64) -> bool {
+        t.peek(id).expect("node").cached().is_some()
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_cap_and_evicted_nodes_reopen_by_handle() {
+        let (_dir, t) = setup(
+            50,
+            FdPolicy {
+                cap: 8,
+                handles: true,
+            },
+        );
+        let ids: Vec<u64> = (0..50).map(|i| lookup(&t, &format!("f{i}"))).collect();
+        assert!(t.cached_fds() <= 8, "{} cached", t.cached_fds());
+        assert!(ids.iter().filter(|&&id| !has_fd(&t, id)).count() >= 42);
+        assert_eq!(t.reopened(), 0);
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(content(&t, id), format!("f{i}"));
+            assert!(t.cached_fds() <= 8, "{} cached", t.cached_fds());
+        }
+        assert!(t.reopened() >= 42, "only {} reopened", t.reopened());
+        // A second lookup of an evicted node finds the same node and caches the fresh fd.
+        let evicted = *ids
+            .iter()
+            .find(|&&id| !has_fd(&t, id))
+            .expect("one evicted");
+        let i = ids.iter().position(|&id| id == evicted).expect("known");
+        assert_eq!(lookup(&t, &format!("f{i}")), evicted);
+        assert!(has_fd(&t, evicted));
+        assert_eq!(t.peek(evicted).expect("node").lookups(), 2);
+        assert_eq!(t.len(), 51);
+    }
+
+    #[test]
+    fn open_nodes_are_not_evicted_and_the_cache_grows_past_the_cap_only_for_them() {
+        let (_dir, t) = setup(
+            40,
+            FdPolicy {
+                cap: 4,
+                handles: true,
+            },
+        );
+        let pinned: Vec<(u64, OpenPin)> = (0..6)
+            .map(|i| {
+                let id = lookup(&t, &format!("f{i}"));
+                (id, t.get(id).expect("node").pin())
+            })
+            .collect();
+        for i in 6..40 {
+            lookup(&t, &format!("f{i}"));
+        }
+        for (id, _) in &pinned {
+            assert!(has_fd(&t, *id), "open node {id} was evicted");
+        }
+        // Six open nodes hold the ring above the cap of four; the rest were evicted.
+        assert!(t.cached_fds() <= 7, "{} cached", t.cached_fds());
+        drop(pinned);
+        for i in 0..40 {
+            lookup(&t, &format!("f{i}"));
+        }
+        assert!(t.cached_fds() <= 4, "{} cached", t.cached_fds());
+    }
+
+    #[test]
+    fn without_handles_every_node_keeps_its_descriptor() {
+        let (_dir, t) = setup(
+            20,
+            FdPolicy {
+                cap: 2,
+                handles: false,
+            },
+        );
+        let ids: Vec<u64> = (0..20).map(|i| lookup(&t, &format!("f{i}"))).collect();
+        assert_eq!(t.cached_fds(), 0);
+        for (i, &id) in ids.iter().enumerate() {
+            assert!(t.peek(id).expect("node").is_pinned());
+            assert_eq!(content(&t, id), format!("f{i}"));
+        }
+        assert_eq!(t.reopened(), 0);
+        // Forgetting a pinned node closes its descriptor with it.
+        t.forget(ids[0], 1);
+        assert_eq!(t.get(ids[0]).map(|n| n.id), Err(Errno::ESTALE));
+    }
+
+    #[test]
+    fn a_removed_object_is_stale_once_evicted_unless_the_guest_has_it_open() {
+        let (dir, t) = setup(
+            10,
+            FdPolicy {
+                cap: 1,
+                handles: true,
+            },
+        );
+        let a = lookup(&t, "f0");
+        let b = lookup(&t, "f1");
+        let pin = t.get(b).expect("node").pin();
+        // An open file keeps the inode alive on the host, as the guest's handle would.
+        let _open = std::fs::File::open(dir.path().join("f1")).expect("open");
+        std::fs::remove_file(dir.path().join("f0")).expect("unlink");
+        std::fs::remove_file(dir.path().join("f1")).expect("unlink");
+        for i in 2..10 {
+            lookup(&t, &format!("f{i}"));
+        }
+        assert!(!has_fd(&t, a));
+        assert_eq!(t.get(a).map(|n| n.id), Err(Errno::ESTALE));
+        assert_eq!(content(&t, b), "f1");
+        drop(pin);
+    }
+
+    #[test]
+    fn symlinks_and_directories_reopen_by_handle_as_themselves() {
+        let (dir, t) = setup(
+            4,
+            FdPolicy {
+                cap: 1,
+                handles: true,
+            },
+        );
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let link = lookup(&t, "link");
+        let sub = lookup(&t, "sub");
+        for i in 0..4 {
+            lookup(&t, &format!("f{i}"));
+        }
+        assert!(!has_fd(&t, link) && !has_fd(&t, sub));
+        let node = t.get(link).expect("symlink node");
+        assert!(node.is_symlink());
+        assert_eq!(sys::readlink(node.fd()).expect("readlink"), b"/etc/passwd");
+        drop(node);
+        let node = t.get(sub).expect("directory node");
+        assert!(node.is_dir());
+        let st = sys::fstat(node.fd()).expect("stat");
+        assert_eq!((st.st_dev, st.st_ino), (node.dev, node.ino));
+    }
+
+    #[test]
+    fn a_reused_inode_number_gets_a_new_node() {
+        let (dir, t) = setup(
+            0,
+            FdPolicy {
+                cap: 1,
+                handles: true,
+            },
+        );
+        std::fs::write(dir.path().join("x"), "x").expect("write");
+        let old = lookup(&t, "x");
+        let old_ino = t.peek(old).expect("node").ino;
+        std::fs::write(dir.path().join("y"), "y").expect("write");
+        lookup(&t, "y");
+        assert!(!has_fd(&t, old));
+        std::fs::remove_file(dir.path().join("x")).expect("unlink");
+        // Filesystems hand a freed inode number out again soon; create until one does.
+        let mut reused = None;
+        for i in 0..200 {
+            let name = format!("n{i}");
+            std::fs::write(dir.path().join(&name), &name).expect("write");
+            let st = std::fs::symlink_metadata(dir.path().join(&name)).expect("stat");
+            if std::os::unix::fs::MetadataExt::ino(&st) == old_ino {
+                reused = Some(name);
+                break;
+            }
+        }
+        let Some(name) = reused else {
+            eprintln!(
+                "\n*** SKIPPED the reuse check: the filesystem did not reuse the inode number ***\n"
+            );
+            return;
+        };
+        let new = lookup(&t, &name);
+        assert_ne!(new, old, "a new object must not take the old node");
+        assert_eq!(content(&t, new), name);
+        assert_eq!(t.get(old).map(|n| n.id), Err(Errno::ESTALE));
+        // Forgetting the old node leaves the new one reachable by its key.
+        t.forget(old, 1);
+        assert_eq!(
+            t.id_of((t.peek(new).expect("node").dev, old_ino)),
+            Some(new)
+        );
     }
 }

@@ -20,7 +20,9 @@
 //! - The host never follows a symlink inside the export: a symlink is a node of its own, and the
 //!   guest kernel resolves its target inside the mount. Opening a symlink node fails with ELOOP.
 //! - File data is reached by re-opening a node's `O_PATH` fd through `/proc/self/fd/N`, which
-//!   lands on that exact inode whatever happened to the path since the lookup.
+//!   lands on that exact inode whatever happened to the path since the lookup. A node whose fd
+//!   was evicted from the session's cache gets it back from its kernel file handle, which names
+//!   the same inode (checked: `(dev, ino)` and type); no path is resolved (see `inode.rs`).
 //! - Unknown node ids answer ESTALE and unknown handles EBADF; nothing a guest sends can panic
 //!   the server.
 //! - A read-only export refuses every mutating request with EROFS before touching anything.
@@ -37,6 +39,8 @@
 //!
 //! - A directory moved out of the export by a host process while the guest holds its node
 //!   stays reachable through that node (as with virtiofsd).
+//! - An object removed on the host while the guest holds its node, but no open handle, answers
+//!   ESTALE once its fd has been evicted (a held fd kept the deleted inode reachable).
 //! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
 //!   are flock locks on the handle's fd (see `locks.rs`).
 
@@ -60,17 +64,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ferry_protocol::{Errno, Opened, Reply};
 
 use handle::HandleTable;
-use inode::InodeTable;
+use inode::{FdPolicy, InodeTable};
 use locks::LockTable;
 
 use crate::ids::IdPolicy;
 
-pub use inode::ROOT_ID;
+pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
 pub use watch::Sink;
@@ -165,6 +169,8 @@ pub struct Export {
     proc_fd: OwnedFd,
     /// Host change events: watcher, subscribers, echo fingerprints.
     events: Events,
+    /// Most cached node descriptors per session (see `inode.rs`).
+    max_node_fds: AtomicUsize,
 }
 
 impl Export {
@@ -214,6 +220,7 @@ impl Export {
             root,
             proc_fd,
             events: Events::default(),
+            max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
         }))
     }
 
@@ -240,6 +247,18 @@ impl Export {
     /// How owners are translated, kept and checked.
     pub fn ids(&self) -> &IdPolicy {
         &self.ids
+    }
+
+    /// Sets how many `O_PATH` descriptors of nodes each new session keeps open (at least 1;
+    /// nodes the guest has open and nodes without kernel file handles come on top). Sessions
+    /// already running keep their figure.
+    pub fn set_max_node_fds(&self, n: usize) {
+        self.max_node_fds.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many node descriptors each new session keeps open.
+    pub fn max_node_fds(&self) -> usize {
+        self.max_node_fds.load(Ordering::Relaxed)
     }
 
     /// The `/proc/self/fd` directory fd.
@@ -330,7 +349,14 @@ impl ExportSession {
         static NEXT_SID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         ExportSession {
             sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            inodes: InodeTable::new(root_fd, &st),
+            inodes: InodeTable::new(
+                root_fd,
+                &st,
+                FdPolicy {
+                    cap: export.max_node_fds(),
+                    handles: true,
+                },
+            ),
             handles: HandleTable::new(),
             locks: LockTable::default(),
             closed: Arc::new(AtomicBool::new(false)),
@@ -346,6 +372,18 @@ impl ExportSession {
     /// Number of live nodes, the root included (for diagnostics and tests).
     pub fn node_count(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// Number of node descriptors the cache holds, nodes that keep theirs for life not counted
+    /// (for diagnostics and tests).
+    pub fn cached_node_fds(&self) -> usize {
+        self.inodes.cached_fds()
+    }
+
+    /// Number of node descriptors reopened by kernel file handle after an eviction (for
+    /// diagnostics and tests).
+    pub fn reopened_node_fds(&self) -> u64 {
+        self.inodes.reopened()
     }
 
     /// Number of open handles (for diagnostics and tests).
@@ -369,7 +407,7 @@ impl ExportSession {
 
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
-        self.inodes.get(ino).ok().map(|n| n.lookups())
+        self.inodes.peek(ino).ok().map(|n| n.lookups())
     }
 
     /// Starts sending this session's view of host changes to `sink`, oldest first (see
@@ -409,7 +447,7 @@ impl ExportSession {
         if !self.export.events.active() {
             return;
         }
-        if let Ok(node) = self.inodes.get(parent) {
+        if let Ok(node) = self.inodes.peek(parent) {
             self.export
                 .events
                 .note_name(self.sid, (node.dev, node.ino), name, op);

@@ -14,7 +14,7 @@ use ferry_protocol::{
 
 use super::ExportSession;
 use super::handle::{Handle, HandleKind};
-use super::inode::InodeData;
+use super::inode::Node;
 use super::locks::{self, LockWait};
 use super::owners::{self, Presented};
 use super::sys;
@@ -211,7 +211,7 @@ impl ExportSession {
     }
 
     /// The node `id`, which must be a directory (ENOTDIR otherwise).
-    fn dir_node(&self, id: u64) -> Result<Arc<InodeData>, Errno> {
+    fn dir_node(&self, id: u64) -> Result<Node, Errno> {
         let node = self.inodes.get(id)?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -220,7 +220,7 @@ impl ExportSession {
     }
 
     /// The entry of `node`, whose stat is `st`, as the guest sees it.
-    fn entry(&self, node: &InodeData, st: &libc::stat) -> Entry {
+    fn entry(&self, node: &Node, st: &libc::stat) -> Entry {
         Entry {
             ino: node.id,
             generation: 0,
@@ -243,7 +243,7 @@ impl ExportSession {
     fn lookup_created(
         &self,
         ctx: &Ctx,
-        dir: &InodeData,
+        dir: &Node,
         name: &CStr,
         want: Option<u32>,
     ) -> Result<Entry, Errno> {
@@ -514,7 +514,9 @@ impl ExportSession {
             return Err(Errno::EPERM);
         }
         let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
-        let fh = self.handles.insert(Handle::new(fd, HandleKind::File));
+        let fh = self
+            .handles
+            .insert(Handle::new(fd, HandleKind::File).pinning(node.pin()));
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -574,7 +576,9 @@ impl ExportSession {
         if created {
             st = self.record_creator(ctx, &dir, &node, &st, perm);
         }
-        let fh = self.handles.insert(Handle::new(data, HandleKind::File));
+        let fh = self
+            .handles
+            .insert(Handle::new(data, HandleKind::File).pinning(node.pin()));
         Ok(Created {
             entry: self.entry(&node, &st),
             opened: Opened { fh, open_flags: 0 },
@@ -588,7 +592,7 @@ impl ExportSession {
     /// so a FIFO or device that is already there is never opened.
     fn create_or_open(
         &self,
-        dir: &InodeData,
+        dir: &Node,
         name: &CStr,
         host_flags: i32,
         perm: u32,
@@ -681,9 +685,9 @@ impl ExportSession {
             node.fd(),
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
-        let fh = self
-            .handles
-            .insert(Handle::new(fd, HandleKind::Dir(std::sync::Mutex::new(()))));
+        let fh = self.handles.insert(
+            Handle::new(fd, HandleKind::Dir(std::sync::Mutex::new(()))).pinning(node.pin()),
+        );
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -844,7 +848,7 @@ impl ExportSession {
     /// The `/proc/self/fd/N` path of a node. Xattr calls on it reach the node's own inode,
     /// and for a symlink node the symlink itself: following the magic link never continues
     /// into the symlink's target.
-    fn xattr_path(&self, node: &InodeData) -> CString {
+    fn xattr_path(&self, node: &Node) -> CString {
         sys::proc_path(node.fd())
     }
 

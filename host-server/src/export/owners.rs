@@ -29,7 +29,7 @@ use std::os::fd::BorrowedFd;
 
 use ferry_protocol::{Attr, Ctx, Errno};
 
-use super::inode::InodeData;
+use super::inode::Node;
 use super::{ExportSession, creds, sys};
 use crate::ids::{GuestGid, GuestUid, HostGid, HostUid, IdMode};
 
@@ -195,7 +195,7 @@ impl ExportSession {
     }
 
     /// Writes (or, when it says nothing the host does not, removes) the owner record of a node.
-    fn write_record(&self, node: &InodeData, st: &libc::stat, record: Record) -> Result<(), Errno> {
+    fn write_record(&self, node: &Node, st: &libc::stat, record: Record) -> Result<(), Errno> {
         let path = sys::proc_path(node.fd());
         let plain = self.present_with(st, None);
         let needed =
@@ -271,8 +271,8 @@ impl ExportSession {
     pub(crate) fn record_creator(
         &self,
         ctx: &Ctx,
-        parent: &InodeData,
-        node: &InodeData,
+        parent: &Node,
+        node: &Node,
         st: &libc::stat,
         perm: u32,
     ) -> libc::stat {
@@ -317,7 +317,7 @@ impl ExportSession {
     /// `chown`/`chgrp` from the guest.
     pub(crate) fn change_owner(
         &self,
-        node: &InodeData,
+        node: &Node,
         uid: Option<GuestUid>,
         gid: Option<GuestGid>,
     ) -> Result<(), Errno> {
@@ -375,7 +375,7 @@ impl ExportSession {
     }
 
     /// `chmod` from the guest (`mode` holds permission bits only).
-    pub(crate) fn change_mode(&self, node: &InodeData, mode: u32) -> Result<(), Errno> {
+    pub(crate) fn change_mode(&self, node: &Node, mode: u32) -> Result<(), Errno> {
         let st = sys::fstat(node.fd())?;
         let host_bits = self.host_perm(st.st_mode & libc::S_IFMT, mode);
         if host_bits != mode && !self.persist() {

@@ -625,3 +625,91 @@ mod tests {
         assert_eq!(parse_dirents(&buf[..5]).count(), 0);
     }
 }
+
+/// Largest kernel file handle (`MAX_HANDLE_SZ`).
+pub(crate) const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle. libc declares the handle bytes as a
+/// zero-length array, so the buffer is declared here with the kernel's layout.
+#[repr(C)]
+pub(crate) struct KernelHandle {
+    /// Bytes used in `bytes` (on input to name_to_handle_at: the room there is).
+    handle_bytes: u32,
+    /// The filesystem's handle type.
+    pub handle_type: libc::c_int,
+    bytes: [u8; MAX_HANDLE_SZ],
+}
+
+impl KernelHandle {
+    /// A handle of type `handle_type` with these bytes; None when they do not fit.
+    pub(crate) fn new(handle_type: libc::c_int, data: &[u8]) -> Option<Self> {
+        let mut h = KernelHandle {
+            handle_bytes: u32::try_from(data.len()).ok()?,
+            handle_type,
+            bytes: [0; MAX_HANDLE_SZ],
+        };
+        h.bytes.get_mut(..data.len())?.copy_from_slice(data);
+        Some(h)
+    }
+
+    /// The handle's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes[..(self.handle_bytes as usize).min(MAX_HANDLE_SZ)]
+    }
+}
+
+/// The kernel file handle of the object `fd` refers to (`name_to_handle_at` with
+/// `AT_EMPTY_PATH`; a symlink fd names the link itself). EOPNOTSUPP when its filesystem cannot
+/// encode handles.
+pub(crate) fn name_to_handle(fd: BorrowedFd<'_>) -> Result<KernelHandle, Errno> {
+    let mut h = KernelHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        bytes: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a `struct file_handle` whose `handle_bytes` says how much room follows,
+    // `mount_id` is writable, and `EMPTY` is a valid string; all outlive the call.
+    check(unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            (&mut h as *mut KernelHandle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    Ok(h)
+}
+
+/// Opens the object `handle` names on the filesystem of `mount_fd` with `flags | O_CLOEXEC`
+/// (`open_by_handle_at`: needs CAP_DAC_READ_SEARCH; ESTALE when the object is gone).
+pub(crate) fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle: &KernelHandle,
+    flags: libc::c_int,
+) -> Result<OwnedFd, Errno> {
+    // SAFETY: `handle` is a valid `struct file_handle` that outlives the call; the kernel only
+    // reads it (the pointer is mutable in the C prototype only).
+    own_fd(unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (handle as *const KernelHandle)
+                .cast_mut()
+                .cast::<libc::file_handle>(),
+            flags | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// The filesystem type (`f_type` of fstatfs) of the object behind `fd`.
+pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `st` points to writable memory of the right size.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: the kernel filled the structure on success (and it was zeroed before).
+    let f_type = unsafe { st.assume_init() }.f_type;
+    // `__fsword_t` is i64 here but 32 bits wide on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(f_type as i64)
+}

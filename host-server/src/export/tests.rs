@@ -1398,3 +1398,67 @@ fn read_only_exports_refuse_exclusive_locks() {
     .unwrap();
     s.flock(f.ino, fh, 1, libc::LOCK_SH).unwrap();
 }
+
+#[test]
+fn operations_on_evicted_nodes_reopen_them_and_the_cache_stays_within_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = export(dir.path(), false);
+    ex.set_max_node_fds(3);
+    let s = ExportSession::new(ex);
+    let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0o022).unwrap();
+    let mut files = Vec::new();
+    for i in 0..40 {
+        let (e, fh) = create_file(&s, d.ino, &format!("f{i}"), format!("data {i}").as_bytes());
+        s.release(e.ino, fh).unwrap();
+        files.push(e.ino);
+    }
+    assert!(s.cached_node_fds() <= 3, "{} cached", s.cached_node_fds());
+    // Four threads at once: every node's descriptor is evicted and reopened many times over,
+    // and each operation sees its own file.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (s, files) = (&s, &files);
+            scope.spawn(move || {
+                for round in 0..5 {
+                    for (i, &ino) in files.iter().enumerate().skip(t) {
+                        let attr = s.getattr(ino, None).unwrap();
+                        assert_eq!(attr.size, format!("data {i}").len() as u64);
+                        let o = s.open(&CTX, ino, libc::O_RDONLY).unwrap();
+                        let got = s.read(ino, o.fh, 0, 100).unwrap();
+                        assert_eq!(got, format!("data {i}").as_bytes());
+                        s.release(ino, o.fh).unwrap();
+                        let name = format!("user.t{t}");
+                        s.setxattr(&CTX, ino, name.as_bytes(), b"v", 0).unwrap();
+                        s.access(&CTX, ino, libc::R_OK).unwrap();
+                        if round == 0 {
+                            s.lookup(&CTX, d.ino, format!("f{i}").as_bytes()).unwrap();
+                            s.forget(ino, 1);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert!(s.cached_node_fds() <= 3, "{} cached", s.cached_node_fds());
+    assert!(
+        s.reopened_node_fds() > 100,
+        "only {} reopens",
+        s.reopened_node_fds()
+    );
+    // Removing a file on the host leaves a node that nothing keeps alive: ESTALE once its
+    // descriptor is gone, never another file's data.
+    std::fs::remove_file(dir.path().join("d").join("f0")).unwrap();
+    for &ino in &files[1..] {
+        s.getattr(ino, None).unwrap();
+    }
+    assert_eq!(s.getattr(files[0], None), Err(Errno::ESTALE));
+    // An open handle keeps its node's descriptor: fstat-like getattr without the handle still
+    // works after the file is removed and every other node has passed through the cache.
+    let o = s.open(&CTX, files[1], libc::O_RDONLY).unwrap();
+    std::fs::remove_file(dir.path().join("d").join("f1")).unwrap();
+    for &ino in &files[2..] {
+        s.getattr(ino, None).unwrap();
+    }
+    assert_eq!(s.getattr(files[1], None).unwrap().nlink, 0);
+    s.release(files[1], o.fh).unwrap();
+}
