@@ -23,57 +23,61 @@ enum Command {
     ///
     /// Both halves run in this process and talk the real protocol over a socket pair: what
     /// works here works between a host and a VM.
-    Share {
-        /// Host directory to share.
-        src: PathBuf,
-        /// Empty directory to mount it on.
-        mountpoint: PathBuf,
-        /// Refuse every change with EROFS.
-        #[arg(long)]
-        read_only: bool,
-        /// How the kernel caches: `cached` (kept coherent by host change events) or
-        /// `consistent` (nothing cached). Both raise inotify events for host changes.
-        #[arg(long, value_name = "MODE", default_value = "cached")]
-        cache: ferry_agent::CacheMode,
-        /// In `cached` mode, how long names and attributes may be kept without a host event,
-        /// in milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 60_000)]
-        attr_timeout_ms: u64,
-        /// How owners translate. `passthrough`: ids unchanged, files are created as the
-        /// calling user (needs root). `squash:UID:GID`: every file shows as owned by UID:GID
-        /// and everything created through the mount belongs to this process's user (`squash`
-        /// alone: this process's own ids). `map:[u:|g:|b:]GUEST:HOST:COUNT[,...]`: id ranges
-        /// as in an idmapped mount; ids outside every range show as 65534 and cannot be set
-        /// (needs root). Default: passthrough as root (the mount looks like SRC, as a bind
-        /// mount would), else squash to your own ids.
-        #[arg(long = "ids", value_name = "MODE", value_parser = parse_ids)]
-        ids: Option<ferry_host::IdMode>,
-        /// Keep owners set through the mount (chown, chgrp, and a chmod the host refuses) in
-        /// the user.ferry.owner xattr of each file. Default: on in squash mode, off otherwise.
-        #[arg(long, value_name = "on|off", value_parser = ferry_host::ids::parse_on_off)]
-        persist_owners: Option<bool>,
-        /// Who checks permissions: `guest` (the mount's kernel side, against the owners and
-        /// modes shown, as on a local disk) or `host` (every user may do what this process's
-        /// user may do). Default: host in squash mode, guest otherwise.
-        #[arg(long, value_name = "guest|host", value_parser = ferry_host::ids::parse_permissions)]
-        permissions: Option<ferry_host::Permissions>,
-        /// Let the mount create character and block device nodes in SRC (as root, as mknod
-        /// would). Off by default: a device node in SRC would open a device of this machine
-        /// for anyone who can reach it there.
-        #[arg(long)]
-        devices: bool,
-        /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
-        /// others are reopened by kernel file handle when needed (as root; unprivileged, every
-        /// node keeps its descriptor).
-        #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
-        max_node_fds: usize,
-    },
+    Share(ShareArgs),
     /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
     /// under PATH, without following symlinks or leaving PATH's filesystem.
     StripOwners {
         /// The tree to clean.
         path: PathBuf,
     },
+}
+
+/// The arguments of `ferry share`.
+#[derive(clap::Args, Debug)]
+struct ShareArgs {
+    /// Host directory to share.
+    src: PathBuf,
+    /// Empty directory to mount it on.
+    mountpoint: PathBuf,
+    /// Refuse every change with EROFS.
+    #[arg(long)]
+    read_only: bool,
+    /// How the kernel caches: `cached` (kept coherent by host change events) or
+    /// `consistent` (nothing cached). Both raise inotify events for host changes.
+    #[arg(long, value_name = "MODE", default_value = "cached")]
+    cache: ferry_agent::CacheMode,
+    /// In `cached` mode, how long names and attributes may be kept without a host event,
+    /// in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    attr_timeout_ms: u64,
+    /// How owners translate. `passthrough`: ids unchanged, files are created as the
+    /// calling user (needs root). `squash:UID:GID`: every file shows as owned by UID:GID
+    /// and everything created through the mount belongs to this process's user (`squash`
+    /// alone: this process's own ids). `map:[u:|g:|b:]GUEST:HOST:COUNT[,...]`: id ranges
+    /// as in an idmapped mount; ids outside every range show as 65534 and cannot be set
+    /// (needs root). Default: passthrough as root (the mount looks like SRC, as a bind
+    /// mount would), else squash to your own ids.
+    #[arg(long = "ids", value_name = "MODE", value_parser = parse_ids)]
+    ids: Option<ferry_host::IdMode>,
+    /// Keep owners set through the mount (chown, chgrp, and a chmod the host refuses) in
+    /// the user.ferry.owner xattr of each file. Default: on in squash mode, off otherwise.
+    #[arg(long, value_name = "on|off", value_parser = ferry_host::ids::parse_on_off)]
+    persist_owners: Option<bool>,
+    /// Who checks permissions: `guest` (the mount's kernel side, against the owners and
+    /// modes shown, as on a local disk) or `host` (every user may do what this process's
+    /// user may do). Default: host in squash mode, guest otherwise.
+    #[arg(long, value_name = "guest|host", value_parser = ferry_host::ids::parse_permissions)]
+    permissions: Option<ferry_host::Permissions>,
+    /// Let the mount create character and block device nodes in SRC (as root, as mknod
+    /// would). Off by default: a device node in SRC would open a device of this machine
+    /// for anyone who can reach it there.
+    #[arg(long)]
+    devices: bool,
+    /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
+    /// others are reopened by kernel file handle when needed (as root; unprivileged, every
+    /// node keeps its descriptor).
+    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
+    max_node_fds: usize,
 }
 
 fn parse_ids(s: &str) -> Result<ferry_host::IdMode, String> {
@@ -85,31 +89,7 @@ fn main() -> std::process::ExitCode {
     ferry_host::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Share {
-            src,
-            mountpoint,
-            read_only,
-            cache,
-            attr_timeout_ms,
-            ids,
-            persist_owners,
-            permissions,
-            devices,
-            max_node_fds,
-        } => share(
-            src,
-            mountpoint,
-            read_only,
-            devices,
-            cache,
-            Duration::from_millis(attr_timeout_ms),
-            ferry_host::IdOptions {
-                mode: ids,
-                persist_owners,
-                permissions,
-            },
-            max_node_fds,
-        ),
+        Command::Share(args) => share(args),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
     };
     match result {
@@ -121,16 +101,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn share(
-    src: PathBuf,
-    mountpoint: PathBuf,
-    read_only: bool,
-    devices: bool,
-    cache: ferry_agent::CacheMode,
-    ttl: Duration,
-    ids: ferry_host::IdOptions,
-    max_node_fds: usize,
-) -> anyhow::Result<()> {
+fn share(args: ShareArgs) -> anyhow::Result<()> {
+    let ShareArgs {
+        src,
+        mountpoint,
+        read_only,
+        cache,
+        attr_timeout_ms,
+        ids,
+        persist_owners,
+        permissions,
+        devices,
+        max_node_fds,
+    } = args;
+    let ttl = Duration::from_millis(attr_timeout_ms);
+    let ids = ferry_host::IdOptions {
+        mode: ids,
+        persist_owners,
+        permissions,
+    };
     // Signals are taken before any thread starts so that every thread inherits the mask.
     let shutdown = ferry_agent::shutdown_on_signals()?;
     let name = "share".to_string();

@@ -577,55 +577,6 @@ pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
-        let reclen = (DIRENT_HEADER + name.len() + 1).div_ceil(8) * 8;
-        let mut v = Vec::with_capacity(reclen);
-        v.extend_from_slice(&ino.to_ne_bytes());
-        v.extend_from_slice(&off.to_ne_bytes());
-        v.extend_from_slice(&(reclen as u16).to_ne_bytes());
-        v.push(kind);
-        v.extend_from_slice(name);
-        v.resize(reclen, 0);
-        v
-    }
-
-    #[test]
-    fn parses_records_and_stops_at_garbage() {
-        let mut buf = record(5, 10, 4, b"abc");
-        buf.extend(record(6, 20, 8, b"a-longer-name"));
-        let got: Vec<_> = parse_dirents(&buf)
-            .map(|d| (d.ino, d.off, d.kind, d.name.to_vec()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (5, 10, 4, b"abc".to_vec()),
-                (6, 20, 8, b"a-longer-name".to_vec())
-            ]
-        );
-        // A record length running past the buffer ends the walk instead of reading past it.
-        let mut bad = record(7, 30, 8, b"x");
-        bad[16..18].copy_from_slice(&200u16.to_ne_bytes());
-        assert_eq!(parse_dirents(&bad).count(), 0);
-        // A record length below the header size ends the walk too.
-        let mut tiny = record(7, 30, 8, b"x");
-        tiny[16..18].copy_from_slice(&3u16.to_ne_bytes());
-        assert_eq!(parse_dirents(&tiny).count(), 0);
-        // A name without its terminating NUL is rejected.
-        let mut nonul = record(7, 30, 8, b"1234");
-        let len = nonul.len();
-        for b in &mut nonul[DIRENT_HEADER..len] {
-            *b = b'z';
-        }
-        assert_eq!(parse_dirents(&nonul).count(), 0);
-        assert_eq!(parse_dirents(&buf[..5]).count(), 0);
-    }
-}
-
 /// Largest kernel file handle (`MAX_HANDLE_SZ`).
 pub(crate) const MAX_HANDLE_SZ: usize = 128;
 
@@ -712,4 +663,53 @@ pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     // `__fsword_t` is i64 here but 32 bits wide on some targets.
     #[allow(clippy::unnecessary_cast)]
     Ok(f_type as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
+        let reclen = (DIRENT_HEADER + name.len() + 1).div_ceil(8) * 8;
+        let mut v = Vec::with_capacity(reclen);
+        v.extend_from_slice(&ino.to_ne_bytes());
+        v.extend_from_slice(&off.to_ne_bytes());
+        v.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        v.push(kind);
+        v.extend_from_slice(name);
+        v.resize(reclen, 0);
+        v
+    }
+
+    #[test]
+    fn parses_records_and_stops_at_garbage() {
+        let mut buf = record(5, 10, 4, b"abc");
+        buf.extend(record(6, 20, 8, b"a-longer-name"));
+        let got: Vec<_> = parse_dirents(&buf)
+            .map(|d| (d.ino, d.off, d.kind, d.name.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (5, 10, 4, b"abc".to_vec()),
+                (6, 20, 8, b"a-longer-name".to_vec())
+            ]
+        );
+        // A record length running past the buffer ends the walk instead of reading past it.
+        let mut bad = record(7, 30, 8, b"x");
+        bad[16..18].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(parse_dirents(&bad).count(), 0);
+        // A record length below the header size ends the walk too.
+        let mut tiny = record(7, 30, 8, b"x");
+        tiny[16..18].copy_from_slice(&3u16.to_ne_bytes());
+        assert_eq!(parse_dirents(&tiny).count(), 0);
+        // A name without its terminating NUL is rejected.
+        let mut nonul = record(7, 30, 8, b"1234");
+        let len = nonul.len();
+        for b in &mut nonul[DIRENT_HEADER..len] {
+            *b = b'z';
+        }
+        assert_eq!(parse_dirents(&nonul).count(), 0);
+        assert_eq!(parse_dirents(&buf[..5]).count(), 0);
+    }
 }
