@@ -490,3 +490,43 @@ fn cached_view_follows_interleaved_host_and_guest_changes() {
         panic!("{e}");
     }
 }
+
+/// A guest that only reads a file must not swallow a host change to it: closing a read-only
+/// handle is no change of the guest's, so the host's rewrite made while the guest had the
+/// file open still reaches the guest's cache (found by the scale work: the release of any
+/// handle used to be recorded as the guest's own change).
+#[test]
+fn a_guest_reader_does_not_hide_host_writes() {
+    if !fuse_available("a_guest_reader_does_not_hide_host_writes") {
+        return;
+    }
+    let share = Share::start();
+    let host = share.src().join("f");
+    let guest = share.mnt().join("f");
+    std::fs::write(&host, b"v0").unwrap();
+    assert_eq!(std::fs::read(&guest).unwrap(), b"v0");
+    for i in 1..=20 {
+        let want = format!("v{i}");
+        // Open for reading, let the host rewrite the file, close at once: the close reaches
+        // the server before the watcher has looked at the host's write.
+        let mut f = std::fs::File::open(&guest).unwrap();
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut buf).unwrap();
+        std::fs::write(&host, want.as_bytes()).unwrap();
+        drop(f);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let seen = std::fs::read(&guest).unwrap();
+            if seen == want.as_bytes() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {i}: the guest still reads {:?} 3 s after the host wrote {want:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(share.stop().success());
+}

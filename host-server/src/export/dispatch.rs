@@ -100,7 +100,12 @@ impl ExportSession {
             }
             (Request::Setattr(r), _) => self.echo_inode(r.ino),
             (Request::Write(r), _) => self.echo_inode(r.ino),
-            (Request::Release(r), _) => self.echo_inode(r.ino),
+            // Closing a handle that could write raises the host's IN_CLOSE_WRITE; closing a
+            // read-only one changes nothing, and recording the file's state then would take a
+            // host write made while the guest was reading for the guest's own.
+            (Request::Release(r), _) if r.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                self.echo_inode(r.ino)
+            }
             (Request::Fallocate(r), _) => self.echo_inode(r.ino),
             (Request::Setxattr(r), _) => self.echo_inode(r.ino),
             (Request::Removexattr(r), _) => self.echo_inode(r.ino),
