@@ -19,9 +19,11 @@ use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
 use crate::export::{ExportSession, SetAttrs, XattrReply};
 
 /// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
-/// intersection with what the kernel offers.
+/// intersection with what the kernel offers. Not `ATOMIC_O_TRUNC`: with it the kernel sends
+/// O_TRUNC in OPEN and the host truncates before the kernel's own checks, so an open of a file
+/// being executed would answer ETXTBSY and leave the file empty; without it the kernel
+/// truncates with SETATTR once those checks have passed.
 const OFFERED: u32 = init_flags::ASYNC_READ
-    | init_flags::ATOMIC_O_TRUNC
     | init_flags::BIG_WRITES
     | init_flags::AUTO_INVAL_DATA
     | init_flags::DO_READDIRPLUS
