@@ -6,9 +6,9 @@
 //!   each with its reason; so a new regression fails here. Ferry must also skip exactly what
 //!   bindfs skips, so nothing can hide behind a skip.
 //! - fsx (asomers' fsx-rs, the File System eXerciser) runs a fixed number of random reads,
-//!   writes, truncates, mmap reads and writes, hole punches, fallocates, copy_file_range and
-//!   sendfile on one file per run, with fixed seeds and several file sizes, against both cache
-//!   modes, and must find no difference from its in-memory copy.
+//!   writes, truncates, mmap reads and writes (with and without msync), hole punches,
+//!   fallocates, copy_file_range and sendfile on one file per run, with fixed seeds and several
+//!   file sizes, against both cache modes, and must find no difference from its in-memory copy.
 //!
 //! Both tools come from the crate registry, pinned: `bash .ci/conformance-tools` builds them
 //! into ~/.cache/ferry-conformance (CI runs it). Without them the tests say SKIPPED, except
@@ -413,10 +413,13 @@ fn pjdfstest_fails_nothing_bindfs_passes() {
 }
 
 /// fsx settings: every operation fsx-rs has, mmap reads and writes as often as plain ones.
-fn fsx_toml(flen: u64, max_op: u64) -> String {
+/// Without `msync`, mmap writes stay dirty pages in the guest while reads and writes go on.
+fn fsx_toml(flen: u64, max_op: u64, msync: bool) -> String {
+    let nomsync = !msync;
     format!(
         r#"
 flen = {flen}
+nomsyncafterwrite = {nomsync}
 [opsize]
 max = {max_op}
 min = 0
@@ -440,14 +443,16 @@ copy_file_range = 1
     )
 }
 
-/// (seed, maximum file length, largest single operation): a file smaller than a page, the
-/// default 256 KiB, and a 4 MiB file with operations up to 1 MiB (several FUSE requests each).
-const FSX_RUNS: [(u64, u64, u64); 3] = [
-    (1, 3000, 3000),
-    (2, 256 * 1024, 64 * 1024),
-    (3, 4 * 1024 * 1024, 1024 * 1024),
+/// One fsx run: seed, maximum file length, largest single operation, msync after mmap
+/// writes, operations. A file smaller than a page, the default 256 KiB (with and without
+/// msync), and a 4 MiB file with operations up to 1 MiB (several FUSE requests each; fewer
+/// operations, as each moves up to a megabyte).
+const FSX_RUNS: [(u64, u64, u64, bool, u64); 4] = [
+    (1, 3000, 3000, true, 10_000),
+    (2, 256 * 1024, 64 * 1024, true, 10_000),
+    (3, 4 * 1024 * 1024, 1024 * 1024, true, 2_000),
+    (4, 256 * 1024, 64 * 1024, false, 5_000),
 ];
-const FSX_OPS: u64 = 10_000;
 
 #[test]
 fn fsx_with_mmap_finds_no_corruption() {
@@ -460,22 +465,22 @@ fn fsx_with_mmap_finds_no_corruption() {
     let work = tempfile::tempdir().expect("tempdir");
     for mode in ["cached", "consistent"] {
         let share = Share::start_with(&["--cache", mode]);
-        for (seed, flen, max_op) in FSX_RUNS {
+        for (seed, flen, max_op, msync, ops) in FSX_RUNS {
             let config = work.path().join(format!("fsx-{seed}.toml"));
-            std::fs::write(&config, fsx_toml(flen, max_op)).expect("write config");
+            std::fs::write(&config, fsx_toml(flen, max_op, msync)).expect("write config");
             let artifacts = work.path().join(format!("{mode}-{seed}"));
             std::fs::create_dir(&artifacts).expect("artifacts dir");
             let mut cmd = Command::new(bin);
             cmd.arg("-f")
                 .arg(&config)
                 .arg("-N")
-                .arg(FSX_OPS.to_string())
+                .arg(ops.to_string())
                 .arg("-S")
                 .arg(seed.to_string())
                 .arg("-P")
                 .arg(&artifacts)
                 .arg(share.mnt().join(format!("fsx-{seed}")));
-            let what = format!("fsx -S {seed} (flen {flen}) on ferry --cache {mode}");
+            let what = format!("fsx -S {seed} (flen {flen}, msync {msync}) on --cache {mode}");
             let out = run_with_deadline(cmd, Duration::from_secs(180), &what);
             let text = format!(
                 "{}{}",
