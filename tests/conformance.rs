@@ -210,6 +210,68 @@ impl Run {
     fn count(&self, o: Outcome) -> usize {
         self.outcomes.values().filter(|v| **v == o).count()
     }
+
+    /// Reads pjdfstest's output: a result line is `NAME   ok|FAILED|skipped`; the lines after
+    /// a failure that start with white space say why.
+    fn parse(text: &str) -> Run {
+        let mut outcomes = BTreeMap::new();
+        let mut messages: BTreeMap<String, String> = BTreeMap::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if line.starts_with(char::is_whitespace) {
+                if let Some(name) = &current {
+                    let m = messages.entry(name.clone()).or_default();
+                    if m.lines().count() < 4 && !line.contains("Backtrace") {
+                        m.push_str(line.trim());
+                        m.push(' ');
+                    }
+                }
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let outcome = match words.as_slice() {
+                [_, "ok"] => Outcome::Pass,
+                [_, "FAILED"] => Outcome::Fail,
+                [_, "skipped"] => Outcome::Skip,
+                _ => {
+                    current = None;
+                    continue;
+                }
+            };
+            outcomes.insert(words[0].to_string(), outcome);
+            current = (outcome == Outcome::Fail).then(|| words[0].to_string());
+        }
+        Run { outcomes, messages }
+    }
+
+    /// What `self` (a Ferry run called `name`) does worse than `bindfs`: failures bindfs does
+    /// not share that are not known differences, skips that are not bindfs's, missing cases.
+    fn differences(&self, name: &str, bindfs: &Run) -> Vec<String> {
+        let mut problems = Vec::new();
+        for case in self.with(Outcome::Fail) {
+            if bindfs.outcomes.get(case) == Some(&Outcome::Fail) || known_difference(case).is_some()
+            {
+                continue;
+            }
+            let why = self.messages.get(case).map(String::as_str).unwrap_or("");
+            problems.push(format!("{name}: {case} fails (bindfs: passes): {why}"));
+        }
+        // A case Ferry skipped could hide a failure: the skips must be bindfs's own.
+        if self.with(Outcome::Skip) != bindfs.with(Outcome::Skip) {
+            problems.push(format!(
+                "{name} skips {:?}, bindfs skips {:?}",
+                self.with(Outcome::Skip),
+                bindfs.with(Outcome::Skip)
+            ));
+        }
+        let missing: Vec<_> = (bindfs.outcomes.keys())
+            .filter(|k| !self.outcomes.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("{name}: no result for {missing:?}"));
+        }
+        problems
+    }
 }
 
 /// pjdfstest's configuration: every Linux feature the tested filesystems have, timestamps
@@ -255,41 +317,13 @@ fn pjdfstest(bin: &Path, config: &Path, secondary: &Path, dir: &Path, what: &str
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut outcomes = BTreeMap::new();
-    let mut messages = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        // A result line is `NAME   ok|FAILED|skipped`; the lines after a failure or skip that
-        // start with white space say why.
-        if line.starts_with(char::is_whitespace) {
-            if let Some(name) = &current {
-                let m: &mut String = messages.entry(name.clone()).or_default();
-                if m.lines().count() < 4 && !line.contains("Backtrace") {
-                    m.push_str(line.trim());
-                    m.push(' ');
-                }
-            }
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let outcome = match words.as_slice() {
-            [_, "ok"] => Outcome::Pass,
-            [_, "FAILED"] => Outcome::Fail,
-            [_, "skipped"] => Outcome::Skip,
-            _ => {
-                current = None;
-                continue;
-            }
-        };
-        outcomes.insert(words[0].to_string(), outcome);
-        current = (outcome == Outcome::Fail).then(|| words[0].to_string());
-    }
+    let run = Run::parse(&text);
     assert!(
-        outcomes.len() > 300,
+        run.outcomes.len() > 300,
         "pjdfstest on {what}: only {} results parsed:\n{text}",
-        outcomes.len()
+        run.outcomes.len()
     );
-    Run { outcomes, messages }
+    run
 }
 
 /// Why Ferry fails a pjdfstest case that bindfs passes, when that is not a bug to fix. Each
@@ -370,40 +404,17 @@ fn pjdfstest_fails_nothing_bindfs_passes() {
     let bindfs = &runs[1].1;
     let mut problems = Vec::new();
     for (name, run) in &runs[2..] {
-        let mut known = 0;
-        for case in run.with(Outcome::Fail) {
-            if bindfs.outcomes.get(case) == Some(&Outcome::Fail) {
-                continue;
-            }
-            if known_difference(case).is_some() {
-                known += 1;
-                continue;
-            }
-            let why = run.messages.get(case).map(String::as_str).unwrap_or("");
-            problems.push(format!("{name}: {case} fails (bindfs: passes): {why}"));
-        }
+        let known = (run.with(Outcome::Fail).into_iter())
+            .filter(|c| bindfs.outcomes.get(*c) != Some(&Outcome::Fail))
+            .filter(|c| known_difference(c).is_some())
+            .count();
         eprintln!("{name}: {known} failures are known differences from bindfs");
         for case in bindfs.with(Outcome::Fail) {
             if run.outcomes.get(case) == Some(&Outcome::Pass) {
                 eprintln!("{name}: passes {case}, which bindfs fails");
             }
         }
-        // A case Ferry skipped could hide a failure: the skips must be bindfs's own.
-        if run.with(Outcome::Skip) != bindfs.with(Outcome::Skip) {
-            problems.push(format!(
-                "{name} skips {:?}, bindfs skips {:?}",
-                run.with(Outcome::Skip),
-                bindfs.with(Outcome::Skip)
-            ));
-        }
-        let missing: Vec<_> = bindfs
-            .outcomes
-            .keys()
-            .filter(|k| !run.outcomes.contains_key(*k))
-            .collect();
-        if !missing.is_empty() {
-            problems.push(format!("{name}: no result for {missing:?}"));
-        }
+        problems.extend(run.differences(name, bindfs));
     }
     assert!(
         problems.is_empty(),
@@ -505,4 +516,38 @@ fn fsx_with_mmap_finds_no_corruption() {
             "ferry share --cache {mode} exited with {status}"
         );
     }
+}
+
+#[test]
+fn pjdfstest_comparison_catches_what_bindfs_does_not_fail() {
+    // The comparison itself, on made-up output in pjdfstest's format: a regression, a new
+    // skip and a missing case are reported; bindfs's own failures and known differences not.
+    let bindfs = Run::parse(
+        "open::a                  ok\n\
+         open::b                  FAILED\n\
+         \tassertion failed\n\
+         Backtrace:\n\
+         mknod::device::char      ok\n\
+         open::erofs              skipped\n\
+         \tRemounts (allow_remount) are not allowed\n\
+         link::gone               ok\n\
+         \nSummary: 1 failed, 1 skipped, 3 passed, 0 expected failures, 5 total\n",
+    );
+    assert_eq!(bindfs.count(Outcome::Pass), 3);
+    assert_eq!(bindfs.with(Outcome::Fail), BTreeSet::from(["open::b"]));
+    assert_eq!(bindfs.messages["open::b"].trim(), "assertion failed");
+    let same = Run::parse(
+        "open::a ok\nopen::b FAILED\nmknod::device::char FAILED\nopen::erofs skipped\n\
+         link::gone ok\n",
+    );
+    assert_eq!(same.differences("ferry", &bindfs), Vec::<String>::new());
+    let worse = Run::parse(
+        "open::a FAILED\n\twrong errno\nopen::b ok\nmknod::device::char ok\n\
+         open::erofs skipped\nrename::new skipped\n",
+    );
+    let found = worse.differences("ferry", &bindfs);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(found[0].starts_with("ferry: open::a fails (bindfs: passes): wrong errno"));
+    assert!(found[1].contains("rename::new"));
+    assert!(found[2].contains("link::gone"));
 }
