@@ -549,6 +549,8 @@ pub(crate) mod tests {
         assert_eq!(err, 0);
         let out = abi::InitOut::read_from_bytes(&body).unwrap();
         assert_eq!((out.major, out.minor, out.flags), (7, 31, OFFERED));
+        // The kernel must truncate after its own checks (ETXTBSY), not the host in OPEN.
+        assert_eq!(out.flags & init_flags::ATOMIC_O_TRUNC, 0);
         assert_eq!(out.max_write, MAX_DATA as u32);
         let old = abi::InitIn {
             major: 7,
