@@ -783,3 +783,83 @@ fn a_cached_miss_lasts_no_longer_than_the_attribute_timeout() {
     assert!(fs::metadata(&mine).unwrap().is_dir());
     assert!(share.stop().success());
 }
+
+#[test]
+fn a_truncating_open_of_a_running_program_leaves_it_whole() {
+    // pjdfstest's open::etxtbsy found this: with FUSE_ATOMIC_O_TRUNC the kernel sent O_TRUNC
+    // in OPEN, the host truncated the file, and only then did the kernel refuse the open with
+    // ETXTBSY, leaving a running program empty on the host. Compared with a plain directory.
+    if !fuse_available("a_truncating_open_of_a_running_program_leaves_it_whole") {
+        return;
+    }
+    let program = fs::read("/bin/sleep").expect("/bin/sleep");
+    let native = tempfile::tempdir().unwrap();
+    for mode in ["none", "cached", "consistent"] {
+        let share = (mode != "none").then(|| Share::start_with(&["--cache", mode]));
+        let root = share.as_ref().map_or(native.path(), |s| s.mnt());
+        let exe = root.join("running");
+        fs::write(&exe, &program).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        for (what, flags) in [
+            ("O_RDONLY|O_TRUNC", libc::O_RDONLY | libc::O_TRUNC),
+            ("O_WRONLY|O_TRUNC", libc::O_WRONLY | libc::O_TRUNC),
+            ("O_RDWR", libc::O_RDWR),
+        ] {
+            // SAFETY: a NUL-terminated path; the descriptor, if any, is closed at once.
+            let fd = unsafe { libc::open(cpath(&exe).as_ptr(), flags) };
+            let got = if fd < 0 {
+                last_errno()
+            } else {
+                // SAFETY: fd was just opened by us.
+                unsafe { libc::close(fd) };
+                "Ok".to_string()
+            };
+            assert_eq!(got, errno_name(libc::ETXTBSY), "{mode}: open({what})");
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{mode}: the program died"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            fs::read(&exe).unwrap(),
+            program,
+            "{mode}: the program changed"
+        );
+        if let Some(s) = &share {
+            assert_eq!(
+                fs::read(s.src().join("running")).unwrap(),
+                program,
+                "{mode}: host"
+            );
+        }
+        // Once the program has stopped, both truncating opens truncate, here and on the host.
+        for flags in [
+            libc::O_RDONLY | libc::O_TRUNC,
+            libc::O_WRONLY | libc::O_TRUNC,
+        ] {
+            fs::write(&exe, b"contents").unwrap();
+            let f = fs::OpenOptions::new()
+                .read(flags & libc::O_ACCMODE == libc::O_RDONLY)
+                .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
+                .custom_flags(libc::O_TRUNC)
+                .open(&exe)
+                .unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 0, "{mode}: {flags:#o}");
+            let mut got = Vec::new();
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                (&f).read_to_end(&mut got).unwrap();
+            }
+            assert!(got.is_empty(), "{mode}: read after a truncating open");
+            drop(f);
+            if let Some(s) = &share {
+                assert_eq!(fs::metadata(s.src().join("running")).unwrap().len(), 0);
+            }
+        }
+        if let Some(s) = share {
+            assert!(s.stop().success());
+        }
+    }
+}

@@ -31,3 +31,5 @@ mod fsx;
 mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
 mod vm_virtiofs;
+// pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.
+mod conformance;

@@ -794,8 +794,10 @@ impl Filesystem for FerryFs {
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
-            // open() forwards O_TRUNC to the host.
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // No FUSE_ATOMIC_O_TRUNC: with it the kernel forwards O_TRUNC in OPEN, so the host
+            // truncates before the kernel's own checks (a file being executed answers
+            // ETXTBSY, yet would be left empty). Without it the kernel truncates with SETATTR
+            // once those checks have passed, as on a local disk.
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let features = self.client.welcome().features;
         if features & proto::features::POSIX_LOCKS != 0 {

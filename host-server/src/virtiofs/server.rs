@@ -19,9 +19,11 @@ use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
 use crate::export::{ExportSession, SetAttrs, XattrReply};
 
 /// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
-/// intersection with what the kernel offers.
+/// intersection with what the kernel offers. Not `ATOMIC_O_TRUNC`: with it the kernel sends
+/// O_TRUNC in OPEN and the host truncates before the kernel's own checks, so an open of a file
+/// being executed would answer ETXTBSY and leave the file empty; without it the kernel
+/// truncates with SETATTR once those checks have passed.
 const OFFERED: u32 = init_flags::ASYNC_READ
-    | init_flags::ATOMIC_O_TRUNC
     | init_flags::BIG_WRITES
     | init_flags::AUTO_INVAL_DATA
     | init_flags::DO_READDIRPLUS
@@ -562,6 +564,8 @@ pub(crate) mod tests {
         assert_eq!(err, 0);
         let out = abi::InitOut::read_from_bytes(&body).unwrap();
         assert_eq!((out.major, out.minor, out.flags), (7, 32, OFFERED));
+        // The kernel must truncate after its own checks (ETXTBSY), not the host in OPEN.
+        assert_eq!(out.flags & init_flags::ATOMIC_O_TRUNC, 0);
         assert_eq!(out.max_write, MAX_DATA as u32);
         let old = abi::InitIn {
             major: 7,
