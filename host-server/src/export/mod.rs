@@ -47,6 +47,7 @@ mod inode;
 mod locks;
 mod ops;
 mod owners;
+mod replay;
 mod sys;
 mod watch;
 
@@ -73,6 +74,7 @@ use crate::ids::IdPolicy;
 pub use inode::ROOT_ID;
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
+pub use replay::{Replayer, Replaying, Side};
 pub use watch::Sink;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
@@ -160,6 +162,8 @@ pub struct Export {
     proc_fd: OwnedFd,
     /// Host change events: watcher, subscribers, echo fingerprints.
     events: Events,
+    /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
+    replayers: replay::Replayers,
 }
 
 impl Export {
@@ -207,6 +211,7 @@ impl Export {
             root,
             proc_fd,
             events: Events::default(),
+            replayers: replay::Replayers::default(),
         }))
     }
 
@@ -299,6 +304,7 @@ impl Drop for ExportSession {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
         self.export.unsubscribe(self.sid);
+        self.export.replayers.end_session(self.sid);
     }
 }
 

@@ -1,0 +1,313 @@
+//! Replayers: guest threads that replay this export's host changes on a mount that another
+//! front door serves.
+//!
+//! A virtio-fs mount has no notification path, so the guest agent runs with `--events-only`:
+//! it takes the export's changes over the stream protocol and replays each one on the
+//! virtio-fs mount with a real syscall (see `guest-agent/src/replay.rs`), which makes the guest
+//! kernel raise the inotify events. The syscall reaches the host as FUSE requests through the
+//! virtqueue; they must not touch host files (the change already happened there). So the agent
+//! brackets each replayed change with [`Request::Replay`](ferry_protocol::Request::Replay):
+//! `ExportSession::replay` records here, per export, which guest thread id replays which
+//! change, and a front door that sees a request from that thread (the FUSE header's pid) asks
+//! [`Export::replayer`] and [`ExportSession::replay_side`] what the request means instead of
+//! performing it.
+//!
+//! A change is kept as the host identities (device, inode) of the directories holding its
+//! names, not as node ids: the agent's session and the virtio-fs session number nodes
+//! independently, and the identities are what both can compare.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_protocol::{Change, ChangeKind, Errno};
+
+use super::{ExportSession, sys};
+
+/// A host object's identity: device and inode number.
+type Key = (u64, u64);
+
+/// The change one guest thread is replaying, in host identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaying {
+    /// What happened on the host.
+    pub kind: ChangeKind,
+    /// File type bits of the object (`S_IFMT`), 0 when unknown.
+    pub file_type: u32,
+    /// The directory holding `path` and the last component (`None`: the root itself, or a
+    /// directory no longer found on the host).
+    from: Option<(Key, Vec<u8>)>,
+    /// For a rename, the directory holding `to` and the last component.
+    to: Option<(Key, Vec<u8>)>,
+}
+
+/// Which name of the change being replayed a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The change's `path`: created, removed, changed, or a rename's source.
+    From,
+    /// A rename's target.
+    To,
+}
+
+/// What a guest thread is, as far as replays go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replayer {
+    /// A registered replay thread between two changes: nothing it asks may change the host.
+    Idle,
+    /// A replay thread replaying this change.
+    Replaying(Arc<Replaying>),
+}
+
+impl Replayer {
+    /// The change being replayed, if any.
+    pub fn change(&self) -> Option<&Replaying> {
+        match self {
+            Replayer::Idle => None,
+            Replayer::Replaying(r) => Some(r),
+        }
+    }
+}
+
+/// The replay threads of one export: guest thread id → (registering session, state).
+#[derive(Debug, Default)]
+pub(crate) struct Replayers {
+    threads: Mutex<HashMap<u32, (u64, Replayer)>>,
+    /// Number of entries, read without the lock on every front door request.
+    count: AtomicUsize,
+}
+
+impl Replayers {
+    fn set(&self, sid: u64, tid: u32, state: Replayer) {
+        let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(tid, (sid, state));
+        self.count.store(map.len(), Ordering::Release);
+    }
+
+    fn get(&self, pid: u32) -> Option<Replayer> {
+        if pid == 0 || self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&pid).map(|(_, r)| r.clone())
+    }
+
+    /// Drops every thread `sid` registered (its connection ended).
+    pub(crate) fn end_session(&self, sid: u64) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (s, _)| *s != sid);
+        self.count.store(map.len(), Ordering::Release);
+    }
+}
+
+impl super::Export {
+    /// What the guest thread `pid` (a FUSE request header's pid) is doing, if it is a
+    /// registered replay thread of this export.
+    pub fn replayer(&self, pid: u32) -> Option<Replayer> {
+        self.replayers.get(pid)
+    }
+}
+
+/// Splits a change path into its parent path and last component.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+impl ExportSession {
+    /// Registers guest thread `tid` as a replay thread of this export, replaying `change`
+    /// (`None`: between changes) until its next call; see the module docs. The registration
+    /// ends with this session.
+    pub fn replay(&self, tid: i32, change: Option<&Change>) -> Result<(), Errno> {
+        let tid = u32::try_from(tid).map_err(|_| Errno::EINVAL)?;
+        if tid == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let state = match change {
+            None => Replayer::Idle,
+            Some(c) => {
+                let name = |path: &[u8], parent: u64| {
+                    let (dir, last) = split(path);
+                    if last.is_empty() {
+                        return None;
+                    }
+                    let key = self.dir_key(parent, dir)?;
+                    Some((key, last.to_vec()))
+                };
+                let to = if c.kind == ChangeKind::Renamed {
+                    name(&c.to, c.to_parent)
+                } else {
+                    None
+                };
+                Replayer::Replaying(Arc::new(Replaying {
+                    kind: c.kind,
+                    file_type: c.file_type,
+                    from: name(&c.path, c.parent),
+                    to,
+                }))
+            }
+        };
+        tracing::debug!(tid, ?state, "replay thread");
+        self.export.replayers.set(self.sid, tid, state);
+        Ok(())
+    }
+
+    /// The identity of the directory holding a change's name: this session's node `node` when
+    /// it holds it, else the directory at `dir` (relative to the root, no symlinks followed).
+    fn dir_key(&self, node: u64, dir: &[u8]) -> Option<Key> {
+        if node != 0 {
+            if let Ok(n) = self.inodes.get(node) {
+                return Some((n.dev, n.ino));
+            }
+        }
+        let mut fd: OwnedFd = self.export.root.try_clone().ok()?;
+        for comp in dir.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if comp == b"." || comp == b".." {
+                return None;
+            }
+            let name = sys::cstring(comp).ok()?;
+            fd = sys::open_beneath(fd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)
+                .ok()?;
+        }
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// Which name of the change `r` the name `name` in this session's directory `parent` is,
+    /// if any.
+    pub fn replay_side(&self, r: &Replaying, parent: u64, name: &[u8]) -> Option<Side> {
+        let node = self.inodes.get(parent).ok()?;
+        let key = (node.dev, node.ino);
+        let is = |side: &Option<(Key, Vec<u8>)>| {
+            side.as_ref()
+                .is_some_and(|(k, n)| *k == key && n.as_slice() == name)
+        };
+        if is(&r.from) {
+            Some(Side::From)
+        } else if is(&r.to) {
+            Some(Side::To)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `name` exists in this session's directory `parent` (a read: no lookup taken).
+    pub fn has_name(&self, parent: u64, name: &[u8]) -> Result<bool, Errno> {
+        let dir = self.inodes.get(parent)?;
+        let name = sys::cstring(name)?;
+        match sys::fstatat_nofollow(dir.fd(), &name) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{Export, ExportConfig, ROOT_ID};
+    use ferry_protocol::Ctx;
+
+    fn export(dir: &std::path::Path) -> Arc<Export> {
+        Export::open(ExportConfig {
+            name: "t".into(),
+            path: dir.to_path_buf(),
+            read_only: false,
+            ids: crate::ids::IdPolicy::passthrough(),
+        })
+        .unwrap()
+    }
+
+    fn change(kind: ChangeKind, path: &str, to: &str) -> Change {
+        Change {
+            kind,
+            path: path.as_bytes().to_vec(),
+            to: to.as_bytes().to_vec(),
+            parent: 0,
+            to_parent: 0,
+            file_type: libc::S_IFREG,
+            entry: None,
+        }
+    }
+
+    #[test]
+    fn a_registered_thread_names_its_change_in_another_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
+        std::fs::write(dir.path().join("d/e/new"), b"").unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone());
+        let vfs = ExportSession::new(ex.clone());
+        assert_eq!(ex.replayer(42), None, "nobody registered");
+
+        agent
+            .replay(42, Some(&change(ChangeKind::Renamed, "d/e/old", "new")))
+            .unwrap();
+        let Some(Replayer::Replaying(r)) = ex.replayer(42) else {
+            panic!("42 is replaying");
+        };
+        assert_eq!(ex.replayer(43), None, "another thread");
+        assert_eq!(ex.replayer(0), None, "pid 0: the kernel's own requests");
+        // The other session's node ids.
+        let d = vfs.lookup(&Ctx::default(), ROOT_ID, b"d").unwrap().ino;
+        let e = vfs.lookup(&Ctx::default(), d, b"e").unwrap().ino;
+        assert_eq!(vfs.replay_side(&r, e, b"old"), Some(Side::From));
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"new"), Some(Side::To));
+        assert_eq!(vfs.replay_side(&r, d, b"old"), None, "same name, other dir");
+        assert_eq!(vfs.replay_side(&r, e, b"new"), None);
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"old"), None);
+        assert!(vfs.has_name(e, b"new").unwrap());
+        assert!(!vfs.has_name(e, b"old").unwrap());
+
+        agent.replay(42, None).unwrap();
+        assert_eq!(ex.replayer(42), Some(Replayer::Idle));
+        assert_eq!(agent.replay(0, None), Err(Errno::EINVAL));
+        assert_eq!(agent.replay(-5, None), Err(Errno::EINVAL));
+        drop(agent);
+        assert_eq!(ex.replayer(42), None, "registrations end with the session");
+    }
+
+    #[test]
+    fn names_resolve_through_the_session_nodes_or_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone());
+        let a = agent.lookup(&Ctx::default(), ROOT_ID, b"a").unwrap().ino;
+        // The directory moved on the host: the node still names it.
+        std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let mut c = change(ChangeKind::Removed, "a/f", "");
+        c.parent = a;
+        agent.replay(7, Some(&c)).unwrap();
+        let r = ex.replayer(7).unwrap();
+        let vfs = ExportSession::new(ex.clone());
+        let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
+        assert_eq!(vfs.replay_side(r.change().unwrap(), b, b"f"), Some(Side::From));
+        // Without a node, by path; a path that is not there (or leaves the export) names
+        // nothing.
+        for (path, found) in [("b/f", true), ("gone/f", false), ("../f", false)] {
+            agent
+                .replay(7, Some(&change(ChangeKind::Created, path, "")))
+                .unwrap();
+            let r = ex.replayer(7).unwrap();
+            assert_eq!(
+                vfs.replay_side(r.change().unwrap(), b, b"f").is_some(),
+                found,
+                "{path}"
+            );
+        }
+        // The root itself has no name.
+        agent
+            .replay(7, Some(&change(ChangeKind::Attrib, "", "")))
+            .unwrap();
+        let r = ex.replayer(7).unwrap();
+        assert_eq!(vfs.replay_side(r.change().unwrap(), ROOT_ID, b""), None);
+    }
+}
