@@ -172,8 +172,7 @@ impl ExportSession {
                 return None;
             }
             let name = sys::cstring(comp).ok()?;
-            fd = sys::open_beneath(fd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)
-                .ok()?;
+            fd = sys::open_beneath(fd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
         }
         let st = sys::fstat(fd.as_fd()).ok()?;
         Some((st.st_dev, st.st_ino))
@@ -289,7 +288,10 @@ mod tests {
         let r = ex.replayer(7).unwrap();
         let vfs = ExportSession::new(ex.clone());
         let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
-        assert_eq!(vfs.replay_side(r.change().unwrap(), b, b"f"), Some(Side::From));
+        assert_eq!(
+            vfs.replay_side(r.change().unwrap(), b, b"f"),
+            Some(Side::From)
+        );
         // Without a node, by path; a path that is not there (or leaves the export) names
         // nothing.
         for (path, found) in [("b/f", true), ("gone/f", false), ("../f", false)] {
