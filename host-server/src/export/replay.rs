@@ -93,6 +93,15 @@ impl Replayers {
         map.get(&pid).map(|(_, r)| r.clone())
     }
 
+    /// Whether session `sid` registered a replay thread.
+    fn registered(&self, sid: u64) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().any(|(s, _)| *s == sid)
+    }
+
     /// Drops every thread `sid` registered (its connection ended).
     pub(crate) fn end_session(&self, sid: u64) {
         if self.count.load(Ordering::Acquire) == 0 {
@@ -156,6 +165,12 @@ impl ExportSession {
         tracing::debug!(tid, ?state, "replay thread");
         self.export.replayers.set(self.sid, tid, state);
         Ok(())
+    }
+
+    /// Whether this session replays changes on a mount another front door serves: it then
+    /// gets every change of the export by path, whatever nodes it holds (see `watch.rs`).
+    pub(crate) fn replays(&self) -> bool {
+        self.export.replayers.registered(self.sid)
     }
 
     /// The identity of the directory holding a change's name: this session's node `node` when
@@ -271,6 +286,76 @@ mod tests {
         assert_eq!(agent.replay(-5, None), Err(Errno::EINVAL));
         drop(agent);
         assert_eq!(ex.replayer(42), None, "registrations end with the session");
+    }
+
+    /// A replaying session holds no nodes below the root, yet hears of changes anywhere in
+    /// the export, by path; a session that does not replay hears only of what it holds.
+    #[test]
+    fn a_replaying_session_gets_every_change_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        let ex = export(dir.path());
+        let watch = |replays: bool| {
+            let s = Arc::new(ExportSession::new(ex.clone()));
+            if replays {
+                s.replay(99, None).unwrap();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tx = Mutex::new(tx);
+            s.watch(Arc::new(move |c| {
+                let _ = tx.lock().unwrap().send(c);
+            }))
+            .unwrap();
+            (s, rx)
+        };
+        let (_replayer, changes) = watch(true);
+        let (_plain, plain_changes) = watch(false);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let p = dir.path();
+        std::fs::write(p.join("a/b/f"), b"x").unwrap();
+        std::fs::rename(p.join("a/b/f"), p.join("a/g")).unwrap();
+        std::fs::remove_file(p.join("a/g")).unwrap();
+        std::os::unix::fs::symlink("t", p.join("a/b/l")).unwrap();
+        // File types as found when the burst is looked at: the file may be gone by then (0,
+        // unknown), the symlink is there.
+        let f = libc::S_IFREG;
+        let want: Vec<(ChangeKind, &str, &str, u32)> = vec![
+            (ChangeKind::Created, "a/b/f", "", f),
+            (ChangeKind::Renamed, "a/b/f", "a/g", f),
+            (ChangeKind::Removed, "a/g", "", 0),
+            (ChangeKind::Created, "a/b/l", "", libc::S_IFLNK),
+        ];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want.len() && std::time::Instant::now() < deadline {
+            if let Ok(batch) = changes.recv_timeout(std::time::Duration::from_millis(100)) {
+                got.extend(batch);
+            }
+        }
+        // Data changes of a new file may be merged into its creation or follow it.
+        got.retain(|c| !matches!(c.kind, ChangeKind::Data | ChangeKind::DataClosed));
+        let got: Vec<_> = got
+            .iter()
+            .map(|c| {
+                (
+                    c.kind,
+                    String::from_utf8_lossy(&c.path).into_owned(),
+                    String::from_utf8_lossy(&c.to).into_owned(),
+                    if c.file_type == 0 && c.path.ends_with(b"f") {
+                        libc::S_IFREG
+                    } else {
+                        c.file_type
+                    },
+                )
+            })
+            .collect();
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(k, p, t, f)| (k, p.to_string(), t.to_string(), f))
+            .collect();
+        assert_eq!(got, want);
+        let plain: Vec<Change> = plain_changes.try_iter().flatten().collect();
+        assert!(plain.is_empty(), "{plain:?}");
     }
 
     #[test]

@@ -190,7 +190,12 @@ impl FuseServer {
     fn serve(&self, h: &InHeader, args: Args<'_>) -> Out {
         let s = &self.session;
         if let Some(who) = s.export().replayer(h.pid) {
-            return self.serve_replay(h, args, &who);
+            let out = self.serve_replay(h, args, &who);
+            if let Out::Err(e) = &out {
+                tracing::debug!(pid = h.pid, opcode = h.opcode, node = h.nodeid, error = ?e,
+                                "replay request refused");
+            }
+            return out;
         }
         if h.nodeid >= SYNTHETIC_BASE {
             return self.serve_synthetic(h, args);
@@ -417,8 +422,9 @@ impl FuseServer {
     /// A request from a replay thread: the change it replays already happened on the host, so
     /// nothing here writes to the host. Names of the change are answered as they were before
     /// it (see `guest-agent/src/replay.rs`, whose FUSE handlers do the same for the agent's own
-    /// mounts); a replayed creation, removal or rename succeeds only when the host already
-    /// shows its outcome, so a change overtaken by a newer one is never replayed over it; a
+    /// mounts); a replayed creation hands out the host's object (or a synthetic one when it is
+    /// gone again), and a removal or rename succeeds only when the host already shows its
+    /// outcome, so a change overtaken by a newer one is never replayed over it; a
     /// replayed open is a read-only open without `FOPEN_KEEP_CACHE`, so the guest drops the
     /// file's cached pages; a replayed time or size change answers the host's attributes.
     /// Requests that only read are performed as usual.
@@ -471,8 +477,16 @@ impl FuseServer {
                 if (side(ino, name), kind) != (Some(Side::From), Some(ChangeKind::Created)) {
                     return Out::Err(Errno::EPERM);
                 }
-                // The object the host created, never a new one.
-                let e = tri!(s.lookup(&ctx(h), ino, name));
+                // The object the host created, never a new one; when it is already gone again
+                // (a removal or rename follows), a synthetic node, so the creation is still
+                // seen and the change after it has a name to replay on.
+                let e = match s.lookup(&ctx(h), ino, name) {
+                    Ok(e) => e,
+                    Err(Errno::ENOENT) if h.opcode != opcode::CREATE => {
+                        return self.synthetic_reply(ft);
+                    }
+                    Err(e) => return Out::Err(e),
+                };
                 if e.attr.mode & libc::S_IFMT != ft {
                     // Replaced by another kind of object since: the kernel would refuse it.
                     s.forget(e.ino, 1);
@@ -1090,6 +1104,28 @@ pub(crate) mod tests {
             call(opcode::MKNOD, 1, &[mknod.as_bytes(), b"new\0"]).0,
             libc::EPERM,
             "other dir"
+        );
+        // Created and gone again before the replay: a synthetic node.
+        replay(Some(change(
+            ChangeKind::Created,
+            "d/brief",
+            "",
+            libc::S_IFDIR,
+        )));
+        let (err, body) = call(opcode::MKDIR, d, &[mkdir.as_bytes(), b"brief\0"]);
+        assert_eq!(err, 0);
+        let brief = entry(&body);
+        assert!(brief.nodeid >= SYNTHETIC_BASE);
+        assert_eq!(brief.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+        let forget = abi::ForgetIn { nlookup: 1 };
+        assert!(
+            s.handle(&request(
+                opcode::FORGET,
+                1,
+                brief.nodeid,
+                &[forget.as_bytes()]
+            ))
+            .is_none()
         );
 
         // Removed, and gone on the host: a synthetic node, and the removal succeeds.
