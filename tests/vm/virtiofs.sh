@@ -88,11 +88,15 @@ expect_events events-new-dir "n.*	$M/events	d\$"
 expect_events events-dir-rename "m.*	$M/events	d\$" "y.*	$M/events	d2\$"
 check events-new-dir-read test "$(cat events/d2/inner.txt)" = "inside a new directory"
 kill "$WATCH"
+wait "$WATCH"
 kill -TERM "$AGENT"
-# A hung agent is killed (and the step fails) rather than hanging the script.
-( sleep 30; kill -KILL "$AGENT" 2>/dev/null ) &
+# A hung agent is killed (and the step fails) rather than hanging the script; the killer
+# leaves the mount so that it cannot keep it busy.
+( cd / && sleep 30 && kill -KILL "$AGENT" 2>/dev/null ) &
+KILLER=$!
 wait "$AGENT"
 _rc=$?
+kill "$KILLER" 2>/dev/null
 grep -q "host change events ended" /tmp/agent.log || show /tmp/agent.log agent
 check events-agent-stops test "$_rc" = 0
 
