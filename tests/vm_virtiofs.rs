@@ -125,6 +125,7 @@ fn vm_virtiofs() {
         "events-read-at-once",
         "events-new-dir",
         "events-dir-rename",
+        "events-guest-change-once",
         "events-agent-stops",
         "umount",
     ] {

@@ -46,6 +46,9 @@ use crate::kernel::KernelNotifier;
 /// Pause before replaying the first change inside a directory just created (see `run`).
 const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Looked up once by a replay thread on a mount the host serves (see `run`).
+const LINK_NAME: &str = ".ferry-replay-link";
+
 /// The export root's node id.
 const ROOT_NODE: u64 = 1;
 
@@ -281,6 +284,10 @@ impl Replayer {
                       "the host refused this replay thread ({e:?}); no host change events");
                 return;
             }
+            // One request from this thread through the mount tells the host which of its
+            // sessions serves this guest, so that the guest's own changes through the mount
+            // are not replayed back to it. The name need not exist.
+            let _ = nix::sys::stat::lstat(&self.mountpoint.join(LINK_NAME));
         }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {

@@ -87,6 +87,12 @@ wait_host host-events 120
 expect_events events-new-dir "n.*	$M/events	d\$"
 expect_events events-dir-rename "m.*	$M/events	d\$" "y.*	$M/events	d2\$"
 check events-new-dir-read test "$(cat events/d2/inner.txt)" = "inside a new directory"
+
+# 8. The guest's own changes through the mount are not replayed back to it: one close-write.
+echo "made in the guest" > events/guest-made
+expect_events events-guest-change "w.*	$M/events	guest-made\$"
+sleep 2
+check events-guest-change-once test "$(grep -c "w.*	$M/events	guest-made\$" /tmp/events)" = 1
 kill "$WATCH"
 wait "$WATCH"
 kill -TERM "$AGENT"

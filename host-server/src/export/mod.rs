@@ -74,7 +74,7 @@ use crate::ids::IdPolicy;
 pub use inode::ROOT_ID;
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
-pub use replay::{Replayer, Replaying, Side};
+pub use replay::{Made, Replayer, Replaying, Side};
 pub use watch::Sink;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
@@ -384,7 +384,7 @@ impl ExportSession {
                 let fp = watch::Fingerprint::of_stat(&st);
                 self.export
                     .events
-                    .note_inode(self.sid, (node.dev, node.ino), fp);
+                    .note_inode(self.echo_sid(), (node.dev, node.ino), fp);
             }
         }
     }
@@ -397,7 +397,7 @@ impl ExportSession {
         if let Ok(node) = self.inodes.get(parent) {
             self.export
                 .events
-                .note_name(self.sid, (node.dev, node.ino), name, op);
+                .note_name(self.echo_sid(), (node.dev, node.ino), name, op);
         }
     }
 
@@ -416,7 +416,7 @@ impl ExportSession {
             let fp = watch::Fingerprint::of_stat(&st);
             self.export
                 .events
-                .note_inode(self.sid, (st.st_dev, st.st_ino), fp);
+                .note_inode(self.echo_sid(), (st.st_dev, st.st_ino), fp);
         }
     }
 

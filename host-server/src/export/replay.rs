@@ -12,6 +12,12 @@
 //! [`Export::replayer`] and [`ExportSession::replay_side`] what the request means instead of
 //! performing it.
 //!
+//! A guest that mounts with virtio-fs also changes the export through that front door, and
+//! those changes must not come back to it as events. The virtio-fs session is linked to the
+//! agent's session the first time a registered thread's request arrives through it (the agent
+//! makes one at start), and from then on it records what it changes (`ExportSession::made`)
+//! under the agent session's echo records, which the watcher drops for that session.
+//!
 //! A change is kept as the host identities (device, inode) of the directories holding its
 //! names, not as node ids: the agent's session and the virtio-fs session number nodes
 //! independently, and the identities are what both can compare.
@@ -23,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_protocol::{Change, ChangeKind, Errno};
 
+use super::watch::NameOp;
 use super::{ExportSession, sys};
 
 /// A host object's identity: device and inode number.
@@ -74,6 +81,8 @@ impl Replayer {
 #[derive(Debug, Default)]
 pub(crate) struct Replayers {
     threads: Mutex<HashMap<u32, (u64, Replayer)>>,
+    /// Session → the replaying session whose guest it serves (see the module docs).
+    links: Mutex<HashMap<u64, u64>>,
     /// Number of entries, read without the lock on every front door request.
     count: AtomicUsize,
 }
@@ -85,12 +94,27 @@ impl Replayers {
         self.count.store(map.len(), Ordering::Release);
     }
 
-    fn get(&self, pid: u32) -> Option<Replayer> {
+    fn get(&self, pid: u32) -> Option<(u64, Replayer)> {
         if pid == 0 || self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&pid).map(|(_, r)| r.clone())
+        map.get(&pid).cloned()
+    }
+
+    fn link(&self, sid: u64, replaying: u64) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.insert(sid, replaying) != Some(replaying) {
+            tracing::debug!(sid, replaying, "session linked to a replaying session");
+        }
+    }
+
+    fn linked(&self, sid: u64) -> Option<u64> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(&sid).copied()
     }
 
     /// Whether session `sid` registered a replay thread.
@@ -110,6 +134,9 @@ impl Replayers {
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, (s, _)| *s != sid);
         self.count.store(map.len(), Ordering::Release);
+        drop(map);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.retain(|from, to| *from != sid && *to != sid);
     }
 }
 
@@ -117,8 +144,48 @@ impl super::Export {
     /// What the guest thread `pid` (a FUSE request header's pid) is doing, if it is a
     /// registered replay thread of this export.
     pub fn replayer(&self, pid: u32) -> Option<Replayer> {
-        self.replayers.get(pid)
+        self.replayers.get(pid).map(|(_, r)| r)
     }
+}
+
+/// What a front door that calls the typed methods itself (virtio-fs) changed, for
+/// [`ExportSession::made`]. Node ids are the session's.
+#[derive(Clone, Copy, Debug)]
+pub enum Made<'a> {
+    /// `name` in `parent` was created as (or hard-linked to) node `ino`.
+    Created {
+        /// The directory.
+        parent: u64,
+        /// The new name.
+        name: &'a [u8],
+        /// The node it names.
+        ino: u64,
+    },
+    /// `name` was removed from `parent`.
+    Removed {
+        /// The directory.
+        parent: u64,
+        /// The name.
+        name: &'a [u8],
+    },
+    /// `name` in `parent` was renamed to `newname` in `newparent` (`RENAME_*` flags).
+    Renamed {
+        /// The source directory.
+        parent: u64,
+        /// The source name.
+        name: &'a [u8],
+        /// The target directory.
+        newparent: u64,
+        /// The target name.
+        newname: &'a [u8],
+        /// `RENAME_*` flags.
+        flags: u32,
+    },
+    /// The data or attributes of node `ino` changed.
+    Changed {
+        /// The node.
+        ino: u64,
+    },
 }
 
 /// Splits a change path into its parent path and last component.
@@ -165,6 +232,60 @@ impl ExportSession {
         tracing::debug!(tid, ?state, "replay thread");
         self.export.replayers.set(self.sid, tid, state);
         Ok(())
+    }
+
+    /// As [`Export::replayer`](super::Export::replayer), for a request that arrived through this
+    /// session: a registered thread's request also links this session to the session that
+    /// registered it (see the module docs).
+    pub fn replayer(&self, pid: u32) -> Option<Replayer> {
+        let (sid, r) = self.export.replayers.get(pid)?;
+        if sid != self.sid {
+            self.export.replayers.link(self.sid, sid);
+        }
+        Some(r)
+    }
+
+    /// The session whose echo records this session's changes go to: its own, or the replaying
+    /// session it is linked to.
+    pub(crate) fn echo_sid(&self) -> u64 {
+        self.export.replayers.linked(self.sid).unwrap_or(self.sid)
+    }
+
+    /// Marks a mutation through the typed methods in flight, as `dispatch` does for protocol
+    /// requests: host events wait until the returned guard is dropped, so that what
+    /// [`ExportSession::made`] records before that is in place when they are looked at.
+    pub fn mutating(&self) -> impl Drop + '_ {
+        self.export.events.mutation()
+    }
+
+    /// Records what a mutation through the typed methods did, as `dispatch` does for protocol
+    /// requests, so that the host events it causes are not sent back to the guest that made
+    /// it. Call it before the [`ExportSession::mutating`] guard is dropped.
+    pub fn made(&self, m: Made<'_>) {
+        match m {
+            Made::Created { parent, name, ino } => {
+                self.echo_name(parent, name, NameOp::Created);
+                self.echo_inode(ino);
+            }
+            Made::Removed { parent, name } => self.echo_name(parent, name, NameOp::Removed),
+            Made::Renamed {
+                parent,
+                name,
+                newparent,
+                newname,
+                flags,
+            } => {
+                self.echo_name(parent, name, NameOp::RenamedFrom);
+                self.echo_name(newparent, newname, NameOp::Created);
+                self.echo_child(newparent, newname);
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    self.echo_name(newparent, newname, NameOp::RenamedFrom);
+                    self.echo_name(parent, name, NameOp::Created);
+                    self.echo_child(parent, name);
+                }
+            }
+            Made::Changed { ino } => self.echo_inode(ino),
+        }
     }
 
     /// Whether this session replays changes on a mount another front door serves: it then

@@ -22,7 +22,7 @@ use ferry_protocol::{Attr, ChangeKind, Ctx, Entry, Errno, MAX_DATA, SetTime, Tim
 use zerocopy::IntoBytes;
 
 use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
-use crate::export::{ExportSession, Replayer, SetAttrs, Side, XattrReply};
+use crate::export::{ExportSession, Made, Replayer, SetAttrs, Side, XattrReply};
 
 /// Node ids from here up are synthetic: objects a replay removes or renames that the host no
 /// longer has, answered here and unknown to the export session.
@@ -189,7 +189,7 @@ impl FuseServer {
     /// Every call into the export core.
     fn serve(&self, h: &InHeader, args: Args<'_>) -> Out {
         let s = &self.session;
-        if let Some(who) = s.export().replayer(h.pid) {
+        if let Some(who) = s.replayer(h.pid) {
             let out = self.serve_replay(h, args, &who);
             if let Out::Err(e) = &out {
                 tracing::debug!(pid = h.pid, opcode = h.opcode, node = h.nodeid, error = ?e,
@@ -203,11 +203,27 @@ impl FuseServer {
         self.perform(h, args)
     }
 
-    /// Performs a request on the host.
+    /// Performs a request on the host. Mutations are marked and recorded for the export's
+    /// watcher, so that their host events do not come back to this guest (see
+    /// [`ExportSession::made`]).
     fn perform(&self, h: &InHeader, mut args: Args<'_>) -> Out {
         let s = &self.session;
         let ino = h.nodeid;
         let cx = ctx(h);
+        let _mutating = is_mutation(h.opcode).then(|| s.mutating());
+        let changed = |r: Result<(), Errno>| {
+            if r.is_ok() {
+                s.made(Made::Changed { ino });
+            }
+            ok_unit(r)
+        };
+        let created = |parent: u64, name: &[u8], e: &ferry_protocol::Entry| {
+            s.made(Made::Created {
+                parent,
+                name,
+                ino: e.ino,
+            });
+        };
         match h.opcode {
             opcode::INIT => self.init(&mut args),
             opcode::DESTROY | opcode::SYNCFS => ok(&[]),
@@ -250,6 +266,7 @@ impl FuseServer {
                 let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
                 let attrs = set_attrs(&a);
                 let r = tri!(s.setattr(&cx, ino, fh, &attrs));
+                s.made(Made::Changed { ino });
                 self.attr_reply(&r)
             }
             opcode::READLINK => Out::Ok(tri!(s.readlink(ino))),
@@ -257,22 +274,35 @@ impl FuseServer {
                 let name = tri!(args.name());
                 let target = tri!(args.name());
                 let e = tri!(s.symlink(&cx, ino, name, target));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKNOD => {
                 let m: abi::MknodIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mknod(&cx, ino, name, m.mode, m.rdev, m.umask));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKDIR => {
                 let m: abi::MkdirIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mkdir(&cx, ino, name, m.mode, m.umask));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
-            opcode::UNLINK => ok_unit(s.unlink(&cx, ino, tri!(args.name()))),
-            opcode::RMDIR => ok_unit(s.rmdir(&cx, ino, tri!(args.name()))),
+            opcode::UNLINK | opcode::RMDIR => {
+                let name = tri!(args.name());
+                let r = if h.opcode == opcode::UNLINK {
+                    s.unlink(&cx, ino, name)
+                } else {
+                    s.rmdir(&cx, ino, name)
+                };
+                if r.is_ok() {
+                    s.made(Made::Removed { parent: ino, name });
+                }
+                ok_unit(r)
+            }
             opcode::RENAME | opcode::RENAME2 => {
                 let (newdir, flags) = if h.opcode == opcode::RENAME {
                     (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
@@ -282,18 +312,33 @@ impl FuseServer {
                 };
                 let old = tri!(args.name());
                 let new = tri!(args.name());
-                ok_unit(s.rename(&cx, ino, old, newdir, new, flags))
+                let r = s.rename(&cx, ino, old, newdir, new, flags);
+                if r.is_ok() {
+                    s.made(Made::Renamed {
+                        parent: ino,
+                        name: old,
+                        newparent: newdir,
+                        newname: new,
+                        flags,
+                    });
+                }
+                ok_unit(r)
             }
             opcode::LINK => {
                 let l: abi::LinkIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.link(&cx, l.oldnodeid, ino, name));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::OPEN | opcode::OPENDIR => {
                 let o: abi::OpenIn = tri!(args.obj());
                 let opened = if h.opcode == opcode::OPEN {
-                    tri!(s.open(&cx, ino, o.flags as i32))
+                    let opened = tri!(s.open(&cx, ino, o.flags as i32));
+                    if o.flags as i32 & libc::O_TRUNC != 0 {
+                        s.made(Made::Changed { ino });
+                    }
+                    opened
                 } else {
                     tri!(s.opendir(&cx, ino, o.flags as i32))
                 };
@@ -303,6 +348,7 @@ impl FuseServer {
                 let c: abi::CreateIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let r = tri!(s.create(&cx, ino, name, c.mode, c.umask, c.flags as i32));
+                created(ino, name, &r.entry);
                 let mut body = self.entry_out(&r.entry).as_bytes().to_vec();
                 body.extend_from_slice(open_out(&r.opened).as_bytes());
                 Out::Ok(body)
@@ -315,6 +361,7 @@ impl FuseServer {
                 let w: abi::WriteIn = tri!(args.obj());
                 let data = tri!(args.bytes(w.size as usize));
                 let n = tri!(s.write(ino, w.fh, w.offset, data));
+                s.made(Made::Changed { ino });
                 ok(abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -328,7 +375,7 @@ impl FuseServer {
             opcode::RELEASE | opcode::RELEASEDIR => {
                 let r: abi::ReleaseIn = tri!(args.obj());
                 if h.opcode == opcode::RELEASE {
-                    ok_unit(s.release(ino, r.fh))
+                    changed(s.release(ino, r.fh))
                 } else {
                     ok_unit(s.releasedir(ino, r.fh))
                 }
@@ -400,12 +447,12 @@ impl FuseServer {
                 let x: abi::SetxattrIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let value = tri!(args.bytes(x.size as usize));
-                ok_unit(s.setxattr(&cx, ino, name, value, x.flags as i32))
+                changed(s.setxattr(&cx, ino, name, value, x.flags as i32))
             }
-            opcode::REMOVEXATTR => ok_unit(s.removexattr(&cx, ino, tri!(args.name()))),
+            opcode::REMOVEXATTR => changed(s.removexattr(&cx, ino, tri!(args.name()))),
             opcode::FALLOCATE => {
                 let f: abi::FallocateIn = tri!(args.obj());
-                ok_unit(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
+                changed(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
             }
             opcode::LSEEK => {
                 let l: abi::LseekIn = tri!(args.obj());
@@ -701,6 +748,30 @@ impl FuseServer {
     }
 }
 
+/// Requests that can change the host tree (and so cause host events), as `dispatch` counts
+/// them; an OPEN counts, since it may truncate.
+fn is_mutation(op: u32) -> bool {
+    matches!(
+        op,
+        opcode::SETATTR
+            | opcode::SYMLINK
+            | opcode::MKNOD
+            | opcode::MKDIR
+            | opcode::UNLINK
+            | opcode::RMDIR
+            | opcode::RENAME
+            | opcode::RENAME2
+            | opcode::LINK
+            | opcode::OPEN
+            | opcode::CREATE
+            | opcode::WRITE
+            | opcode::RELEASE
+            | opcode::SETXATTR
+            | opcode::REMOVEXATTR
+            | opcode::FALLOCATE
+    )
+}
+
 fn ok_unit(r: Result<(), Errno>) -> Out {
     match r {
         Ok(()) => Out::Ok(Vec::new()),
@@ -773,6 +844,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::export::{Export, ExportConfig};
     use abi::{InHeader, OutHeader};
+    use std::sync::Arc;
     use zerocopy::FromBytes;
 
     /// A request's bytes: header for `opcode` on `nodeid`, then `parts`.
@@ -1322,6 +1394,96 @@ pub(crate) mod tests {
         drop(agent);
         assert_eq!(call(opcode::UNLINK, 1, &[b"back\0"]).0, 0);
         assert!(!p.join("moved").exists() && !p.join("back").exists());
+    }
+
+    /// Once the replay thread has sent a request through the virtio-fs session, what the
+    /// guest changes through it is not sent to the replaying session as host changes; what
+    /// the host changes is.
+    #[test]
+    fn the_guest_s_own_changes_are_not_replayed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("file"), b"x").unwrap();
+        let s = server(p, false);
+        let agent = Arc::new(ExportSession::new(s.session().export().clone()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        agent
+            .watch(Arc::new(move |c| {
+                let _ = tx.lock().unwrap().send(c);
+            }))
+            .unwrap();
+        agent.replay(TID as i32, None).unwrap();
+        assert_eq!(
+            call_as(&s, TID, opcode::LOOKUP, 1, &[b".ferry-replay-link\0"]).0,
+            libc::ENOENT
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        // The guest (pid 77): a file, a directory, a write, a rename and a removal.
+        let m = abi::MknodIn {
+            mode: libc::S_IFREG | 0o644,
+            ..abi::MknodIn::default()
+        };
+        assert_eq!(call(&s, opcode::MKNOD, 1, &[m.as_bytes(), b"mine\0"]).0, 0);
+        let d = abi::MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        assert_eq!(call(&s, opcode::MKDIR, 1, &[d.as_bytes(), b"dir\0"]).0, 0);
+        let (_, body) = call(&s, opcode::LOOKUP, 1, &[b"file\0"]);
+        let file = entry(&body).nodeid;
+        let o = abi::OpenIn {
+            flags: libc::O_WRONLY as u32,
+            open_flags: 0,
+        };
+        let (_, body) = call(&s, opcode::OPEN, file, &[o.as_bytes()]);
+        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
+        let w = abi::WriteIn {
+            fh,
+            size: 2,
+            ..abi::WriteIn::default()
+        };
+        assert_eq!(call(&s, opcode::WRITE, file, &[w.as_bytes(), b"yz"]).0, 0);
+        let rel = abi::ReleaseIn {
+            fh,
+            ..abi::ReleaseIn::default()
+        };
+        assert_eq!(call(&s, opcode::RELEASE, file, &[rel.as_bytes()]).0, 0);
+        let r = abi::RenameIn { newdir: 1 };
+        assert_eq!(
+            call(
+                &s,
+                opcode::RENAME,
+                1,
+                &[r.as_bytes(), b"mine\0", b"moved\0"]
+            )
+            .0,
+            0
+        );
+        assert_eq!(call(&s, opcode::UNLINK, 1, &[b"moved\0"]).0, 0);
+        // Then the host.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(p.join("theirs"), b"h").unwrap();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !got
+            .iter()
+            .any(|c: &ferry_protocol::Change| c.path == b"theirs")
+            && std::time::Instant::now() < deadline
+        {
+            if let Ok(batch) = rx.recv_timeout(Duration::from_millis(100)) {
+                got.extend(batch);
+            }
+        }
+        let paths: Vec<String> = got
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+            .collect();
+        assert!(
+            paths.iter().all(|p| p == "theirs"),
+            "the guest's own changes came back: {got:?}"
+        );
+        assert!(!paths.is_empty(), "the host's change did not arrive");
     }
 
     proptest::proptest! {
