@@ -589,15 +589,14 @@ pub(crate) fn mount_type(path: &Path) -> Option<String> {
 }
 
 fn mount_type_in(info: &[u8], path: &[u8]) -> Option<String> {
-    info.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let mut fields = line.split(|&b| b == b' ');
-            let mp = unescape_mountinfo(fields.nth(4)?);
-            // Optional fields end with a lone "-"; the type comes next.
-            let fstype = fields.skip_while(|f| *f != b"-").nth(1)?;
-            (mp == path).then(|| String::from_utf8_lossy(fstype).into_owned())
-        })
-        .last()
+    // The last line for a path is the topmost mount on it.
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let mp = unescape_mountinfo(fields.nth(4)?);
+        // Optional fields end with a lone "-"; the type comes next.
+        let fstype = fields.skip_while(|f| *f != b"-").nth(1)?;
+        (mp == path).then(|| String::from_utf8_lossy(fstype).into_owned())
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
