@@ -429,7 +429,7 @@ mod tests {
             .unwrap();
             (s, rx)
         };
-        let (_replayer, changes) = watch(true);
+        let (replayer, changes) = watch(true);
         let (_plain, plain_changes) = watch(false);
         std::thread::sleep(std::time::Duration::from_millis(100));
         let p = dir.path();
@@ -475,6 +475,7 @@ mod tests {
             .map(|(k, p, t, f)| (k, p.to_string(), t.to_string(), f))
             .collect();
         assert_eq!(got, want);
+        assert_eq!(replayer.node_count(), 1, "no lookups taken: only the root");
         let plain: Vec<Change> = plain_changes.try_iter().flatten().collect();
         assert!(plain.is_empty(), "{plain:?}");
     }

@@ -472,13 +472,17 @@ impl Export {
             entry,
         };
         let node_of = |key: Option<Key>| key.and_then(|k| session.inodes.id_of(k)).unwrap_or(0);
+        // A session that replays on a mount another front door serves (`replay.rs`) gets every
+        // change by path, and no lookups it could not hand to a kernel: what the guest kernel
+        // holds is that front door's business.
+        let by_path = session.replays();
         let lookup = |parent: u64, path: &Path| -> Option<Entry> {
+            if by_path {
+                return None;
+            }
             let name = path.file_name()?.as_bytes();
             session.lookup_for_change(parent, name).ok()
         };
-        // A session that replays on a mount another front door serves (`replay.rs`) gets every
-        // change by path: what the guest kernel holds is that front door's business.
-        let by_path = session.replays();
         let file_type = |entry: &Option<Entry>| match (entry, f.obj) {
             (Some(e), _) => e.attr.mode & libc::S_IFMT,
             (None, Some((_, fp))) if by_path => fp.mode & libc::S_IFMT,
