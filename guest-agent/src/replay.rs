@@ -46,9 +46,6 @@ use crate::kernel::KernelNotifier;
 /// Pause before replaying the first change inside a directory just created (see `run`).
 const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Looked up once by a replay thread on a mount the host serves (see `run`).
-const LINK_NAME: &str = ".ferry-replay-link";
-
 /// The export root's node id.
 const ROOT_NODE: u64 = 1;
 
@@ -101,6 +98,9 @@ pub struct ReplayStats {
 pub struct ReplayState {
     /// Thread id of the replay thread (0 until it runs).
     tid: AtomicI32,
+    /// The random number that links the host's session of a mount this agent does not serve
+    /// to this agent's (see `Replayer::bracket`).
+    link: AtomicU64,
     view: Mutex<Option<View>>,
     next_synthetic: AtomicU64,
     next_fh: AtomicU64,
@@ -279,15 +279,22 @@ impl Replayer {
         let tid = unsafe { libc::gettid() };
         self.state.tid.store(tid, Ordering::Relaxed);
         if self.bracket {
+            // Random per process run: std's hasher keys are.
+            let link = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (tid, std::process::id()),
+            );
+            self.state.link.store(link, Ordering::Relaxed);
             if let Err(e) = self.announce(None) {
                 warn!(mountpoint = %self.mountpoint.display(),
                       "the host refused this replay thread ({e:?}); no host change events");
                 return;
             }
-            // One request from this thread through the mount tells the host which of its
-            // sessions serves this guest, so that the guest's own changes through the mount
-            // are not replayed back to it. The name need not exist.
-            let _ = nix::sys::stat::lstat(&self.mountpoint.join(LINK_NAME));
+            // A lookup of the link name through the mount tells the host which of its sessions
+            // serves this guest: only this guest's thread ids count there, and the guest's own
+            // changes through the mount are not replayed back to it.
+            let name = format!("{}{link:016x}", proto::REPLAY_LINK_PREFIX);
+            let _ = nix::sys::stat::lstat(&self.mountpoint.join(name));
         }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {
@@ -344,6 +351,7 @@ impl Replayer {
                 Ctx::default(),
                 &Req::Replay(proto::Replay {
                     tid,
+                    link: self.state.link.load(Ordering::Relaxed),
                     change: change.cloned(),
                 }),
                 &[],

@@ -22,6 +22,10 @@ pub struct Version {
 /// Minor 1: [`Request::Replay`] ([`features::REPLAY`]).
 pub const VERSION: Version = Version { major: 2, minor: 1 };
 
+/// The name a replaying guest looks up through the other front door's mount (see
+/// [`Request::Replay`]): this prefix, then `link` as 16 lowercase hex digits.
+pub const REPLAY_LINK_PREFIX: &str = ".ferry-replay-";
+
 /// Feature bits, negotiated as the intersection of what both sides announce.
 pub mod features {
     /// The server answers `Readdirplus`.
@@ -356,9 +360,12 @@ bodies! {
     /// The guest thread `tid` (as the guest kernel reports it in FUSE request headers) replays
     /// host changes of this export on a mount another front door serves: from now until the
     /// next `Replay` of the same thread, its requests mean `change` (`None`: nothing, and
-    /// then every request of that thread that would change the host is refused). The
+    /// then every request of that thread that would change the host is refused). `link` is a
+    /// random number the guest also names in a lookup through that mount
+    /// (`.ferry-replay-` and 16 lowercase hex digits): it tells the other front door which of
+    /// its sessions is this guest's, so thread ids of other guests never match. The
     /// registration ends with the connection. Needs [`features::REPLAY`].
-    Replay { tid: i32, change: Option<Change> }
+    Replay { tid: i32, link: u64, change: Option<Change> }
 }
 
 /// What the server answers to each request kind.

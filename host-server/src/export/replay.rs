@@ -9,14 +9,17 @@
 //! brackets each replayed change with [`Request::Replay`](ferry_protocol::Request::Replay):
 //! `ExportSession::replay` records here, per export, which guest thread id replays which
 //! change, and a front door that sees a request from that thread (the FUSE header's pid) asks
-//! [`Export::replayer`] and [`ExportSession::replay_side`] what the request means instead of
-//! performing it.
+//! [`ExportSession::replayer`] and [`ExportSession::replay_side`] what the request means
+//! instead of performing it.
 //!
-//! A guest that mounts with virtio-fs also changes the export through that front door, and
-//! those changes must not come back to it as events. The virtio-fs session is linked to the
-//! agent's session the first time a registered thread's request arrives through it (the agent
-//! makes one at start), and from then on it records what it changes (`ExportSession::made`)
-//! under the agent session's echo records, which the watcher drops for that session.
+//! Thread ids are only unique within one guest, so a front door's session must first learn
+//! which replaying session is its guest's: the agent registers a random link number with its
+//! thread and looks up `.ferry-replay-<link in hex>` through the mount, and that lookup links
+//! the front door's session to the agent's ([`ExportSession::link_replayer`]). Only threads of
+//! the linked session count. The link also stops echoes: the guest changes the export through
+//! that front door too, and those changes must not come back to it as events, so the linked
+//! session records what it changes ([`ExportSession::made`]) under the agent session's echo
+//! records, which the watcher drops for that session.
 //!
 //! A change is kept as the host identities (device, inode) of the directories holding its
 //! names, not as node ids: the agent's session and the virtio-fs session number nodes
@@ -77,36 +80,53 @@ impl Replayer {
     }
 }
 
-/// The replay threads of one export: guest thread id → (registering session, state).
+/// The replay threads of one export, and which sessions of other front doors serve their
+/// guests.
 #[derive(Debug, Default)]
 pub(crate) struct Replayers {
-    threads: Mutex<HashMap<u32, (u64, Replayer)>>,
-    /// Session → the replaying session whose guest it serves (see the module docs).
+    /// (registering session, guest thread id) → state.
+    threads: Mutex<HashMap<(u64, u32), Replayer>>,
+    /// Link number (see [`Request::Replay`](ferry_protocol::Request::Replay)) → registering
+    /// session.
+    nonces: Mutex<HashMap<u64, u64>>,
+    /// Session of another front door → the replaying session of its guest.
     links: Mutex<HashMap<u64, u64>>,
-    /// Number of entries, read without the lock on every front door request.
+    /// Number of threads, read without a lock on every front door request.
     count: AtomicUsize,
 }
 
 impl Replayers {
-    fn set(&self, sid: u64, tid: u32, state: Replayer) {
+    fn set(&self, sid: u64, tid: u32, link: u64, state: Replayer) {
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(tid, (sid, state));
+        map.insert((sid, tid), state);
         self.count.store(map.len(), Ordering::Release);
+        drop(map);
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.insert(link, sid);
     }
 
-    fn get(&self, pid: u32) -> Option<(u64, Replayer)> {
+    /// The state of thread `pid` of the guest whose replaying session `sid` is linked to.
+    fn get(&self, sid: u64, pid: u32) -> Option<Replayer> {
         if pid == 0 || self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let replaying = self.linked(sid)?;
         let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&pid).cloned()
+        map.get(&(replaying, pid)).cloned()
     }
 
-    fn link(&self, sid: u64, replaying: u64) {
+    /// Links session `sid` to the replaying session that registered `link`.
+    fn link(&self, sid: u64, link: u64) -> bool {
+        let nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&replaying) = nonces.get(&link) else {
+            return false;
+        };
+        drop(nonces);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if links.insert(sid, replaying) != Some(replaying) {
             tracing::debug!(sid, replaying, "session linked to a replaying session");
         }
+        true
     }
 
     fn linked(&self, sid: u64) -> Option<u64> {
@@ -123,28 +143,20 @@ impl Replayers {
             return false;
         }
         let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().any(|(s, _)| *s == sid)
+        map.keys().any(|(s, _)| *s == sid)
     }
 
-    /// Drops every thread `sid` registered (its connection ended).
+    /// Forgets session `sid`: its threads and links (its connection ended).
     pub(crate) fn end_session(&self, sid: u64) {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (s, _)| *s != sid);
+        map.retain(|(s, _), _| *s != sid);
         self.count.store(map.len(), Ordering::Release);
         drop(map);
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.retain(|_, s| *s != sid);
+        drop(nonces);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.retain(|from, to| *from != sid && *to != sid);
-    }
-}
-
-impl super::Export {
-    /// What the guest thread `pid` (a FUSE request header's pid) is doing, if it is a
-    /// registered replay thread of this export.
-    pub fn replayer(&self, pid: u32) -> Option<Replayer> {
-        self.replayers.get(pid).map(|(_, r)| r)
     }
 }
 
@@ -198,9 +210,9 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 
 impl ExportSession {
     /// Registers guest thread `tid` as a replay thread of this export, replaying `change`
-    /// (`None`: between changes) until its next call; see the module docs. The registration
-    /// ends with this session.
-    pub fn replay(&self, tid: i32, change: Option<&Change>) -> Result<(), Errno> {
+    /// (`None`: between changes) until its next call, with the link number `link` (see
+    /// [`ExportSession::link_replayer`]). The registration ends with this session.
+    pub fn replay(&self, tid: i32, link: u64, change: Option<&Change>) -> Result<(), Errno> {
         let tid = u32::try_from(tid).map_err(|_| Errno::EINVAL)?;
         if tid == 0 {
             return Err(Errno::EINVAL);
@@ -230,19 +242,32 @@ impl ExportSession {
             }
         };
         tracing::debug!(tid, ?state, "replay thread");
-        self.export.replayers.set(self.sid, tid, state);
+        self.export.replayers.set(self.sid, tid, link, state);
         Ok(())
     }
 
-    /// As [`Export::replayer`](super::Export::replayer), for a request that arrived through this
-    /// session: a registered thread's request also links this session to the session that
-    /// registered it (see the module docs).
+    /// What the guest thread `pid` (a FUSE request header's pid) of the guest this session
+    /// serves is doing, if it is a registered replay thread: only the replaying session this
+    /// session is linked to counts, so thread ids of other guests never match.
     pub fn replayer(&self, pid: u32) -> Option<Replayer> {
-        let (sid, r) = self.export.replayers.get(pid)?;
-        if sid != self.sid {
-            self.export.replayers.link(self.sid, sid);
-        }
-        Some(r)
+        self.export.replayers.get(self.sid, pid)
+    }
+
+    /// If `name` is a replaying guest's link name (`REPLAY_LINK_PREFIX` and 16 hex digits, a
+    /// lookup the guest makes through this session), links this session to that guest's
+    /// replaying session and returns true.
+    pub fn link_replayer(&self, name: &[u8]) -> bool {
+        let Some(hex) = name.strip_prefix(ferry_protocol::REPLAY_LINK_PREFIX.as_bytes()) else {
+            return false;
+        };
+        let Some(link) = std::str::from_utf8(hex)
+            .ok()
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        else {
+            return false;
+        };
+        self.export.replayers.link(self.sid, link)
     }
 
     /// The session whose echo records this session's changes go to: its own, or the replaying
@@ -360,6 +385,12 @@ mod tests {
         .unwrap()
     }
 
+    const LINK: u64 = 0x0123_4567_89ab_cdef;
+
+    fn link_name(link: u64) -> String {
+        format!("{}{link:016x}", ferry_protocol::REPLAY_LINK_PREFIX)
+    }
+
     fn change(kind: ChangeKind, path: &str, to: &str) -> Change {
         Change {
             kind,
@@ -380,16 +411,36 @@ mod tests {
         let ex = export(dir.path());
         let agent = ExportSession::new(ex.clone());
         let vfs = ExportSession::new(ex.clone());
-        assert_eq!(ex.replayer(42), None, "nobody registered");
+        assert_eq!(vfs.replayer(42), None, "nobody registered");
 
         agent
-            .replay(42, Some(&change(ChangeKind::Renamed, "d/e/old", "new")))
+            .replay(
+                42,
+                LINK,
+                Some(&change(ChangeKind::Renamed, "d/e/old", "new")),
+            )
             .unwrap();
-        let Some(Replayer::Replaying(r)) = ex.replayer(42) else {
+        assert_eq!(vfs.replayer(42), None, "not linked yet");
+        assert!(
+            !vfs.link_replayer(link_name(LINK + 1).as_bytes()),
+            "unknown"
+        );
+        assert!(!vfs.link_replayer(b".ferry-replay-0123"));
+        assert!(!vfs.link_replayer(b"0123456789abcdef"));
+        assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        let Some(Replayer::Replaying(r)) = vfs.replayer(42) else {
             panic!("42 is replaying");
         };
-        assert_eq!(ex.replayer(43), None, "another thread");
-        assert_eq!(ex.replayer(0), None, "pid 0: the kernel's own requests");
+        assert_eq!(vfs.replayer(43), None, "another thread");
+        assert_eq!(vfs.replayer(0), None, "pid 0: the kernel's own requests");
+        // Another guest: its own thread 42, its own session; neither sees the other's.
+        let other_agent = ExportSession::new(ex.clone());
+        let other_vfs = ExportSession::new(ex.clone());
+        assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
+        other_agent.replay(42, 7, None).unwrap();
+        assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
+        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
+        assert!(matches!(vfs.replayer(42), Some(Replayer::Replaying(_))));
         // The other session's node ids.
         let d = vfs.lookup(&Ctx::default(), ROOT_ID, b"d").unwrap().ino;
         let e = vfs.lookup(&Ctx::default(), d, b"e").unwrap().ino;
@@ -401,12 +452,17 @@ mod tests {
         assert!(vfs.has_name(e, b"new").unwrap());
         assert!(!vfs.has_name(e, b"old").unwrap());
 
-        agent.replay(42, None).unwrap();
-        assert_eq!(ex.replayer(42), Some(Replayer::Idle));
-        assert_eq!(agent.replay(0, None), Err(Errno::EINVAL));
-        assert_eq!(agent.replay(-5, None), Err(Errno::EINVAL));
+        agent.replay(42, LINK, None).unwrap();
+        assert_eq!(vfs.replayer(42), Some(Replayer::Idle));
+        assert_eq!(agent.replay(0, LINK, None), Err(Errno::EINVAL));
+        assert_eq!(agent.replay(-5, LINK, None), Err(Errno::EINVAL));
         drop(agent);
-        assert_eq!(ex.replayer(42), None, "registrations end with the session");
+        assert_eq!(vfs.replayer(42), None, "registrations end with the session");
+        assert!(
+            !vfs.link_replayer(link_name(LINK).as_bytes()),
+            "and so do links"
+        );
+        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
     }
 
     /// A replaying session holds no nodes below the root, yet hears of changes anywhere in
@@ -419,7 +475,7 @@ mod tests {
         let watch = |replays: bool| {
             let s = Arc::new(ExportSession::new(ex.clone()));
             if replays {
-                s.replay(99, None).unwrap();
+                s.replay(99, LINK, None).unwrap();
             }
             let (tx, rx) = std::sync::mpsc::channel();
             let tx = Mutex::new(tx);
@@ -491,9 +547,10 @@ mod tests {
         std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
         let mut c = change(ChangeKind::Removed, "a/f", "");
         c.parent = a;
-        agent.replay(7, Some(&c)).unwrap();
-        let r = ex.replayer(7).unwrap();
+        agent.replay(7, LINK, Some(&c)).unwrap();
         let vfs = ExportSession::new(ex.clone());
+        assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        let r = vfs.replayer(7).unwrap();
         let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
         assert_eq!(
             vfs.replay_side(r.change().unwrap(), b, b"f"),
@@ -503,9 +560,9 @@ mod tests {
         // nothing.
         for (path, found) in [("b/f", true), ("gone/f", false), ("../f", false)] {
             agent
-                .replay(7, Some(&change(ChangeKind::Created, path, "")))
+                .replay(7, LINK, Some(&change(ChangeKind::Created, path, "")))
                 .unwrap();
-            let r = ex.replayer(7).unwrap();
+            let r = vfs.replayer(7).unwrap();
             assert_eq!(
                 vfs.replay_side(r.change().unwrap(), b, b"f").is_some(),
                 found,
@@ -514,9 +571,9 @@ mod tests {
         }
         // The root itself has no name.
         agent
-            .replay(7, Some(&change(ChangeKind::Attrib, "", "")))
+            .replay(7, LINK, Some(&change(ChangeKind::Attrib, "", "")))
             .unwrap();
-        let r = ex.replayer(7).unwrap();
+        let r = vfs.replayer(7).unwrap();
         assert_eq!(vfs.replay_side(r.change().unwrap(), ROOT_ID, b""), None);
     }
 }

@@ -189,6 +189,12 @@ impl FuseServer {
     /// Every call into the export core.
     fn serve(&self, h: &InHeader, args: Args<'_>) -> Out {
         let s = &self.session;
+        // A replaying guest's link name: links this session to its replaying session, and is
+        // answered ENOENT without a host lookup.
+        if h.opcode == opcode::LOOKUP && args.clone().name().is_ok_and(|name| s.link_replayer(name))
+        {
+            return Out::Err(Errno::ENOENT);
+        }
         if let Some(who) = s.replayer(h.pid) {
             let out = self.serve_replay(h, args, &who);
             if let Out::Err(e) = &out {
@@ -1109,6 +1115,18 @@ pub(crate) mod tests {
 
     /// The replay thread of the tests below.
     const TID: u32 = 4242;
+    /// Its link number.
+    const LINK: u64 = 0xfeed;
+
+    /// Links the server's session to the replaying session that registered [`LINK`], the way
+    /// the agent does: a lookup of the link name through the mount, answered ENOENT.
+    fn link(s: &FuseServer) {
+        let name = format!("{}{LINK:016x}\0", ferry_protocol::REPLAY_LINK_PREFIX);
+        assert_eq!(
+            call(s, opcode::LOOKUP, 1, &[name.as_bytes()]).0,
+            libc::ENOENT
+        );
+    }
 
     fn change(kind: ChangeKind, path: &str, to: &str, file_type: u32) -> ferry_protocol::Change {
         ferry_protocol::Change {
@@ -1136,7 +1154,7 @@ pub(crate) mod tests {
         let agent = ExportSession::new(s.session().export().clone());
         let before = snapshot(p);
         let replay =
-            |c: Option<ferry_protocol::Change>| agent.replay(TID as i32, c.as_ref()).unwrap();
+            |c: Option<ferry_protocol::Change>| agent.replay(TID as i32, LINK, c.as_ref()).unwrap();
         let call = |op, node, parts: &[&[u8]]| call_as(&s, TID, op, node, parts);
         let (_, body) = call(opcode::LOOKUP, 1, &[b"d\0"]);
         let d = entry(&body).nodeid;
@@ -1148,6 +1166,12 @@ pub(crate) mod tests {
             "",
             libc::S_IFREG,
         )));
+        let (err, body) = call(opcode::LOOKUP, d, &[b"new\0"]);
+        assert_eq!(err, 0, "not linked yet: served as usual");
+        let forget = abi::ForgetIn { nlookup: 1 };
+        let f = request(opcode::FORGET, 1, entry(&body).nodeid, &[forget.as_bytes()]);
+        assert!(s.handle(&f).is_none());
+        link(&s);
         assert_eq!(call(opcode::LOOKUP, d, &[b"new\0"]).0, libc::ENOENT);
         let mknod = abi::MknodIn {
             mode: libc::S_IFREG | 0o644,
@@ -1413,11 +1437,8 @@ pub(crate) mod tests {
                 let _ = tx.lock().unwrap().send(c);
             }))
             .unwrap();
-        agent.replay(TID as i32, None).unwrap();
-        assert_eq!(
-            call_as(&s, TID, opcode::LOOKUP, 1, &[b".ferry-replay-link\0"]).0,
-            libc::ENOENT
-        );
+        agent.replay(TID as i32, LINK, None).unwrap();
+        link(&s);
         std::thread::sleep(Duration::from_millis(100));
         // The guest (pid 77): a file, a directory, a write, a rename and a removal.
         let m = abi::MknodIn {

@@ -512,14 +512,15 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x01,                                           // on = true
         ], req(37, Request::Watch(Watch { on: true }))),
         (&[
-            0x2C, 0x00, 0x00, 0x00,                         // len = 44
+            0x2E, 0x00, 0x00, 0x00,                         // len = 46
             0x04, 0x00,                                     // kind = Request, flags = 0
             0x26, 0x00,                                     // op = 38 (Replay)
             0xC6, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC6
-            0x14, 0x00, 0x00, 0x00,                         // meta_len = 20
+            0x16, 0x00, 0x00, 0x00,                         // meta_len = 22
             0x01, 0x00, 0x00, 0x00,                         // aux = export 1
             0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0xA4, 0x13,                                     // tid = 1234: zigzag 2468
+            0xAB, 0x01,                                     // link = 0xAB: 0x2B|0x80, 1
             0x01,                                           // change: Some
             0x06,                                           //   kind = Renamed (variant 6)
             0x01, b'a',                                     //   path: len 1, "a"
@@ -528,7 +529,7 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0x02,                                           //   to_parent = 2
             0x80, 0x80, 0x02,                               //   file_type = S_IFREG 0x8000
             0x00,                                           //   entry: None
-        ], req(38, Request::Replay(Replay { tid: 1234, change: Some(Change {
+        ], req(38, Request::Replay(Replay { tid: 1234, link: 0xAB, change: Some(Change {
             kind: ChangeKind::Renamed,
             path: b"a".to_vec(),
             to: b"b".to_vec(),
