@@ -285,16 +285,13 @@ impl Replayer {
                 (tid, std::process::id()),
             );
             self.state.link.store(link, Ordering::Relaxed);
-            if let Err(e) = self.announce(None) {
-                warn!(mountpoint = %self.mountpoint.display(),
-                      "the host refused this replay thread ({e:?}); no host change events");
+            if let Err(e) = self.announce_linked(None) {
+                warn!(mountpoint = %self.mountpoint.display(), export = self.export,
+                      "the host refused this replay thread ({e:?}), or the mount is not a \
+                       virtio-fs mount of this export served by the same ferry-host; no host \
+                       change events");
                 return;
             }
-            // A lookup of the link name through the mount tells the host which of its sessions
-            // serves this guest: only this guest's thread ids count there, and the guest's own
-            // changes through the mount are not replayed back to it.
-            let name = format!("{}{link:016x}", proto::REPLAY_LINK_PREFIX);
-            let _ = nix::sys::stat::lstat(&self.mountpoint.join(name));
         }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {
@@ -357,6 +354,24 @@ impl Replayer {
                 &[],
             )
             .map(drop)
+    }
+
+    /// As [`Replayer::announce`], and when the host says that no session of the mount is
+    /// linked to this connection (ENXIO: the thread's requests would be performed as anyone's),
+    /// links it and asks again. A lookup of the link name through the mount tells the host
+    /// which of its sessions serves this guest: only this guest's thread ids count there, and
+    /// the guest's own changes through the mount are not replayed back to it. The name need
+    /// not exist. A VMM that reconnects gets a new, unlinked session, hence the retry here.
+    fn announce_linked(&self, change: Option<&Change>) -> Result<(), proto::Errno> {
+        match self.announce(change) {
+            Err(proto::Errno::ENXIO) => {
+                let link = self.state.link.load(Ordering::Relaxed);
+                let name = format!("{}{link:016x}", proto::REPLAY_LINK_PREFIX);
+                let _ = nix::sys::stat::lstat(&self.mountpoint.join(name));
+                self.announce(change)
+            }
+            r => r,
+        }
     }
 
     fn inval_inode(&self, ino: u64, offset: i64, len: i64) {
@@ -431,7 +446,7 @@ impl Replayer {
             return self.invalidate_only(c, &name);
         }
         if self.bracket && c.kind != ChangeKind::Overflow {
-            if let Err(e) = self.announce(Some(c)) {
+            if let Err(e) = self.announce_linked(Some(c)) {
                 self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
                 debug!(kind = ?c.kind, path = %path.display(), "the host refused the replay: {e:?}");
                 if let Some(e) = c.entry {

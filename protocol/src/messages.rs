@@ -363,7 +363,9 @@ bodies! {
     /// then every request of that thread that would change the host is refused). `link` is a
     /// random number the guest also names in a lookup through that mount
     /// (`.ferry-replay-` and 16 lowercase hex digits): it tells the other front door which of
-    /// its sessions is this guest's, so thread ids of other guests never match. The
+    /// its sessions is this guest's, so thread ids of other guests never match. Answered
+    /// ENXIO (the registration is made all the same) while no such session is linked: the
+    /// thread's requests are then performed like anyone's, so it must not replay. The
     /// registration ends with the connection. Needs [`features::REPLAY`].
     Replay { tid: i32, link: u64, change: Option<Change> }
 }

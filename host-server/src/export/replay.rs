@@ -129,6 +129,12 @@ impl Replayers {
         true
     }
 
+    /// Whether some session is linked to the replaying session `sid`.
+    fn is_linked_to(&self, sid: u64) -> bool {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.values().any(|s| *s == sid)
+    }
+
     fn linked(&self, sid: u64) -> Option<u64> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
@@ -211,7 +217,9 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 impl ExportSession {
     /// Registers guest thread `tid` as a replay thread of this export, replaying `change`
     /// (`None`: between changes) until its next call, with the link number `link` (see
-    /// [`ExportSession::link_replayer`]). The registration ends with this session.
+    /// [`ExportSession::link_replayer`]). The registration ends with this session. ENXIO
+    /// (after registering) when no session of another front door is linked to this one yet:
+    /// the thread's requests would then be performed as anyone's, so it must not replay.
     pub fn replay(&self, tid: i32, link: u64, change: Option<&Change>) -> Result<(), Errno> {
         let tid = u32::try_from(tid).map_err(|_| Errno::EINVAL)?;
         if tid == 0 {
@@ -243,7 +251,11 @@ impl ExportSession {
         };
         tracing::debug!(tid, ?state, "replay thread");
         self.export.replayers.set(self.sid, tid, link, state);
-        Ok(())
+        if self.export.replayers.is_linked_to(self.sid) {
+            Ok(())
+        } else {
+            Err(Errno::ENXIO)
+        }
     }
 
     /// What the guest thread `pid` (a FUSE request header's pid) of the guest this session
@@ -413,13 +425,12 @@ mod tests {
         let vfs = ExportSession::new(ex.clone());
         assert_eq!(vfs.replayer(42), None, "nobody registered");
 
-        agent
-            .replay(
-                42,
-                LINK,
-                Some(&change(ChangeKind::Renamed, "d/e/old", "new")),
-            )
-            .unwrap();
+        let renamed = change(ChangeKind::Renamed, "d/e/old", "new");
+        assert_eq!(
+            agent.replay(42, LINK, Some(&renamed)),
+            Err(Errno::ENXIO),
+            "registered, but nobody is linked yet"
+        );
         assert_eq!(vfs.replayer(42), None, "not linked yet");
         assert!(
             !vfs.link_replayer(link_name(LINK + 1).as_bytes()),
@@ -428,6 +439,7 @@ mod tests {
         assert!(!vfs.link_replayer(b".ferry-replay-0123"));
         assert!(!vfs.link_replayer(b"0123456789abcdef"));
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        assert_eq!(agent.replay(42, LINK, Some(&renamed)), Ok(()), "linked now");
         let Some(Replayer::Replaying(r)) = vfs.replayer(42) else {
             panic!("42 is replaying");
         };
@@ -437,7 +449,7 @@ mod tests {
         let other_agent = ExportSession::new(ex.clone());
         let other_vfs = ExportSession::new(ex.clone());
         assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
-        other_agent.replay(42, 7, None).unwrap();
+        assert_eq!(other_agent.replay(42, 7, None), Err(Errno::ENXIO));
         assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
         assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
         assert!(matches!(vfs.replayer(42), Some(Replayer::Replaying(_))));
@@ -475,7 +487,8 @@ mod tests {
         let watch = |replays: bool| {
             let s = Arc::new(ExportSession::new(ex.clone()));
             if replays {
-                s.replay(99, LINK, None).unwrap();
+                // Nobody links to it here: ENXIO, but it is registered.
+                assert_eq!(s.replay(99, LINK, None), Err(Errno::ENXIO));
             }
             let (tx, rx) = std::sync::mpsc::channel();
             let tx = Mutex::new(tx);
@@ -547,7 +560,7 @@ mod tests {
         std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
         let mut c = change(ChangeKind::Removed, "a/f", "");
         c.parent = a;
-        agent.replay(7, LINK, Some(&c)).unwrap();
+        assert_eq!(agent.replay(7, LINK, Some(&c)), Err(Errno::ENXIO));
         let vfs = ExportSession::new(ex.clone());
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let r = vfs.replayer(7).unwrap();

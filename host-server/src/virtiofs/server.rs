@@ -1160,18 +1160,19 @@ pub(crate) mod tests {
         let d = entry(&body).nodeid;
 
         // Created: the name was absent before; the creation hands out the host's object.
-        replay(Some(change(
-            ChangeKind::Created,
-            "d/new",
-            "",
-            libc::S_IFREG,
-        )));
+        let created = change(ChangeKind::Created, "d/new", "", libc::S_IFREG);
+        assert_eq!(
+            agent.replay(TID as i32, LINK, Some(&created)),
+            Err(Errno::ENXIO),
+            "the agent hears that nothing is linked to it yet"
+        );
         let (err, body) = call(opcode::LOOKUP, d, &[b"new\0"]);
         assert_eq!(err, 0, "not linked yet: served as usual");
         let forget = abi::ForgetIn { nlookup: 1 };
         let f = request(opcode::FORGET, 1, entry(&body).nodeid, &[forget.as_bytes()]);
         assert!(s.handle(&f).is_none());
         link(&s);
+        replay(Some(created));
         assert_eq!(call(opcode::LOOKUP, d, &[b"new\0"]).0, libc::ENOENT);
         let mknod = abi::MknodIn {
             mode: libc::S_IFREG | 0o644,
@@ -1437,7 +1438,7 @@ pub(crate) mod tests {
                 let _ = tx.lock().unwrap().send(c);
             }))
             .unwrap();
-        agent.replay(TID as i32, LINK, None).unwrap();
+        assert_eq!(agent.replay(TID as i32, LINK, None), Err(Errno::ENXIO));
         link(&s);
         std::thread::sleep(Duration::from_millis(100));
         // The guest (pid 77): a file, a directory, a write, a rename and a removal.
