@@ -1,6 +1,6 @@
 //! ferry-host as a vhost-user-fs backend for a real Linux guest: QEMU under TCG with a shared
 //! memfd as guest memory, `vhost-user-fs-pci` devices on ferry-host's sockets, and the guest
-//! kernel mounting them with `mount -t virtiofs` (no agent in the guest). The guest script
+//! kernel mounting them with `mount -t virtiofs` (no agent on the data path). The guest script
 //! (`vm/virtiofs.sh`) runs the vsock VM test's file workload, checks a read-only export and
 //! symlinks that point out of the export, and reads host edits. The guest also gets vsock and
 //! runs `ferry-agent --events-only` against the virtio-fs mount, so the host edits raise
@@ -20,25 +20,13 @@ use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_t
 const EVENTS_PORT: u32 = 1024;
 
 /// Host changes after the first ones: a new directory with a file in it, then that directory
-/// renamed, and a file in the export root rewritten.
+/// renamed.
 fn change_on_the_host(export: &std::path::Path) {
     let d = export.join("events/d");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("inner.txt"), b"inside a new directory\n").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     fs::rename(&d, export.join("events/d2")).unwrap();
-}
-
-/// Shows ferry-host's log when the test fails (the run directory goes with the test).
-struct ShowLogOnPanic(std::path::PathBuf);
-
-impl Drop for ShowLogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = fs::read_to_string(&self.0).unwrap_or_default();
-            eprintln!("---- ferry-host log ----\n{log}");
-        }
-    }
 }
 
 #[test]
@@ -86,7 +74,6 @@ fn vm_virtiofs() {
             uds_in(run.path()).display()
         )],
     );
-    let _log = ShowLogOnPanic(run.path().join("ferry-host.log"));
     let mut cfg = VmConfig::new(initrd);
     cfg.virtiofs = devices;
     cfg.cmdline = vec![format!("ferry.port={EVENTS_PORT}")];
