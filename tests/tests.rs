@@ -27,5 +27,5 @@ mod special;
 mod race;
 // fsx-style random I/O with mmap against an in-memory model.
 mod fsx;
-// ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
+// ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
