@@ -20,8 +20,14 @@ use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_t
 const EVENTS_PORT: u32 = 1024;
 
 /// Host changes after the first ones: a new directory with a file in it, then that directory
-/// renamed.
+/// renamed, and a mode change.
 fn change_on_the_host(export: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        export.join("events/mode.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let d = export.join("events/d");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("inner.txt"), b"inside a new directory\n").unwrap();
@@ -49,6 +55,7 @@ fn vm_virtiofs() {
     fs::create_dir_all(&ro).unwrap();
     fs::write(ro.join("kept.txt"), b"read-only data\n").unwrap();
     fs::create_dir_all(export.join("events")).unwrap();
+    fs::write(export.join("events/mode.txt"), b"mode\n").unwrap();
 
     let initrd = run.path().join("initrd.cpio");
     Initramfs::new(&tools)
@@ -112,6 +119,7 @@ fn vm_virtiofs() {
         "events-read-at-once",
         "events-new-dir",
         "events-dir-rename",
+        "events-attrib",
         "events-guest-change-once",
         "events-agent-stops",
         "umount",

@@ -82,8 +82,11 @@ check host-edits-read sha256sum -c -s host-edits.sha256
 check host-delete-seen test ! -e from-host/small-5.txt
 check host-rename-seen test -e from-host/renamed-4.txt -a ! -e from-host/small-4.txt
 
-# 7. A new directory with a file in it, then the directory renamed.
+# 7. A mode change, a new directory with a file in it, then the directory renamed.
+stat -c %a events/mode.txt > /dev/null
 wait_host host-events 120
+expect_events events-attrib "e.*	$M/events	mode.txt\$"
+check events-attrib-read-at-once test "$(stat -c %a events/mode.txt)" = 600
 expect_events events-new-dir "n.*	$M/events	d\$"
 expect_events events-dir-rename "m.*	$M/events	d\$" "y.*	$M/events	d2\$"
 check events-new-dir-read test "$(cat events/d2/inner.txt)" = "inside a new directory"
