@@ -67,6 +67,7 @@ fn main() {
         &bins.host,
         run.path(),
         &[format!("{}={}", FERRY_VFS.0, share.display())],
+        &[],
     );
     let mut targets = vec![FERRY_VFS];
     let mut daemons: Vec<Proc> = Vec::new();

@@ -330,6 +330,42 @@ fn bad_addresses_are_clear_errors() {
     }
 }
 
+/// `ferry-agent --events-only` takes NAME=MOUNTPOINT arguments naming virtio-fs mounts and
+/// says what is wrong before connecting anywhere.
+#[test]
+fn events_only_arguments_are_clear_errors() {
+    let plain = tempfile::tempdir().unwrap();
+    let plain = format!("ex={}", plain.path().display());
+    for (args, needle) in [
+        (vec!["--events-only"], "needs NAME=MOUNTPOINT arguments"),
+        (vec!["ex=/mnt"], "--events-only"),
+        (
+            vec!["--events-only", "--mount", "ex=/mnt", "ex=/mnt"],
+            "cannot be used with",
+        ),
+        (vec!["--events-only", "nomountpoint"], "NAME=MOUNTPOINT"),
+        (vec!["--events-only", &plain], "nothing is mounted there"),
+        (
+            vec!["--events-only", "ex=/proc"],
+            "a proc mount, not virtio-fs",
+        ),
+    ] {
+        let out = Command::new(&bins().agent)
+            .args([
+                "--connect",
+                "unix:/nonexistent/ferry.sock",
+                "--connect-timeout",
+                "0",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn hybrid_vsock_listener_serves_on_path_port() {
     // Firecracker-style hybrid vsock: a guest connection to host port P arrives on the Unix

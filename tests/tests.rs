@@ -29,7 +29,7 @@ mod race;
 mod fsx;
 // A tree much larger than the node descriptor cap: descriptors stay bounded, data stays right.
 mod scale;
-// ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs, no agent).
+// ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
 // pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.
 mod conformance;

@@ -1,16 +1,39 @@
 //! ferry-host as a vhost-user-fs backend for a real Linux guest: QEMU under TCG with a shared
 //! memfd as guest memory, `vhost-user-fs-pci` devices on ferry-host's sockets, and the guest
-//! kernel mounting them with `mount -t virtiofs` (no agent in the guest). The guest script
+//! kernel mounting them with `mount -t virtiofs` (no agent on the data path). The guest script
 //! (`vm/virtiofs.sh`) runs the vsock VM test's file workload, checks a read-only export and
-//! symlinks that point out of the export, and reads host edits. Needs what `.ci/vm-tools`
-//! installs; without it the test says SKIPPED (under CI it fails instead).
+//! symlinks that point out of the export, and reads host edits. The guest also gets vsock and
+//! runs `ferry-agent --events-only` against the virtio-fs mount, so the host edits raise
+//! inotify events in the guest and refresh its caches. Needs what `.ci/vm-tools` installs;
+//! without it the test says SKIPPED (under CI it fails instead).
 
 use std::fs;
 use std::time::Instant;
 
-use ferry_vmtest::{Initramfs, Tools, Vm, VmConfig, run_dir, serve_virtiofs, static_bins};
+use ferry_vmtest::{
+    Initramfs, Tools, Vm, VmConfig, inotify_helper, run_dir, serve_virtiofs, static_bins, uds_in,
+};
 
 use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_tree, signal};
+
+/// The host vsock port of ferry-host for the events-only agent (`vsock:PORT`, CID 2).
+const EVENTS_PORT: u32 = 1024;
+
+/// Host changes after the first ones: a new directory with a file in it, then that directory
+/// renamed, and a mode change.
+fn change_on_the_host(export: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        export.join("events/mode.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let d = export.join("events/d");
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("inner.txt"), b"inside a new directory\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::rename(&d, export.join("events/d2")).unwrap();
+}
 
 #[test]
 fn vm_virtiofs() {
@@ -31,12 +54,16 @@ fn vm_virtiofs() {
     let ro = run.path().join("ro");
     fs::create_dir_all(&ro).unwrap();
     fs::write(ro.join("kept.txt"), b"read-only data\n").unwrap();
+    fs::create_dir_all(export.join("events")).unwrap();
+    fs::write(export.join("events/mode.txt"), b"mode\n").unwrap();
 
     let initrd = run.path().join("initrd.cpio");
     Initramfs::new(&tools)
         .unwrap()
         .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
         .unwrap()
+        .host_file("/bin/ferry-agent", &bins.agent, 0o755)
+        .host_file("/bin/inotify-events", &inotify_helper(), 0o755)
         .bytes("/guest.sh", include_str!("vm/virtiofs.sh"), 0o755)
         .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
         .write(&initrd)
@@ -48,10 +75,15 @@ fn vm_virtiofs() {
             format!("ex={}", export.display()),
             format!("ro={}:ro", ro.display()),
         ],
+        // The events-only agent in the guest reaches the same server over vsock.
+        &[format!(
+            "hybrid-vsock:{}:{EVENTS_PORT}",
+            uds_in(run.path()).display()
+        )],
     );
     let mut cfg = VmConfig::new(initrd);
-    cfg.vsock = false;
     cfg.virtiofs = devices;
+    cfg.cmdline = vec![format!("ferry.port={EVENTS_PORT}")];
     let built = started.elapsed();
     let mut vm = Vm::boot(&tools, &cfg, run.path());
     let mounted = vm.wait_for("FERRY-MOUNTED");
@@ -60,6 +92,10 @@ fn vm_virtiofs() {
     vm.wait_for("FERRY-WAIT host-edits");
     edit_on_the_host(&export);
     signal(&export, "host-edits");
+
+    vm.wait_for("FERRY-WAIT host-events");
+    change_on_the_host(&export);
+    signal(&export, "host-events");
 
     let (output, rc) = vm.finish();
     eprintln!("---- guest script output ----\n{output}");
@@ -77,7 +113,15 @@ fn vm_virtiofs() {
         "ro-unchanged",
         "escape-abs-not-followed-on-the-host",
         "escape-rel-not-followed-on-the-host",
+        "events-agent-started",
         "host-edits-read",
+        "events-host-edits",
+        "events-read-at-once",
+        "events-new-dir",
+        "events-dir-rename",
+        "events-attrib",
+        "events-guest-change-once",
+        "events-agent-stops",
         "umount",
     ] {
         assert!(
@@ -87,6 +131,18 @@ fn vm_virtiofs() {
     }
     assert!(output.contains("FERRY-ALL-DONE"), "{output}");
     check_guest_writes_on_the_host(&export);
+    // The replays wrote nothing: the host's own changes are as the host left them.
+    let d = export.join("from-host");
+    assert_eq!(
+        fs::read(d.join("small-3.txt")).unwrap(),
+        b"rewritten by the host\n"
+    );
+    assert!(!d.join("small-4.txt").exists() && !d.join("small-5.txt").exists());
+    assert_eq!(
+        fs::read(export.join("events/d2/inner.txt")).unwrap(),
+        b"inside a new directory\n"
+    );
+    assert!(!export.join("events/d").exists());
     assert!(!ro.join("new.txt").exists() && !ro.join("d").exists());
     assert_eq!(fs::read(ro.join("kept.txt")).unwrap(), b"read-only data\n");
     assert!(host.exited().is_none(), "ferry-host died:\n{}", host.log());

@@ -574,6 +574,8 @@ impl Client {
         for id in ids {
             self.fail(id, Errno::ENOTCONN);
         }
+        // Ends the change streams, and with them the replay threads.
+        self.changes.clear();
         let mut done = self.closed_done.lock().unwrap_or_else(|e| e.into_inner());
         *done = true;
         self.closed_cv.notify_all();

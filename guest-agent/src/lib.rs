@@ -10,7 +10,8 @@
 //! - [`mount`]: mounting one export ([`mount()`], [`MountOptions`]) and unmounting it with
 //!   `MNT_DETACH` ([`MountHandle`]).
 //! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
-//!   [`serve_stream`], [`serve`]), logging, signal and token helpers for the command lines.
+//!   [`serve_stream`], [`serve`]), the events-only mode for virtio-fs mounts
+//!   ([`run_events_only`]), logging, signal and token helpers for the command lines.
 
 pub mod client;
 pub mod fs;
@@ -313,6 +314,107 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
             ..MountOptions::new(export.clone(), mountpoint.clone())
         })
         .collect()
+}
+
+/// `--events-only`: this agent mounts nothing. For each `(export, mountpoint)` of
+/// `config.mounts`, where `mountpoint` is a virtio-fs mount of that export served by the same
+/// ferry-host, it subscribes to the export's host changes and replays them on the mount, so
+/// that programs in the guest get inotify events and the guest kernel's caches are refreshed
+/// (the host answers the replay's requests; see `replay.rs`). Runs until `shutdown` receives
+/// or the connection closes.
+pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
+    if config.mounts.is_empty() {
+        anyhow::bail!("--events-only needs at least one NAME=MOUNTPOINT (a virtio-fs mount)");
+    }
+    for (name, mp) in &config.mounts {
+        match replay::mount_type(mp).as_deref() {
+            Some("virtiofs") => {}
+            Some(other) => anyhow::bail!(
+                "--events-only {name}={}: that is a {other} mount, not virtio-fs (ferry-agent \
+                 mounts replay host changes by themselves)",
+                mp.display()
+            ),
+            None => anyhow::bail!(
+                "--events-only {name}={}: nothing is mounted there; mount the export first \
+                 (mount -t virtiofs TAG {})",
+                mp.display(),
+                mp.display()
+            ),
+        }
+    }
+    let client = config
+        .connect
+        .connect_within(&client_config(config), config.connect_timeout)?;
+    let features = client.welcome().features;
+    let needed = ferry_protocol::features::CHANGE_EVENTS | ferry_protocol::features::REPLAY;
+    if features & needed != needed {
+        client.shutdown();
+        anyhow::bail!(
+            "the server ({}) cannot replay events on virtio-fs mounts (it needs protocol {}.{} \
+             or later with change events)",
+            client.welcome().server,
+            ferry_protocol::VERSION.major,
+            ferry_protocol::VERSION.minor,
+        );
+    }
+    let mut threads = Vec::new();
+    for (name, mp) in &config.mounts {
+        let Some(info) = client.welcome().exports.iter().find(|e| &e.name == name) else {
+            let known: Vec<&str> = client
+                .welcome()
+                .exports
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            client.shutdown();
+            anyhow::bail!(
+                "--events-only: the server has no export {name:?} (it has {})",
+                known.join(", ")
+            );
+        };
+        let rx = match client.watch(info.id) {
+            Ok(rx) => rx,
+            Err(e) => {
+                client.shutdown();
+                anyhow::bail!("the server refused to send changes of {name:?}: {e:?}");
+            }
+        };
+        let replayer = replay::Replayer {
+            raise_events: true,
+            state: Arc::default(),
+            kernel: None,
+            bracket: true,
+            mountpoint: mp.clone(),
+            root_dev: 0,
+            client: Arc::clone(&client),
+            export: info.id,
+            on_data_change: Box::new(|_| {}),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("ferry-replay-{name}"))
+            .spawn(move || replayer.run(rx))
+            .context("cannot start a replay thread")?;
+        info!(export = %name, mountpoint = %mp.display(), "replaying host changes (events only)");
+        threads.push(t);
+    }
+    loop {
+        match shutdown.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                info!("shutdown requested");
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if client.is_closed() {
+            warn!("the connection to the server is closed");
+            break;
+        }
+    }
+    client.shutdown();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
 }
 
 /// Logs to stderr through `tracing`; `RUST_LOG` overrides the default filter (`info`, with

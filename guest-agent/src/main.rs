@@ -26,8 +26,21 @@ struct Args {
 
     /// Export to mount, as NAME=MOUNTPOINT (NAME as given to ferry-host --export). Repeat for
     /// several mounts.
-    #[arg(long = "mount", value_name = "NAME=MOUNTPOINT", required = true, value_parser = parse_mount)]
+    #[arg(long = "mount", value_name = "NAME=MOUNTPOINT", required_unless_present = "events_only",
+          conflicts_with = "events_only", value_parser = parse_mount)]
     mounts: Vec<(String, PathBuf)>,
+
+    /// Mount nothing: for each NAME=MOUNTPOINT given after the options, where MOUNTPOINT is a
+    /// virtio-fs mount of export NAME served by the same ferry-host, replay the export's host
+    /// changes on it, so that programs in this VM get inotify events for host-side changes and
+    /// the kernel's caches of the mount are refreshed (virtio-fs itself has no notification
+    /// path).
+    #[arg(long)]
+    events_only: bool,
+
+    /// With --events-only: the virtio-fs mounts to replay host changes on.
+    #[arg(value_name = "NAME=MOUNTPOINT", requires = "events_only", value_parser = parse_mount)]
+    targets: Vec<(String, PathBuf)>,
 
     /// File holding the shared token the server requires (trailing newline ignored).
     #[arg(long, value_name = "PATH")]
@@ -99,14 +112,28 @@ fn main() -> std::process::ExitCode {
 fn real_main(args: Args) -> anyhow::Result<()> {
     let shutdown = ferry_agent::shutdown_on_signals()?;
     let token = ferry_agent::load_token(args.token_file.as_deref(), args.token.as_deref())?;
+    if args.events_only && args.targets.is_empty() {
+        anyhow::bail!(
+            "--events-only needs NAME=MOUNTPOINT arguments: the virtio-fs mounts to replay host \
+             changes on (e.g. ferry-agent --events-only --connect vsock:1024 ex=/mnt/ex)"
+        );
+    }
     let config = AgentConfig {
         connect: args.connect,
         token,
-        mounts: args.mounts,
+        mounts: if args.events_only {
+            args.targets
+        } else {
+            args.mounts
+        },
         ttl: Duration::from_millis(args.attr_timeout_ms),
         cache: args.cache,
         connect_timeout: Duration::from_secs(args.connect_timeout),
         permissions: args.permissions,
     };
-    ferry_agent::run(config, shutdown)
+    if args.events_only {
+        ferry_agent::run_events_only(&config, shutdown)
+    } else {
+        ferry_agent::run(config, shutdown)
+    }
 }

@@ -310,7 +310,8 @@ fn start_replay(
     let replayer = Replayer {
         raise_events: !read_only,
         state,
-        kernel: KernelNotifier::new(fuse_fd),
+        kernel: Some(KernelNotifier::new(fuse_fd)),
+        bracket: false,
         mountpoint: opts.mountpoint.clone(),
         root_dev: 0,
         client: Arc::clone(client),

@@ -18,6 +18,11 @@
 //! 4. drop the view, and give back the lookup the server took for the change if the kernel
 //!    never received it.
 //!
+//! On a mount this agent does not serve (a virtio-fs mount, `--events-only`), the host answers
+//! the replay thread's requests instead: [`Replayer::bracket`] makes the thread tell the host,
+//! before each syscall, which change its requests mean ([`Req::Replay`]), and there is no
+//! kernel cache to invalidate from here (the host's replies refresh it).
+//!
 //! Objects that no longer exist on the host (removed before the server looked) are answered
 //! with *synthetic* nodes: ids from [`SYNTHETIC_BASE`] up that the agent serves itself and the
 //! server never sees. A directory that holds a mount inside the guest is never removed or
@@ -93,6 +98,9 @@ pub struct ReplayStats {
 pub struct ReplayState {
     /// Thread id of the replay thread (0 until it runs).
     tid: AtomicI32,
+    /// The random number that links the host's session of a mount this agent does not serve
+    /// to this agent's (see `Replayer::bracket`).
+    link: AtomicU64,
     view: Mutex<Option<View>>,
     next_synthetic: AtomicU64,
     next_fh: AtomicU64,
@@ -235,8 +243,12 @@ pub struct Replayer {
     pub raise_events: bool,
     /// Shared with the FUSE handlers.
     pub state: Arc<ReplayState>,
-    /// Notifications to the kernel.
-    pub kernel: KernelNotifier,
+    /// Notifications to the kernel (`None` on a mount this agent does not serve).
+    pub kernel: Option<KernelNotifier>,
+    /// The host answers the replay thread's requests (a virtio-fs mount): each replayed change
+    /// is announced with [`Req::Replay`] first, and one that the host did not take is not
+    /// replayed.
+    pub bracket: bool,
     /// The mount's root path in the guest (for logs and the submount check).
     pub mountpoint: PathBuf,
     /// Device number of the mount (its root's `st_dev`; 0 until the thread has read it). Each
@@ -266,6 +278,21 @@ impl Replayer {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         self.state.tid.store(tid, Ordering::Relaxed);
+        if self.bracket {
+            // Random per process run: std's hasher keys are.
+            let link = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (tid, std::process::id()),
+            );
+            self.state.link.store(link, Ordering::Relaxed);
+            if let Err(e) = self.announce_linked(None) {
+                warn!(mountpoint = %self.mountpoint.display(), export = self.export,
+                      "the host refused this replay thread ({e:?}), or the mount is not a \
+                       virtio-fs mount of this export served by the same ferry-host; no host \
+                       change events");
+                return;
+            }
+        }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
         for batch in rx {
             let root = self.open_root();
@@ -295,6 +322,9 @@ impl Replayer {
                     new_dir = Some(c.path.clone());
                 }
             }
+            if self.bracket && root.is_some() {
+                let _ = self.announce(None);
+            }
         }
         let s = &self.state.stats;
         info!(
@@ -306,6 +336,71 @@ impl Replayer {
             mountpoint = %self.mountpoint.display(),
             "host change events ended"
         );
+    }
+
+    /// Tells the host which change this thread's requests mean from now on (`None`: none),
+    /// and waits for its answer.
+    fn announce(&self, change: Option<&Change>) -> Result<(), proto::Errno> {
+        let tid = self.state.tid.load(Ordering::Relaxed);
+        self.client
+            .call_blocking(
+                self.export,
+                Ctx::default(),
+                &Req::Replay(proto::Replay {
+                    tid,
+                    link: self.state.link.load(Ordering::Relaxed),
+                    change: change.cloned(),
+                }),
+                &[],
+            )
+            .map(drop)
+    }
+
+    /// As [`Replayer::announce`], and when the host says that no session of the mount is
+    /// linked to this connection (ENXIO: the thread's requests would be performed as anyone's),
+    /// links it and asks again. A lookup of the link name through the mount tells the host
+    /// which of its sessions serves this guest: only this guest's thread ids count there, and
+    /// the guest's own changes through the mount are not replayed back to it. The name need
+    /// not exist. A VMM that reconnects gets a new, unlinked session, hence the retry here.
+    fn announce_linked(&self, change: Option<&Change>) -> Result<(), proto::Errno> {
+        match self.announce(change) {
+            Err(proto::Errno::ENXIO) => {
+                let link = self.state.link.load(Ordering::Relaxed);
+                let name = format!("{}{link:016x}", proto::REPLAY_LINK_PREFIX);
+                let _ = nix::sys::stat::lstat(&self.mountpoint.join(name));
+                self.announce(change)
+            }
+            r => r,
+        }
+    }
+
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) {
+        if let Some(k) = &self.kernel {
+            if let Err(err) = k.inval_inode(ino, offset, len) {
+                debug!(ino, "inval_inode: {err}");
+            }
+        }
+    }
+
+    fn expire_entry(&self, parent: u64, name: &[u8]) {
+        if let Some(k) = &self.kernel {
+            if let Err(e) = k.expire_entry(parent, name) {
+                debug!("expire_entry: {e}");
+            }
+        }
+    }
+
+    /// Drops every name and attribute the kernel caches for the mount.
+    fn drop_all_cached(&self) {
+        let Some(k) = &self.kernel else {
+            warn!(mountpoint = %self.mountpoint.display(),
+                  "the mount's caches cannot be dropped from here; they expire after their timeout");
+            return;
+        };
+        if let Err(e) = k.inc_epoch() {
+            debug!("epoch increment unsupported ({e}); invalidating the root only");
+            let _ = k.inval_inode(ROOT_NODE, 0, 0);
+        }
     }
 
     /// The mount root, if `mountpoint` is still this mount.
@@ -350,6 +445,16 @@ impl Replayer {
         if !self.raise_events {
             return self.invalidate_only(c, &name);
         }
+        if self.bracket && c.kind != ChangeKind::Overflow {
+            if let Err(e) = self.announce_linked(Some(c)) {
+                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(kind = ?c.kind, path = %path.display(), "the host refused the replay: {e:?}");
+                if let Some(e) = c.entry {
+                    self.forget(e.ino);
+                }
+                return;
+            }
+        }
         let mut view = View::default();
         let result = match c.kind {
             ChangeKind::Overflow => {
@@ -358,10 +463,7 @@ impl Replayer {
                     mountpoint = %self.mountpoint.display(),
                     "the host lost change events; dropping every cached name and attribute"
                 );
-                if let Err(e) = self.kernel.inc_epoch() {
-                    debug!("epoch increment unsupported ({e}); invalidating the root only");
-                    let _ = self.kernel.inval_inode(ROOT_NODE, 0, 0);
-                }
+                self.drop_all_cached();
                 return;
             }
             ChangeKind::Created => {
@@ -405,9 +507,7 @@ impl Replayer {
                     // Invalidate before the event is raised, so a watcher reacting to it at
                     // once cannot read cached old bytes.
                     let (off, len) = if data { (0, 0) } else { (-1, 0) };
-                    if let Err(err) = self.kernel.inval_inode(e.ino, off, len) {
-                        debug!(ino = e.ino, "inval_inode: {err}");
-                    }
+                    self.inval_inode(e.ino, off, len);
                     if !c.path.is_empty() {
                         view.names.push((c.parent, name.clone(), Answer::Entry(e)));
                     } else {
@@ -432,12 +532,12 @@ impl Replayer {
                 // A stale or failed replay: make the names be looked up again.
                 match c.kind {
                     ChangeKind::Created | ChangeKind::Removed => {
-                        let _ = self.kernel.expire_entry(c.parent, &name);
+                        self.expire_entry(c.parent, &name);
                     }
                     ChangeKind::Renamed => {
                         let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
-                        let _ = self.kernel.expire_entry(c.parent, &name);
-                        let _ = self.kernel.expire_entry(c.to_parent, to_name);
+                        self.expire_entry(c.parent, &name);
+                        self.expire_entry(c.to_parent, to_name);
                     }
                     _ => {}
                 }
@@ -453,9 +553,7 @@ impl Replayer {
     /// Drops what the kernel caches about a change without replaying it.
     fn invalidate_only(&self, c: &Change, name: &[u8]) {
         match c.kind {
-            ChangeKind::Overflow => {
-                let _ = self.kernel.inc_epoch();
-            }
+            ChangeKind::Overflow => self.drop_all_cached(),
             ChangeKind::Created | ChangeKind::Removed => self.expire(c.parent, name),
             ChangeKind::Renamed => {
                 let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
@@ -465,7 +563,7 @@ impl Replayer {
             _ => {
                 if let Some(e) = c.entry {
                     (self.on_data_change)(e.ino);
-                    let _ = self.kernel.inval_inode(e.ino, 0, 0);
+                    self.inval_inode(e.ino, 0, 0);
                 }
             }
         }
@@ -488,9 +586,7 @@ impl Replayer {
 
     fn expire(&self, parent: u64, name: &[u8]) {
         self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.kernel.expire_entry(parent, name) {
-            debug!("expire_entry: {e}");
-        }
+        self.expire_entry(parent, name);
     }
 
     /// Whether something is mounted on `path` or below it in this guest.
@@ -507,6 +603,23 @@ impl Replayer {
             mp == want || (mp.starts_with(want) && mp.get(want.len()) == Some(&b'/'))
         })
     }
+}
+
+/// The filesystem type of the mount on `path` (the topmost one), from `/proc/self/mountinfo`.
+pub(crate) fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    mount_type_in(&info, path.as_os_str().as_bytes())
+}
+
+fn mount_type_in(info: &[u8], path: &[u8]) -> Option<String> {
+    // The last line for a path is the topmost mount on it.
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let mp = unescape_mountinfo(fields.nth(4)?);
+        // Optional fields end with a lone "-"; the type comes next.
+        let fstype = fields.skip_while(|f| *f != b"-").nth(1)?;
+        (mp == path).then(|| String::from_utf8_lossy(fstype).into_owned())
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
@@ -676,6 +789,22 @@ mod tests {
         for p in bad {
             assert!(relative(p).is_err(), "{:?}", String::from_utf8_lossy(p));
         }
+    }
+
+    #[test]
+    fn mount_types() {
+        let info = b"22 1 0:21 / / rw - rootfs rootfs rw\n\
+            30 22 0:40 / /mnt/ex rw,relatime shared:5 - virtiofs ex rw\n\
+            31 22 0:41 / /mnt/a\\040b rw - tmpfs tmpfs rw\n\
+            32 30 0:42 / /mnt/ex rw - fuse.ferry ex rw\n";
+        assert_eq!(mount_type_in(info, b"/").as_deref(), Some("rootfs"));
+        assert_eq!(
+            mount_type_in(info, b"/mnt/ex").as_deref(),
+            Some("fuse.ferry"),
+            "topmost"
+        );
+        assert_eq!(mount_type_in(info, b"/mnt/a b").as_deref(), Some("tmpfs"));
+        assert_eq!(mount_type_in(info, b"/mnt"), None);
     }
 
     #[test]

@@ -19,7 +19,12 @@ pub struct Version {
 
 /// The version this crate speaks. Major 2: `Ctx` carries supplementary groups and
 /// `ExportInfo` the export's permission model.
-pub const VERSION: Version = Version { major: 2, minor: 0 };
+/// Minor 1: [`Request::Replay`] ([`features::REPLAY`]).
+pub const VERSION: Version = Version { major: 2, minor: 1 };
+
+/// The name a replaying guest looks up through the other front door's mount (see
+/// [`Request::Replay`]): this prefix, then `link` as 16 lowercase hex digits.
+pub const REPLAY_LINK_PREFIX: &str = ".ferry-replay-";
 
 /// Feature bits, negotiated as the intersection of what both sides announce.
 pub mod features {
@@ -31,8 +36,12 @@ pub mod features {
     pub const FLOCK: u64 = 1 << 2;
     /// The server sends change events as `Notify` frames.
     pub const CHANGE_EVENTS: u64 = 1 << 3;
+    /// The server takes [`Request::Replay`](super::Request::Replay): a guest replaying host
+    /// changes on a mount served by another front door (virtio-fs) says which thread replays
+    /// which change.
+    pub const REPLAY: u64 = 1 << 4;
     /// Everything this version knows.
-    pub const ALL: u64 = READDIRPLUS | POSIX_LOCKS | FLOCK | CHANGE_EVENTS;
+    pub const ALL: u64 = READDIRPLUS | POSIX_LOCKS | FLOCK | CHANGE_EVENTS | REPLAY;
 }
 
 /// First frame from the guest.
@@ -348,6 +357,17 @@ bodies! {
     Flock { ino: u64, fh: u64, owner: u64, op: i32 }
     /// Start (`on`) or stop sending this connection [`Notice::Changes`] for the export.
     Watch { on: bool }
+    /// The guest thread `tid` (as the guest kernel reports it in FUSE request headers) replays
+    /// host changes of this export on a mount another front door serves: from now until the
+    /// next `Replay` of the same thread, its requests mean `change` (`None`: nothing, and
+    /// then every request of that thread that would change the host is refused). `link` is a
+    /// random number the guest also names in a lookup through that mount
+    /// (`.ferry-replay-` and 16 lowercase hex digits): it tells the other front door which of
+    /// its sessions is this guest's, so thread ids of other guests never match. Answered
+    /// ENXIO (the registration is made all the same) while no such session is linked: the
+    /// thread's requests are then performed like anyone's, so it must not replay. The
+    /// registration ends with the connection. Needs [`features::REPLAY`].
+    Replay { tid: i32, link: u64, change: Option<Change> }
 }
 
 /// What the server answers to each request kind.
@@ -468,6 +488,7 @@ requests! {
     35 Setlk(Setlk) => Empty,
     36 Flock(Flock) => Empty,
     37 Watch(Watch) => Empty,
+    38 Replay(Replay) => Empty,
 }
 
 /// Decodes a postcard value that must use all of `bytes`.

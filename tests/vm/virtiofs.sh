@@ -1,6 +1,8 @@
 # Guest side of tests/vm_virtiofs.rs: the guest kernel mounts ferry-host's exports as virtio-fs
-# devices (no agent). Same file workload as the vsock VM test, then read-only enforcement,
-# symlinks that point out of the export, and host edits.
+# devices. Same file workload as the vsock VM test, then read-only enforcement, symlinks that
+# point out of the export, and host edits, which `ferry-agent --events-only` (over vsock to
+# the same ferry-host) turns into inotify events.
+# FERRY_PORT  host vsock port of ferry-host (reached as vsock:PORT, CID 2)
 . /lib/ferry.sh
 M=/mnt/ex
 R=/mnt/ro
@@ -40,13 +42,72 @@ for l in escape-abs escape-rel; do
     say "OK $l-not-followed-on-the-host"
 done
 
-# 5. The host edits files while the guest has them cached; after the 1 s TTL the guest sees
-#    the new contents and names.
+# 5. Host change events: virtio-fs has no notification path, so an events-only agent takes
+#    the export's changes over vsock and replays them on the mount, and the host answers the
+#    replay's requests without touching anything.
+RUST_LOG=info,ferry_agent::replay=debug ferry-agent --events-only --connect "vsock:$FERRY_PORT" --connect-timeout 60 "ex=$M" \
+    2>/tmp/agent.log &
+AGENT=$!
+wait_until 60 grep -qs "replaying host changes" /tmp/agent.log ||
+    { show /tmp/agent.log agent; fail "events-agent-started"; }
+say "OK events-agent-started"
+inotify-events "$M" "$M/from-host" "$M/events" > /tmp/events 2>/tmp/events.err &
+WATCH=$!
+wait_until 10 grep -qs watching /tmp/events.err ||
+    { show /tmp/events.err inotify; fail "inotify-events did not start"; }
+# Cached in the guest before the host rewrites it.
+cat from-host/small-3.txt > /dev/null
+
+# expect_events WHO PATTERN...: every PATTERN turns up in the event log within 30 s. Letters as
+# busybox inotifyd prints them: n create, c modify, w close-write, d delete, m moved-from,
+# y moved-to; then the watched directory and the name.
+expect_events() {
+    _who=$1; shift
+    for ev in "$@"; do
+        wait_until 30 grep -q "$ev" /tmp/events ||
+            { show /tmp/events event; show /tmp/agent.log agent; fail "$_who: no inotify event $ev"; }
+    done
+    say "OK $_who"
+}
+
+# 6. The host edits files while the guest has them cached: the events arrive, and right after
+#    them (well within the 1 s TTL) the guest reads the new contents and names.
 wait_host host-edits 120
-sleep 2
+expect_events events-host-edits "n.*	$M/from-host	edited.txt\$" \
+    "[cw].*	$M/from-host	small-3.txt\$" "d.*	$M/from-host	small-5.txt\$" \
+    "m.*	$M/from-host	small-4.txt\$" "y.*	$M/from-host	renamed-4.txt\$" \
+    "n.*	$M	host-edits.sha256\$"
+check events-read-at-once sha256sum -c -s host-edits.sha256
 check host-edits-read sha256sum -c -s host-edits.sha256
 check host-delete-seen test ! -e from-host/small-5.txt
 check host-rename-seen test -e from-host/renamed-4.txt -a ! -e from-host/small-4.txt
+
+# 7. A mode change, a new directory with a file in it, then the directory renamed.
+stat -c %a events/mode.txt > /dev/null
+wait_host host-events 120
+expect_events events-attrib "e.*	$M/events	mode.txt\$"
+check events-attrib-read-at-once test "$(stat -c %a events/mode.txt)" = 600
+expect_events events-new-dir "n.*	$M/events	d\$"
+expect_events events-dir-rename "m.*	$M/events	d\$" "y.*	$M/events	d2\$"
+check events-new-dir-read test "$(cat events/d2/inner.txt)" = "inside a new directory"
+
+# 8. The guest's own changes through the mount are not replayed back to it: one close-write.
+echo "made in the guest" > events/guest-made
+expect_events events-guest-change "w.*	$M/events	guest-made\$"
+sleep 2
+check events-guest-change-once test "$(grep -c "w.*	$M/events	guest-made\$" /tmp/events)" = 1
+kill "$WATCH"
+wait "$WATCH"
+kill -TERM "$AGENT"
+# A hung agent is killed (and the step fails) rather than hanging the script; the killer
+# leaves the mount so that it cannot keep it busy.
+( cd / && sleep 30 && kill -KILL "$AGENT" 2>/dev/null ) &
+KILLER=$!
+wait "$AGENT"
+_rc=$?
+kill "$KILLER" 2>/dev/null
+grep -q "host change events ended" /tmp/agent.log || show /tmp/agent.log agent
+check events-agent-stops test "$_rc" = 0
 
 cd /
 check umount umount "$M"

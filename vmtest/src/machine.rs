@@ -152,7 +152,7 @@ impl Vm {
     /// The hybrid-vsock base socket: guests reach host port P at `<uds>_P`, and the host
     /// reaches guest port P by `CONNECT P` on `<uds>` itself.
     pub fn uds(&self) -> PathBuf {
-        self.dir.join("vsock.uds")
+        uds_in(&self.dir)
     }
 
     /// Starts `ferry-host` (the binary `host`) exporting `path` as `name` on this VM's
@@ -255,16 +255,27 @@ impl Vm {
     }
 }
 
+/// The hybrid-vsock base socket of a VM booted with `dir` (see [`Vm::uds`]), for a server that
+/// must listen before the VM boots.
+pub fn uds_in(dir: &Path) -> PathBuf {
+    dir.join("vsock.uds")
+}
+
 /// Starts `ferry-host` (the binary `host`) as the vhost-user-fs backend of every export in
 /// `exports` (`--export` specs such as `ex=/path` or `ro=/path:ro`), one socket per export in
-/// `dir`, and waits until all listen. Returns the server and the (socket, tag) pairs for
-/// [`VmConfig::virtiofs`].
+/// `dir`, and waits until all listen. `listen` are more `--listen` addresses for the same
+/// server (e.g. `hybrid-vsock:UDS:PORT` with the socket [`uds_in`] names, for an agent in the
+/// guest). Returns the server and the (socket, tag) pairs for [`VmConfig::virtiofs`].
 pub fn serve_virtiofs(
     host: &Path,
     dir: &Path,
     exports: &[String],
+    listen: &[String],
 ) -> (Proc, Vec<(PathBuf, String)>) {
     let mut cmd = Command::new(host);
+    for l in listen {
+        cmd.arg("--listen").arg(l);
+    }
     let mut devices = Vec::new();
     for spec in exports {
         let name = spec.split('=').next().unwrap_or(spec).to_string();

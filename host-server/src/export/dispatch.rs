@@ -200,6 +200,7 @@ impl ExportSession {
             },
             // Subscribing needs a sink, which only the transport has (see `watch`).
             Request::Watch(_) => Response::Error(Errno::EINVAL),
+            Request::Replay(r) => empty(self.replay(r.tid, r.link, r.change.as_ref())),
         }
     }
 }

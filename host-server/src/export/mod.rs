@@ -51,6 +51,7 @@ mod inode;
 mod locks;
 mod ops;
 mod owners;
+mod replay;
 mod sys;
 mod watch;
 
@@ -77,6 +78,7 @@ use crate::ids::IdPolicy;
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
+pub use replay::{Made, Replayer, Replaying, Side};
 pub use watch::Sink;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
@@ -171,6 +173,8 @@ pub struct Export {
     events: Events,
     /// Most cached node descriptors per session (see `inode.rs`).
     max_node_fds: AtomicUsize,
+    /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
+    replayers: replay::Replayers,
 }
 
 impl Export {
@@ -221,6 +225,7 @@ impl Export {
             proc_fd,
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
+            replayers: replay::Replayers::default(),
         }))
     }
 
@@ -330,6 +335,7 @@ impl Drop for ExportSession {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
         self.export.unsubscribe(self.sid);
+        self.export.replayers.end_session(self.sid);
     }
 }
 
@@ -437,7 +443,7 @@ impl ExportSession {
                 let fp = watch::Fingerprint::of_stat(&st);
                 self.export
                     .events
-                    .note_inode(self.sid, (node.dev, node.ino), fp);
+                    .note_inode(self.echo_sid(), (node.dev, node.ino), fp);
             }
         }
     }
@@ -450,7 +456,7 @@ impl ExportSession {
         if let Ok(node) = self.inodes.peek(parent) {
             self.export
                 .events
-                .note_name(self.sid, (node.dev, node.ino), name, op);
+                .note_name(self.echo_sid(), (node.dev, node.ino), name, op);
         }
     }
 
@@ -469,7 +475,7 @@ impl ExportSession {
             let fp = watch::Fingerprint::of_stat(&st);
             self.export
                 .events
-                .note_inode(self.sid, (st.st_dev, st.st_ino), fp);
+                .note_inode(self.echo_sid(), (st.st_dev, st.st_ino), fp);
         }
     }
 

@@ -472,14 +472,22 @@ impl Export {
             entry,
         };
         let node_of = |key: Option<Key>| key.and_then(|k| session.inodes.id_of(k)).unwrap_or(0);
+        // A session that replays on a mount another front door serves (`replay.rs`) gets every
+        // change by path, and no lookups it could not hand to a kernel: what the guest kernel
+        // holds is that front door's business.
+        let by_path = session.replays();
         let lookup = |parent: u64, path: &Path| -> Option<Entry> {
+            if by_path {
+                return None;
+            }
             let name = path.file_name()?.as_bytes();
             session.lookup_for_change(parent, name).ok()
         };
-        let file_type = |entry: &Option<Entry>| {
-            entry
-                .map(|e| e.attr.mode & libc::S_IFMT)
-                .unwrap_or(if c.is_dir { libc::S_IFDIR } else { 0 })
+        let file_type = |entry: &Option<Entry>| match (entry, f.obj) {
+            (Some(e), _) => e.attr.mode & libc::S_IFMT,
+            (None, Some((_, fp))) if by_path => fp.mode & libc::S_IFMT,
+            _ if c.is_dir => libc::S_IFDIR,
+            _ => 0,
         };
         match c.kind {
             ChangeKind::Overflow => Some(change(ChangeKind::Overflow, 0, 0, 0, None)),
@@ -492,7 +500,7 @@ impl Export {
                     return None;
                 }
                 let parent = node_of(f.parent);
-                if parent == 0 {
+                if parent == 0 && !by_path {
                     return None;
                 }
                 let entry = lookup(parent, &c.path);
@@ -512,7 +520,7 @@ impl Export {
                     return None;
                 }
                 let parent = node_of(Some(parent_key));
-                (parent != 0).then(|| change(c.kind, parent, 0, file_type(&None), None))
+                (parent != 0 || by_path).then(|| change(c.kind, parent, 0, file_type(&None), None))
             }
             ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
                 if let Some((key, fp)) = f.obj {
@@ -530,7 +538,7 @@ impl Export {
                     return Some(change(c.kind, 0, 0, libc::S_IFDIR, Some(entry)));
                 }
                 let parent = node_of(f.parent);
-                if parent == 0 {
+                if parent == 0 && !by_path {
                     return None;
                 }
                 // Gone since (renamed or removed, reported next): the guest replays against
@@ -556,6 +564,11 @@ impl Export {
                 let from_parent = node_of(Some(from_key));
                 let to_parent = node_of(f.to_parent);
                 let to = c.to.as_ref()?;
+                if by_path {
+                    let entry = lookup(to_parent, to);
+                    let ft = file_type(&entry);
+                    return Some(change(c.kind, from_parent, to_parent, ft, entry));
+                }
                 match (from_parent, to_parent) {
                     (0, 0) => None,
                     (p, 0) => Some(Change {

@@ -224,7 +224,7 @@ pub enum DecodeError {
 }
 
 /// A cursor over the bytes of one request's arguments.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Args<'a> {
     rest: &'a [u8],
 }

@@ -5,18 +5,28 @@
 //! call site is in [`FuseServer::serve`] and the helpers right below it, so a change of the
 //! export core's signatures is adapted here and nowhere else.
 //!
+//! Requests from a guest thread that replays host changes (`ferry-agent --events-only`; see
+//! `export/replay.rs`) are answered by [`FuseServer::serve_replay`] without changing anything
+//! on the host.
+//!
 //! Not served (answered ENOSYS, so the guest kernel stops asking or falls back): POSIX and
 //! flock locks (the guest kernel then keeps locks local to the guest, as with the FUSE agent),
 //! copy_file_range (the kernel copies through read and write), ioctl, poll and DAX mappings.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ferry_protocol::{Ctx, Errno, MAX_DATA, SetTime, Timespec};
+use ferry_protocol::{Attr, ChangeKind, Ctx, Entry, Errno, MAX_DATA, SetTime, Timespec};
 use zerocopy::IntoBytes;
 
 use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
-use crate::export::{ExportSession, SetAttrs, XattrReply};
+use crate::export::{ExportSession, Made, Replayer, SetAttrs, Side, XattrReply};
+
+/// Node ids from here up are synthetic: objects a replay removes or renames that the host no
+/// longer has, answered here and unknown to the export session.
+pub const SYNTHETIC_BASE: u64 = 1 << 62;
 
 /// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
 /// intersection with what the kernel offers. Not `ATOMIC_O_TRUNC`: with it the kernel sends
@@ -40,6 +50,9 @@ pub struct FuseServer {
     ttl: Duration,
     /// Requests and host time per opcode, logged when the session ends.
     stats: [(AtomicU64, AtomicU64); 64],
+    /// Synthetic nodes the guest kernel holds (see [`SYNTHETIC_BASE`]).
+    synthetic: Mutex<HashMap<u64, Attr>>,
+    next_synthetic: AtomicU64,
 }
 
 impl Drop for FuseServer {
@@ -117,6 +130,8 @@ impl FuseServer {
             session,
             ttl,
             stats: std::array::from_fn(|_| Default::default()),
+            synthetic: Mutex::default(),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
         }
     }
 
@@ -186,10 +201,49 @@ impl FuseServer {
     }
 
     /// Every call into the export core.
-    fn serve(&self, h: &InHeader, mut args: Args<'_>) -> Out {
+    fn serve(&self, h: &InHeader, args: Args<'_>) -> Out {
+        let s = &self.session;
+        // A replaying guest's link name: links this session to its replaying session, and is
+        // answered ENOENT without a host lookup.
+        if h.opcode == opcode::LOOKUP && args.clone().name().is_ok_and(|name| s.link_replayer(name))
+        {
+            return Out::Err(Errno::ENOENT);
+        }
+        if let Some(who) = s.replayer(h.pid) {
+            let out = self.serve_replay(h, args, &who);
+            if let Out::Err(e) = &out {
+                tracing::debug!(pid = h.pid, opcode = h.opcode, node = h.nodeid, error = ?e,
+                                "replay request refused");
+            }
+            return out;
+        }
+        if h.nodeid >= SYNTHETIC_BASE {
+            return self.serve_synthetic(h, args);
+        }
+        self.perform(h, args)
+    }
+
+    /// Performs a request on the host. Mutations are marked and recorded for the export's
+    /// watcher, so that their host events do not come back to this guest (see
+    /// [`ExportSession::made`]).
+    fn perform(&self, h: &InHeader, mut args: Args<'_>) -> Out {
         let s = &self.session;
         let ino = h.nodeid;
         let cx = ctx(h);
+        let _mutating = is_mutation(h.opcode).then(|| s.mutating());
+        let changed = |r: Result<(), Errno>| {
+            if r.is_ok() {
+                s.made(Made::Changed { ino });
+            }
+            ok_unit(r)
+        };
+        let created = |parent: u64, name: &[u8], e: &ferry_protocol::Entry| {
+            s.made(Made::Created {
+                parent,
+                name,
+                ino: e.ino,
+            });
+        };
         match h.opcode {
             opcode::INIT => self.init(&mut args),
             opcode::DESTROY | opcode::SYNCFS => ok(&[]),
@@ -213,7 +267,11 @@ impl FuseServer {
                     let Ok(one) = args.obj::<abi::ForgetOne>() else {
                         break;
                     };
-                    s.forget(one.nodeid, one.nlookup);
+                    if one.nodeid >= SYNTHETIC_BASE {
+                        self.forget_synthetic(one.nodeid);
+                    } else {
+                        s.forget(one.nodeid, one.nlookup);
+                    }
                 }
                 Out::None
             }
@@ -228,6 +286,7 @@ impl FuseServer {
                 let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
                 let attrs = set_attrs(&a);
                 let r = tri!(s.setattr(&cx, ino, fh, &attrs));
+                s.made(Made::Changed { ino });
                 self.attr_reply(&r)
             }
             opcode::READLINK => Out::Ok(tri!(s.readlink(ino))),
@@ -235,22 +294,35 @@ impl FuseServer {
                 let name = tri!(args.name());
                 let target = tri!(args.name());
                 let e = tri!(s.symlink(&cx, ino, name, target));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKNOD => {
                 let m: abi::MknodIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mknod(&cx, ino, name, m.mode, m.rdev, m.umask));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKDIR => {
                 let m: abi::MkdirIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mkdir(&cx, ino, name, m.mode, m.umask));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
-            opcode::UNLINK => ok_unit(s.unlink(&cx, ino, tri!(args.name()))),
-            opcode::RMDIR => ok_unit(s.rmdir(&cx, ino, tri!(args.name()))),
+            opcode::UNLINK | opcode::RMDIR => {
+                let name = tri!(args.name());
+                let r = if h.opcode == opcode::UNLINK {
+                    s.unlink(&cx, ino, name)
+                } else {
+                    s.rmdir(&cx, ino, name)
+                };
+                if r.is_ok() {
+                    s.made(Made::Removed { parent: ino, name });
+                }
+                ok_unit(r)
+            }
             opcode::RENAME | opcode::RENAME2 => {
                 let (newdir, flags) = if h.opcode == opcode::RENAME {
                     (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
@@ -260,18 +332,33 @@ impl FuseServer {
                 };
                 let old = tri!(args.name());
                 let new = tri!(args.name());
-                ok_unit(s.rename(&cx, ino, old, newdir, new, flags))
+                let r = s.rename(&cx, ino, old, newdir, new, flags);
+                if r.is_ok() {
+                    s.made(Made::Renamed {
+                        parent: ino,
+                        name: old,
+                        newparent: newdir,
+                        newname: new,
+                        flags,
+                    });
+                }
+                ok_unit(r)
             }
             opcode::LINK => {
                 let l: abi::LinkIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.link(&cx, l.oldnodeid, ino, name));
+                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::OPEN | opcode::OPENDIR => {
                 let o: abi::OpenIn = tri!(args.obj());
                 let opened = if h.opcode == opcode::OPEN {
-                    tri!(s.open(&cx, ino, o.flags as i32))
+                    let opened = tri!(s.open(&cx, ino, o.flags as i32));
+                    if o.flags as i32 & libc::O_TRUNC != 0 {
+                        s.made(Made::Changed { ino });
+                    }
+                    opened
                 } else {
                     tri!(s.opendir(&cx, ino, o.flags as i32))
                 };
@@ -281,6 +368,7 @@ impl FuseServer {
                 let c: abi::CreateIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let r = tri!(s.create(&cx, ino, name, c.mode, c.umask, c.flags as i32));
+                created(ino, name, &r.entry);
                 let mut body = self.entry_out(&r.entry).as_bytes().to_vec();
                 body.extend_from_slice(open_out(&r.opened).as_bytes());
                 Out::Ok(body)
@@ -293,6 +381,7 @@ impl FuseServer {
                 let w: abi::WriteIn = tri!(args.obj());
                 let data = tri!(args.bytes(w.size as usize));
                 let n = tri!(s.write(ino, w.fh, w.offset, data));
+                s.made(Made::Changed { ino });
                 ok(abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -306,7 +395,14 @@ impl FuseServer {
             opcode::RELEASE | opcode::RELEASEDIR => {
                 let r: abi::ReleaseIn = tri!(args.obj());
                 if h.opcode == opcode::RELEASE {
-                    ok_unit(s.release(ino, r.fh))
+                    // Only closing a handle that could write raises a host event of this
+                    // guest's (IN_CLOSE_WRITE); see `dispatch.rs`.
+                    let r2 = s.release(ino, r.fh);
+                    if r.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY {
+                        ok_unit(r2)
+                    } else {
+                        changed(r2)
+                    }
                 } else {
                     ok_unit(s.releasedir(ino, r.fh))
                 }
@@ -378,12 +474,12 @@ impl FuseServer {
                 let x: abi::SetxattrIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let value = tri!(args.bytes(x.size as usize));
-                ok_unit(s.setxattr(&cx, ino, name, value, x.flags as i32))
+                changed(s.setxattr(&cx, ino, name, value, x.flags as i32))
             }
-            opcode::REMOVEXATTR => ok_unit(s.removexattr(&cx, ino, tri!(args.name()))),
+            opcode::REMOVEXATTR => changed(s.removexattr(&cx, ino, tri!(args.name()))),
             opcode::FALLOCATE => {
                 let f: abi::FallocateIn = tri!(args.obj());
-                ok_unit(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
+                changed(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
             }
             opcode::LSEEK => {
                 let l: abi::LseekIn = tri!(args.obj());
@@ -395,6 +491,256 @@ impl FuseServer {
                 Out::Err(Errno::ENOSYS)
             }
         }
+    }
+
+    /// A request from a replay thread: the change it replays already happened on the host, so
+    /// nothing here writes to the host. Names of the change are answered as they were before
+    /// it (see `guest-agent/src/replay.rs`, whose FUSE handlers do the same for the agent's own
+    /// mounts); a replayed creation hands out the host's object (or a synthetic one when it is
+    /// gone again), and a removal or rename succeeds only when the host already shows its
+    /// outcome, so a change overtaken by a newer one is never replayed over it; a
+    /// replayed open is a read-only open without `FOPEN_KEEP_CACHE`, so the guest drops the
+    /// file's cached pages; a replayed time or size change answers the host's attributes.
+    /// Requests that only read are performed as usual.
+    fn serve_replay(&self, h: &InHeader, mut args: Args<'_>, who: &Replayer) -> Out {
+        let s = &self.session;
+        let ino = h.nodeid;
+        let change = who.change();
+        let side = |parent: u64, name: &[u8]| change.and_then(|c| s.replay_side(c, parent, name));
+        let kind = change.map(|c| c.kind);
+        let synthetic = ino >= SYNTHETIC_BASE;
+        match h.opcode {
+            opcode::LOOKUP if !synthetic => {
+                let name = tri!(args.clone().name());
+                match (side(ino, name), kind) {
+                    // Before a creation, and before a rename, the target was not there.
+                    (Some(Side::From), Some(ChangeKind::Created)) | (Some(Side::To), _) => {
+                        Out::Err(Errno::ENOENT)
+                    }
+                    // What was removed or renamed: the host's object if the name is back (the
+                    // removal or rename then fails below), else a synthetic node.
+                    (Some(Side::From), Some(ChangeKind::Removed | ChangeKind::Renamed)) => {
+                        match s.lookup(&ctx(h), ino, name) {
+                            Ok(e) => self.entry_reply(&e),
+                            Err(Errno::ENOENT) => {
+                                let ft = change.map_or(0, |c| c.file_type);
+                                self.synthetic_reply(ft)
+                            }
+                            Err(e) => Out::Err(e),
+                        }
+                    }
+                    _ => self.perform(h, args),
+                }
+            }
+            opcode::MKNOD | opcode::MKDIR | opcode::SYMLINK | opcode::CREATE if !synthetic => {
+                let (ft, name) = match h.opcode {
+                    opcode::MKNOD => {
+                        let m: abi::MknodIn = tri!(args.obj());
+                        (m.mode & libc::S_IFMT, tri!(args.name()))
+                    }
+                    opcode::MKDIR => {
+                        let _: abi::MkdirIn = tri!(args.obj());
+                        (libc::S_IFDIR, tri!(args.name()))
+                    }
+                    opcode::SYMLINK => (libc::S_IFLNK, tri!(args.name())),
+                    _ => {
+                        let c: abi::CreateIn = tri!(args.obj());
+                        (c.mode & libc::S_IFMT, tri!(args.name()))
+                    }
+                };
+                if (side(ino, name), kind) != (Some(Side::From), Some(ChangeKind::Created)) {
+                    return Out::Err(Errno::EPERM);
+                }
+                // The object the host created, never a new one; when it is already gone again
+                // (a removal or rename follows), a synthetic node, so the creation is still
+                // seen and the change after it has a name to replay on.
+                let e = match s.lookup(&ctx(h), ino, name) {
+                    Ok(e) => e,
+                    Err(Errno::ENOENT) if h.opcode != opcode::CREATE => {
+                        return self.synthetic_reply(ft);
+                    }
+                    Err(e) => return Out::Err(e),
+                };
+                if e.attr.mode & libc::S_IFMT != ft {
+                    // Replaced by another kind of object since: the kernel would refuse it.
+                    s.forget(e.ino, 1);
+                    return Out::Err(Errno::EEXIST);
+                }
+                if h.opcode != opcode::CREATE {
+                    return self.entry_reply(&e);
+                }
+                let opened = match s.open(&ctx(h), e.ino, libc::O_RDONLY) {
+                    Ok(o) => o,
+                    Err(err) => {
+                        s.forget(e.ino, 1);
+                        return Out::Err(err);
+                    }
+                };
+                let mut body = self.entry_out(&e).as_bytes().to_vec();
+                body.extend_from_slice(open_out(&opened).as_bytes());
+                Out::Ok(body)
+            }
+            opcode::UNLINK | opcode::RMDIR if !synthetic => {
+                let name = tri!(args.name());
+                let done = (side(ino, name), kind) == (Some(Side::From), Some(ChangeKind::Removed))
+                    && !tri!(s.has_name(ino, name));
+                if done {
+                    ok(&[])
+                } else {
+                    Out::Err(Errno::ESTALE)
+                }
+            }
+            opcode::RENAME | opcode::RENAME2 if !synthetic => {
+                let (newdir, flags) = if h.opcode == opcode::RENAME {
+                    (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
+                } else {
+                    let r: abi::Rename2In = tri!(args.obj());
+                    (r.newdir, r.flags)
+                };
+                let old = tri!(args.name());
+                let new = tri!(args.name());
+                let done = flags == 0
+                    && kind == Some(ChangeKind::Renamed)
+                    && side(ino, old) == Some(Side::From)
+                    && side(newdir, new) == Some(Side::To)
+                    && !tri!(s.has_name(ino, old))
+                    && tri!(s.has_name(newdir, new));
+                if done {
+                    ok(&[])
+                } else {
+                    Out::Err(Errno::ESTALE)
+                }
+            }
+            opcode::OPEN if !synthetic => {
+                let o: abi::OpenIn = tri!(args.obj());
+                // Read-only whatever was asked (never truncating), and without KEEP_CACHE: the
+                // guest kernel drops the file's cached pages, so the next read sees the host's
+                // new data.
+                let flags = o.flags as i32 & libc::O_DIRECTORY;
+                let opened = tri!(s.open(&ctx(h), ino, libc::O_RDONLY | flags));
+                ok(abi::OpenOut {
+                    fh: opened.fh,
+                    open_flags: 0,
+                    backing_id: 0,
+                }
+                .as_bytes())
+            }
+            // The kernel keeps the attributes of the reply, not the ones it asked for: the
+            // host's current ones (a new size drops the cached pages past it).
+            opcode::SETATTR | opcode::GETATTR => {
+                if synthetic {
+                    return self.synthetic_attr(ino);
+                }
+                let a = tri!(s.getattr(ino, None));
+                self.attr_reply(&a)
+            }
+            opcode::FALLOCATE => ok(&[]),
+            opcode::WRITE
+            | opcode::LINK
+            | opcode::SETXATTR
+            | opcode::REMOVEXATTR
+            | opcode::MKNOD
+            | opcode::MKDIR
+            | opcode::SYMLINK
+            | opcode::CREATE
+            | opcode::UNLINK
+            | opcode::RMDIR
+            | opcode::RENAME
+            | opcode::RENAME2
+            | opcode::OPEN
+            | opcode::LOOKUP => Out::Err(if synthetic {
+                Errno::ESTALE
+            } else {
+                Errno::EPERM
+            }),
+            _ if synthetic => self.serve_synthetic(h, args),
+            _ => self.perform(h, args),
+        }
+    }
+
+    /// A request on a synthetic node from any other thread: only its attributes and its
+    /// FORGET make sense.
+    fn serve_synthetic(&self, h: &InHeader, mut args: Args<'_>) -> Out {
+        match h.opcode {
+            opcode::FORGET => {
+                let _: abi::ForgetIn = tri!(args.obj());
+                self.forget_synthetic(h.nodeid);
+                Out::None
+            }
+            opcode::GETATTR => self.synthetic_attr(h.nodeid),
+            _ => Out::Err(Errno::ESTALE),
+        }
+    }
+
+    /// A new synthetic node of file type `ft` (a regular file when unknown), valid for no
+    /// time at all: the next path walk through it asks again and gets the host's answer.
+    fn synthetic_reply(&self, ft: u32) -> Out {
+        let ino = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        let ft = if ft == 0 { libc::S_IFREG } else { ft };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = Timespec {
+            sec: now.as_secs() as i64,
+            nsec: now.subsec_nanos(),
+        };
+        let dir = ft == libc::S_IFDIR;
+        let attr = Attr {
+            ino,
+            mode: ft | if dir { 0o755 } else { 0o644 },
+            nlink: if dir { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            blksize: 4096,
+            ..Attr::default()
+        };
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, attr);
+        let e = Entry {
+            ino,
+            generation: 0,
+            attr,
+        };
+        ok(abi::EntryOut {
+            entry_valid: 0,
+            attr_valid: 0,
+            entry_valid_nsec: 0,
+            attr_valid_nsec: 0,
+            ..self.entry_out(&e)
+        }
+        .as_bytes())
+    }
+
+    fn synthetic_attr(&self, ino: u64) -> Out {
+        let map = self.synthetic.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&ino) {
+            Some(a) => ok(abi::AttrOut {
+                attr_valid: 0,
+                attr_valid_nsec: 0,
+                dummy: 0,
+                attr: attr_out(a),
+            }
+            .as_bytes()),
+            None => Out::Err(Errno::ESTALE),
+        }
+    }
+
+    fn forget_synthetic(&self, ino: u64) {
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+
+    /// Number of synthetic nodes the guest kernel holds (for tests).
+    pub fn synthetic_count(&self) -> usize {
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn init(&self, args: &mut Args<'_>) -> Out {
@@ -429,6 +775,30 @@ impl FuseServer {
         );
         ok(out.as_bytes())
     }
+}
+
+/// Requests that can change the host tree (and so cause host events), as `dispatch` counts
+/// them; an OPEN counts, since it may truncate.
+fn is_mutation(op: u32) -> bool {
+    matches!(
+        op,
+        opcode::SETATTR
+            | opcode::SYMLINK
+            | opcode::MKNOD
+            | opcode::MKDIR
+            | opcode::UNLINK
+            | opcode::RMDIR
+            | opcode::RENAME
+            | opcode::RENAME2
+            | opcode::LINK
+            | opcode::OPEN
+            | opcode::CREATE
+            | opcode::WRITE
+            | opcode::RELEASE
+            | opcode::SETXATTR
+            | opcode::REMOVEXATTR
+            | opcode::FALLOCATE
+    )
 }
 
 fn ok_unit(r: Result<(), Errno>) -> Out {
@@ -503,10 +873,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::export::{Export, ExportConfig};
     use abi::{InHeader, OutHeader};
+    use std::sync::Arc;
     use zerocopy::FromBytes;
 
     /// A request's bytes: header for `opcode` on `nodeid`, then `parts`.
     pub(crate) fn request(opcode: u32, unique: u64, nodeid: u64, parts: &[&[u8]]) -> Vec<u8> {
+        request_as(77, opcode, unique, nodeid, parts)
+    }
+
+    /// As [`request`], from the guest thread `pid`.
+    fn request_as(pid: u32, opcode: u32, unique: u64, nodeid: u64, parts: &[&[u8]]) -> Vec<u8> {
         let len = 40 + parts.iter().map(|p| p.len()).sum::<usize>();
         let h = InHeader {
             len: len as u32,
@@ -515,7 +891,7 @@ pub(crate) mod tests {
             nodeid,
             uid: 0,
             gid: 0,
-            pid: 77,
+            pid,
             ..InHeader::default()
         };
         let mut v = h.as_bytes().to_vec();
@@ -539,7 +915,20 @@ pub(crate) mod tests {
 
     /// Sends a request; returns (errno, body).
     fn call(s: &FuseServer, opcode: u32, nodeid: u64, parts: &[&[u8]]) -> (i32, Vec<u8>) {
-        let reply = s.handle(&request(opcode, 9, nodeid, parts)).unwrap();
+        call_as(s, 77, opcode, nodeid, parts)
+    }
+
+    /// As [`call`], from the guest thread `pid`.
+    fn call_as(
+        s: &FuseServer,
+        pid: u32,
+        opcode: u32,
+        nodeid: u64,
+        parts: &[&[u8]],
+    ) -> (i32, Vec<u8>) {
+        let reply = s
+            .handle(&request_as(pid, opcode, 9, nodeid, parts))
+            .unwrap();
         let (h, body) = OutHeader::read_from_prefix(&reply).unwrap();
         assert_eq!(h.len as usize, reply.len());
         assert_eq!(h.unique, 9);
@@ -785,6 +1174,433 @@ pub(crate) mod tests {
             rest = &after[padded..];
         }
         assert_eq!(announced, vec![b"mnt".to_vec()]);
+    }
+
+    /// Every name below `dir` with its type, size, mtime and (for files) contents.
+    fn snapshot(dir: &std::path::Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let data = if m.is_file() {
+                    std::fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                };
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    format!(
+                        "{:?} {} {:?} {:?}",
+                        m.file_type(),
+                        m.len(),
+                        m.modified().unwrap(),
+                        data
+                    ),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The replay thread of the tests below.
+    const TID: u32 = 4242;
+    /// Its link number.
+    const LINK: u64 = 0xfeed;
+
+    /// Links the server's session to the replaying session that registered [`LINK`], the way
+    /// the agent does: a lookup of the link name through the mount, answered ENOENT.
+    fn link(s: &FuseServer) {
+        let name = format!("{}{LINK:016x}\0", ferry_protocol::REPLAY_LINK_PREFIX);
+        assert_eq!(
+            call(s, opcode::LOOKUP, 1, &[name.as_bytes()]).0,
+            libc::ENOENT
+        );
+    }
+
+    fn change(kind: ChangeKind, path: &str, to: &str, file_type: u32) -> ferry_protocol::Change {
+        ferry_protocol::Change {
+            kind,
+            path: path.into(),
+            to: to.into(),
+            parent: 0,
+            to_parent: 0,
+            file_type,
+            entry: None,
+        }
+    }
+
+    /// What the replay thread's syscalls send, in the order the guest kernel sends it (see
+    /// shared/notes/inotify-replay.md), answered without changing the host.
+    #[test]
+    fn replayed_changes_touch_nothing_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("d")).unwrap();
+        std::fs::write(p.join("d/new"), b"created on the host").unwrap();
+        std::fs::write(p.join("moved"), b"renamed on the host").unwrap();
+        std::fs::write(p.join("back"), b"removed, then made again").unwrap();
+        let s = server(p, false);
+        let agent = ExportSession::new(s.session().export().clone());
+        let before = snapshot(p);
+        let replay =
+            |c: Option<ferry_protocol::Change>| agent.replay(TID as i32, LINK, c.as_ref()).unwrap();
+        let call = |op, node, parts: &[&[u8]]| call_as(&s, TID, op, node, parts);
+        let (_, body) = call(opcode::LOOKUP, 1, &[b"d\0"]);
+        let d = entry(&body).nodeid;
+
+        // Created: the name was absent before; the creation hands out the host's object.
+        let created = change(ChangeKind::Created, "d/new", "", libc::S_IFREG);
+        assert_eq!(
+            agent.replay(TID as i32, LINK, Some(&created)),
+            Err(Errno::ENXIO),
+            "the agent hears that nothing is linked to it yet"
+        );
+        let (err, body) = call(opcode::LOOKUP, d, &[b"new\0"]);
+        assert_eq!(err, 0, "not linked yet: served as usual");
+        let forget = abi::ForgetIn { nlookup: 1 };
+        let f = request(opcode::FORGET, 1, entry(&body).nodeid, &[forget.as_bytes()]);
+        assert!(s.handle(&f).is_none());
+        link(&s);
+        replay(Some(created));
+        assert_eq!(call(opcode::LOOKUP, d, &[b"new\0"]).0, libc::ENOENT);
+        let mknod = abi::MknodIn {
+            mode: libc::S_IFREG | 0o644,
+            ..abi::MknodIn::default()
+        };
+        let (err, body) = call(opcode::MKNOD, d, &[mknod.as_bytes(), b"new\0"]);
+        assert_eq!(err, 0);
+        let new = entry(&body);
+        assert_eq!(new.attr.size, 19);
+        assert_eq!(s.session().lookup_count(new.nodeid), Some(1));
+        let mkdir = abi::MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        assert_eq!(
+            call(opcode::MKDIR, d, &[mkdir.as_bytes(), b"new\0"]).0,
+            libc::EEXIST,
+            "not a directory"
+        );
+        assert_eq!(s.session().lookup_count(new.nodeid), Some(1));
+        assert_eq!(
+            call(opcode::MKNOD, d, &[mknod.as_bytes(), b"other\0"]).0,
+            libc::EPERM
+        );
+        assert_eq!(
+            call(opcode::MKNOD, 1, &[mknod.as_bytes(), b"new\0"]).0,
+            libc::EPERM,
+            "other dir"
+        );
+        // Created and gone again before the replay: a synthetic node.
+        replay(Some(change(
+            ChangeKind::Created,
+            "d/brief",
+            "",
+            libc::S_IFDIR,
+        )));
+        let (err, body) = call(opcode::MKDIR, d, &[mkdir.as_bytes(), b"brief\0"]);
+        assert_eq!(err, 0);
+        let brief = entry(&body);
+        assert!(brief.nodeid >= SYNTHETIC_BASE);
+        assert_eq!(brief.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+        let forget = abi::ForgetIn { nlookup: 1 };
+        assert!(
+            s.handle(&request(
+                opcode::FORGET,
+                1,
+                brief.nodeid,
+                &[forget.as_bytes()]
+            ))
+            .is_none()
+        );
+
+        // Removed, and gone on the host: a synthetic node, and the removal succeeds.
+        replay(Some(change(ChangeKind::Removed, "gone", "", libc::S_IFREG)));
+        let (err, body) = call(opcode::LOOKUP, 1, &[b"gone\0"]);
+        assert_eq!(err, 0);
+        let gone = entry(&body);
+        assert!(gone.nodeid >= SYNTHETIC_BASE);
+        assert_eq!(
+            (gone.entry_valid, gone.attr.mode),
+            (0, libc::S_IFREG | 0o644)
+        );
+        assert_eq!(call(opcode::UNLINK, 1, &[b"gone\0"]).0, 0);
+        assert_eq!(
+            call(opcode::RMDIR, 1, &[b"d\0"]).0,
+            libc::ESTALE,
+            "not the change's name"
+        );
+        assert_eq!(s.synthetic_count(), 1);
+        let (err, _) = call_as(
+            &s,
+            1,
+            opcode::GETATTR,
+            gone.nodeid,
+            &[abi::GetattrIn::default().as_bytes()],
+        );
+        assert_eq!(err, 0);
+        assert!(
+            s.handle(&request(
+                opcode::FORGET,
+                1,
+                gone.nodeid,
+                &[abi::ForgetIn { nlookup: 1 }.as_bytes()]
+            ))
+            .is_none()
+        );
+        assert_eq!(s.synthetic_count(), 0);
+        assert_eq!(
+            call(
+                opcode::GETATTR,
+                gone.nodeid,
+                &[abi::GetattrIn::default().as_bytes()]
+            )
+            .0,
+            libc::ESTALE
+        );
+
+        // Removed, but the name is back on the host: the newer file is never removed.
+        replay(Some(change(ChangeKind::Removed, "back", "", libc::S_IFREG)));
+        let (err, body) = call(opcode::LOOKUP, 1, &[b"back\0"]);
+        assert!(err == 0 && entry(&body).nodeid < SYNTHETIC_BASE);
+        assert_eq!(call(opcode::UNLINK, 1, &[b"back\0"]).0, libc::ESTALE);
+
+        // Renamed old -> moved: the source as a synthetic node, the target absent, and the
+        // rename succeeds because the host already shows it.
+        replay(Some(change(
+            ChangeKind::Renamed,
+            "old",
+            "moved",
+            libc::S_IFREG,
+        )));
+        let (err, body) = call(opcode::LOOKUP, 1, &[b"old\0"]);
+        assert!(err == 0 && entry(&body).nodeid >= SYNTHETIC_BASE);
+        assert_eq!(call(opcode::LOOKUP, 1, &[b"moved\0"]).0, libc::ENOENT);
+        let exchange = abi::Rename2In {
+            newdir: 1,
+            flags: 2,
+            ..abi::Rename2In::default()
+        };
+        assert_eq!(
+            call(
+                opcode::RENAME2,
+                1,
+                &[exchange.as_bytes(), b"old\0", b"moved\0"]
+            )
+            .0,
+            libc::ESTALE
+        );
+        let rename = abi::RenameIn { newdir: 1 };
+        assert_eq!(
+            call(
+                opcode::RENAME,
+                1,
+                &[rename.as_bytes(), b"moved\0", b"old\0"]
+            )
+            .0,
+            libc::ESTALE,
+            "backwards"
+        );
+        assert_eq!(
+            call(
+                opcode::RENAME,
+                1,
+                &[rename.as_bytes(), b"old\0", b"moved\0"]
+            )
+            .0,
+            0
+        );
+
+        // A data change: an open for writing with O_TRUNC opens read-only without keeping
+        // the cache; writes, size and time changes touch nothing.
+        replay(Some(change(
+            ChangeKind::DataClosed,
+            "moved",
+            "",
+            libc::S_IFREG,
+        )));
+        let (_, body) = call(opcode::LOOKUP, 1, &[b"moved\0"]);
+        let moved = entry(&body);
+        let o = abi::OpenIn {
+            flags: (libc::O_WRONLY | libc::O_TRUNC) as u32,
+            open_flags: 0,
+        };
+        let (err, body) = call(opcode::OPEN, moved.nodeid, &[o.as_bytes()]);
+        assert_eq!(err, 0);
+        let opened = abi::OpenOut::read_from_bytes(&body).unwrap();
+        assert_eq!(opened.open_flags, 0, "no FOPEN_KEEP_CACHE");
+        let w = abi::WriteIn {
+            fh: opened.fh,
+            size: 1,
+            ..abi::WriteIn::default()
+        };
+        assert_eq!(
+            call(opcode::WRITE, moved.nodeid, &[w.as_bytes(), b"x"]).0,
+            libc::EPERM
+        );
+        let set = abi::SetattrIn {
+            valid: fattr::SIZE | fattr::MTIME_NOW | fattr::FH,
+            fh: opened.fh,
+            ..abi::SetattrIn::default()
+        };
+        let (err, body) = call(opcode::SETATTR, moved.nodeid, &[set.as_bytes()]);
+        assert_eq!(err, 0);
+        assert_eq!(abi::AttrOut::read_from_bytes(&body).unwrap().attr.size, 19);
+        let f = abi::FallocateIn {
+            fh: opened.fh,
+            length: 1 << 20,
+            ..abi::FallocateIn::default()
+        };
+        assert_eq!(call(opcode::FALLOCATE, moved.nodeid, &[f.as_bytes()]).0, 0);
+        let fl = abi::FlushIn {
+            fh: opened.fh,
+            ..abi::FlushIn::default()
+        };
+        assert_eq!(call(opcode::FLUSH, moved.nodeid, &[fl.as_bytes()]).0, 0);
+        let rel = abi::ReleaseIn {
+            fh: opened.fh,
+            ..abi::ReleaseIn::default()
+        };
+        assert_eq!(
+            call_as(&s, 0, opcode::RELEASE, moved.nodeid, &[rel.as_bytes()]).0,
+            0
+        );
+        let x = abi::SetxattrIn {
+            size: 1,
+            ..abi::SetxattrIn::default()
+        };
+        assert_eq!(
+            call(
+                opcode::SETXATTR,
+                moved.nodeid,
+                &[x.as_bytes(), b"user.x\0", b"1"]
+            )
+            .0,
+            libc::EPERM
+        );
+        let l = abi::LinkIn {
+            oldnodeid: moved.nodeid,
+        };
+        assert_eq!(
+            call(opcode::LINK, 1, &[l.as_bytes(), b"hard\0"]).0,
+            libc::EPERM
+        );
+
+        // Between changes nothing changes the host either.
+        replay(None);
+        assert_eq!(
+            call(opcode::MKNOD, d, &[mknod.as_bytes(), b"new\0"]).0,
+            libc::EPERM
+        );
+        assert_eq!(call(opcode::UNLINK, 1, &[b"moved\0"]).0, libc::ESTALE);
+        assert_eq!(
+            call(opcode::LOOKUP, 1, &[b"moved\0"]).0,
+            0,
+            "reads are served"
+        );
+
+        assert_eq!(snapshot(p), before, "the replay changed the host");
+        assert_eq!(s.session().handle_count(), 0);
+
+        // Any other thread is served as usual, and so is the replay thread once its
+        // connection is gone.
+        assert_eq!(call_as(&s, TID + 1, opcode::UNLINK, 1, &[b"moved\0"]).0, 0);
+        drop(agent);
+        assert_eq!(call(opcode::UNLINK, 1, &[b"back\0"]).0, 0);
+        assert!(!p.join("moved").exists() && !p.join("back").exists());
+    }
+
+    /// Once the replay thread has sent a request through the virtio-fs session, what the
+    /// guest changes through it is not sent to the replaying session as host changes; what
+    /// the host changes is.
+    #[test]
+    fn the_guest_s_own_changes_are_not_replayed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("file"), b"x").unwrap();
+        let s = server(p, false);
+        let agent = Arc::new(ExportSession::new(s.session().export().clone()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        agent
+            .watch(Arc::new(move |c| {
+                let _ = tx.lock().unwrap().send(c);
+            }))
+            .unwrap();
+        assert_eq!(agent.replay(TID as i32, LINK, None), Err(Errno::ENXIO));
+        link(&s);
+        std::thread::sleep(Duration::from_millis(100));
+        // The guest (pid 77): a file, a directory, a write, a rename and a removal.
+        let m = abi::MknodIn {
+            mode: libc::S_IFREG | 0o644,
+            ..abi::MknodIn::default()
+        };
+        assert_eq!(call(&s, opcode::MKNOD, 1, &[m.as_bytes(), b"mine\0"]).0, 0);
+        let d = abi::MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        assert_eq!(call(&s, opcode::MKDIR, 1, &[d.as_bytes(), b"dir\0"]).0, 0);
+        let (_, body) = call(&s, opcode::LOOKUP, 1, &[b"file\0"]);
+        let file = entry(&body).nodeid;
+        let o = abi::OpenIn {
+            flags: libc::O_WRONLY as u32,
+            open_flags: 0,
+        };
+        let (_, body) = call(&s, opcode::OPEN, file, &[o.as_bytes()]);
+        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
+        let w = abi::WriteIn {
+            fh,
+            size: 2,
+            ..abi::WriteIn::default()
+        };
+        assert_eq!(call(&s, opcode::WRITE, file, &[w.as_bytes(), b"yz"]).0, 0);
+        let rel = abi::ReleaseIn {
+            fh,
+            ..abi::ReleaseIn::default()
+        };
+        assert_eq!(call(&s, opcode::RELEASE, file, &[rel.as_bytes()]).0, 0);
+        let r = abi::RenameIn { newdir: 1 };
+        assert_eq!(
+            call(
+                &s,
+                opcode::RENAME,
+                1,
+                &[r.as_bytes(), b"mine\0", b"moved\0"]
+            )
+            .0,
+            0
+        );
+        assert_eq!(call(&s, opcode::UNLINK, 1, &[b"moved\0"]).0, 0);
+        // Then the host.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(p.join("theirs"), b"h").unwrap();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !got
+            .iter()
+            .any(|c: &ferry_protocol::Change| c.path == b"theirs")
+            && std::time::Instant::now() < deadline
+        {
+            if let Ok(batch) = rx.recv_timeout(Duration::from_millis(100)) {
+                got.extend(batch);
+            }
+        }
+        let paths: Vec<String> = got
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+            .collect();
+        assert!(
+            paths.iter().all(|p| p == "theirs"),
+            "the guest's own changes came back: {got:?}"
+        );
+        assert!(!paths.is_empty(), "the host's change did not arrive");
     }
 
     proptest::proptest! {

@@ -27,8 +27,8 @@ pub(crate) const HELLO_WITH_TOKEN: &[u8] = &[
     0x1B, 0x00, 0x00, 0x00,                         // meta_len = 27
     0x00, 0x00, 0x00, 0x00,                         // aux = 0 (unused)
     0x02,                                           // version.major = 2
-    0x00,                                           // version.minor = 0
-    0x0F,                                           // features = ALL = 0b1111
+    0x01,                                           // version.minor = 1
+    0x1F,                                           // features = ALL = 0b11111
     0x01,                                           // token: Some
     0x06, b's', b'3', b'c', b'r', b'e', b't',       // token: len 6, "s3cret"
     0x0F,                                           // client: len 15

@@ -511,6 +511,33 @@ pub(crate) fn request_table() -> Vec<(&'static [u8], RequestFrame<'static>)> {
             0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
             0x01,                                           // on = true
         ], req(37, Request::Watch(Watch { on: true }))),
+        (&[
+            0x2E, 0x00, 0x00, 0x00,                         // len = 46
+            0x04, 0x00,                                     // kind = Request, flags = 0
+            0x26, 0x00,                                     // op = 38 (Replay)
+            0xC6, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0xC6
+            0x16, 0x00, 0x00, 0x00,                         // meta_len = 22
+            0x01, 0x00, 0x00, 0x00,                         // aux = export 1
+            0xE8, 0x07, 0xE8, 0x07, 0x2A, 0x00,             // ctx
+            0xA4, 0x13,                                     // tid = 1234: zigzag 2468
+            0xAB, 0x01,                                     // link = 0xAB: 0x2B|0x80, 1
+            0x01,                                           // change: Some
+            0x06,                                           //   kind = Renamed (variant 6)
+            0x01, b'a',                                     //   path: len 1, "a"
+            0x01, b'b',                                     //   to: len 1, "b"
+            0x01,                                           //   parent = 1
+            0x02,                                           //   to_parent = 2
+            0x80, 0x80, 0x02,                               //   file_type = S_IFREG 0x8000
+            0x00,                                           //   entry: None
+        ], req(38, Request::Replay(Replay { tid: 1234, link: 0xAB, change: Some(Change {
+            kind: ChangeKind::Renamed,
+            path: b"a".to_vec(),
+            to: b"b".to_vec(),
+            parent: 1,
+            to_parent: 2,
+            file_type: 0o100000,
+            entry: None,
+        }) }))),
     ]
 }
 

@@ -389,6 +389,11 @@ pub(crate) fn request_body(op: Opcode) -> BoxedStrategy<Request<'static>> {
             .prop_map(|(ino, fh, owner, op)| R::Flock(Flock { ino, fh, owner, op }))
             .boxed(),
         Opcode::Watch => any::<bool>().prop_map(|on| R::Watch(Watch { on })).boxed(),
+        // Boxed: unboxed, the change's value tree overflows a test thread's stack inside
+        // `request_frame`'s flat_map.
+        Opcode::Replay => (i32s(), u64s(), option::of(change().boxed()))
+            .prop_map(|(tid, link, change)| R::Replay(Replay { tid, link, change }))
+            .boxed(),
     }
 }
 

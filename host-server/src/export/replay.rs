@@ -1,0 +1,593 @@
+//! Replayers: guest threads that replay this export's host changes on a mount that another
+//! front door serves.
+//!
+//! A virtio-fs mount has no notification path, so the guest agent runs with `--events-only`:
+//! it takes the export's changes over the stream protocol and replays each one on the
+//! virtio-fs mount with a real syscall (see `guest-agent/src/replay.rs`), which makes the guest
+//! kernel raise the inotify events. The syscall reaches the host as FUSE requests through the
+//! virtqueue; they must not touch host files (the change already happened there). So the agent
+//! brackets each replayed change with [`Request::Replay`](ferry_protocol::Request::Replay):
+//! `ExportSession::replay` records here, per export, which guest thread id replays which
+//! change, and a front door that sees a request from that thread (the FUSE header's pid) asks
+//! [`ExportSession::replayer`] and [`ExportSession::replay_side`] what the request means
+//! instead of performing it.
+//!
+//! Thread ids are only unique within one guest, so a front door's session must first learn
+//! which replaying session is its guest's: the agent registers a random link number with its
+//! thread and looks up `.ferry-replay-<link in hex>` through the mount, and that lookup links
+//! the front door's session to the agent's ([`ExportSession::link_replayer`]). Only threads of
+//! the linked session count. The link also stops echoes: the guest changes the export through
+//! that front door too, and those changes must not come back to it as events, so the linked
+//! session records what it changes ([`ExportSession::made`]) under the agent session's echo
+//! records, which the watcher drops for that session.
+//!
+//! A change is kept as the host identities (device, inode) of the directories holding its
+//! names, not as node ids: the agent's session and the virtio-fs session number nodes
+//! independently, and the identities are what both can compare.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_protocol::{Change, ChangeKind, Errno};
+
+use super::watch::NameOp;
+use super::{ExportSession, sys};
+
+/// A host object's identity: device and inode number.
+type Key = (u64, u64);
+
+/// The change one guest thread is replaying, in host identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaying {
+    /// What happened on the host.
+    pub kind: ChangeKind,
+    /// File type bits of the object (`S_IFMT`), 0 when unknown.
+    pub file_type: u32,
+    /// The directory holding `path` and the last component (`None`: the root itself, or a
+    /// directory no longer found on the host).
+    from: Option<(Key, Vec<u8>)>,
+    /// For a rename, the directory holding `to` and the last component.
+    to: Option<(Key, Vec<u8>)>,
+}
+
+/// Which name of the change being replayed a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The change's `path`: created, removed, changed, or a rename's source.
+    From,
+    /// A rename's target.
+    To,
+}
+
+/// What a guest thread is, as far as replays go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replayer {
+    /// A registered replay thread between two changes: nothing it asks may change the host.
+    Idle,
+    /// A replay thread replaying this change.
+    Replaying(Arc<Replaying>),
+}
+
+impl Replayer {
+    /// The change being replayed, if any.
+    pub fn change(&self) -> Option<&Replaying> {
+        match self {
+            Replayer::Idle => None,
+            Replayer::Replaying(r) => Some(r),
+        }
+    }
+}
+
+/// The replay threads of one export, and which sessions of other front doors serve their
+/// guests.
+#[derive(Debug, Default)]
+pub(crate) struct Replayers {
+    /// (registering session, guest thread id) → state.
+    threads: Mutex<HashMap<(u64, u32), Replayer>>,
+    /// Link number (see [`Request::Replay`](ferry_protocol::Request::Replay)) → registering
+    /// session.
+    nonces: Mutex<HashMap<u64, u64>>,
+    /// Session of another front door → the replaying session of its guest.
+    links: Mutex<HashMap<u64, u64>>,
+    /// Number of threads, read without a lock on every front door request.
+    count: AtomicUsize,
+}
+
+impl Replayers {
+    fn set(&self, sid: u64, tid: u32, link: u64, state: Replayer) {
+        let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert((sid, tid), state);
+        self.count.store(map.len(), Ordering::Release);
+        drop(map);
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.insert(link, sid);
+    }
+
+    /// The state of thread `pid` of the guest whose replaying session `sid` is linked to.
+    fn get(&self, sid: u64, pid: u32) -> Option<Replayer> {
+        if pid == 0 || self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let replaying = self.linked(sid)?;
+        let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(replaying, pid)).cloned()
+    }
+
+    /// Links session `sid` to the replaying session that registered `link`.
+    fn link(&self, sid: u64, link: u64) -> bool {
+        let nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&replaying) = nonces.get(&link) else {
+            return false;
+        };
+        drop(nonces);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.insert(sid, replaying) != Some(replaying) {
+            tracing::debug!(sid, replaying, "session linked to a replaying session");
+        }
+        true
+    }
+
+    /// Whether some session is linked to the replaying session `sid`.
+    fn is_linked_to(&self, sid: u64) -> bool {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.values().any(|s| *s == sid)
+    }
+
+    fn linked(&self, sid: u64) -> Option<u64> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(&sid).copied()
+    }
+
+    /// Whether session `sid` registered a replay thread.
+    fn registered(&self, sid: u64) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().any(|(s, _)| *s == sid)
+    }
+
+    /// Forgets session `sid`: its threads and links (its connection ended).
+    pub(crate) fn end_session(&self, sid: u64) {
+        let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(s, _), _| *s != sid);
+        self.count.store(map.len(), Ordering::Release);
+        drop(map);
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.retain(|_, s| *s != sid);
+        drop(nonces);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.retain(|from, to| *from != sid && *to != sid);
+    }
+}
+
+/// What a front door that calls the typed methods itself (virtio-fs) changed, for
+/// [`ExportSession::made`]. Node ids are the session's.
+#[derive(Clone, Copy, Debug)]
+pub enum Made<'a> {
+    /// `name` in `parent` was created as (or hard-linked to) node `ino`.
+    Created {
+        /// The directory.
+        parent: u64,
+        /// The new name.
+        name: &'a [u8],
+        /// The node it names.
+        ino: u64,
+    },
+    /// `name` was removed from `parent`.
+    Removed {
+        /// The directory.
+        parent: u64,
+        /// The name.
+        name: &'a [u8],
+    },
+    /// `name` in `parent` was renamed to `newname` in `newparent` (`RENAME_*` flags).
+    Renamed {
+        /// The source directory.
+        parent: u64,
+        /// The source name.
+        name: &'a [u8],
+        /// The target directory.
+        newparent: u64,
+        /// The target name.
+        newname: &'a [u8],
+        /// `RENAME_*` flags.
+        flags: u32,
+    },
+    /// The data or attributes of node `ino` changed.
+    Changed {
+        /// The node.
+        ino: u64,
+    },
+}
+
+/// Splits a change path into its parent path and last component.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+impl ExportSession {
+    /// Registers guest thread `tid` as a replay thread of this export, replaying `change`
+    /// (`None`: between changes) until its next call, with the link number `link` (see
+    /// [`ExportSession::link_replayer`]). The registration ends with this session. ENXIO
+    /// (after registering) when no session of another front door is linked to this one yet:
+    /// the thread's requests would then be performed as anyone's, so it must not replay.
+    pub fn replay(&self, tid: i32, link: u64, change: Option<&Change>) -> Result<(), Errno> {
+        let tid = u32::try_from(tid).map_err(|_| Errno::EINVAL)?;
+        if tid == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let state = match change {
+            None => Replayer::Idle,
+            Some(c) => {
+                let name = |path: &[u8], parent: u64| {
+                    let (dir, last) = split(path);
+                    if last.is_empty() {
+                        return None;
+                    }
+                    let key = self.dir_key(parent, dir)?;
+                    Some((key, last.to_vec()))
+                };
+                let to = if c.kind == ChangeKind::Renamed {
+                    name(&c.to, c.to_parent)
+                } else {
+                    None
+                };
+                Replayer::Replaying(Arc::new(Replaying {
+                    kind: c.kind,
+                    file_type: c.file_type,
+                    from: name(&c.path, c.parent),
+                    to,
+                }))
+            }
+        };
+        tracing::debug!(tid, ?state, "replay thread");
+        self.export.replayers.set(self.sid, tid, link, state);
+        if self.export.replayers.is_linked_to(self.sid) {
+            Ok(())
+        } else {
+            Err(Errno::ENXIO)
+        }
+    }
+
+    /// What the guest thread `pid` (a FUSE request header's pid) of the guest this session
+    /// serves is doing, if it is a registered replay thread: only the replaying session this
+    /// session is linked to counts, so thread ids of other guests never match.
+    pub fn replayer(&self, pid: u32) -> Option<Replayer> {
+        self.export.replayers.get(self.sid, pid)
+    }
+
+    /// If `name` is a replaying guest's link name (`REPLAY_LINK_PREFIX` and 16 hex digits, a
+    /// lookup the guest makes through this session), links this session to that guest's
+    /// replaying session and returns true.
+    pub fn link_replayer(&self, name: &[u8]) -> bool {
+        let Some(hex) = name.strip_prefix(ferry_protocol::REPLAY_LINK_PREFIX.as_bytes()) else {
+            return false;
+        };
+        let Some(link) = std::str::from_utf8(hex)
+            .ok()
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        else {
+            return false;
+        };
+        self.export.replayers.link(self.sid, link)
+    }
+
+    /// The session whose echo records this session's changes go to: its own, or the replaying
+    /// session it is linked to.
+    pub(crate) fn echo_sid(&self) -> u64 {
+        self.export.replayers.linked(self.sid).unwrap_or(self.sid)
+    }
+
+    /// Marks a mutation through the typed methods in flight, as `dispatch` does for protocol
+    /// requests: host events wait until the returned guard is dropped, so that what
+    /// [`ExportSession::made`] records before that is in place when they are looked at.
+    pub fn mutating(&self) -> impl Drop + '_ {
+        self.export.events.mutation()
+    }
+
+    /// Records what a mutation through the typed methods did, as `dispatch` does for protocol
+    /// requests, so that the host events it causes are not sent back to the guest that made
+    /// it. Call it before the [`ExportSession::mutating`] guard is dropped.
+    pub fn made(&self, m: Made<'_>) {
+        match m {
+            Made::Created { parent, name, ino } => {
+                self.echo_name(parent, name, NameOp::Created);
+                self.echo_inode(ino);
+            }
+            Made::Removed { parent, name } => self.echo_name(parent, name, NameOp::Removed),
+            Made::Renamed {
+                parent,
+                name,
+                newparent,
+                newname,
+                flags,
+            } => {
+                self.echo_name(parent, name, NameOp::RenamedFrom);
+                self.echo_name(newparent, newname, NameOp::Created);
+                self.echo_child(newparent, newname);
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    self.echo_name(newparent, newname, NameOp::RenamedFrom);
+                    self.echo_name(parent, name, NameOp::Created);
+                    self.echo_child(parent, name);
+                }
+            }
+            Made::Changed { ino } => self.echo_inode(ino),
+        }
+    }
+
+    /// Whether this session replays changes on a mount another front door serves: it then
+    /// gets every change of the export by path, whatever nodes it holds (see `watch.rs`).
+    pub(crate) fn replays(&self) -> bool {
+        self.export.replayers.registered(self.sid)
+    }
+
+    /// The identity of the directory holding a change's name: this session's node `node` when
+    /// it holds it, else the directory at `dir` (relative to the root, no symlinks followed).
+    fn dir_key(&self, node: u64, dir: &[u8]) -> Option<Key> {
+        if node != 0 {
+            if let Ok(n) = self.inodes.get(node) {
+                return Some((n.dev, n.ino));
+            }
+        }
+        let mut fd: OwnedFd = self.export.root.try_clone().ok()?;
+        for comp in dir.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if comp == b"." || comp == b".." {
+                return None;
+            }
+            let name = sys::cstring(comp).ok()?;
+            fd = sys::open_beneath(fd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        }
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// Which name of the change `r` the name `name` in this session's directory `parent` is,
+    /// if any.
+    pub fn replay_side(&self, r: &Replaying, parent: u64, name: &[u8]) -> Option<Side> {
+        let node = self.inodes.get(parent).ok()?;
+        let key = (node.dev, node.ino);
+        let is = |side: &Option<(Key, Vec<u8>)>| {
+            side.as_ref()
+                .is_some_and(|(k, n)| *k == key && n.as_slice() == name)
+        };
+        if is(&r.from) {
+            Some(Side::From)
+        } else if is(&r.to) {
+            Some(Side::To)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `name` exists in this session's directory `parent` (a read: no lookup taken).
+    pub fn has_name(&self, parent: u64, name: &[u8]) -> Result<bool, Errno> {
+        let dir = self.inodes.get(parent)?;
+        let name = sys::cstring(name)?;
+        match sys::fstatat_nofollow(dir.fd(), &name) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{Export, ExportConfig, ROOT_ID};
+    use ferry_protocol::Ctx;
+
+    fn export(dir: &std::path::Path) -> Arc<Export> {
+        Export::open(ExportConfig {
+            name: "t".into(),
+            path: dir.to_path_buf(),
+            read_only: false,
+            ids: crate::ids::IdPolicy::passthrough(),
+            devices: false,
+        })
+        .unwrap()
+    }
+
+    const LINK: u64 = 0x0123_4567_89ab_cdef;
+
+    fn link_name(link: u64) -> String {
+        format!("{}{link:016x}", ferry_protocol::REPLAY_LINK_PREFIX)
+    }
+
+    fn change(kind: ChangeKind, path: &str, to: &str) -> Change {
+        Change {
+            kind,
+            path: path.as_bytes().to_vec(),
+            to: to.as_bytes().to_vec(),
+            parent: 0,
+            to_parent: 0,
+            file_type: libc::S_IFREG,
+            entry: None,
+        }
+    }
+
+    #[test]
+    fn a_registered_thread_names_its_change_in_another_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
+        std::fs::write(dir.path().join("d/e/new"), b"").unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone());
+        let vfs = ExportSession::new(ex.clone());
+        assert_eq!(vfs.replayer(42), None, "nobody registered");
+
+        let renamed = change(ChangeKind::Renamed, "d/e/old", "new");
+        assert_eq!(
+            agent.replay(42, LINK, Some(&renamed)),
+            Err(Errno::ENXIO),
+            "registered, but nobody is linked yet"
+        );
+        assert_eq!(vfs.replayer(42), None, "not linked yet");
+        assert!(
+            !vfs.link_replayer(link_name(LINK + 1).as_bytes()),
+            "unknown"
+        );
+        assert!(!vfs.link_replayer(b".ferry-replay-0123"));
+        assert!(!vfs.link_replayer(b"0123456789abcdef"));
+        assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        assert_eq!(agent.replay(42, LINK, Some(&renamed)), Ok(()), "linked now");
+        let Some(Replayer::Replaying(r)) = vfs.replayer(42) else {
+            panic!("42 is replaying");
+        };
+        assert_eq!(vfs.replayer(43), None, "another thread");
+        assert_eq!(vfs.replayer(0), None, "pid 0: the kernel's own requests");
+        // Another guest: its own thread 42, its own session; neither sees the other's.
+        let other_agent = ExportSession::new(ex.clone());
+        let other_vfs = ExportSession::new(ex.clone());
+        assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
+        assert_eq!(other_agent.replay(42, 7, None), Err(Errno::ENXIO));
+        assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
+        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
+        assert!(matches!(vfs.replayer(42), Some(Replayer::Replaying(_))));
+        // The other session's node ids.
+        let d = vfs.lookup(&Ctx::default(), ROOT_ID, b"d").unwrap().ino;
+        let e = vfs.lookup(&Ctx::default(), d, b"e").unwrap().ino;
+        assert_eq!(vfs.replay_side(&r, e, b"old"), Some(Side::From));
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"new"), Some(Side::To));
+        assert_eq!(vfs.replay_side(&r, d, b"old"), None, "same name, other dir");
+        assert_eq!(vfs.replay_side(&r, e, b"new"), None);
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"old"), None);
+        assert!(vfs.has_name(e, b"new").unwrap());
+        assert!(!vfs.has_name(e, b"old").unwrap());
+
+        agent.replay(42, LINK, None).unwrap();
+        assert_eq!(vfs.replayer(42), Some(Replayer::Idle));
+        assert_eq!(agent.replay(0, LINK, None), Err(Errno::EINVAL));
+        assert_eq!(agent.replay(-5, LINK, None), Err(Errno::EINVAL));
+        drop(agent);
+        assert_eq!(vfs.replayer(42), None, "registrations end with the session");
+        assert!(
+            !vfs.link_replayer(link_name(LINK).as_bytes()),
+            "and so do links"
+        );
+        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
+    }
+
+    /// A replaying session holds no nodes below the root, yet hears of changes anywhere in
+    /// the export, by path; a session that does not replay hears only of what it holds.
+    #[test]
+    fn a_replaying_session_gets_every_change_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        let ex = export(dir.path());
+        let watch = |replays: bool| {
+            let s = Arc::new(ExportSession::new(ex.clone()));
+            if replays {
+                // Nobody links to it here: ENXIO, but it is registered.
+                assert_eq!(s.replay(99, LINK, None), Err(Errno::ENXIO));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tx = Mutex::new(tx);
+            s.watch(Arc::new(move |c| {
+                let _ = tx.lock().unwrap().send(c);
+            }))
+            .unwrap();
+            (s, rx)
+        };
+        let (replayer, changes) = watch(true);
+        let (_plain, plain_changes) = watch(false);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let p = dir.path();
+        std::fs::write(p.join("a/b/f"), b"x").unwrap();
+        std::fs::rename(p.join("a/b/f"), p.join("a/g")).unwrap();
+        std::fs::remove_file(p.join("a/g")).unwrap();
+        std::os::unix::fs::symlink("t", p.join("a/b/l")).unwrap();
+        // File types as found when the burst is looked at: the file may be gone by then (0,
+        // unknown), the symlink is there.
+        let f = libc::S_IFREG;
+        let want: Vec<(ChangeKind, &str, &str, u32)> = vec![
+            (ChangeKind::Created, "a/b/f", "", f),
+            (ChangeKind::Renamed, "a/b/f", "a/g", f),
+            (ChangeKind::Removed, "a/g", "", 0),
+            (ChangeKind::Created, "a/b/l", "", libc::S_IFLNK),
+        ];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want.len() && std::time::Instant::now() < deadline {
+            if let Ok(batch) = changes.recv_timeout(std::time::Duration::from_millis(100)) {
+                got.extend(batch);
+            }
+        }
+        // Data changes of a new file may be merged into its creation or follow it.
+        got.retain(|c| !matches!(c.kind, ChangeKind::Data | ChangeKind::DataClosed));
+        let got: Vec<_> = got
+            .iter()
+            .map(|c| {
+                (
+                    c.kind,
+                    String::from_utf8_lossy(&c.path).into_owned(),
+                    String::from_utf8_lossy(&c.to).into_owned(),
+                    if c.file_type == 0 && c.path.ends_with(b"f") {
+                        libc::S_IFREG
+                    } else {
+                        c.file_type
+                    },
+                )
+            })
+            .collect();
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(k, p, t, f)| (k, p.to_string(), t.to_string(), f))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(replayer.node_count(), 1, "no lookups taken: only the root");
+        let plain: Vec<Change> = plain_changes.try_iter().flatten().collect();
+        assert!(plain.is_empty(), "{plain:?}");
+    }
+
+    #[test]
+    fn names_resolve_through_the_session_nodes_or_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone());
+        let a = agent.lookup(&Ctx::default(), ROOT_ID, b"a").unwrap().ino;
+        // The directory moved on the host: the node still names it.
+        std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let mut c = change(ChangeKind::Removed, "a/f", "");
+        c.parent = a;
+        assert_eq!(agent.replay(7, LINK, Some(&c)), Err(Errno::ENXIO));
+        let vfs = ExportSession::new(ex.clone());
+        assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        let r = vfs.replayer(7).unwrap();
+        let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
+        assert_eq!(
+            vfs.replay_side(r.change().unwrap(), b, b"f"),
+            Some(Side::From)
+        );
+        // Without a node, by path; a path that is not there (or leaves the export) names
+        // nothing.
+        for (path, found) in [("b/f", true), ("gone/f", false), ("../f", false)] {
+            agent
+                .replay(7, LINK, Some(&change(ChangeKind::Created, path, "")))
+                .unwrap();
+            let r = vfs.replayer(7).unwrap();
+            assert_eq!(
+                vfs.replay_side(r.change().unwrap(), b, b"f").is_some(),
+                found,
+                "{path}"
+            );
+        }
+        // The root itself has no name.
+        agent
+            .replay(7, LINK, Some(&change(ChangeKind::Attrib, "", "")))
+            .unwrap();
+        let r = vfs.replayer(7).unwrap();
+        assert_eq!(vfs.replay_side(r.change().unwrap(), ROOT_ID, b""), None);
+    }
+}
