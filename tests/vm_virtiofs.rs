@@ -55,6 +55,13 @@ fn vm_virtiofs() {
     fs::create_dir_all(&ro).unwrap();
     fs::write(ro.join("kept.txt"), b"read-only data\n").unwrap();
     fs::create_dir_all(export.join("events")).unwrap();
+    // Another filesystem mounted inside the export: the guest must see it as a submount.
+    let _submount = Tmpfs::mount(&export.join("submount"));
+    fs::write(
+        export.join("submount/in-submount.txt"),
+        b"on another filesystem\n",
+    )
+    .unwrap();
     fs::write(export.join("events/mode.txt"), b"mode\n").unwrap();
 
     let initrd = run.path().join("initrd.cpio");
@@ -113,6 +120,11 @@ fn vm_virtiofs() {
         "ro-unchanged",
         "escape-abs-not-followed-on-the-host",
         "escape-rel-not-followed-on-the-host",
+        "submount-own-dev",
+        "submount-same-dev-elsewhere",
+        "submount-read",
+        "submount-find",
+        "submount-find-xdev",
         "events-agent-started",
         "host-edits-read",
         "events-host-edits",
@@ -159,4 +171,29 @@ fn vm_virtiofs() {
     );
     drop(vm);
     host.stop(std::time::Duration::from_secs(5));
+}
+
+/// A tmpfs mounted at a directory (created if missing) for the life of the value; unmounted
+/// lazily when dropped, so a failed test leaves no mount behind.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount a tmpfs inside the export (needs root, as the VM test does)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

@@ -42,6 +42,16 @@ for l in escape-abs escape-rel; do
     say "OK $l-not-followed-on-the-host"
 done
 
+# 4b. A host mount point inside the export (a tmpfs the host mounted) is announced as a
+#     submount: the guest kernel mounts it when a path first goes through it (an automount,
+#     which stat(2) of the mount point alone does not trigger), and from then on it has its
+#     own st_dev, so find -xdev stops there.
+check submount-read test "$(cat "$M/submount/in-submount.txt")" = "on another filesystem"
+check submount-own-dev test "$(stat -c %d "$M")" != "$(stat -c %d "$M/submount")"
+check submount-same-dev-elsewhere test "$(stat -c %d "$M")" = "$(stat -c %d "$M/from-host")"
+check submount-find test -n "$(find "$M" -name in-submount.txt)"
+check submount-find-xdev test -z "$(find "$M" -xdev -name in-submount.txt)"
+
 # 5. Host change events: virtio-fs has no notification path, so an events-only agent takes
 #    the export's changes over vsock and replays them on the mount, and the host answers the
 #    replay's requests without touching anything.
@@ -110,6 +120,8 @@ grep -q "host change events ended" /tmp/agent.log || show /tmp/agent.log agent
 check events-agent-stops test "$_rc" = 0
 
 cd /
+# The automounted submount goes first (the kernel would expire it in time).
+grep -q " $M/submount " /proc/mounts && umount "$M/submount"
 check umount umount "$M"
 check umount-ro umount "$R"
 say ALL-DONE
