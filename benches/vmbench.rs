@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench vmbench` (needs what `.ci/vm-tools` installs).
 //! Environment: FERRY_VMBENCH_FILES (default 5000), FERRY_VMBENCH_MB (default 64),
-//! FERRY_VMBENCH_ROUNDS (default 3; the median is reported).
+//! FERRY_VMBENCH_ROUNDS (default 3; the median is reported), FERRY_VMBENCH_TARGETS (a
+//! comma-separated subset of vfs, vfsd-auto, vfsd-always, ferry, 9p, 9p-loose).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -99,6 +100,18 @@ fn main() {
         ),
     }
     targets.extend(OTHERS);
+    // FERRY_VMBENCH_TARGETS=vfs,vfsd-auto,... keeps only those targets. Every target shares
+    // one host directory, and the Ferry agent replays every host change it hears of inside
+    // the guest, so its events cost the other targets guest CPU while they are measured;
+    // leave `ferry` out to compare the virtio-fs backends alone.
+    if let Ok(only) = std::env::var("FERRY_VMBENCH_TARGETS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        targets.retain(|(t, _)| only.contains(t));
+        assert!(
+            !targets.is_empty(),
+            "FERRY_VMBENCH_TARGETS={only:?} names no target"
+        );
+    }
     let names: Vec<&str> = targets.iter().map(|(t, _)| *t).collect();
 
     let mut cfg = VmConfig::new(initrd);
