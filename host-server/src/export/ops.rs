@@ -697,13 +697,14 @@ impl ExportSession {
         &self,
         fh: u64,
         offset: u64,
+        buf_size: usize,
         mut emit: impl FnMut(BorrowedFd<'_>, sys::RawDirent<'_>) -> Result<bool, Errno>,
     ) -> Result<(), Errno> {
         let h = self.handles.get(fh)?;
         let (fd, _guard) = h.lock_dir()?;
         let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
         sys::lseek(fd, offset, libc::SEEK_SET)?;
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; buf_size];
         loop {
             let n = sys::getdents64(fd, &mut buf)?;
             if n == 0 {
@@ -778,9 +779,15 @@ impl ExportSession {
         mut make: impl FnMut(BorrowedFd<'_>, &sys::RawDirent<'_>) -> Result<Option<T>, Errno>,
     ) -> Result<Vec<T>, Errno> {
         let budget = (size as usize).min(MAX_DATA);
+        // Read about as many host entries as the reply can hold, not a fixed 32 KiB: every
+        // call seeks and reads afresh, and entries read past the budget are read again by the
+        // next call (a readdirplus reply of 4 KiB holds some 25 entries, 32 KiB of host
+        // entries some 1,000). A host entry takes about 32 bytes for an 8-byte name; a short
+        // read just loops.
+        let buf_size = (budget * 32 / cost(8)).clamp(1024, 32 * 1024);
         let mut used = 0;
         let mut out = Vec::new();
-        let res = self.walk_dir(fh, offset, |dirfd, d| {
+        let res = self.walk_dir(fh, offset, buf_size, |dirfd, d| {
             let c = cost(d.name.len());
             if used + c > budget {
                 return Ok(false);

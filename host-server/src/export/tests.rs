@@ -287,6 +287,44 @@ fn readdir_lists_a_thousand_entries_across_calls() {
 }
 
 #[test]
+fn readdirplus_pages_through_long_names_with_small_replies() {
+    // The host buffer is sized to the reply (as small as 1 KiB): names up to 255 bytes and
+    // replies of one to a few entries must still list everything once.
+    let (dir, s) = setup();
+    let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0).unwrap();
+    let mut expected = BTreeSet::new();
+    for i in 0..400 {
+        let name = format!("{i:03}-{}", "n".repeat((i * 37) % 252));
+        std::fs::write(dir.path().join("d").join(&name), b"").unwrap();
+        expected.insert(name.into_bytes());
+    }
+    let o = s.opendir(&CTX, d.ino, libc::O_RDONLY).unwrap();
+    for size in [420u32, 1024, 4096, 65536] {
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        loop {
+            let batch = s.readdirplus(&CTX, d.ino, o.fh, offset, size).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            offset = batch.last().unwrap().offset;
+            for e in batch {
+                if e.entry.ino != 0 {
+                    s.forget(e.entry.ino, 1);
+                }
+                if e.name != b"." && e.name != b".." {
+                    seen.push(e.name);
+                }
+            }
+        }
+        let unique: BTreeSet<_> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "size {size}: no duplicates");
+        assert_eq!(unique, expected, "size {size}: no misses");
+    }
+    s.releasedir(d.ino, o.fh).unwrap();
+}
+
+#[test]
 fn readdirplus_takes_lookups_that_forget_gives_back() {
     let (dir, s) = setup();
     for name in ["a", "b", "c"] {
