@@ -939,6 +939,27 @@ pub(crate) mod tests {
         abi::EntryOut::read_from_prefix(body).unwrap().0
     }
 
+    /// Opens directory `dir` and reads its first 4 KiB with `op` (READDIR or READDIRPLUS);
+    /// returns the reply body.
+    fn list(s: &FuseServer, op: u32, dir: u64) -> Vec<u8> {
+        let (err, body) = call(
+            s,
+            opcode::OPENDIR,
+            dir,
+            &[abi::OpenIn::default().as_bytes()],
+        );
+        assert_eq!(err, 0);
+        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
+        let r = abi::ReadIn {
+            fh,
+            size: 4096,
+            ..abi::ReadIn::default()
+        };
+        let (err, body) = call(s, op, dir, &[r.as_bytes()]);
+        assert_eq!(err, 0);
+        body
+    }
+
     #[test]
     fn init_negotiates_the_offered_flags() {
         let dir = tempfile::tempdir().unwrap();
@@ -1012,16 +1033,7 @@ pub(crate) mod tests {
         );
         assert_eq!(call(&s, opcode::LOOKUP, 1, &[b"nope\0"]).0, libc::ENOENT);
 
-        let (err, body) = call(&s, opcode::OPENDIR, 1, &[abi::OpenIn::default().as_bytes()]);
-        assert_eq!(err, 0);
-        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
-        let r = abi::ReadIn {
-            fh,
-            size: 4096,
-            ..abi::ReadIn::default()
-        };
-        let (err, body) = call(&s, opcode::READDIR, 1, &[r.as_bytes()]);
-        assert_eq!(err, 0);
+        let body = list(&s, opcode::READDIR, 1);
         let mut names = Vec::new();
         let mut rest = &body[..];
         while !rest.is_empty() {
@@ -1152,15 +1164,7 @@ pub(crate) mod tests {
         );
 
         // READDIRPLUS announces it the same way.
-        let (_, body) = call(&s, opcode::OPENDIR, 1, &[abi::OpenIn::default().as_bytes()]);
-        let fh = abi::OpenOut::read_from_bytes(&body).unwrap().fh;
-        let r = abi::ReadIn {
-            fh,
-            size: 4096,
-            ..abi::ReadIn::default()
-        };
-        let (err, body) = call(&s, opcode::READDIRPLUS, 1, &[r.as_bytes()]);
-        assert_eq!(err, 0);
+        let body = list(&s, opcode::READDIRPLUS, 1);
         let mut announced = Vec::new();
         let mut rest = &body[..];
         while !rest.is_empty() {
