@@ -397,19 +397,12 @@ pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::
         info!(export = %name, mountpoint = %mp.display(), "replaying host changes (events only)");
         threads.push(t);
     }
-    loop {
-        match shutdown.recv_timeout(Duration::from_millis(100)) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                info!("shutdown requested");
-                break;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if client.is_closed() {
-            warn!("the connection to the server is closed");
-            break;
-        }
-    }
+    wait_for_stop(
+        &shutdown,
+        &client,
+        "the connection to the server is closed",
+        || false,
+    );
     client.shutdown();
     for t in threads {
         let _ = t.join();
@@ -516,33 +509,54 @@ pub fn serve(
     }
 
     let mut reported = vec![false; handles.len()];
+    wait_for_stop(
+        &shutdown,
+        &client,
+        "the connection to the server is closed; unmounting",
+        || {
+            for (h, seen) in handles.iter().zip(reported.iter_mut()) {
+                if !*seen && h.is_finished() {
+                    warn!(export = h.export(), mountpoint = %h.mountpoint().display(),
+                          "the mount was unmounted from outside");
+                    *seen = true;
+                }
+            }
+            let all_gone = !handles.is_empty() && reported.iter().all(|&r| r);
+            if all_gone {
+                info!("every mount is gone; stopping");
+            }
+            all_gone
+        },
+    );
+    unmount_all(handles);
+    client.shutdown();
+    Ok(())
+}
+
+/// Waits in 100 ms steps until a shutdown is asked for, the connection to the server closes
+/// (logged as `closed`), or `stop` (called each step) says so.
+fn wait_for_stop(
+    shutdown: &Receiver<()>,
+    client: &Client,
+    closed: &str,
+    mut stop: impl FnMut() -> bool,
+) {
     loop {
         match shutdown.recv_timeout(Duration::from_millis(100)) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 info!("shutdown requested");
-                break;
+                return;
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
         if client.is_closed() {
-            warn!("the connection to the server is closed; unmounting");
-            break;
+            warn!("{closed}");
+            return;
         }
-        for (h, seen) in handles.iter().zip(reported.iter_mut()) {
-            if !*seen && h.is_finished() {
-                warn!(export = h.export(), mountpoint = %h.mountpoint().display(),
-                      "the mount was unmounted from outside");
-                *seen = true;
-            }
-        }
-        if !handles.is_empty() && reported.iter().all(|&r| r) {
-            info!("every mount is gone; stopping");
-            break;
+        if stop() {
+            return;
         }
     }
-    unmount_all(handles);
-    client.shutdown();
-    Ok(())
 }
 
 fn unmount_all(handles: Vec<MountHandle>) {
