@@ -405,7 +405,8 @@ impl ExportSession {
     /// Whether node `ino`, found in directory `parent`, is a directory on another host
     /// filesystem than its parent (a mount point inside the export). Unknown nodes are not.
     pub fn is_submount(&self, parent: u64, ino: u64) -> bool {
-        match (self.inodes.get(parent), self.inodes.get(ino)) {
+        // Identity only: no descriptor is needed (or reopened) to compare devices.
+        match (self.inodes.peek(parent), self.inodes.peek(ino)) {
             (Ok(parent), Ok(node)) => node.is_dir() && node.dev != parent.dev,
             _ => false,
         }

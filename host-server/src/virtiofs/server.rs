@@ -397,11 +397,11 @@ impl FuseServer {
                 if h.opcode == opcode::RELEASE {
                     // Only closing a handle that could write raises a host event of this
                     // guest's (IN_CLOSE_WRITE); see `dispatch.rs`.
-                    let r2 = s.release(ino, r.fh);
+                    let released = s.release(ino, r.fh);
                     if r.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY {
-                        ok_unit(r2)
+                        ok_unit(released)
                     } else {
-                        changed(r2)
+                        changed(released)
                     }
                 } else {
                     ok_unit(s.releasedir(ino, r.fh))
