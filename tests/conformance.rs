@@ -1,10 +1,11 @@
 //! Independent checkers against the mount, compared with bindfs on the same machine.
 //!
 //! - pjdfstest (the Rust rewrite of pjd's POSIX file system test suite) runs as root, whole,
-//!   on a native directory, a bindfs mount and Ferry mounts in both cache modes. Every test
-//!   that fails on Ferry must fail on bindfs too, or be one of the [`known_difference`]s (none),
-//!   each with its reason; so a new regression fails here. Ferry must also skip exactly what
-//!   bindfs skips, so nothing can hide behind a skip.
+//!   on a native directory, a bindfs mount and Ferry mounts in both cache modes (with device
+//!   nodes allowed, `--devices`, as bindfs run by root allows them; the default refusal is
+//!   checked by `special::device_nodes_are_refused`). Every test that fails on Ferry must fail
+//!   on bindfs too, so a new regression fails here. Ferry must also skip exactly what bindfs
+//!   skips, so nothing can hide behind a skip.
 //! - fsx (asomers' fsx-rs, the File System eXerciser) runs a fixed number of random reads,
 //!   writes, truncates, mmap reads and writes (with and without msync), hole punches,
 //!   fallocates, copy_file_range and sendfile on one file per run, with fixed seeds and several
@@ -245,12 +246,11 @@ impl Run {
     }
 
     /// What `self` (a Ferry run called `name`) does worse than `bindfs`: failures bindfs does
-    /// not share that are not known differences, skips that are not bindfs's, missing cases.
+    /// not share, skips that are not bindfs's, missing cases.
     fn differences(&self, name: &str, bindfs: &Run) -> Vec<String> {
         let mut problems = Vec::new();
         for case in self.with(Outcome::Fail) {
-            if bindfs.outcomes.get(case) == Some(&Outcome::Fail) || known_difference(case).is_some()
-            {
+            if bindfs.outcomes.get(case) == Some(&Outcome::Fail) {
                 continue;
             }
             let why = self.messages.get(case).map(String::as_str).unwrap_or("");
@@ -326,15 +326,6 @@ fn pjdfstest(bin: &Path, config: &Path, secondary: &Path, dir: &Path, what: &str
     run
 }
 
-/// Why Ferry fails a pjdfstest case that bindfs passes, when that is not a bug to fix. Each
-/// entry must also be in README.md ("Behaviour that differs from a local filesystem"). Empty:
-/// the one difference there was, device nodes, is Ferry's default policy (refused unless the
-/// export allows them), and the runs below allow them with `--devices`, as bindfs run by root
-/// does; `special::device_nodes_are_refused` checks the default.
-fn known_difference(_name: &str) -> Option<&'static str> {
-    None
-}
-
 #[test]
 fn pjdfstest_fails_nothing_bindfs_passes() {
     let test = "pjdfstest_fails_nothing_bindfs_passes";
@@ -399,11 +390,6 @@ fn pjdfstest_fails_nothing_bindfs_passes() {
     let bindfs = &runs[1].1;
     let mut problems = Vec::new();
     for (name, run) in &runs[2..] {
-        let known = (run.with(Outcome::Fail).into_iter())
-            .filter(|c| bindfs.outcomes.get(*c) != Some(&Outcome::Fail))
-            .filter(|c| known_difference(c).is_some())
-            .count();
-        eprintln!("{name}: {known} failures are known differences from bindfs");
         for case in bindfs.with(Outcome::Fail) {
             if run.outcomes.get(case) == Some(&Outcome::Pass) {
                 eprintln!("{name}: passes {case}, which bindfs fails");
@@ -413,7 +399,7 @@ fn pjdfstest_fails_nothing_bindfs_passes() {
     }
     assert!(
         problems.is_empty(),
-        "Ferry differs from bindfs beyond the known differences:\n{}",
+        "Ferry does worse than bindfs:\n{}",
         problems.join("\n")
     );
 }
@@ -536,7 +522,7 @@ fn pjdfstest_comparison_catches_what_bindfs_does_not_fail() {
          link::gone ok\n",
     );
     assert_eq!(same.differences("ferry", &bindfs), Vec::<String>::new());
-    // With no known differences listed, a device-node case Ferry fails is a regression too.
+    // A device-node case Ferry fails is a regression like any other.
     let refused = Run::parse(
         "open::a ok\nopen::b FAILED\nmknod::device::char FAILED\nopen::erofs skipped\n\
          link::gone ok\n",
