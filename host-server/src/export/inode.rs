@@ -424,9 +424,7 @@ impl InodeTable {
             anchor,
         });
         if !data.is_pinned() {
-            let mut clock = lock(&self.clock);
-            self.make_room(&mut clock);
-            clock.ring.push(Arc::downgrade(&data));
+            self.place(&mut lock(&self.clock), Arc::downgrade(&data));
         }
         self.by_id.insert(id, Arc::clone(&data));
         Node { data, fd }
@@ -443,49 +441,64 @@ impl InodeTable {
             return Arc::clone(fd);
         }
         // The node is not in the ring (its slot is empty), so it cannot be its own victim.
-        self.make_room(&mut clock);
         let fd = Arc::new(fd);
         *lock(slot) = Some(Arc::clone(&fd));
-        clock.ring.push(Arc::downgrade(node));
+        self.place(&mut clock, Arc::downgrade(node));
         fd
     }
 
-    /// Evicts descriptors until the ring has room for one more within the cap. Nodes the guest
-    /// has open are skipped; when only such nodes are left the ring grows past the cap.
-    fn make_room(&self, clock: &mut Clock) {
+    /// Puts a node whose descriptor was just cached into the ring: CLOCK. Below the cap it is
+    /// appended; at the cap it takes the slot of the first node the hand finds unreferenced
+    /// (whose descriptor is evicted) or forgotten, and the hand moves past it, so the newcomer
+    /// is the last node the hand reaches again. Nodes the guest has open are never victims;
+    /// when only they are left the ring grows past the cap, and shrinks back to it at later
+    /// insertions once they are closed.
+    fn place(&self, clock: &mut Clock, node: Weak<InodeData>) {
         let cap = self.policy.cap;
-        let mut steps = 0;
-        while clock.ring.len() >= cap {
-            let len = clock.ring.len();
-            // Two full turns clear every reference bit; after that only open nodes are left.
-            if steps > 2 * len {
-                break;
-            }
-            steps += 1;
-            let i = clock.hand % len;
-            let victim = match clock.ring[i].upgrade() {
-                // Forgotten meanwhile: its descriptor closed with it.
-                None => true,
-                Some(n) => {
-                    if n.opens.load(Ordering::Relaxed) > 0 || n.used.swap(false, Ordering::Relaxed)
-                    {
-                        false
-                    } else {
-                        if let Anchor::Handle { slot, .. } = &n.anchor {
-                            lock(slot).take();
-                        }
-                        true
-                    }
-                }
-            };
-            if victim {
-                // The last entry moves to `i`, which the hand looks at next.
-                clock.ring.swap_remove(i);
-                clock.hand = i;
-            } else {
+        while clock.ring.len() > cap {
+            let Some(i) = Self::victim(clock) else { break };
+            // The last entry moves to `i`; only while shrinking, so a newcomer is not what
+            // the hand meets next in the steady state.
+            clock.ring.swap_remove(i);
+            clock.hand = i;
+        }
+        if clock.ring.len() < cap {
+            clock.ring.push(node);
+            return;
+        }
+        match Self::victim(clock) {
+            Some(i) => {
+                clock.ring[i] = node;
                 clock.hand = i + 1;
             }
+            None => clock.ring.push(node),
         }
+    }
+
+    /// Moves the hand to the next victim, evicts its descriptor and returns its slot; None
+    /// when every node in the ring is open. A node used since the hand last passed is spared
+    /// once (its reference bit is cleared), so two turns find a victim if there is one.
+    fn victim(clock: &mut Clock) -> Option<usize> {
+        let len = clock.ring.len();
+        if len == 0 {
+            return None;
+        }
+        for _ in 0..=2 * len {
+            let i = clock.hand % len;
+            clock.hand = i + 1;
+            let Some(n) = clock.ring[i].upgrade() else {
+                // Forgotten meanwhile: its descriptor closed with it.
+                return Some(i);
+            };
+            if n.opens.load(Ordering::Relaxed) > 0 || n.used.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            if let Anchor::Handle { slot, .. } = &n.anchor {
+                lock(slot).take();
+            }
+            return Some(i);
+        }
+        None
     }
 
     /// The handle of the object behind `fd`, or None when its node must hold a descriptor.
@@ -709,6 +722,38 @@ mod tests {
         assert!(has_fd(&t, evicted));
         assert_eq!(t.peek(evicted).expect("node").lookups(), 2);
         assert_eq!(t.len(), 51);
+    }
+
+    #[test]
+    fn the_most_recent_nodes_keep_their_descriptors() {
+        // A stream of lookups (a directory listing, `rm -r`): whatever came before, the last
+        // `cap` nodes looked up are the ones cached, so the next operation on them (an
+        // unlink, an open) needs no reopen and the host frees an unlinked inode only when
+        // the guest forgets it.
+        let (_dir, t) = setup(
+            40,
+            FdPolicy {
+                cap: 8,
+                handles: true,
+            },
+        );
+        let ids: Vec<u64> = (0..40).map(|i| lookup(&t, &format!("f{i}"))).collect();
+        for (k, &id) in ids.iter().enumerate().skip(32) {
+            assert!(has_fd(&t, id), "f{k}, one of the last 8 looked up, was evicted");
+        }
+        // Forgotten nodes make room first, used ones get a second chance.
+        for &id in &ids[32..36] {
+            t.forget(id, 1);
+        }
+        let used = ids[36];
+        assert!(t.get(used).is_ok());
+        for i in 0..4 {
+            lookup(&t, &format!("f{i}"));
+        }
+        for &id in &ids[36..] {
+            assert!(has_fd(&t, id), "node {id} was evicted while forgotten slots were free");
+        }
+        assert!(t.cached_fds() <= 8, "{} cached", t.cached_fds());
     }
 
     #[test]
