@@ -133,6 +133,7 @@ impl ExportSession {
                     size: r.size,
                     atime: r.atime,
                     mtime: r.mtime,
+                    kill_suidgid: false,
                 };
                 reply(self.setattr(ctx, r.ino, r.fh, &attrs), Reply::Attr)
             }

@@ -739,7 +739,10 @@ mod tests {
         );
         let ids: Vec<u64> = (0..40).map(|i| lookup(&t, &format!("f{i}"))).collect();
         for (k, &id) in ids.iter().enumerate().skip(32) {
-            assert!(has_fd(&t, id), "f{k}, one of the last 8 looked up, was evicted");
+            assert!(
+                has_fd(&t, id),
+                "f{k}, one of the last 8 looked up, was evicted"
+            );
         }
         // Forgotten nodes make room first, used ones get a second chance.
         for &id in &ids[32..36] {
@@ -751,7 +754,10 @@ mod tests {
             lookup(&t, &format!("f{i}"));
         }
         for &id in &ids[36..] {
-            assert!(has_fd(&t, id), "node {id} was evicted while forgotten slots were free");
+            assert!(
+                has_fd(&t, id),
+                "node {id} was evicted while forgotten slots were free"
+            );
         }
         assert!(t.cached_fds() <= 8, "{} cached", t.cached_fds());
     }

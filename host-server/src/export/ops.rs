@@ -35,6 +35,10 @@ pub struct SetAttrs {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// Clear set-user-ID (and set-group-ID on group-executable files) unless `mode` is
+    /// given: a truncate or chown by a caller without CAP_FSETID whose kernel left it to
+    /// the server (see [`ExportSession::kill_suidgid`]).
+    pub kill_suidgid: bool,
 }
 
 /// Result of `getxattr`/`listxattr`.
@@ -333,6 +337,9 @@ impl ExportSession {
                 }
             }
         }
+        if attrs.kill_suidgid && attrs.mode.is_none() {
+            self.kill_privs(&node)?;
+        }
         if attrs.atime.is_some() || attrs.mtime.is_some() {
             let times = [utime(attrs.atime), utime(attrs.mtime)];
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
@@ -544,7 +551,6 @@ impl ExportSession {
 
     /// Creates (or, without O_EXCL, opens an existing) regular file `name` in `parent` and
     /// opens it.
-    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         ctx: &Ctx,
@@ -553,6 +559,23 @@ impl ExportSession {
         mode: u32,
         umask: u32,
         flags: i32,
+    ) -> Result<Created, Errno> {
+        self.create_killing(ctx, parent, name, mode, umask, flags, false)
+    }
+
+    /// [`Self::create`]; with `kill_suidgid`, an existing file it opens (and truncates, with
+    /// O_TRUNC) loses its set-id bits as with [`Self::kill_suidgid`]. A file it creates keeps
+    /// the mode asked for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_killing(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        kill_suidgid: bool,
     ) -> Result<Created, Errno> {
         self.check_writable()?;
         let name = component(name)?;
@@ -575,6 +598,8 @@ impl ExportSession {
         let node = self.inodes.insert_or_ref(path, &st);
         if created {
             st = self.record_creator(ctx, &dir, &node, &st, perm);
+        } else if kill_suidgid && self.kill_privs(&node)? {
+            st = sys::fstat(node.fd())?;
         }
         let fh = self
             .handles
@@ -653,6 +678,34 @@ impl ExportSession {
         let h = self.file_handle(fh)?;
         let n = sys::pwrite_all(h.file_fd()?, data, offset)?;
         Ok(n as u32)
+    }
+
+    /// Clears the set-user-ID bit of regular file `ino`, and its set-group-ID bit when it is
+    /// group-executable, as Linux does when a caller without CAP_FSETID writes to, truncates
+    /// or chowns a file. A guest kernel that negotiated FUSE_HANDLE_KILLPRIV_V2 leaves this to
+    /// the server and says when (the server itself writes with CAP_FSETID, so the host
+    /// kernel would keep the bits; it does drop `security.capability` on every write).
+    pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
+        self.check_writable()?;
+        self.kill_privs(&self.inodes.get(ino)?).map(drop)
+    }
+
+    /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
+    fn kill_privs(&self, node: &Node) -> Result<bool, Errno> {
+        if !node.is_file() {
+            return Ok(false);
+        }
+        let st = sys::fstat(node.fd())?;
+        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if mode & kill == 0 {
+            return Ok(false);
+        }
+        self.change_mode(node, mode & !kill)?;
+        Ok(true)
     }
 
     /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner

@@ -14,8 +14,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// FUSE kernel protocol major version.
 pub const KERNEL_VERSION: u32 = 7;
-/// The minor version this server speaks (7.32: submount announcements).
-pub const KERNEL_MINOR_VERSION: u32 = 32;
+/// The minor version this server speaks (7.32: submount announcements; 7.33: the server
+/// clears set-id bits, FUSE_HANDLE_KILLPRIV_V2).
+pub const KERNEL_MINOR_VERSION: u32 = 33;
 /// The oldest minor version accepted (7.31 is the first with virtio-fs).
 pub const MIN_KERNEL_MINOR_VERSION: u32 = 31;
 
@@ -78,7 +79,14 @@ pub mod init_flags {
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const MAX_PAGES: u32 = 1 << 22;
     pub const SUBMOUNTS: u32 = 1 << 27;
+    pub const HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 }
+
+/// `fuse_write_in.write_flags`: the writer lacks CAP_FSETID; clear the set-id bits.
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `fuse_open_in.open_flags` / `fuse_create_in.open_flags`: an O_TRUNC open by a caller
+/// without CAP_FSETID; clear the set-id bits.
+pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 /// `fuse_setattr_in.valid` bits.
 #[allow(missing_docs)]
@@ -92,6 +100,9 @@ pub mod fattr {
     pub const FH: u32 = 1 << 6;
     pub const ATIME_NOW: u32 = 1 << 7;
     pub const MTIME_NOW: u32 = 1 << 8;
+    /// Truncate by a caller without CAP_FSETID, or chown of a non-directory: clear the
+    /// set-id bits.
+    pub const KILL_SUIDGID: u32 = 1 << 11;
 }
 
 /// `fuse_getattr_in.getattr_flags`: the `fh` field is valid.

@@ -33,6 +33,13 @@ pub const SYNTHETIC_BASE: u64 = 1 << 62;
 /// O_TRUNC in OPEN and the host truncates before the kernel's own checks, so an open of a file
 /// being executed would answer ETXTBSY and leave the file empty; without it the kernel
 /// truncates with SETATTR once those checks have passed.
+///
+/// `HANDLE_KILLPRIV_V2`: the server clears set-id bits when a WRITE, a truncating SETATTR or
+/// chown, or a CREATE that opens an existing file with O_TRUNC says the caller lacks
+/// CAP_FSETID. Without it the guest kernel asks for `security.capability` (GETXATTR) before
+/// every write to see whether there is something to clear: one round trip per write.
+/// (An OPEN's kill flag is not acted on: without ATOMIC_O_TRUNC the truncation comes as a
+/// SETATTR carrying the flag.)
 const OFFERED: u32 = init_flags::ASYNC_READ
     | init_flags::BIG_WRITES
     | init_flags::AUTO_INVAL_DATA
@@ -40,7 +47,8 @@ const OFFERED: u32 = init_flags::ASYNC_READ
     | init_flags::READDIRPLUS_AUTO
     | init_flags::PARALLEL_DIROPS
     | init_flags::MAX_PAGES
-    | init_flags::SUBMOUNTS;
+    | init_flags::SUBMOUNTS
+    | init_flags::HANDLE_KILLPRIV_V2;
 
 /// Serves FUSE requests of one guest (one vhost-user connection) from one export session.
 #[derive(Debug)]
@@ -367,7 +375,9 @@ impl FuseServer {
             opcode::CREATE => {
                 let c: abi::CreateIn = tri!(args.obj());
                 let name = tri!(args.name());
-                let r = tri!(s.create(&cx, ino, name, c.mode, c.umask, c.flags as i32));
+                let kill = c.open_flags & abi::OPEN_KILL_SUIDGID != 0;
+                let r =
+                    tri!(s.create_killing(&cx, ino, name, c.mode, c.umask, c.flags as i32, kill));
                 created(ino, name, &r.entry);
                 let mut body = self.entry_out(&r.entry).as_bytes().to_vec();
                 body.extend_from_slice(open_out(&r.opened).as_bytes());
@@ -380,6 +390,9 @@ impl FuseServer {
             opcode::WRITE => {
                 let w: abi::WriteIn = tri!(args.obj());
                 let data = tri!(args.bytes(w.size as usize));
+                if w.write_flags & abi::WRITE_KILL_SUIDGID != 0 {
+                    tri!(s.kill_suidgid(ino));
+                }
                 let n = tri!(s.write(ino, w.fh, w.offset, data));
                 s.made(Made::Changed { ino });
                 ok(abi::WriteOut {
@@ -865,6 +878,7 @@ fn set_attrs(a: &abi::SetattrIn) -> SetAttrs {
         size: (v & fattr::SIZE != 0).then_some(a.size),
         atime: time(fattr::ATIME, fattr::ATIME_NOW, a.atime, a.atimensec),
         mtime: time(fattr::MTIME, fattr::MTIME_NOW, a.mtime, a.mtimensec),
+        kill_suidgid: v & fattr::KILL_SUIDGID != 0,
     }
 }
 
@@ -973,7 +987,8 @@ pub(crate) mod tests {
         let (err, body) = call(&s, opcode::INIT, 0, &[init.as_bytes(), &[0u8; 48]]);
         assert_eq!(err, 0);
         let out = abi::InitOut::read_from_bytes(&body).unwrap();
-        assert_eq!((out.major, out.minor, out.flags), (7, 32, OFFERED));
+        assert_eq!((out.major, out.minor, out.flags), (7, 33, OFFERED));
+        assert_ne!(out.flags & init_flags::HANDLE_KILLPRIV_V2, 0);
         // The kernel must truncate after its own checks (ETXTBSY), not the host in OPEN.
         assert_eq!(out.flags & init_flags::ATOMIC_O_TRUNC, 0);
         assert_eq!(out.max_write, MAX_DATA as u32);
@@ -983,6 +998,103 @@ pub(crate) mod tests {
             ..init
         };
         assert_eq!(call(&s, opcode::INIT, 0, &[old.as_bytes()]).0, libc::EPROTO);
+    }
+
+    #[test]
+    fn set_id_bits_are_cleared_when_the_guest_kernel_says_so() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), false);
+        let mode_of = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let file = |name: &str, mode: u32| {
+            std::fs::write(dir.path().join(name), b"data").unwrap();
+            std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+            let (err, body) = call(&s, opcode::LOOKUP, 1, &[format!("{name}\0").as_bytes()]);
+            assert_eq!(err, 0);
+            entry(&body).nodeid
+        };
+        let open = |ino: u64| {
+            let o = abi::OpenIn {
+                flags: libc::O_WRONLY as u32,
+                open_flags: 0,
+            };
+            let (err, body) = call(&s, opcode::OPEN, ino, &[o.as_bytes()]);
+            assert_eq!(err, 0);
+            abi::OpenOut::read_from_bytes(&body).unwrap().fh
+        };
+        let write = |ino: u64, write_flags: u32| {
+            let w = abi::WriteIn {
+                fh: open(ino),
+                size: 1,
+                write_flags,
+                ..abi::WriteIn::default()
+            };
+            assert_eq!(call(&s, opcode::WRITE, ino, &[w.as_bytes(), b"x"]).0, 0);
+        };
+
+        // A writer with CAP_FSETID (no flag) keeps the bits, as on Linux.
+        let a = file("a", 0o6755);
+        write(a, 0);
+        assert_eq!(mode_of("a"), 0o6755);
+        // Without it: set-user-ID goes, and set-group-ID on a group-executable file.
+        write(a, abi::WRITE_KILL_SUIDGID);
+        assert_eq!(mode_of("a"), 0o755);
+        // Set-group-ID without group execute marks mandatory locking, not privilege: kept.
+        let b = file("b", 0o6745);
+        write(b, abi::WRITE_KILL_SUIDGID);
+        assert_eq!(mode_of("b"), 0o2745);
+
+        // A truncate (or chown) with the flag clears them and the reply says so; an explicit
+        // mode in the same request wins.
+        let setattr = |ino: u64, a: abi::SetattrIn| {
+            let (err, body) = call(&s, opcode::SETATTR, ino, &[a.as_bytes()]);
+            assert_eq!(err, 0);
+            abi::AttrOut::read_from_bytes(&body).unwrap().attr.mode & 0o7777
+        };
+        let c = file("c", 0o4711);
+        let truncate = abi::SetattrIn {
+            valid: fattr::SIZE | fattr::KILL_SUIDGID,
+            ..abi::SetattrIn::default()
+        };
+        assert_eq!(setattr(c, truncate), 0o711);
+        assert_eq!(mode_of("c"), 0o711);
+        assert_eq!(std::fs::metadata(dir.path().join("c")).unwrap().len(), 0);
+        let d = file("d", 0o4755);
+        let chmod_too = abi::SetattrIn {
+            valid: fattr::MODE | fattr::UID | fattr::KILL_SUIDGID,
+            mode: 0o104750,
+            ..abi::SetattrIn::default()
+        };
+        assert_eq!(setattr(d, chmod_too), 0o4750);
+
+        // CREATE with O_TRUNC of an existing file clears them; a new file keeps the mode asked.
+        let create = |name: &str, mode: u32| {
+            let c = abi::CreateIn {
+                flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32,
+                mode: libc::S_IFREG | mode,
+                umask: 0,
+                open_flags: abi::OPEN_KILL_SUIDGID,
+            };
+            let (err, _) = call(
+                &s,
+                opcode::CREATE,
+                1,
+                &[c.as_bytes(), format!("{name}\0").as_bytes()],
+            );
+            assert_eq!(err, 0);
+        };
+        file("e", 0o4755);
+        create("e", 0o644);
+        assert_eq!(mode_of("e"), 0o755);
+        create("new", 0o4755);
+        assert_eq!(mode_of("new"), 0o4755);
     }
 
     #[test]
