@@ -8,6 +8,7 @@
 //! without it the test says SKIPPED (under CI it fails instead).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use ferry_vmtest::{
@@ -73,6 +74,13 @@ fn vm_virtiofs() {
         .host_file("/bin/inotify-events", &inotify_helper(), 0o755)
         .bytes("/guest.sh", include_str!("vm/virtiofs.sh"), 0o755)
         .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
+        // An unprivileged user for `su` (busybox reads these files itself).
+        .bytes(
+            "/etc/passwd",
+            "root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/:/bin/sh\n",
+            0o644,
+        )
+        .bytes("/etc/group", "root:x:0:\nuser:x:1000:\n", 0o644)
         .write(&initrd)
         .unwrap();
     let (mut host, devices) = serve_virtiofs(
@@ -118,6 +126,10 @@ fn vm_virtiofs() {
         "ro-rename",
         "ro-chmod",
         "ro-unchanged",
+        "setid-set",
+        "setid-root-keeps",
+        "setid-write-clears",
+        "setid-truncate-clears",
         "escape-abs-not-followed-on-the-host",
         "escape-rel-not-followed-on-the-host",
         "submount-own-dev",
@@ -143,6 +155,21 @@ fn vm_virtiofs() {
     }
     assert!(output.contains("FERRY-ALL-DONE"), "{output}");
     check_guest_writes_on_the_host(&export);
+    let mode = |name: &str| {
+        fs::metadata(export.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(
+        mode("setid-root"),
+        0o6777,
+        "root's write kept the set-id bits"
+    );
+    assert_eq!(mode("setid-user"), 0o777, "a user's write cleared them");
+    assert_eq!(mode("setid-trunc"), 0o777, "a user's truncate cleared them");
+    assert_eq!(fs::metadata(export.join("setid-trunc")).unwrap().len(), 0);
     // The replays wrote nothing: the host's own changes are as the host left them.
     let d = export.join("from-host");
     assert_eq!(
@@ -159,9 +186,21 @@ fn vm_virtiofs() {
     assert_eq!(fs::read(ro.join("kept.txt")).unwrap(), b"read-only data\n");
     assert!(host.exited().is_none(), "ferry-host died:\n{}", host.log());
     let log = host.log();
-    assert!(
-        log.contains("guest kernel initialised the session"),
-        "{log}"
+    let init = log
+        .lines()
+        .find(|l| l.contains("guest kernel initialised the session"))
+        .unwrap_or_else(|| panic!("no FUSE_INIT in the host log:\n{log}"));
+    // The set-id steps above ran with the server clearing the bits (FUSE_HANDLE_KILLPRIV_V2,
+    // bit 28), not the guest kernel.
+    let flags = init
+        .split("flags=0x")
+        .nth(1)
+        .and_then(|f| u32::from_str_radix(f.split_whitespace().next()?, 16).ok())
+        .unwrap_or_else(|| panic!("no flags in {init}"));
+    assert_ne!(
+        flags & (1 << 28),
+        0,
+        "HANDLE_KILLPRIV_V2 not negotiated: {init}"
     );
     eprintln!(
         "{name}: {:.0} s in all ({:.0} s building, {:.0} s for the VM)",

@@ -34,6 +34,20 @@ erofs ro-rename mv "$R/kept.txt" "$R/moved.txt"
 erofs ro-chmod chmod 777 "$R/kept.txt"
 check ro-unchanged test "$(cat $R/kept.txt)" = "read-only data"
 
+# 3b. Set-id bits: this guest kernel leaves clearing them to the server (it negotiated
+#     FUSE_HANDLE_KILLPRIV_V2). A write or truncate by an unprivileged user clears
+#     set-user-ID, and set-group-ID on a group-executable file; root (CAP_FSETID) keeps them.
+for f in setid-root setid-user setid-trunc; do
+    echo '#!/bin/sh' > "$f" && chmod 6777 "$f" || fail "setid: $f"
+done
+check setid-set test "$(stat -c %a setid-user)" = 6777
+echo "# root was here" >> setid-root || fail "setid: root write"
+check setid-root-keeps test "$(stat -c %a setid-root)" = 6777
+su -s /bin/sh user -c "echo '# user was here' >> $M/setid-user" || fail "setid: user write"
+check setid-write-clears test "$(stat -c %a setid-user)" = 777
+su -s /bin/sh user -c ": > $M/setid-trunc" || fail "setid: user truncate"
+check setid-truncate-clears test "$(stat -c %a setid-trunc)" = 777
+
 # 4. Symlinks pointing out of the export are resolved by this kernel inside the guest, never
 #    by the host: neither the absolute nor the relative one reaches the host's secret.
 for l in escape-abs escape-rel; do

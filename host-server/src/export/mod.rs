@@ -412,6 +412,34 @@ impl ExportSession {
         }
     }
 
+    /// Whether the last close of a file on this export's host filesystem can report an error
+    /// that its writes did not: network and FUSE filesystems (NFS, SMB, Ceph, 9p, ...)
+    /// write back at close and say so there. On local filesystems a close reports nothing
+    /// (the server's writes are `pwrite`s that already answered), so a front door may skip
+    /// asking the host at every close. Judged by the export root's filesystem; unknown
+    /// answers true.
+    pub fn close_reports_errors(&self) -> bool {
+        const NETWORK: [i64; 13] = [
+            0x6969,      // NFS
+            0xFE53_4D42, // SMB2
+            0xFF53_4D42, // CIFS
+            0x517B,      // SMB
+            0x6573_5546, // FUSE
+            0x00C3_6400, // Ceph
+            0x5346_414F, // AFS
+            0x6B41_4653, // kAFS
+            0x7375_7245, // Coda
+            0x0102_1997, // 9p
+            0x7461_636F, // OCFS2
+            0x0116_1970, // GFS2
+            0x0BD0_0BD0, // Lustre
+        ];
+        match sys::fs_type(self.export.root.as_fd()) {
+            Ok(t) => NETWORK.contains(&t),
+            Err(_) => true,
+        }
+    }
+
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
         self.inodes.peek(ino).ok().map(|n| n.lookups())
