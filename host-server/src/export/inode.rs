@@ -402,6 +402,21 @@ impl InodeTable {
         }
     }
 
+    /// One more lookup of the node for `key`, if there is one and its descriptor is cached
+    /// (which keeps the inode, and so the key, its own); None otherwise, and nothing changes.
+    pub fn ref_cached(&self, key: (u64, u64)) -> Option<Node> {
+        // The key's entry is held while the count changes (see the module comment).
+        let entry = self.by_key.get_mut(&key)?;
+        let node = self
+            .by_id
+            .get(entry.value())
+            .map(|n| Arc::clone(n.value()))?;
+        let fd = node.cached()?;
+        node.nlookup.fetch_add(1, Ordering::Relaxed);
+        drop(entry);
+        Some(Node { data: node, fd })
+    }
+
     /// Allocates an id and stores a node with one lookup. Called with the key entry held.
     fn new_node(&self, fd: OwnedFd, st: &libc::stat, handle: Option<FileHandle>) -> Node {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -760,6 +775,35 @@ mod tests {
             );
         }
         assert!(t.cached_fds() <= 8, "{} cached", t.cached_fds());
+    }
+
+    #[test]
+    fn a_cached_node_is_found_by_its_key_alone() {
+        let (dir, t) = setup(
+            4,
+            FdPolicy {
+                cap: 2,
+                handles: true,
+            },
+        );
+        let key = |name: &str| {
+            let st = std::fs::symlink_metadata(dir.path().join(name)).expect("stat");
+            use std::os::unix::fs::MetadataExt;
+            (st.dev(), st.ino())
+        };
+        let ids: Vec<u64> = (0..4).map(|i| lookup(&t, &format!("f{i}"))).collect();
+        // f2 and f3 are cached, f0 and f1 were evicted: only the cached ones are found, and
+        // finding one takes a lookup.
+        assert!(t.ref_cached(key("f0")).is_none());
+        assert_eq!(t.peek(ids[0]).expect("node").lookups(), 1);
+        let found = t.ref_cached(key("f3")).expect("cached");
+        assert_eq!(found.id, ids[3]);
+        assert_eq!(t.peek(ids[3]).expect("node").lookups(), 2);
+        drop(found);
+        // Unknown keys, and forgotten nodes, are not found.
+        t.forget(ids[2], 1);
+        assert!(t.ref_cached(key("f2")).is_none());
+        assert!(t.ref_cached((u64::MAX, 1)).is_none());
     }
 
     #[test]

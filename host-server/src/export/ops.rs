@@ -234,6 +234,15 @@ impl ExportSession {
 
     /// Looks `name` up below the directory `dir` and takes one lookup of the result.
     fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
+        // A node whose descriptor is cached is found by a stat of the name alone: the
+        // descriptor keeps the inode alive, so its (dev, ino) cannot name another object.
+        // Saves an open, a file handle and a close per repeated lookup (and per entry of a
+        // directory listed again with readdirplus). `name` is one component and the stat does
+        // not follow a final symlink, as the open below does not.
+        let st = sys::fstatat_nofollow(dir, name)?;
+        if let Some(node) = self.inodes.ref_cached((st.st_dev, st.st_ino)) {
+            return Ok(self.entry(&node, &st));
+        }
         let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         let node = self.inodes.insert_or_ref(fd, &st);
