@@ -284,4 +284,17 @@ fn print_table(
         println!("| {m} | {} | {} |", shown.join(" | "), ratios.join(" | "));
     }
     println!("\n(ratio < 1: Ferry is faster; the whole VM run took {vm_secs:.0} s)");
+    // Every round's figure, for the spread behind each median (the machine is shared).
+    println!("\nEvery round (s), in round order:");
+    for m in metrics {
+        let rows: Vec<String> = targets
+            .iter()
+            .filter_map(|(t, _)| {
+                let v = results.get(&(t.to_string(), m.to_string()))?;
+                let v: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+                Some(format!("{t} {}", v.join(" ")))
+            })
+            .collect();
+        println!("- {m}: {}", rows.join("; "));
+    }
 }
