@@ -827,13 +827,30 @@ impl Scanned {
             .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
         let mut out = Vec::with_capacity(changes.len());
         for c in changes {
-            if c.kind == ChangeKind::Created {
-                let ino = std::fs::symlink_metadata(root.join(&c.path)).map(|m| m.ino());
-                if let (Some((seen, _)), Ok(ino)) = (self.seen.get(&c.path), &ino) {
-                    if seen == ino {
-                        continue;
+            match c.kind {
+                ChangeKind::Created => {
+                    if let Some(&(seen, _)) = self.seen.get(&c.path) {
+                        match std::fs::symlink_metadata(root.join(&c.path)) {
+                            // The object the listing reported: its own late event.
+                            Ok(m) if m.ino() == seen => continue,
+                            // Another object took the name since: a creation of its own.
+                            Ok(_) => {}
+                            // Gone already, and nothing removed it since the listing (that
+                            // would have cleared the path): the listed object's late event.
+                            // Reporting it again would make a guest that removed the object
+                            // itself (its removal is an echo) replay a creation after it.
+                            Err(_) => {
+                                self.seen.remove(&c.path);
+                                continue;
+                            }
+                        }
                     }
                 }
+                // After a removal, a creation of the name is a new object's.
+                ChangeKind::Removed | ChangeKind::Renamed => {
+                    self.seen.remove(&c.path);
+                }
+                _ => {}
             }
             let dir = (c.kind == ChangeKind::Created && c.is_dir).then(|| c.path.clone());
             out.push(c);
@@ -884,6 +901,41 @@ mod tests {
 
     fn r(kind: ChangeKind, p: &str) -> Raw {
         Raw::new(kind, PathBuf::from(p), false)
+    }
+
+    #[test]
+    fn a_listed_entry_s_late_creation_is_reported_once_even_when_gone() {
+        use ChangeKind::*;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("new/b")).unwrap();
+        let mut scanned = Scanned::default();
+        let dir = Raw::new(Created, PathBuf::from("new"), true);
+        let kinds = |v: &[Raw]| -> Vec<(ChangeKind, PathBuf)> {
+            v.iter().map(|c| (c.kind, c.path.clone())).collect()
+        };
+        let out = scanned.expand(root.path(), vec![dir]);
+        assert_eq!(
+            kinds(&out),
+            [(Created, "new".into()), (Created, "new/b".into())]
+        );
+        // b was made before the watch on `new` landed, but inotify reports it too, after it
+        // was removed again: that late creation is the listed one, not a new object.
+        std::fs::remove_dir(root.path().join("new/b")).unwrap();
+        let late = vec![
+            Raw::new(Created, PathBuf::from("new/b"), true),
+            Raw::new(Removed, PathBuf::from("new/b"), true),
+        ];
+        assert_eq!(
+            kinds(&scanned.expand(root.path(), late)),
+            [(Removed, "new/b".into())]
+        );
+        // After its removal, the name created again is a creation of its own.
+        std::fs::write(root.path().join("new/b"), b"").unwrap();
+        let again = vec![Raw::new(Created, PathBuf::from("new/b"), false)];
+        assert_eq!(
+            kinds(&scanned.expand(root.path(), again)),
+            [(Created, "new/b".into())]
+        );
     }
 
     #[test]
