@@ -20,8 +20,23 @@ pub(crate) enum HandleKind {
     /// A file opened with `open`/`create`.
     File,
     /// A directory opened with `opendir`. The mutex serialises the `lseek` + `getdents64`
-    /// pair, because both move the one file position of the shared fd.
-    Dir(Mutex<()>),
+    /// pair, because both move the one file position of the shared fd, and guards the
+    /// entries read ahead.
+    Dir(Mutex<DirCursor>),
+}
+
+/// What a directory handle keeps between two reads: the last `getdents64` records, of which
+/// `buf[pos..len]` were not handed out yet. A read that continues where the last one stopped
+/// (its cookie is `resume`) starts there without seeking: a seek makes ext4 rebuild its hash
+/// tree cursor, and the records read ahead would be read again.
+#[derive(Debug, Default)]
+pub(crate) struct DirCursor {
+    pub buf: Vec<u8>,
+    pub pos: usize,
+    pub len: usize,
+    /// The cookie of the last entry handed out, when the descriptor's position is just past
+    /// `buf[..len]`; None when the next read must seek.
+    pub resume: Option<u64>,
 }
 
 /// One open handle.
@@ -75,10 +90,10 @@ impl Handle {
     }
 
     /// The fd of a directory handle with its position lock held; EBADF for a file handle.
-    pub fn lock_dir(&self) -> Result<(BorrowedFd<'_>, MutexGuard<'_, ()>), Errno> {
+    pub fn lock_dir(&self) -> Result<(BorrowedFd<'_>, MutexGuard<'_, DirCursor>), Errno> {
         match &self.kind {
             // A poisoned lock only means another reader panicked; the fd is still usable
-            // because every reader seeks before reading.
+            // because a reader that does not find the cursor where it expects seeks first.
             HandleKind::Dir(m) => {
                 Ok((self.fd.as_fd(), m.lock().unwrap_or_else(|p| p.into_inner())))
             }

@@ -8,7 +8,8 @@
 //! # Descriptors
 //!
 //! A node does not hold a descriptor of its own. It keeps the object's kernel file handle
-//! (`name_to_handle_at`, taken from the `O_PATH` descriptor of the lookup), and a clock cache
+//! (`name_to_handle_at`, taken from its cached `O_PATH` descriptor when that is first
+//! evicted: most nodes are forgotten before, and never need one), and a clock cache
 //! holds `O_PATH` descriptors for the most recently used nodes: at most `cap` of them, plus
 //! the nodes the guest has open (which are never evicted). On a miss the node is reopened with
 //! `open_by_handle_at` on a descriptor of the same filesystem, and the result is checked to be
@@ -65,14 +66,14 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const INLINE_HANDLE: usize = 22;
 
 /// A kernel file handle, stored compactly.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct FileHandle {
     /// The filesystem's handle type.
     htype: i32,
     bytes: HandleBytes,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum HandleBytes {
     Inline { len: u8, data: [u8; INLINE_HANDLE] },
     Heap(Box<[u8]>),
@@ -109,17 +110,25 @@ impl FileHandle {
     }
 }
 
-/// How a node reaches its host object.
+/// How a node reaches its host object: its cached descriptor, if any, and how it is reached
+/// without one. Guarded by one mutex per node.
 #[derive(Debug)]
-enum Anchor {
-    /// A descriptor held for the node's whole life: the root, and objects whose filesystem
-    /// gives no usable handles.
-    Pinned(Arc<OwnedFd>),
-    /// A kernel file handle, and the cached descriptor when there is one.
-    Handle {
-        handle: FileHandle,
-        slot: Mutex<Option<Arc<OwnedFd>>>,
-    },
+struct Slot {
+    fd: Option<Arc<OwnedFd>>,
+    reach: Reach,
+}
+
+/// How a node is reached when its descriptor is not cached.
+#[derive(Debug)]
+enum Reach {
+    /// It never is: the descriptor is held for the node's whole life (the root, and objects
+    /// whose filesystem gives no usable handles).
+    Pinned,
+    /// By kernel file handle, not taken yet: it is taken from the cached descriptor when that
+    /// is first evicted. Most nodes are forgotten before and never need one.
+    Untaken,
+    /// By this kernel file handle.
+    Handle(FileHandle),
 }
 
 /// One node: a host object inside the export, as the guest knows it.
@@ -140,7 +149,7 @@ pub(crate) struct InodeData {
     opens: AtomicU32,
     /// The clock's reference bit: used since the hand last passed.
     used: AtomicBool,
-    anchor: Anchor,
+    slot: Mutex<Slot>,
 }
 
 impl InodeData {
@@ -171,21 +180,17 @@ impl InodeData {
 
     /// The cached descriptor, if any (marks the node used).
     fn cached(&self) -> Option<Arc<OwnedFd>> {
-        match &self.anchor {
-            Anchor::Pinned(fd) => Some(Arc::clone(fd)),
-            Anchor::Handle { slot, .. } => {
-                let fd = lock(slot).clone();
-                if fd.is_some() {
-                    self.used.store(true, Ordering::Relaxed);
-                }
-                fd
-            }
+        let fd = lock(&self.slot).fd.clone();
+        if fd.is_some() {
+            self.used.store(true, Ordering::Relaxed);
         }
+        fd
     }
 
     /// True when the node holds its descriptor for life.
+    #[cfg(test)]
     fn is_pinned(&self) -> bool {
-        matches!(self.anchor, Anchor::Pinned(_))
+        matches!(lock(&self.slot).reach, Reach::Pinned)
     }
 }
 
@@ -304,7 +309,10 @@ impl InodeTable {
             nlookup: AtomicU64::new(1),
             opens: AtomicU32::new(0),
             used: AtomicBool::new(false),
-            anchor: Anchor::Pinned(Arc::clone(&root_fd)),
+            slot: Mutex::new(Slot {
+                fd: Some(Arc::clone(&root_fd)),
+                reach: Reach::Pinned,
+            }),
         });
         let table = InodeTable {
             by_id: DashMap::new(),
@@ -332,10 +340,14 @@ impl InodeTable {
         if let Some(fd) = data.cached() {
             return Ok(Node { data, fd });
         }
-        let Anchor::Handle { handle, .. } = &data.anchor else {
-            unreachable!("a pinned node always has its descriptor");
+        // Taken when the descriptor was evicted; cloned so that no slot lock is held while
+        // reopening and filling (which takes the clock first). A pinned node always has its
+        // descriptor.
+        let handle = match &lock(&data.slot).reach {
+            Reach::Handle(h) => h.clone(),
+            Reach::Pinned | Reach::Untaken => return Err(Errno::ESTALE),
         };
-        let fd = self.reopen(&data, handle)?;
+        let fd = self.reopen(&data, &handle)?;
         self.reopened.fetch_add(1, Ordering::Relaxed);
         let fd = self.fill(&data, fd);
         Ok(Node { data, fd })
@@ -358,8 +370,8 @@ impl InodeTable {
     /// node for its `(dev, ino)` when there is one, else a new node.
     pub fn insert_or_ref(&self, fd: OwnedFd, st: &libc::stat) -> Node {
         let key = (st.st_dev, st.st_ino);
-        // Taken before the map entry is locked: a system call or two, and the device probe.
-        let handle = self.handle_of(fd.as_fd(), st);
+        // Taken before the map entry is locked: the device probe, once per device.
+        let handles = self.handles_for(fd.as_fd(), st);
         match self.by_key.entry(key) {
             MapEntry::Occupied(mut e) => {
                 if let Some(node) = self.by_id.get(e.get()).map(|n| Arc::clone(n.value())) {
@@ -374,10 +386,17 @@ impl InodeTable {
                             };
                         }
                         None => {
-                            let same = match (&node.anchor, &handle) {
-                                (Anchor::Handle { handle: h, .. }, Some(new)) => h == new,
-                                _ => false,
+                            // An evicted node kept its handle: compare it with the new
+                            // descriptor's (which carries the generation).
+                            let known = match &lock(&node.slot).reach {
+                                Reach::Handle(h) => Some(h.clone()),
+                                Reach::Pinned | Reach::Untaken => None,
                             };
+                            let same = known.is_some()
+                                && known
+                                    == sys::name_to_handle(fd.as_fd())
+                                        .ok()
+                                        .map(|h| FileHandle::from_kernel(&h));
                             if same {
                                 node.nlookup.fetch_add(1, Ordering::Relaxed);
                                 let fd = self.fill(&node, fd);
@@ -390,12 +409,12 @@ impl InodeTable {
                         }
                     }
                 }
-                let node = self.new_node(fd, st, handle);
+                let node = self.new_node(fd, st, handles);
                 e.insert(node.id);
                 node
             }
             MapEntry::Vacant(e) => {
-                let node = self.new_node(fd, st, handle);
+                let node = self.new_node(fd, st, handles);
                 e.insert(node.id);
                 node
             }
@@ -418,16 +437,17 @@ impl InodeTable {
     }
 
     /// Allocates an id and stores a node with one lookup. Called with the key entry held.
-    fn new_node(&self, fd: OwnedFd, st: &libc::stat, handle: Option<FileHandle>) -> Node {
+    fn new_node(&self, fd: OwnedFd, st: &libc::stat, handles: bool) -> Node {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fd = Arc::new(fd);
-        let anchor = match handle {
-            Some(handle) => Anchor::Handle {
-                handle,
-                slot: Mutex::new(Some(Arc::clone(&fd))),
+        let slot = Mutex::new(Slot {
+            fd: Some(Arc::clone(&fd)),
+            reach: if handles {
+                Reach::Untaken
+            } else {
+                Reach::Pinned
             },
-            None => Anchor::Pinned(Arc::clone(&fd)),
-        };
+        });
         let data = Arc::new(InodeData {
             id,
             dev: st.st_dev,
@@ -436,9 +456,9 @@ impl InodeTable {
             nlookup: AtomicU64::new(1),
             opens: AtomicU32::new(0),
             used: AtomicBool::new(false),
-            anchor,
+            slot,
         });
-        if !data.is_pinned() {
+        if handles {
             self.place(&mut lock(&self.clock), Arc::downgrade(&data));
         }
         self.by_id.insert(id, Arc::clone(&data));
@@ -448,16 +468,13 @@ impl InodeTable {
     /// Caches `fd` as the descriptor of the handle node `node` and returns the cached
     /// descriptor (another thread's, when it filled the slot first).
     fn fill(&self, node: &Arc<InodeData>, fd: OwnedFd) -> Arc<OwnedFd> {
-        let Anchor::Handle { slot, .. } = &node.anchor else {
-            unreachable!("only handle nodes are filled");
-        };
         let mut clock = lock(&self.clock);
-        if let Some(fd) = lock(slot).as_ref() {
+        if let Some(fd) = lock(&node.slot).fd.as_ref() {
             return Arc::clone(fd);
         }
         // The node is not in the ring (its slot is empty), so it cannot be its own victim.
         let fd = Arc::new(fd);
-        *lock(slot) = Some(Arc::clone(&fd));
+        lock(&node.slot).fd = Some(Arc::clone(&fd));
         self.place(&mut clock, Arc::downgrade(node));
         fd
     }
@@ -508,40 +525,47 @@ impl InodeTable {
             if n.opens.load(Ordering::Relaxed) > 0 || n.used.swap(false, Ordering::Relaxed) {
                 continue;
             }
-            if let Anchor::Handle { slot, .. } = &n.anchor {
-                lock(slot).take();
+            let mut slot = lock(&n.slot);
+            match slot.reach {
+                Reach::Handle(_) => {}
+                // Never in the ring; nothing to evict.
+                Reach::Pinned => continue,
+                // The first eviction: the handle is taken now, from the descriptor.
+                Reach::Untaken => {
+                    match slot.fd.as_deref().map(|fd| sys::name_to_handle(fd.as_fd())) {
+                        Some(Ok(h)) => slot.reach = Reach::Handle(FileHandle::from_kernel(&h)),
+                        other => {
+                            // Cannot be reached again without it: it keeps its descriptor.
+                            let error = other.and_then(Result::err);
+                            tracing::debug!(id = n.id, ?error, "no file handle; not evicted");
+                            continue;
+                        }
+                    }
+                }
             }
+            slot.fd = None;
             return Some(i);
         }
         None
     }
 
-    /// The handle of the object behind `fd`, or None when its node must hold a descriptor.
-    fn handle_of(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Option<FileHandle> {
+    /// Whether the node of the object behind `fd` can do without a descriptor of its own
+    /// (reached by file handle once evicted), as its device was found to allow.
+    fn handles_for(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> bool {
         if !self.policy.handles {
-            return None;
+            return false;
         }
-        let dev = st.st_dev;
         let known = self
             .devs
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&dev)
+            .get(&st.st_dev)
             .cloned();
         let state = match known {
             Some(s) => s,
             None => self.probe(fd, st),
         };
-        match state {
-            DevHandles::No => None,
-            DevHandles::Yes(_) => match sys::name_to_handle(fd) {
-                Ok(h) => Some(FileHandle::from_kernel(&h)),
-                Err(e) => {
-                    tracing::debug!(ino = st.st_ino, %e, "no file handle; node keeps its fd");
-                    None
-                }
-            },
-        }
+        matches!(state, DevHandles::Yes(_))
     }
 
     /// Finds out whether objects on `fd`'s device can be reached by handle: encodes `fd`'s

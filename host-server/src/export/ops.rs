@@ -234,14 +234,28 @@ impl ExportSession {
 
     /// Looks `name` up below the directory `dir` and takes one lookup of the result.
     fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
+        self.lookup_hinted(dir, name, None)
+    }
+
+    /// [`Self::lookup_at`], where `hint` is the `(dev, ino)` a directory listing gave for the
+    /// name (a mount point's is that of the directory under it, so it is only a hint).
+    fn lookup_hinted(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        hint: Option<(u64, u64)>,
+    ) -> Result<Entry, Errno> {
         // A node whose descriptor is cached is found by a stat of the name alone: the
         // descriptor keeps the inode alive, so its (dev, ino) cannot name another object.
         // Saves an open, a file handle and a close per repeated lookup (and per entry of a
         // directory listed again with readdirplus). `name` is one component and the stat does
-        // not follow a final symlink, as the open below does not.
-        let st = sys::fstatat_nofollow(dir, name)?;
-        if let Some(node) = self.inodes.ref_cached((st.st_dev, st.st_ino)) {
-            return Ok(self.entry(&node, &st));
+        // not follow a final symlink, as the open below does not. A listing's hint that the
+        // table holds no such node skips the stat: a directory read for the first time.
+        if hint.is_none_or(|key| self.inodes.id_of(key).is_some()) {
+            let st = sys::fstatat_nofollow(dir, name)?;
+            if let Some(node) = self.inodes.ref_cached((st.st_dev, st.st_ino)) {
+                return Ok(self.entry(&node, &st));
+            }
         }
         let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
@@ -748,7 +762,7 @@ impl ExportSession {
             libc::O_RDONLY | libc::O_DIRECTORY,
         )?;
         let fh = self.handles.insert(
-            Handle::new(fd, HandleKind::Dir(std::sync::Mutex::new(()))).pinning(node.pin()),
+            Handle::new(fd, HandleKind::Dir(std::sync::Mutex::default())).pinning(node.pin()),
         );
         Ok(Opened { fh, open_flags: 0 })
     }
@@ -763,20 +777,40 @@ impl ExportSession {
         mut emit: impl FnMut(BorrowedFd<'_>, sys::RawDirent<'_>) -> Result<bool, Errno>,
     ) -> Result<(), Errno> {
         let h = self.handles.get(fh)?;
-        let (fd, _guard) = h.lock_dir()?;
-        let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        sys::lseek(fd, offset, libc::SEEK_SET)?;
-        let mut buf = vec![0u8; buf_size];
+        let (fd, mut cursor) = h.lock_dir()?;
+        let cur = &mut *cursor;
+        // Until this read knows where it stops, the next one must seek.
+        let continuing = cur.resume.take() == Some(offset);
+        if !continuing {
+            let at = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            sys::lseek(fd, at, libc::SEEK_SET)?;
+            (cur.pos, cur.len) = (0, 0);
+        }
+        if cur.buf.len() < buf_size {
+            cur.buf.resize(buf_size, 0);
+        }
+        // The cookie of the last entry handed out: where the guest's next read starts.
+        let mut last = offset;
         loop {
-            let n = sys::getdents64(fd, &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            for d in sys::parse_dirents(&buf[..n]) {
-                if !emit(fd, d)? {
+            if cur.pos >= cur.len {
+                let n = sys::getdents64(fd, &mut cur.buf)?;
+                (cur.pos, cur.len) = (0, n);
+                if n == 0 {
+                    cur.resume = Some(last);
                     return Ok(());
                 }
             }
+            let Some((reclen, d)) = sys::parse_dirent(&cur.buf[cur.pos..cur.len]) else {
+                // A malformed record: stop here (and seek next time).
+                return Ok(());
+            };
+            let off = d.off;
+            if !emit(fd, d)? {
+                cur.resume = Some(last);
+                return Ok(());
+            }
+            last = off;
+            cur.pos += reclen;
         }
     }
 
@@ -804,17 +838,20 @@ impl ExportSession {
     pub fn readdirplus(
         &self,
         _ctx: &Ctx,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
     ) -> Result<Vec<DirEntryPlus>, Errno> {
+        // The directory's device and each entry's inode number from getdents tell which
+        // entries the table may already hold (see `lookup_hinted`).
+        let dev = self.inodes.peek(ino).ok().map(|n| n.dev);
         self.gather_dir(fh, offset, size, direntplus_cost, |dirfd, d| {
             let entry = if d.name == b"." || d.name == b".." {
                 Entry::default()
             } else {
                 let name = sys::cstring(d.name)?;
-                match self.lookup_at(dirfd, &name) {
+                match self.lookup_hinted(dirfd, &name, dev.map(|dev| (dev, d.ino))) {
                     Ok(entry) => entry,
                     // Removed since getdents saw it: leave it out.
                     Err(Errno::ENOENT) => return Ok(None),

@@ -415,30 +415,39 @@ const DIRENT_HEADER: usize = 19;
 
 /// Parses the records getdents64 left in `buf`, checking every length against the buffer.
 /// A malformed record ends the iteration rather than reading out of bounds.
+#[cfg(test)]
 pub(crate) fn parse_dirents(buf: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
-        let rest = buf.get(pos..)?;
-        if rest.len() < DIRENT_HEADER {
-            return None;
-        }
-        let ino = u64::from_ne_bytes(rest[0..8].try_into().ok()?);
-        let off = u64::from_ne_bytes(rest[8..16].try_into().ok()?);
-        let reclen = usize::from(u16::from_ne_bytes(rest[16..18].try_into().ok()?));
-        let kind = rest[18];
-        if reclen < DIRENT_HEADER || reclen > rest.len() {
-            return None;
-        }
-        let name_area = &rest[DIRENT_HEADER..reclen];
-        let name_len = name_area.iter().position(|&b| b == 0)?;
+        let (reclen, d) = parse_dirent(buf.get(pos..)?)?;
         pos += reclen;
-        Some(RawDirent {
+        Some(d)
+    })
+}
+
+/// The first record of `rest` and its length; None when it is truncated or malformed.
+pub(crate) fn parse_dirent(rest: &[u8]) -> Option<(usize, RawDirent<'_>)> {
+    if rest.len() < DIRENT_HEADER {
+        return None;
+    }
+    let ino = u64::from_ne_bytes(rest[0..8].try_into().ok()?);
+    let off = u64::from_ne_bytes(rest[8..16].try_into().ok()?);
+    let reclen = usize::from(u16::from_ne_bytes(rest[16..18].try_into().ok()?));
+    let kind = rest[18];
+    if reclen < DIRENT_HEADER || reclen > rest.len() {
+        return None;
+    }
+    let name_area = &rest[DIRENT_HEADER..reclen];
+    let name_len = name_area.iter().position(|&b| b == 0)?;
+    Some((
+        reclen,
+        RawDirent {
             ino,
             off,
             kind,
             name: &name_area[..name_len],
-        })
-    })
+        },
+    ))
 }
 
 /// `fstatvfs`.
