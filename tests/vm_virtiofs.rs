@@ -104,6 +104,10 @@ fn vm_virtiofs() {
     let mounted = vm.wait_for("FERRY-MOUNTED");
     eprintln!("guest: {mounted}");
 
+    vm.wait_for("FERRY-WAIT list-cache");
+    fs::write(export.join("listed/added-by-host"), b"").unwrap();
+    signal(&export, "list-cache");
+
     vm.wait_for("FERRY-WAIT host-edits");
     edit_on_the_host(&export);
     signal(&export, "host-edits");
@@ -137,6 +141,9 @@ fn vm_virtiofs() {
         "submount-read",
         "submount-find",
         "submount-find-xdev",
+        "listing-read",
+        "listing-follows-the-host",
+        "listing-keeps-the-rest",
         "events-agent-started",
         "host-edits-read",
         "events-host-edits",

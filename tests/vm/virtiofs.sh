@@ -66,6 +66,14 @@ check submount-same-dev-elsewhere test "$(stat -c %d "$M")" = "$(stat -c %d "$M/
 check submount-find test -n "$(find "$M" -name in-submount.txt)"
 check submount-find-xdev test -z "$(find "$M" -xdev -name in-submount.txt)"
 
+# 4c. The guest kernel keeps directory listings (FOPEN_CACHE_DIR), yet a name the host adds
+#     shows up once the directory's attributes expire (1 s), with no events agent running.
+mkdir "$M/listed" && : > "$M/listed/by-guest" || fail "listed: mkdir"
+check listing-read test "$(ls "$M/listed")" = by-guest
+wait_host list-cache 120
+check listing-follows-the-host wait_until 10 sh -c "ls '$M/listed' | grep -qx added-by-host"
+check listing-keeps-the-rest test "$(ls "$M/listed" | wc -l)" = 2
+
 # 5. Host change events: virtio-fs has no notification path, so an events-only agent takes
 #    the export's changes over vsock and replays them on the mount, and the host answers the
 #    replay's requests without touching anything.

@@ -82,6 +82,12 @@ pub mod init_flags {
     pub const HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 }
 
+/// `fuse_open_out.open_flags`: keep the cached data (for a directory, its cached listing)
+/// across opens.
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// `fuse_open_out.open_flags`: the kernel may cache this directory's listing.
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+
 /// `fuse_write_in.write_flags`: the writer lacks CAP_FSETID; clear the set-id bits.
 pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// `fuse_open_in.open_flags` / `fuse_create_in.open_flags`: an O_TRUNC open by a caller

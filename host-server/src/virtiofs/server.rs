@@ -371,7 +371,13 @@ impl FuseServer {
                     }
                     opened
                 } else {
-                    tri!(s.opendir(&cx, ino, o.flags as i32))
+                    // The guest kernel may keep the listing: with AUTO_INVAL_DATA it
+                    // compares the directory's mtime when a read starts over (its attributes
+                    // expire with the 1 s TTL, as names do), and its own changes, replayed
+                    // host changes included, drop the listing at once.
+                    let mut opened = tri!(s.opendir(&cx, ino, o.flags as i32));
+                    opened.open_flags |= abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE;
+                    opened
                 };
                 ok(open_out(&opened).as_bytes())
             }
@@ -1006,6 +1012,16 @@ pub(crate) mod tests {
             ..init
         };
         assert_eq!(call(&s, opcode::INIT, 0, &[old.as_bytes()]).0, libc::EPROTO);
+    }
+
+    #[test]
+    fn directory_listings_may_be_cached_by_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), false);
+        let (err, body) = call(&s, opcode::OPENDIR, 1, &[abi::OpenIn::default().as_bytes()]);
+        assert_eq!(err, 0);
+        let flags = abi::OpenOut::read_from_bytes(&body).unwrap().open_flags;
+        assert_eq!(flags, abi::FOPEN_CACHE_DIR | abi::FOPEN_KEEP_CACHE);
     }
 
     #[test]
