@@ -205,6 +205,15 @@ fn parse(output: &str) -> BTreeMap<(String, String), Vec<f64>> {
     out
 }
 
+/// Seconds, with a third decimal below 0.1 s (mounts take about 10 ms).
+fn secs(v: f64) -> String {
+    if v < 0.1 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -270,10 +279,7 @@ fn print_table(
                     .map(|v| median(v))
             })
             .collect();
-        let shown: Vec<String> = vals
-            .iter()
-            .map(|v| v.map_or("-".into(), |v| format!("{v:.2}")))
-            .collect();
+        let shown: Vec<String> = vals.iter().map(|v| v.map_or("-".into(), secs)).collect();
         let ratios: Vec<String> = compared
             .iter()
             .map(|&i| match (vals[i], vals[base]) {
@@ -291,7 +297,7 @@ fn print_table(
             .iter()
             .filter_map(|(t, _)| {
                 let v = results.get(&(t.to_string(), m.to_string()))?;
-                let v: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+                let v: Vec<String> = v.iter().map(|&x| secs(x)).collect();
                 Some(format!("{t} {}", v.join(" ")))
             })
             .collect();
