@@ -335,14 +335,12 @@ impl FuseServer {
                 ok_unit(r)
             }
             opcode::RENAME | opcode::RENAME2 => {
-                let (newdir, flags) = if h.opcode == opcode::RENAME {
-                    (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
-                } else {
-                    let r: abi::Rename2In = tri!(args.obj());
-                    (r.newdir, r.flags)
-                };
-                let old = tri!(args.name());
-                let new = tri!(args.name());
+                let RenameArgs {
+                    newdir,
+                    flags,
+                    old,
+                    new,
+                } = tri!(rename_args(h.opcode, &mut args));
                 let r = s.rename(&cx, ino, old, newdir, new, flags);
                 if r.is_ok() {
                     s.made(Made::Renamed {
@@ -618,14 +616,12 @@ impl FuseServer {
                 }
             }
             opcode::RENAME | opcode::RENAME2 if !synthetic => {
-                let (newdir, flags) = if h.opcode == opcode::RENAME {
-                    (tri!(args.obj::<abi::RenameIn>()).newdir, 0)
-                } else {
-                    let r: abi::Rename2In = tri!(args.obj());
-                    (r.newdir, r.flags)
-                };
-                let old = tri!(args.name());
-                let new = tri!(args.name());
+                let RenameArgs {
+                    newdir,
+                    flags,
+                    old,
+                    new,
+                } = tri!(rename_args(h.opcode, &mut args));
                 let done = flags == 0
                     && kind == Some(ChangeKind::Renamed)
                     && side(ino, old) == Some(Side::From)
@@ -826,6 +822,29 @@ fn is_mutation(op: u32) -> bool {
             | opcode::REMOVEXATTR
             | opcode::FALLOCATE
     )
+}
+
+/// The arguments of a RENAME (which has no flags) or RENAME2.
+struct RenameArgs<'a> {
+    newdir: u64,
+    flags: u32,
+    old: &'a [u8],
+    new: &'a [u8],
+}
+
+fn rename_args<'a>(op: u32, args: &mut Args<'a>) -> Result<RenameArgs<'a>, DecodeError> {
+    let (newdir, flags) = if op == opcode::RENAME {
+        (args.obj::<abi::RenameIn>()?.newdir, 0)
+    } else {
+        let r: abi::Rename2In = args.obj()?;
+        (r.newdir, r.flags)
+    };
+    Ok(RenameArgs {
+        newdir,
+        flags,
+        old: args.name()?,
+        new: args.name()?,
+    })
 }
 
 fn ok_unit(r: Result<(), Errno>) -> Out {
