@@ -4,6 +4,8 @@
 //! - [`frame`]: the 24-byte header, frame limits, splitting a buffer into header/meta/payload.
 //! - [`messages`]: handshake, every request with its reply kind, server notices.
 //! - [`errno`]: Linux errno values as they travel.
+//! - [`replay`]: how a replay thread's requests are answered, for both answerers.
+//! - [`sizes`]: FUSE ABI sizes both sides budget listings with, and the root's node id.
 //!
 //! A connection starts with `Hello` (guest) answered by `Welcome` or `Refused` (host). Then the
 //! guest sends `Request` frames, each with an id it chooses, and the host answers each with a
@@ -13,6 +15,8 @@
 pub mod errno;
 pub mod frame;
 pub mod messages;
+pub mod replay;
+pub mod sizes;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +24,7 @@ mod tests;
 pub use errno::Errno;
 pub use frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_DATA, MAX_FRAME};
 pub use messages::*;
+pub use sizes::ROOT_ID;
 
 /// Why bytes could not be decoded. Decoding never panics, whatever the input.
 #[derive(Debug, thiserror::Error)]
