@@ -86,7 +86,7 @@ fn parse_ids(s: &str) -> Result<ferry_host::IdMode, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    ferry_host::init_logging();
+    ferry_common::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Share(args) => share(args),

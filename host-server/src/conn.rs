@@ -18,16 +18,16 @@
 //! not a hand-off from a reader to a worker and on to a writer; this is what keeps per-operation
 //! latency close to a local FUSE server's (see benches/fsbench.rs).
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use ferry_common::ReadError;
 use ferry_protocol::{
-    Change, ChangeKind, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
-    Notice, Opcode, Refused, Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome, features,
+    Change, ChangeKind, EncodeError, Errno, Frame, FrameKind, Hello, Notice, Opcode, Refused,
+    Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome, features,
 };
 use tracing::{debug, info, warn};
 
@@ -71,36 +71,7 @@ pub enum ConnError {
     Refused(String),
 }
 
-/// A byte stream the connection loop can serve: it can be split into a read half and a write
-/// half used from different threads, and shut down from any thread. A new transport implements
-/// this in a few lines.
-pub trait Stream: Read + Write + Send + Sync + Sized + 'static {
-    /// A second handle on the same stream (`dup`).
-    fn try_clone(&self) -> io::Result<Self>;
-    /// Shuts both directions down, waking a thread blocked in `read`.
-    fn shutdown(&self);
-    /// Sets a read timeout (used for the handshake).
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-}
-
-macro_rules! stream {
-    ($t:ty) => {
-        impl Stream for $t {
-            fn try_clone(&self) -> io::Result<Self> {
-                <$t>::try_clone(self)
-            }
-            fn shutdown(&self) {
-                let _ = <$t>::shutdown(self, std::net::Shutdown::Both);
-            }
-            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-                <$t>::set_read_timeout(self, t)
-            }
-        }
-    };
-}
-stream!(UnixStream);
-stream!(std::net::TcpStream);
-stream!(vsock::VsockStream);
+pub use ferry_common::Stream;
 
 /// Serves one connection until the peer closes it or misbehaves. Blocks the calling thread.
 pub fn serve_connection<S: Stream>(
@@ -122,14 +93,14 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
 
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     let mut buf = Vec::new();
-    read_frame(&mut reader, &mut buf).map_err(|e| match e {
+    let len = read_frame(&mut reader, &mut buf).map_err(|e| match e {
         ConnError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
             ConnError::Protocol("no Hello within 30 s".into())
         }
         e => e,
     })?;
     stream.set_read_timeout(None)?;
-    let frame = Frame::parse(&buf)?;
+    let frame = Frame::parse(&buf[..len])?;
     let hello = Hello::decode(&frame)?;
     let mut out = Vec::new();
     if let Err(reason) = check_hello(&hello, state) {
@@ -239,40 +210,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads one whole frame (header included) into `buf`, validating the header first so that a
-/// hostile length never causes a large allocation. A clean end of stream before a new frame is
-/// `UnexpectedEof` with no bytes read.
-fn read_frame<R: Read>(rd: &mut R, buf: &mut Vec<u8>) -> Result<(), ConnError> {
-    let mut head = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match rd.read(&mut head[got..]) {
-            Ok(0) if got == 0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(0) => {
-                return Err(ConnError::Protocol(format!(
-                    "connection closed after {got} bytes of a frame header"
-                )));
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
+/// Reads one whole frame (header included) into the front of `buf` and returns its length.
+/// A clean end of stream before a new frame is `UnexpectedEof`.
+fn read_frame<R: Read>(rd: &mut R, buf: &mut Vec<u8>) -> Result<usize, ConnError> {
+    match ferry_common::read_frame(rd, buf) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+        Err(ReadError::Io(e)) => Err(e.into()),
+        Err(ReadError::Header(e)) => Err(e.into()),
+        Err(e) => Err(ConnError::Protocol(e.to_string())),
     }
-    let header = FrameHeader::parse(&head)?;
-    buf.clear();
-    buf.resize(header.len as usize, 0);
-    buf[..HEADER_LEN].copy_from_slice(&head);
-    rd.read_exact(&mut buf[HEADER_LEN..]).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            ConnError::Protocol(format!(
-                "connection closed in the middle of a {}-byte frame",
-                header.len
-            ))
-        } else {
-            e.into()
-        }
-    })?;
-    Ok(())
 }
 
 /// What the workers of one connection share.
@@ -302,7 +249,7 @@ impl<S: Stream> Shared<S> {
                 }
                 read_frame(&mut *reader, &mut buf)
             };
-            let outcome = read.and_then(|()| self.handle(&buf, &mut head));
+            let outcome = read.and_then(|len| self.handle(&buf[..len], &mut head));
             if let Err(e) = outcome {
                 self.close(e);
                 return;
@@ -508,24 +455,9 @@ fn send<S: Stream>(
         payload = &[];
     }
     let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = write_all_vectored(&mut *w, head, payload) {
+    if let Err(e) = ferry_common::write_frame(&mut *w, head, payload) {
         debug!("reply not delivered: {e}");
     }
-}
-
-fn write_all_vectored(w: &mut impl Write, head: &[u8], payload: &[u8]) -> io::Result<()> {
-    let mut bufs = [IoSlice::new(head), IoSlice::new(payload)];
-    let mut bufs = &mut bufs[..];
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

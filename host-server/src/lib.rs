@@ -165,28 +165,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     Ok(())
 }
 
-/// Reads the shared token from a file (trailing whitespace dropped) or takes it as given.
-pub fn load_token(
-    file: Option<&std::path::Path>,
-    value: Option<&str>,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    let token = match (file, value) {
-        (Some(path), _) => {
-            let raw = std::fs::read(path)
-                .with_context(|| format!("cannot read token file {}", path.display()))?;
-            let end = raw
-                .iter()
-                .rposition(|b| !b.is_ascii_whitespace())
-                .map_or(0, |i| i + 1);
-            raw[..end].to_vec()
-        }
-        (None, Some(v)) => v.as_bytes().to_vec(),
-        (None, None) => return Ok(None),
-    };
-    anyhow::ensure!(!token.is_empty(), "the token is empty");
-    Ok(Some(token))
-}
-
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -195,15 +173,4 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

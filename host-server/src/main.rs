@@ -118,7 +118,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    ferry_host::init_logging();
+    ferry_common::logging::init();
     let args = Args::parse();
     match real_main(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -133,7 +133,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if let Some(Command::StripOwners { path }) = args.command {
         return ferry_host::strip::run_strip_owners(&path);
     }
-    let token = ferry_host::load_token(args.token_file.as_deref(), args.token.as_deref())?;
+    let token = ferry_common::token::load(args.token_file.as_deref(), args.token.as_deref())?;
     let mut exports = args.exports;
     let global = IdOptions {
         mode: args.ids.mode,
