@@ -53,7 +53,7 @@ mod locks;
 mod ops;
 mod owners;
 mod replay;
-mod sys;
+pub(crate) mod sys;
 mod watch;
 
 #[cfg(test)]
