@@ -41,21 +41,22 @@ impl Raw {
 
 /// Whether a rename's first half is still waiting for its second after `ev`, given whether
 /// one was before it.
-pub(super) fn opens_rename(open: bool, ev: &notify::Result<notify::Event>) -> bool {
+pub(super) fn rename_pending_after(pending: bool, ev: &notify::Result<notify::Event>) -> bool {
     match ev {
         Ok(ev) => match ev.kind {
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                open || ev.attrs.tracker().is_some()
+                pending || ev.attrs.tracker().is_some()
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
-            _ => open,
+            _ => pending,
         },
-        Err(_) => open,
+        Err(_) => pending,
     }
 }
 
-/// Turns one `notify` event into changes, pairing rename halves through `held`.
-pub(super) fn raw_change(
+/// Turns one `notify` event into the change it makes, if any, pushed onto `out`, pairing
+/// rename halves through `held`.
+pub(super) fn event_to_changes(
     root: &Path,
     ev: notify::Event,
     held: &mut Option<(usize, PathBuf)>,

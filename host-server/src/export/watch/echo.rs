@@ -138,15 +138,16 @@ impl Echoes {
     }
 
     /// Whether the state `fp` of `key` is session `sid`'s own doing.
-    pub(super) fn echo_of_inode(&self, sid: u64, key: Key, fp: &Fingerprint) -> bool {
+    pub(super) fn is_inode_echo(&self, sid: u64, key: Key, fp: &Fingerprint) -> bool {
         let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         t.inodes
             .get(&key)
             .is_some_and(|v| v.iter().any(|(s, f, _)| *s == sid && f == fp))
     }
 
-    /// Whether `op` on `name` in `dir` was session `sid`'s doing; consumes the record.
-    pub(super) fn echo_of_name(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {
+    /// Whether `op` on `name` in `dir` was session `sid`'s doing, taking the record if so: one
+    /// record explains one event.
+    pub(super) fn take_name_echo(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {
         trace!(sid, ?dir, name = %String::from_utf8_lossy(name), ?op, "echo name checked");
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let k = (dir, name.to_vec(), op);
@@ -179,20 +180,20 @@ mod tests {
         };
         let fp = Fingerprint::of_stat(&st);
         ev.note_inode(1, (5, 6), fp);
-        assert!(ev.echo_of_inode(1, (5, 6), &fp));
-        assert!(!ev.echo_of_inode(2, (5, 6), &fp));
+        assert!(ev.is_inode_echo(1, (5, 6), &fp));
+        assert!(!ev.is_inode_echo(2, (5, 6), &fp));
         let mut other = fp;
         other.size = 11;
-        assert!(!ev.echo_of_inode(1, (5, 6), &other));
+        assert!(!ev.is_inode_echo(1, (5, 6), &other));
         ev.note_name(1, (5, 1), b"x", NameOp::Removed);
-        assert!(!ev.echo_of_name(2, (5, 1), b"x", NameOp::Removed));
+        assert!(!ev.take_name_echo(2, (5, 1), b"x", NameOp::Removed));
         assert!(
-            !ev.echo_of_name(1, (5, 1), b"x", NameOp::Created),
+            !ev.take_name_echo(1, (5, 1), b"x", NameOp::Created),
             "another operation"
         );
-        assert!(ev.echo_of_name(1, (5, 1), b"x", NameOp::Removed));
+        assert!(ev.take_name_echo(1, (5, 1), b"x", NameOp::Removed));
         assert!(
-            !ev.echo_of_name(1, (5, 1), b"x", NameOp::Removed),
+            !ev.take_name_echo(1, (5, 1), b"x", NameOp::Removed),
             "used once"
         );
     }

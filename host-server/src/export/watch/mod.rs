@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
-use coalesce::{RENAME_WAIT, Raw, coalesce, opens_rename, raw_change};
+use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
 use scan::Scanned;
 
@@ -232,11 +232,11 @@ impl Export {
                 debug!(export = self.name, "watcher thread ends");
                 return;
             };
-            let mut open_rename = opens_rename(held_from.is_some(), &first);
+            let mut rename_pending = rename_pending_after(held_from.is_some(), &first);
             let mut raw = vec![first];
             let start = Instant::now();
             loop {
-                let quiet = if open_rename {
+                let quiet = if rename_pending {
                     RENAME_WAIT
                 } else {
                     BURST_QUIET
@@ -246,7 +246,7 @@ impl Export {
                 }
                 match rx.recv_timeout(quiet) {
                     Ok(ev) => {
-                        open_rename = opens_rename(open_rename, &ev);
+                        rename_pending = rename_pending_after(rename_pending, &ev);
                         raw.push(ev);
                     }
                     Err(RecvTimeoutError::Timeout) => break,
@@ -257,7 +257,7 @@ impl Export {
             let mut changes = Vec::new();
             for ev in raw {
                 match ev {
-                    Ok(ev) => raw_change(&self.path, ev, &mut held_from, &mut changes),
+                    Ok(ev) => event_to_changes(&self.path, ev, &mut held_from, &mut changes),
                     Err(e) => {
                         error!(export = self.name, "host watcher error: {e}");
                         if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
@@ -360,7 +360,7 @@ impl Export {
                 if self
                     .events
                     .echoes
-                    .echo_of_name(sid, f.parent?, name, NameOp::Created)
+                    .take_name_echo(sid, f.parent?, name, NameOp::Created)
                 {
                     return None;
                 }
@@ -378,11 +378,11 @@ impl Export {
                 if self
                     .events
                     .echoes
-                    .echo_of_name(sid, parent_key, name, NameOp::Removed)
+                    .take_name_echo(sid, parent_key, name, NameOp::Removed)
                     || self
                         .events
                         .echoes
-                        .echo_of_name(sid, parent_key, name, NameOp::RenamedFrom)
+                        .take_name_echo(sid, parent_key, name, NameOp::RenamedFrom)
                 {
                     return None;
                 }
@@ -391,7 +391,7 @@ impl Export {
             }
             ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
                 if let Some((key, fp)) = f.obj {
-                    if self.events.echoes.echo_of_inode(sid, key, &fp) {
+                    if self.events.echoes.is_inode_echo(sid, key, &fp) {
                         return None;
                     }
                 }
@@ -419,14 +419,14 @@ impl Export {
                 if self
                     .events
                     .echoes
-                    .echo_of_name(sid, from_key, from_name, NameOp::RenamedFrom)
+                    .take_name_echo(sid, from_key, from_name, NameOp::RenamedFrom)
                 {
                     if let (Some(k), Some(n)) =
                         (f.to_parent, c.to.as_ref().and_then(|t| t.file_name()))
                     {
                         self.events
                             .echoes
-                            .echo_of_name(sid, k, n.as_bytes(), NameOp::Created);
+                            .take_name_echo(sid, k, n.as_bytes(), NameOp::Created);
                     }
                     return None;
                 }
