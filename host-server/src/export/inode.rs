@@ -18,14 +18,13 @@
 //! clock and the hand passes over them, so a guest with more files open than the cap makes
 //! each miss scan them (two turns at most) and the cache holds one descriptor per open node.
 //!
-//! A handle names the inode itself, as a held descriptor did: a reopened node is the object the
-//! guest looked up, wherever it is now, never whatever took its name. What changes is that an
-//! object removed on the host that nothing keeps alive (no cached descriptor, no open guest
-//! handle) can no longer be reopened: the node answers ESTALE, where a held descriptor would
-//! have kept the deleted inode reachable.
+//! A kernel file handle names the inode itself, as a held descriptor does: a reopened node is
+//! the object the guest looked up, wherever it is now, never whatever took its name. The one
+//! difference: an object removed on the host that nothing keeps alive (no cached descriptor,
+//! no open guest handle) cannot be reopened, and the node answers ESTALE, where a descriptor
+//! held for the node's life would keep the deleted inode reachable.
 //!
-//! Where handles are not available the node keeps its descriptor for its whole life, as every
-//! node did before: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
+//! Where handles are not available the node keeps its descriptor for its whole life: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
 //! may not open them (EPERM: `open_by_handle_at` needs CAP_DAC_READ_SEARCH), and on FUSE
 //! filesystems, whose handles may not survive the kernel forgetting the inode. Each device is
 //! probed once, with its first node.

@@ -77,11 +77,13 @@ pub(crate) enum NameOp {
     RenamedFrom,
 }
 
+/// The echo records of every session of one export.
 #[derive(Debug, Default)]
 struct EchoTable {
     /// Inode → (session, state after its change, when).
     inodes: HashMap<Key, Vec<(u64, Fingerprint, Instant)>>,
-    /// (directory, name) removed or renamed away by a session.
+    /// (directory, name, operation) → (session, when): names a session created, removed or
+    /// renamed away; each record explains one event.
     names: HashMap<NameKey, Vec<(u64, Instant)>>,
     last_gc: Option<Instant>,
 }
