@@ -1,10 +1,11 @@
-//! Attributes as the protocol carries them: a host `stat` turned into an [`Attr`], with the
-//! owner and mode the guest is shown, and the kernel's 32-bit device number encoding both ways.
+//! Attributes between the host and the protocol: a host `stat` turned into an [`Attr`], with
+//! the owner and mode the guest is shown; a protocol time as `utimensat` takes it; and the
+//! kernel's 32-bit device number encoding both ways.
 //!
 //! A leaf: it knows nothing of sessions or owner records. `owners.rs` decides what the guest
 //! is shown ([`Presented`]); this module only writes it into the reply's shape.
 
-use ferry_protocol::{Attr, Timespec};
+use ferry_protocol::{Attr, SetTime, Timespec};
 
 use crate::ids::{GuestGid, GuestUid};
 
@@ -23,6 +24,25 @@ fn timespec(sec: i64, nsec: i64) -> Timespec {
     Timespec {
         sec,
         nsec: u32::try_from(nsec).unwrap_or(0),
+    }
+}
+
+/// A protocol time as the `timespec` utimensat takes.
+pub(crate) fn utime(t: Option<SetTime>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => libc::timespec {
+            tv_sec: t.sec,
+            // Out-of-range nanoseconds are passed on so the kernel answers EINVAL.
+            tv_nsec: libc::c_long::from(t.nsec.min(i32::MAX as u32) as i32),
+        },
     }
 }
 

@@ -13,7 +13,7 @@ use ferry_protocol::{
 };
 
 use super::ExportSession;
-use super::attr::decode_rdev;
+use super::attr::{decode_rdev, utime};
 use super::handle::{Handle, HandleKind};
 use super::inode::Node;
 use super::locks::{self, LockWait};
@@ -88,25 +88,6 @@ fn component(name: &[u8]) -> Result<CString, Errno> {
         return Err(Errno::EINVAL);
     }
     sys::cstring(name)
-}
-
-/// A protocol time as the `timespec` utimensat takes.
-fn utime(t: Option<SetTime>) -> libc::timespec {
-    match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(SetTime::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(SetTime::At(t)) => libc::timespec {
-            tv_sec: t.sec,
-            // Out-of-range nanoseconds are passed on so the kernel answers EINVAL.
-            tv_nsec: libc::c_long::from(t.nsec.min(i32::MAX as u32) as i32),
-        },
-    }
 }
 
 /// FUSE's size of one `fuse_dirent` carrying `namelen` bytes of name.
