@@ -1,10 +1,12 @@
-//! Server configuration as the command line spells it.
+//! Server configuration as the command line spells it: `--export` specifications with their
+//! options, and `--listen` addresses.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::ids::{IdMode, IdPolicy, Permissions, parse_on_off, parse_permissions};
-use crate::transport::ListenAddr;
 
 /// Owner settings as given on a command line; `None` falls back (to the global flags, then to
 /// the defaults of [`IdPolicy::new`] for the mode, and for the mode to the server's user).
@@ -153,6 +155,147 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP address. Always requires a token.
+    Tcp(SocketAddr),
+    /// AF_VSOCK on this host (vhost-vsock, e.g. QEMU/KVM guests), any CID.
+    Vsock(u32),
+    /// Hybrid vsock, as Firecracker, cloud-hypervisor and vhost-device-vsock expose it: a
+    /// guest connection to host port `port` arrives as a Unix-socket connection on
+    /// `{path}_{port}`, where `path` is the VMM's vsock socket.
+    HybridVsock {
+        /// The VMM's vsock Unix socket (`uds_path` / `socket=`).
+        path: PathBuf,
+        /// The vsock port guests connect to.
+        port: u32,
+    },
+    /// A vhost-user-fs device backend socket serving one export: the VMM connects here and
+    /// the guest kernel mounts the export with `mount -t virtiofs` (see `crate::virtiofs`).
+    VhostUserFs {
+        /// The vhost-user socket the VMM connects to.
+        socket: PathBuf,
+        /// The name of the export served on it.
+        export: String,
+    },
+}
+
+impl ListenAddr {
+    /// Whether clients of this listener must present the token.
+    pub fn requires_token(&self) -> bool {
+        matches!(self, ListenAddr::Tcp(_))
+    }
+
+    /// The Unix socket a hybrid-vsock listener binds: `{path}_{port}`.
+    pub fn hybrid_socket(path: &std::path::Path, port: u32) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!("_{port}"));
+        PathBuf::from(p)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            ListenAddr::Vsock(port) => write!(f, "vsock:{port}"),
+            ListenAddr::HybridVsock { path, port } => {
+                write!(f, "hybrid-vsock:{}:{port}", path.display())
+            }
+            ListenAddr::VhostUserFs { socket, export } => {
+                write!(f, "vhost-user-fs:{}:{export}", socket.display())
+            }
+        }
+    }
+}
+
+/// A listen address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid listen address {input:?}: {why} (expected unix:PATH, tcp:PORT, tcp:HOST:PORT, vsock:PORT, hybrid-vsock:PATH:PORT or vhost-user-fs:SOCKET:NAME)"
+)]
+pub struct BadListenAddr {
+    input: String,
+    why: String,
+}
+
+impl FromStr for ListenAddr {
+    type Err = BadListenAddr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| BadListenAddr {
+            input: s.to_string(),
+            why: why.to_string(),
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            // A bare port binds loopback: exposing the share beyond this machine must be asked
+            // for by naming the address.
+            if let Ok(port) = rest.parse::<u16>() {
+                return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+            }
+            let addr = rest
+                .parse::<SocketAddr>()
+                .or_else(|_| {
+                    // Accept "localhost:PORT" and other names that resolve.
+                    std::net::ToSocketAddrs::to_socket_addrs(rest)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut it| it.next().ok_or_else(|| "no address".to_string()))
+                })
+                .map_err(|e| bad(&e))?;
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        // u32::MAX is VMADDR_PORT_ANY, which would bind a port the guest cannot know.
+        let vsock_port = |p: &str| match p.parse::<u32>() {
+            Ok(u32::MAX) => Err(bad("port 4294967295 is the wildcard VMADDR_PORT_ANY")),
+            Ok(port) => Ok(port),
+            Err(_) if p.contains(':') => Err(bad(
+                "a vsock listener takes a port only (it accepts guests of every CID)",
+            )),
+            Err(_) => Err(bad("invalid vsock port")),
+        };
+        if let Some(port) = s.strip_prefix("vsock:") {
+            return Ok(ListenAddr::Vsock(vsock_port(port)?));
+        }
+        if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let (path, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing vsock port"))?;
+            let port = vsock_port(port)?;
+            if path.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            return Ok(ListenAddr::HybridVsock {
+                path: PathBuf::from(path),
+                port,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("vhost-user-fs:") {
+            let (socket, export) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing export name"))?;
+            if socket.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            validate_name(export).map_err(|w| bad(&w))?;
+            return Ok(ListenAddr::VhostUserFs {
+                socket: PathBuf::from(socket),
+                export: export.to_string(),
+            });
+        }
+        Err(bad("unknown scheme"))
+    }
 }
 
 /// Everything `ferry-host` needs to run.
@@ -309,5 +452,83 @@ mod tests {
         .resolve();
         assert!(c.persist_owners);
         assert_eq!(c.permissions, Permissions::Host);
+    }
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!(
+            "unix:/run/ferry.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/ferry.sock".into())
+        );
+        assert_eq!(
+            "tcp:7000".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:7000".parse().unwrap())
+        );
+        assert_eq!(
+            "tcp:0.0.0.0:7000".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("0.0.0.0:7000".parse().unwrap())
+        );
+        assert_eq!(
+            "tcp:[::1]:7000".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(
+            "vsock:1024".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Vsock(1024)
+        );
+        let hybrid: ListenAddr = "hybrid-vsock:/run/fc/v.sock:1024".parse().unwrap();
+        assert_eq!(
+            hybrid,
+            ListenAddr::HybridVsock {
+                path: "/run/fc/v.sock".into(),
+                port: 1024
+            }
+        );
+        assert_eq!(hybrid.to_string().parse::<ListenAddr>().unwrap(), hybrid);
+        assert_eq!(
+            ListenAddr::hybrid_socket(std::path::Path::new("/run/fc/v.sock"), 1024),
+            std::path::PathBuf::from("/run/fc/v.sock_1024")
+        );
+        let vfs: ListenAddr = "vhost-user-fs:/run/a:b.sock:src".parse().unwrap();
+        assert_eq!(
+            vfs,
+            ListenAddr::VhostUserFs {
+                socket: "/run/a:b.sock".into(),
+                export: "src".into()
+            }
+        );
+        assert_eq!(vfs.to_string().parse::<ListenAddr>().unwrap(), vfs);
+        for bad in [
+            "",
+            "unix:",
+            "tcp:",
+            "tcp:nope:x",
+            "vsock:",
+            "vsock:x",
+            "vsock:-1",
+            "vsock:3:4",
+            "hybrid-vsock:/x",
+            "hybrid-vsock::5",
+            "hybrid-vsock:/x:port",
+            "vhost-user-fs:/x",
+            "vhost-user-fs::n",
+            "vhost-user-fs:/x:bad/name",
+            "/tmp/sock",
+        ] {
+            let err = bad.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(err.contains("expected unix:PATH"), "{bad}: {err}");
+        }
+        // The reason says what is wrong with this one.
+        for (bad, why) in [
+            ("vsock:3:4", "port only"),
+            ("vsock:4294967295", "VMADDR_PORT_ANY"),
+            ("vsock:x", "invalid vsock port"),
+            ("hybrid-vsock:/x:4294967295", "VMADDR_PORT_ANY"),
+            ("hybrid-vsock:/x", "missing vsock port"),
+            ("vhost:1", "unknown scheme"),
+        ] {
+            let err = bad.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
     }
 }

@@ -30,14 +30,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-pub use config::{ExportSpec, IdOptions, ServerConfig};
+pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
 pub use conn::{ServerState, serve_connection};
 pub use export::{
     DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
     SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
-pub use transport::{ListenAddr, Listener};
+pub use transport::Listener;
 
 /// Opens every export, checking that each is a directory the server can use.
 pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {

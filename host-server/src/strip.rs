@@ -1,15 +1,18 @@
 //! `strip-owners`: removes every persisted-owner record (`user.ferry.owner`) from a host tree.
 //!
-//! The walk never follows a symlink (every directory is opened with `O_NOFOLLOW` relative to
-//! its parent) and never leaves the filesystem it starts on (a directory on another device is
-//! skipped, as `find -xdev` does). Only regular files and directories can carry the xattr.
+//! The walk never follows a symlink (every directory is opened relative to its parent with the
+//! export core's `open_beneath`, which refuses symlinks, and a record is removed by a call that
+//! does not follow its last component) and never leaves the filesystem it starts on (a
+//! directory on another device is skipped, as `find -xdev` does). Only regular files and directories can carry the xattr.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::export::OWNER_XATTR;
+use ferry_protocol::Errno;
+
+use crate::export::{OWNER_XATTR, sys};
 
 /// What a walk did.
 #[derive(Debug, Default)]
@@ -24,59 +27,32 @@ pub struct StripReport {
     pub errors: Vec<(PathBuf, std::io::Error)>,
 }
 
-fn last_error() -> std::io::Error {
-    std::io::Error::last_os_error()
+/// The export core's wrappers answer an [`Errno`]; the walk reports `std::io::Error`s.
+fn io_error(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.0)
 }
 
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `name` is a valid C string and `st` writable memory of the right size.
-    let ret = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
-        )
-    };
-    if ret < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: filled by the kernel on success (and zeroed before).
-    Ok(unsafe { st.assume_init() })
+    sys::fstatat_nofollow(dir, name).map_err(io_error)
 }
 
+/// Opens the directory `name` in `dir` for reading, never through a symlink.
 fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<OwnedFd> {
-    // SAFETY: `name` is a valid C string; the returned fd is checked before being owned.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::open_beneath(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(io_error)
 }
 
 /// Removes the record of `name` in `dir` (a file or directory); whether there was one.
 fn remove_record(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<bool> {
     // `/proc/self/fd/N/NAME` with the l-variant: the last component is never followed.
-    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    let mut path = sys::proc_path(dir).into_bytes();
+    path.push(b'/');
     path.extend_from_slice(name.to_bytes());
     let path = CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    // SAFETY: both strings are valid and NUL-terminated.
-    let ret = unsafe { libc::lremovexattr(path.as_ptr(), OWNER_XATTR.as_ptr()) };
-    if ret == 0 {
-        return Ok(true);
-    }
-    let e = last_error();
-    match e.raw_os_error() {
-        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(e),
+    match sys::lremovexattr(&path, OWNER_XATTR) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(false),
+        Err(e) => Err(io_error(e)),
     }
 }
 
@@ -85,21 +61,12 @@ fn remove_record(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<bool> {
 pub fn strip_owners(root: &Path) -> std::io::Result<StripReport> {
     let croot = CString::new(root.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: `croot` is a valid C string; the returned fd is checked before being owned.
-    let fd = unsafe { libc::open(croot.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(last_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let st = lstat_at(root_fd.as_fd(), c"")?;
+    let root_fd = sys::open_path(&croot, libc::O_PATH).map_err(io_error)?;
+    let st = sys::fstat(root_fd.as_fd()).map_err(io_error)?;
     let mut report = StripReport::default();
     report.scanned += 1;
     // The root itself, through its own fd.
-    let root_path = CString::new(format!("/proc/self/fd/{}", root_fd.as_raw_fd()))
-        .expect("no NUL in a proc path");
-    // SAFETY: both strings are valid and NUL-terminated.
-    if unsafe { libc::removexattr(root_path.as_ptr(), OWNER_XATTR.as_ptr()) } == 0 {
+    if sys::removexattr(&sys::proc_path(root_fd.as_fd()), OWNER_XATTR).is_ok() {
         report.removed += 1;
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -168,10 +135,9 @@ fn walk(dir: OwnedFd, dev: u64, path: PathBuf, report: &mut StripReport) {
             return;
         }
     }
-    let dir_fd = dir;
     for name in names {
         let child = path.join(OsStr::from_bytes(name.to_bytes()));
-        let st = match lstat_at(dir_fd.as_fd(), &name) {
+        let st = match lstat_at(dir.as_fd(), &name) {
             Ok(st) => st,
             Err(e) => {
                 report.errors.push((child, e));
@@ -187,13 +153,13 @@ fn walk(dir: OwnedFd, dev: u64, path: PathBuf, report: &mut StripReport) {
             continue;
         }
         report.scanned += 1;
-        match remove_record(dir_fd.as_fd(), &name) {
+        match remove_record(dir.as_fd(), &name) {
             Ok(true) => report.removed += 1,
             Ok(false) => {}
             Err(e) => report.errors.push((child.clone(), e)),
         }
         if kind == libc::S_IFDIR {
-            match open_dir_at(dir_fd.as_fd(), &name) {
+            match open_dir_at(dir.as_fd(), &name) {
                 Ok(sub) => walk(sub, dev, child, report),
                 Err(e) => report.errors.push((child, e)),
             }
@@ -208,24 +174,14 @@ mod tests {
 
     fn set(path: &Path) {
         let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        let v = b"1:2:100644:100644";
-        // SAFETY: valid strings and a readable value buffer.
-        let ret = unsafe {
-            libc::setxattr(
-                c.as_ptr(),
-                OWNER_XATTR.as_ptr(),
-                v.as_ptr().cast(),
-                v.len(),
-                0,
-            )
-        };
-        assert_eq!(ret, 0, "{}: {}", path.display(), last_error());
+        sys::setxattr(&c, OWNER_XATTR, b"1:2:100644:100644", 0)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
     }
 
     fn has(path: &Path) -> bool {
         let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid strings; a null buffer with size 0 asks for the size.
-        unsafe { libc::lgetxattr(c.as_ptr(), OWNER_XATTR.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+        // An empty buffer asks for the size.
+        sys::getxattr(&c, OWNER_XATTR, &mut []).is_ok()
     }
 
     #[test]

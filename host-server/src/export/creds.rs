@@ -1,5 +1,9 @@
 //! Per-thread credentials: creating a file as the calling guest user.
 //!
+//! [`ExportSession::create_as`] translates the caller of a creating request into host ids (in
+//! the id modes that create as the caller), and [`ExportSession::as_creator`] runs the one
+//! creating system call with them.
+//!
 //! On Linux, credentials belong to each thread; it is glibc that makes `setuid(2)` and friends
 //! apply to every thread of the process (it signals them all). The raw system calls change only
 //! the calling thread, so one worker can create a file as uid 1000 while another creates one as
@@ -17,9 +21,10 @@
 //! unwinding included. A thread that cannot get its credentials back would go on serving
 //! requests as somebody else, so that failure aborts the process.
 
-use ferry_protocol::Errno;
+use ferry_protocol::{Ctx, Errno};
 
-use crate::ids::{HostGid, HostUid};
+use super::{ExportSession, sys};
+use crate::ids::{GuestGid, GuestUid, HostGid, HostUid};
 
 /// The credentials a switch returns to: the server's own, read once.
 struct Server {
@@ -45,7 +50,7 @@ fn set_euid(uid: libc::uid_t) -> Result<(), Errno> {
     // SAFETY: a raw system call with integer arguments; it changes only this thread.
     let ret = unsafe { libc::syscall(libc::SYS_setresuid, -1i32, uid, -1i32) };
     if ret < 0 {
-        Err(super::sys::last_errno())
+        Err(sys::last_errno())
     } else {
         Ok(())
     }
@@ -56,7 +61,7 @@ fn set_egid(gid: libc::gid_t) -> Result<(), Errno> {
     // SAFETY: a raw system call with integer arguments; it changes only this thread.
     let ret = unsafe { libc::syscall(libc::SYS_setresgid, -1i32, gid, -1i32) };
     if ret < 0 {
-        Err(super::sys::last_errno())
+        Err(sys::last_errno())
     } else {
         Ok(())
     }
@@ -68,7 +73,7 @@ fn set_groups(groups: &[libc::gid_t]) -> Result<(), Errno> {
     // many (a dangling but non-null pointer with length 0 is never read).
     let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
     if ret < 0 {
-        Err(super::sys::last_errno())
+        Err(sys::last_errno())
     } else {
         Ok(())
     }
@@ -121,6 +126,53 @@ impl Drop for Switched {
             // than stopping.
             tracing::error!(error = ?e, "cannot restore the server's credentials; aborting");
             std::process::abort();
+        }
+    }
+}
+
+/// The host ids a creating request runs as, in modes that create as the caller.
+#[derive(Debug)]
+pub(crate) struct CreateAs {
+    uid: HostUid,
+    gid: HostGid,
+    groups: Vec<HostGid>,
+}
+
+impl ExportSession {
+    /// The host ids a creating request runs as: `None` in squash mode (the server creates as
+    /// itself); EOVERFLOW for a caller without a host id, as an idmapped mount answers.
+    pub(crate) fn create_as(&self, ctx: &Ctx) -> Result<Option<CreateAs>, Errno> {
+        let mode = &self.export.ids.mode;
+        if !mode.creates_as_caller() {
+            return Ok(None);
+        }
+        let uid = mode
+            .uid_to_host(GuestUid(ctx.uid))
+            .ok_or(Errno::EOVERFLOW)?;
+        let gid = mode
+            .gid_to_host(GuestGid(ctx.gid))
+            .ok_or(Errno::EOVERFLOW)?;
+        // A supplementary group without a host id can grant nothing on the host.
+        let groups = ctx
+            .groups
+            .iter()
+            .filter_map(|&g| mode.gid_to_host(GuestGid(g)))
+            .collect();
+        Ok(Some(CreateAs { uid, gid, groups }))
+    }
+
+    /// Runs `f` (a creating system call) as the caller in modes that create as the caller.
+    pub(crate) fn as_creator<T>(
+        &self,
+        who: &Option<CreateAs>,
+        f: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        match who {
+            None => f(),
+            Some(c) => {
+                let _switched = Switched::to(c.uid, c.gid, &c.groups)?;
+                f()
+            }
         }
     }
 }

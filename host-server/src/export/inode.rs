@@ -18,14 +18,13 @@
 //! clock and the hand passes over them, so a guest with more files open than the cap makes
 //! each miss scan them (two turns at most) and the cache holds one descriptor per open node.
 //!
-//! A handle names the inode itself, as a held descriptor did: a reopened node is the object the
-//! guest looked up, wherever it is now, never whatever took its name. What changes is that an
-//! object removed on the host that nothing keeps alive (no cached descriptor, no open guest
-//! handle) can no longer be reopened: the node answers ESTALE, where a held descriptor would
-//! have kept the deleted inode reachable.
+//! A kernel file handle names the inode itself, as a held descriptor does: a reopened node is
+//! the object the guest looked up, wherever it is now, never whatever took its name. The one
+//! difference: an object removed on the host that nothing keeps alive (no cached descriptor,
+//! no open guest handle) cannot be reopened, and the node answers ESTALE, where a descriptor
+//! held for the node's life would keep the deleted inode reachable.
 //!
-//! Where handles are not available the node keeps its descriptor for its whole life, as every
-//! node did before: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
+//! Where handles are not available the node keeps its descriptor for its whole life: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
 //! may not open them (EPERM: `open_by_handle_at` needs CAP_DAC_READ_SEARCH), and on FUSE
 //! filesystems, whose handles may not survive the kernel forgetting the inode. Each device is
 //! probed once, with its first node.
@@ -65,9 +64,10 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// handles fit (ext4 and xfs 8 bytes, tmpfs 12, btrfs 20).
 const INLINE_HANDLE: usize = 22;
 
-/// A kernel file handle, stored compactly.
+/// A node's kernel file handle (from `name_to_handle_at`), stored compactly: the system calls
+/// take the full-size [`sys::KernelHandle`]. Not a guest's open handle (`handle.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FileHandle {
+struct CompactKernelHandle {
     /// The filesystem's handle type.
     htype: i32,
     bytes: HandleBytes,
@@ -79,8 +79,8 @@ enum HandleBytes {
     Heap(Box<[u8]>),
 }
 
-impl FileHandle {
-    fn from_kernel(h: &sys::KernelHandle) -> FileHandle {
+impl CompactKernelHandle {
+    fn from_kernel(h: &sys::KernelHandle) -> CompactKernelHandle {
         let b = h.bytes();
         let bytes = if b.len() <= INLINE_HANDLE {
             let mut data = [0; INLINE_HANDLE];
@@ -92,7 +92,7 @@ impl FileHandle {
         } else {
             HandleBytes::Heap(b.into())
         };
-        FileHandle {
+        CompactKernelHandle {
             htype: h.handle_type,
             bytes,
         }
@@ -128,7 +128,7 @@ enum Reach {
     /// is first evicted. Most nodes are forgotten before and never need one.
     Untaken,
     /// By this kernel file handle.
-    Handle(FileHandle),
+    Handle(CompactKernelHandle),
 }
 
 /// One node: a host object inside the export, as the guest knows it.
@@ -396,7 +396,7 @@ impl InodeTable {
                                 && known
                                     == sys::name_to_handle(fd.as_fd())
                                         .ok()
-                                        .map(|h| FileHandle::from_kernel(&h));
+                                        .map(|h| CompactKernelHandle::from_kernel(&h));
                             if same {
                                 node.nlookup.fetch_add(1, Ordering::Relaxed);
                                 let fd = self.fill(&node, fd);
@@ -533,7 +533,9 @@ impl InodeTable {
                 // The first eviction: the handle is taken now, from the descriptor.
                 Reach::Untaken => {
                     match slot.fd.as_deref().map(|fd| sys::name_to_handle(fd.as_fd())) {
-                        Some(Ok(h)) => slot.reach = Reach::Handle(FileHandle::from_kernel(&h)),
+                        Some(Ok(h)) => {
+                            slot.reach = Reach::Handle(CompactKernelHandle::from_kernel(&h))
+                        }
                         other => {
                             // Cannot be reached again without it: it keeps its descriptor.
                             let error = other.and_then(Result::err);
@@ -624,7 +626,7 @@ impl InodeTable {
     }
 
     /// Opens the object of handle node `node` again and checks it is the same object.
-    fn reopen(&self, node: &InodeData, handle: &FileHandle) -> Result<OwnedFd, Errno> {
+    fn reopen(&self, node: &InodeData, handle: &CompactKernelHandle) -> Result<OwnedFd, Errno> {
         let base = match self
             .devs
             .read()

@@ -44,6 +44,7 @@
 //! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
 //!   are flock locks on the handle's fd (see `locks.rs`).
 
+mod attr;
 mod creds;
 mod dispatch;
 mod handle;
@@ -52,7 +53,7 @@ mod locks;
 mod ops;
 mod owners;
 mod replay;
-mod sys;
+pub(crate) mod sys;
 mod watch;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Owners as the guest sees them: id translation, the persisted-owner xattr, and creating as
-//! the caller.
+//! Owners as the guest sees them: id translation and the persisted-owner xattr. Creating as
+//! the caller is `creds.rs`'s.
 //!
 //! # The persisted owner
 //!
@@ -29,8 +29,9 @@ use std::os::fd::BorrowedFd;
 
 use ferry_protocol::{Attr, Ctx, Errno};
 
+use super::attr::{self, Presented};
 use super::inode::Node;
-use super::{ExportSession, creds, sys};
+use super::{ExportSession, sys};
 use crate::ids::{GuestGid, GuestUid, HostGid, HostUid, IdMode};
 
 /// The xattr holding a persisted owner.
@@ -82,15 +83,6 @@ impl Record {
     }
 }
 
-/// How a node looks to the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Presented {
-    pub uid: GuestUid,
-    pub gid: GuestGid,
-    /// `st_mode` to show, file type bits included.
-    pub mode: u32,
-}
-
 /// Whether the host lets objects of this type (`st_mode`) carry `user.*` xattrs.
 fn can_record(mode: u32) -> bool {
     matches!(mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
@@ -122,14 +114,6 @@ fn warn_no_xattrs(e: Errno) {
              (chown answers EPERM)"
         );
     });
-}
-
-/// The host ids a creating request runs as, in modes that create as the caller.
-#[derive(Debug)]
-pub(crate) struct CreateAs {
-    uid: HostUid,
-    gid: HostGid,
-    groups: Vec<HostGid>,
 }
 
 impl ExportSession {
@@ -191,7 +175,7 @@ impl ExportSession {
 
     /// Attributes of node `id` as the guest sees them.
     pub(crate) fn attr(&self, id: u64, fd: BorrowedFd<'_>, st: &libc::stat) -> Attr {
-        super::ops::attr_from_stat(id, st, self.present(fd, st))
+        attr::from_stat(id, st, self.present(fd, st))
     }
 
     /// Writes (or, when it says nothing the host does not, removes) the owner record of a node.
@@ -214,43 +198,6 @@ impl ExportSession {
                 Err(Errno::EPERM)
             }
             r => r,
-        }
-    }
-
-    /// The host ids a creating request runs as: `None` in squash mode (the server creates as
-    /// itself); EOVERFLOW for a caller without a host id, as an idmapped mount answers.
-    pub(crate) fn create_as(&self, ctx: &Ctx) -> Result<Option<CreateAs>, Errno> {
-        let mode = self.mode();
-        if !mode.creates_as_caller() {
-            return Ok(None);
-        }
-        let uid = mode
-            .uid_to_host(GuestUid(ctx.uid))
-            .ok_or(Errno::EOVERFLOW)?;
-        let gid = mode
-            .gid_to_host(GuestGid(ctx.gid))
-            .ok_or(Errno::EOVERFLOW)?;
-        // A supplementary group without a host id can grant nothing on the host.
-        let groups = ctx
-            .groups
-            .iter()
-            .filter_map(|&g| mode.gid_to_host(GuestGid(g)))
-            .collect();
-        Ok(Some(CreateAs { uid, gid, groups }))
-    }
-
-    /// Runs `f` (a creating system call) as the caller in modes that create as the caller.
-    pub(crate) fn as_creator<T>(
-        &self,
-        who: &Option<CreateAs>,
-        f: impl FnOnce() -> Result<T, Errno>,
-    ) -> Result<T, Errno> {
-        match who {
-            None => f(),
-            Some(c) => {
-                let _switched = creds::Switched::to(c.uid, c.gid, &c.groups)?;
-                f()
-            }
         }
     }
 

@@ -527,6 +527,13 @@ pub(crate) fn removexattr(path: &CStr, name: &CStr) -> Result<(), Errno> {
     check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
+/// `lremovexattr(path, name)`: like [`removexattr`], but a symlink at the end of `path` is not
+/// followed (for `/proc/self/fd/N/NAME` paths, where NAME may have been swapped for a symlink).
+pub(crate) fn lremovexattr(path: &CStr, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+    check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
 /// `fallocate`.
 pub(crate) fn fallocate(
     fd: BorrowedFd<'_>,

@@ -1,0 +1,221 @@
+//! From `notify` events to raw changes: rename halves paired into one rename (or, unpaired, a
+//! creation or a removal), events guests cannot see (opens, reads) dropped, and repeats of the
+//! same change to one path within a burst merged, keeping the order of each path's changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_protocol::ChangeKind;
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind};
+use notify::event::{Flag, RenameMode};
+use tracing::error;
+
+/// How long the first half of a rename waits for its second half before it counts as a move
+/// out of the export.
+pub(super) const RENAME_WAIT: Duration = Duration::from_millis(20);
+
+/// A change before it is resolved for a session; paths are relative to the export root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Raw {
+    pub(crate) kind: ChangeKind,
+    pub(crate) path: PathBuf,
+    pub(crate) to: Option<PathBuf>,
+    pub(crate) is_dir: bool,
+}
+
+impl Raw {
+    pub(crate) fn new(kind: ChangeKind, path: PathBuf, is_dir: bool) -> Self {
+        Raw {
+            kind,
+            path,
+            to: None,
+            is_dir,
+        }
+    }
+
+    pub(super) fn overflow() -> Self {
+        Raw::new(ChangeKind::Overflow, PathBuf::new(), false)
+    }
+}
+
+/// Whether a rename's first half is still waiting for its second after `ev`, given whether
+/// one was before it.
+pub(super) fn rename_pending_after(pending: bool, ev: &notify::Result<notify::Event>) -> bool {
+    match ev {
+        Ok(ev) => match ev.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                pending || ev.attrs.tracker().is_some()
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
+            _ => pending,
+        },
+        Err(_) => pending,
+    }
+}
+
+/// Turns one `notify` event into the change it makes, if any, pushed onto `out`, pairing
+/// rename halves through `held`.
+pub(super) fn event_to_changes(
+    root: &Path,
+    ev: notify::Event,
+    held: &mut Option<(usize, PathBuf)>,
+    out: &mut Vec<Raw>,
+) {
+    if ev.flag() == Some(Flag::Rescan) {
+        out.push(Raw::overflow());
+        return;
+    }
+    let rel = |p: &Path| -> Option<PathBuf> { p.strip_prefix(root).ok().map(Path::to_path_buf) };
+    let Some(path) = ev.paths.first().and_then(|p| rel(p)) else {
+        return;
+    };
+    let push = |out: &mut Vec<Raw>, kind, is_dir| out.push(Raw::new(kind, path.clone(), is_dir));
+    match ev.kind {
+        EventKind::Create(k) => push(out, ChangeKind::Created, k == CreateKind::Folder),
+        EventKind::Remove(k) => {
+            if path.as_os_str().is_empty() {
+                error!(
+                    "the exported directory {} itself was removed",
+                    root.display()
+                );
+                return;
+            }
+            // A directory's own watch repeats the removal its parent reported.
+            let dup = out
+                .last()
+                .is_some_and(|l| l.kind == ChangeKind::Removed && l.path == path && l.is_dir);
+            if !dup {
+                push(out, ChangeKind::Removed, k == RemoveKind::Folder);
+            }
+        }
+        EventKind::Modify(ModifyKind::Data(_)) => push(out, ChangeKind::Data, false),
+        EventKind::Modify(ModifyKind::Metadata(_)) => push(out, ChangeKind::Attrib, false),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            push(out, ChangeKind::Closed, false)
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+            // Without a cookie this is the directory's own MOVE_SELF: its parent reports it.
+            if let Some(t) = ev.attrs.tracker() {
+                if let Some((_, old)) = held.replace((t, path)) {
+                    out.push(Raw::new(ChangeKind::Removed, old, false));
+                }
+            }
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            let paired = matches!((&*held, ev.attrs.tracker()), (Some((t, _)), Some(u)) if *t == u);
+            if !paired {
+                // Moved in from outside the export.
+                push(out, ChangeKind::Created, false);
+            }
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            let Some(to) = ev.paths.get(1).and_then(|p| rel(p)) else {
+                return;
+            };
+            *held = None;
+            let is_dir = std::fs::symlink_metadata(root.join(&to)).is_ok_and(|m| m.is_dir());
+            out.push(Raw {
+                kind: ChangeKind::Renamed,
+                path,
+                to: Some(to),
+                is_dir,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Merges repeats within a burst while keeping, for each path, the order of its changes:
+/// a write followed by its close becomes one `DataClosed`, repeated writes or attribute
+/// changes of one path with nothing structural in between become one.
+pub(crate) fn coalesce(changes: Vec<Raw>) -> Vec<Raw> {
+    let mut out: Vec<Raw> = Vec::with_capacity(changes.len());
+    // Path → index in `out` of its latest content change since the last structural change.
+    let mut last: HashMap<PathBuf, usize> = HashMap::new();
+    for c in changes {
+        match c.kind {
+            ChangeKind::Data | ChangeKind::Closed | ChangeKind::Attrib | ChangeKind::DataClosed => {
+                if let Some(&i) = last.get(&c.path) {
+                    let merged = match (out[i].kind, c.kind) {
+                        (ChangeKind::Data, ChangeKind::Data) => Some(ChangeKind::Data),
+                        (ChangeKind::Data, ChangeKind::Closed) => Some(ChangeKind::DataClosed),
+                        (ChangeKind::Attrib, ChangeKind::Attrib) => Some(ChangeKind::Attrib),
+                        (ChangeKind::DataClosed, ChangeKind::Closed) => {
+                            Some(ChangeKind::DataClosed)
+                        }
+                        (ChangeKind::Closed, ChangeKind::Closed) => Some(ChangeKind::Closed),
+                        _ => None,
+                    };
+                    // Only the path's latest change may absorb the new one.
+                    if let Some(kind) = merged {
+                        if out.iter().skip(i + 1).all(|o| o.path != c.path) {
+                            out[i].kind = kind;
+                            continue;
+                        }
+                    }
+                }
+                last.insert(c.path.clone(), out.len());
+                out.push(c);
+            }
+            ChangeKind::Created
+            | ChangeKind::Removed
+            | ChangeKind::Renamed
+            | ChangeKind::Overflow => {
+                last.clear();
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(kind: ChangeKind, p: &str) -> Raw {
+        Raw::new(kind, PathBuf::from(p), false)
+    }
+
+    #[test]
+    fn coalesces_writes_and_keeps_order() {
+        use ChangeKind::*;
+        let got = coalesce(vec![
+            r(Data, "a"),
+            r(Data, "a"),
+            r(Data, "b"),
+            r(Closed, "a"),
+            r(Attrib, "b"),
+            r(Attrib, "b"),
+        ]);
+        let kinds: Vec<_> = got.iter().map(|c| (c.kind, c.path.clone())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (DataClosed, "a".into()),
+                (Data, "b".into()),
+                (Attrib, "b".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn structural_changes_are_barriers() {
+        use ChangeKind::*;
+        let got = coalesce(vec![
+            r(Data, "a"),
+            r(Removed, "a"),
+            r(Created, "a"),
+            r(Data, "a"),
+        ]);
+        assert_eq!(got.len(), 4);
+        // A write, another path's write, then the first path again: the first is the path's
+        // latest change, so they merge.
+        let got = coalesce(vec![r(Data, "a"), r(Data, "b"), r(Data, "a")]);
+        assert_eq!(got.len(), 2);
+        // An attribute change between two writes of one path keeps all three.
+        let got = coalesce(vec![r(Data, "a"), r(Attrib, "a"), r(Data, "a")]);
+        assert_eq!(got.len(), 3);
+    }
+}
