@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::attacks::HostProc;
-use crate::harness::{Share, bins, fuse_available, is_ferry_mount, terminate, wait_mounted};
+use crate::harness::{
+    Need, Share, bins, is_ferry_mount, require, skip_or_fail, terminate, wait_mounted,
+};
 
 /// Starts `ferry-agent` with the given arguments; stderr is piped for inspection.
 fn agent(args: &[String]) -> Child {
@@ -54,7 +56,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn share_stops_cleanly_on_sigterm_with_files_open() {
-    if !fuse_available("share_sigterm") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -71,7 +73,7 @@ fn share_stops_cleanly_on_sigterm_with_files_open() {
 
 #[test]
 fn share_read_only_refuses_writes() {
-    if !fuse_available("share_ro") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--read-only"]);
@@ -91,7 +93,7 @@ fn share_read_only_refuses_writes() {
 
 #[test]
 fn separate_processes_several_exports_and_agents() {
-    if !fuse_available("separate_processes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let docs = tempfile::tempdir().unwrap();
@@ -146,7 +148,7 @@ fn separate_processes_several_exports_and_agents() {
 
 #[test]
 fn unknown_export_is_a_clear_error() {
-    if !fuse_available("unknown_export") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);
@@ -212,7 +214,7 @@ fn tcp_requires_a_token() {
 
 #[test]
 fn tcp_with_token_refuses_wrong_token_on_both_sides() {
-    if !fuse_available("tcp_token") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -370,7 +372,7 @@ fn events_only_arguments_are_clear_errors() {
 fn hybrid_vsock_listener_serves_on_path_port() {
     // Firecracker-style hybrid vsock: a guest connection to host port P arrives on the Unix
     // socket `{uds_path}_P`. Here the agent dials that socket directly, as the VMM would.
-    if !fuse_available("hybrid_vsock") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -436,7 +438,7 @@ fn vsock_listener_stops_on_sigterm() {
             log.contains("cannot listen on vsock"),
             "ferry-host exited with {status}:\n{log}"
         );
-        eprintln!("\n*** SKIPPED vsock_listener_stops_on_sigterm: no AF_VSOCK here ({log}) ***\n");
+        skip_or_fail(&format!("no AF_VSOCK here ({})", log.trim()));
         return;
     }
     let status = terminate(&mut h);

@@ -21,16 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Share, fuse_available};
+use crate::harness::{Need, Share, require, skip_or_fail};
 
 /// Keep in step with `.ci/conformance-tools`.
 const PJDFSTEST_VERSION: &str = "0.2.2";
 const FSX_VERSION: &str = "0.3.2";
 const INSTALL: &str = "bash .ci/conformance-tools";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// The tool's binary: `$env` if set, else where `.ci/conformance-tools` puts it.
 fn find_tool(name: &str, version: &str, env: &str) -> Result<PathBuf, String> {
@@ -63,13 +59,12 @@ fn find_tool(name: &str, version: &str, env: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The tools for `test`, or `None` after saying SKIPPED loudly (a failure under CI).
-fn tools_for(test: &str, wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> {
-    if !fuse_available(test) {
-        assert!(
-            !in_ci(),
-            "CI=true: {test} must run, and it needs root and /dev/fuse"
-        );
+/// The tools `wanted` (name, version, variable naming another binary), when FUSE and `programs`
+/// are there too; `None` after [`skip_or_fail`] has said what is missing.
+fn tools_for(programs: &[&str], wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> {
+    let mut needs = vec![Need::Fuse];
+    needs.extend(programs.iter().map(|p| Need::Program(p)));
+    if !require(&needs) {
         return None;
     }
     let mut found = Vec::new();
@@ -83,12 +78,10 @@ fn tools_for(test: &str, wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> 
     if missing.is_empty() {
         return Some(found);
     }
-    let msg = format!(
-        "{test} needs {}; install with `{INSTALL}`",
+    skip_or_fail(&format!(
+        "needs {}; install with `{INSTALL}`",
         missing.join(", ")
-    );
-    assert!(!in_ci(), "CI=true and a conformance tool is missing: {msg}");
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    ));
     None
 }
 
@@ -328,9 +321,8 @@ fn pjdfstest(bin: &Path, config: &Path, secondary: &Path, dir: &Path, what: &str
 
 #[test]
 fn pjdfstest_fails_nothing_bindfs_passes() {
-    let test = "pjdfstest_fails_nothing_bindfs_passes";
     let wanted = [("pjdfstest", PJDFSTEST_VERSION, "FERRY_PJDFSTEST")];
-    let Some(tools) = tools_for(test, &wanted) else {
+    let Some(tools) = tools_for(&["bindfs"], &wanted) else {
         return;
     };
     let bin = &tools[0];
@@ -448,9 +440,8 @@ const FSX_RUNS: [(u64, u64, u64, bool, u64); 4] = [
 
 #[test]
 fn fsx_with_mmap_finds_no_corruption() {
-    let test = "fsx_with_mmap_finds_no_corruption";
     let wanted = [("fsx", FSX_VERSION, "FERRY_FSX")];
-    let Some(tools) = tools_for(test, &wanted) else {
+    let Some(tools) = tools_for(&[], &wanted) else {
         return;
     };
     let bin = &tools[0];

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::harness::{Share, fuse_available, sh};
+use crate::harness::{Need, Share, require, sh};
 use crate::posix::snapshot;
 
 /// A watcher process whose output lines are collected as they come.
@@ -125,23 +125,6 @@ impl Drop for Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Whether a tool is on PATH; in CI a missing tool is a failure, elsewhere a loud skip.
-fn have(tool: &str, test: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: {tool} is missing in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED {test}: {tool} is not installed");
-    }
-    ok
 }
 
 /// Events a guest can be expected to see for host changes. Opens, reads and directory
@@ -270,12 +253,11 @@ fn compare(tool: &str, native: &[Vec<String>], mount: &[Vec<String>]) {
 /// Runs the steps on a native directory watched natively, then on the host side of a share
 /// watched through the mount, with the same tool; compares and returns the mount's events.
 fn differential(
-    test: &str,
     tool: &str,
     watch: fn(&Path) -> Watcher,
     normal: fn(Vec<String>) -> Vec<String>,
 ) -> Option<Vec<Vec<String>>> {
-    if !fuse_available(test) || !have(tool, test) {
+    if !require(&[Need::Fuse, Need::Program(tool)]) {
         return None;
     }
     let native = tempfile::tempdir().unwrap();
@@ -294,12 +276,7 @@ fn differential(
 /// The differential test with inotifywait.
 #[test]
 fn inotifywait_sees_host_changes_as_on_a_local_disk() {
-    let Some(got) = differential(
-        "inotifywait_sees_host_changes_as_on_a_local_disk",
-        "inotifywait",
-        Watcher::inotifywait,
-        inotify_normal,
-    ) else {
+    let Some(got) = differential("inotifywait", Watcher::inotifywait, inotify_normal) else {
         return;
     };
     // The burst is really there: 1000 files, each created, written and closed.
@@ -323,19 +300,13 @@ fn node_normal(lines: Vec<String>) -> Vec<String> {
 
 #[test]
 fn node_fs_watch_sees_host_changes_as_on_a_local_disk() {
-    differential(
-        "node_fs_watch_sees_host_changes_as_on_a_local_disk",
-        "node",
-        Watcher::node,
-        node_normal,
-    );
+    differential("node", Watcher::node, node_normal);
 }
 
 /// The guest's own changes are not echoed back as a second set of events.
 #[test]
 fn guest_changes_are_not_echoed() {
-    let test = "guest_changes_are_not_echoed";
-    if !fuse_available(test) || !have("inotifywait", test) {
+    if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
         return;
     }
     let native = tempfile::tempdir().unwrap();
@@ -439,8 +410,7 @@ fn apply(root: &Path, op: &Op) -> bool {
 /// the mount has seen the event. Nothing is retried: a stale cache fails the test.
 #[test]
 fn cached_view_follows_interleaved_host_and_guest_changes() {
-    let test = "cached_view_follows_interleaved_host_and_guest_changes";
-    if !fuse_available(test) || !have("inotifywait", test) {
+    if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
         return;
     }
     let share = Share::start();
@@ -497,7 +467,7 @@ fn cached_view_follows_interleaved_host_and_guest_changes() {
 /// handle used to be recorded as the guest's own change).
 #[test]
 fn a_guest_reader_does_not_hide_host_writes() {
-    if !fuse_available("a_guest_reader_does_not_hide_host_writes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();

@@ -1,22 +1,108 @@
-//! Shared test machinery: real mounts through the real binaries, and a way to run one operation
-//! sequence on two trees and compare the outcomes.
+//! Shared test machinery: what a test needs from the machine (and the one place that decides
+//! between skipping and failing without it), real mounts through the real binaries, and a way
+//! to run one operation sequence on two trees and compare the outcomes.
 
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// True when FUSE mounts are possible here. Tests that need FUSE return early when it is not,
-/// and say so on stderr so that a skipped run is never mistaken for a passing one.
-pub fn fuse_available(test: &str) -> bool {
-    let ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
-    if !ok {
-        eprintln!("\n*** SKIPPED {test}: needs root and /dev/fuse (CI has both) ***\n",);
+// ---- What a test needs ------------------------------------------------------------------
+
+/// Something a test needs from the machine it runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Need<'a> {
+    /// FUSE mounts: root and `/dev/fuse`.
+    Fuse,
+    /// A program on `PATH` (`.ci/run` installs every one the tests use).
+    Program(&'a str),
+}
+
+/// True when every need is met. When one is not, the test cannot run here: see
+/// [`skip_or_fail`], which this calls with every missing piece, and return at once:
+///
+/// ```ignore
+/// if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
+///     return;
+/// }
+/// ```
+#[must_use = "the test must return when its needs are not met"]
+pub fn require(needs: &[Need<'_>]) -> bool {
+    let missing: Vec<String> = needs.iter().filter_map(|n| missing(*n)).collect();
+    if missing.is_empty() {
+        return true;
     }
-    ok
+    skip_or_fail(&missing.join("; "));
+    false
+}
+
+/// Why `need` is not met here, or `None` when it is.
+fn missing(need: Need<'_>) -> Option<String> {
+    match need {
+        Need::Fuse => {
+            let euid = nix::unistd::geteuid();
+            match (Path::new("/dev/fuse").exists(), euid.is_root()) {
+                (true, true) => None,
+                (false, _) => Some("needs /dev/fuse, which is missing".into()),
+                (true, false) => Some(format!("needs root to mount FUSE (euid is {euid})")),
+            }
+        }
+        Need::Program(name) => on_path(name).is_none().then(|| {
+            format!("needs `{name}` on PATH, which is missing (`bash .ci/run` installs it)")
+        }),
+    }
+}
+
+/// The first executable called `name` in `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The one way a test gives up because this machine lacks something it needs; the caller
+/// returns right after. Under CI (`CI=true`), where `.ci/run` has installed everything, a test
+/// that cannot run is a failure, so this panics. Anywhere else it writes
+/// `SKIPPED: <test>: <reason>` straight to the process's stderr (the test harness captures
+/// `eprintln!`, and would show the line only for failing tests), so a skipped test is never
+/// mistaken for a passing one.
+pub fn skip_or_fail(reason: &str) {
+    let test = current_test();
+    if ferry_vmtest::tools::in_ci() {
+        panic!("CI=true, and {test} cannot run here: {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {test}: {reason}\n");
+}
+
+/// The running test's name (the test harness names each test's thread after it).
+fn current_test() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => "this test".to_string(),
+    }
+}
+
+/// The VM tools (`bash .ci/vm-tools` installs them), or `None` after [`skip_or_fail`] has
+/// listed what is missing.
+pub fn vm_tools() -> Option<ferry_vmtest::Tools> {
+    match ferry_vmtest::Tools::find() {
+        Ok(tools) => Some(tools),
+        Err(missing) => {
+            skip_or_fail(&format!(
+                "needs {}; install them all with `bash .ci/vm-tools`",
+                missing.join(", ")
+            ));
+            None
+        }
+    }
 }
 
 /// Paths of the three binaries, built once per test run.

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::{bins, fuse_available, lazy_unmount, terminate, wait_mounted};
+use crate::harness::{Need, bins, lazy_unmount, require, terminate, wait_mounted};
 
 /// Runs `script` with `sh -c` as `uid:gid` with supplementary `groups`; returns (success,
 /// stdout+stderr).
@@ -166,7 +166,7 @@ touch -d '2020-01-01 00:00' package.json
 
 #[test]
 fn squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user() {
-    if !fuse_available("squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();
@@ -216,7 +216,7 @@ fn squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user() {
 /// server, as uid 999, writes there; the owners survive a remount; `strip-owners` removes them.
 #[test]
 fn postgres_style_chown_sticks_across_remounts() {
-    if !fuse_available("postgres_style_chown_sticks_across_remounts") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     for permissions in ["host", "guest"] {
@@ -300,7 +300,7 @@ fn postgres_style_chown_sticks_across_remounts() {
 
 #[test]
 fn map_mode_creates_as_the_mapped_host_user() {
-    if !fuse_available("map_mode_creates_as_the_mapped_host_user") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();
@@ -345,7 +345,7 @@ fn map_mode_creates_as_the_mapped_host_user() {
 /// disk (passthrough: the share runs as root).
 #[test]
 fn passthrough_groups_setgid_sticky_and_umask() {
-    if !fuse_available("passthrough_groups_setgid_sticky_and_umask") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::attacks::HostProc;
-use crate::harness::{Share, bins, fuse_available, lazy_unmount, terminate, wait_mounted};
+use crate::harness::{Need, Share, bins, lazy_unmount, require, terminate, wait_mounted};
 
 /// Takes the lock its arguments name on a file, prints `locked` (or `busy` when `nb` and it
 /// conflicts), then holds it until stdin closes.
@@ -125,7 +125,7 @@ fn rw(path: &Path) -> fs::File {
 
 #[test]
 fn guest_locks_exclude_host_processes_and_back() {
-    if !fuse_available("guest_locks_exclude_host") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -209,7 +209,7 @@ fn guest_locks_exclude_host_processes_and_back() {
 
 #[test]
 fn blocking_waits_leave_the_server_serving() {
-    if !fuse_available("blocking_waits") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -271,7 +271,7 @@ fn agent(host: &HostProc, mnt: &Path, extra: &[&str]) -> Child {
 
 #[test]
 fn two_agents_exclude_each_other_and_a_disconnect_releases() {
-    if !fuse_available("two_agents_locks") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);
@@ -399,7 +399,7 @@ const NO_NAME_CACHE: &[&str] = &["--attr-timeout-ms", "0"];
 
 #[test]
 fn sqlite_rollback_journal_across_mount_and_host() {
-    if !fuse_available("sqlite_mount_and_host") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(NO_NAME_CACHE);
@@ -419,7 +419,7 @@ fn sqlite_rollback_journal_across_mount_and_host() {
 
 #[test]
 fn sqlite_wal_two_processes_in_the_guest() {
-    if !fuse_available("sqlite_wal_guest") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -431,7 +431,7 @@ fn sqlite_wal_two_processes_in_the_guest() {
 
 #[test]
 fn sqlite_rollback_journal_across_two_agents() {
-    if !fuse_available("sqlite_two_agents") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::harness::{Share, cpath, fuse_available};
+use crate::harness::{Need, Share, cpath, require};
 
 /// Maps `len` bytes of `f` with `prot` and `flags`; panics on failure.
 fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
@@ -18,7 +18,7 @@ fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
 
 #[test]
 fn shared_mmap_writes_reach_the_host_after_msync_and_munmap() {
-    if !fuse_available("shared_mmap") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -62,7 +62,7 @@ fn shared_mmap_writes_reach_the_host_after_msync_and_munmap() {
 
 #[test]
 fn read_only_export_refuses_every_change() {
-    if !fuse_available("read_only_refuses") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--read-only"]);
@@ -141,7 +141,7 @@ fn read_only_export_refuses_every_change() {
 
 #[test]
 fn unix_sockets_work_between_guest_processes() {
-    if !fuse_available("unix_sockets") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -183,7 +183,7 @@ fn mknod(path: &Path, kind: u32) -> i32 {
 
 #[test]
 fn device_nodes_are_refused() {
-    if !fuse_available("device_nodes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -202,7 +202,7 @@ fn device_nodes_are_refused() {
 
 #[test]
 fn device_nodes_are_created_when_allowed() {
-    if !fuse_available("device_nodes_allowed") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--devices"]);

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, inotify_helper, run_dir, static_bins};
+use ferry_vmtest::{Initramfs, Proc, Vm, VmConfig, inotify_helper, run_dir, static_bins};
 
-use crate::harness::{fuse_available, is_ferry_mount, lazy_unmount, sh};
+use crate::harness::{Need, is_ferry_mount, lazy_unmount, require, sh, vm_tools};
 
 /// Host edits raise inotify events in the guest only once Ferry forwards host change events
 /// (the change-events issue). Until then the guest checks that it *reads* the edits; set this
@@ -29,14 +29,10 @@ const GUEST_PORT: u32 = 7000;
 fn vm_agent_over_vsock() {
     let name = "vm_agent_over_vsock";
     // The host-side half of the reverse check mounts with FUSE on the host.
-    if !fuse_available(name) {
-        assert!(
-            !ferry_vmtest::tools::in_ci(),
-            "CI=true: the VM test must run, and it needs root and /dev/fuse on the host"
-        );
+    if !require(&[Need::Fuse]) {
         return;
     }
-    let Some(tools) = Tools::for_run(name) else {
+    let Some(tools) = vm_tools() else {
         return;
     };
     let inotify = HOST_CHANGE_EVENTS || std::env::var("FERRY_VM_INOTIFY").is_ok_and(|v| v == "1");

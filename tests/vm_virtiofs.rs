@@ -12,8 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use ferry_vmtest::{
-    Initramfs, Tools, Vm, VmConfig, inotify_helper, run_dir, serve_virtiofs, static_bins, uds_in,
+    Initramfs, Vm, VmConfig, inotify_helper, run_dir, serve_virtiofs, static_bins, uds_in,
 };
+
+use crate::harness::vm_tools;
 
 use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_tree, signal};
 
@@ -39,7 +41,7 @@ fn change_on_the_host(export: &std::path::Path) {
 #[test]
 fn vm_virtiofs() {
     let name = "vm_virtiofs";
-    let Some(tools) = Tools::for_run(name) else {
+    let Some(tools) = vm_tools() else {
         return;
     };
     let started = Instant::now();
