@@ -2,48 +2,28 @@
 //! separate processes over Unix sockets and TCP.
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use crate::attacks::HostProc;
 use crate::harness::{
-    Need, Share, bins, is_ferry_mount, require, skip_or_fail, terminate, wait_mounted,
+    Need, Share, agent_command, bins, host_command, is_ferry_mount, require, skip_or_fail,
+    stderr_of, terminate, wait_exit, wait_mounted, wait_until,
 };
 
-/// Starts `ferry-agent` with the given arguments; stderr is piped for inspection.
+/// Starts `ferry-agent` with the given arguments, logging at info level; stderr is piped for
+/// inspection.
 fn agent(args: &[String]) -> Child {
-    Command::new(&bins().agent)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    agent_command(args).env("RUST_LOG", "info").spawn().unwrap()
 }
 
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
-}
-
-fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit in {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A new directory `ex` in a new temporary directory (which keeps token files and sockets).
+fn export_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ex");
+    fs::create_dir(&dir).unwrap();
+    (base, dir)
 }
 
 fn free_port() -> u16 {
@@ -159,7 +139,7 @@ fn unknown_export_is_a_clear_error() {
         "--mount".into(),
         format!("nope={}", m.path().display()),
     ]);
-    let status = wait_exit(&mut a, 20);
+    let status = wait_exit(&mut a, Duration::from_secs(20), "ferry-agent");
     assert!(!status.success());
     let err = stderr_of(&mut a);
     assert!(
@@ -169,15 +149,8 @@ fn unknown_export_is_a_clear_error() {
 }
 
 fn host_tcp(dir: &Path, port: u16, token: Option<&str>) -> Child {
-    let mut cmd = Command::new(&bins().host);
-    cmd.arg("--export")
-        .arg(format!("ex={}", dir.display()))
-        .arg("--listen")
-        .arg(format!("tcp:{port}"))
-        .env_remove("FERRY_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = host_command(dir, &format!("tcp:{port}"));
+    cmd.env_remove("FERRY_TOKEN");
     if let Some(t) = token {
         let f = dir.parent().unwrap().join(format!("token-{port}"));
         fs::write(&f, format!("{t}\n")).unwrap();
@@ -187,23 +160,17 @@ fn host_tcp(dir: &Path, port: u16, token: Option<&str>) -> Child {
 }
 
 fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry-host did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listening = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "ferry-host did not listen on {port}");
 }
 
 #[test]
 fn tcp_requires_a_token() {
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (_base, dir) = export_dir();
     let mut h = host_tcp(&dir, free_port(), None);
-    let status = wait_exit(&mut h, 20);
+    let status = wait_exit(&mut h, Duration::from_secs(20), "ferry-host");
     assert!(!status.success());
     let err = stderr_of(&mut h);
     assert!(
@@ -217,9 +184,7 @@ fn tcp_with_token_refuses_wrong_token_on_both_sides() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (_base, dir) = export_dir();
     fs::write(dir.join("hello"), b"over tcp").unwrap();
     let port = free_port();
     let mut h = host_tcp(&dir, port, Some("s3cret"));
@@ -228,13 +193,11 @@ fn tcp_with_token_refuses_wrong_token_on_both_sides() {
     let connect = format!("tcp:127.0.0.1:{port}");
     let mount = format!("ex={}", m.path().display());
 
-    let mut bad = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut bad = agent_command(&["--connect", &connect, "--mount", &mount])
         .env("FERRY_TOKEN", "wrong")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_exit(&mut bad, 20);
+    let status = wait_exit(&mut bad, Duration::from_secs(20), "ferry-agent");
     assert!(!status.success());
     let err = stderr_of(&mut bad);
     assert!(
@@ -243,19 +206,15 @@ fn tcp_with_token_refuses_wrong_token_on_both_sides() {
     );
     assert!(!is_ferry_mount(m.path()));
 
-    let mut none = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut none = agent_command(&["--connect", &connect, "--mount", &mount])
         .env_remove("FERRY_TOKEN")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(!wait_exit(&mut none, 20).success());
+    assert!(!wait_exit(&mut none, Duration::from_secs(20), "ferry-agent").success());
     assert!(stderr_of(&mut none).contains("requires a token"));
 
-    let mut good = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut good = agent_command(&["--connect", &connect, "--mount", &mount])
         .env("FERRY_TOKEN", "s3cret")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_mounted(m.path(), &mut good);
@@ -375,9 +334,7 @@ fn hybrid_vsock_listener_serves_on_path_port() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (base, dir) = export_dir();
     fs::write(dir.join("f"), b"via hybrid vsock").unwrap();
     let uds = base.path().join("vsock.sock");
     let sock = base.path().join("vsock.sock_1024");
@@ -397,14 +354,7 @@ fn hybrid_vsock_listener_serves_on_path_port() {
         a.try_wait().unwrap().is_none(),
         "the agent waits for the server"
     );
-    let mut h = Command::new(&bins().host)
-        .arg("--export")
-        .arg(format!("ex={}", dir.display()))
-        .arg("--listen")
-        .arg(format!("hybrid-vsock:{}:1024", uds.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut h = host_command(&dir, &format!("hybrid-vsock:{}:1024", uds.display()))
         .spawn()
         .unwrap();
     wait_mounted(m.path(), &mut a);
@@ -419,16 +369,9 @@ fn vsock_listener_stops_on_sigterm() {
     // An idle AF_VSOCK listener must not keep the server from exiting. (With accept(2) parked
     // on a blocking thread, the runtime waited for it forever.) Nothing can connect here: this
     // host has no vsock loopback; the VM test connects to a vsock listener for real.
-    let dir = tempfile::tempdir().unwrap();
+    let (_base, dir) = export_dir();
     let port = 40_000 + std::process::id() % 20_000;
-    let mut h = Command::new(&bins().host)
-        .arg("--export")
-        .arg(format!("ex={}", dir.path().display()))
-        .arg("--listen")
-        .arg(format!("vsock:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut h = host_command(&dir, &format!("vsock:{port}"))
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));

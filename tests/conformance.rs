@@ -19,9 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{Need, Share, require, skip_or_fail};
+use crate::harness::{
+    Need, Share, is_fuse_mount, require, skip_or_fail, wait_exit, wait_for_mount,
+};
 
 /// Keep in step with `.ci/conformance-tools`.
 const PJDFSTEST_VERSION: &str = "0.2.2";
@@ -103,35 +105,12 @@ fn run_with_deadline(mut cmd: Command, limit: Duration, what: &str) -> Output {
     };
     let out = drain(Box::new(child.stdout.take().expect("piped")));
     let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, limit, what);
     Output {
         status,
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
     }
-}
-
-/// True when `path` is a mount point of a FUSE filesystem.
-fn is_fuse_mount(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-            f.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-        })
-    })
 }
 
 /// `bindfs -f SRC MNT` as root: no id mapping, no permission changes, `allow_other` and
@@ -155,14 +134,15 @@ impl Bindfs {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("bindfs is installed (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_fuse_mount(mnt.path()) {
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("bindfs exited with {s} before mounting");
-            }
-            assert!(Instant::now() < deadline, "bindfs not mounted after 20 s");
-            std::thread::sleep(Duration::from_millis(20));
+            .expect("bindfs starts");
+        let mounted = wait_for_mount(mnt.path(), is_fuse_mount, Duration::from_secs(20), || {
+            let status = child.try_wait().ok().flatten()?;
+            Some(format!("bindfs exited with {status}"))
+        });
+        if let Err(why) = mounted {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}");
         }
         Bindfs {
             _src: src,

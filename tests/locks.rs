@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::attacks::HostProc;
-use crate::harness::{Need, Share, bins, lazy_unmount, require, terminate, wait_mounted};
+use crate::harness::{
+    Need, Share, agent_command, lazy_unmount, require, terminate, wait_exit, wait_mounted,
+    wait_until,
+};
 
 /// Takes the lock its arguments name on a file, prints `locked` (or `busy` when `nb` and it
 /// conflicts), then holds it until stdin closes.
@@ -254,14 +257,11 @@ fn blocking_waits_leave_the_server_serving() {
 
 /// Starts `ferry-agent` mounting export `ex` of `host` on `mnt`, with extra arguments.
 fn agent(host: &HostProc, mnt: &Path, extra: &[&str]) -> Child {
-    let mut child = Command::new(&bins().agent)
-        .args(extra)
+    let mut child = agent_command(extra)
         .arg("--connect")
         .arg(format!("unix:{}", host.sock.display()))
         .arg("--mount")
         .arg(format!("ex={}", mnt.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -299,14 +299,10 @@ fn two_agents_exclude_each_other_and_a_disconnect_releases() {
     assert!(!Holder::free(&f2, "fcntl-rd:0:1"));
     a1.kill().unwrap();
     a1.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !(Holder::free(&f2, "flock-ex") && Holder::free(&f2, "fcntl-wr:0:0")) {
-        assert!(
-            Instant::now() < deadline,
-            "locks of a dead agent still held"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let released = wait_until(Duration::from_secs(5), || {
+        Holder::free(&f2, "flock-ex") && Holder::free(&f2, "fcntl-wr:0:0")
+    });
+    assert!(released, "locks of a dead agent still held");
     lazy_unmount(m1.path());
     assert!(terminate(&mut a2).success());
     assert!(host.stop().success());
@@ -342,16 +338,8 @@ fn sqlite_writer(db: &Path, tag: &str, count: u32, mode: &str) -> Child {
 }
 
 fn wait_ok(mut child: Child, what: &str) {
-    let out = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break child.wait_with_output().unwrap();
-            }
-            assert!(Instant::now() < deadline, "{what} did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    wait_exit(&mut child, Duration::from_secs(120), what);
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{what} failed: {}",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry_vmtest::{Initramfs, Proc, Vm, VmConfig, inotify_helper, run_dir, static_bins};
 
-use crate::harness::{Need, is_ferry_mount, lazy_unmount, require, sh, vm_tools};
+use crate::harness::{Need, is_ferry_mount, lazy_unmount, require, sh, vm_tools, wait_for_mount};
 
 /// Host edits raise inotify events in the guest only once Ferry forwards host change events
 /// (the change-events issue). Until then the guest checks that it *reads* the edits; set this
@@ -178,16 +178,15 @@ fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
             .arg(format!("gx={}", mnt.display())),
         run,
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !is_ferry_mount(&mnt) {
-        if let Some(s) = a.exited() {
-            panic!("the host-side agent exited ({s}):\n{}", a.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest export never mounted on the host"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let mounted = wait_for_mount(&mnt, is_ferry_mount, Duration::from_secs(90), || {
+        let status = a.exited()?;
+        Some(format!(
+            "the host-side agent exited ({status}):\n{}",
+            a.log()
+        ))
+    });
+    if let Err(why) = mounted {
+        panic!("the guest export never mounted on the host: {why}");
     }
     let read = fs::read_to_string(mnt.join("hello.txt"));
     let wrote = fs::write(mnt.join("from-host.txt"), "written by the host over vsock");
