@@ -18,6 +18,15 @@ fn agent(args: &[String]) -> Child {
     agent_command(args).env("RUST_LOG", "info").spawn().unwrap()
 }
 
+/// As [`agent`], with stderr going to the file `log`.
+fn agent_logging_to(args: &[String], log: &Path) -> Child {
+    agent_command(args)
+        .env("RUST_LOG", "info")
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// A new directory `ex` in a new temporary directory (which keeps token files and sockets).
 fn export_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let base = tempfile::tempdir().unwrap();
@@ -341,19 +350,29 @@ fn hybrid_vsock_listener_serves_on_path_port() {
     let m = tempfile::tempdir().unwrap();
     // The agent starts before the server listens and waits for it, as in a VM that boots
     // before the host server is up.
-    let mut a = agent(&[
-        "--connect".into(),
-        format!("unix:{}", sock.display()),
-        "--connect-timeout".into(),
-        "30".into(),
-        "--mount".into(),
-        format!("ex={}", m.path().display()),
-    ]);
-    std::thread::sleep(Duration::from_millis(600));
+    let log = base.path().join("agent.log");
+    let mut a = agent_logging_to(
+        &[
+            "--connect".into(),
+            format!("unix:{}", sock.display()),
+            "--connect-timeout".into(),
+            "30".into(),
+            "--mount".into(),
+            format!("ex={}", m.path().display()),
+        ],
+        &log,
+    );
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    // The agent has found no server once it says it waits for one (its first failed attempt).
+    let waiting = wait_until(Duration::from_secs(20), || {
+        read_log().contains("waiting for ferry-host at") || a.try_wait().unwrap().is_some()
+    });
     assert!(
         a.try_wait().unwrap().is_none(),
-        "the agent waits for the server"
+        "the agent waits for the server:\n{}",
+        read_log()
     );
+    assert!(waiting, "the agent never said it waits:\n{}", read_log());
     let mut h = host_command(&dir, &format!("hybrid-vsock:{}:1024", uds.display()))
         .spawn()
         .unwrap();
@@ -369,14 +388,21 @@ fn vsock_listener_stops_on_sigterm() {
     // An idle AF_VSOCK listener must not keep the server from exiting. (With accept(2) parked
     // on a blocking thread, the runtime waited for it forever.) Nothing can connect here: this
     // host has no vsock loopback; the VM test connects to a vsock listener for real.
-    let (_base, dir) = export_dir();
+    let (base, dir) = export_dir();
+    let log = base.path().join("host.log");
     let port = 40_000 + std::process::id() % 20_000;
     let mut h = host_command(&dir, &format!("vsock:{port}"))
+        .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    // Ready once it says it listens; an exit means it could not.
+    let ready = wait_until(Duration::from_secs(20), || {
+        read_log().contains(&format!("listening on vsock:{port}"))
+            || h.try_wait().unwrap().is_some()
+    });
     if let Some(status) = h.try_wait().unwrap() {
-        let log = stderr_of(&mut h);
+        let log = read_log();
         assert!(
             log.contains("cannot listen on vsock"),
             "ferry-host exited with {status}:\n{log}"
@@ -384,8 +410,13 @@ fn vsock_listener_stops_on_sigterm() {
         skip_or_fail(&format!("no AF_VSOCK here ({})", log.trim()));
         return;
     }
+    assert!(
+        ready,
+        "ferry-host did not listen within 20 s:\n{}",
+        read_log()
+    );
     let status = terminate(&mut h);
     assert!(status.success(), "ferry-host exits 0 on SIGTERM: {status}");
-    let log = stderr_of(&mut h);
+    let log = read_log();
     assert!(log.contains(&format!("listening on vsock:{port}")), "{log}");
 }

@@ -174,6 +174,8 @@ fn guest_locks_exclude_host_processes_and_back() {
         flock(fd, libc::LOCK_EX).unwrap();
         t.elapsed()
     });
+    // Part of the assertion, not a wait for readiness: the blocked flock must still be
+    // waiting 300 ms later, while the host holds the lock.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !waiter.is_finished(),
@@ -200,6 +202,7 @@ fn guest_locks_exclude_host_processes_and_back() {
     let waiter = std::thread::spawn(move || {
         fcntl_lock(fd, libc::F_SETLKW, libc::F_WRLCK, 0, 0).unwrap();
     });
+    // Part of the assertion, as above: F_SETLKW must still wait 300 ms later.
     std::thread::sleep(Duration::from_millis(300));
     assert!(!waiter.is_finished(), "F_SETLKW returned while held");
     drop(holder);
@@ -234,7 +237,17 @@ fn blocking_waits_leave_the_server_serving() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every waiter has reached the server once the server waits on a thread of its own for
+    // each (conn.rs names them `ferry-lock-wait`).
+    let pid = share.pid();
+    let all_waiting = wait_until(Duration::from_secs(20), || {
+        threads_named(pid, "ferry-lock-wait") >= N
+    });
+    assert!(
+        all_waiting,
+        "{} of {N} lock waits reached the server",
+        threads_named(pid, "ferry-lock-wait")
+    );
     // Everything else still works, promptly.
     let t = Instant::now();
     for i in 0..50 {
@@ -253,6 +266,17 @@ fn blocking_waits_leave_the_server_serving() {
         flock(f.as_raw_fd(), libc::LOCK_UN).unwrap();
     }
     assert!(share.stop().success());
+}
+
+/// How many threads of process `pid` are called `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
 }
 
 /// Starts `ferry-agent` mounting export `ex` of `host` on `mnt`, with extra arguments.

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::harness::{Need, Share, cpath, require};
+use crate::harness::{Need, Share, cpath, require, wait_until};
 
 /// Maps `len` bytes of `f` with `prot` and `flags`; panics on failure.
 fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
@@ -70,8 +70,14 @@ fn read_only_export_refuses_every_change() {
     fs::write(src.join("f"), b"host data").unwrap();
     fs::create_dir(src.join("d")).unwrap();
     fs::create_dir(src.join("empty")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let m = share.mnt();
+    // The host's new entries are there to be refused once the mount shows them.
+    let shown = wait_until(std::time::Duration::from_secs(5), || {
+        ["f", "d", "empty"]
+            .iter()
+            .all(|n| fs::symlink_metadata(m.join(n)).is_ok())
+    });
+    assert!(shown, "the host's new entries never showed in the mount");
     let erofs = |what: &str, r: std::io::Result<()>| {
         let e = r.expect_err(what);
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
@@ -192,10 +198,12 @@ fn device_nodes_are_refused() {
     assert!(!share.src().join("null").exists());
     // One the host made is seen as what it is, and opening it never reaches the host device.
     assert_eq!(mknod(&share.src().join("hostnull"), libc::S_IFCHR), 0);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let t = fs::symlink_metadata(share.mnt().join("hostnull"))
-        .unwrap()
-        .file_type();
+    let guest = share.mnt().join("hostnull");
+    let shown = wait_until(std::time::Duration::from_secs(5), || {
+        fs::symlink_metadata(&guest).is_ok()
+    });
+    assert!(shown, "the host's device node never showed in the mount");
+    let t = fs::symlink_metadata(&guest).unwrap().file_type();
     assert!(t.is_char_device());
     assert!(share.stop().success());
 }
