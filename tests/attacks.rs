@@ -5,13 +5,13 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use ferry_protocol::*;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use crate::harness::{bins, terminate};
+use crate::harness::{host_command, terminate, wait_until};
 
 /// A ferry-host process serving one export on a Unix socket, logging to a file.
 pub struct HostProc {
@@ -28,26 +28,27 @@ impl HostProc {
         std::fs::create_dir(dir.path().join("export")).unwrap();
         let sock = dir.path().join("ferry.sock");
         let log = dir.path().join("host.log");
-        let mut cmd = Command::new(&bins().host);
-        cmd.arg("--export")
-            .arg(format!("ex={}", dir.path().join("export").display()))
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()));
+        let mut cmd = host_command(
+            &dir.path().join("export"),
+            &format!("unix:{}", sock.display()),
+        );
         for e in extra {
             cmd.arg("--export").arg(e);
         }
-        let child = cmd
+        let mut child = cmd
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "ferry-host did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Ready once it accepts connections on its socket.
+        let listening = wait_until(Duration::from_secs(20), || {
+            UnixStream::connect(&sock).is_ok() || child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            listening && child.try_wait().unwrap().is_none(),
+            "ferry-host did not listen:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         HostProc {
             dir,
             sock,

@@ -2,46 +2,37 @@
 //! separate processes over Unix sockets and TCP.
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use crate::attacks::HostProc;
-use crate::harness::{Share, bins, fuse_available, is_ferry_mount, terminate, wait_mounted};
+use crate::harness::{
+    Need, Share, agent_command, bins, host_command, is_ferry_mount, require, skip_or_fail,
+    stderr_of, terminate, wait_exit, wait_mounted, wait_until,
+};
 
-/// Starts `ferry-agent` with the given arguments; stderr is piped for inspection.
+/// Starts `ferry-agent` with the given arguments, logging at info level; stderr is piped for
+/// inspection.
 fn agent(args: &[String]) -> Child {
-    Command::new(&bins().agent)
-        .args(args)
+    agent_command(args).env("RUST_LOG", "info").spawn().unwrap()
+}
+
+/// As [`agent`], with stderr going to the file `log`.
+fn agent_logging_to(args: &[String], log: &Path) -> Child {
+    agent_command(args)
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
 }
 
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
-}
-
-fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit in {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A new directory `ex` in a new temporary directory (which keeps token files and sockets).
+fn export_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ex");
+    fs::create_dir(&dir).unwrap();
+    (base, dir)
 }
 
 fn free_port() -> u16 {
@@ -54,7 +45,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn share_stops_cleanly_on_sigterm_with_files_open() {
-    if !fuse_available("share_sigterm") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -71,7 +62,7 @@ fn share_stops_cleanly_on_sigterm_with_files_open() {
 
 #[test]
 fn share_read_only_refuses_writes() {
-    if !fuse_available("share_ro") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--read-only"]);
@@ -91,7 +82,7 @@ fn share_read_only_refuses_writes() {
 
 #[test]
 fn separate_processes_several_exports_and_agents() {
-    if !fuse_available("separate_processes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let docs = tempfile::tempdir().unwrap();
@@ -146,7 +137,7 @@ fn separate_processes_several_exports_and_agents() {
 
 #[test]
 fn unknown_export_is_a_clear_error() {
-    if !fuse_available("unknown_export") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);
@@ -157,7 +148,7 @@ fn unknown_export_is_a_clear_error() {
         "--mount".into(),
         format!("nope={}", m.path().display()),
     ]);
-    let status = wait_exit(&mut a, 20);
+    let status = wait_exit(&mut a, Duration::from_secs(20), "ferry-agent");
     assert!(!status.success());
     let err = stderr_of(&mut a);
     assert!(
@@ -167,15 +158,8 @@ fn unknown_export_is_a_clear_error() {
 }
 
 fn host_tcp(dir: &Path, port: u16, token: Option<&str>) -> Child {
-    let mut cmd = Command::new(&bins().host);
-    cmd.arg("--export")
-        .arg(format!("ex={}", dir.display()))
-        .arg("--listen")
-        .arg(format!("tcp:{port}"))
-        .env_remove("FERRY_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = host_command(dir, &format!("tcp:{port}"));
+    cmd.env_remove("FERRY_TOKEN");
     if let Some(t) = token {
         let f = dir.parent().unwrap().join(format!("token-{port}"));
         fs::write(&f, format!("{t}\n")).unwrap();
@@ -185,23 +169,17 @@ fn host_tcp(dir: &Path, port: u16, token: Option<&str>) -> Child {
 }
 
 fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry-host did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listening = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "ferry-host did not listen on {port}");
 }
 
 #[test]
 fn tcp_requires_a_token() {
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (_base, dir) = export_dir();
     let mut h = host_tcp(&dir, free_port(), None);
-    let status = wait_exit(&mut h, 20);
+    let status = wait_exit(&mut h, Duration::from_secs(20), "ferry-host");
     assert!(!status.success());
     let err = stderr_of(&mut h);
     assert!(
@@ -212,12 +190,10 @@ fn tcp_requires_a_token() {
 
 #[test]
 fn tcp_with_token_refuses_wrong_token_on_both_sides() {
-    if !fuse_available("tcp_token") {
+    if !require(&[Need::Fuse]) {
         return;
     }
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (_base, dir) = export_dir();
     fs::write(dir.join("hello"), b"over tcp").unwrap();
     let port = free_port();
     let mut h = host_tcp(&dir, port, Some("s3cret"));
@@ -226,13 +202,11 @@ fn tcp_with_token_refuses_wrong_token_on_both_sides() {
     let connect = format!("tcp:127.0.0.1:{port}");
     let mount = format!("ex={}", m.path().display());
 
-    let mut bad = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut bad = agent_command(&["--connect", &connect, "--mount", &mount])
         .env("FERRY_TOKEN", "wrong")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_exit(&mut bad, 20);
+    let status = wait_exit(&mut bad, Duration::from_secs(20), "ferry-agent");
     assert!(!status.success());
     let err = stderr_of(&mut bad);
     assert!(
@@ -241,19 +215,15 @@ fn tcp_with_token_refuses_wrong_token_on_both_sides() {
     );
     assert!(!is_ferry_mount(m.path()));
 
-    let mut none = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut none = agent_command(&["--connect", &connect, "--mount", &mount])
         .env_remove("FERRY_TOKEN")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(!wait_exit(&mut none, 20).success());
+    assert!(!wait_exit(&mut none, Duration::from_secs(20), "ferry-agent").success());
     assert!(stderr_of(&mut none).contains("requires a token"));
 
-    let mut good = Command::new(&bins().agent)
-        .args(["--connect", &connect, "--mount", &mount])
+    let mut good = agent_command(&["--connect", &connect, "--mount", &mount])
         .env("FERRY_TOKEN", "s3cret")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_mounted(m.path(), &mut good);
@@ -370,39 +340,40 @@ fn events_only_arguments_are_clear_errors() {
 fn hybrid_vsock_listener_serves_on_path_port() {
     // Firecracker-style hybrid vsock: a guest connection to host port P arrives on the Unix
     // socket `{uds_path}_P`. Here the agent dials that socket directly, as the VMM would.
-    if !fuse_available("hybrid_vsock") {
+    if !require(&[Need::Fuse]) {
         return;
     }
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ex");
-    fs::create_dir(&dir).unwrap();
+    let (base, dir) = export_dir();
     fs::write(dir.join("f"), b"via hybrid vsock").unwrap();
     let uds = base.path().join("vsock.sock");
     let sock = base.path().join("vsock.sock_1024");
     let m = tempfile::tempdir().unwrap();
     // The agent starts before the server listens and waits for it, as in a VM that boots
     // before the host server is up.
-    let mut a = agent(&[
-        "--connect".into(),
-        format!("unix:{}", sock.display()),
-        "--connect-timeout".into(),
-        "30".into(),
-        "--mount".into(),
-        format!("ex={}", m.path().display()),
-    ]);
-    std::thread::sleep(Duration::from_millis(600));
+    let log = base.path().join("agent.log");
+    let mut a = agent_logging_to(
+        &[
+            "--connect".into(),
+            format!("unix:{}", sock.display()),
+            "--connect-timeout".into(),
+            "30".into(),
+            "--mount".into(),
+            format!("ex={}", m.path().display()),
+        ],
+        &log,
+    );
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    // The agent has found no server once it says it waits for one (its first failed attempt).
+    let waiting = wait_until(Duration::from_secs(20), || {
+        read_log().contains("waiting for ferry-host at") || a.try_wait().unwrap().is_some()
+    });
     assert!(
         a.try_wait().unwrap().is_none(),
-        "the agent waits for the server"
+        "the agent waits for the server:\n{}",
+        read_log()
     );
-    let mut h = Command::new(&bins().host)
-        .arg("--export")
-        .arg(format!("ex={}", dir.display()))
-        .arg("--listen")
-        .arg(format!("hybrid-vsock:{}:1024", uds.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    assert!(waiting, "the agent never said it waits:\n{}", read_log());
+    let mut h = host_command(&dir, &format!("hybrid-vsock:{}:1024", uds.display()))
         .spawn()
         .unwrap();
     wait_mounted(m.path(), &mut a);
@@ -417,30 +388,35 @@ fn vsock_listener_stops_on_sigterm() {
     // An idle AF_VSOCK listener must not keep the server from exiting. (With accept(2) parked
     // on a blocking thread, the runtime waited for it forever.) Nothing can connect here: this
     // host has no vsock loopback; the VM test connects to a vsock listener for real.
-    let dir = tempfile::tempdir().unwrap();
+    let (base, dir) = export_dir();
+    let log = base.path().join("host.log");
     let port = 40_000 + std::process::id() % 20_000;
-    let mut h = Command::new(&bins().host)
-        .arg("--export")
-        .arg(format!("ex={}", dir.path().display()))
-        .arg("--listen")
-        .arg(format!("vsock:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut h = host_command(&dir, &format!("vsock:{port}"))
+        .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    // Ready once it says it listens; an exit means it could not.
+    let ready = wait_until(Duration::from_secs(20), || {
+        read_log().contains(&format!("listening on vsock:{port}"))
+            || h.try_wait().unwrap().is_some()
+    });
     if let Some(status) = h.try_wait().unwrap() {
-        let log = stderr_of(&mut h);
+        let log = read_log();
         assert!(
             log.contains("cannot listen on vsock"),
             "ferry-host exited with {status}:\n{log}"
         );
-        eprintln!("\n*** SKIPPED vsock_listener_stops_on_sigterm: no AF_VSOCK here ({log}) ***\n");
+        skip_or_fail(&format!("no AF_VSOCK here ({})", log.trim()));
         return;
     }
+    assert!(
+        ready,
+        "ferry-host did not listen within 20 s:\n{}",
+        read_log()
+    );
     let status = terminate(&mut h);
     assert!(status.success(), "ferry-host exits 0 on SIGTERM: {status}");
-    let log = stderr_of(&mut h);
+    let log = read_log();
     assert!(log.contains(&format!("listening on vsock:{port}")), "{log}");
 }

@@ -19,18 +19,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{Share, fuse_available};
+use crate::harness::{
+    Need, Share, is_fuse_mount, require, skip_or_fail, wait_exit, wait_for_mount,
+};
 
 /// Keep in step with `.ci/conformance-tools`.
 const PJDFSTEST_VERSION: &str = "0.2.2";
 const FSX_VERSION: &str = "0.3.2";
 const INSTALL: &str = "bash .ci/conformance-tools";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// The tool's binary: `$env` if set, else where `.ci/conformance-tools` puts it.
 fn find_tool(name: &str, version: &str, env: &str) -> Result<PathBuf, String> {
@@ -63,13 +61,12 @@ fn find_tool(name: &str, version: &str, env: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The tools for `test`, or `None` after saying SKIPPED loudly (a failure under CI).
-fn tools_for(test: &str, wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> {
-    if !fuse_available(test) {
-        assert!(
-            !in_ci(),
-            "CI=true: {test} must run, and it needs root and /dev/fuse"
-        );
+/// The tools `wanted` (name, version, variable naming another binary), when FUSE and `programs`
+/// are there too; `None` after [`skip_or_fail`] has said what is missing.
+fn tools_for(programs: &[&str], wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> {
+    let mut needs = vec![Need::Fuse];
+    needs.extend(programs.iter().map(|p| Need::Program(p)));
+    if !require(&needs) {
         return None;
     }
     let mut found = Vec::new();
@@ -83,12 +80,10 @@ fn tools_for(test: &str, wanted: &[(&str, &str, &str)]) -> Option<Vec<PathBuf>> 
     if missing.is_empty() {
         return Some(found);
     }
-    let msg = format!(
-        "{test} needs {}; install with `{INSTALL}`",
+    skip_or_fail(&format!(
+        "needs {}; install with `{INSTALL}`",
         missing.join(", ")
-    );
-    assert!(!in_ci(), "CI=true and a conformance tool is missing: {msg}");
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    ));
     None
 }
 
@@ -110,35 +105,12 @@ fn run_with_deadline(mut cmd: Command, limit: Duration, what: &str) -> Output {
     };
     let out = drain(Box::new(child.stdout.take().expect("piped")));
     let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, limit, what);
     Output {
         status,
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
     }
-}
-
-/// True when `path` is a mount point of a FUSE filesystem.
-fn is_fuse_mount(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-            f.get(4) == Some(&want.as_ref()) && fstype.is_some_and(|t| t.starts_with("fuse"))
-        })
-    })
 }
 
 /// `bindfs -f SRC MNT` as root: no id mapping, no permission changes, `allow_other` and
@@ -162,14 +134,15 @@ impl Bindfs {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("bindfs is installed (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_fuse_mount(mnt.path()) {
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("bindfs exited with {s} before mounting");
-            }
-            assert!(Instant::now() < deadline, "bindfs not mounted after 20 s");
-            std::thread::sleep(Duration::from_millis(20));
+            .expect("bindfs starts");
+        let mounted = wait_for_mount(mnt.path(), is_fuse_mount, Duration::from_secs(20), || {
+            let status = child.try_wait().ok().flatten()?;
+            Some(format!("bindfs exited with {status}"))
+        });
+        if let Err(why) = mounted {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}");
         }
         Bindfs {
             _src: src,
@@ -328,9 +301,8 @@ fn pjdfstest(bin: &Path, config: &Path, secondary: &Path, dir: &Path, what: &str
 
 #[test]
 fn pjdfstest_fails_nothing_bindfs_passes() {
-    let test = "pjdfstest_fails_nothing_bindfs_passes";
     let wanted = [("pjdfstest", PJDFSTEST_VERSION, "FERRY_PJDFSTEST")];
-    let Some(tools) = tools_for(test, &wanted) else {
+    let Some(tools) = tools_for(&["bindfs"], &wanted) else {
         return;
     };
     let bin = &tools[0];
@@ -448,9 +420,8 @@ const FSX_RUNS: [(u64, u64, u64, bool, u64); 4] = [
 
 #[test]
 fn fsx_with_mmap_finds_no_corruption() {
-    let test = "fsx_with_mmap_finds_no_corruption";
     let wanted = [("fsx", FSX_VERSION, "FERRY_FSX")];
-    let Some(tools) = tools_for(test, &wanted) else {
+    let Some(tools) = tools_for(&[], &wanted) else {
         return;
     };
     let bin = &tools[0];

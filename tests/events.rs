@@ -12,23 +12,36 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::harness::{Share, fuse_available, sh};
+use crate::harness::{Need, Share, require, sh, wait_until};
 use crate::posix::snapshot;
 
 /// A watcher process whose output lines are collected as they come.
 struct Watcher {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// What it said on stderr, kept for failure messages.
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+/// The line a watcher prints once its watches are in place.
+enum Ready {
+    Stdout(&'static str),
+    Stderr(&'static str),
 }
 
 impl Watcher {
     /// `inotifywait -m -r` on `dir`, one `path|EVENTS` line per event, paths relative to `dir`.
+    /// Not `-q`: its "Watches established." on stderr says when it is ready.
     fn inotifywait(dir: &Path) -> Watcher {
         let mut cmd = Command::new("inotifywait");
-        cmd.args(["-m", "-r", "-q", "--format", "%w%f|%e"]).arg(dir);
-        Self::start(cmd, dir, "inotifywait")
+        cmd.args(["-m", "-r", "--format", "%w%f|%e"]).arg(dir);
+        Self::start(
+            cmd,
+            dir,
+            "inotifywait",
+            Ready::Stderr("Watches established."),
+        )
     }
-
     /// Node's `fs.watch` on every directory, adding new ones as they appear, as chokidar and
     /// webpack do on Linux: `TYPE PATH` lines.
     fn node(dir: &Path) -> Watcher {
@@ -55,35 +68,66 @@ console.log('READY');
 "#;
         let mut cmd = Command::new("node");
         cmd.arg("-e").arg(script).arg(dir);
-        Self::start(cmd, dir, "node")
+        Self::start(cmd, dir, "node", Ready::Stdout("READY"))
     }
 
-    fn start(mut cmd: Command, dir: &Path, what: &str) -> Watcher {
+    /// Starts the watcher and waits (10 s at most) until it says it is `ready`.
+    fn start(mut cmd: Command, dir: &Path, what: &str, ready: Ready) -> Watcher {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let l = Arc::clone(&lines);
+        let collect = |out: Box<dyn std::io::Read + Send>, prefix: String| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let l = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let line = line.strip_prefix(&prefix).unwrap_or(&line).to_string();
+                    l.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
         let prefix = format!("{}/", dir.display());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let line = line.strip_prefix(&prefix).unwrap_or(&line).to_string();
-                l.lock().unwrap().push(line);
-            }
+        let lines = collect(Box::new(child.stdout.take().unwrap()), prefix);
+        let errors = collect(Box::new(child.stderr.take().unwrap()), String::new());
+        let mut w = Watcher {
+            child,
+            lines,
+            errors,
+        };
+        let (stream, line) = match ready {
+            Ready::Stdout(line) => (Arc::clone(&w.lines), line),
+            Ready::Stderr(line) => (Arc::clone(&w.errors), line),
+        };
+        let is_ready = || stream.lock().unwrap().iter().any(|l| l == line);
+        let up = wait_until(Duration::from_secs(10), || {
+            is_ready() || w.child.try_wait().unwrap().is_some()
         });
-        let w = Watcher { child, lines };
-        // Both tools need a moment to place their watches; Node says when it is ready.
-        if what == "node" {
-            w.wait_for(|l| l.iter().any(|x| x == "READY"), Duration::from_secs(10));
+        assert!(
+            up && is_ready(),
+            "{what} did not say {line:?} within 10 s: {:?}",
+            w.errors.lock().unwrap()
+        );
+        if matches!(ready, Ready::Stdout(_)) {
             w.take();
-        } else {
-            std::thread::sleep(Duration::from_millis(500));
         }
         w
+    }
+
+    /// Waits (10 s at most) until the watcher watches `dir/rel`, a directory it has seen
+    /// created: `inotifywait -r` adds a new directory's watch only after reporting its creation,
+    /// so each round lists the directory until the listing is reported on the directory's own
+    /// watch (`rel/|OPEN,ISDIR`). The listing's events are none that `inotify_normal` keeps.
+    fn wait_watching(&self, dir: &Path, rel: &str) {
+        let own = format!("{rel}/|OPEN,ISDIR");
+        let watching = wait_until(Duration::from_secs(10), || {
+            std::fs::read_dir(dir.join(rel)).map(drop).unwrap();
+            self.lines.lock().unwrap().contains(&own)
+        });
+        assert!(watching, "inotifywait never watched {rel}");
     }
 
     fn take(&self) -> Vec<String> {
@@ -91,14 +135,7 @@ console.log('READY');
     }
 
     fn wait_for(&self, cond: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if cond(&self.lines.lock().unwrap()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
+        wait_until(limit, || cond(&self.lines.lock().unwrap()))
     }
 
     /// Waits until no line arrived for `quiet` (at most 20 s), then takes the lines.
@@ -125,23 +162,6 @@ impl Drop for Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Whether a tool is on PATH; in CI a missing tool is a failure, elsewhere a loud skip.
-fn have(tool: &str, test: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: {tool} is missing in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED {test}: {tool} is not installed");
-    }
-    ok
 }
 
 /// Events a guest can be expected to see for host changes. Opens, reads and directory
@@ -270,12 +290,11 @@ fn compare(tool: &str, native: &[Vec<String>], mount: &[Vec<String>]) {
 /// Runs the steps on a native directory watched natively, then on the host side of a share
 /// watched through the mount, with the same tool; compares and returns the mount's events.
 fn differential(
-    test: &str,
     tool: &str,
     watch: fn(&Path) -> Watcher,
     normal: fn(Vec<String>) -> Vec<String>,
 ) -> Option<Vec<Vec<String>>> {
-    if !fuse_available(test) || !have(tool, test) {
+    if !require(&[Need::Fuse, Need::Program(tool)]) {
         return None;
     }
     let native = tempfile::tempdir().unwrap();
@@ -294,12 +313,7 @@ fn differential(
 /// The differential test with inotifywait.
 #[test]
 fn inotifywait_sees_host_changes_as_on_a_local_disk() {
-    let Some(got) = differential(
-        "inotifywait_sees_host_changes_as_on_a_local_disk",
-        "inotifywait",
-        Watcher::inotifywait,
-        inotify_normal,
-    ) else {
+    let Some(got) = differential("inotifywait", Watcher::inotifywait, inotify_normal) else {
         return;
     };
     // The burst is really there: 1000 files, each created, written and closed.
@@ -323,33 +337,31 @@ fn node_normal(lines: Vec<String>) -> Vec<String> {
 
 #[test]
 fn node_fs_watch_sees_host_changes_as_on_a_local_disk() {
-    differential(
-        "node_fs_watch_sees_host_changes_as_on_a_local_disk",
-        "node",
-        Watcher::node,
-        node_normal,
-    );
+    differential("node", Watcher::node, node_normal);
 }
 
 /// The guest's own changes are not echoed back as a second set of events.
 #[test]
 fn guest_changes_are_not_echoed() {
-    let test = "guest_changes_are_not_echoed";
-    if !fuse_available(test) || !have("inotifywait", test) {
+    if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
         return;
     }
+    // inotifywait -r watches a new directory only after it has seen it created, on a native
+    // disk as on the mount: wait for that before using the directory.
+    let run = |dir: &Path, w: &Watcher| {
+        assert!(sh(dir, "echo 1 > f && echo 2 >> f && mkdir d").0);
+        w.wait_watching(dir, "d");
+        assert!(sh(dir, "mv f d/g && chmod 600 d/g && rm d/g && rmdir d").0);
+    };
     let native = tempfile::tempdir().unwrap();
     let w = Watcher::inotifywait(native.path());
-    // inotifywait -r watches a new directory only after it has seen it created and listed it,
-    // on a native disk as on the mount: give it that moment before using the directory.
-    let script = "echo 1 > f && echo 2 >> f && mkdir d && sleep 0.3 && mv f d/g && chmod 600 d/g && rm d/g && rmdir d";
-    assert!(sh(native.path(), script).0);
+    run(native.path(), &w);
     let expected = inotify_normal(w.settle(Duration::from_millis(500)));
     drop(w);
 
     let share = Share::start();
     let w = Watcher::inotifywait(share.mnt());
-    assert!(sh(share.mnt(), script).0);
+    run(share.mnt(), &w);
     let got = inotify_normal(w.settle(Duration::from_millis(1500)));
     assert_eq!(
         got, expected,
@@ -439,8 +451,7 @@ fn apply(root: &Path, op: &Op) -> bool {
 /// the mount has seen the event. Nothing is retried: a stale cache fails the test.
 #[test]
 fn cached_view_follows_interleaved_host_and_guest_changes() {
-    let test = "cached_view_follows_interleaved_host_and_guest_changes";
-    if !fuse_available(test) || !have("inotifywait", test) {
+    if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
         return;
     }
     let share = Share::start();
@@ -460,11 +471,13 @@ fn cached_view_follows_interleaved_host_and_guest_changes() {
         let host = share.src().join(&dir);
         let guest = share.mnt().join(&dir);
         // The watcher must watch the case directory before the case starts: wait for its
-        // creation event (inotifywait -r adds the watch when it sees it), then for quiet.
+        // creation event, then for the watch inotifywait -r adds after it, then for quiet
+        // (the lines of both are dropped).
         let created = format!("{}|CREATE,ISDIR", dir.display());
         let seen = w.wait_for(|l| l.contains(&created), Duration::from_secs(10));
         prop_assert!(seen, "case dir creation never reached the guest watcher");
         prop_assert!(guest.exists());
+        w.wait_watching(share.mnt(), &dir.display().to_string());
         w.settle(Duration::from_millis(200));
         for (i, (on_host, op)) in ops.iter().enumerate() {
             let changed = apply(if *on_host { &host } else { &guest }, op);
@@ -497,7 +510,7 @@ fn cached_view_follows_interleaved_host_and_guest_changes() {
 /// handle used to be recorded as the guest's own change).
 #[test]
 fn a_guest_reader_does_not_hide_host_writes() {
-    if !fuse_available("a_guest_reader_does_not_hide_host_writes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();

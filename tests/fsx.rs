@@ -7,7 +7,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use crate::harness::{Share, fuse_available};
+use crate::harness::{Need, Share, require};
 
 /// xorshift64*: reproducible without a dependency; the seed is printed on failure.
 struct Rng(u64);
@@ -28,7 +28,7 @@ const MAX_LEN: u64 = 256 * 1024;
 
 #[test]
 fn random_io_with_mmap_matches_a_model() {
-    if !fuse_available("fsx") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let seed = std::env::var("FERRY_FSX_SEED")

@@ -1,23 +1,111 @@
-//! Shared test machinery: real mounts through the real binaries, and a way to run one operation
-//! sequence on two trees and compare the outcomes.
+//! Shared test machinery: what a test needs from the machine (and the one place that decides
+//! between skipping and failing without it), real mounts through the real binaries, waiting
+//! for processes and mounts with deadlines, and small helpers for comparing outcomes.
 
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// True when FUSE mounts are possible here. Tests that need FUSE return early when it is not,
-/// and say so on stderr so that a skipped run is never mistaken for a passing one.
-pub fn fuse_available(test: &str) -> bool {
-    let ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
-    if !ok {
-        eprintln!("\n*** SKIPPED {test}: needs root and /dev/fuse (CI has both) ***\n",);
-    }
-    ok
+// ---- What a test needs ------------------------------------------------------------------
+
+/// Something a test needs from the machine it runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Need<'a> {
+    /// FUSE mounts: root and `/dev/fuse`.
+    Fuse,
+    /// A program on `PATH` (`.ci/run` installs every one the tests use).
+    Program(&'a str),
 }
+
+/// True when every need is met. When one is not, the test cannot run here: see
+/// [`skip_or_fail`], which this calls with every missing piece, and return at once:
+///
+/// ```ignore
+/// if !require(&[Need::Fuse, Need::Program("inotifywait")]) {
+///     return;
+/// }
+/// ```
+#[must_use = "the test must return when its needs are not met"]
+pub fn require(needs: &[Need<'_>]) -> bool {
+    let missing: Vec<String> = needs.iter().filter_map(|n| missing(*n)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    skip_or_fail(&missing.join("; "));
+    false
+}
+
+/// Why `need` is not met here, or `None` when it is.
+fn missing(need: Need<'_>) -> Option<String> {
+    match need {
+        Need::Fuse => {
+            let euid = nix::unistd::geteuid();
+            match (Path::new("/dev/fuse").exists(), euid.is_root()) {
+                (true, true) => None,
+                (false, _) => Some("needs /dev/fuse, which is missing".into()),
+                (true, false) => Some(format!("needs root to mount FUSE (euid is {euid})")),
+            }
+        }
+        Need::Program(name) => on_path(name).is_none().then(|| {
+            format!("needs `{name}` on PATH, which is missing (`bash .ci/run` installs it)")
+        }),
+    }
+}
+
+/// The first executable called `name` in `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The one way a test gives up because this machine lacks something it needs; the caller
+/// returns right after. Under CI (`CI=true`), where `.ci/run` has installed everything, a test
+/// that cannot run is a failure, so this panics. Anywhere else it writes
+/// `SKIPPED: <test>: <reason>` straight to the process's stderr (the test harness captures
+/// `eprintln!`, and would show the line only for failing tests), so a skipped test is never
+/// mistaken for a passing one.
+pub fn skip_or_fail(reason: &str) {
+    let test = current_test();
+    if ferry_vmtest::tools::in_ci() {
+        panic!("CI=true, and {test} cannot run here: {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {test}: {reason}\n");
+}
+
+/// The running test's name (the test harness names each test's thread after it).
+fn current_test() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => "this test".to_string(),
+    }
+}
+
+/// The VM tools (`bash .ci/vm-tools` installs them), or `None` after [`skip_or_fail`] has
+/// listed what is missing.
+pub fn vm_tools() -> Option<ferry_vmtest::Tools> {
+    match ferry_vmtest::Tools::find() {
+        Ok(tools) => Some(tools),
+        Err(missing) => {
+            skip_or_fail(&format!(
+                "needs {}; install them all with `bash .ci/vm-tools`",
+                missing.join(", ")
+            ));
+            None
+        }
+    }
+}
+
+// ---- Binaries and processes --------------------------------------------------------------
 
 /// Paths of the three binaries, built once per test run.
 pub struct Bins {
@@ -56,50 +144,239 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-/// True when `path` is a Ferry mount point (type fuse, source `ferry:EXPORT`).
-pub fn is_ferry_mount(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-");
-        f.get(4) == Some(&want.as_ref())
-            && sep
-                .and_then(|i| f.get(i + 1))
-                .is_some_and(|t| t.starts_with("fuse"))
-            && sep
-                .and_then(|i| f.get(i + 2))
-                .is_some_and(|s| s.starts_with("ferry:"))
-    })
+/// `ferry-host --export ex=EXPORT --listen LISTEN` with no input or output but a piped
+/// stderr; add arguments or redirect stderr before spawning.
+pub fn host_command(export: &Path, listen: &str) -> Command {
+    let mut cmd = Command::new(&bins().host);
+    cmd.arg("--export")
+        .arg(format!("ex={}", export.display()))
+        .arg("--listen")
+        .arg(listen)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
 }
 
-/// Waits until `path` is a ferry mount, or panics with the child's stderr.
-pub fn wait_mounted(path: &Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_ferry_mount(path) {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("mount process exited with {status} before mounting:\n{err}");
+/// `ferry-agent ARGS` with no input or output but a piped stderr.
+pub fn agent_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(&bins().agent);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Polls `ready` (every 20 ms) until it is true, for at most `limit`; false if time ran out.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} not mounted after 30 s", path.display());
+        if Instant::now() >= deadline {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A `ferry share SRC MNT` process with its two directories.
+/// Waits for `child` (called `what` in the failure) to exit, for at most `limit`; past that it
+/// is killed and the test fails.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let mut status = None;
+    if !wait_until(limit, || {
+        status = child.try_wait().expect("wait for a child");
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} (pid {}) did not exit within {limit:?}; killed",
+            child.id()
+        );
+    }
+    status.expect("exited")
+}
+
+/// SIGTERM, then wait up to 20 s for the exit.
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    wait_exit(child, Duration::from_secs(20), "a process sent SIGTERM")
+}
+
+/// What is left in `child`'s piped stderr (all of it once the child has exited).
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Keeps reading `child`'s piped stderr on a thread of its own, so that a chatty process never
+/// blocks on a full pipe.
+pub fn drain_stderr(child: &mut Child) {
+    if let Some(mut e) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = e.read_to_end(&mut sink);
+        });
+    }
+}
+
+// ---- Mounts ------------------------------------------------------------------------------
+
+/// `(filesystem type, source)` of every mount at `path`, from `/proc/self/mountinfo`.
+pub fn mounts_at(path: &Path) -> Vec<(String, String)> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let want = path.to_string_lossy();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(4) == Some(&want.as_ref())).then(|| {
+                let field = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
+                (field(sep + 1), field(sep + 2))
+            })
+        })
+        .collect()
+}
+
+/// True when `path` is a mount point of a FUSE filesystem (Ferry, bindfs, ...).
+pub fn is_fuse_mount(path: &Path) -> bool {
+    mounts_at(path).iter().any(|(t, _)| t.starts_with("fuse"))
+}
+
+/// True when `path` is a Ferry mount point (type fuse, source `ferry:EXPORT`).
+pub fn is_ferry_mount(path: &Path) -> bool {
+    mounts_at(path)
+        .iter()
+        .any(|(t, s)| t.starts_with("fuse") && s.starts_with("ferry:"))
+}
+
+/// Waits until `is_mount(path)`, for at most `limit`. `exited` says why the process that is
+/// to mount it is gone (`None` while it runs). `Err` says why the mount never came.
+pub fn wait_for_mount(
+    path: &Path,
+    is_mount: fn(&Path) -> bool,
+    limit: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+) -> Result<(), String> {
+    let mut gone = None;
+    wait_until(limit, || {
+        is_mount(path) || {
+            gone = exited();
+            gone.is_some()
+        }
+    });
+    if is_mount(path) {
+        return Ok(());
+    }
+    Err(match gone {
+        Some(why) => format!("{} was not mounted: {why}", path.display()),
+        None => format!("{} not mounted after {limit:?}", path.display()),
+    })
+}
+
+/// Waits (30 s at most) until `path` is a Ferry mount. The test fails, with the child's stderr
+/// if it was piped, when the child exits first or time runs out (then the child is killed).
+pub fn wait_mounted(path: &Path, child: &mut Child) {
+    let mounted = wait_for_mount(path, is_ferry_mount, Duration::from_secs(30), || {
+        let status = child.try_wait().ok().flatten()?;
+        Some(format!(
+            "the process exited with {status} first:\n{}",
+            stderr_of(child)
+        ))
+    });
+    if let Err(why) = mounted {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{why}");
+    }
+}
+
+/// Detaches a Ferry mount if one is there.
+pub fn lazy_unmount(path: &Path) {
+    if is_ferry_mount(path) {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+// ---- ferry share -------------------------------------------------------------------------
+
+/// A running `ferry share SRC MNT ARGS...` of directories the test owns, mounted. Dropping it
+/// kills the process and detaches the mount it leaves.
+pub struct Mounted {
+    mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mounted {
+    /// Shares `src` at `mnt` with extra `ferry share` arguments and waits for the mount.
+    pub fn start(src: &Path, mnt: &Path, extra: &[&str]) -> Mounted {
+        Self::start_configured(src, mnt, extra, |_| {})
+    }
+
+    /// As [`Mounted::start`], with the command adjusted by `configure` before it starts.
+    pub fn start_configured(
+        src: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Mounted {
+        let mut cmd = Command::new(&bins().ferry);
+        cmd.arg("share")
+            .arg(src)
+            .arg(mnt)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("ferry share starts");
+        wait_mounted(mnt, &mut child);
+        drain_stderr(&mut child);
+        Mounted {
+            mnt: mnt.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    /// The process id of the `ferry share` process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        terminate(&mut child)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A killed server leaves a dead mount behind; detach it so the directory can go.
+        lazy_unmount(&self.mnt);
+    }
+}
+
+/// A `ferry share SRC MNT` of two new temporary directories.
 pub struct Share {
+    // Declared first, so dropped first: the mount goes before its directories.
+    process: Mounted,
     pub src: tempfile::TempDir,
     pub mnt: tempfile::TempDir,
-    child: Option<Child>,
 }
 
 impl Share {
@@ -117,30 +394,8 @@ impl Share {
     pub fn start_configured(extra: &[&str], configure: impl FnOnce(&mut Command)) -> Share {
         let src = tempfile::tempdir().expect("tempdir");
         let mnt = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(&bins().ferry);
-        cmd.arg("share")
-            .arg(src.path())
-            .arg(mnt.path())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        configure(&mut cmd);
-        let mut child = cmd.spawn().expect("ferry share starts");
-        wait_mounted(mnt.path(), &mut child);
-        // Keep the pipe drained so a chatty process never blocks on a full stderr.
-        let stderr = child.stderr.take();
-        std::thread::spawn(move || {
-            if let Some(mut e) = stderr {
-                let mut sink = Vec::new();
-                let _ = e.read_to_end(&mut sink);
-            }
-        });
-        Share {
-            src,
-            mnt,
-            child: Some(child),
-        }
+        let process = Mounted::start_configured(src.path(), mnt.path(), extra, configure);
+        Share { process, src, mnt }
     }
 
     /// The mounted view.
@@ -155,50 +410,16 @@ impl Share {
 
     /// The process id of the `ferry share` process.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.pid()
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child)
+    pub fn stop(self) -> ExitStatus {
+        self.process.stop()
     }
 }
 
-/// SIGTERM, then wait up to 20 s.
-pub fn terminate(child: &mut Child) -> ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not exit within 20 s of SIGTERM", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // A killed server leaves a dead mount behind; detach it so the tempdir can go.
-        lazy_unmount(self.mnt.path());
-    }
-}
-
-/// Detaches a mount if one is there.
-pub fn lazy_unmount(path: &Path) {
-    if is_ferry_mount(path) {
-        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
+// ---- Comparing outcomes ------------------------------------------------------------------
 
 /// A C string for a path.
 pub fn cpath(p: &Path) -> CString {

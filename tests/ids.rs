@@ -2,14 +2,13 @@
 //! the child process) on `ferry share` mounts in squash, map and passthrough modes.
 
 use std::ffi::CString;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use crate::harness::{bins, fuse_available, lazy_unmount, terminate, wait_mounted};
+use crate::harness::{Mounted, Need, bins, require};
 
 /// Runs `script` with `sh -c` as `uid:gid` with supplementary `groups`; returns (success,
 /// stdout+stderr).
@@ -41,56 +40,6 @@ fn ok_as(uid: u32, gid: u32, groups: &[u32], script: &str) -> String {
     let (ok, out) = run_as(uid, gid, groups, script);
     assert!(ok, "as {uid}:{gid} {groups:?}: {script}\n{out}");
     out
-}
-
-/// A `ferry share SRC MNT ARGS...` of a directory the test keeps (so it can be mounted
-/// again), unmounted when dropped.
-struct Mounted {
-    mnt: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mounted {
-    fn new(src: &Path, mnt: &Path, args: &[&str]) -> Mounted {
-        let mut child = Command::new(&bins().ferry)
-            .arg("share")
-            .arg(src)
-            .arg(mnt)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferry share starts");
-        wait_mounted(mnt, &mut child);
-        let stderr = child.stderr.take();
-        std::thread::spawn(move || {
-            if let Some(mut e) = stderr {
-                let mut sink = Vec::new();
-                let _ = e.read_to_end(&mut sink);
-            }
-        });
-        Mounted {
-            mnt: mnt.to_path_buf(),
-            child: Some(child),
-        }
-    }
-
-    /// Unmounts with SIGTERM and checks the clean exit.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        assert!(terminate(&mut child).success());
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        lazy_unmount(&self.mnt);
-    }
 }
 
 /// A source and a mount point that every test user may reach (temp dirs are 0700).
@@ -166,11 +115,11 @@ touch -d '2020-01-01 00:00' package.json
 
 #[test]
 fn squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user() {
-    if !fuse_available("squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();
-    let m = Mounted::new(src.path(), mnt.path(), &["--ids", "squash:1000:1000"]);
+    let m = Mounted::start(src.path(), mnt.path(), &["--ids", "squash:1000:1000"]);
     let out = ok_as(
         1000,
         1000,
@@ -209,20 +158,20 @@ fn squash_npm_style_tree_as_uid_1000_belongs_to_the_server_user() {
         &[],
         &format!("echo more >> {}/app/package.json", mnt.path().display()),
     );
-    m.stop();
+    assert!(m.stop().success());
 }
 
 /// A postgres-style entrypoint: as root, `chown -R 999:999 data && chmod 700 data`; then the
 /// server, as uid 999, writes there; the owners survive a remount; `strip-owners` removes them.
 #[test]
 fn postgres_style_chown_sticks_across_remounts() {
-    if !fuse_available("postgres_style_chown_sticks_across_remounts") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     for permissions in ["host", "guest"] {
         let (src, mnt) = dirs();
         let args = ["--ids", "squash:1000:1000", "--permissions", permissions];
-        let m = Mounted::new(src.path(), mnt.path(), &args);
+        let m = Mounted::start(src.path(), mnt.path(), &args);
         let data = mnt.path().join("data");
         let d = data.display();
         ok_as(
@@ -267,10 +216,10 @@ fn postgres_style_chown_sticks_across_remounts() {
         assert!(!out.contains("ferry"), "{out}");
         // On the host: the server's user owns it all.
         assert_eq!(owner(&src.path().join("data")).0, 0);
-        m.stop();
+        assert!(m.stop().success());
 
         // Mounted again: the ownership is still there.
-        let m = Mounted::new(src.path(), mnt.path(), &args);
+        let m = Mounted::start(src.path(), mnt.path(), &args);
         assert_eq!(
             owner(&data),
             (999, 999, 0o700),
@@ -278,7 +227,7 @@ fn postgres_style_chown_sticks_across_remounts() {
         );
         assert_eq!(owner(&data.join("base/1")).0, 999);
         ok_as(999, 999, &[], &format!("echo z >> {d}/base/1"));
-        m.stop();
+        assert!(m.stop().success());
 
         // strip-owners takes every kept owner away.
         let out = Command::new(&bins().ferry)
@@ -292,20 +241,20 @@ fn postgres_style_chown_sticks_across_remounts() {
             "{out:?}"
         );
         assert!(walk(src.path()).iter().all(|p| !has_record(p)));
-        let m = Mounted::new(src.path(), mnt.path(), &args);
+        let m = Mounted::start(src.path(), mnt.path(), &args);
         assert_eq!(owner(&data).0, 1000);
-        m.stop();
+        assert!(m.stop().success());
     }
 }
 
 #[test]
 fn map_mode_creates_as_the_mapped_host_user() {
-    if !fuse_available("map_mode_creates_as_the_mapped_host_user") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();
     // Guest root is host root; guest 1000..1009 are host 201000..201009.
-    let m = Mounted::new(
+    let m = Mounted::start(
         src.path(),
         mnt.path(),
         &["--ids", "map:0:0:1,1000:201000:10"],
@@ -338,14 +287,14 @@ fn map_mode_creates_as_the_mapped_host_user() {
     assert!(!ok && out.contains("Invalid argument"), "{out}");
     ok_as(0, 0, &[], &format!("chown 1009:1009 {mp}/g"));
     assert_eq!(owner(&src.path().join("g")).0, 201_009);
-    m.stop();
+    assert!(m.stop().success());
 }
 
 /// Supplementary groups, set-group-id directories, the sticky bit and umask, as on a local
 /// disk (passthrough: the share runs as root).
 #[test]
 fn passthrough_groups_setgid_sticky_and_umask() {
-    if !fuse_available("passthrough_groups_setgid_sticky_and_umask") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let (src, mnt) = dirs();
@@ -356,7 +305,7 @@ fn passthrough_groups_setgid_sticky_and_umask() {
     let tmp = src.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let m = Mounted::new(src.path(), mnt.path(), &["--ids", "passthrough"]);
+    let m = Mounted::start(src.path(), mnt.path(), &["--ids", "passthrough"]);
     let mp = mnt.path().display();
 
     // A member through a supplementary group creates; files take the directory's group and
@@ -417,7 +366,7 @@ fn passthrough_groups_setgid_sticky_and_umask() {
     assert!(!ok);
     ok_as(0, 0, &[], &format!("chown 1001:2000 {mp}/tmp/mine"));
     assert_eq!(owner(&tmp.join("mine")).0, 1001);
-    m.stop();
+    assert!(m.stop().success());
 }
 
 /// A mapping that cannot work stops the program at start, naming the flag.

@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::attacks::HostProc;
-use crate::harness::{Share, bins, fuse_available, lazy_unmount, terminate, wait_mounted};
+use crate::harness::{
+    Need, Share, agent_command, lazy_unmount, require, terminate, wait_exit, wait_mounted,
+    wait_until,
+};
 
 /// Takes the lock its arguments name on a file, prints `locked` (or `busy` when `nb` and it
 /// conflicts), then holds it until stdin closes.
@@ -125,7 +128,7 @@ fn rw(path: &Path) -> fs::File {
 
 #[test]
 fn guest_locks_exclude_host_processes_and_back() {
-    if !fuse_available("guest_locks_exclude_host") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -171,6 +174,8 @@ fn guest_locks_exclude_host_processes_and_back() {
         flock(fd, libc::LOCK_EX).unwrap();
         t.elapsed()
     });
+    // Part of the assertion, not a wait for readiness: the blocked flock must still be
+    // waiting 300 ms later, while the host holds the lock.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !waiter.is_finished(),
@@ -197,6 +202,7 @@ fn guest_locks_exclude_host_processes_and_back() {
     let waiter = std::thread::spawn(move || {
         fcntl_lock(fd, libc::F_SETLKW, libc::F_WRLCK, 0, 0).unwrap();
     });
+    // Part of the assertion, as above: F_SETLKW must still wait 300 ms later.
     std::thread::sleep(Duration::from_millis(300));
     assert!(!waiter.is_finished(), "F_SETLKW returned while held");
     drop(holder);
@@ -209,7 +215,7 @@ fn guest_locks_exclude_host_processes_and_back() {
 
 #[test]
 fn blocking_waits_leave_the_server_serving() {
-    if !fuse_available("blocking_waits") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -231,7 +237,17 @@ fn blocking_waits_leave_the_server_serving() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every waiter has reached the server once the server waits on a thread of its own for
+    // each (conn.rs names them `ferry-lock-wait`).
+    let pid = share.pid();
+    let all_waiting = wait_until(Duration::from_secs(20), || {
+        threads_named(pid, "ferry-lock-wait") >= N
+    });
+    assert!(
+        all_waiting,
+        "{} of {N} lock waits reached the server",
+        threads_named(pid, "ferry-lock-wait")
+    );
     // Everything else still works, promptly.
     let t = Instant::now();
     for i in 0..50 {
@@ -252,16 +268,24 @@ fn blocking_waits_leave_the_server_serving() {
     assert!(share.stop().success());
 }
 
+/// How many threads of process `pid` are called `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 /// Starts `ferry-agent` mounting export `ex` of `host` on `mnt`, with extra arguments.
 fn agent(host: &HostProc, mnt: &Path, extra: &[&str]) -> Child {
-    let mut child = Command::new(&bins().agent)
-        .args(extra)
+    let mut child = agent_command(extra)
         .arg("--connect")
         .arg(format!("unix:{}", host.sock.display()))
         .arg("--mount")
         .arg(format!("ex={}", mnt.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -271,7 +295,7 @@ fn agent(host: &HostProc, mnt: &Path, extra: &[&str]) -> Child {
 
 #[test]
 fn two_agents_exclude_each_other_and_a_disconnect_releases() {
-    if !fuse_available("two_agents_locks") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);
@@ -299,14 +323,10 @@ fn two_agents_exclude_each_other_and_a_disconnect_releases() {
     assert!(!Holder::free(&f2, "fcntl-rd:0:1"));
     a1.kill().unwrap();
     a1.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !(Holder::free(&f2, "flock-ex") && Holder::free(&f2, "fcntl-wr:0:0")) {
-        assert!(
-            Instant::now() < deadline,
-            "locks of a dead agent still held"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let released = wait_until(Duration::from_secs(5), || {
+        Holder::free(&f2, "flock-ex") && Holder::free(&f2, "fcntl-wr:0:0")
+    });
+    assert!(released, "locks of a dead agent still held");
     lazy_unmount(m1.path());
     assert!(terminate(&mut a2).success());
     assert!(host.stop().success());
@@ -342,16 +362,8 @@ fn sqlite_writer(db: &Path, tag: &str, count: u32, mode: &str) -> Child {
 }
 
 fn wait_ok(mut child: Child, what: &str) {
-    let out = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break child.wait_with_output().unwrap();
-            }
-            assert!(Instant::now() < deadline, "{what} did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    wait_exit(&mut child, Duration::from_secs(120), what);
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{what} failed: {}",
@@ -399,7 +411,7 @@ const NO_NAME_CACHE: &[&str] = &["--attr-timeout-ms", "0"];
 
 #[test]
 fn sqlite_rollback_journal_across_mount_and_host() {
-    if !fuse_available("sqlite_mount_and_host") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(NO_NAME_CACHE);
@@ -419,7 +431,7 @@ fn sqlite_rollback_journal_across_mount_and_host() {
 
 #[test]
 fn sqlite_wal_two_processes_in_the_guest() {
-    if !fuse_available("sqlite_wal_guest") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -431,7 +443,7 @@ fn sqlite_wal_two_processes_in_the_guest() {
 
 #[test]
 fn sqlite_rollback_journal_across_two_agents() {
-    if !fuse_available("sqlite_two_agents") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let host = HostProc::start(&[]);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::harness::{Share, fuse_available};
+use crate::harness::{Need, Share, require};
 use crate::posix::{Op, apply, check, snapshot};
 
 /// The names every operation draws from: few enough that operations collide (rename onto an
@@ -144,7 +144,7 @@ impl std::fmt::Debug for Seq {
 
 #[test]
 fn random_operation_sequences_match_a_plain_directory() {
-    if !fuse_available("model") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let cases = std::env::var("FERRY_MODEL_CASES")

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::harness::{Share, cpath, errno_name, fuse_available, io_err, last_errno, sha256};
+use crate::harness::{Need, Share, cpath, errno_name, io_err, last_errno, require, sha256};
 
 /// One step of a scenario. Paths are relative to the tree under test.
 #[derive(Clone, Debug)]
@@ -455,7 +455,7 @@ fn content_hash(path: &Path) -> String {
 /// Runs `ops` on a plain directory and on a Ferry mount; every outcome and the final trees must
 /// be equal.
 pub fn check(name: &str, ops: &[Op]) {
-    if !fuse_available(name) {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let plain = tempfile::tempdir().unwrap();
@@ -664,7 +664,7 @@ fn thousand_entry_directory() {
 
 #[test]
 fn fifo_carries_data_inside_the_mount() {
-    if !fuse_available("fifo_carries_data") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -682,7 +682,7 @@ fn fifo_carries_data_inside_the_mount() {
 
 #[test]
 fn gigabyte_file_round_trip() {
-    if !fuse_available("gigabyte_file") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -726,7 +726,7 @@ fn gigabyte_file_round_trip() {
 fn reads_see_writes_made_after_open() {
     // A read-only open carries the file's first bytes inline; a write through another
     // descriptor after that open must still be seen by reads on the first one, as locally.
-    if !fuse_available("reads_see_writes_made_after_open") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -755,7 +755,7 @@ fn a_cached_miss_lasts_no_longer_than_the_attribute_timeout() {
     // The agent caches "no such file" for the entry TTL (1 s by default), like positive
     // entries. A file created on the host after a miss must show up once that has passed, and
     // one created through the mount at once.
-    if !fuse_available("cached_miss") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -789,7 +789,7 @@ fn a_truncating_open_of_a_running_program_leaves_it_whole() {
     // pjdfstest's open::etxtbsy found this: with FUSE_ATOMIC_O_TRUNC the kernel sent O_TRUNC
     // in OPEN, the host truncated the file, and only then did the kernel refuse the open with
     // ETXTBSY, leaving a running program empty on the host. Compared with a plain directory.
-    if !fuse_available("a_truncating_open_of_a_running_program_leaves_it_whole") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let program = fs::read("/bin/sleep").expect("/bin/sleep");

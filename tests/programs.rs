@@ -3,12 +3,12 @@
 use std::fs;
 use std::path::Path;
 
-use crate::harness::{Share, fuse_available, sh};
+use crate::harness::{Need, Share, require, sh};
 use crate::posix::snapshot;
 
 #[test]
 fn git_workflow() {
-    if !fuse_available("git_workflow") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -85,7 +85,7 @@ fn make_tarball(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn tar_extracts_5000_files_identically() {
-    if !fuse_available("tar_5000") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let work = tempfile::tempdir().unwrap();

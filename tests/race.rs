@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{Errno, Forget, Open, Request};
 
 use crate::attacks::{Got, HostProc, Raw};
+use crate::harness::skip_or_fail;
 
 #[test]
 fn swapping_a_directory_for_a_symlink_to_root_never_escapes() {
@@ -19,11 +20,11 @@ fn swapping_a_directory_for_a_symlink_to_root_never_escapes() {
     // would land.
     let name = format!("ferry-race-canary-{}", std::process::id());
     let outside = std::path::Path::new("/").join(&name);
-    if fs::write(&outside, b"OUTSIDE").is_err() {
-        eprintln!(
-            "\n*** SKIPPED path race: cannot write {} ***\n",
+    if let Err(e) = fs::write(&outside, b"OUTSIDE") {
+        skip_or_fail(&format!(
+            "needs to plant a canary at {} (as root): {e}",
             outside.display()
-        );
+        ));
         return;
     }
     let host = HostProc::start(&[]);

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use std::os::unix::process::CommandExt;
 
-use crate::harness::{Share, fuse_available};
+use crate::harness::{Need, Share, require};
 
 const DIRS: usize = 20;
 const PER_DIR: usize = 200;
@@ -83,7 +83,7 @@ fn walk_and_check(root: &Path, pid: u32) -> usize {
 
 #[test]
 fn a_tree_larger_than_the_descriptor_cap_stays_within_it_and_reads_right() {
-    if !fuse_available("scale") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--max-node-fds", &CAP.to_string()]);
@@ -118,7 +118,7 @@ fn a_tree_larger_than_the_descriptor_cap_stays_within_it_and_reads_right() {
 
 #[test]
 fn without_cap_dac_read_search_every_node_keeps_its_descriptor_and_reads_right() {
-    if !fuse_available("scale without CAP_DAC_READ_SEARCH") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     // The server is started without CAP_DAC_READ_SEARCH (dropped from the bounding set, so

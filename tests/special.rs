@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::harness::{Share, cpath, fuse_available};
+use crate::harness::{Need, Share, cpath, require, wait_until};
 
 /// Maps `len` bytes of `f` with `prot` and `flags`; panics on failure.
 fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
@@ -18,7 +18,7 @@ fn map(f: &fs::File, len: usize, prot: i32, flags: i32) -> *mut u8 {
 
 #[test]
 fn shared_mmap_writes_reach_the_host_after_msync_and_munmap() {
-    if !fuse_available("shared_mmap") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -62,7 +62,7 @@ fn shared_mmap_writes_reach_the_host_after_msync_and_munmap() {
 
 #[test]
 fn read_only_export_refuses_every_change() {
-    if !fuse_available("read_only_refuses") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--read-only"]);
@@ -70,8 +70,14 @@ fn read_only_export_refuses_every_change() {
     fs::write(src.join("f"), b"host data").unwrap();
     fs::create_dir(src.join("d")).unwrap();
     fs::create_dir(src.join("empty")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let m = share.mnt();
+    // The host's new entries are there to be refused once the mount shows them.
+    let shown = wait_until(std::time::Duration::from_secs(5), || {
+        ["f", "d", "empty"]
+            .iter()
+            .all(|n| fs::symlink_metadata(m.join(n)).is_ok())
+    });
+    assert!(shown, "the host's new entries never showed in the mount");
     let erofs = |what: &str, r: std::io::Result<()>| {
         let e = r.expect_err(what);
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
@@ -141,7 +147,7 @@ fn read_only_export_refuses_every_change() {
 
 #[test]
 fn unix_sockets_work_between_guest_processes() {
-    if !fuse_available("unix_sockets") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -183,7 +189,7 @@ fn mknod(path: &Path, kind: u32) -> i32 {
 
 #[test]
 fn device_nodes_are_refused() {
-    if !fuse_available("device_nodes") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start();
@@ -192,17 +198,19 @@ fn device_nodes_are_refused() {
     assert!(!share.src().join("null").exists());
     // One the host made is seen as what it is, and opening it never reaches the host device.
     assert_eq!(mknod(&share.src().join("hostnull"), libc::S_IFCHR), 0);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let t = fs::symlink_metadata(share.mnt().join("hostnull"))
-        .unwrap()
-        .file_type();
+    let guest = share.mnt().join("hostnull");
+    let shown = wait_until(std::time::Duration::from_secs(5), || {
+        fs::symlink_metadata(&guest).is_ok()
+    });
+    assert!(shown, "the host's device node never showed in the mount");
+    let t = fs::symlink_metadata(&guest).unwrap().file_type();
     assert!(t.is_char_device());
     assert!(share.stop().success());
 }
 
 #[test]
 fn device_nodes_are_created_when_allowed() {
-    if !fuse_available("device_nodes_allowed") {
+    if !require(&[Need::Fuse]) {
         return;
     }
     let share = Share::start_with(&["--devices"]);

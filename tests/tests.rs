@@ -1,5 +1,7 @@
 //! Ferry's integration tests: one binary, one module per topic. Tests that mount need root and
-//! /dev/fuse (CI has both); without them they say SKIPPED on stderr and return.
+//! /dev/fuse (CI has both), some also a program or tool; without them they write
+//! `SKIPPED: <test>: <reason>` on stderr and return, except under CI (`CI=true`), where they
+//! fail (`harness::require`, `harness::skip_or_fail`).
 
 // Real mounts through the real binaries, and the compare-two-trees machinery.
 mod harness;

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_vmtest::{Initramfs, Proc, Tools, Vm, VmConfig, inotify_helper, run_dir, static_bins};
+use ferry_vmtest::{Initramfs, Proc, Vm, VmConfig, inotify_helper, run_dir, static_bins};
 
-use crate::harness::{fuse_available, is_ferry_mount, lazy_unmount, sh};
+use crate::harness::{Need, is_ferry_mount, lazy_unmount, require, sh, vm_tools, wait_for_mount};
 
 /// Host edits raise inotify events in the guest only once Ferry forwards host change events
 /// (the change-events issue). Until then the guest checks that it *reads* the edits; set this
@@ -29,14 +29,10 @@ const GUEST_PORT: u32 = 7000;
 fn vm_agent_over_vsock() {
     let name = "vm_agent_over_vsock";
     // The host-side half of the reverse check mounts with FUSE on the host.
-    if !fuse_available(name) {
-        assert!(
-            !ferry_vmtest::tools::in_ci(),
-            "CI=true: the VM test must run, and it needs root and /dev/fuse on the host"
-        );
+    if !require(&[Need::Fuse]) {
         return;
     }
-    let Some(tools) = Tools::for_run(name) else {
+    let Some(tools) = vm_tools() else {
         return;
     };
     let inotify = HOST_CHANGE_EVENTS || std::env::var("FERRY_VM_INOTIFY").is_ok_and(|v| v == "1");
@@ -182,16 +178,15 @@ fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
             .arg(format!("gx={}", mnt.display())),
         run,
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !is_ferry_mount(&mnt) {
-        if let Some(s) = a.exited() {
-            panic!("the host-side agent exited ({s}):\n{}", a.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest export never mounted on the host"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let mounted = wait_for_mount(&mnt, is_ferry_mount, Duration::from_secs(90), || {
+        let status = a.exited()?;
+        Some(format!(
+            "the host-side agent exited ({status}):\n{}",
+            a.log()
+        ))
+    });
+    if let Err(why) = mounted {
+        panic!("the guest export never mounted on the host: {why}");
     }
     let read = fs::read_to_string(mnt.join("hello.txt"));
     let wrote = fs::write(mnt.join("from-host.txt"), "written by the host over vsock");

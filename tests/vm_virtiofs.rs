@@ -12,16 +12,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use ferry_vmtest::{
-    Initramfs, Tools, Vm, VmConfig, inotify_helper, run_dir, serve_virtiofs, static_bins, uds_in,
+    Initramfs, Vm, VmConfig, inotify_helper, run_dir, serve_virtiofs, static_bins, uds_in,
 };
+
+use crate::harness::vm_tools;
 
 use crate::vm::{check_guest_writes_on_the_host, edit_on_the_host, prepare_host_tree, signal};
 
 /// The host vsock port of ferry-host for the events-only agent (`vsock:PORT`, CID 2).
 const EVENTS_PORT: u32 = 1024;
 
-/// Host changes after the first ones: a new directory with a file in it, then that directory
-/// renamed, and a mode change.
+/// Host changes after the first ones: a mode change and a new directory with a file in it.
+/// (The directory is renamed once the guest has seen it: `rename_on_the_host`.)
 fn change_on_the_host(export: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(
@@ -32,14 +34,17 @@ fn change_on_the_host(export: &std::path::Path) {
     let d = export.join("events/d");
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("inner.txt"), b"inside a new directory\n").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    fs::rename(&d, export.join("events/d2")).unwrap();
+}
+
+/// The new directory renamed, after the guest saw its creation.
+fn rename_on_the_host(export: &std::path::Path) {
+    fs::rename(export.join("events/d"), export.join("events/d2")).unwrap();
 }
 
 #[test]
 fn vm_virtiofs() {
     let name = "vm_virtiofs";
-    let Some(tools) = Tools::for_run(name) else {
+    let Some(tools) = vm_tools() else {
         return;
     };
     let started = Instant::now();
@@ -115,6 +120,10 @@ fn vm_virtiofs() {
     vm.wait_for("FERRY-WAIT host-events");
     change_on_the_host(&export);
     signal(&export, "host-events");
+
+    vm.wait_for("FERRY-WAIT host-rename");
+    rename_on_the_host(&export);
+    signal(&export, "host-rename");
 
     let (output, rc) = vm.finish();
     eprintln!("---- guest script output ----\n{output}");

@@ -114,18 +114,21 @@ check host-edits-read sha256sum -c -s host-edits.sha256
 check host-delete-seen test ! -e from-host/small-5.txt
 check host-rename-seen test -e from-host/renamed-4.txt -a ! -e from-host/small-4.txt
 
-# 7. A mode change, a new directory with a file in it, then the directory renamed.
+# 7. A mode change and a new directory with a file in it; once their events are here, the host
+#    renames the directory.
 stat -c %a events/mode.txt > /dev/null
 wait_host host-events 120
 expect_events events-attrib "e.*	$M/events	mode.txt\$"
 check events-attrib-read-at-once test "$(stat -c %a events/mode.txt)" = 600
 expect_events events-new-dir "n.*	$M/events	d\$"
+wait_host host-rename 120
 expect_events events-dir-rename "m.*	$M/events	d\$" "y.*	$M/events	d2\$"
 check events-new-dir-read test "$(cat events/d2/inner.txt)" = "inside a new directory"
 
 # 8. The guest's own changes through the mount are not replayed back to it: one close-write.
 echo "made in the guest" > events/guest-made
 expect_events events-guest-change "w.*	$M/events	guest-made\$"
+# Part of the check, not a wait for readiness: no second event within 2 s.
 sleep 2
 check events-guest-change-once test "$(grep -c "w.*	$M/events	guest-made\$" /tmp/events)" = 1
 kill "$WATCH"
