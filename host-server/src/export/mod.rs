@@ -46,6 +46,7 @@
 
 mod creds;
 mod dispatch;
+mod echo;
 mod handle;
 mod inode;
 mod locks;
@@ -78,7 +79,7 @@ use crate::ids::IdPolicy;
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
-pub use replay::{Made, Replayer, Replaying, Side};
+pub use replay::{Replayer, Replaying, Side};
 pub use watch::Sink;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
@@ -459,53 +460,6 @@ impl ExportSession {
     /// A lookup taken for the guest on behalf of a change event.
     fn lookup_for_change(&self, parent: u64, name: &[u8]) -> Result<ferry_protocol::Entry, Errno> {
         self.lookup(&ferry_protocol::Ctx::default(), parent, name)
-    }
-
-    /// Records the state of node `ino` after this session changed it, so that the host event
-    /// it causes is not sent back to this session.
-    fn echo_inode(&self, ino: u64) {
-        if !self.export.events.active() {
-            return;
-        }
-        if let Ok(node) = self.inodes.get(ino) {
-            if let Ok(st) = sys::fstat(node.fd()) {
-                let fp = watch::Fingerprint::of_stat(&st);
-                self.export
-                    .events
-                    .note_inode(self.echo_sid(), (node.dev, node.ino), fp);
-            }
-        }
-    }
-
-    /// Records that this session did `op` to `name` in directory `parent`.
-    fn echo_name(&self, parent: u64, name: &[u8], op: watch::NameOp) {
-        if !self.export.events.active() {
-            return;
-        }
-        if let Ok(node) = self.inodes.peek(parent) {
-            self.export
-                .events
-                .note_name(self.echo_sid(), (node.dev, node.ino), name, op);
-        }
-    }
-
-    /// Records the state of `name` in `parent` after this session changed it.
-    fn echo_child(&self, parent: u64, name: &[u8]) {
-        if !self.export.events.active() {
-            return;
-        }
-        let Ok(dir) = self.inodes.get(parent) else {
-            return;
-        };
-        let Ok(cname) = sys::cstring(name) else {
-            return;
-        };
-        if let Ok(st) = sys::fstatat_nofollow(dir.fd(), &cname) {
-            let fp = watch::Fingerprint::of_stat(&st);
-            self.export
-                .events
-                .note_inode(self.echo_sid(), (st.st_dev, st.st_ino), fp);
-        }
     }
 
     /// Fails with EROFS on a read-only export.

@@ -2,6 +2,8 @@
 //!
 //! Each method validates its input, checks read-only exports before touching anything, then
 //! performs the operation with `*at` calls relative to node fds (or through `/proc/self/fd`).
+//! A method that can change the host tree takes a mutation guard first and records through it
+//! what it changed, for the export's watcher (see `echo.rs`).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -330,6 +332,7 @@ impl ExportSession {
         fh: Option<u64>,
         attrs: &SetAttrs,
     ) -> Result<Attr, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
@@ -368,7 +371,9 @@ impl ExportSession {
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
         let st = sys::fstat(node.fd())?;
-        Ok(self.attr(ino, node.fd(), &st))
+        let attr = self.attr(ino, node.fd(), &st);
+        m.changed(ino);
+        Ok(attr)
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -389,6 +394,7 @@ impl ExportSession {
         name: &[u8],
         target: &[u8],
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         if target.is_empty() {
@@ -398,7 +404,9 @@ impl ExportSession {
         let dir = self.dir_node(parent)?;
         let who = self.create_as(ctx)?;
         self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
-        self.lookup_created(ctx, &dir, &name, None)
+        let e = self.lookup_created(ctx, &dir, &name, None)?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Creates a regular file, FIFO, socket or (on an export with `devices=on`) a device
@@ -414,6 +422,7 @@ impl ExportSession {
         rdev: u32,
         umask: u32,
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let (kind, host_rdev) = match mode & libc::S_IFMT {
@@ -440,7 +449,9 @@ impl ExportSession {
         self.as_creator(&who, || {
             sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
         })?;
-        self.lookup_created(ctx, &dir, &name, Some(perm))
+        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Creates a directory with `mode & !umask`.
@@ -452,6 +463,7 @@ impl ExportSession {
         mode: u32,
         umask: u32,
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let perm = mode & !umask & 0o7777;
@@ -459,24 +471,31 @@ impl ExportSession {
         let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
         self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
-        self.lookup_created(ctx, &dir, &name, Some(perm))
+        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
     /// until the guest forgets them.
     pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.check_writable()?;
-        let name = component(name)?;
-        let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &name, 0)
+        self.remove(parent, name, 0)
     }
 
     /// Removes the empty directory `name` from `parent`.
     pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(parent, name, libc::AT_REMOVEDIR)
+    }
+
+    /// `unlinkat(2)` of `name` in `parent` with `flags`.
+    fn remove(&self, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
-        let name = component(name)?;
+        let cname = component(name)?;
         let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &name, libc::AT_REMOVEDIR)
+        sys::unlinkat(dir.fd(), &cname, flags)?;
+        m.removed(parent, name);
+        Ok(())
     }
 
     /// Renames `parent/name` to `newparent/newname`; `flags` may hold RENAME_NOREPLACE (1) and
@@ -490,15 +509,18 @@ impl ExportSession {
         newname: &[u8],
         flags: u32,
     ) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let name = component(name)?;
-        let newname = component(newname)?;
+        let cname = component(name)?;
+        let cnewname = component(newname)?;
         let dir = self.dir_node(parent)?;
         let newdir = self.dir_node(newparent)?;
-        sys::renameat2(dir.fd(), &name, newdir.fd(), &newname, flags)
+        sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)?;
+        m.renamed(parent, name, newparent, newname, flags);
+        Ok(())
     }
 
     /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
@@ -509,6 +531,7 @@ impl ExportSession {
         newparent: u64,
         newname: &[u8],
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let newname = component(newname)?;
         let node = self.inodes.get(ino)?;
@@ -517,11 +540,15 @@ impl ExportSession {
         }
         let newdir = self.dir_node(newparent)?;
         sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
-        self.lookup_at(newdir.fd(), &newname)
+        let e = self.lookup_at(newdir.fd(), &newname)?;
+        m.created(newparent, newname.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Opens the file `ino` by re-opening its node fd through `/proc/self/fd`.
     pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
+        // Only a truncating open changes the file.
+        let m = (flags & libc::O_TRUNC != 0).then(|| self.mutation());
         if self.export.read_only && opens_for_writing(flags) {
             return Err(Errno::EROFS);
         }
@@ -547,6 +574,9 @@ impl ExportSession {
         let fh = self
             .handles
             .insert(Handle::new(fd, HandleKind::File).pinning(node.pin()));
+        if let Some(m) = m {
+            m.changed(ino);
+        }
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -600,6 +630,7 @@ impl ExportSession {
         flags: i32,
         kill_suidgid: bool,
     ) -> Result<Created, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
@@ -627,6 +658,7 @@ impl ExportSession {
         let fh = self
             .handles
             .insert(Handle::new(data, HandleKind::File).pinning(node.pin()));
+        m.created(parent, name.to_bytes(), node.id);
         Ok(Created {
             entry: self.entry(&node, &st),
             opened: Opened { fh, open_flags: 0 },
@@ -693,13 +725,15 @@ impl ExportSession {
     }
 
     /// Writes all of `data` at `offset` (appends on a handle opened with O_APPEND).
-    pub fn write(&self, _ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         if data.len() > MAX_DATA {
             return Err(Errno::EINVAL);
         }
         let h = self.file_handle(fh)?;
         let n = sys::pwrite_all(h.file_fd()?, data, offset)?;
+        m.changed(ino);
         Ok(n as u32)
     }
 
@@ -709,8 +743,11 @@ impl ExportSession {
     /// the server and says when (the server itself writes with CAP_FSETID, so the host
     /// kernel would keep the bits; it does drop `security.capability` on every write).
     pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
-        self.kill_privs(&self.inodes.get(ino)?).map(drop)
+        self.kill_privs(&self.inodes.get(ino)?)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
@@ -741,10 +778,21 @@ impl ExportSession {
 
     /// Last close of a file handle: forgets it and closes its fd, which releases its flock
     /// locks, and drops the lock owners opened through it.
-    pub fn release(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
-        self.file_handle(fh)?;
+    pub fn release(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        let m = self.mutation();
+        // Closing a handle that could write raises the host's IN_CLOSE_WRITE; closing a
+        // read-only one changes nothing, and recording the file's state then would take a
+        // host write made while the guest was reading for the guest's own.
+        let h = self.file_handle(fh)?;
+        let could_write =
+            m.watched() && sys::access_mode(h.fd()).is_ok_and(|a| a != libc::O_RDONLY);
+        drop(h);
         self.locks.drop_handle(fh);
-        self.handles.remove(fh).map(drop)
+        self.handles.remove(fh)?;
+        if could_write {
+            m.changed(ino);
+        }
+        Ok(())
     }
 
     /// `fsync`/`fdatasync` of a file handle.
@@ -1014,6 +1062,7 @@ impl ExportSession {
         value: &[u8],
         flags: i32,
     ) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         if owners::is_reserved_xattr(name) {
@@ -1026,32 +1075,40 @@ impl ExportSession {
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return Err(Errno::EINVAL);
         }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)
+        sys::setxattr(&self.xattr_path(&node), &name, value, flags)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
     pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         if owners::is_reserved_xattr(name) {
             return Err(Errno::EPERM);
         }
         let name = xattr_name(name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)
+        sys::removexattr(&self.xattr_path(&node), &name)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// `fallocate(2)` on a file handle.
     pub fn fallocate(
         &self,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
     ) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let h = self.file_handle(fh)?;
-        sys::fallocate(h.file_fd()?, mode, offset, length)
+        sys::fallocate(h.file_fd()?, mode, offset, length)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// `lseek(2)` on a file handle (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE).
@@ -1069,6 +1126,7 @@ impl ExportSession {
     /// Server-side copy between two file handles at explicit offsets; may copy less than
     /// asked (at most 1 GiB per request).
     pub fn copy_file_range(&self, req: &CopyFileRange) -> Result<u32, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let h_in = self.file_handle(req.fh_in)?;
         let h_out = self.file_handle(req.fh_out)?;
@@ -1081,6 +1139,7 @@ impl ExportSession {
             len,
             req.flags,
         )?;
+        m.changed(req.ino_out);
         Ok(n as u32)
     }
 

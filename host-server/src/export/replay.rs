@@ -18,8 +18,8 @@
 //! the front door's session to the agent's ([`ExportSession::link_replayer`]). Only threads of
 //! the linked session count. The link also stops echoes: the guest changes the export through
 //! that front door too, and those changes must not come back to it as events, so the linked
-//! session records what it changes ([`ExportSession::made`]) under the agent session's echo
-//! records, which the watcher drops for that session.
+//! session's typed methods record what they change (see `echo.rs`) under the agent session's
+//! echo records ([`ExportSession::echo_sid`]), which the watcher drops for that session.
 //!
 //! A change is kept as the host identities (device, inode) of the directories holding its
 //! names, not as node ids: the agent's session and the virtio-fs session number nodes
@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 
 use ferry_protocol::{Change, ChangeKind, Errno};
 
-use super::watch::NameOp;
 use super::{ExportSession, sys};
 
 /// A host object's identity: device and inode number.
@@ -166,46 +165,6 @@ impl Replayers {
     }
 }
 
-/// What a front door that calls the typed methods itself (virtio-fs) changed, for
-/// [`ExportSession::made`]. Node ids are the session's.
-#[derive(Clone, Copy, Debug)]
-pub enum Made<'a> {
-    /// `name` in `parent` was created as (or hard-linked to) node `ino`.
-    Created {
-        /// The directory.
-        parent: u64,
-        /// The new name.
-        name: &'a [u8],
-        /// The node it names.
-        ino: u64,
-    },
-    /// `name` was removed from `parent`.
-    Removed {
-        /// The directory.
-        parent: u64,
-        /// The name.
-        name: &'a [u8],
-    },
-    /// `name` in `parent` was renamed to `newname` in `newparent` (`RENAME_*` flags).
-    Renamed {
-        /// The source directory.
-        parent: u64,
-        /// The source name.
-        name: &'a [u8],
-        /// The target directory.
-        newparent: u64,
-        /// The target name.
-        newname: &'a [u8],
-        /// `RENAME_*` flags.
-        flags: u32,
-    },
-    /// The data or attributes of node `ino` changed.
-    Changed {
-        /// The node.
-        ino: u64,
-    },
-}
-
 /// Splits a change path into its parent path and last component.
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -286,43 +245,6 @@ impl ExportSession {
     /// session it is linked to.
     pub(crate) fn echo_sid(&self) -> u64 {
         self.export.replayers.linked(self.sid).unwrap_or(self.sid)
-    }
-
-    /// Marks a mutation through the typed methods in flight, as `dispatch` does for protocol
-    /// requests: host events wait until the returned guard is dropped, so that what
-    /// [`ExportSession::made`] records before that is in place when they are looked at.
-    pub fn mutating(&self) -> impl Drop + '_ {
-        self.export.events.mutation()
-    }
-
-    /// Records what a mutation through the typed methods did, as `dispatch` does for protocol
-    /// requests, so that the host events it causes are not sent back to the guest that made
-    /// it. Call it before the [`ExportSession::mutating`] guard is dropped.
-    pub fn made(&self, m: Made<'_>) {
-        match m {
-            Made::Created { parent, name, ino } => {
-                self.echo_name(parent, name, NameOp::Created);
-                self.echo_inode(ino);
-            }
-            Made::Removed { parent, name } => self.echo_name(parent, name, NameOp::Removed),
-            Made::Renamed {
-                parent,
-                name,
-                newparent,
-                newname,
-                flags,
-            } => {
-                self.echo_name(parent, name, NameOp::RenamedFrom);
-                self.echo_name(newparent, newname, NameOp::Created);
-                self.echo_child(newparent, newname);
-                if flags & libc::RENAME_EXCHANGE != 0 {
-                    self.echo_name(newparent, newname, NameOp::RenamedFrom);
-                    self.echo_name(parent, name, NameOp::Created);
-                    self.echo_child(parent, name);
-                }
-            }
-            Made::Changed { ino } => self.echo_inode(ino),
-        }
     }
 
     /// Whether this session replays changes on a mount another front door serves: it then

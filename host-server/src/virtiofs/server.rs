@@ -22,7 +22,7 @@ use ferry_protocol::{Attr, ChangeKind, Ctx, Entry, Errno, MAX_DATA, SetTime, Tim
 use zerocopy::IntoBytes;
 
 use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
-use crate::export::{ExportSession, Made, Replayer, SetAttrs, Side, XattrReply};
+use crate::export::{ExportSession, Replayer, SetAttrs, Side, XattrReply};
 
 /// Node ids from here up are synthetic: objects a replay removes or renames that the host no
 /// longer has, answered here and unknown to the export session.
@@ -234,27 +234,12 @@ impl FuseServer {
         self.perform(h, args)
     }
 
-    /// Performs a request on the host. Mutations are marked and recorded for the export's
-    /// watcher, so that their host events do not come back to this guest (see
-    /// [`ExportSession::made`]).
+    /// Performs a request on the host. (The typed methods record what they change for the
+    /// export's watcher themselves, so that its host events do not come back to this guest.)
     fn perform(&self, h: &InHeader, mut args: Args<'_>) -> Out {
         let s = &self.session;
         let ino = h.nodeid;
         let cx = ctx(h);
-        let _mutating = is_mutation(h.opcode).then(|| s.mutating());
-        let changed = |r: Result<(), Errno>| {
-            if r.is_ok() {
-                s.made(Made::Changed { ino });
-            }
-            ok_unit(r)
-        };
-        let created = |parent: u64, name: &[u8], e: &ferry_protocol::Entry| {
-            s.made(Made::Created {
-                parent,
-                name,
-                ino: e.ino,
-            });
-        };
         match h.opcode {
             opcode::INIT => self.init(&mut args),
             opcode::DESTROY | opcode::SYNCFS => ok(&[]),
@@ -297,7 +282,6 @@ impl FuseServer {
                 let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
                 let attrs = set_attrs(&a);
                 let r = tri!(s.setattr(&cx, ino, fh, &attrs));
-                s.made(Made::Changed { ino });
                 self.attr_reply(&r)
             }
             opcode::READLINK => Out::Ok(tri!(s.readlink(ino))),
@@ -305,34 +289,27 @@ impl FuseServer {
                 let name = tri!(args.name());
                 let target = tri!(args.name());
                 let e = tri!(s.symlink(&cx, ino, name, target));
-                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKNOD => {
                 let m: abi::MknodIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mknod(&cx, ino, name, m.mode, m.rdev, m.umask));
-                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::MKDIR => {
                 let m: abi::MkdirIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.mkdir(&cx, ino, name, m.mode, m.umask));
-                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::UNLINK | opcode::RMDIR => {
                 let name = tri!(args.name());
-                let r = if h.opcode == opcode::UNLINK {
+                ok_unit(if h.opcode == opcode::UNLINK {
                     s.unlink(&cx, ino, name)
                 } else {
                     s.rmdir(&cx, ino, name)
-                };
-                if r.is_ok() {
-                    s.made(Made::Removed { parent: ino, name });
-                }
-                ok_unit(r)
+                })
             }
             opcode::RENAME | opcode::RENAME2 => {
                 let RenameArgs {
@@ -341,33 +318,18 @@ impl FuseServer {
                     old,
                     new,
                 } = tri!(rename_args(h.opcode, &mut args));
-                let r = s.rename(&cx, ino, old, newdir, new, flags);
-                if r.is_ok() {
-                    s.made(Made::Renamed {
-                        parent: ino,
-                        name: old,
-                        newparent: newdir,
-                        newname: new,
-                        flags,
-                    });
-                }
-                ok_unit(r)
+                ok_unit(s.rename(&cx, ino, old, newdir, new, flags))
             }
             opcode::LINK => {
                 let l: abi::LinkIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let e = tri!(s.link(&cx, l.oldnodeid, ino, name));
-                created(ino, name, &e);
                 self.entry_reply(&e)
             }
             opcode::OPEN | opcode::OPENDIR => {
                 let o: abi::OpenIn = tri!(args.obj());
                 let opened = if h.opcode == opcode::OPEN {
-                    let opened = tri!(s.open(&cx, ino, o.flags as i32));
-                    if o.flags as i32 & libc::O_TRUNC != 0 {
-                        s.made(Made::Changed { ino });
-                    }
-                    opened
+                    tri!(s.open(&cx, ino, o.flags as i32))
                 } else {
                     // The guest kernel may keep the listing: with AUTO_INVAL_DATA it
                     // compares the directory's mtime when a read starts over (its attributes
@@ -385,7 +347,6 @@ impl FuseServer {
                 let kill = c.open_flags & abi::OPEN_KILL_SUIDGID != 0;
                 let r =
                     tri!(s.create_killing(&cx, ino, name, c.mode, c.umask, c.flags as i32, kill));
-                created(ino, name, &r.entry);
                 let mut body = self.entry_out(&r.entry).as_bytes().to_vec();
                 body.extend_from_slice(open_out(&r.opened).as_bytes());
                 Out::Ok(body)
@@ -401,7 +362,6 @@ impl FuseServer {
                     tri!(s.kill_suidgid(ino));
                 }
                 let n = tri!(s.write(ino, w.fh, w.offset, data));
-                s.made(Made::Changed { ino });
                 ok(abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -420,14 +380,7 @@ impl FuseServer {
             opcode::RELEASE | opcode::RELEASEDIR => {
                 let r: abi::ReleaseIn = tri!(args.obj());
                 if h.opcode == opcode::RELEASE {
-                    // Only closing a handle that could write raises a host event of this
-                    // guest's (IN_CLOSE_WRITE); see `dispatch.rs`.
-                    let released = s.release(ino, r.fh);
-                    if r.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY {
-                        ok_unit(released)
-                    } else {
-                        changed(released)
-                    }
+                    ok_unit(s.release(ino, r.fh))
                 } else {
                     ok_unit(s.releasedir(ino, r.fh))
                 }
@@ -499,12 +452,12 @@ impl FuseServer {
                 let x: abi::SetxattrIn = tri!(args.obj());
                 let name = tri!(args.name());
                 let value = tri!(args.bytes(x.size as usize));
-                changed(s.setxattr(&cx, ino, name, value, x.flags as i32))
+                ok_unit(s.setxattr(&cx, ino, name, value, x.flags as i32))
             }
-            opcode::REMOVEXATTR => changed(s.removexattr(&cx, ino, tri!(args.name()))),
+            opcode::REMOVEXATTR => ok_unit(s.removexattr(&cx, ino, tri!(args.name()))),
             opcode::FALLOCATE => {
                 let f: abi::FallocateIn = tri!(args.obj());
-                changed(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
+                ok_unit(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
             }
             opcode::LSEEK => {
                 let l: abi::LseekIn = tri!(args.obj());
@@ -798,30 +751,6 @@ impl FuseServer {
         );
         ok(out.as_bytes())
     }
-}
-
-/// Requests that can change the host tree (and so cause host events), as `dispatch` counts
-/// them; an OPEN counts, since it may truncate.
-fn is_mutation(op: u32) -> bool {
-    matches!(
-        op,
-        opcode::SETATTR
-            | opcode::SYMLINK
-            | opcode::MKNOD
-            | opcode::MKDIR
-            | opcode::UNLINK
-            | opcode::RMDIR
-            | opcode::RENAME
-            | opcode::RENAME2
-            | opcode::LINK
-            | opcode::OPEN
-            | opcode::CREATE
-            | opcode::WRITE
-            | opcode::RELEASE
-            | opcode::SETXATTR
-            | opcode::REMOVEXATTR
-            | opcode::FALLOCATE
-    )
 }
 
 /// The arguments of a RENAME (which has no flags) or RENAME2.
