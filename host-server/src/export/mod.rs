@@ -79,7 +79,7 @@ use crate::ids::IdPolicy;
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
 pub use ops::{SetAttrs, XattrReply};
-pub use replay::{Replayer, Replaying, Side};
+pub use replay::{ReplayThread, Replaying};
 pub use watch::Sink;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};

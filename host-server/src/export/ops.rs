@@ -80,7 +80,7 @@ fn opens_for_writing(flags: libc::c_int) -> bool {
 ///
 /// `.` and `..` are refused with EINVAL rather than ENOENT: the guest kernel resolves them
 /// itself and never sends them, so such a request is malformed or an attempt to climb out.
-fn component(name: &[u8]) -> Result<CString, Errno> {
+pub(super) fn component(name: &[u8]) -> Result<CString, Errno> {
     if name.is_empty() {
         return Err(Errno::EINVAL);
     }

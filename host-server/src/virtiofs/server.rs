@@ -18,15 +18,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ferry_protocol::replay::{self, Answer, SYNTHETIC_BASE, Side, is_synthetic};
 use ferry_protocol::{Attr, ChangeKind, Ctx, Entry, Errno, MAX_DATA, SetTime, Timespec};
 use zerocopy::IntoBytes;
 
 use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
-use crate::export::{ExportSession, Replayer, SetAttrs, Side, XattrReply};
-
-/// Node ids from here up are synthetic: objects a replay removes or renames that the host no
-/// longer has, answered here and unknown to the export session.
-pub const SYNTHETIC_BASE: u64 = 1 << 62;
+use crate::export::{ExportSession, ReplayThread, SetAttrs, XattrReply};
 
 /// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
 /// intersection with what the kernel offers. Not `ATOMIC_O_TRUNC`: with it the kernel sends
@@ -58,7 +55,7 @@ pub struct FuseServer {
     ttl: Duration,
     /// Requests and host time per opcode, logged when the session ends.
     stats: [(AtomicU64, AtomicU64); 64],
-    /// Synthetic nodes the guest kernel holds (see [`SYNTHETIC_BASE`]).
+    /// Synthetic nodes the guest kernel holds (ids from [`SYNTHETIC_BASE`]).
     synthetic: Mutex<HashMap<u64, Attr>>,
     next_synthetic: AtomicU64,
     /// FLUSH is served (not answered ENOSYS) because the host's close can fail.
@@ -220,15 +217,15 @@ impl FuseServer {
         {
             return Out::Err(Errno::ENOENT);
         }
-        if let Some(who) = s.replayer(h.pid) {
-            let out = self.serve_replay(h, args, &who);
+        if let Some(thread) = s.replayer(h.pid) {
+            let out = self.serve_replay(h, args, &thread);
             if let Out::Err(e) = &out {
                 tracing::debug!(pid = h.pid, opcode = h.opcode, node = h.nodeid, error = ?e,
                                 "replay request refused");
             }
             return out;
         }
-        if h.nodeid >= SYNTHETIC_BASE {
+        if is_synthetic(h.nodeid) {
             return self.serve_synthetic(h, args);
         }
         self.perform(h, args)
@@ -263,7 +260,7 @@ impl FuseServer {
                     let Ok(one) = args.obj::<abi::ForgetOne>() else {
                         break;
                     };
-                    if one.nodeid >= SYNTHETIC_BASE {
+                    if is_synthetic(one.nodeid) {
                         self.forget_synthetic(one.nodeid);
                     } else {
                         s.forget(one.nodeid, one.nlookup);
@@ -472,45 +469,47 @@ impl FuseServer {
     }
 
     /// A request from a replay thread: the change it replays already happened on the host, so
-    /// nothing here writes to the host. Names of the change are answered as they were before
-    /// it (see `guest-agent/src/replay.rs`, whose FUSE handlers do the same for the agent's own
-    /// mounts); a replayed creation hands out the host's object (or a synthetic one when it is
-    /// gone again), and a removal or rename succeeds only when the host already shows its
-    /// outcome, so a change overtaken by a newer one is never replayed over it; a
-    /// replayed open is a read-only open without `FOPEN_KEEP_CACHE`, so the guest drops the
-    /// file's cached pages; a replayed time or size change answers the host's attributes.
+    /// nothing here writes to the host. What to answer is the rule of
+    /// [`ferry_protocol::replay`], which the agent follows on its own mounts too: this
+    /// function only finds which of the change's names a request names and what the host
+    /// holds there, and turns the rule's answer into a reply. Beside the rule: a replayed
+    /// open is a read-only open without `FOPEN_KEEP_CACHE`, so the guest drops the file's
+    /// cached pages, and a replayed time or size change answers the host's attributes.
     /// Requests that only read are performed as usual.
-    fn serve_replay(&self, h: &InHeader, mut args: Args<'_>, who: &Replayer) -> Out {
+    fn serve_replay(&self, h: &InHeader, mut args: Args<'_>, thread: &ReplayThread) -> Out {
         let s = &self.session;
         let ino = h.nodeid;
-        let change = who.change();
-        let side = |parent: u64, name: &[u8]| change.and_then(|c| s.replay_side(c, parent, name));
-        let kind = change.map(|c| c.kind);
-        let synthetic = ino >= SYNTHETIC_BASE;
+        let change = thread.change();
+        // Between two changes no name is the change's: every side is `Neither`, for which
+        // the rule does not look at the kind.
+        let kind = change.map_or(ChangeKind::Overflow, |c| c.kind);
+        let side = |parent: u64, name: &[u8]| {
+            change.map_or(Side::Neither, |c| s.replay_side(c, parent, name))
+        };
+        let host = |parent: u64, name: &[u8]| s.replay_host(change, parent, name);
+        if is_synthetic(ino) {
+            return match h.opcode {
+                // The kernel keeps the attributes of the reply, not the ones it asked for.
+                opcode::SETATTR => self.synthetic_attr(ino),
+                _ => self.serve_synthetic(h, args),
+            };
+        }
         match h.opcode {
-            opcode::LOOKUP if !synthetic => {
+            opcode::LOOKUP => {
                 let name = tri!(args.clone().name());
-                match (side(ino, name), kind) {
-                    // Before a creation, and before a rename, the target was not there.
-                    (Some(Side::From), Some(ChangeKind::Created)) | (Some(Side::To), _) => {
+                let side = side(ino, name);
+                match replay::lookup(kind, side, host(ino, name)) {
+                    Answer::AsUsual => self.perform(h, args),
+                    // Absent before a creation and before a rename's target.
+                    Answer::Before if kind == ChangeKind::Created || side == Side::To => {
                         Out::Err(Errno::ENOENT)
                     }
-                    // What was removed or renamed: the host's object if the name is back (the
-                    // removal or rename then fails below), else a synthetic node.
-                    (Some(Side::From), Some(ChangeKind::Removed | ChangeKind::Renamed)) => {
-                        match s.lookup(&ctx(h), ino, name) {
-                            Ok(e) => self.entry_reply(&e),
-                            Err(Errno::ENOENT) => {
-                                let ft = change.map_or(0, |c| c.file_type);
-                                self.synthetic_reply(ft)
-                            }
-                            Err(e) => Out::Err(e),
-                        }
-                    }
-                    _ => self.perform(h, args),
+                    // What was removed, renamed or changed, which the host no longer has.
+                    Answer::Before => self.synthetic_reply(change.map_or(0, |c| c.file_type)),
+                    other => refused(h, other),
                 }
             }
-            opcode::MKNOD | opcode::MKDIR | opcode::SYMLINK | opcode::CREATE if !synthetic => {
+            opcode::MKNOD | opcode::MKDIR | opcode::SYMLINK | opcode::CREATE => {
                 let (ft, name) = match h.opcode {
                     opcode::MKNOD => {
                         let m: abi::MknodIn = tri!(args.obj());
@@ -526,68 +525,41 @@ impl FuseServer {
                         (c.mode & libc::S_IFMT, tri!(args.name()))
                     }
                 };
-                if (side(ino, name), kind) != (Some(Side::From), Some(ChangeKind::Created)) {
-                    return Out::Err(Errno::EPERM);
-                }
-                // The object the host created, never a new one; when it is already gone again
-                // (a removal or rename follows), a synthetic node, so the creation is still
-                // seen and the change after it has a name to replay on.
-                let e = match s.lookup(&ctx(h), ino, name) {
-                    Ok(e) => e,
-                    Err(Errno::ENOENT) if h.opcode != opcode::CREATE => {
-                        return self.synthetic_reply(ft);
+                let create = h.opcode == opcode::CREATE;
+                match replay::create(kind, side(ino, name), host(ino, name)) {
+                    Answer::HostObject => self.replayed_creation(h, name, ft, create),
+                    // Gone again (a removal or rename follows): the creation is still seen,
+                    // and the change after it has a name to replay on.
+                    Answer::Synthetic if create => {
+                        let mut body = self.synthetic_entry(ft).as_bytes().to_vec();
+                        body.extend_from_slice(abi::OpenOut::default().as_bytes());
+                        Out::Ok(body)
                     }
-                    Err(e) => return Out::Err(e),
-                };
-                if e.attr.mode & libc::S_IFMT != ft {
-                    // Replaced by another kind of object since: the kernel would refuse it.
-                    s.forget(e.ino, 1);
-                    return Out::Err(Errno::EEXIST);
+                    Answer::Synthetic => self.synthetic_reply(ft),
+                    other => refused(h, other),
                 }
-                if h.opcode != opcode::CREATE {
-                    return self.entry_reply(&e);
-                }
-                let opened = match s.open(&ctx(h), e.ino, libc::O_RDONLY) {
-                    Ok(o) => o,
-                    Err(err) => {
-                        s.forget(e.ino, 1);
-                        return Out::Err(err);
-                    }
-                };
-                let mut body = self.entry_out(&e).as_bytes().to_vec();
-                body.extend_from_slice(open_out(&opened).as_bytes());
-                Out::Ok(body)
             }
-            opcode::UNLINK | opcode::RMDIR if !synthetic => {
+            opcode::UNLINK | opcode::RMDIR => {
                 let name = tri!(args.name());
-                let done = (side(ino, name), kind) == (Some(Side::From), Some(ChangeKind::Removed))
-                    && !tri!(s.has_name(ino, name));
-                if done {
-                    ok(&[])
-                } else {
-                    Out::Err(Errno::ESTALE)
+                match replay::remove(kind, side(ino, name), host(ino, name)) {
+                    Answer::Done => ok(&[]),
+                    other => refused(h, other),
                 }
             }
-            opcode::RENAME | opcode::RENAME2 if !synthetic => {
+            opcode::RENAME | opcode::RENAME2 => {
                 let RenameArgs {
                     newdir,
                     flags,
                     old,
                     new,
                 } = tri!(rename_args(h.opcode, &mut args));
-                let done = flags == 0
-                    && kind == Some(ChangeKind::Renamed)
-                    && side(ino, old) == Some(Side::From)
-                    && side(newdir, new) == Some(Side::To)
-                    && !tri!(s.has_name(ino, old))
-                    && tri!(s.has_name(newdir, new));
-                if done {
-                    ok(&[])
-                } else {
-                    Out::Err(Errno::ESTALE)
+                let (from, to) = (side(ino, old), side(newdir, new));
+                match replay::rename(kind, from, to, flags, host(ino, old), host(newdir, new)) {
+                    Answer::Done => ok(&[]),
+                    other => refused(h, other),
                 }
             }
-            opcode::OPEN if !synthetic => {
+            opcode::OPEN => {
                 let o: abi::OpenIn = tri!(args.obj());
                 // Read-only whatever was asked (never truncating), and without KEEP_CACHE: the
                 // guest kernel drops the file's cached pages, so the next read sees the host's
@@ -603,35 +575,42 @@ impl FuseServer {
             }
             // The kernel keeps the attributes of the reply, not the ones it asked for: the
             // host's current ones (a new size drops the cached pages past it).
-            opcode::SETATTR | opcode::GETATTR => {
-                if synthetic {
-                    return self.synthetic_attr(ino);
-                }
+            opcode::SETATTR => {
                 let a = tri!(s.getattr(ino, None));
                 self.attr_reply(&a)
             }
-            opcode::FALLOCATE => ok(&[]),
             opcode::WRITE
             | opcode::LINK
             | opcode::SETXATTR
             | opcode::REMOVEXATTR
-            | opcode::MKNOD
-            | opcode::MKDIR
-            | opcode::SYMLINK
-            | opcode::CREATE
-            | opcode::UNLINK
-            | opcode::RMDIR
-            | opcode::RENAME
-            | opcode::RENAME2
-            | opcode::OPEN
-            | opcode::LOOKUP => Out::Err(if synthetic {
-                Errno::ESTALE
-            } else {
-                Errno::EPERM
-            }),
-            _ if synthetic => self.serve_synthetic(h, args),
+            | opcode::FALLOCATE => refused(h, replay::other_change(false)),
             _ => self.perform(h, args),
         }
+    }
+
+    /// A replayed creation of `name` (file type `ft`) in directory `h.nodeid`: the object
+    /// the host created, never a new one, opened read-only for a CREATE.
+    fn replayed_creation(&self, h: &InHeader, name: &[u8], ft: u32, create: bool) -> Out {
+        let s = &self.session;
+        let e = tri!(s.lookup(&ctx(h), h.nodeid, name));
+        if e.attr.mode & libc::S_IFMT != ft {
+            // Not of the type asked for: the kernel would refuse it.
+            s.forget(e.ino, 1);
+            return Out::Err(Errno::EEXIST);
+        }
+        if !create {
+            return self.entry_reply(&e);
+        }
+        let opened = match s.open(&ctx(h), e.ino, libc::O_RDONLY) {
+            Ok(o) => o,
+            Err(err) => {
+                s.forget(e.ino, 1);
+                return Out::Err(err);
+            }
+        };
+        let mut body = self.entry_out(&e).as_bytes().to_vec();
+        body.extend_from_slice(open_out(&opened).as_bytes());
+        Out::Ok(body)
     }
 
     /// A request on a synthetic node from any other thread: only its attributes and its
@@ -651,6 +630,11 @@ impl FuseServer {
     /// A new synthetic node of file type `ft` (a regular file when unknown), valid for no
     /// time at all: the next path walk through it asks again and gets the host's answer.
     fn synthetic_reply(&self, ft: u32) -> Out {
+        ok(self.synthetic_entry(ft).as_bytes())
+    }
+
+    /// The entry of a new synthetic node (see [`Self::synthetic_reply`]).
+    fn synthetic_entry(&self, ft: u32) -> abi::EntryOut {
         let ino = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
         let ft = if ft == 0 { libc::S_IFREG } else { ft };
         let now = std::time::SystemTime::now()
@@ -680,14 +664,13 @@ impl FuseServer {
             generation: 0,
             attr,
         };
-        ok(abi::EntryOut {
+        abi::EntryOut {
             entry_valid: 0,
             attr_valid: 0,
             entry_valid_nsec: 0,
             attr_valid_nsec: 0,
             ..self.entry_out(&e)
         }
-        .as_bytes())
     }
 
     fn synthetic_attr(&self, ino: u64) -> Out {
@@ -774,6 +757,18 @@ fn rename_args<'a>(op: u32, args: &mut Args<'a>) -> Result<RenameArgs<'a>, Decod
         old: args.name()?,
         new: args.name()?,
     })
+}
+
+/// The rule's refusal of a replay thread's request as a reply. An answer the rule does not
+/// give for the request is a bug: EIO.
+fn refused(h: &InHeader, answer: Answer) -> Out {
+    match answer {
+        Answer::Fail(e) => Out::Err(e),
+        other => {
+            tracing::warn!(opcode = h.opcode, answer = ?other, "virtio-fs: no reply for a replay answer");
+            Out::Err(Errno::EIO)
+        }
+    }
 }
 
 fn ok_unit(r: Result<(), Errno>) -> Out {
@@ -1432,7 +1427,7 @@ pub(crate) mod tests {
         assert_eq!(call(opcode::UNLINK, 1, &[b"gone\0"]).0, 0);
         assert_eq!(
             call(opcode::RMDIR, 1, &[b"d\0"]).0,
-            libc::ESTALE,
+            libc::EPERM,
             "not the change's name"
         );
         assert_eq!(s.synthetic_count(), 1);
@@ -1493,7 +1488,7 @@ pub(crate) mod tests {
                 &[exchange.as_bytes(), b"old\0", b"moved\0"]
             )
             .0,
-            libc::ESTALE
+            libc::EPERM
         );
         let rename = abi::RenameIn { newdir: 1 };
         assert_eq!(
@@ -1503,7 +1498,7 @@ pub(crate) mod tests {
                 &[rename.as_bytes(), b"moved\0", b"old\0"]
             )
             .0,
-            libc::ESTALE,
+            libc::EPERM,
             "backwards"
         );
         assert_eq!(
@@ -1556,7 +1551,10 @@ pub(crate) mod tests {
             length: 1 << 20,
             ..abi::FallocateIn::default()
         };
-        assert_eq!(call(opcode::FALLOCATE, moved.nodeid, &[f.as_bytes()]).0, 0);
+        assert_eq!(
+            call(opcode::FALLOCATE, moved.nodeid, &[f.as_bytes()]).0,
+            libc::EPERM
+        );
         let fl = abi::FlushIn {
             fh: opened.fh,
             ..abi::FlushIn::default()
@@ -1601,7 +1599,7 @@ pub(crate) mod tests {
             call(opcode::MKNOD, d, &[mknod.as_bytes(), b"new\0"]).0,
             libc::EPERM
         );
-        assert_eq!(call(opcode::UNLINK, 1, &[b"moved\0"]).0, libc::ESTALE);
+        assert_eq!(call(opcode::UNLINK, 1, &[b"moved\0"]).0, libc::EPERM);
         assert_eq!(
             call(opcode::LOOKUP, 1, &[b"moved\0"]).0,
             0,
