@@ -9,6 +9,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use ferry_protocol::sizes::{dirent_size, direntplus_size};
 use ferry_protocol::{
     Attr, CopyFileRange, Created, Ctx, DirEntry, DirEntryPlus, Entry, Errno, Lock, MAX_DATA,
     Opened, SetTime, Statfs, Timespec,
@@ -151,16 +152,6 @@ fn utime(t: Option<SetTime>) -> libc::timespec {
             tv_nsec: libc::c_long::from(t.nsec.min(i32::MAX as u32) as i32),
         },
     }
-}
-
-/// FUSE's size of one `fuse_dirent` carrying `namelen` bytes of name.
-fn dirent_cost(namelen: usize) -> usize {
-    (24 + namelen).div_ceil(8) * 8
-}
-
-/// FUSE's size of one `fuse_direntplus` (a `fuse_entry_out` of 128 bytes plus the dirent).
-fn direntplus_cost(namelen: usize) -> usize {
-    128 + dirent_cost(namelen)
 }
 
 /// `struct flock` for an OFD lock request.
@@ -871,7 +862,7 @@ impl ExportSession {
         offset: u64,
         size: u32,
     ) -> Result<Vec<DirEntry>, Errno> {
-        self.gather_dir(fh, offset, size, dirent_cost, |_, d| {
+        self.gather_dir(fh, offset, size, dirent_size, |_, d| {
             Ok(Some(DirEntry {
                 ino: d.ino,
                 offset: d.off,
@@ -894,7 +885,7 @@ impl ExportSession {
         // The directory's device and each entry's inode number from getdents tell which
         // entries the table may already hold (see `lookup_hinted`).
         let dev = self.inodes.peek(ino).ok().map(|n| n.dev);
-        self.gather_dir(fh, offset, size, direntplus_cost, |dirfd, d| {
+        self.gather_dir(fh, offset, size, direntplus_size, |dirfd, d| {
             let entry = if d.name == b"." || d.name == b".." {
                 Entry::default()
             } else {
