@@ -6,7 +6,8 @@
 
 use ferry_protocol::{Ctx, Errno, Reply, Request};
 
-use super::ops::{SetAttrs, XattrReply};
+use super::ops::SetAttrs;
+use super::xattr::XattrReply;
 use super::{ExportSession, Pending, Response};
 use crate::ids::{GuestGid, GuestUid};
 

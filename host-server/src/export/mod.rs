@@ -49,12 +49,14 @@ mod dispatch;
 mod echo;
 mod handle;
 mod inode;
+mod listing;
 mod locks;
 mod ops;
 mod owners;
 mod replay;
 mod sys;
 mod watch;
+mod xattr;
 
 #[cfg(test)]
 mod ids_tests;
@@ -78,9 +80,10 @@ use crate::ids::IdPolicy;
 
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
-pub use ops::{SetAttrs, XattrReply};
+pub use ops::SetAttrs;
 pub use replay::{ReplayThread, Replaying};
 pub use watch::Sink;
+pub use xattr::XattrReply;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
 use watch::Events;

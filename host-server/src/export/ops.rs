@@ -9,17 +9,16 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use ferry_protocol::sizes::{dirent_size, direntplus_size};
 use ferry_protocol::{
-    Attr, CopyFileRange, Created, Ctx, DirEntry, DirEntryPlus, Entry, Errno, Lock, MAX_DATA,
-    Opened, SetTime, Statfs, Timespec,
+    Attr, CopyFileRange, Created, Ctx, Entry, Errno, Lock, MAX_DATA, Opened, SetTime, Statfs,
+    Timespec,
 };
 
 use super::ExportSession;
 use super::handle::{Handle, HandleKind};
 use super::inode::Node;
 use super::locks::{self, LockWait};
-use super::owners::{self, Presented};
+use super::owners::Presented;
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
 
@@ -43,18 +42,6 @@ pub struct SetAttrs {
     /// the server (see [`ExportSession::kill_suidgid`]).
     pub kill_suidgid: bool,
 }
-
-/// Result of `getxattr`/`listxattr`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum XattrReply {
-    /// The size the value or list needs (the request asked with `size == 0`).
-    Size(u32),
-    /// The value, or the NUL-separated name list.
-    Data(Vec<u8>),
-}
-
-/// Largest xattr value and name list Linux supports (XATTR_SIZE_MAX, XATTR_LIST_MAX).
-const XATTR_MAX: usize = 65536;
 
 /// Most bytes one `copy_file_range` request copies; the reply counts in a u32 and a shorter
 /// copy is a valid answer the guest continues from.
@@ -208,7 +195,7 @@ impl ExportSession {
     }
 
     /// The node `id`, which must be a directory (ENOTDIR otherwise).
-    fn dir_node(&self, id: u64) -> Result<Node, Errno> {
+    pub(super) fn dir_node(&self, id: u64) -> Result<Node, Errno> {
         let node = self.inodes.get(id)?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -232,7 +219,7 @@ impl ExportSession {
 
     /// [`Self::lookup_at`], where `hint` is the `(dev, ino)` a directory listing gave for the
     /// name (a mount point's is that of the directory under it, so it is only a hint).
-    fn lookup_hinted(
+    pub(super) fn lookup_hinted(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
@@ -792,179 +779,6 @@ impl ExportSession {
         sys::fsync(h.file_fd()?, datasync)
     }
 
-    /// Opens the directory `ino` for reading.
-    pub fn opendir(&self, _ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
-        let node = self.dir_node(ino)?;
-        let fd = sys::reopen(
-            self.proc_fd(),
-            node.fd(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )?;
-        let fh = self.handles.insert(
-            Handle::new(fd, HandleKind::Dir(std::sync::Mutex::default())).pinning(node.pin()),
-        );
-        Ok(Opened { fh, open_flags: 0 })
-    }
-
-    /// Walks the directory handle `fh` from cookie `offset`, calling `emit` for each entry
-    /// until it returns `false` (the reply is full) or the directory ends.
-    fn walk_dir(
-        &self,
-        fh: u64,
-        offset: u64,
-        buf_size: usize,
-        mut emit: impl FnMut(BorrowedFd<'_>, sys::RawDirent<'_>) -> Result<bool, Errno>,
-    ) -> Result<(), Errno> {
-        let h = self.handles.get(fh)?;
-        let (fd, mut cursor) = h.lock_dir()?;
-        let cur = &mut *cursor;
-        // Until this read knows where it stops, the next one must seek.
-        let continuing = cur.resume.take() == Some(offset);
-        if !continuing {
-            let at = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            sys::lseek(fd, at, libc::SEEK_SET)?;
-            (cur.pos, cur.len) = (0, 0);
-        }
-        if cur.buf.len() < buf_size {
-            cur.buf.resize(buf_size, 0);
-        }
-        // The cookie of the last entry handed out: where the guest's next read starts.
-        let mut last = offset;
-        loop {
-            if cur.pos >= cur.len {
-                let n = sys::getdents64(fd, &mut cur.buf)?;
-                (cur.pos, cur.len) = (0, n);
-                if n == 0 {
-                    cur.resume = Some(last);
-                    return Ok(());
-                }
-            }
-            let Some((reclen, d)) = sys::parse_dirent(&cur.buf[cur.pos..cur.len]) else {
-                // A malformed record: stop here (and seek next time).
-                return Ok(());
-            };
-            let off = d.off;
-            if !emit(fd, d)? {
-                cur.resume = Some(last);
-                return Ok(());
-            }
-            last = off;
-            cur.pos += reclen;
-        }
-    }
-
-    /// Entries after cookie `offset`, at most `size` bytes' worth in FUSE's encoding. The
-    /// inode numbers are the host's (readdir takes no lookups).
-    pub fn readdir(
-        &self,
-        _ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<DirEntry>, Errno> {
-        self.gather_dir(fh, offset, size, dirent_size, |_, d| {
-            Ok(Some(DirEntry {
-                ino: d.ino,
-                offset: d.off,
-                kind: d.kind,
-                name: d.name.to_vec(),
-            }))
-        })
-    }
-
-    /// As [`Self::readdir`], with a lookup of each entry (which the guest must forget).
-    /// `.` and `..` are not looked up: their entries carry node id 0.
-    pub fn readdirplus(
-        &self,
-        _ctx: &Ctx,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<DirEntryPlus>, Errno> {
-        // The directory's device and each entry's inode number from getdents tell which
-        // entries the table may already hold (see `lookup_hinted`).
-        let dev = self.inodes.peek(ino).ok().map(|n| n.dev);
-        self.gather_dir(fh, offset, size, direntplus_size, |dirfd, d| {
-            let entry = if d.name == b"." || d.name == b".." {
-                Entry::default()
-            } else {
-                let name = sys::cstring(d.name)?;
-                match self.lookup_hinted(dirfd, &name, dev.map(|dev| (dev, d.ino))) {
-                    Ok(entry) => entry,
-                    // Removed since getdents saw it: leave it out.
-                    Err(Errno::ENOENT) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            };
-            Ok(Some(DirEntryPlus {
-                entry,
-                offset: d.off,
-                kind: d.kind,
-                name: d.name.to_vec(),
-            }))
-        })
-    }
-
-    /// Walks the directory from `offset`, turning entries into `T` with `make` (`None` skips
-    /// one) until the next would exceed `size` bytes at `cost(name_len)` each.
-    fn gather_dir<T>(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        cost: fn(usize) -> usize,
-        mut make: impl FnMut(BorrowedFd<'_>, &sys::RawDirent<'_>) -> Result<Option<T>, Errno>,
-    ) -> Result<Vec<T>, Errno> {
-        let budget = (size as usize).min(MAX_DATA);
-        // Read about as many host entries as the reply can hold, not a fixed 32 KiB: every
-        // call seeks and reads afresh, and entries read past the budget are read again by the
-        // next call (a readdirplus reply of 4 KiB holds some 25 entries, 32 KiB of host
-        // entries some 1,000). A host entry takes about 32 bytes for an 8-byte name; a short
-        // read just loops.
-        let buf_size = (budget * 32 / cost(8)).clamp(1024, 32 * 1024);
-        let mut used = 0;
-        let mut out = Vec::new();
-        let res = self.walk_dir(fh, offset, buf_size, |dirfd, d| {
-            let c = cost(d.name.len());
-            if used + c > budget {
-                return Ok(false);
-            }
-            if let Some(item) = make(dirfd, &d)? {
-                used += c;
-                out.push(item);
-            }
-            Ok(true)
-        });
-        match res {
-            // Entries already gathered are returned (for readdirplus their lookups were taken,
-            // so they must reach the guest); the error recurs on the next call.
-            Err(e) if out.is_empty() => Err(e),
-            _ => Ok(out),
-        }
-    }
-
-    /// The handle `fh` as a directory handle.
-    fn dir_handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        let h = self.handles.get(fh)?;
-        match h.kind {
-            HandleKind::Dir(_) => Ok(h),
-            HandleKind::File => Err(Errno::EBADF),
-        }
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
-        self.dir_handle(fh)?;
-        self.handles.remove(fh).map(drop)
-    }
-
-    /// `fsync`/`fdatasync` of a directory handle.
-    pub fn fsyncdir(&self, _ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
-        let h = self.dir_handle(fh)?;
-        sys::fsync(h.fd(), datasync)
-    }
-
     /// Statistics of the filesystem holding `ino`.
     pub fn statfs(&self, ino: u64) -> Result<Statfs, Errno> {
         let node = self.inodes.get(ino)?;
@@ -988,101 +802,6 @@ impl ExportSession {
             return Err(Errno::EROFS);
         }
         sys::access(self.proc_fd(), node.fd(), mask)
-    }
-
-    /// The `/proc/self/fd/N` path of a node. Xattr calls on it reach the node's own inode,
-    /// and for a symlink node the symlink itself: following the magic link never continues
-    /// into the symlink's target.
-    fn xattr_path(&self, node: &Node) -> CString {
-        sys::proc_path(node.fd())
-    }
-
-    /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
-    /// The server's own `user.ferry.*` names read as absent.
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::ENODATA);
-        }
-        let name = xattr_name(name)?;
-        let path = self.xattr_path(&node);
-        if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
-        }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
-    }
-
-    /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
-    /// `user.ferry.*` names are left out.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
-        let node = self.inodes.get(ino)?;
-        let path = self.xattr_path(&node);
-        // The whole list is read even for a size query, so that the size excludes the hidden
-        // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
-        let want = sys::listxattr(&path, &mut [])?;
-        let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
-        let n = match sys::listxattr(&path, &mut buf) {
-            // Grown since the size query.
-            Err(Errno::ERANGE) => {
-                buf.resize(XATTR_MAX, 0);
-                sys::listxattr(&path, &mut buf)?
-            }
-            r => r?,
-        };
-        let list = owners::filter_xattr_list(&buf[..n]);
-        if size == 0 {
-            return Ok(XattrReply::Size(list.len() as u32));
-        }
-        if list.len() > size as usize {
-            return Err(Errno::ERANGE);
-        }
-        Ok(XattrReply::Data(list))
-    }
-
-    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE). The server's own
-    /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
-    pub fn setxattr(
-        &self,
-        _ctx: &Ctx,
-        ino: u64,
-        name: &[u8],
-        value: &[u8],
-        flags: i32,
-    ) -> Result<(), Errno> {
-        let m = self.mutation();
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
-        if value.len() > XATTR_MAX {
-            return Err(Errno::E2BIG);
-        }
-        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)?;
-        m.changed(ino);
-        Ok(())
-    }
-
-    /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
-    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
-        let m = self.mutation();
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)?;
-        m.changed(ino);
-        Ok(())
     }
 
     /// `fallocate(2)` on a file handle.
@@ -1235,17 +954,6 @@ impl ExportSession {
         let h = self.file_handle(fh)?;
         locks::start_flock(h, kind, &self.closed)
     }
-}
-
-/// Checks an xattr name: non-empty, no NUL, at most 255 bytes (XATTR_NAME_MAX).
-fn xattr_name(name: &[u8]) -> Result<CString, Errno> {
-    if name.is_empty() {
-        return Err(Errno::EINVAL);
-    }
-    if name.len() > 255 {
-        return Err(Errno::ERANGE);
-    }
-    sys::cstring(name)
 }
 
 #[cfg(test)]
