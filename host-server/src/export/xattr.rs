@@ -28,6 +28,18 @@ impl ExportSession {
         sys::proc_path(node.fd())
     }
 
+    /// The node and the name of an xattr a guest sets or removes: EROFS on a read-only
+    /// export, EPERM for the server's own `user.ferry.*` names (a guest must not forge an
+    /// owner record).
+    fn xattr_to_change(&self, ino: u64, name: &[u8]) -> Result<(Node, CString), Errno> {
+        self.check_writable()?;
+        let node = self.inodes.get(ino)?;
+        if owners::is_reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        Ok((node, xattr_name(name)?))
+    }
+
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
     /// The server's own `user.ferry.*` names read as absent.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
@@ -85,12 +97,7 @@ impl ExportSession {
         flags: i32,
     ) -> Result<(), Errno> {
         let m = self.mutation();
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
+        let (node, name) = self.xattr_to_change(ino, name)?;
         if value.len() > XATTR_MAX {
             return Err(Errno::E2BIG);
         }
@@ -105,12 +112,7 @@ impl ExportSession {
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
     pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let m = self.mutation();
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
+        let (node, name) = self.xattr_to_change(ino, name)?;
         sys::removexattr(&self.xattr_path(&node), &name)?;
         m.changed(ino);
         Ok(())

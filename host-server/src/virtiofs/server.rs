@@ -25,7 +25,7 @@ use ferry_protocol::{Attr, Ctx, Entry, Errno, MAX_DATA};
 use zerocopy::IntoBytes;
 
 use super::abi::{self, Args, DecodeError, InHeader, fattr, init_flags, opcode};
-use super::wire::{self, RenameArgs, open_out, rename_args, set_attrs, xattr_reply};
+use super::wire::{self, open_out, rename_args, set_attrs, xattr_reply};
 use crate::export::ExportSession;
 
 /// The capabilities offered to the guest kernel in `FUSE_INIT`; the reply carries the
@@ -276,13 +276,8 @@ impl FuseServer {
                 })
             }
             opcode::RENAME | opcode::RENAME2 => {
-                let RenameArgs {
-                    newdir,
-                    flags,
-                    old,
-                    new,
-                } = rename_args(h.opcode, &mut args)?;
-                done(s.rename(&cx, ino, old, newdir, new, flags))
+                let r = rename_args(h.opcode, &mut args)?;
+                done(s.rename(&cx, ino, r.old, r.newdir, r.new, r.flags))
             }
             opcode::LINK => {
                 let l: abi::LinkIn = args.obj()?;

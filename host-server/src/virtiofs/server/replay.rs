@@ -13,7 +13,7 @@ use zerocopy::IntoBytes;
 use super::{FuseServer, Out, ctx, ok};
 use crate::export::ReplayThread;
 use crate::virtiofs::abi::{self, Args, InHeader, opcode};
-use crate::virtiofs::wire::{self, RenameArgs, rename_args};
+use crate::virtiofs::wire::{self, rename_args};
 
 /// The synthetic nodes the guest kernel holds: stand-ins for objects a replay removes or
 /// renames that the host no longer has, answered here and unknown to the export session
@@ -163,14 +163,10 @@ impl FuseServer {
                 }
             }
             opcode::RENAME | opcode::RENAME2 => {
-                let RenameArgs {
-                    newdir,
-                    flags,
-                    old,
-                    new,
-                } = rename_args(h.opcode, &mut args)?;
-                let (from, to) = (side(ino, old), side(newdir, new));
-                match replay::rename(kind, from, to, flags, host(ino, old), host(newdir, new)) {
+                let r = rename_args(h.opcode, &mut args)?;
+                let (from, to) = (side(ino, r.old), side(r.newdir, r.new));
+                let (src, dst) = (host(ino, r.old), host(r.newdir, r.new));
+                match replay::rename(kind, from, to, r.flags, src, dst) {
                     Answer::Done => ok(&[]),
                     other => refused(h, other),
                 }
