@@ -1,12 +1,13 @@
 //! From a decoded protocol request to the typed method, and from its result to a [`Response`].
 //!
 //! This is deliberately a thin match: all behaviour lives in the typed methods, which a
-//! virtio-fs front door can call directly.
+//! virtio-fs front door can call directly. That includes echo bookkeeping: each method that
+//! can change the host tree records what it did for the watcher itself (see `echo.rs`).
 
 use ferry_protocol::{Ctx, Errno, Reply, Request};
 
-use super::ops::{SetAttrs, XattrReply};
-use super::watch::NameOp;
+use super::ops::SetAttrs;
+use super::xattr::XattrReply;
 use super::{ExportSession, Pending, Response};
 use crate::ids::{GuestGid, GuestUid};
 
@@ -44,75 +45,13 @@ impl ExportSession {
     /// Performs a decoded protocol request. `payload` is the frame's raw data (only `Write`
     /// carries any).
     pub fn dispatch(&self, ctx: &Ctx, req: &Request<'_>, payload: &[u8]) -> Response {
-        // Host events caused by a mutation wait for it to end and record its fingerprint.
-        let _mutation = is_mutation(req).then(|| self.export.events.mutation());
         let response = self.perform(ctx, req, payload);
-        if !matches!(response, Response::Error(_)) {
-            self.note_echo(req, &response);
-        }
         if let Response::Error(e) = &response {
             tracing::debug!(op = ?req.opcode(), error = ?e, "request failed");
         } else {
             tracing::debug!(op = ?req.opcode(), "request done");
         }
         response
-    }
-
-    /// Records what a successful mutation left on the host (see `watch.rs`).
-    fn note_echo(&self, req: &Request<'_>, response: &Response) {
-        if !self.export.events.active() {
-            return;
-        }
-        match (req, response) {
-            (Request::Create(r), Response::Reply(Reply::Created(c))) => {
-                self.echo_name(r.parent, r.name, NameOp::Created);
-                self.echo_inode(c.entry.ino);
-            }
-            (Request::Mknod(r), Response::Reply(Reply::Entry(e))) => {
-                self.echo_name(r.parent, r.name, NameOp::Created);
-                self.echo_inode(e.ino);
-            }
-            (Request::Mkdir(r), Response::Reply(Reply::Entry(e))) => {
-                self.echo_name(r.parent, r.name, NameOp::Created);
-                self.echo_inode(e.ino);
-            }
-            (Request::Symlink(r), Response::Reply(Reply::Entry(e))) => {
-                self.echo_name(r.parent, r.name, NameOp::Created);
-                self.echo_inode(e.ino);
-            }
-            (Request::Link(r), Response::Reply(Reply::Entry(e))) => {
-                self.echo_name(r.newparent, r.newname, NameOp::Created);
-                self.echo_inode(e.ino);
-            }
-            (Request::Unlink(r), _) => self.echo_name(r.parent, r.name, NameOp::Removed),
-            (Request::Rmdir(r), _) => self.echo_name(r.parent, r.name, NameOp::Removed),
-            (Request::Rename(r), _) => {
-                self.echo_name(r.parent, r.name, NameOp::RenamedFrom);
-                // Seen as a creation when the other half of the rename is not.
-                self.echo_name(r.newparent, r.newname, NameOp::Created);
-                self.echo_child(r.newparent, r.newname);
-                // An exchange moves the target away as well.
-                if r.flags & libc::RENAME_EXCHANGE != 0 {
-                    self.echo_name(r.newparent, r.newname, NameOp::RenamedFrom);
-                    self.echo_name(r.parent, r.name, NameOp::Created);
-                    self.echo_child(r.parent, r.name);
-                }
-            }
-            (Request::Setattr(r), _) => self.echo_inode(r.ino),
-            (Request::Write(r), _) => self.echo_inode(r.ino),
-            // Closing a handle that could write raises the host's IN_CLOSE_WRITE; closing a
-            // read-only one changes nothing, and recording the file's state then would take a
-            // host write made while the guest was reading for the guest's own.
-            (Request::Release(r), _) if r.flags & libc::O_ACCMODE != libc::O_RDONLY => {
-                self.echo_inode(r.ino)
-            }
-            (Request::Fallocate(r), _) => self.echo_inode(r.ino),
-            (Request::Setxattr(r), _) => self.echo_inode(r.ino),
-            (Request::Removexattr(r), _) => self.echo_inode(r.ino),
-            (Request::CopyFileRange(r), _) => self.echo_inode(r.ino_out),
-            (Request::Open(r), _) if r.flags & libc::O_TRUNC != 0 => self.echo_inode(r.ino),
-            _ => {}
-        }
     }
 
     fn perform(&self, ctx: &Ctx, req: &Request<'_>, payload: &[u8]) -> Response {
@@ -203,28 +142,5 @@ impl ExportSession {
             Request::Watch(_) => Response::Error(Errno::EINVAL),
             Request::Replay(r) => empty(self.replay(r.tid, r.link, r.change.as_ref())),
         }
-    }
-}
-
-/// Requests that can change the host tree (and so cause host events).
-fn is_mutation(req: &Request<'_>) -> bool {
-    match req {
-        Request::Setattr(_)
-        | Request::Symlink(_)
-        | Request::Mknod(_)
-        | Request::Mkdir(_)
-        | Request::Unlink(_)
-        | Request::Rmdir(_)
-        | Request::Rename(_)
-        | Request::Link(_)
-        | Request::Create(_)
-        | Request::Write(_)
-        | Request::Release(_)
-        | Request::Setxattr(_)
-        | Request::Removexattr(_)
-        | Request::Fallocate(_)
-        | Request::CopyFileRange(_) => true,
-        Request::Open(r) => r.flags & libc::O_TRUNC != 0,
-        _ => false,
     }
 }

@@ -51,8 +51,8 @@ use ferry_protocol::Errno;
 
 use super::sys;
 
-/// The node id of the export root.
-pub const ROOT_ID: u64 = 1;
+/// The node id of the export root (FUSE's, which the protocol shares).
+pub use ferry_protocol::ROOT_ID;
 
 /// How many `O_PATH` descriptors of nodes a session keeps open when none is given.
 pub const DEFAULT_NODE_FDS: usize = 4096;

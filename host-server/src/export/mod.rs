@@ -47,14 +47,17 @@
 mod attr;
 mod creds;
 mod dispatch;
+mod echo;
 mod handle;
 mod inode;
+mod listing;
 mod locks;
 mod ops;
 mod owners;
 mod replay;
 pub(crate) mod sys;
 mod watch;
+mod xattr;
 
 #[cfg(test)]
 mod ids_tests;
@@ -78,9 +81,10 @@ use crate::ids::IdPolicy;
 
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 pub use locks::LockWait;
-pub use ops::{SetAttrs, XattrReply};
-pub use replay::{Made, Replayer, Replaying, Side};
+pub use ops::SetAttrs;
+pub use replay::{ReplayThread, Replaying};
 pub use watch::Sink;
+pub use xattr::XattrReply;
 
 pub use owners::{OWNER_XATTR, RESERVED_XATTR_PREFIX};
 use watch::Events;
@@ -460,53 +464,6 @@ impl ExportSession {
     /// A lookup taken for the guest on behalf of a change event.
     fn lookup_for_change(&self, parent: u64, name: &[u8]) -> Result<ferry_protocol::Entry, Errno> {
         self.lookup(&ferry_protocol::Ctx::default(), parent, name)
-    }
-
-    /// Records the state of node `ino` after this session changed it, so that the host event
-    /// it causes is not sent back to this session.
-    fn echo_inode(&self, ino: u64) {
-        if !self.export.events.active() {
-            return;
-        }
-        if let Ok(node) = self.inodes.get(ino) {
-            if let Ok(st) = sys::fstat(node.fd()) {
-                let fp = watch::Fingerprint::of_stat(&st);
-                self.export
-                    .events
-                    .note_inode(self.echo_sid(), (node.dev, node.ino), fp);
-            }
-        }
-    }
-
-    /// Records that this session did `op` to `name` in directory `parent`.
-    fn echo_name(&self, parent: u64, name: &[u8], op: watch::NameOp) {
-        if !self.export.events.active() {
-            return;
-        }
-        if let Ok(node) = self.inodes.peek(parent) {
-            self.export
-                .events
-                .note_name(self.echo_sid(), (node.dev, node.ino), name, op);
-        }
-    }
-
-    /// Records the state of `name` in `parent` after this session changed it.
-    fn echo_child(&self, parent: u64, name: &[u8]) {
-        if !self.export.events.active() {
-            return;
-        }
-        let Ok(dir) = self.inodes.get(parent) else {
-            return;
-        };
-        let Ok(cname) = sys::cstring(name) else {
-            return;
-        };
-        if let Ok(st) = sys::fstatat_nofollow(dir.fd(), &cname) {
-            let fp = watch::Fingerprint::of_stat(&st);
-            self.export
-                .events
-                .note_inode(self.echo_sid(), (st.st_dev, st.st_ino), fp);
-        }
     }
 
     /// Fails with EROFS on a read-only export.

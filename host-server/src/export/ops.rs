@@ -2,14 +2,15 @@
 //!
 //! Each method validates its input, checks read-only exports before touching anything, then
 //! performs the operation with `*at` calls relative to node fds (or through `/proc/self/fd`).
+//! A method that can change the host tree takes a mutation guard first and records through it
+//! what it changed, for the export's watcher (see `echo.rs`).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use ferry_protocol::{
-    Attr, CopyFileRange, Created, Ctx, DirEntry, DirEntryPlus, Entry, Errno, Lock, MAX_DATA,
-    Opened, SetTime, Statfs,
+    Attr, CopyFileRange, Created, Ctx, Entry, Errno, Lock, MAX_DATA, Opened, SetTime, Statfs,
 };
 
 use super::ExportSession;
@@ -17,7 +18,6 @@ use super::attr::{decode_rdev, utime};
 use super::handle::{Handle, HandleKind};
 use super::inode::Node;
 use super::locks::{self, LockWait};
-use super::owners;
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
 
@@ -41,18 +41,6 @@ pub struct SetAttrs {
     /// the server (see [`ExportSession::kill_suidgid`]).
     pub kill_suidgid: bool,
 }
-
-/// Result of `getxattr`/`listxattr`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum XattrReply {
-    /// The size the value or list needs (the request asked with `size == 0`).
-    Size(u32),
-    /// The value, or the NUL-separated name list.
-    Data(Vec<u8>),
-}
-
-/// Largest xattr value and name list Linux supports (XATTR_SIZE_MAX, XATTR_LIST_MAX).
-const XATTR_MAX: usize = 65536;
 
 /// Most bytes one `copy_file_range` request copies; the reply counts in a u32 and a shorter
 /// copy is a valid answer the guest continues from.
@@ -79,7 +67,7 @@ fn opens_for_writing(flags: libc::c_int) -> bool {
 ///
 /// `.` and `..` are refused with EINVAL rather than ENOENT: the guest kernel resolves them
 /// itself and never sends them, so such a request is malformed or an attempt to climb out.
-fn component(name: &[u8]) -> Result<CString, Errno> {
+pub(super) fn component(name: &[u8]) -> Result<CString, Errno> {
     if name.is_empty() {
         return Err(Errno::EINVAL);
     }
@@ -88,16 +76,6 @@ fn component(name: &[u8]) -> Result<CString, Errno> {
         return Err(Errno::EINVAL);
     }
     sys::cstring(name)
-}
-
-/// FUSE's size of one `fuse_dirent` carrying `namelen` bytes of name.
-fn dirent_cost(namelen: usize) -> usize {
-    (24 + namelen).div_ceil(8) * 8
-}
-
-/// FUSE's size of one `fuse_direntplus` (a `fuse_entry_out` of 128 bytes plus the dirent).
-fn direntplus_cost(namelen: usize) -> usize {
-    128 + dirent_cost(namelen)
 }
 
 /// `struct flock` for an OFD lock request.
@@ -154,7 +132,7 @@ impl ExportSession {
     }
 
     /// The node `id`, which must be a directory (ENOTDIR otherwise).
-    fn dir_node(&self, id: u64) -> Result<Node, Errno> {
+    pub(super) fn dir_node(&self, id: u64) -> Result<Node, Errno> {
         let node = self.inodes.get(id)?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -178,7 +156,7 @@ impl ExportSession {
 
     /// [`Self::lookup_at`], where `hint` is the `(dev, ino)` a directory listing gave for the
     /// name (a mount point's is that of the directory under it, so it is only a hint).
-    fn lookup_hinted(
+    pub(super) fn lookup_hinted(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
@@ -269,6 +247,7 @@ impl ExportSession {
         fh: Option<u64>,
         attrs: &SetAttrs,
     ) -> Result<Attr, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
@@ -307,7 +286,9 @@ impl ExportSession {
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
         let st = sys::fstat(node.fd())?;
-        Ok(self.attr(ino, node.fd(), &st))
+        let attr = self.attr(ino, node.fd(), &st);
+        m.changed(ino);
+        Ok(attr)
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -328,6 +309,7 @@ impl ExportSession {
         name: &[u8],
         target: &[u8],
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         if target.is_empty() {
@@ -337,7 +319,9 @@ impl ExportSession {
         let dir = self.dir_node(parent)?;
         let who = self.create_as(ctx)?;
         self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
-        self.lookup_created(ctx, &dir, &name, None)
+        let e = self.lookup_created(ctx, &dir, &name, None)?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Creates a regular file, FIFO, socket or (on an export with `devices=on`) a device
@@ -353,6 +337,7 @@ impl ExportSession {
         rdev: u32,
         umask: u32,
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let (kind, host_rdev) = match mode & libc::S_IFMT {
@@ -379,7 +364,9 @@ impl ExportSession {
         self.as_creator(&who, || {
             sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
         })?;
-        self.lookup_created(ctx, &dir, &name, Some(perm))
+        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Creates a directory with `mode & !umask`.
@@ -391,6 +378,7 @@ impl ExportSession {
         mode: u32,
         umask: u32,
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let perm = mode & !umask & 0o7777;
@@ -398,24 +386,31 @@ impl ExportSession {
         let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
         self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
-        self.lookup_created(ctx, &dir, &name, Some(perm))
+        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        m.created(parent, name.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
     /// until the guest forgets them.
     pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.check_writable()?;
-        let name = component(name)?;
-        let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &name, 0)
+        self.remove(parent, name, 0)
     }
 
     /// Removes the empty directory `name` from `parent`.
     pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(parent, name, libc::AT_REMOVEDIR)
+    }
+
+    /// `unlinkat(2)` of `name` in `parent` with `flags`.
+    fn remove(&self, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
-        let name = component(name)?;
+        let cname = component(name)?;
         let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &name, libc::AT_REMOVEDIR)
+        sys::unlinkat(dir.fd(), &cname, flags)?;
+        m.removed(parent, name);
+        Ok(())
     }
 
     /// Renames `parent/name` to `newparent/newname`; `flags` may hold RENAME_NOREPLACE (1) and
@@ -429,15 +424,18 @@ impl ExportSession {
         newname: &[u8],
         flags: u32,
     ) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let name = component(name)?;
-        let newname = component(newname)?;
+        let cname = component(name)?;
+        let cnewname = component(newname)?;
         let dir = self.dir_node(parent)?;
         let newdir = self.dir_node(newparent)?;
-        sys::renameat2(dir.fd(), &name, newdir.fd(), &newname, flags)
+        sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)?;
+        m.renamed(parent, name, newparent, newname, flags);
+        Ok(())
     }
 
     /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
@@ -448,6 +446,7 @@ impl ExportSession {
         newparent: u64,
         newname: &[u8],
     ) -> Result<Entry, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let newname = component(newname)?;
         let node = self.inodes.get(ino)?;
@@ -456,11 +455,15 @@ impl ExportSession {
         }
         let newdir = self.dir_node(newparent)?;
         sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
-        self.lookup_at(newdir.fd(), &newname)
+        let e = self.lookup_at(newdir.fd(), &newname)?;
+        m.created(newparent, newname.to_bytes(), e.ino);
+        Ok(e)
     }
 
     /// Opens the file `ino` by re-opening its node fd through `/proc/self/fd`.
     pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
+        // Only a truncating open changes the file.
+        let m = (flags & libc::O_TRUNC != 0).then(|| self.mutation());
         if self.export.read_only && opens_for_writing(flags) {
             return Err(Errno::EROFS);
         }
@@ -486,6 +489,9 @@ impl ExportSession {
         let fh = self
             .handles
             .insert(Handle::new(fd, HandleKind::File).pinning(node.pin()));
+        if let Some(m) = m {
+            m.changed(ino);
+        }
         Ok(Opened { fh, open_flags: 0 })
     }
 
@@ -539,6 +545,7 @@ impl ExportSession {
         flags: i32,
         kill_suidgid: bool,
     ) -> Result<Created, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
@@ -566,6 +573,7 @@ impl ExportSession {
         let fh = self
             .handles
             .insert(Handle::new(data, HandleKind::File).pinning(node.pin()));
+        m.created(parent, name.to_bytes(), node.id);
         Ok(Created {
             entry: self.entry(&node, &st),
             opened: Opened { fh, open_flags: 0 },
@@ -632,13 +640,15 @@ impl ExportSession {
     }
 
     /// Writes all of `data` at `offset` (appends on a handle opened with O_APPEND).
-    pub fn write(&self, _ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         if data.len() > MAX_DATA {
             return Err(Errno::EINVAL);
         }
         let h = self.file_handle(fh)?;
         let n = sys::pwrite_all(h.file_fd()?, data, offset)?;
+        m.changed(ino);
         Ok(n as u32)
     }
 
@@ -648,8 +658,11 @@ impl ExportSession {
     /// the server and says when (the server itself writes with CAP_FSETID, so the host
     /// kernel would keep the bits; it does drop `security.capability` on every write).
     pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
-        self.kill_privs(&self.inodes.get(ino)?).map(drop)
+        self.kill_privs(&self.inodes.get(ino)?)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
@@ -680,189 +693,27 @@ impl ExportSession {
 
     /// Last close of a file handle: forgets it and closes its fd, which releases its flock
     /// locks, and drops the lock owners opened through it.
-    pub fn release(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
-        self.file_handle(fh)?;
+    pub fn release(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        let m = self.mutation();
+        // Closing a handle that could write raises the host's IN_CLOSE_WRITE; closing a
+        // read-only one changes nothing, and recording the file's state then would take a
+        // host write made while the guest was reading for the guest's own.
+        let h = self.file_handle(fh)?;
+        let could_write =
+            m.watched() && sys::access_mode(h.fd()).is_ok_and(|a| a != libc::O_RDONLY);
+        drop(h);
         self.locks.drop_handle(fh);
-        self.handles.remove(fh).map(drop)
+        self.handles.remove(fh)?;
+        if could_write {
+            m.changed(ino);
+        }
+        Ok(())
     }
 
     /// `fsync`/`fdatasync` of a file handle.
     pub fn fsync(&self, _ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.file_handle(fh)?;
         sys::fsync(h.file_fd()?, datasync)
-    }
-
-    /// Opens the directory `ino` for reading.
-    pub fn opendir(&self, _ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
-        let node = self.dir_node(ino)?;
-        let fd = sys::reopen(
-            self.proc_fd(),
-            node.fd(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )?;
-        let fh = self.handles.insert(
-            Handle::new(fd, HandleKind::Dir(std::sync::Mutex::default())).pinning(node.pin()),
-        );
-        Ok(Opened { fh, open_flags: 0 })
-    }
-
-    /// Walks the directory handle `fh` from cookie `offset`, calling `emit` for each entry
-    /// until it returns `false` (the reply is full) or the directory ends.
-    fn walk_dir(
-        &self,
-        fh: u64,
-        offset: u64,
-        buf_size: usize,
-        mut emit: impl FnMut(BorrowedFd<'_>, sys::RawDirent<'_>) -> Result<bool, Errno>,
-    ) -> Result<(), Errno> {
-        let h = self.handles.get(fh)?;
-        let (fd, mut cursor) = h.lock_dir()?;
-        let cur = &mut *cursor;
-        // Until this read knows where it stops, the next one must seek.
-        let continuing = cur.resume.take() == Some(offset);
-        if !continuing {
-            let at = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            sys::lseek(fd, at, libc::SEEK_SET)?;
-            (cur.pos, cur.len) = (0, 0);
-        }
-        if cur.buf.len() < buf_size {
-            cur.buf.resize(buf_size, 0);
-        }
-        // The cookie of the last entry handed out: where the guest's next read starts.
-        let mut last = offset;
-        loop {
-            if cur.pos >= cur.len {
-                let n = sys::getdents64(fd, &mut cur.buf)?;
-                (cur.pos, cur.len) = (0, n);
-                if n == 0 {
-                    cur.resume = Some(last);
-                    return Ok(());
-                }
-            }
-            let Some((reclen, d)) = sys::parse_dirent(&cur.buf[cur.pos..cur.len]) else {
-                // A malformed record: stop here (and seek next time).
-                return Ok(());
-            };
-            let off = d.off;
-            if !emit(fd, d)? {
-                cur.resume = Some(last);
-                return Ok(());
-            }
-            last = off;
-            cur.pos += reclen;
-        }
-    }
-
-    /// Entries after cookie `offset`, at most `size` bytes' worth in FUSE's encoding. The
-    /// inode numbers are the host's (readdir takes no lookups).
-    pub fn readdir(
-        &self,
-        _ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<DirEntry>, Errno> {
-        self.gather_dir(fh, offset, size, dirent_cost, |_, d| {
-            Ok(Some(DirEntry {
-                ino: d.ino,
-                offset: d.off,
-                kind: d.kind,
-                name: d.name.to_vec(),
-            }))
-        })
-    }
-
-    /// As [`Self::readdir`], with a lookup of each entry (which the guest must forget).
-    /// `.` and `..` are not looked up: their entries carry node id 0.
-    pub fn readdirplus(
-        &self,
-        _ctx: &Ctx,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<DirEntryPlus>, Errno> {
-        // The directory's device and each entry's inode number from getdents tell which
-        // entries the table may already hold (see `lookup_hinted`).
-        let dev = self.inodes.peek(ino).ok().map(|n| n.dev);
-        self.gather_dir(fh, offset, size, direntplus_cost, |dirfd, d| {
-            let entry = if d.name == b"." || d.name == b".." {
-                Entry::default()
-            } else {
-                let name = sys::cstring(d.name)?;
-                match self.lookup_hinted(dirfd, &name, dev.map(|dev| (dev, d.ino))) {
-                    Ok(entry) => entry,
-                    // Removed since getdents saw it: leave it out.
-                    Err(Errno::ENOENT) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            };
-            Ok(Some(DirEntryPlus {
-                entry,
-                offset: d.off,
-                kind: d.kind,
-                name: d.name.to_vec(),
-            }))
-        })
-    }
-
-    /// Walks the directory from `offset`, turning entries into `T` with `make` (`None` skips
-    /// one) until the next would exceed `size` bytes at `cost(name_len)` each.
-    fn gather_dir<T>(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        cost: fn(usize) -> usize,
-        mut make: impl FnMut(BorrowedFd<'_>, &sys::RawDirent<'_>) -> Result<Option<T>, Errno>,
-    ) -> Result<Vec<T>, Errno> {
-        let budget = (size as usize).min(MAX_DATA);
-        // Read about as many host entries as the reply can hold, not a fixed 32 KiB: every
-        // call seeks and reads afresh, and entries read past the budget are read again by the
-        // next call (a readdirplus reply of 4 KiB holds some 25 entries, 32 KiB of host
-        // entries some 1,000). A host entry takes about 32 bytes for an 8-byte name; a short
-        // read just loops.
-        let buf_size = (budget * 32 / cost(8)).clamp(1024, 32 * 1024);
-        let mut used = 0;
-        let mut out = Vec::new();
-        let res = self.walk_dir(fh, offset, buf_size, |dirfd, d| {
-            let c = cost(d.name.len());
-            if used + c > budget {
-                return Ok(false);
-            }
-            if let Some(item) = make(dirfd, &d)? {
-                used += c;
-                out.push(item);
-            }
-            Ok(true)
-        });
-        match res {
-            // Entries already gathered are returned (for readdirplus their lookups were taken,
-            // so they must reach the guest); the error recurs on the next call.
-            Err(e) if out.is_empty() => Err(e),
-            _ => Ok(out),
-        }
-    }
-
-    /// The handle `fh` as a directory handle.
-    fn dir_handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        let h = self.handles.get(fh)?;
-        match h.kind {
-            HandleKind::Dir(_) => Ok(h),
-            HandleKind::File => Err(Errno::EBADF),
-        }
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, _ino: u64, fh: u64) -> Result<(), Errno> {
-        self.dir_handle(fh)?;
-        self.handles.remove(fh).map(drop)
-    }
-
-    /// `fsync`/`fdatasync` of a directory handle.
-    pub fn fsyncdir(&self, _ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
-        let h = self.dir_handle(fh)?;
-        sys::fsync(h.fd(), datasync)
     }
 
     /// Statistics of the filesystem holding `ino`.
@@ -890,107 +741,21 @@ impl ExportSession {
         sys::access(self.proc_fd(), node.fd(), mask)
     }
 
-    /// The `/proc/self/fd/N` path of a node. Xattr calls on it reach the node's own inode,
-    /// and for a symlink node the symlink itself: following the magic link never continues
-    /// into the symlink's target.
-    fn xattr_path(&self, node: &Node) -> CString {
-        sys::proc_path(node.fd())
-    }
-
-    /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
-    /// The server's own `user.ferry.*` names read as absent.
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::ENODATA);
-        }
-        let name = xattr_name(name)?;
-        let path = self.xattr_path(&node);
-        if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
-        }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
-    }
-
-    /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
-    /// `user.ferry.*` names are left out.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
-        let node = self.inodes.get(ino)?;
-        let path = self.xattr_path(&node);
-        // The whole list is read even for a size query, so that the size excludes the hidden
-        // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
-        let want = sys::listxattr(&path, &mut [])?;
-        let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
-        let n = match sys::listxattr(&path, &mut buf) {
-            // Grown since the size query.
-            Err(Errno::ERANGE) => {
-                buf.resize(XATTR_MAX, 0);
-                sys::listxattr(&path, &mut buf)?
-            }
-            r => r?,
-        };
-        let list = owners::filter_xattr_list(&buf[..n]);
-        if size == 0 {
-            return Ok(XattrReply::Size(list.len() as u32));
-        }
-        if list.len() > size as usize {
-            return Err(Errno::ERANGE);
-        }
-        Ok(XattrReply::Data(list))
-    }
-
-    /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE). The server's own
-    /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
-    pub fn setxattr(
-        &self,
-        _ctx: &Ctx,
-        ino: u64,
-        name: &[u8],
-        value: &[u8],
-        flags: i32,
-    ) -> Result<(), Errno> {
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
-        if value.len() > XATTR_MAX {
-            return Err(Errno::E2BIG);
-        }
-        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)
-    }
-
-    /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
-    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
-        self.check_writable()?;
-        let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
-            return Err(Errno::EPERM);
-        }
-        let name = xattr_name(name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)
-    }
-
     /// `fallocate(2)` on a file handle.
     pub fn fallocate(
         &self,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
     ) -> Result<(), Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let h = self.file_handle(fh)?;
-        sys::fallocate(h.file_fd()?, mode, offset, length)
+        sys::fallocate(h.file_fd()?, mode, offset, length)?;
+        m.changed(ino);
+        Ok(())
     }
 
     /// `lseek(2)` on a file handle (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE).
@@ -1008,6 +773,7 @@ impl ExportSession {
     /// Server-side copy between two file handles at explicit offsets; may copy less than
     /// asked (at most 1 GiB per request).
     pub fn copy_file_range(&self, req: &CopyFileRange) -> Result<u32, Errno> {
+        let m = self.mutation();
         self.check_writable()?;
         let h_in = self.file_handle(req.fh_in)?;
         let h_out = self.file_handle(req.fh_out)?;
@@ -1020,6 +786,7 @@ impl ExportSession {
             len,
             req.flags,
         )?;
+        m.changed(req.ino_out);
         Ok(n as u32)
     }
 
@@ -1124,17 +891,6 @@ impl ExportSession {
         let h = self.file_handle(fh)?;
         locks::start_flock(h, kind, &self.closed)
     }
-}
-
-/// Checks an xattr name: non-empty, no NUL, at most 255 bytes (XATTR_NAME_MAX).
-fn xattr_name(name: &[u8]) -> Result<CString, Errno> {
-    if name.is_empty() {
-        return Err(Errno::EINVAL);
-    }
-    if name.len() > 255 {
-        return Err(Errno::ERANGE);
-    }
-    sys::cstring(name)
 }
 
 #[cfg(test)]

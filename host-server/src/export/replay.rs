@@ -1,4 +1,4 @@
-//! Replayers: guest threads that replay this export's host changes on a mount that another
+//! Replay threads: guest threads that replay this export's host changes on a mount that another
 //! front door serves.
 //!
 //! A virtio-fs mount has no notification path, so the guest agent runs with `--events-only`:
@@ -9,8 +9,9 @@
 //! brackets each replayed change with [`Request::Replay`](ferry_protocol::Request::Replay):
 //! `ExportSession::replay` records here, per export, which guest thread id replays which
 //! change, and a front door that sees a request from that thread (the FUSE header's pid) asks
-//! [`ExportSession::replayer`] and [`ExportSession::replay_side`] what the request means
-//! instead of performing it.
+//! [`ExportSession::replayer`], [`ExportSession::replay_side`] and
+//! [`ExportSession::replay_host`] what the request means, and answers it as the rule of
+//! [`ferry_protocol::replay`] says instead of performing it.
 //!
 //! Thread ids are only unique within one guest, so a front door's session must first learn
 //! which replaying session is its guest's: the agent registers a random link number with its
@@ -18,21 +19,23 @@
 //! the front door's session to the agent's ([`ExportSession::link_replayer`]). Only threads of
 //! the linked session count. The link also stops echoes: the guest changes the export through
 //! that front door too, and those changes must not come back to it as events, so the linked
-//! session records what it changes ([`ExportSession::made`]) under the agent session's echo
-//! records, which the watcher drops for that session.
+//! session's typed methods record what they change (see `echo.rs`) under the agent session's
+//! echo records ([`ExportSession::echo_sid`]), which the watcher drops for that session.
 //!
 //! A change is kept as the host identities (device, inode) of the directories holding its
-//! names, not as node ids: the agent's session and the virtio-fs session number nodes
-//! independently, and the identities are what both can compare.
+//! names, and of the object it is about, not as node ids: the agent's session and the
+//! virtio-fs session number nodes independently, and the identities are what both can
+//! compare.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ferry_protocol::replay::{Host, Side};
 use ferry_protocol::{Change, ChangeKind, Errno};
 
-use super::watch::NameOp;
+use super::ops::component;
 use super::{ExportSession, sys};
 
 /// A host object's identity: device and inode number.
@@ -50,32 +53,27 @@ pub struct Replaying {
     from: Option<(Key, Vec<u8>)>,
     /// For a rename, the directory holding `to` and the last component.
     to: Option<(Key, Vec<u8>)>,
-}
-
-/// Which name of the change being replayed a request names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The change's `path`: created, removed, changed, or a rename's source.
-    From,
-    /// A rename's target.
-    To,
+    /// The object the change is about, as the host held it when the change was registered:
+    /// at the created name for a creation, at the target for a rename, at the name for
+    /// anything else (`None`: nothing there).
+    object: Option<Key>,
 }
 
 /// What a guest thread is, as far as replays go.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Replayer {
+pub enum ReplayThread {
     /// A registered replay thread between two changes: nothing it asks may change the host.
     Idle,
     /// A replay thread replaying this change.
     Replaying(Arc<Replaying>),
 }
 
-impl Replayer {
+impl ReplayThread {
     /// The change being replayed, if any.
     pub fn change(&self) -> Option<&Replaying> {
         match self {
-            Replayer::Idle => None,
-            Replayer::Replaying(r) => Some(r),
+            ReplayThread::Idle => None,
+            ReplayThread::Replaying(r) => Some(r),
         }
     }
 }
@@ -85,7 +83,7 @@ impl Replayer {
 #[derive(Debug, Default)]
 pub(crate) struct Replayers {
     /// (registering session, guest thread id) → state.
-    threads: Mutex<HashMap<(u64, u32), Replayer>>,
+    threads: Mutex<HashMap<(u64, u32), ReplayThread>>,
     /// Link number (see [`Request::Replay`](ferry_protocol::Request::Replay)) → registering
     /// session.
     nonces: Mutex<HashMap<u64, u64>>,
@@ -96,7 +94,7 @@ pub(crate) struct Replayers {
 }
 
 impl Replayers {
-    fn set(&self, sid: u64, tid: u32, link: u64, state: Replayer) {
+    fn set(&self, sid: u64, tid: u32, link: u64, state: ReplayThread) {
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         map.insert((sid, tid), state);
         self.count.store(map.len(), Ordering::Release);
@@ -106,7 +104,7 @@ impl Replayers {
     }
 
     /// The state of thread `pid` of the guest whose replaying session `sid` is linked to.
-    fn get(&self, sid: u64, pid: u32) -> Option<Replayer> {
+    fn get(&self, sid: u64, pid: u32) -> Option<ReplayThread> {
         if pid == 0 || self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -166,46 +164,6 @@ impl Replayers {
     }
 }
 
-/// What a front door that calls the typed methods itself (virtio-fs) changed, for
-/// [`ExportSession::made`]. Node ids are the session's.
-#[derive(Clone, Copy, Debug)]
-pub enum Made<'a> {
-    /// `name` in `parent` was created as (or hard-linked to) node `ino`.
-    Created {
-        /// The directory.
-        parent: u64,
-        /// The new name.
-        name: &'a [u8],
-        /// The node it names.
-        ino: u64,
-    },
-    /// `name` was removed from `parent`.
-    Removed {
-        /// The directory.
-        parent: u64,
-        /// The name.
-        name: &'a [u8],
-    },
-    /// `name` in `parent` was renamed to `newname` in `newparent` (`RENAME_*` flags).
-    Renamed {
-        /// The source directory.
-        parent: u64,
-        /// The source name.
-        name: &'a [u8],
-        /// The target directory.
-        newparent: u64,
-        /// The target name.
-        newname: &'a [u8],
-        /// `RENAME_*` flags.
-        flags: u32,
-    },
-    /// The data or attributes of node `ino` changed.
-    Changed {
-        /// The node.
-        ino: u64,
-    },
-}
-
 /// Splits a change path into its parent path and last component.
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -226,26 +184,30 @@ impl ExportSession {
             return Err(Errno::EINVAL);
         }
         let state = match change {
-            None => Replayer::Idle,
+            None => ReplayThread::Idle,
             Some(c) => {
+                // The name's directory and last component, and the object under it.
                 let name = |path: &[u8], parent: u64| {
                     let (dir, last) = split(path);
                     if last.is_empty() {
-                        return None;
+                        return (None, None);
                     }
-                    let key = self.dir_key(parent, dir)?;
-                    Some((key, last.to_vec()))
+                    match self.locate(parent, dir, last) {
+                        Some((key, object)) => (Some((key, last.to_vec())), object),
+                        None => (None, None),
+                    }
                 };
-                let to = if c.kind == ChangeKind::Renamed {
-                    name(&c.to, c.to_parent)
-                } else {
-                    None
-                };
-                Replayer::Replaying(Arc::new(Replaying {
+                let (from, mut object) = name(&c.path, c.parent);
+                let mut to = None;
+                if c.kind == ChangeKind::Renamed {
+                    (to, object) = name(&c.to, c.to_parent);
+                }
+                ReplayThread::Replaying(Arc::new(Replaying {
                     kind: c.kind,
                     file_type: c.file_type,
-                    from: name(&c.path, c.parent),
+                    from,
                     to,
+                    object,
                 }))
             }
         };
@@ -261,7 +223,7 @@ impl ExportSession {
     /// What the guest thread `pid` (a FUSE request header's pid) of the guest this session
     /// serves is doing, if it is a registered replay thread: only the replaying session this
     /// session is linked to counts, so thread ids of other guests never match.
-    pub fn replayer(&self, pid: u32) -> Option<Replayer> {
+    pub fn replayer(&self, pid: u32) -> Option<ReplayThread> {
         self.export.replayers.get(self.sid, pid)
     }
 
@@ -288,55 +250,20 @@ impl ExportSession {
         self.export.replayers.linked(self.sid).unwrap_or(self.sid)
     }
 
-    /// Marks a mutation through the typed methods in flight, as `dispatch` does for protocol
-    /// requests: host events wait until the returned guard is dropped, so that what
-    /// [`ExportSession::made`] records before that is in place when they are looked at.
-    pub fn mutating(&self) -> impl Drop + '_ {
-        self.export.events.mutation()
-    }
-
-    /// Records what a mutation through the typed methods did, as `dispatch` does for protocol
-    /// requests, so that the host events it causes are not sent back to the guest that made
-    /// it. Call it before the [`ExportSession::mutating`] guard is dropped.
-    pub fn made(&self, m: Made<'_>) {
-        match m {
-            Made::Created { parent, name, ino } => {
-                self.echo_name(parent, name, NameOp::Created);
-                self.echo_inode(ino);
-            }
-            Made::Removed { parent, name } => self.echo_name(parent, name, NameOp::Removed),
-            Made::Renamed {
-                parent,
-                name,
-                newparent,
-                newname,
-                flags,
-            } => {
-                self.echo_name(parent, name, NameOp::RenamedFrom);
-                self.echo_name(newparent, newname, NameOp::Created);
-                self.echo_child(newparent, newname);
-                if flags & libc::RENAME_EXCHANGE != 0 {
-                    self.echo_name(newparent, newname, NameOp::RenamedFrom);
-                    self.echo_name(parent, name, NameOp::Created);
-                    self.echo_child(parent, name);
-                }
-            }
-            Made::Changed { ino } => self.echo_inode(ino),
-        }
-    }
-
     /// Whether this session replays changes on a mount another front door serves: it then
     /// gets every change of the export by path, whatever nodes it holds (see `watch.rs`).
     pub(crate) fn replays(&self) -> bool {
         self.export.replayers.registered(self.sid)
     }
 
-    /// The identity of the directory holding a change's name: this session's node `node` when
-    /// it holds it, else the directory at `dir` (relative to the root, no symlinks followed).
-    fn dir_key(&self, node: u64, dir: &[u8]) -> Option<Key> {
+    /// The identities of the directory holding a change's name and of the object `last` in
+    /// it (`None`: nothing there, or the host could not say). The directory is this
+    /// session's node `node` when it holds it, else the one at `dir` (relative to the root,
+    /// no symlinks followed).
+    fn locate(&self, node: u64, dir: &[u8], last: &[u8]) -> Option<(Key, Option<Key>)> {
         if node != 0 {
             if let Ok(n) = self.inodes.get(node) {
-                return Some((n.dev, n.ino));
+                return Some(((n.dev, n.ino), object_at(n.fd(), last).ok().flatten()));
             }
         }
         let mut fd: OwnedFd = self.export.root.try_clone().ok()?;
@@ -348,36 +275,52 @@ impl ExportSession {
             fd = sys::open_beneath(fd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
         }
         let st = sys::fstat(fd.as_fd()).ok()?;
-        Some((st.st_dev, st.st_ino))
+        let object = object_at(fd.as_fd(), last).ok().flatten();
+        Some(((st.st_dev, st.st_ino), object))
     }
 
-    /// Which name of the change `r` the name `name` in this session's directory `parent` is,
-    /// if any.
-    pub fn replay_side(&self, r: &Replaying, parent: u64, name: &[u8]) -> Option<Side> {
-        let node = self.inodes.get(parent).ok()?;
+    /// Which name of the change `r` the name `name` in this session's directory `parent` is.
+    pub fn replay_side(&self, r: &Replaying, parent: u64, name: &[u8]) -> Side {
+        let Ok(node) = self.inodes.get(parent) else {
+            return Side::Neither;
+        };
         let key = (node.dev, node.ino);
         let is = |side: &Option<(Key, Vec<u8>)>| {
             side.as_ref()
                 .is_some_and(|(k, n)| *k == key && n.as_slice() == name)
         };
         if is(&r.from) {
-            Some(Side::From)
+            Side::From
         } else if is(&r.to) {
-            Some(Side::To)
+            Side::To
         } else {
-            None
+            Side::Neither
         }
     }
 
-    /// Whether `name` exists in this session's directory `parent` (a read: no lookup taken).
-    pub fn has_name(&self, parent: u64, name: &[u8]) -> Result<bool, Errno> {
-        let dir = self.inodes.get(parent)?;
-        let name = sys::cstring(name)?;
-        match sys::fstatat_nofollow(dir.fd(), &name) {
-            Ok(_) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(e),
+    /// What the host holds under `name` in this session's directory `parent` now, compared
+    /// with the object of the change `r` (`None`: between changes, when nothing is the
+    /// change's). A read: no lookup is taken.
+    pub fn replay_host(&self, r: Option<&Replaying>, parent: u64, name: &[u8]) -> Host {
+        let Ok(dir) = self.inodes.get(parent) else {
+            return Host::Unknown;
+        };
+        match object_at(dir.fd(), name) {
+            Ok(None) => Host::Absent,
+            Ok(Some(key)) if r.is_some_and(|r| r.object == Some(key)) => Host::Same,
+            Ok(Some(_)) => Host::Other,
+            Err(_) => Host::Unknown,
         }
+    }
+}
+
+/// The identity of the object `name` (one component) in directory `dir`; `None` when there
+/// is none.
+fn object_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<Key>, Errno> {
+    match sys::fstatat_nofollow(dir, &component(name)?) {
+        Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -441,7 +384,7 @@ mod tests {
         assert!(!vfs.link_replayer(b"0123456789abcdef"));
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         assert_eq!(agent.replay(42, LINK, Some(&renamed)), Ok(()), "linked now");
-        let Some(Replayer::Replaying(r)) = vfs.replayer(42) else {
+        let Some(ReplayThread::Replaying(r)) = vfs.replayer(42) else {
             panic!("42 is replaying");
         };
         assert_eq!(vfs.replayer(43), None, "another thread");
@@ -452,21 +395,29 @@ mod tests {
         assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
         assert_eq!(other_agent.replay(42, 7, None), Err(Errno::ENXIO));
         assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
-        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
-        assert!(matches!(vfs.replayer(42), Some(Replayer::Replaying(_))));
+        assert_eq!(other_vfs.replayer(42), Some(ReplayThread::Idle));
+        assert!(matches!(vfs.replayer(42), Some(ReplayThread::Replaying(_))));
         // The other session's node ids.
         let d = vfs.lookup(&Ctx::default(), ROOT_ID, b"d").unwrap().ino;
         let e = vfs.lookup(&Ctx::default(), d, b"e").unwrap().ino;
-        assert_eq!(vfs.replay_side(&r, e, b"old"), Some(Side::From));
-        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"new"), Some(Side::To));
-        assert_eq!(vfs.replay_side(&r, d, b"old"), None, "same name, other dir");
-        assert_eq!(vfs.replay_side(&r, e, b"new"), None);
-        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"old"), None);
-        assert!(vfs.has_name(e, b"new").unwrap());
-        assert!(!vfs.has_name(e, b"old").unwrap());
+        assert_eq!(vfs.replay_side(&r, e, b"old"), Side::From);
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"new"), Side::To);
+        assert_eq!(
+            vfs.replay_side(&r, d, b"old"),
+            Side::Neither,
+            "same name, other dir"
+        );
+        assert_eq!(vfs.replay_side(&r, e, b"new"), Side::Neither);
+        assert_eq!(vfs.replay_side(&r, ROOT_ID, b"old"), Side::Neither);
+        // What the host holds there: the rename's target is not on the host (`new` is in
+        // d/e, not at the root), so the change has no object.
+        assert_eq!(vfs.replay_host(Some(&r), e, b"new"), Host::Other);
+        assert_eq!(vfs.replay_host(Some(&r), e, b"old"), Host::Absent);
+        assert_eq!(vfs.replay_host(Some(&r), ROOT_ID, b"new"), Host::Absent);
+        assert_eq!(vfs.replay_host(Some(&r), 999, b"new"), Host::Unknown);
 
         agent.replay(42, LINK, None).unwrap();
-        assert_eq!(vfs.replayer(42), Some(Replayer::Idle));
+        assert_eq!(vfs.replayer(42), Some(ReplayThread::Idle));
         assert_eq!(agent.replay(0, LINK, None), Err(Errno::EINVAL));
         assert_eq!(agent.replay(-5, LINK, None), Err(Errno::EINVAL));
         drop(agent);
@@ -475,7 +426,7 @@ mod tests {
             !vfs.link_replayer(link_name(LINK).as_bytes()),
             "and so do links"
         );
-        assert_eq!(other_vfs.replayer(42), Some(Replayer::Idle));
+        assert_eq!(other_vfs.replayer(42), Some(ReplayThread::Idle));
     }
 
     /// A replaying session holds no nodes below the root, yet hears of changes anywhere in
@@ -566,10 +517,7 @@ mod tests {
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let r = vfs.replayer(7).unwrap();
         let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
-        assert_eq!(
-            vfs.replay_side(r.change().unwrap(), b, b"f"),
-            Some(Side::From)
-        );
+        assert_eq!(vfs.replay_side(r.change().unwrap(), b, b"f"), Side::From);
         // Without a node, by path; a path that is not there (or leaves the export) names
         // nothing.
         for (path, found) in [("b/f", true), ("gone/f", false), ("../f", false)] {
@@ -578,7 +526,7 @@ mod tests {
                 .unwrap();
             let r = vfs.replayer(7).unwrap();
             assert_eq!(
-                vfs.replay_side(r.change().unwrap(), b, b"f").is_some(),
+                vfs.replay_side(r.change().unwrap(), b, b"f") != Side::Neither,
                 found,
                 "{path}"
             );
@@ -588,6 +536,47 @@ mod tests {
             .replay(7, LINK, Some(&change(ChangeKind::Attrib, "", "")))
             .unwrap();
         let r = vfs.replayer(7).unwrap();
-        assert_eq!(vfs.replay_side(r.change().unwrap(), ROOT_ID, b""), None);
+        assert_eq!(
+            vfs.replay_side(r.change().unwrap(), ROOT_ID, b""),
+            Side::Neither
+        );
+    }
+
+    /// The change's object is the one found at its name when the change is registered (for a
+    /// rename: at the target), and is told apart from whatever takes the name later.
+    #[test]
+    fn the_change_s_object_is_told_from_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("new"), b"").unwrap();
+        std::fs::write(p.join("moved"), b"").unwrap();
+        let ex = export(p);
+        let agent = ExportSession::new(ex.clone());
+        let vfs = ExportSession::new(ex.clone());
+        assert_eq!(agent.replay(5, LINK, None), Err(Errno::ENXIO));
+        assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
+        let host = |c: &Change, name: &[u8]| {
+            agent.replay(5, LINK, Some(c)).unwrap();
+            let t = vfs.replayer(5).unwrap();
+            vfs.replay_host(t.change(), ROOT_ID, name)
+        };
+        let created = change(ChangeKind::Created, "new", "");
+        assert_eq!(host(&created, b"new"), Host::Same);
+        assert_eq!(host(&created, b"moved"), Host::Other);
+        let renamed = change(ChangeKind::Renamed, "old", "moved");
+        assert_eq!(host(&renamed, b"moved"), Host::Same);
+        assert_eq!(host(&renamed, b"old"), Host::Absent);
+        assert_eq!(
+            host(&change(ChangeKind::Removed, "gone", ""), b"gone"),
+            Host::Absent
+        );
+        // Replaced on the host after the registration: another object.
+        agent.replay(5, LINK, Some(&created)).unwrap();
+        let t = vfs.replayer(5).unwrap();
+        std::fs::write(p.join("newer"), b"").unwrap();
+        std::fs::rename(p.join("newer"), p.join("new")).unwrap();
+        assert_eq!(vfs.replay_host(t.change(), ROOT_ID, b"new"), Host::Other);
+        // Between changes nothing is the change's.
+        assert_eq!(vfs.replay_host(None, ROOT_ID, b"moved"), Host::Other);
     }
 }

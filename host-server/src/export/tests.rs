@@ -1554,3 +1554,76 @@ fn operations_on_evicted_nodes_reopen_them_and_the_cache_stays_within_its_cap() 
     assert_eq!(s.getattr(files[1], None).unwrap().nlink, 0);
     s.release(files[1], o.fh).unwrap();
 }
+
+/// The typed methods record their own echoes, whichever front door calls them: a session's
+/// own changes made through them directly (no `dispatch`) do not come back to it as host
+/// changes, while the host's do, even a write made while the session had the file open for
+/// reading only (closing a read-only handle records nothing).
+#[test]
+fn typed_mutations_record_their_own_echoes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("read"), b"r").unwrap();
+    let s = Arc::new(ExportSession::new(export(p, false)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    s.watch(Arc::new(move |c| {
+        let _ = tx.lock().unwrap().send(c);
+    }))
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    let (f, fh) = create_file(&s, ROOT_ID, "f", b"data");
+    s.setattr(
+        &CTX,
+        f.ino,
+        Some(fh),
+        &SetAttrs {
+            mode: Some(0o600),
+            ..SetAttrs::default()
+        },
+    )
+    .unwrap();
+    s.setxattr(&CTX, f.ino, b"user.k", b"v", 0).unwrap();
+    s.removexattr(&CTX, f.ino, b"user.k").unwrap();
+    s.fallocate(f.ino, fh, 0, 8192, 0).unwrap();
+    s.release(f.ino, fh).unwrap();
+    let t = s.open(&CTX, f.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    s.release(f.ino, t.fh).unwrap();
+    s.link(&CTX, f.ino, ROOT_ID, b"hard").unwrap();
+    // Names: objects that change place before the watcher looks are told by name.
+    let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0).unwrap();
+    s.symlink(&CTX, d.ino, b"l", b"f").unwrap();
+    s.mknod(&CTX, d.ino, b"n", libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    s.rename(&CTX, d.ino, b"n", ROOT_ID, b"m", 0).unwrap();
+    s.rename(&CTX, ROOT_ID, b"m", d.ino, b"l", libc::RENAME_EXCHANGE)
+        .unwrap();
+    s.unlink(&CTX, ROOT_ID, b"m").unwrap();
+    // The host writes to a file the session reads; the session closes it after.
+    let r = s.lookup(&CTX, ROOT_ID, b"read").unwrap();
+    let o = s.open(&CTX, r.ino, libc::O_RDONLY).unwrap();
+    std::fs::write(p.join("read"), b"host").unwrap();
+    s.release(r.ino, o.fh).unwrap();
+
+    // Every change up to the host's write: that one only.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut paths = Vec::new();
+    while !paths.iter().any(|p| p == "read") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host's write did not arrive: {paths:?}"
+        );
+        if let Ok(batch) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            paths.extend(
+                batch
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(&c.path).into_owned()),
+            );
+        }
+    }
+    assert!(
+        paths.iter().all(|p| p == "read"),
+        "the session's own changes came back: {paths:?}"
+    );
+}

@@ -10,6 +10,7 @@
 //! Decoding goes through [`Args`], a cursor that returns a typed [`DecodeError`] on short or
 //! malformed input and never panics.
 
+use ferry_protocol::sizes::{self, dirent_size};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// FUSE kernel protocol major version.
@@ -346,9 +347,15 @@ pub fn push_dirent(out: &mut Vec<u8>, ino: u64, off: u64, typ: u32, name: &[u8])
     };
     out.extend_from_slice(d.as_bytes());
     out.extend_from_slice(name);
-    let pad = (size_of::<Dirent>() + name.len()).next_multiple_of(8) - size_of::<Dirent>();
-    out.resize(out.len() + pad - name.len(), 0);
+    out.resize(
+        out.len() + dirent_size(name.len()) - size_of::<Dirent>() - name.len(),
+        0,
+    );
 }
+
+// The sizes the export core budgets listings with are these structs'.
+const _: () = assert!(size_of::<Dirent>() == sizes::DIRENT_HEADER);
+const _: () = assert!(size_of::<EntryOut>() == sizes::ENTRY_OUT);
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,10 @@
 //!
 //! - `abi`: the FUSE wire format (our own small zerocopy codec; see ARCHITECTURE.md for why not
 //!   fuse-backend-rs).
-//! - `server`: one FUSE request → one `ExportSession` call → one reply. The only file here that
-//!   calls the export core.
+//! - `wire`: conversions between the export core's types and the wire structs.
+//! - `server`: one FUSE request → one `ExportSession` call → one reply. The only module here
+//!   that calls the export core; its `replay.rs` answers the requests of a guest thread that
+//!   replays host changes, and hands out synthetic nodes.
 //! - `vhu_fs`: the vhost-user glue (descriptor chains in, used entries out).
 //!
 //! Each frontend connection gets a fresh session (node ids and handles), since a new
@@ -19,6 +21,7 @@
 pub mod abi;
 pub mod server;
 pub mod vhu_fs;
+mod wire;
 
 use std::os::fd::{FromRawFd as _, IntoRawFd as _, OwnedFd};
 use std::path::PathBuf;
