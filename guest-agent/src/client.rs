@@ -12,8 +12,8 @@
 //! Reads: the reader thread reuses one buffer; a `Read` reply's data is handed to the callback
 //! as a slice of that buffer, without a copy.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,10 +22,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use ferry_common::{ReadError, Stream, read_frame, write_frame};
 use ferry_protocol::{
-    Change, Ctx, DecodeError, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
-    Notice, Opcode, Refused, Reply, ReplyFrame, ReplyKind, Request, RequestFrame, VERSION, Version,
-    Welcome, features,
+    Change, Ctx, DecodeError, EncodeError, Errno, Frame, FrameKind, Hello, Notice, Opcode, Refused,
+    Reply, ReplyFrame, ReplyKind, Request, RequestFrame, VERSION, Version, Welcome, features,
 };
 use tracing::{debug, error, info, warn};
 
@@ -69,6 +69,10 @@ pub enum ClientError {
     /// Reading from or writing to the stream failed.
     #[error("connection I/O error")]
     Io(#[from] io::Error),
+    /// The server's answer to `Hello` could not be read whole (the stream failed, ended inside
+    /// the frame, or the frame header is malformed).
+    #[error("cannot read the server's handshake answer")]
+    Read(#[from] ReadError),
     /// The server sent something that does not decode.
     #[error("malformed handshake from server")]
     Decode(#[from] DecodeError),
@@ -211,32 +215,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A connected socket the client can split into reader and writer and shut down.
-trait Socket: Read + Write + Send + Sized + 'static {
-    fn try_clone(&self) -> io::Result<Self>;
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    fn shutdown(&self);
-}
-
-macro_rules! socket {
-    ($t:ty) => {
-        impl Socket for $t {
-            fn try_clone(&self) -> io::Result<Self> {
-                <$t>::try_clone(self)
-            }
-            fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-                <$t>::set_read_timeout(self, t)
-            }
-            fn shutdown(&self) {
-                let _ = <$t>::shutdown(self, Shutdown::Both);
-            }
-        }
-    };
-}
-socket!(UnixStream);
-socket!(TcpStream);
-socket!(vsock::VsockStream);
-
 enum SendError {
     Encode(EncodeError),
     Io(io::Error),
@@ -284,7 +262,7 @@ impl Client {
         Self::connect_socket(stream, config)
     }
 
-    fn connect_socket<S: Socket>(
+    fn connect_socket<S: Stream>(
         stream: S,
         config: &ClientConfig,
     ) -> Result<Arc<Client>, ClientError> {
@@ -547,8 +525,7 @@ impl Client {
         }
         .encode(&mut st.scratch)
         .map_err(SendError::Encode)?;
-        let mut bufs = [IoSlice::new(&st.scratch), IoSlice::new(payload)];
-        write_all_vectored(&mut st.out, &mut bufs).map_err(SendError::Io)?;
+        write_frame(&mut st.out, &st.scratch, payload).map_err(SendError::Io)?;
         st.out.flush().map_err(SendError::Io)
     }
 
@@ -664,56 +641,6 @@ fn run_done(done: Done, result: Result<Reply<'_>, Errno>) {
     if std::panic::catch_unwind(AssertUnwindSafe(move || done(result))).is_err() {
         error!("a reply callback panicked");
     }
-}
-
-/// Reads one whole frame into `buf` (grown as needed, never shrunk) and returns its length;
-/// `Ok(None)` on a clean end of stream before the first header byte.
-fn read_frame(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-    if buf.len() < HEADER_LEN {
-        buf.resize(HEADER_LEN, 0);
-    }
-    // Distinguish a clean EOF (no byte of a new frame) from a truncated frame.
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match reader.read(&mut buf[got..HEADER_LEN]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in the middle of a frame header",
-                ));
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let header = FrameHeader::parse(&buf[..HEADER_LEN])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = header.len as usize;
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    reader.read_exact(&mut buf[HEADER_LEN..len])?;
-    Ok(Some(len))
-}
-
-fn write_all_vectored(out: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match out.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "failed to write whole frame",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
