@@ -37,7 +37,10 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use ferry_protocol::{self as proto, Attr, Change, ChangeKind, Ctx, Entry, Request as Req};
+use ferry_protocol::replay::{SYNTHETIC_BASE, Side};
+use ferry_protocol::{
+    self as proto, Attr, Change, ChangeKind, Ctx, Entry, ROOT_ID, Request as Req,
+};
 use tracing::{debug, info, warn};
 
 use crate::client::Client;
@@ -46,36 +49,82 @@ use crate::kernel::KernelNotifier;
 /// Pause before replaying the first change inside a directory just created (see `run`).
 const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The export root's node id.
-const ROOT_NODE: u64 = 1;
-
-/// Node ids from here up are synthetic: answered by the agent, unknown to the server.
-pub const SYNTHETIC_BASE: u64 = 1 << 62;
 /// File handles from here up belong to the replay thread's own opens.
 pub const REPLAY_FH_BASE: u64 = 1 << 62;
 
-/// How the replay thread's LOOKUP of a name is answered.
+/// How a name the change is about looked before the change: what the replay thread's LOOKUP
+/// of it is answered with while the change still holds
+/// ([`ferry_protocol::replay::Answer::Before`]).
 #[derive(Clone, Debug)]
-pub(crate) enum Answer {
-    /// ENOENT: the name did not exist before the change.
+pub(crate) enum Before {
+    /// Absent (ENOENT): a creation's name, a rename's target.
     Absent,
     /// This node (the server took one lookup for it).
     Entry(Entry),
-    /// A synthetic node of this file type.
+    /// A synthetic node of this file type: the host no longer has the object.
     Synthetic(u32),
 }
 
-/// What the replay thread's requests are answered with while one change is replayed.
-#[derive(Debug, Default)]
+/// One name the change is about.
+#[derive(Debug)]
+struct Name {
+    /// The directory holding it, or 0 for any.
+    parent: u64,
+    name: Vec<u8>,
+    /// Which of the change's names it is.
+    side: Side,
+    before: Before,
+}
+
+/// The change being replayed, as the replay thread's requests are answered from it.
+#[derive(Debug)]
 pub(crate) struct View {
-    /// `(parent or 0 for any, name, answer)`.
-    names: Vec<(u64, Vec<u8>, Answer)>,
-    /// The node a replayed MKNOD/MKDIR/SYMLINK/CREATE returns.
-    create: Option<Answer>,
-    /// The node the change is about (created, renamed or changed), when the host had it.
+    kind: ChangeKind,
+    names: Vec<Name>,
+    /// The node the change carries (created, removed, renamed or changed), as the server looked
+    /// it up; `None` when the host no longer had the object: the change's node is synthetic.
     node: Option<u64>,
+    /// The change's file type (`S_IFMT` bits, 0 when unknown).
+    file_type: u32,
     /// The server's lookup was handed to the kernel.
     used: bool,
+}
+
+impl View {
+    fn new(kind: ChangeKind, node: Option<u64>, file_type: u32) -> Self {
+        Self {
+            kind,
+            names: Vec::new(),
+            node,
+            file_type,
+            used: false,
+        }
+    }
+
+    fn name(&mut self, parent: u64, name: &[u8], side: Side, before: Before) {
+        self.names.push(Name {
+            parent,
+            name: name.to_vec(),
+            side,
+            before,
+        });
+    }
+}
+
+/// What the change being replayed says about one name of a request: what the rule of
+/// [`ferry_protocol::replay`] decides from, besides what the host holds there now.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// The change's kind.
+    pub kind: ChangeKind,
+    /// Which of the change's names this is ([`Side::Neither`]: none).
+    pub side: Side,
+    /// How the name looked before the change (`None` for a name the change is not about).
+    pub before: Option<Before>,
+    /// The node the change carries; `None`: synthetic (the host no longer had it).
+    pub node: Option<u64>,
+    /// The change's file type (`S_IFMT` bits, 0 when unknown).
+    pub file_type: u32,
 }
 
 /// Counters for the log: did the event reach the VM, and what became of it.
@@ -124,11 +173,6 @@ impl ReplayState {
         self.stopped.store(true, Ordering::Relaxed);
     }
 
-    /// Whether `ino` is a synthetic node.
-    pub(crate) fn is_synthetic(ino: u64) -> bool {
-        ino >= SYNTHETIC_BASE
-    }
-
     /// Attributes of a synthetic node.
     pub(crate) fn synthetic_attr(&self, ino: u64) -> Option<Attr> {
         self.synthetic.get(&ino).map(|a| *a)
@@ -139,8 +183,8 @@ impl ReplayState {
         self.synthetic.remove(&ino);
     }
 
-    /// A new synthetic node of type `file_type`.
-    fn synthetic_entry(&self, file_type: u32) -> Entry {
+    /// A new synthetic node of type `file_type` (a regular file when 0).
+    pub(crate) fn synthetic(&self, file_type: u32) -> Entry {
         let ino = SYNTHETIC_BASE + self.next_synthetic.fetch_add(1, Ordering::Relaxed);
         let now = proto::Timespec {
             sec: std::time::SystemTime::now()
@@ -172,54 +216,36 @@ impl ReplayState {
         }
     }
 
-    /// A synthetic node of the same type as `e`, for an object gone from the host.
-    pub(crate) fn synthetic_like(&self, e: &Entry) -> Entry {
-        self.synthetic_entry(e.attr.mode & libc::S_IFMT)
-    }
-
-    fn resolve(&self, a: &Answer, view: &mut View) -> Option<Entry> {
-        match a {
-            Answer::Absent => None,
-            Answer::Entry(e) => {
-                view.used = true;
-                Some(*e)
-            }
-            Answer::Synthetic(ft) => Some(self.synthetic_entry(*ft)),
-        }
-    }
-
-    /// How the view would answer the replay thread's LOOKUP of `name` in `parent` (`None`:
-    /// not covered, ask the server), with the node the change is about. Nothing is handed
-    /// out yet: see [`ReplayState::hand_out`].
-    pub(crate) fn intent(&self, parent: u64, name: &[u8]) -> Option<(Answer, Option<u64>)> {
+    /// What the change being replayed says about `name` in `parent`; `None` when no change is
+    /// being replayed. Nothing is handed out yet: see [`ReplayState::hand_out`].
+    pub(crate) fn target(&self, parent: u64, name: &[u8]) -> Option<Target> {
         let guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
         let view = guard.as_ref()?;
-        let answer = view
+        let found = view
             .names
             .iter()
-            .find(|(p, n, _)| (*p == 0 || *p == parent) && n == name)
-            .map(|(_, _, a)| a.clone())?;
-        Some((answer, view.node))
+            .find(|n| (n.parent == 0 || n.parent == parent) && n.name == name);
+        Some(Target {
+            kind: view.kind,
+            side: found.map_or(Side::Neither, |n| n.side),
+            before: found.map(|n| n.before.clone()),
+            node: view.node,
+            file_type: view.file_type,
+        })
     }
 
-    /// The entry for `answer` (None for ENOENT), counting a real one as handed to the kernel.
-    pub(crate) fn hand_out(&self, answer: &Answer) -> Option<Entry> {
-        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_mut() {
-            Some(view) => self.resolve(answer, view),
-            None => match answer {
-                Answer::Synthetic(ft) => Some(self.synthetic_entry(*ft)),
-                _ => None,
-            },
+    /// The node for `before` (`None` for ENOENT), counting a real one as handed to the kernel.
+    pub(crate) fn hand_out(&self, before: &Before) -> Option<Entry> {
+        match before {
+            Before::Absent => None,
+            Before::Entry(e) => {
+                if let Some(view) = self.view.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    view.used = true;
+                }
+                Some(*e)
+            }
+            Before::Synthetic(ft) => Some(self.synthetic(*ft)),
         }
-    }
-
-    /// The node a replayed creation returns.
-    pub(crate) fn created(&self) -> Option<Entry> {
-        let mut guard = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        let view = guard.as_mut()?;
-        let answer = view.create.clone()?;
-        self.resolve(&answer, view)
     }
 
     /// A handle for the replay thread's own open.
@@ -399,7 +425,7 @@ impl Replayer {
         };
         if let Err(e) = k.inc_epoch() {
             debug!("epoch increment unsupported ({e}); invalidating the root only");
-            let _ = k.inval_inode(ROOT_NODE, 0, 0);
+            let _ = k.inval_inode(ROOT_ID, 0, 0);
         }
     }
 
@@ -434,9 +460,9 @@ impl Replayer {
             .next()
             .unwrap_or_default()
             .to_vec();
-        let entry_answer = || match c.entry {
-            Some(e) => Answer::Entry(e),
-            None => Answer::Synthetic(c.file_type),
+        let entry_before = || match c.entry {
+            Some(e) => Before::Entry(e),
+            None => Before::Synthetic(c.file_type),
         };
         let ft = c
             .entry
@@ -455,7 +481,7 @@ impl Replayer {
                 return;
             }
         }
-        let mut view = View::default();
+        let mut view = View::new(c.kind, c.entry.map(|e| e.ino), ft);
         let result = match c.kind {
             ChangeKind::Overflow => {
                 self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
@@ -467,9 +493,7 @@ impl Replayer {
                 return;
             }
             ChangeKind::Created => {
-                view.names.push((c.parent, name.clone(), Answer::Absent));
-                view.create = Some(entry_answer());
-                view.node = c.entry.map(|e| e.ino);
+                view.name(c.parent, &name, Side::From, Before::Absent);
                 self.state.install(view);
                 create(root, &rel, ft)
             }
@@ -477,8 +501,7 @@ impl Replayer {
                 if ft == libc::S_IFDIR && self.holds_mount(&path) {
                     return self.expire(c.parent, &name);
                 }
-                view.names
-                    .push((c.parent, name.clone(), Answer::Synthetic(ft)));
+                view.name(c.parent, &name, Side::From, Before::Synthetic(ft));
                 self.state.install(view);
                 remove(root, &rel, ft)
             }
@@ -491,10 +514,8 @@ impl Replayer {
                     self.expire(c.to_parent, to_name);
                     return self.expire(c.parent, &name);
                 }
-                view.names.push((c.parent, name.clone(), entry_answer()));
-                view.names
-                    .push((c.to_parent, to_name.to_vec(), Answer::Absent));
-                view.node = c.entry.map(|e| e.ino);
+                view.name(c.parent, &name, Side::From, entry_before());
+                view.name(c.to_parent, to_name, Side::To, Before::Absent);
                 self.state.install(view);
                 rename(root, &rel, &to)
             }
@@ -509,7 +530,7 @@ impl Replayer {
                     let (off, len) = if data { (0, 0) } else { (-1, 0) };
                     self.inval_inode(e.ino, off, len);
                     if !c.path.is_empty() {
-                        view.names.push((c.parent, name.clone(), Answer::Entry(e)));
+                        view.name(c.parent, &name, Side::From, Before::Entry(e));
                     } else {
                         // The root: the kernel always holds it; no lookup to give back.
                         view.used = true;
@@ -544,7 +565,7 @@ impl Replayer {
             }
         }
         if let (Some(e), Some(v)) = (c.entry, view) {
-            if !v.used && e.ino != ROOT_NODE {
+            if !v.used && e.ino != ROOT_ID {
                 self.forget(e.ino);
             }
         }
@@ -568,7 +589,7 @@ impl Replayer {
             }
         }
         if let Some(e) = c.entry {
-            if e.ino != ROOT_NODE {
+            if e.ino != ROOT_ID {
                 self.forget(e.ino);
             }
         }
@@ -773,6 +794,7 @@ fn touch(root: libc::c_int, p: &CStr, kind: ChangeKind, ft: u32) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_protocol::replay::is_synthetic;
 
     #[test]
     fn change_paths_stay_below_the_mount() {
@@ -821,39 +843,47 @@ mod tests {
         s.tid.store(77, Ordering::Relaxed);
         assert!(s.is_replay(77));
         assert!(!s.is_replay(78));
-        assert!(s.intent(1, b"x").is_none(), "no view: ask the server");
+        assert!(s.target(1, b"x").is_none(), "no change being replayed");
         let e = Entry {
             ino: 9,
             ..Entry::default()
         };
-        s.install(View {
-            names: vec![
-                (1, b"gone".to_vec(), Answer::Synthetic(libc::S_IFREG)),
-                (1, b"new".to_vec(), Answer::Absent),
-                (2, b"src".to_vec(), Answer::Entry(e)),
-            ],
-            create: None,
-            node: Some(9),
-            used: false,
-        });
-        let (a, node) = s.intent(1, b"new").unwrap();
-        assert!(matches!(a, Answer::Absent));
-        assert_eq!(node, Some(9));
-        assert!(s.hand_out(&a).is_none());
-        assert!(s.intent(1, b"other").is_none());
-        assert!(s.intent(3, b"src").is_none(), "another directory's name");
-        let (a, _) = s.intent(2, b"src").unwrap();
-        assert_eq!(s.hand_out(&a).unwrap().ino, 9);
-        let (a, _) = s.intent(1, b"gone").unwrap();
-        let synth = s.hand_out(&a).unwrap();
-        assert!(ReplayState::is_synthetic(synth.ino));
+        let mut view = View::new(ChangeKind::Renamed, Some(9), libc::S_IFREG);
+        view.name(2, b"src", Side::From, Before::Entry(e));
+        view.name(1, b"new", Side::To, Before::Absent);
+        view.name(0, b"any", Side::From, Before::Synthetic(libc::S_IFDIR));
+        s.install(view);
+        let t = s.target(1, b"new").unwrap();
+        assert_eq!(
+            (t.kind, t.side, t.node),
+            (ChangeKind::Renamed, Side::To, Some(9))
+        );
+        assert!(s.hand_out(t.before.as_ref().unwrap()).is_none());
+        let t = s.target(1, b"other").unwrap();
+        assert_eq!(t.side, Side::Neither);
+        assert!(t.before.is_none());
+        let t = s.target(3, b"src").unwrap();
+        assert_eq!(t.side, Side::Neither, "another directory's name");
+        let t = s.target(2, b"src").unwrap();
+        assert_eq!(t.side, Side::From);
+        assert!(!s.view.lock().unwrap().as_ref().unwrap().used);
+        assert_eq!(s.hand_out(t.before.as_ref().unwrap()).unwrap().ino, 9);
+        let t = s.target(42, b"any").unwrap();
+        assert_eq!(t.side, Side::From, "parent 0 matches any directory");
+        let synth = s.hand_out(t.before.as_ref().unwrap()).unwrap();
+        assert!(is_synthetic(synth.ino));
         assert_eq!(
             s.synthetic_attr(synth.ino).unwrap().mode & libc::S_IFMT,
-            libc::S_IFREG
+            libc::S_IFDIR
         );
         let v = s.take().unwrap();
         assert!(v.used, "the server's lookup went to the kernel");
         s.forget_synthetic(synth.ino);
         assert!(s.synthetic_attr(synth.ino).is_none());
+        assert_eq!(
+            s.synthetic(0).attr.mode & libc::S_IFMT,
+            libc::S_IFREG,
+            "unknown type: a file"
+        );
     }
 }

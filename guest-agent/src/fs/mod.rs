@@ -323,7 +323,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(req, parent.0, name, reply);
+            return self.replay_made(req, "mknod", (parent.0, name), reply);
         }
         let body = Req::Mknod(proto::Mknod {
             parent: parent.0,
@@ -345,7 +345,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(req, parent.0, name, reply);
+            return self.replay_made(req, "mkdir", (parent.0, name), reply);
         }
         let body = Req::Mkdir(proto::Mkdir {
             parent: parent.0,
@@ -387,7 +387,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         if self.replaying(req) {
-            return self.replay_created(req, parent.0, link_name, reply);
+            return self.replay_made(req, "symlink", (parent.0, link_name), reply);
         }
         let body = Req::Symlink(proto::Symlink {
             parent: parent.0,
@@ -408,7 +408,8 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         if self.replaying(req) {
-            return self.replay_renamed(req, (parent.0, name), (newparent.0, newname), reply);
+            let (from, to) = ((parent.0, name), (newparent.0, newname));
+            return self.replay_renamed(req, from, to, flags, reply);
         }
         let body = Req::Rename(proto::Rename {
             parent: parent.0,
@@ -473,7 +474,7 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(reply) = self.replay_create(req, reply) else {
+        let Some(reply) = self.replay_create(req, parent.0, name, reply) else {
             return;
         };
         let keep = self.open_flags(0);

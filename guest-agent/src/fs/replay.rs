@@ -1,19 +1,39 @@
 //! Answers to the replay thread's requests (header pid = its thread id), and to requests on
-//! the synthetic nodes it hands out (see `crate::replay`).
+//! the synthetic nodes it hands out (see `crate::replay` and `guest-agent/REPLAY.md`).
+//!
+//! What to answer is decided by the rule both answerers share, [`ferry_protocol::replay`];
+//! this module only supplies its inputs and carries out its answers. For each name of a
+//! replayed LOOKUP, MKNOD/MKDIR/SYMLINK/CREATE, UNLINK/RMDIR or RENAME, the view of the change
+//! says which of the change's names it is ([`Side`]), and a lookup on the host says what the
+//! name holds now, classified as a [`Host`]: `Absent` (ENOENT), `Same` (the change's own
+//! object: the node the change carries, or any object when the change's node is synthetic),
+//! `Other`, or `Unknown` (any other error). Each such host read is done while the kernel
+//! holds the directory locked for the replayed syscall, so no guest operation on the name
+//! comes in between; a late replay therefore never hides or shows anything the host does not.
+//!
+//! The rule's [`Answer`]s become replies as follows:
+//! - `AsUsual` and `HostObject`: the host's answer (its lookup goes to the kernel);
+//! - `Before`: the view's node of how the name looked before the change, or ENOENT;
+//! - `Synthetic`: a new synthetic node of the change's file type;
+//! - `Done`: success, without asking the host to do anything;
+//! - `Fail(errno)`: that errno.
+//!
+//! Any host lookup not handed to the kernel is given back.
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 
-use ferry_protocol::{self as proto, Errno, Reply, Request as Req};
+use ferry_protocol::replay::{self as rule, Answer, Host, Side, is_synthetic};
+use ferry_protocol::{self as proto, Created, Entry, Errno, Opened, Reply, Request as Req};
 use fuser::{
-    FileHandle, FopenFlags, Generation, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen,
+    FileHandle, FopenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen,
     Request,
 };
 
-use super::attr::{entry_attr, file_attr};
-use super::reply::{reply_with, wrong};
+use super::attr::file_attr;
+use super::reply::{errno, reply_with, wrong};
 use super::{FerryFs, bytes};
-use crate::replay::{Answer, REPLAY_FH_BASE, ReplayState};
+use crate::replay::{REPLAY_FH_BASE, ReplayState, Target};
 
 impl FerryFs {
     /// The state the replay thread shares with this adapter.
@@ -27,7 +47,8 @@ impl FerryFs {
     }
 
     /// Answers a LOOKUP of the replay thread that the change being replayed is about, or one
-    /// in a synthetic directory; hands `reply` back for any other.
+    /// in a synthetic directory; hands `reply` back for any other. (The rule answers a name
+    /// the change is not about as usual, whatever the host holds: the ordinary LOOKUP does.)
     pub(super) fn replay_lookup(
         &self,
         req: &Request,
@@ -35,22 +56,155 @@ impl FerryFs {
         name: &OsStr,
         reply: ReplyEntry,
     ) -> Option<ReplyEntry> {
-        if self.replaying(req) {
-            if let Some((answer, node)) = self.replay.intent(parent, bytes(name)) {
-                self.answer_lookup(req, parent, name, answer, node, reply);
-                return None;
+        let target = if self.replaying(req) {
+            self.replay.target(parent, bytes(name))
+        } else {
+            None
+        };
+        match target {
+            Some(t) if t.side != Side::Neither => {
+                let ttl = self.ttl;
+                let state = Arc::clone(&self.replay);
+                self.host_lookup(req, parent, name, move |now, forget_later| {
+                    let answer = rule::lookup(t.kind, t.side, classify(&now, t.node));
+                    let entry = entry_for(answer, now, &t, &state, forget_later);
+                    reply_with("lookup", (reply, ttl))(entry.map(Reply::Entry));
+                });
+                None
             }
+            _ if is_synthetic(parent) => {
+                reply.error(fuser::Errno::ENOENT);
+                None
+            }
+            _ => Some(reply),
         }
-        if ReplayState::is_synthetic(parent) {
-            reply.error(fuser::Errno::ENOENT);
-            return None;
+    }
+
+    /// Answers the replay thread's MKNOD, MKDIR or SYMLINK (`op`) of `name` in `parent`.
+    pub(super) fn replay_made(
+        &self,
+        req: &Request,
+        op: &'static str,
+        (parent, name): (u64, &OsStr),
+        reply: ReplyEntry,
+    ) {
+        let ttl = self.ttl;
+        self.replay_created(req, parent, name, move |entry| {
+            reply_with(op, (reply, ttl))(entry.map(Reply::Entry));
+        });
+    }
+
+    /// Answers the replay thread's CREATE of `name` in `parent`, with a handle of its own (the
+    /// host never sees it); hands `reply` back for anyone else's.
+    pub(super) fn replay_create(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        reply: ReplyCreate,
+    ) -> Option<ReplyCreate> {
+        if !self.replaying(req) {
+            return Some(reply);
         }
-        Some(reply)
+        let ttl = self.ttl;
+        let state = Arc::clone(&self.replay);
+        self.replay_created(req, parent, name, move |entry| {
+            let created = entry.map(|entry| {
+                Reply::Created(Created {
+                    entry,
+                    opened: Opened {
+                        fh: state.replay_fh(),
+                        open_flags: 0,
+                    },
+                })
+            });
+            reply_with("create", (reply, ttl, FopenFlags::empty()))(created);
+        });
+        None
+    }
+
+    /// A replayed creation: `done` gets the node to answer with, or the errno.
+    fn replay_created<F>(&self, req: &Request, parent: u64, name: &OsStr, done: F)
+    where
+        F: FnOnce(Result<Entry, Errno>) + Send + 'static,
+    {
+        let Some(t) = self.replay.target(parent, bytes(name)) else {
+            // No change is being replayed: nothing to decide from (the view is installed
+            // before each replayed syscall, so this does not happen).
+            return done(Err(Errno::EIO));
+        };
+        let state = Arc::clone(&self.replay);
+        self.host_lookup(req, parent, name, move |now, forget_later| {
+            let answer = rule::create(t.kind, t.side, classify(&now, t.node));
+            done(entry_for(answer, now, &t, &state, forget_later));
+        });
+    }
+
+    /// Answers the replay thread's UNLINK or RMDIR of `name` in `parent`.
+    pub(super) fn replay_removed(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        reply: ReplyEmpty,
+    ) {
+        let Some(t) = self.replay.target(parent, bytes(name)) else {
+            return reply.error(fuser::Errno::EIO);
+        };
+        self.host_lookup(req, parent, name, move |now, forget_later| {
+            let answer = rule::remove(t.kind, t.side, classify(&now, t.node));
+            if let Ok(e) = now {
+                forget_later(e.ino);
+            }
+            finish(answer, reply);
+        });
+    }
+
+    /// Answers the replay thread's RENAME of `from` to `to`. Both host lookups go out at
+    /// once; the later answer decides.
+    pub(super) fn replay_renamed(
+        &self,
+        req: &Request,
+        from: (u64, &OsStr),
+        to: (u64, &OsStr),
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(src), Some(dst)) = (
+            self.replay.target(from.0, bytes(from.1)),
+            self.replay.target(to.0, bytes(to.1)),
+        ) else {
+            return reply.error(fuser::Errno::EIO);
+        };
+        // Both names come from the one change being replayed: same kind, same node.
+        let (kind, sides, node, flags) = (src.kind, (src.side, dst.side), src.node, flags.bits());
+        type Seen = (Option<Host>, Option<Host>, Option<ReplyEmpty>);
+        let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
+        for (i, (parent, name)) in [from, to].into_iter().enumerate() {
+            let seen = Arc::clone(&seen);
+            self.host_lookup(req, parent, name, move |now, forget_later| {
+                let host = classify(&now, node);
+                if let Ok(e) = now {
+                    forget_later(e.ino);
+                }
+                let mut g = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if i == 0 {
+                    g.0 = Some(host);
+                } else {
+                    g.1 = Some(host);
+                }
+                if let (Some(src), Some(dst)) = (g.0, g.1) {
+                    if let Some(reply) = g.2.take() {
+                        finish(rule::rename(kind, sides.0, sides.1, flags, src, dst), reply);
+                    }
+                }
+            });
+        }
     }
 
     /// Gives the kernel's lookups of a synthetic node back; false for any other node.
     pub(super) fn forget_synthetic(&self, ino: u64) -> bool {
-        if !ReplayState::is_synthetic(ino) {
+        if !is_synthetic(ino) {
             return false;
         }
         self.replay.forget_synthetic(ino);
@@ -59,7 +213,7 @@ impl FerryFs {
 
     /// Answers a GETATTR of a synthetic node; hands `reply` back for any other.
     pub(super) fn synthetic_getattr(&self, ino: u64, reply: ReplyAttr) -> Option<ReplyAttr> {
-        if !ReplayState::is_synthetic(ino) {
+        if !is_synthetic(ino) {
             return Some(reply);
         }
         match self.replay.synthetic_attr(ino) {
@@ -77,7 +231,7 @@ impl FerryFs {
         ino: u64,
         reply: ReplyAttr,
     ) -> Option<ReplyAttr> {
-        if !self.replaying(req) && !ReplayState::is_synthetic(ino) {
+        if !self.replaying(req) && !is_synthetic(ino) {
             return Some(reply);
         }
         // A replayed change: the kernel keeps the attributes of this reply, so they must be
@@ -100,24 +254,6 @@ impl FerryFs {
         None
     }
 
-    /// Answers the replay thread's CREATE; hands `reply` back for anyone else's.
-    pub(super) fn replay_create(&self, req: &Request, reply: ReplyCreate) -> Option<ReplyCreate> {
-        if !self.replaying(req) {
-            return Some(reply);
-        }
-        match self.replay.created() {
-            Some(e) => reply.created(
-                &self.ttl,
-                &entry_attr(&e),
-                Generation(e.generation),
-                FileHandle(self.replay.replay_fh()),
-                FopenFlags::empty(),
-            ),
-            None => reply.error(fuser::Errno::EIO),
-        }
-        None
-    }
-
     /// Answers the RELEASE of a replay thread's handle (RELEASE carries pid 0, so the handle
     /// tells); hands `reply` back for any other.
     pub(super) fn replay_release(&self, fh: u64, reply: ReplyEmpty) -> Option<ReplyEmpty> {
@@ -135,7 +271,7 @@ impl FerryFs {
     /// reader thread, which must not send, so the Forget goes out from a FUSE thread.
     fn host_lookup<F>(&self, req: &Request, parent: u64, name: &OsStr, done: F)
     where
-        F: FnOnce(Result<proto::Entry, Errno>, &dyn Fn(u64)) + Send + 'static,
+        F: FnOnce(Result<Entry, Errno>, &dyn Fn(u64)) + Send + 'static,
     {
         let deferred = Arc::clone(&self.deferred_forgets);
         let body = Req::Lookup(proto::Lookup {
@@ -160,152 +296,146 @@ impl FerryFs {
             done(r, &forget_later);
         });
     }
+}
 
-    /// Answers a replayed creation with the node the host change carries.
-    pub(super) fn replay_created(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        // The kernel holds the directory locked while it waits for this answer, so no other
-        // guest operation on the name can come in between: check the host still has what the
-        // change says (a read), so a late replay never hides a newer file under the name.
-        let Some(c) = self.replay.created() else {
-            return reply.error(fuser::Errno::EIO);
-        };
-        let ttl = self.ttl;
-        let state = Arc::clone(&self.replay);
-        self.host_lookup(req, parent, name, move |r, forget_later| {
-            let real = !ReplayState::is_synthetic(c.ino);
-            // The change's own lookup never reaches the kernel in this answer.
-            if real {
-                forget_later(c.ino);
-            }
-            match r {
-                Ok(now) if now.ino == c.ino || !real => {
-                    // The name holds the created object (or one whose creation is about to be
-                    // replayed too): hand the kernel this fresh lookup.
-                    reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
-                }
-                Ok(now) => {
-                    // Something newer holds the name: this creation is stale.
-                    forget_later(now.ino);
-                    reply.error(fuser::Errno::EEXIST);
-                }
-                Err(Errno::ENOENT) => {
-                    // Already gone again: a transient node until its removal is replayed.
-                    let e = if real { state.synthetic_like(&c) } else { c };
-                    reply.entry(&ttl, &entry_attr(&e), Generation(0));
-                }
-                Err(_) => reply.error(fuser::Errno::EIO),
-            }
-        });
+/// What the host holds under a name, as the rule sees it: `node` is the node the change
+/// carries (`None`: synthetic, and then any object is the change's own).
+fn classify(now: &Result<Entry, Errno>, node: Option<u64>) -> Host {
+    match now {
+        Ok(e) if node.is_none_or(|n| n == e.ino) => Host::Same,
+        Ok(_) => Host::Other,
+        Err(Errno::ENOENT) => Host::Absent,
+        Err(_) => Host::Unknown,
     }
+}
 
-    /// Answers the replay thread's LOOKUP of a name the change is about. The view says how the
-    /// name looked before the change; the host says how it looks now. While the change still
-    /// holds (the name is the change's object, or gone), the view answers, so the replayed
-    /// operation raises its event; when something newer holds the name, the host answers, so
-    /// the kernel never caches a stale node under a name a program is using. The kernel holds
-    /// the directory locked meanwhile, so no guest operation on the name comes in between.
-    fn answer_lookup(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        answer: Answer,
-        node: Option<u64>,
-        reply: ReplyEntry,
-    ) {
-        let ttl = self.ttl;
-        let state = Arc::clone(&self.replay);
-        self.host_lookup(req, parent, name, move |r, forget_later| {
-            // A name the change creates expects the change's own object; a name it removes or
-            // renames away expects nothing.
-            let current = match &r {
-                Ok(now) => matches!(answer, Answer::Absent) && node == Some(now.ino),
-                Err(_) => true,
-            };
-            match r {
-                Ok(now) if !current => {
-                    reply.entry(&ttl, &entry_attr(&now), Generation(now.generation));
-                }
-                r => {
-                    if let Ok(now) = r {
-                        forget_later(now.ino);
-                    }
-                    match state.hand_out(&answer) {
-                        Some(e) => reply.entry(&ttl, &entry_attr(&e), Generation(e.generation)),
-                        None => reply.error(fuser::Errno::ENOENT),
-                    }
-                }
-            }
-        });
+/// The node a LOOKUP or a creation answers with, given the rule's answer and the host's
+/// (`now`); a host lookup that is not handed to the kernel is given back with `forget_later`.
+fn entry_for(
+    answer: Answer,
+    now: Result<Entry, Errno>,
+    t: &Target,
+    state: &ReplayState,
+    forget_later: &dyn Fn(u64),
+) -> Result<Entry, Errno> {
+    let ours = match answer {
+        Answer::AsUsual | Answer::HostObject => return now,
+        Answer::Before => t
+            .before
+            .as_ref()
+            .and_then(|b| state.hand_out(b))
+            .ok_or(Errno::ENOENT),
+        Answer::Synthetic => Ok(state.synthetic(t.file_type)),
+        Answer::Fail(e) => Err(e),
+        // Not an answer to a request that returns a node.
+        Answer::Done => Err(Errno::EIO),
+    };
+    if let Ok(e) = now {
+        forget_later(e.ino);
     }
+    ours
+}
 
-    /// Answers a replayed removal once the host is checked to no longer have the name (see
-    /// [`FerryFs::replay_created`]).
-    pub(super) fn replay_removed(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        reply: ReplyEmpty,
-    ) {
-        self.host_lookup(req, parent, name, move |r, forget_later| match r {
-            Err(Errno::ENOENT) => reply.ok(),
-            Ok(now) => {
-                // Created again since: the removal is stale.
-                forget_later(now.ino);
-                reply.error(fuser::Errno::EBUSY);
-            }
-            Err(_) => reply.error(fuser::Errno::EIO),
-        });
+/// Answers a replayed removal or rename with the rule's answer.
+fn finish(answer: Answer, reply: ReplyEmpty) {
+    match outcome(answer) {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
     }
+}
 
-    /// Answers a replayed rename once the host is checked to have the source gone and the
-    /// target present (see [`FerryFs::replay_created`]). Both lookups go out at once; the
-    /// later answer decides.
-    pub(super) fn replay_renamed(
-        &self,
-        req: &Request,
-        from: (u64, &OsStr),
-        to: (u64, &OsStr),
-        reply: ReplyEmpty,
-    ) {
-        type Seen = (Option<bool>, Option<bool>, Option<ReplyEmpty>);
-        let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
-        for (i, (parent, name)) in [from, to].into_iter().enumerate() {
-            let seen = Arc::clone(&seen);
-            self.host_lookup(req, parent, name, move |r, forget_later| {
-                // An unknown answer counts as stale: the source as still there, the target as
-                // missing.
-                let present = match r {
-                    Ok(e) => {
-                        forget_later(e.ino);
-                        true
-                    }
-                    Err(Errno::ENOENT) => false,
-                    Err(_) => i == 0,
-                };
-                let mut g = seen.lock().unwrap_or_else(|e| e.into_inner());
-                if i == 0 {
-                    g.0 = Some(present);
-                } else {
-                    g.1 = Some(present);
-                }
-                if let (Some(src), Some(dst)) = (g.0, g.1) {
-                    if let Some(reply) = g.2.take() {
-                        if !src && dst {
-                            reply.ok();
-                        } else {
-                            reply.error(fuser::Errno::EBUSY);
-                        }
-                    }
-                }
-            });
+/// The outcome of a replayed removal or rename for the rule's answer.
+fn outcome(answer: Answer) -> Result<(), Errno> {
+    match answer {
+        Answer::Done => Ok(()),
+        Answer::Fail(e) => Err(e),
+        // Not an answer to a removal or a rename.
+        Answer::AsUsual | Answer::Before | Answer::HostObject | Answer::Synthetic => {
+            Err(Errno::EIO)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::Before;
+    use ferry_protocol::ChangeKind;
+    use std::cell::RefCell;
+
+    fn entry(ino: u64) -> Entry {
+        Entry {
+            ino,
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn host_answers_are_classified() {
+        assert_eq!(classify(&Ok(entry(5)), Some(5)), Host::Same);
+        assert_eq!(classify(&Ok(entry(6)), Some(5)), Host::Other);
+        assert_eq!(
+            classify(&Ok(entry(6)), None),
+            Host::Same,
+            "a synthetic change node: any object is the change's own"
+        );
+        assert_eq!(classify(&Err(Errno::ENOENT), Some(5)), Host::Absent);
+        assert_eq!(classify(&Err(Errno::EACCES), None), Host::Unknown);
+    }
+
+    #[test]
+    fn answers_become_nodes_and_unused_host_lookups_are_given_back() {
+        let state = ReplayState::default();
+        let t = |before| Target {
+            kind: ChangeKind::Renamed,
+            side: Side::From,
+            before: Some(before),
+            node: Some(5),
+            file_type: libc::S_IFDIR,
+        };
+        let given_back = RefCell::new(Vec::new());
+        let forget = |ino| given_back.borrow_mut().push(ino);
+        let run = |answer, now, before| {
+            entry_for(answer, now, &t(before), &state, &forget).map(|e| e.ino)
+        };
+        // The host's answer, with its lookup, goes to the kernel.
+        assert_eq!(run(Answer::AsUsual, Ok(entry(7)), Before::Absent), Ok(7));
+        assert_eq!(run(Answer::HostObject, Ok(entry(5)), Before::Absent), Ok(5));
+        assert_eq!(
+            run(Answer::AsUsual, Err(Errno::EACCES), Before::Absent),
+            Err(Errno::EACCES)
+        );
+        assert!(given_back.borrow().is_empty());
+        // The view answers; the host's lookup is given back.
+        assert_eq!(
+            run(Answer::Before, Ok(entry(5)), Before::Absent),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(
+            run(Answer::Before, Err(Errno::ENOENT), Before::Entry(entry(5))),
+            Ok(5)
+        );
+        let synth = run(Answer::Synthetic, Ok(entry(8)), Before::Absent).unwrap();
+        assert!(is_synthetic(synth));
+        assert_eq!(
+            state.synthetic_attr(synth).unwrap().mode & libc::S_IFMT,
+            libc::S_IFDIR,
+            "of the change's file type"
+        );
+        assert_eq!(
+            run(Answer::Fail(Errno::EEXIST), Ok(entry(9)), Before::Absent),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(*given_back.borrow(), [5, 8, 9]);
+    }
+
+    #[test]
+    fn removals_and_renames_succeed_only_when_done() {
+        assert_eq!(outcome(Answer::Done), Ok(()));
+        assert_eq!(outcome(Answer::Fail(Errno::ESTALE)), Err(Errno::ESTALE));
+        assert_eq!(outcome(Answer::Before), Err(Errno::EIO));
+        // A stale removal is refused as stale (the replay thread counts it as failed).
+        let stale = rule::remove(ChangeKind::Removed, Side::From, Host::Same);
+        assert_eq!(outcome(stale), Err(Errno::ESTALE));
     }
 }
