@@ -328,7 +328,7 @@ pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::
         anyhow::bail!("--events-only needs at least one NAME=MOUNTPOINT (a virtio-fs mount)");
     }
     for (name, mp) in &config.mounts {
-        match replay::mount_type(mp).as_deref() {
+        match mount::mountinfo::mount_type(mp).as_deref() {
             Some("virtiofs") => {}
             Some(other) => anyhow::bail!(
                 "--events-only {name}={}: that is a {other} mount, not virtio-fs (ferry-agent \
