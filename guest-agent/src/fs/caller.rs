@@ -50,8 +50,7 @@ mod tests {
         assert_eq!(parse_groups(b"Groups:\t\n"), Vec::<u32>::new());
         assert_eq!(parse_groups(b"Name:\tx\n"), Vec::<u32>::new());
         // This thread's own groups, as the kernel reports them.
-        // SAFETY: gettid takes no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() } as u32;
+        let tid = nix::unistd::gettid().as_raw() as u32;
         let mine: Vec<u32> = nix::unistd::getgroups()
             .unwrap()
             .into_iter()

@@ -35,7 +35,7 @@ use state::View;
 pub(crate) use state::{Before, Target};
 pub use state::{REPLAY_FH_BASE, ReplayState, ReplayStats};
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,8 +93,7 @@ impl Replayer {
                 return;
             }
         }
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
+        let tid = nix::unistd::gettid().as_raw();
         self.state.tid.store(tid, Ordering::Relaxed);
         if self.bracket {
             // Random per process run: std's hasher keys are.
@@ -135,7 +134,7 @@ impl Replayer {
                         std::thread::sleep(NEW_DIR_PAUSE);
                     }
                 }
-                self.apply(&c, root.as_raw_fd());
+                self.apply(&c, root.as_fd());
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
                     new_dir = Some(c.path.clone());
                 }
@@ -239,7 +238,7 @@ impl Replayer {
         Some(fd)
     }
 
-    fn apply(&self, c: &Change, root: libc::c_int) {
+    fn apply(&self, c: &Change, root: BorrowedFd<'_>) {
         let path = self
             .mountpoint
             .join(Path::new(std::ffi::OsStr::from_bytes(&c.path)));

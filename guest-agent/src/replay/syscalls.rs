@@ -1,8 +1,15 @@
-//! The replay's system calls on the mount, relative to the mount root's descriptor.
+//! The replay's system calls on the mount, relative to the mount root's descriptor (each the
+//! one syscall, or open and close, whose FUSE requests and inotify events REPLAY.md lists).
 
 use std::ffi::{CStr, CString};
+use std::os::fd::BorrowedFd;
 
 use ferry_protocol::ChangeKind;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mkdirat, mknodat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 /// A change's path as a C string relative to the mount root (`.` for the root).
 pub(super) fn relative(path: &[u8]) -> std::io::Result<CString> {
@@ -19,65 +26,37 @@ pub(super) fn relative(path: &[u8]) -> std::io::Result<CString> {
     CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput.into())
 }
 
-fn check(r: libc::c_int) -> std::io::Result<()> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
+/// `mknod`/`mkdir`/`symlink` by type: one IN_CREATE, no fd.
+pub(super) fn create(root: BorrowedFd<'_>, p: &CStr, ft: u32) -> nix::Result<()> {
+    let perm = Mode::from_bits_truncate(0o644);
+    match ft {
+        libc::S_IFDIR => mkdirat(root, p, Mode::from_bits_truncate(0o755)),
+        libc::S_IFLNK => symlinkat(c"ferry-replay", root, p),
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
+            mknodat(root, p, SFlag::from_bits_truncate(ft), perm, 0)
+        }
+        _ => mknodat(root, p, SFlag::S_IFREG, perm, 0),
     }
 }
 
-/// `mknod`/`mkdir`/`symlink` by type: one IN_CREATE, no fd.
-pub(super) fn create(root: libc::c_int, p: &CStr, ft: u32) -> std::io::Result<()> {
-    let r = match ft {
-        // SAFETY: `root` is an open fd and `p` a valid NUL-terminated string.
-        libc::S_IFDIR => unsafe { libc::mkdirat(root, p.as_ptr(), 0o755) },
-        // SAFETY: as above; the target is a literal C string.
-        libc::S_IFLNK => unsafe { libc::symlinkat(c"ferry-replay".as_ptr(), root, p.as_ptr()) },
-        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
-            // SAFETY: as above.
-            unsafe { libc::mknodat(root, p.as_ptr(), ft | 0o644, 0) }
-        }
-        // SAFETY: as above.
-        _ => unsafe { libc::mknodat(root, p.as_ptr(), libc::S_IFREG | 0o644, 0) },
-    };
-    check(r)
-}
-
 /// `unlink` or `rmdir`: IN_DELETE.
-pub(super) fn remove(root: libc::c_int, p: &CStr, ft: u32) -> std::io::Result<()> {
-    let unlink = |flags| {
-        // SAFETY: `root` is an open fd and `p` a valid NUL-terminated string.
-        check(unsafe { libc::unlinkat(root, p.as_ptr(), flags) })
-    };
-    let first = if ft == libc::S_IFDIR {
-        libc::AT_REMOVEDIR
+pub(super) fn remove(root: BorrowedFd<'_>, p: &CStr, ft: u32) -> nix::Result<()> {
+    let (first, other) = if ft == libc::S_IFDIR {
+        (UnlinkatFlags::RemoveDir, UnlinkatFlags::NoRemoveDir)
     } else {
-        0
+        (UnlinkatFlags::NoRemoveDir, UnlinkatFlags::RemoveDir)
     };
-    match unlink(first) {
+    match unlinkat(root, p, first) {
         // The guest knew it as the other kind.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENOTDIR)) => {
-            unlink(first ^ libc::AT_REMOVEDIR)
-        }
+        Err(Errno::EISDIR | Errno::ENOTDIR) => unlinkat(root, p, other),
         r => r,
     }
 }
 
 /// `rename`: IN_MOVED_FROM and IN_MOVED_TO with one cookie.
-pub(super) fn rename(root: libc::c_int, from: &CStr, to: &CStr) -> std::io::Result<()> {
-    // SAFETY: `root` is an open fd; both paths are valid NUL-terminated strings.
-    check(unsafe { libc::renameat(root, from.as_ptr(), root, to.as_ptr()) })
+pub(super) fn rename(root: BorrowedFd<'_>, from: &CStr, to: &CStr) -> nix::Result<()> {
+    renameat(root, from, root, to)
 }
-
-const OMIT: libc::timespec = libc::timespec {
-    tv_sec: 0,
-    tv_nsec: libc::UTIME_OMIT,
-};
-const NOW: libc::timespec = libc::timespec {
-    tv_sec: 0,
-    tv_nsec: libc::UTIME_NOW,
-};
 
 /// A data or attribute change:
 /// - `Data`: `utimensat(mtime = now)` → IN_MODIFY;
@@ -85,49 +64,31 @@ const NOW: libc::timespec = libc::timespec {
 ///   (IN_MODIFY alone when the file cannot be opened for writing, e.g. a running program);
 /// - `Closed`: open for writing and close → IN_CLOSE_WRITE;
 /// - `Attrib`: `utimensat(now, now)` → IN_ATTRIB.
-pub(super) fn touch(root: libc::c_int, p: &CStr, kind: ChangeKind, ft: u32) -> std::io::Result<()> {
-    let utimes = |times: [libc::timespec; 2]| {
-        // SAFETY: `root` is open, `p` a valid string, `times` a live array of two timespecs.
-        check(unsafe {
-            libc::utimensat(root, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-        })
-    };
-    let open_write = || -> std::io::Result<libc::c_int> {
-        // SAFETY: `root` is open and `p` a valid string.
-        let fd = unsafe {
-            libc::openat(
-                root,
-                p.as_ptr(),
-                libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(fd)
-        }
-    };
+pub(super) fn touch(root: BorrowedFd<'_>, p: &CStr, kind: ChangeKind, ft: u32) -> nix::Result<()> {
+    const OMIT: TimeSpec = TimeSpec::UTIME_OMIT;
+    const NOW: TimeSpec = TimeSpec::UTIME_NOW;
+    let utimes = |atime, mtime| utimensat(root, p, atime, mtime, UtimensatFlags::NoFollowSymlink);
     match kind {
-        ChangeKind::Attrib => utimes([NOW, NOW]),
-        ChangeKind::Data => utimes([OMIT, NOW]),
+        ChangeKind::Attrib => utimes(&NOW, &NOW),
+        ChangeKind::Data => utimes(&OMIT, &NOW),
         // A data change without a known type (the file moved on since) is a file's.
         ChangeKind::DataClosed | ChangeKind::Closed if ft == libc::S_IFREG || ft == 0 => {
-            let fd = match open_write() {
+            let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+            let fd = match openat(root, p, flags, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(_) if kind == ChangeKind::DataClosed => return utimes([OMIT, NOW]),
+                Err(_) if kind == ChangeKind::DataClosed => return utimes(&OMIT, &NOW),
                 Err(e) => return Err(e),
             };
-            let mut r = Ok(());
-            if kind == ChangeKind::DataClosed {
-                let times = [OMIT, NOW];
-                // SAFETY: `fd` is open; `times` is a live array of two timespecs.
-                r = check(unsafe { libc::futimens(fd, times.as_ptr()) });
-            }
-            // SAFETY: `fd` is open and owned here.
-            unsafe { libc::close(fd) };
+            let r = if kind == ChangeKind::DataClosed {
+                futimens(&fd, &OMIT, &NOW)
+            } else {
+                Ok(())
+            };
+            // The close raises IN_CLOSE_WRITE.
+            drop(fd);
             r
         }
-        ChangeKind::DataClosed => utimes([OMIT, NOW]),
+        ChangeKind::DataClosed => utimes(&OMIT, &NOW),
         _ => Ok(()),
     }
 }
@@ -151,5 +112,68 @@ mod tests {
         for p in bad {
             assert!(relative(p).is_err(), "{:?}", String::from_utf8_lossy(p));
         }
+    }
+
+    #[test]
+    fn syscalls_act_below_the_root_descriptor() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        use std::path::Path;
+        use std::time::{Duration, SystemTime};
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = nix::fcntl::open(
+            dir.path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let root = root.as_fd();
+        let path = |p: &str| dir.path().join(p);
+        let c = |p: &str| relative(p.as_bytes()).unwrap();
+        let kind = |p: &str| std::fs::symlink_metadata(path(p)).unwrap().file_type();
+
+        create(root, &c("f"), libc::S_IFREG).unwrap();
+        create(root, &c("unknown"), 0).unwrap();
+        create(root, &c("d"), libc::S_IFDIR).unwrap();
+        create(root, &c("l"), libc::S_IFLNK).unwrap();
+        create(root, &c("p"), libc::S_IFIFO).unwrap();
+        assert!(kind("f").is_file() && kind("unknown").is_file());
+        assert!(kind("d").is_dir() && kind("p").is_fifo());
+        assert_eq!(
+            std::fs::read_link(path("l")).unwrap(),
+            Path::new("ferry-replay")
+        );
+        assert_eq!(create(root, &c("f"), libc::S_IFREG), Err(Errno::EEXIST));
+
+        // Data and attribute changes touch the times, never the bytes.
+        std::fs::write(path("f"), b"host bytes").unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for change in [ChangeKind::Data, ChangeKind::DataClosed, ChangeKind::Attrib] {
+            std::fs::File::options()
+                .write(true)
+                .open(path("f"))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+            touch(root, &c("f"), change, libc::S_IFREG).unwrap();
+            let md = std::fs::metadata(path("f")).unwrap();
+            assert!(md.modified().unwrap() > old, "{change:?}");
+        }
+        touch(root, &c("f"), ChangeKind::Closed, 0).unwrap();
+        assert_eq!(std::fs::read(path("f")).unwrap(), b"host bytes");
+        // utimensat does not follow a symlink.
+        let target_mtime = std::fs::metadata(path("d")).unwrap().mtime();
+        touch(root, &c("l"), ChangeKind::Attrib, libc::S_IFLNK).unwrap();
+        assert_eq!(std::fs::metadata(path("d")).unwrap().mtime(), target_mtime);
+
+        rename(root, &c("f"), &c("d/g")).unwrap();
+        assert!(kind("d/g").is_file());
+        // Removed by the type the change says, or else by the other one.
+        remove(root, &c("d/g"), libc::S_IFDIR).unwrap();
+        remove(root, &c("d"), libc::S_IFREG).unwrap();
+        remove(root, &c("p"), libc::S_IFIFO).unwrap();
+        assert!(!path("d").exists() && !path("p").exists());
+        assert_eq!(remove(root, &c("p"), 0), Err(Errno::ENOENT));
     }
 }
