@@ -5,9 +5,9 @@
 //! the guest (a container's bind mount, say). These raw writes can expire instead, and can bump
 //! the connection epoch (kernel 6.16+) to drop every cached name at once after an overflow.
 //!
-//! Rules (measured in shared/notes/inotify-replay.md): write only from a thread that is not
-//! serving FUSE requests, never while a FUSE handler waits for that thread, and treat ENOENT
-//! (nothing cached) as success.
+//! Rules (see `guest-agent/REPLAY.md`, "Notifications to the kernel"): write only from a
+//! thread that is not serving FUSE requests, never while a FUSE handler waits for that thread,
+//! and treat ENOENT (nothing cached) as success.
 
 use std::io;
 use std::os::fd::OwnedFd;

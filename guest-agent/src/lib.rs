@@ -7,8 +7,11 @@
 //!   requests and replies back into FUSE replies, plus attribute conversions.
 //! - [`hybrid`]: the host-initiated side of hybrid vsock (`CONNECT <port>` on a VMM's Unix
 //!   socket), for reaching a server that listens inside a VM.
-//! - [`mount`]: mounting one export ([`mount()`], [`MountOptions`]) and unmounting it with
-//!   `MNT_DETACH` ([`MountHandle`]).
+//! - [`kernel`]: cache notifications written straight to `/dev/fuse`.
+//! - [`mount`](mod@mount): mounting one export ([`mount()`], [`MountOptions`]) and unmounting
+//!   it with `MNT_DETACH` ([`MountHandle`]).
+//! - [`replay`]: the replay thread that turns host changes into guest inotify events (what it
+//!   relies on about the kernel: `guest-agent/REPLAY.md`).
 //! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
 //!   [`serve_stream`], [`serve`]), the events-only mode for virtio-fs mounts
 //!   ([`run_events_only`]), and the signal helper for the command lines (token files and
@@ -321,7 +324,7 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
 /// `config.mounts`, where `mountpoint` is a virtio-fs mount of that export served by the same
 /// ferry-host, it subscribes to the export's host changes and replays them on the mount, so
 /// that programs in the guest get inotify events and the guest kernel's caches are refreshed
-/// (the host answers the replay's requests; see `replay.rs`). Runs until `shutdown` receives
+/// (the host answers the replay's requests; see [`replay`]). Runs until `shutdown` receives
 /// or the connection closes.
 pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
     if config.mounts.is_empty() {

@@ -5,10 +5,14 @@
 //! the kernel from the client's reader thread once the server replies. A FUSE thread never
 //! waits for the server.
 //!
-//! Caching: entry and attribute TTLs come from [`crate::MountOptions::ttl`] (1 s by default)
-//! until the host sends change events. The kernel page cache stays on, with
-//! `FUSE_AUTO_INVAL_DATA` so that cached pages are dropped when a refreshed mtime or size
-//! differs; `FUSE_WRITEBACK_CACHE` stays off so writes reach the host at once.
+//! Caching: the entry and attribute TTL is chosen by [`crate::mount()`]: in `cached` mode
+//! [`crate::MountOptions::ttl`] (60 s by default), at most 1 s when the server sends no change
+//! events; in `consistent` mode zero. Host change events keep cached names, attributes and
+//! pages coherent (see [`crate::replay`]); the TTL only bounds staleness should events be lost.
+//! The kernel page cache stays on, kept across opens (`FOPEN_KEEP_CACHE`) only in `cached` mode
+//! with change events, and with `FUSE_AUTO_INVAL_DATA` so that cached pages are dropped when a
+//! refreshed mtime or size differs; `FUSE_WRITEBACK_CACHE` stays off so writes reach the host
+//! at once.
 //!
 //! Forgets: fuser 0.18 does not export the `ForgetOne` type of `batch_forget`, so that method
 //! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
@@ -86,7 +90,7 @@ pub struct FerryFs {
     dir_caches: Arc<DashMap<u64, DirCache>>,
     /// The first bytes of files, read by the host at open time, per handle (see [`PREFETCH`]).
     prefetched: Arc<DashMap<u64, Prefetched>>,
-    /// Host-change replay: recognises the replay thread's requests (see `replay.rs`).
+    /// Host-change replay: recognises the replay thread's requests (see [`crate::replay`]).
     replay: Arc<ReplayState>,
     /// Keep the page cache across opens (host changes invalidate it: `cached` mode).
     keep_cache: bool,

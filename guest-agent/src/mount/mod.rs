@@ -5,6 +5,8 @@
 //! the mount with `umount2(MNT_DETACH)`; fuser's own unmount fails with EBUSY while files are
 //! open and its `AutoUnmount` hangs, so neither is used. The kernel ends the session once the
 //! last open file under the detached mount is closed.
+//!
+//! `mountinfo` reads what is mounted where in the guest.
 
 pub(crate) mod mountinfo;
 
@@ -55,7 +57,7 @@ pub struct MountOptions {
 pub enum CacheMode {
     /// Names, attributes and pages are cached for [`MountOptions::ttl`] and across opens, and
     /// kept coherent by host change events (which also raise inotify events in the guest).
-    /// Without change events from the server the TTL falls back to 1 s.
+    /// Without change events from the server the TTL is capped at 1 s.
     #[default]
     Cached,
     /// Nothing is cached: every stat, lookup and open asks the host. Host changes still raise
@@ -85,7 +87,8 @@ impl MountOptions {
     /// Default number of FUSE threads.
     pub const DEFAULT_THREADS: usize = 4;
 
-    /// Options with defaults: read-write, 1 s TTL, 4 threads, `allow_other`.
+    /// Options with defaults: read-write, `cached` with a [`Self::DEFAULT_TTL`] TTL, 4 threads,
+    /// `allow_other`, permissions as the server chose for the export.
     pub fn new(export: impl Into<String>, mountpoint: impl Into<PathBuf>) -> Self {
         Self {
             export: export.into(),

@@ -3,18 +3,19 @@
 //! FUSE cache notifications raise no inotify events; only operations through the VFS do. So,
 //! as osxfs did, a dedicated replay thread performs, on the mount, the operation matching each
 //! host change (`mknod` for a created file, `unlink` for a removed one, `rename` for a rename,
-//! `utimensat` or an open-touch-close for a write, `utimensat` for an attribute change), and the
+//! `utimensat` or an open-touch-close for a write, `utimensat` for an attribute change). The
 //! FUSE handlers recognise that thread's requests by the thread id in the request header and
-//! answer them here, from a small *view* of the change, without a host round trip and without
-//! touching host files. The kernel then emits the events every watcher expects.
+//! answer them (`crate::fs`'s replay answers, by the rule of [`ferry_protocol::replay`]) from
+//! a small *view* of the change and reads of the host, never touching host files. The kernel
+//! then emits the events every watcher expects. What this relies on about the kernel is in
+//! `guest-agent/REPLAY.md`.
 //!
-//! For each change, in order (kernel behaviour measured in shared/notes/inotify-replay.md):
+//! For each change, in order:
 //! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
-//! 2. install the view: how the replay thread's LOOKUPs are answered (the name as it was
-//!    before the change: absent for a creation and a rename target, present for a removal and
-//!    a rename source), and which node a replayed creation returns; a replayed SETATTR is
-//!    answered with the host's current attributes (a read), since the kernel keeps them;
-//! 3. make the syscall, with no lock held;
+//! 2. install the view: which of the change's names a request names, and how each looked
+//!    before the change (absent for a creation and a rename target, the object or a synthetic
+//!    stand-in for a removal and a rename source);
+//! 3. make the syscall (`syscalls`), with no lock held;
 //! 4. drop the view, and give back the lookup the server took for the change if the kernel
 //!    never received it.
 //!
@@ -24,9 +25,13 @@
 //! kernel cache to invalidate from here (the host's replies refresh it).
 //!
 //! Objects that no longer exist on the host (removed before the server looked) are answered
-//! with *synthetic* nodes: ids from [`SYNTHETIC_BASE`] up that the agent serves itself and the
-//! server never sees. A directory that holds a mount inside the guest is never removed or
-//! renamed by a replay (that would detach the mount); its entry is only expired.
+//! with *synthetic* nodes: ids from [`ferry_protocol::replay::SYNTHETIC_BASE`] up that the
+//! agent serves itself and the server never sees. A directory that holds a mount inside the
+//! guest is never removed or renamed by a replay (that would detach the mount); its entry is
+//! only expired.
+//!
+//! - `state`: what the replay thread shares with the FUSE handlers.
+//! - `syscalls`: the system calls it makes on the mount.
 
 mod state;
 mod syscalls;
