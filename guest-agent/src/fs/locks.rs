@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use ferry_protocol::{self as proto, Reply, Request as Req};
-use fuser::{FileHandle, INodeNo, LockOwner, ReplyEmpty, Request};
+use fuser::{INodeNo, ReplyEmpty, Request};
 use tracing::{debug, error};
 
 use super::FerryFs;
@@ -38,6 +38,23 @@ impl Locks {
     /// A POSIX lock was asked for on `ino`: from now on its FLUSHes go to the host.
     pub(super) fn asked(&self, ino: u64) {
         self.locked.insert(ino, ());
+    }
+
+    /// Answers a FLUSH of `ino` (`close(2)` waits for it) that need not reach the host; hands
+    /// `reply` back for one that must. Data needs nothing: every WRITE was a synchronous
+    /// pwrite the host acknowledged. Locks do: a close drops the closing process's POSIX locks
+    /// on the file, so a FLUSH of a file this mount ever locked goes to the host.
+    pub(super) fn flush_here(&self, ino: u64, reply: ReplyEmpty) -> Option<ReplyEmpty> {
+        if !self.host {
+            // Locks are the guest kernel's own: ENOSYS makes it stop sending FLUSH at all.
+            reply.error(fuser::Errno::ENOSYS);
+            return None;
+        }
+        if !self.locked.contains_key(&ino) {
+            reply.ok();
+            return None;
+        }
+        Some(reply)
     }
 }
 
@@ -120,34 +137,6 @@ impl FerryFs {
             }
             r => refuse("lock", reply, r),
         });
-    }
-
-    /// Answers a FLUSH (`close(2)` waits for it). Data needs nothing: every WRITE was a
-    /// synchronous pwrite the host acknowledged. Locks do: a close drops the closing process's
-    /// POSIX locks on the file, so a file this mount ever locked goes to the host.
-    pub(super) fn flush_locks(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        if !self.locks.host {
-            // Locks are the guest kernel's own: ENOSYS makes it stop sending FLUSH at all.
-            reply.error(fuser::Errno::ENOSYS);
-            return;
-        }
-        if !self.locks.locked.contains_key(&ino.0) {
-            reply.ok();
-            return;
-        }
-        let body = Req::Flush(proto::Flush {
-            ino: ino.0,
-            fh: fh.0,
-            lock_owner: lock_owner.0,
-        });
-        self.call(req, body, &[], reply_with("flush", reply));
     }
 }
 

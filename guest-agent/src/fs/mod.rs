@@ -553,7 +553,15 @@ impl Filesystem for FerryFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.flush_locks(req, ino, fh, lock_owner, reply);
+        let Some(reply) = self.locks.flush_here(ino.0, reply) else {
+            return;
+        };
+        let body = Req::Flush(proto::Flush {
+            ino: ino.0,
+            fh: fh.0,
+            lock_owner: lock_owner.0,
+        });
+        self.call(req, body, &[], reply_with("flush", reply));
     }
 
     fn release(
