@@ -5,12 +5,12 @@
 //! the guest (a container's bind mount, say). These raw writes can expire instead, and can bump
 //! the connection epoch (kernel 6.16+) to drop every cached name at once after an overflow.
 //!
-//! Rules (measured in shared/notes/inotify-replay.md): write only from a thread that is not
-//! serving FUSE requests, never while a FUSE handler waits for that thread, and treat ENOENT
-//! (nothing cached) as success.
+//! Rules (see `guest-agent/REPLAY.md`, "Notifications to the kernel"): write only from a
+//! thread that is not serving FUSE requests, never while a FUSE handler waits for that thread,
+//! and treat ENOENT (nothing cached) as success.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
@@ -65,17 +65,11 @@ impl KernelNotifier {
         msg.extend(code.to_ne_bytes()); // .error carries the notification code
         msg.extend(0u64.to_ne_bytes()); // .unique = 0: a notification
         msg.extend(body);
-        // SAFETY: `fd` is an open fd owned by `self`; `msg` is a live buffer of `msg.len()`
-        // bytes for the duration of the call.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
+        match nix::unistd::write(&self.fd, &msg) {
+            Ok(_) => Ok(()),
             // Nothing cached for it: nothing to invalidate.
-            return Ok(());
+            Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Err(e)
     }
 }

@@ -7,11 +7,15 @@
 //!   requests and replies back into FUSE replies, plus attribute conversions.
 //! - [`hybrid`]: the host-initiated side of hybrid vsock (`CONNECT <port>` on a VMM's Unix
 //!   socket), for reaching a server that listens inside a VM.
-//! - [`mount`]: mounting one export ([`mount()`], [`MountOptions`]) and unmounting it with
-//!   `MNT_DETACH` ([`MountHandle`]).
+//! - [`kernel`]: cache notifications written straight to `/dev/fuse`.
+//! - [`mount`](mod@mount): mounting one export ([`mount()`], [`MountOptions`]) and unmounting
+//!   it with `MNT_DETACH` ([`MountHandle`]).
+//! - [`replay`]: the replay thread that turns host changes into guest inotify events (what it
+//!   relies on about the kernel: `guest-agent/REPLAY.md`).
 //! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
 //!   [`serve_stream`], [`serve`]), the events-only mode for virtio-fs mounts
-//!   ([`run_events_only`]), logging, signal and token helpers for the command lines.
+//!   ([`run_events_only`]), and the signal helper for the command lines (token files and
+//!   logging set-up are `ferry_common`'s).
 
 pub mod client;
 pub mod fs;
@@ -320,14 +324,14 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
 /// `config.mounts`, where `mountpoint` is a virtio-fs mount of that export served by the same
 /// ferry-host, it subscribes to the export's host changes and replays them on the mount, so
 /// that programs in the guest get inotify events and the guest kernel's caches are refreshed
-/// (the host answers the replay's requests; see `replay.rs`). Runs until `shutdown` receives
+/// (the host answers the replay's requests; see [`replay`]). Runs until `shutdown` receives
 /// or the connection closes.
 pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
     if config.mounts.is_empty() {
         anyhow::bail!("--events-only needs at least one NAME=MOUNTPOINT (a virtio-fs mount)");
     }
     for (name, mp) in &config.mounts {
-        match replay::mount_type(mp).as_deref() {
+        match mount::mountinfo::mount_type(mp).as_deref() {
             Some("virtiofs") => {}
             Some(other) => anyhow::bail!(
                 "--events-only {name}={}: that is a {other} mount, not virtio-fs (ferry-agent \
@@ -410,18 +414,6 @@ pub fn run_events_only(config: &AgentConfig, shutdown: Receiver<()>) -> anyhow::
     Ok(())
 }
 
-/// Logs to stderr through `tracing`; `RUST_LOG` overrides the default filter (`info`, with
-/// fuser's own chatter at `error`). Calling it twice is harmless.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it before starting other
 /// threads, which inherit the mask) and returns a receiver that gets `()` on the first of
 /// them. A second signal exits the process at once (status 130).
@@ -459,32 +451,6 @@ pub fn shutdown_on_signals() -> anyhow::Result<Receiver<()>> {
         })
         .context("cannot start the signal thread")?;
     Ok(rx)
-}
-
-/// The shared token from `--token-file` (one trailing newline ignored) or `--token`; giving
-/// both is an error, an empty token too.
-pub fn load_token(
-    file: Option<&std::path::Path>,
-    token: Option<&str>,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    let t = match (file, token) {
-        (Some(_), Some(_)) => anyhow::bail!("give either a token file or a token, not both"),
-        (Some(path), None) => {
-            let mut t = std::fs::read(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
-            if t.ends_with(b"\n") {
-                t.pop();
-                if t.ends_with(b"\r") {
-                    t.pop();
-                }
-            }
-            t
-        }
-        (None, Some(t)) => t.as_bytes().to_vec(),
-        (None, None) => return Ok(None),
-    };
-    anyhow::ensure!(!t.is_empty(), "the token is empty");
-    Ok(Some(t))
 }
 
 /// The agent's main loop over a connected client: mounts `mounts` (all or none: on a failure

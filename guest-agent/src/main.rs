@@ -42,7 +42,7 @@ struct Args {
     #[arg(value_name = "NAME=MOUNTPOINT", requires = "events_only", value_parser = parse_mount)]
     targets: Vec<(String, PathBuf)>,
 
-    /// File holding the shared token the server requires (trailing newline ignored).
+    /// File holding the shared token the server requires (trailing whitespace ignored).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
 
@@ -98,7 +98,7 @@ fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    ferry_agent::init_logging();
+    ferry_common::logging::init();
     let args = Args::parse();
     match real_main(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -111,7 +111,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     let shutdown = ferry_agent::shutdown_on_signals()?;
-    let token = ferry_agent::load_token(args.token_file.as_deref(), args.token.as_deref())?;
+    let token = ferry_common::token::load(args.token_file.as_deref(), args.token.as_deref())?;
     if args.events_only && args.targets.is_empty() {
         anyhow::bail!(
             "--events-only needs NAME=MOUNTPOINT arguments: the virtio-fs mounts to replay host \

@@ -1,0 +1,276 @@
+//! Protocol replies → fuser replies: one adapter for every request that expects one kind of
+//! reply ([`Respond`], [`reply_with`]), and readdirplus entries.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use ferry_protocol::{self as proto, Attr, Errno, Reply};
+use fuser::{
+    FileHandle, FopenFlags, Generation, INodeNo, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr,
+};
+use tracing::error;
+
+use super::attr::{entry_attr, file_attr, fopen_flags, mode_from_dtype};
+
+pub(super) fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+/// Logs a reply of the wrong kind for `op` and returns EIO for the kernel.
+pub(super) fn wrong(op: &str, r: &Reply<'_>) -> fuser::Errno {
+    error!(op, reply = ?std::mem::discriminant(r), "server sent a reply of the wrong kind");
+    fuser::Errno::EIO
+}
+
+/// A fuser reply object that can fail.
+pub(super) trait Fail {
+    /// Answers the kernel with an error.
+    fn fail(self, e: fuser::Errno);
+}
+
+/// A fuser reply object answered with the one kind of protocol reply its request expects,
+/// together with what the answer needs besides the reply (a TTL, extra open flags, a size).
+pub(super) trait Respond: Fail + Send + Sized + 'static {
+    /// Answers the kernel with `r`, or hands `self` back when `r` is not of the expected kind.
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self>;
+}
+
+/// The callback answering `reply` with the outcome of request `op`: the expected reply, EIO
+/// (logged) for a reply of another kind, or the server's errno.
+pub(super) fn reply_with<R: Respond>(
+    op: &'static str,
+    reply: R,
+) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static {
+    move |r| match r {
+        Ok(r) => {
+            if let Err(reply) = reply.respond(&r) {
+                reply.fail(wrong(op, &r));
+            }
+        }
+        Err(e) => reply.fail(errno(e)),
+    }
+}
+
+/// Answers an outcome that a request's own callback did not take: EIO (logged) for a reply of
+/// the wrong kind, the server's errno for an error.
+pub(super) fn refuse<R: Fail>(op: &'static str, reply: R, r: Result<Reply<'_>, Errno>) {
+    match r {
+        Ok(other) => reply.fail(wrong(op, &other)),
+        Err(e) => reply.fail(errno(e)),
+    }
+}
+
+macro_rules! fail {
+    ($($t:ty),* $(,)?) => {$(
+        impl Fail for $t {
+            fn fail(self, e: fuser::Errno) {
+                self.error(e);
+            }
+        }
+    )*};
+}
+fail!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyLock,
+    ReplyLseek,
+    ReplyStatfs,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyXattr,
+);
+
+impl<R: Fail, T> Fail for (R, T) {
+    fn fail(self, e: fuser::Errno) {
+        self.0.fail(e);
+    }
+}
+
+impl<R: Fail, T, U> Fail for (R, T, U) {
+    fn fail(self, e: fuser::Errno) {
+        self.0.fail(e);
+    }
+}
+
+/// A node, valid for the TTL.
+impl Respond for (ReplyEntry, Duration) {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Entry(e) = r else { return Err(self) };
+        self.0
+            .entry(&self.1, &entry_attr(e), Generation(e.generation));
+        Ok(())
+    }
+}
+
+/// Attributes, valid for the TTL.
+impl Respond for (ReplyAttr, Duration) {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Attr(a) = r else { return Err(self) };
+        self.0.attr(&self.1, &file_attr(a));
+        Ok(())
+    }
+}
+
+/// A created and opened node, valid for the TTL, with extra open flags.
+impl Respond for (ReplyCreate, Duration, FopenFlags) {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Created(c) = r else {
+            return Err(self);
+        };
+        let (reply, ttl, extra) = self;
+        reply.created(
+            &ttl,
+            &entry_attr(&c.entry),
+            Generation(c.entry.generation),
+            FileHandle(c.opened.fh),
+            fopen_flags(c.opened.open_flags) | extra,
+        );
+        Ok(())
+    }
+}
+
+/// An open handle, with extra open flags.
+impl Respond for (ReplyOpen, FopenFlags) {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Opened(o) = r else {
+            return Err(self);
+        };
+        self.0
+            .opened(FileHandle(o.fh), fopen_flags(o.open_flags) | self.1);
+        Ok(())
+    }
+}
+
+/// An xattr value or name list for a buffer of the given size (0: only the size is asked).
+impl Respond for (ReplyXattr, u32) {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let (reply, size) = self;
+        match r {
+            Reply::XattrSize(n) if size == 0 => reply.size(*n),
+            Reply::Data(d) if size == 0 => reply.size(d.len() as u32),
+            Reply::Data(d) if d.len() <= size as usize => reply.data(d),
+            Reply::Data(_) | Reply::XattrSize(_) => reply.error(fuser::Errno::ERANGE),
+            _ => return Err((reply, size)),
+        }
+        Ok(())
+    }
+}
+
+impl Respond for ReplyEmpty {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Empty = r else { return Err(self) };
+        self.ok();
+        Ok(())
+    }
+}
+
+impl Respond for ReplyData {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Data(d) = r else { return Err(self) };
+        self.data(d);
+        Ok(())
+    }
+}
+
+impl Respond for ReplyWrite {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Written(n) = r else {
+            return Err(self);
+        };
+        self.written(*n);
+        Ok(())
+    }
+}
+
+impl Respond for ReplyStatfs {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Statfs(s) = r else {
+            return Err(self);
+        };
+        self.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
+        Ok(())
+    }
+}
+
+impl Respond for ReplyLock {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Lock(l) = r else { return Err(self) };
+        self.locked(l.start, l.end, l.typ, l.pid);
+        Ok(())
+    }
+}
+
+impl Respond for ReplyLseek {
+    fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
+        let Reply::Offset(o) = r else {
+            return Err(self);
+        };
+        self.offset(*o);
+        Ok(())
+    }
+}
+
+/// Fills a readdirplus reply; returns the `(node, 1)` lookups the kernel will never forget:
+/// entries that did not fit, and `.`/`..` (the kernel does not link those).
+pub(super) fn fill_dirplus(
+    reply: &mut ReplyDirectoryPlus,
+    dir: u64,
+    ttl: Duration,
+    entries: &[proto::DirEntryPlus],
+) -> Vec<(u64, u64)> {
+    let mut forgets = Vec::new();
+    let mut full = false;
+    for e in entries {
+        let is_dot = e.name == b"." || e.name == b"..";
+        if full {
+            if e.entry.ino != 0 {
+                forgets.push((e.entry.ino, 1));
+            }
+            continue;
+        }
+        let (attr, generation) = if e.entry.ino != 0 {
+            (entry_attr(&e.entry), e.entry.generation)
+        } else {
+            // Not looked up: node id 0 tells the kernel not to link it. The kernel ignores the
+            // node id of `.` and `..`, so give those a usable inode number for the dirent.
+            let ino = match (is_dot, e.entry.attr.ino) {
+                (true, 0) => dir,
+                (true, ino) => ino,
+                (false, _) => 0,
+            };
+            let mut attr = file_attr(&Attr {
+                mode: mode_from_dtype(e.kind),
+                ..e.entry.attr
+            });
+            attr.ino = INodeNo(ino);
+            (attr, 0)
+        };
+        let name = OsStr::from_bytes(&e.name);
+        if reply.add(
+            attr.ino,
+            e.offset,
+            name,
+            &ttl,
+            &attr,
+            Generation(generation),
+        ) {
+            full = true;
+            if e.entry.ino != 0 {
+                forgets.push((e.entry.ino, 1));
+            }
+        } else if is_dot && e.entry.ino != 0 {
+            forgets.push((e.entry.ino, 1));
+        }
+    }
+    forgets
+}

@@ -1,0 +1,408 @@
+//! Replaying host changes so that the guest kernel raises real inotify events.
+//!
+//! FUSE cache notifications raise no inotify events; only operations through the VFS do. So,
+//! as osxfs did, a dedicated replay thread performs, on the mount, the operation matching each
+//! host change (`mknod` for a created file, `unlink` for a removed one, `rename` for a rename,
+//! `utimensat` or an open-touch-close for a write, `utimensat` for an attribute change). The
+//! FUSE handlers recognise that thread's requests by the thread id in the request header and
+//! answer them (`crate::fs`'s replay answers, by the rule of [`ferry_protocol::replay`]) from
+//! a small *view* of the change and reads of the host, never touching host files. The kernel
+//! then emits the events every watcher expects. What this relies on about the kernel is in
+//! `guest-agent/REPLAY.md`.
+//!
+//! For each change, in order:
+//! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
+//! 2. install the view: which of the change's names a request names, and how each looked
+//!    before the change (absent for a creation and a rename target, the object or a synthetic
+//!    stand-in for a removal and a rename source);
+//! 3. make the syscall (`syscalls`), with no lock held;
+//! 4. drop the view, and give back the lookup the server took for the change if the kernel
+//!    never received it.
+//!
+//! On a mount this agent does not serve (a virtio-fs mount, `--events-only`), the host answers
+//! the replay thread's requests instead: [`Replayer::bracket`] makes the thread tell the host,
+//! before each syscall, which change its requests mean ([`Req::Replay`]), and there is no
+//! kernel cache to invalidate from here (the host's replies refresh it).
+//!
+//! Objects that no longer exist on the host (removed before the server looked) are answered
+//! with *synthetic* nodes: ids from [`ferry_protocol::replay::SYNTHETIC_BASE`] up that the
+//! agent serves itself and the server never sees. A directory that holds a mount inside the
+//! guest is never removed or renamed by a replay (that would detach the mount); its entry is
+//! only expired.
+//!
+//! - `state`: what the replay thread shares with the FUSE handlers.
+//! - `syscalls`: the system calls it makes on the mount.
+
+mod state;
+mod syscalls;
+
+use state::View;
+pub(crate) use state::{Before, Target};
+pub use state::{REPLAY_FH_BASE, ReplayState, ReplayStats};
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+
+use ferry_protocol::replay::Side;
+use ferry_protocol::{self as proto, Change, ChangeKind, Ctx, ROOT_ID, Request as Req};
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::kernel::KernelNotifier;
+use crate::mount::mountinfo::holds_mount;
+use syscalls::{create, relative, remove, rename, touch};
+
+/// Pause before replaying the first change inside a directory just created (see `run`).
+const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What the replay thread needs.
+pub struct Replayer {
+    /// Replay changes as syscalls (false on a read-only mount, where they would fail: the
+    /// caches are then only invalidated).
+    pub raise_events: bool,
+    /// Shared with the FUSE handlers.
+    pub state: Arc<ReplayState>,
+    /// Notifications to the kernel (`None` on a mount this agent does not serve).
+    pub kernel: Option<KernelNotifier>,
+    /// The host answers the replay thread's requests (a virtio-fs mount): each replayed change
+    /// is announced with [`Req::Replay`] first, and one that the host did not take is not
+    /// replayed.
+    pub bracket: bool,
+    /// The mount's root path in the guest (for logs and the submount check).
+    pub mountpoint: PathBuf,
+    /// Device number of the mount (its root's `st_dev`; 0 until the thread has read it). Each
+    /// batch opens the mount root and replays only if it is still this filesystem, so no
+    /// replay can ever reach the directory underneath once the mount is gone; no fd is held
+    /// between batches, so `umount` works.
+    pub root_dev: u64,
+    /// For giving back lookups the kernel never received.
+    pub client: Arc<Client>,
+    /// The export id.
+    pub export: u32,
+    /// Called with a node id whose data changed on the host (drops prefetched bytes).
+    pub on_data_change: Box<dyn Fn(u64) + Send>,
+}
+
+impl Replayer {
+    /// Replays changes until the connection closes. Runs on its own thread.
+    pub fn run(mut self, rx: Receiver<Vec<Change>>) {
+        // Read here, not while mounting: the stat needs the FUSE session to be serving.
+        match nix::sys::stat::stat(&self.mountpoint) {
+            Ok(st) => self.root_dev = st.st_dev,
+            Err(e) => {
+                warn!(mountpoint = %self.mountpoint.display(), "no replay of host changes: {e}");
+                return;
+            }
+        }
+        let tid = nix::unistd::gettid().as_raw();
+        self.state.tid.store(tid, Ordering::Relaxed);
+        if self.bracket {
+            // Random per process run: std's hasher keys are.
+            let link = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (tid, std::process::id()),
+            );
+            self.state.link.store(link, Ordering::Relaxed);
+            if let Err(e) = self.announce_linked(None) {
+                warn!(mountpoint = %self.mountpoint.display(), export = self.export,
+                      "the host refused this replay thread ({e:?}), or the mount is not a \
+                       virtio-fs mount of this export served by the same ferry-host; no host \
+                       change events");
+                return;
+            }
+        }
+        debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
+        for batch in rx {
+            let root = self.open_root();
+            let mut new_dir: Option<Vec<u8>> = None;
+            for c in batch {
+                self.state.stats.received.fetch_add(1, Ordering::Relaxed);
+                if self.state.stopped.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(root) = &root else {
+                    // Not mounted (any more): only drop the lookups the server took.
+                    if let Some(e) = c.entry {
+                        self.forget(e.ino);
+                    }
+                    continue;
+                };
+                // A recursive watcher (inotifywait -r, chokidar) watches a new directory only
+                // after it has seen it created; on a local disk the programs filling it give it
+                // that moment. Give it the same moment before replaying what is inside.
+                if let Some(dir) = new_dir.take() {
+                    if c.path.starts_with(&dir) && c.path.get(dir.len()) == Some(&b'/') {
+                        std::thread::sleep(NEW_DIR_PAUSE);
+                    }
+                }
+                self.apply(&c, root.as_fd());
+                if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
+                    new_dir = Some(c.path.clone());
+                }
+            }
+            if self.bracket && root.is_some() {
+                let _ = self.announce(None);
+            }
+        }
+        let s = &self.state.stats;
+        info!(
+            received = s.received.load(Ordering::Relaxed),
+            replayed = s.replayed.load(Ordering::Relaxed),
+            skipped = s.skipped.load(Ordering::Relaxed),
+            failed = s.failed.load(Ordering::Relaxed),
+            overflows = s.overflows.load(Ordering::Relaxed),
+            mountpoint = %self.mountpoint.display(),
+            "host change events ended"
+        );
+    }
+
+    /// Tells the host which change this thread's requests mean from now on (`None`: none),
+    /// and waits for its answer.
+    fn announce(&self, change: Option<&Change>) -> Result<(), proto::Errno> {
+        let tid = self.state.tid.load(Ordering::Relaxed);
+        self.client
+            .call_blocking(
+                self.export,
+                Ctx::default(),
+                &Req::Replay(proto::Replay {
+                    tid,
+                    link: self.state.link.load(Ordering::Relaxed),
+                    change: change.cloned(),
+                }),
+                &[],
+            )
+            .map(drop)
+    }
+
+    /// As [`Replayer::announce`], and when the host says that no session of the mount is
+    /// linked to this connection (ENXIO: the thread's requests would be performed as anyone's),
+    /// links it and asks again. A lookup of the link name through the mount tells the host
+    /// which of its sessions serves this guest: only this guest's thread ids count there, and
+    /// the guest's own changes through the mount are not replayed back to it. The name need
+    /// not exist. A VMM that reconnects gets a new, unlinked session, hence the retry here.
+    fn announce_linked(&self, change: Option<&Change>) -> Result<(), proto::Errno> {
+        match self.announce(change) {
+            Err(proto::Errno::ENXIO) => {
+                let link = self.state.link.load(Ordering::Relaxed);
+                let name = format!("{}{link:016x}", proto::REPLAY_LINK_PREFIX);
+                let _ = nix::sys::stat::lstat(&self.mountpoint.join(name));
+                self.announce(change)
+            }
+            r => r,
+        }
+    }
+
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) {
+        if let Some(k) = &self.kernel {
+            if let Err(err) = k.inval_inode(ino, offset, len) {
+                debug!(ino, "inval_inode: {err}");
+            }
+        }
+    }
+
+    fn expire_entry(&self, parent: u64, name: &[u8]) {
+        if let Some(k) = &self.kernel {
+            if let Err(e) = k.expire_entry(parent, name) {
+                debug!("expire_entry: {e}");
+            }
+        }
+    }
+
+    /// Drops every name and attribute the kernel caches for the mount.
+    fn drop_all_cached(&self) {
+        let Some(k) = &self.kernel else {
+            warn!(mountpoint = %self.mountpoint.display(),
+                  "the mount's caches cannot be dropped from here; they expire after their timeout");
+            return;
+        };
+        if let Err(e) = k.inc_epoch() {
+            debug!("epoch increment unsupported ({e}); invalidating the root only");
+            let _ = k.inval_inode(ROOT_ID, 0, 0);
+        }
+    }
+
+    /// The mount root, if `mountpoint` is still this mount.
+    fn open_root(&self) -> Option<OwnedFd> {
+        let fd = nix::fcntl::open(
+            &self.mountpoint,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        if st.st_dev != self.root_dev {
+            debug!(mountpoint = %self.mountpoint.display(), "not mounted any more; no replay");
+            return None;
+        }
+        Some(fd)
+    }
+
+    fn apply(&self, c: &Change, root: BorrowedFd<'_>) {
+        let path = self
+            .mountpoint
+            .join(Path::new(std::ffi::OsStr::from_bytes(&c.path)));
+        let Ok(rel) = relative(&c.path) else {
+            return;
+        };
+        let name = c
+            .path
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        let entry_before = || match c.entry {
+            Some(e) => Before::Entry(e),
+            None => Before::Synthetic(c.file_type),
+        };
+        let ft = c
+            .entry
+            .map(|e| e.attr.mode & libc::S_IFMT)
+            .unwrap_or(c.file_type);
+        if !self.raise_events {
+            return self.invalidate_only(c, &name);
+        }
+        if self.bracket && c.kind != ChangeKind::Overflow {
+            if let Err(e) = self.announce_linked(Some(c)) {
+                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(kind = ?c.kind, path = %path.display(), "the host refused the replay: {e:?}");
+                if let Some(e) = c.entry {
+                    self.forget(e.ino);
+                }
+                return;
+            }
+        }
+        let mut view = View::new(c.kind, c.entry.map(|e| e.ino), ft);
+        let result = match c.kind {
+            ChangeKind::Overflow => {
+                self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    "the host lost change events; dropping every cached name and attribute"
+                );
+                self.drop_all_cached();
+                return;
+            }
+            ChangeKind::Created => {
+                view.name(c.parent, &name, Side::From, Before::Absent);
+                self.state.install(view);
+                create(root, &rel, ft)
+            }
+            ChangeKind::Removed => {
+                if ft == libc::S_IFDIR && holds_mount(&path) {
+                    return self.expire(c.parent, &name);
+                }
+                view.name(c.parent, &name, Side::From, Before::Synthetic(ft));
+                self.state.install(view);
+                remove(root, &rel, ft)
+            }
+            ChangeKind::Renamed => {
+                let Ok(to) = relative(&c.to) else {
+                    return;
+                };
+                let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                if ft == libc::S_IFDIR && holds_mount(&path) {
+                    self.expire(c.to_parent, to_name);
+                    return self.expire(c.parent, &name);
+                }
+                view.name(c.parent, &name, Side::From, entry_before());
+                view.name(c.to_parent, to_name, Side::To, Before::Absent);
+                self.state.install(view);
+                rename(root, &rel, &to)
+            }
+            ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
+                let data = c.kind != ChangeKind::Attrib;
+                if let Some(e) = c.entry {
+                    if data {
+                        (self.on_data_change)(e.ino);
+                    }
+                    // Invalidate before the event is raised, so a watcher reacting to it at
+                    // once cannot read cached old bytes.
+                    let (off, len) = if data { (0, 0) } else { (-1, 0) };
+                    self.inval_inode(e.ino, off, len);
+                    if !c.path.is_empty() {
+                        view.name(c.parent, &name, Side::From, Before::Entry(e));
+                    } else {
+                        // The root: the kernel always holds it; no lookup to give back.
+                        view.used = true;
+                    }
+                }
+                // Without an entry the object has moved on on the host since (a rename or
+                // removal follows); the replay works on what the guest holds.
+                self.state.install(view);
+                touch(root, &rel, c.kind, ft)
+            }
+        };
+        let view = self.state.take();
+        match result {
+            Ok(()) => {
+                self.state.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                // A stale or failed replay: make the names be looked up again.
+                match c.kind {
+                    ChangeKind::Created | ChangeKind::Removed => {
+                        self.expire_entry(c.parent, &name);
+                    }
+                    ChangeKind::Renamed => {
+                        let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        self.expire_entry(c.parent, &name);
+                        self.expire_entry(c.to_parent, to_name);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let (Some(e), Some(v)) = (c.entry, view) {
+            if !v.used && e.ino != ROOT_ID {
+                self.forget(e.ino);
+            }
+        }
+    }
+
+    /// Drops what the kernel caches about a change without replaying it.
+    fn invalidate_only(&self, c: &Change, name: &[u8]) {
+        match c.kind {
+            ChangeKind::Overflow => self.drop_all_cached(),
+            ChangeKind::Created | ChangeKind::Removed => self.expire(c.parent, name),
+            ChangeKind::Renamed => {
+                let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                self.expire(c.parent, name);
+                self.expire(c.to_parent, to_name);
+            }
+            _ => {
+                if let Some(e) = c.entry {
+                    (self.on_data_change)(e.ino);
+                    self.inval_inode(e.ino, 0, 0);
+                }
+            }
+        }
+        if let Some(e) = c.entry {
+            if e.ino != ROOT_ID {
+                self.forget(e.ino);
+            }
+        }
+    }
+
+    fn forget(&self, ino: u64) {
+        self.client.send_oneway(
+            self.export,
+            Ctx::default(),
+            &Req::Forget(proto::Forget {
+                nodes: vec![(ino, 1)],
+            }),
+        );
+    }
+
+    fn expire(&self, parent: u64, name: &[u8]) {
+        self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        self.expire_entry(parent, name);
+    }
+}
