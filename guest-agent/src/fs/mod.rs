@@ -433,6 +433,9 @@ impl Filesystem for FerryFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        if let Some(e) = self.refused_change(req, ino.0) {
+            return reply.error(e);
+        }
         let body = Req::Link(proto::Link {
             ino: ino.0,
             newparent: newparent.0,
@@ -534,6 +537,9 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if let Some(e) = self.refused_change(req, ino.0) {
+            return reply.error(e);
+        }
         self.drop_prefetched(ino.0);
         let body = Req::Write(proto::Write {
             ino: ino.0,
@@ -734,6 +740,9 @@ impl Filesystem for FerryFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        if let Some(e) = self.refused_change(req, ino.0) {
+            return reply.error(e);
+        }
         if position != 0 {
             // macOS resource forks only.
             reply.error(fuser::Errno::EINVAL);
@@ -763,6 +772,9 @@ impl Filesystem for FerryFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Some(e) = self.refused_change(req, ino.0) {
+            return reply.error(e);
+        }
         let body = Req::Removexattr(proto::Removexattr {
             ino: ino.0,
             name: bytes(name),
@@ -865,6 +877,9 @@ impl Filesystem for FerryFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if let Some(e) = self.refused_change(req, ino.0) {
+            return reply.error(e);
+        }
         self.drop_prefetched(ino.0);
         let body = Req::Fallocate(proto::Fallocate {
             ino: ino.0,
@@ -907,6 +922,9 @@ impl Filesystem for FerryFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        if let Some(e) = self.refused_change(req, ino_out.0) {
+            return reply.error(e);
+        }
         self.drop_prefetched(ino_out.0);
         let body = Req::CopyFileRange(proto::CopyFileRange {
             ino_in: ino_in.0,

@@ -46,6 +46,20 @@ impl FerryFs {
         self.replay.is_replay(req.pid())
     }
 
+    /// The errno refusing a request that would change the host in a way no replay does
+    /// (WRITE, LINK, SETXATTR, REMOVEXATTR, FALLOCATE, COPY_FILE_RANGE) when the replay thread
+    /// sends it or it names a synthetic node ([`rule::other_change`]); `None` for anyone else.
+    pub(super) fn refused_change(&self, req: &Request, ino: u64) -> Option<fuser::Errno> {
+        let synthetic = is_synthetic(ino);
+        if !synthetic && !self.replaying(req) {
+            return None;
+        }
+        match rule::other_change(synthetic) {
+            Answer::Fail(e) => Some(errno(e)),
+            _ => None,
+        }
+    }
+
     /// Answers a LOOKUP of the replay thread that the change being replayed is about, or one
     /// in a synthetic directory; hands `reply` back for any other. (The rule answers a name
     /// the change is not about as usual, whatever the host holds: the ordinary LOOKUP does.)

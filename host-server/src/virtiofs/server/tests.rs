@@ -485,7 +485,7 @@ fn change(kind: ChangeKind, path: &str, to: &str, file_type: u32) -> ferry_proto
 }
 
 /// What the replay thread's syscalls send, in the order the guest kernel sends it (see
-/// shared/notes/inotify-replay.md), answered without changing the host.
+/// guest-agent/REPLAY.md), answered without changing the host.
 #[test]
 fn replayed_changes_touch_nothing_on_the_host() {
     let dir = tempfile::tempdir().unwrap();
