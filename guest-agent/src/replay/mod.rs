@@ -35,6 +35,7 @@
 
 mod state;
 mod syscalls;
+mod watches;
 
 use state::View;
 pub(crate) use state::{Before, Target};
@@ -55,9 +56,12 @@ use crate::client::Client;
 use crate::kernel::KernelNotifier;
 use crate::mount::mountinfo::holds_mount;
 use syscalls::{create, relative, remove, rename, touch};
+use watches::Watches;
 
-/// Pause before replaying the first change inside a directory just created (see `run`).
-const NEW_DIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Longest wait for a watcher to watch a directory just created before replaying what is
+/// inside it (see [`Replayer::let_watchers_see`]); reached only when somebody watches its
+/// parent without watching new directories.
+const NEW_DIR_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// What the replay thread needs.
 pub struct Replayer {
@@ -119,6 +123,7 @@ impl Replayer {
         for batch in rx {
             let root = self.open_root();
             let mut new_dir: Option<Vec<u8>> = None;
+            let mut watches = Watches::default();
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
                 if self.state.stopped.load(Ordering::Relaxed) {
@@ -136,7 +141,7 @@ impl Replayer {
                 // that moment. Give it the same moment before replaying what is inside.
                 if let Some(dir) = new_dir.take() {
                     if c.path.starts_with(&dir) && c.path.get(dir.len()) == Some(&b'/') {
-                        std::thread::sleep(NEW_DIR_PAUSE);
+                        self.let_watchers_see(root.as_fd(), &dir, &mut watches);
                     }
                 }
                 self.apply(&c, root.as_fd());
@@ -158,6 +163,45 @@ impl Replayer {
             mountpoint = %self.mountpoint.display(),
             "host change events ended"
         );
+    }
+
+    /// Waits until the directory `dir` (just created by a replay) is watched, when somebody
+    /// watches its parent: a recursive watcher adds its watch on seeing the creation, and the
+    /// changes inside `dir` must not be replayed before that (see `watches.rs`). No wait when
+    /// nobody watches the parent; at most [`NEW_DIR_WAIT`] for a watcher that does not
+    /// recurse. The stats run on a thread of their own: the replay thread's own lookups
+    /// would be answered as part of the change just replayed.
+    fn let_watchers_see(&self, root: BorrowedFd<'_>, dir: &[u8], watches: &mut Watches) {
+        let parent = match dir.iter().rposition(|&b| b == b'/') {
+            Some(i) => &dir[..i],
+            None => &[][..],
+        };
+        let stat = |path: &[u8]| -> Option<nix::sys::stat::FileStat> {
+            let rel = relative(path).ok()?;
+            nix::sys::stat::fstatat(
+                root,
+                rel.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .ok()
+        };
+        let found = std::thread::scope(|s| {
+            s.spawn(|| Some((stat(parent)?, stat(dir)?)))
+                .join()
+                .ok()
+                .flatten()
+        });
+        let Some((parent, child)) = found else {
+            return;
+        };
+        let kdev = watches::kernel_dev(child.st_dev);
+        if !watches.watched(kdev, parent.st_ino, true) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let seen = watches.wait_watched(kdev, child.st_ino, NEW_DIR_WAIT);
+        debug!(dir = %String::from_utf8_lossy(dir), seen, waited_us = started.elapsed().as_micros() as u64,
+               "waited for watchers of a new directory");
     }
 
     /// Tells the host which change this thread's requests mean from now on (`None`: none),
