@@ -78,6 +78,17 @@ struct ShareArgs {
     /// node keeps its descriptor).
     #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
     max_node_fds: usize,
+
+    /// Let other users see the mount (FUSE's allow_other): root's services and container
+    /// runtimes need it. On by default for root; an ordinary user may ask for it where
+    /// /etc/fuse.conf has the line user_allow_other.
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Mount over a directory that holds files (they are hidden while shared); by default the
+    /// mount point must be empty (it is created when only its last component is missing).
+    #[arg(long)]
+    nonempty: bool,
 }
 
 fn parse_ids(s: &str) -> Result<ferry_host::IdMode, String> {
@@ -113,6 +124,8 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         permissions,
         devices,
         max_node_fds,
+        allow_other,
+        nonempty,
     } = args;
     let ttl = Duration::from_millis(attr_timeout_ms);
     let ids = ferry_host::IdOptions {
@@ -157,6 +170,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         if read_only { " (read-only)" } else { "" },
         policy
     );
+    let mountpoint_shown = mountpoint.clone();
     let config = ferry_agent::AgentConfig {
         connect: ferry_agent::ConnectAddr::Unix(PathBuf::from("socketpair")),
         token: None,
@@ -165,7 +179,16 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         cache,
         connect_timeout: Duration::ZERO,
         permissions: None,
+        allow_other: Some(allow_other || ferry_agent::preflight::allow_other_permitted()),
+        nonempty,
     };
+    if !config.allow_other.unwrap_or(true) {
+        tracing::info!(
+            "only you can use {}: other users, root's services and container runtimes cannot \
+             (to let them, add `user_allow_other` to /etc/fuse.conf and pass --allow-other)",
+            mountpoint_shown.display()
+        );
+    }
     let result = ferry_agent::serve_stream(guest_end, &config, shutdown);
     // The agent has unmounted and closed its end; the server connection ends with it.
     let _ = server.join();

@@ -22,6 +22,7 @@ pub mod fs;
 pub mod hybrid;
 pub mod kernel;
 pub mod mount;
+pub mod preflight;
 pub mod replay;
 
 use std::fmt;
@@ -255,6 +256,11 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Who checks permissions on every mount; `None` follows the server's choice per export.
     pub permissions: Option<ferry_protocol::Permissions>,
+    /// Let other users use the mounts (`allow_other`); `None`: where this user may ask for it
+    /// (root, or `user_allow_other` in `/etc/fuse.conf`).
+    pub allow_other: Option<bool>,
+    /// Mount over directories that are not empty.
+    pub nonempty: bool,
 }
 
 /// The client name this agent announces.
@@ -315,6 +321,10 @@ fn mount_options(config: &AgentConfig) -> Vec<MountOptions> {
             ttl: config.ttl,
             cache: config.cache,
             permissions: config.permissions,
+            allow_other: config
+                .allow_other
+                .unwrap_or_else(preflight::allow_other_permitted),
+            nonempty: config.nonempty,
             ..MountOptions::new(export.clone(), mountpoint.clone())
         })
         .collect()

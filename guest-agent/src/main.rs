@@ -77,6 +77,18 @@ struct Args {
     /// export follows what ferry-host chose for it (guest, except in squash mode).
     #[arg(long, value_name = "guest|host", value_parser = parse_permissions)]
     permissions: Option<ferry_protocol::Permissions>,
+
+    /// Let users other than the one running the agent use the mounts (FUSE's allow_other):
+    /// root's services and container runtimes need it. On by default where allowed (as root,
+    /// or where /etc/fuse.conf has user_allow_other); asking for it where not allowed is an
+    /// error.
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Mount over directories that hold files (hidden while mounted); by default a mount
+    /// point must be empty.
+    #[arg(long)]
+    nonempty: bool,
 }
 
 fn parse_permissions(s: &str) -> Result<ferry_protocol::Permissions, String> {
@@ -130,6 +142,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cache: args.cache,
         connect_timeout: Duration::from_secs(args.connect_timeout),
         permissions: args.permissions,
+        allow_other: args.allow_other.then_some(true),
+        nonempty: args.nonempty,
     };
     if args.events_only {
         ferry_agent::run_events_only(&config, shutdown)

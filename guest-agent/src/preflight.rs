@@ -48,15 +48,16 @@ pub enum PreflightError {
     NotADirectory(PathBuf),
     /// The mount point holds files, which the mount would hide.
     #[error(
-        "{}: not empty: its files would be hidden while it is mounted; use an empty directory",
+        "{}: not empty: its files would be hidden while it is mounted; use an empty directory \
+         (or --nonempty to mount over them)",
         .0.display()
     )]
     NotEmpty(PathBuf),
     /// Something is mounted there and working.
     #[error(
-        "{}: already mounted ({fstype}): unmount it first (`fusermount3 -u {0}`, or \
-         `umount {0}` as root) or choose another directory",
-        .path.display(), fstype = .fstype, .path.display()
+        "{p}: already mounted ({fstype}): unmount it first (`fusermount3 -u {p}`, or \
+         `umount {p}` as root) or choose another directory",
+        p = .path.display(), fstype = .fstype
     )]
     AlreadyMounted {
         /// The mount point.
@@ -66,9 +67,9 @@ pub enum PreflightError {
     },
     /// A stale mount could not be removed.
     #[error(
-        "{}: a dead FUSE mount is left there (a killed process) and could not be removed \
-         ({source}): run `fusermount3 -u -z {0}` (or `umount -l {0}` as root)",
-        .path.display(), .path.display()
+        "{p}: a dead FUSE mount is left there (a killed process) and could not be removed \
+         ({source}): run `fusermount3 -u -z {p}` (or `umount -l {p}` as root)",
+        p = .path.display()
     )]
     Stale {
         /// The mount point.
@@ -138,8 +139,7 @@ pub fn fusermount() -> Option<PathBuf> {
 /// Whether `/etc/fuse.conf` lets ordinary users ask for `allow_other`.
 pub fn allow_other_permitted() -> bool {
     is_root()
-        || std::fs::read_to_string("/etc/fuse.conf")
-            .is_ok_and(|conf| fuse_conf_allows_other(&conf))
+        || std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|conf| fuse_conf_allows_other(&conf))
 }
 
 fn fuse_conf_allows_other(conf: &str) -> bool {
@@ -149,8 +149,9 @@ fn fuse_conf_allows_other(conf: &str) -> bool {
 }
 
 /// Makes `path` ready to be mounted on: creates it when only its last component is missing,
-/// detaches a stale FUSE mount, and refuses a file, a non-empty directory or a live mount.
-pub fn prepare_mountpoint(path: &Path) -> Result<(), PreflightError> {
+/// detaches a stale FUSE mount, and refuses a file, a live mount, or a non-empty directory
+/// unless `nonempty`.
+pub fn prepare_mountpoint(path: &Path, nonempty: bool) -> Result<(), PreflightError> {
     let io_err = |source| PreflightError::Io {
         path: path.to_path_buf(),
         source,
@@ -165,7 +166,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<(), PreflightError> {
                 });
             }
             let mut entries = std::fs::read_dir(path).map_err(io_err)?;
-            if entries.next().is_some() {
+            if !nonempty && entries.next().is_some() {
                 return Err(PreflightError::NotEmpty(path.to_path_buf()));
             }
             Ok(())
@@ -177,7 +178,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<(), PreflightError> {
                 path: path.to_path_buf(),
                 source,
             })?;
-            prepare_mountpoint(path)
+            prepare_mountpoint(path, nonempty)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent_ok = path
@@ -198,7 +199,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<(), PreflightError> {
 /// The filesystem type mounted on `path` itself, if anything is.
 fn mounted_type(path: &Path) -> Option<String> {
     let path = std::fs::canonicalize(path).ok()?;
-    crate::mountinfo::mount_type(&path)
+    crate::mount::mountinfo::mount_type(&path)
 }
 
 /// Detaches the mount on `path`: `umount2(MNT_DETACH)` as root, `fusermount3 -u -z` otherwise
@@ -238,7 +239,9 @@ mod tests {
     #[test]
     fn fuse_conf() {
         assert!(fuse_conf_allows_other("user_allow_other\n"));
-        assert!(fuse_conf_allows_other("# comment\n  user_allow_other  # yes\n"));
+        assert!(fuse_conf_allows_other(
+            "# comment\n  user_allow_other  # yes\n"
+        ));
         assert!(!fuse_conf_allows_other("#user_allow_other\n"));
         assert!(!fuse_conf_allows_other("mount_max = 1000\n"));
     }
@@ -247,24 +250,24 @@ mod tests {
     fn mount_points() {
         let dir = tempfile::tempdir().unwrap();
         let new = dir.path().join("new");
-        prepare_mountpoint(&new).unwrap();
+        prepare_mountpoint(&new, false).unwrap();
         assert!(new.is_dir(), "a missing last component is created");
-        prepare_mountpoint(&new).unwrap();
+        prepare_mountpoint(&new, false).unwrap();
         let deep = dir.path().join("a/b");
         assert!(matches!(
-            prepare_mountpoint(&deep),
+            prepare_mountpoint(&deep, false),
             Err(PreflightError::NoMountpoint(_))
         ));
         std::fs::write(new.join("f"), b"").unwrap();
-        let e = prepare_mountpoint(&new).unwrap_err();
+        let e = prepare_mountpoint(&new, false).unwrap_err();
         assert!(matches!(e, PreflightError::NotEmpty(_)), "{e}");
         assert!(e.to_string().contains("not empty"));
         assert!(matches!(
-            prepare_mountpoint(&new.join("f")),
+            prepare_mountpoint(&new.join("f"), false),
             Err(PreflightError::NotADirectory(_))
         ));
         // /proc is a mount point.
-        let e = prepare_mountpoint(Path::new("/proc")).unwrap_err();
+        let e = prepare_mountpoint(Path::new("/proc"), false).unwrap_err();
         assert!(
             matches!(e, PreflightError::AlreadyMounted { ref fstype, .. } if fstype == "proc"),
             "{e}"

@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
-use nix::mount::{MntFlags, umount2};
 use tracing::{debug, error, info, warn};
 
 use std::os::fd::AsFd;
@@ -24,6 +23,7 @@ use std::os::fd::AsFd;
 use crate::client::Client;
 use crate::fs::FerryFs;
 use crate::kernel::KernelNotifier;
+use crate::preflight::{self, PreflightError};
 use crate::replay::{ReplayState, Replayer};
 
 /// How long [`MountHandle::unmount`] waits for the session to end after the detach.
@@ -42,8 +42,12 @@ pub struct MountOptions {
     pub ttl: Duration,
     /// FUSE worker threads (each with its own cloned `/dev/fuse` fd).
     pub threads: usize,
-    /// Let users other than the mounting one (root) use the mount; needed for containers.
+    /// Let users other than the mounting one use the mount (`allow_other`): root's services
+    /// and container runtimes need it. An ordinary user may ask for it only where
+    /// `/etc/fuse.conf` says `user_allow_other`.
     pub allow_other: bool,
+    /// Mount over a directory that is not empty (its files are hidden while mounted).
+    pub nonempty: bool,
     /// How the guest kernel caches (see [`CacheMode`]).
     pub cache: CacheMode,
     /// Who checks permissions; `None` follows the server's choice for the export
@@ -88,7 +92,8 @@ impl MountOptions {
     pub const DEFAULT_THREADS: usize = 4;
 
     /// Options with defaults: read-write, `cached` with a [`Self::DEFAULT_TTL`] TTL, 4 threads,
-    /// `allow_other`, permissions as the server chose for the export.
+    /// `allow_other` where this user may ask for it, an empty mount point, permissions as the
+    /// server chose for the export.
     pub fn new(export: impl Into<String>, mountpoint: impl Into<PathBuf>) -> Self {
         Self {
             export: export.into(),
@@ -96,7 +101,8 @@ impl MountOptions {
             read_only: false,
             ttl: Self::DEFAULT_TTL,
             threads: Self::DEFAULT_THREADS,
-            allow_other: true,
+            allow_other: preflight::allow_other_permitted(),
+            nonempty: false,
             cache: CacheMode::Cached,
             permissions: None,
         }
@@ -131,6 +137,15 @@ pub enum MountError {
     /// The session thread could not be started.
     #[error("cannot start the FUSE session thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Something a mount needs is missing or in the way (said with what to do about it).
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// `allow_other` was asked for by an ordinary user whom `/etc/fuse.conf` does not allow.
+    #[error(
+        "--allow-other: an ordinary user may only ask for it when /etc/fuse.conf has a line \
+         `user_allow_other` (add it as root), or run without --allow-other"
+    )]
+    AllowOtherRefused,
 }
 
 #[derive(Default)]
@@ -178,6 +193,11 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
             available,
         });
     };
+    preflight::fuse_access()?;
+    if opts.allow_other && !preflight::allow_other_permitted() {
+        return Err(MountError::AllowOtherRefused);
+    }
+    preflight::prepare_mountpoint(&opts.mountpoint, opts.nonempty)?;
     let read_only = opts.read_only || info.read_only;
     let permissions = opts.permissions.unwrap_or(info.permissions);
     let mut mount_options = vec![
@@ -267,7 +287,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         Ok(t) => t,
         Err(e) => {
             // The session was moved into the failed closure and dropped, which unmounts.
-            let _ = umount2(&opts.mountpoint, MntFlags::MNT_DETACH);
+            let _ = preflight::detach(&opts.mountpoint);
             return Err(MountError::Spawn(e));
         }
     };
@@ -400,22 +420,19 @@ impl MountHandle {
 
     fn detach(&self) -> std::io::Result<()> {
         self.replay.stop();
-        match umount2(&self.mountpoint, MntFlags::MNT_DETACH) {
+        match preflight::detach(&self.mountpoint) {
             Ok(()) => {
                 info!(export = %self.export, mountpoint = %self.mountpoint.display(), "unmounted");
                 Ok(())
             }
             // Already unmounted (from outside): the session is over or ending.
-            Err(nix::errno::Errno::EINVAL) if self.is_finished() => Ok(()),
+            Err(_) if self.is_finished() => Ok(()),
             Err(e) => {
-                if self.is_finished() {
-                    return Ok(());
-                }
                 error!(
                     mountpoint = %self.mountpoint.display(),
                     "cannot unmount: {e}"
                 );
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -8,6 +8,7 @@ use ferry_protocol::{
     Attr, DirEntry, DirEntryPlus, Entry, Errno, Frame, Opcode, Opened, Request, RequestFrame,
     Statfs,
 };
+use nix::mount::{MntFlags, umount2};
 use std::io::Read as _;
 use std::os::unix::net::UnixStream;
 
@@ -249,6 +250,8 @@ fn serve_with_readdirplus_until_shutdown() {
         cache: crate::CacheMode::Cached,
         connect_timeout: Duration::ZERO,
         permissions: None,
+        allow_other: None,
+        nonempty: false,
     };
     let (stop, shutdown) = std::sync::mpsc::channel();
     let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));
