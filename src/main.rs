@@ -74,8 +74,8 @@ struct ShareArgs {
     #[arg(long)]
     devices: bool,
     /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
-    /// others are reopened by kernel file handle when needed (as root; unprivileged, every
-    /// node keeps its descriptor).
+    /// others are reopened when needed, by kernel file handle as root, by name beneath their
+    /// parent otherwise.
     #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
     max_node_fds: usize,
 

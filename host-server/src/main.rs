@@ -62,10 +62,10 @@ struct Args {
     token: Option<String>,
 
     /// Most O_PATH descriptors of looked-up files and directories each guest connection keeps
-    /// open. Beyond it, the least recently used are closed and reopened by kernel file handle
-    /// when needed again (needs CAP_DAC_READ_SEARCH, which root has). Without handles (an
-    /// unprivileged server, filesystems without them, FUSE) every node keeps its descriptor
-    /// and only the open-file limit, raised at start, bounds them.
+    /// open. Beyond it, the least recently used are closed and reopened when needed again: by
+    /// kernel file handle (needs CAP_DAC_READ_SEARCH, which root has), else (an unprivileged
+    /// server, filesystems without handles, FUSE) by name beneath their parent directory,
+    /// checked to be the same object (ESTALE otherwise).
     #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
     max_node_fds: usize,
 

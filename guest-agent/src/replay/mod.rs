@@ -63,6 +63,9 @@ use watches::Watches;
 /// parent without watching new directories.
 const NEW_DIR_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// Most new directories remembered for that wait (the oldest are dropped first).
+const MAX_NEW_DIRS: usize = 64;
+
 /// What the replay thread needs.
 pub struct Replayer {
     /// Replay changes as syscalls (false on a read-only mount, where they would fail: the
@@ -120,10 +123,12 @@ impl Replayer {
             }
         }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
+        // Directories created by a replay whose watchers have not been waited for yet (see
+        // `let_watchers_see`); kept across batches, since a burst is cut into batches anywhere.
+        let mut new_dirs: Vec<Vec<u8>> = Vec::new();
+        let mut watches = Watches::default();
         for batch in rx {
             let root = self.open_root();
-            let mut new_dir: Option<Vec<u8>> = None;
-            let mut watches = Watches::default();
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
                 if self.state.stopped.load(Ordering::Relaxed) {
@@ -139,14 +144,18 @@ impl Replayer {
                 // A recursive watcher (inotifywait -r, chokidar) watches a new directory only
                 // after it has seen it created; on a local disk the programs filling it give it
                 // that moment. Give it the same moment before replaying what is inside.
-                if let Some(dir) = new_dir.take() {
-                    if c.path.starts_with(&dir) && c.path.get(dir.len()) == Some(&b'/') {
-                        self.let_watchers_see(root.as_fd(), &dir, &mut watches);
-                    }
+                let inside =
+                    |dir: &Vec<u8>| c.path.starts_with(dir) && c.path.get(dir.len()) == Some(&b'/');
+                if let Some(i) = new_dirs.iter().position(inside) {
+                    let dir = new_dirs.swap_remove(i);
+                    self.let_watchers_see(root.as_fd(), &dir, &mut watches);
                 }
                 self.apply(&c, root.as_fd());
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
-                    new_dir = Some(c.path.clone());
+                    if new_dirs.len() >= MAX_NEW_DIRS {
+                        new_dirs.remove(0);
+                    }
+                    new_dirs.push(c.path.clone());
                 }
             }
             if self.bracket && root.is_some() {

@@ -24,10 +24,17 @@
 //! no open guest handle) cannot be reopened, and the node answers ESTALE, where a descriptor
 //! held for the node's life would keep the deleted inode reachable.
 //!
-//! Where handles are not available the node keeps its descriptor for its whole life: when the filesystem cannot encode handles (EOPNOTSUPP), when the process
-//! may not open them (EPERM: `open_by_handle_at` needs CAP_DAC_READ_SEARCH), and on FUSE
-//! filesystems, whose handles may not survive the kernel forgetting the inode. Each device is
-//! probed once, with its first node.
+//! Where handles cannot be opened (the filesystem cannot encode them, EOPNOTSUPP; the process
+//! may not open them, EPERM: `open_by_handle_at` needs CAP_DAC_READ_SEARCH, so every
+//! unprivileged server is here; FUSE filesystems, whose handles may not survive the kernel
+//! forgetting the inode) the node is reached *by name* instead: it records its parent node and
+//! the name it was last found under, and a miss reopens it with `openat2(parent, name,
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` on the parent's descriptor (itself reopened the same
+//! way if need be), one component at a time beneath the export, never following a symlink. The
+//! result must be the same `(dev, ino)` and file type, and, where the filesystem can encode a
+//! handle (`name_to_handle_at` needs no privilege), the same handle; anything else is ESTALE.
+//! A rename through the session, and any lookup that finds the object under another name,
+//! moves the record. Each device is probed once, with its first node.
 //!
 //! Without a held descriptor an inode number can be reused by a new object while the node
 //! lives. The handle tells them apart (it carries the inode's generation): a lookup that finds
@@ -121,14 +128,34 @@ struct Slot {
 /// How a node is reached when its descriptor is not cached.
 #[derive(Debug)]
 enum Reach {
-    /// It never is: the descriptor is held for the node's whole life (the root, and objects
-    /// whose filesystem gives no usable handles).
+    /// It never is: the descriptor is held for the node's whole life (the root, and nodes
+    /// whose parent is not known).
     Pinned,
     /// By kernel file handle, not taken yet: it is taken from the cached descriptor when that
     /// is first evicted. Most nodes are forgotten before and never need one.
     Untaken,
     /// By this kernel file handle.
     Handle(CompactKernelHandle),
+    /// By name beneath its parent (the device gives no handle that can be opened).
+    Named(Box<Named>),
+}
+
+/// Where a node reached by name was last found, and how to know it is still itself.
+#[derive(Debug)]
+struct Named {
+    parent: Arc<InodeData>,
+    name: Box<[u8]>,
+    /// Its kernel file handle, compared after a reopen; taken at the first eviction where the
+    /// filesystem can encode one.
+    handle: Option<CompactKernelHandle>,
+    handle_tried: bool,
+}
+
+/// How a new node will be reached without its descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Handle,
+    Name,
 }
 
 /// One node: a host object inside the export, as the guest knows it.
@@ -209,6 +236,11 @@ impl Node {
         self.fd.as_fd()
     }
 
+    /// The node's shared data (to name it as a parent).
+    pub fn data(&self) -> &Arc<InodeData> {
+        &self.data
+    }
+
     /// Keeps the node's descriptor cached until the returned value is dropped (an open guest
     /// handle holds one).
     pub fn pin(&self) -> OpenPin {
@@ -256,7 +288,8 @@ struct Clock {
 pub(crate) struct FdPolicy {
     /// Most cached descriptors of unopened nodes (at least 1).
     pub cap: usize,
-    /// Use kernel file handles where the filesystem allows; false pins every node (tests).
+    /// Use kernel file handles where the filesystem allows; false reaches every node by name,
+    /// as a server without CAP_DAC_READ_SEARCH does (tests).
     pub handles: bool,
 }
 
@@ -283,6 +316,8 @@ pub(crate) struct InodeTable {
     root_dev: u64,
     /// Descriptors reopened by handle after an eviction (diagnostics).
     reopened: AtomicU64,
+    /// Set once a node reached by name exists.
+    by_name: AtomicBool,
 }
 
 /// The file type bits of a stat.
@@ -327,6 +362,7 @@ impl InodeTable {
             root_fd,
             root_dev: st.st_dev,
             reopened: AtomicU64::new(0),
+            by_name: AtomicBool::new(false),
         };
         table.by_key.insert((root.dev, root.ino), ROOT_ID);
         table.by_id.insert(ROOT_ID, root);
@@ -337,20 +373,35 @@ impl InodeTable {
     /// does not hold, or one whose object is gone and can no longer be reopened.
     pub fn get(&self, id: u64) -> Result<Node, Errno> {
         let data = self.peek(id)?;
+        let fd = self.fd_of(&data)?;
+        Ok(Node { data, fd })
+    }
+
+    /// A descriptor of `data`'s object: the cached one, or one reopened by handle or by name.
+    fn fd_of(&self, data: &Arc<InodeData>) -> Result<Arc<OwnedFd>, Errno> {
         if let Some(fd) = data.cached() {
-            return Ok(Node { data, fd });
+            return Ok(fd);
         }
-        // Taken when the descriptor was evicted; cloned so that no slot lock is held while
-        // reopening and filling (which takes the clock first). A pinned node always has its
-        // descriptor.
-        let handle = match &lock(&data.slot).reach {
-            Reach::Handle(h) => h.clone(),
+        // Copied out so that no slot lock is held while reopening and filling (which takes
+        // the clock first). A pinned node always has its descriptor.
+        enum Via {
+            Handle(CompactKernelHandle),
+            Name(Arc<InodeData>, Box<[u8]>, Option<CompactKernelHandle>),
+        }
+        let via = match &lock(&data.slot).reach {
+            Reach::Handle(h) => Via::Handle(h.clone()),
+            Reach::Named(n) => Via::Name(Arc::clone(&n.parent), n.name.clone(), n.handle.clone()),
             Reach::Pinned | Reach::Untaken => return Err(Errno::ESTALE),
         };
-        let fd = self.reopen(&data, &handle)?;
+        let fd = match via {
+            Via::Handle(h) => self.reopen(data, &h)?,
+            Via::Name(parent, name, handle) => {
+                let dir = self.fd_of(&parent)?;
+                self.reopen_named(data, dir.as_fd(), &name, handle.as_ref())?
+            }
+        };
         self.reopened.fetch_add(1, Ordering::Relaxed);
-        let fd = self.fill(&data, fd);
-        Ok(Node { data, fd })
+        Ok(self.fill(data, fd))
     }
 
     /// The node with id `id` without a descriptor (for its id, identity and kind).
@@ -366,12 +417,19 @@ impl InodeTable {
         self.by_key.get(&key).map(|id| *id)
     }
 
-    /// Records one more lookup of the object behind `fd` (whose stat is `st`): the existing
-    /// node for its `(dev, ino)` when there is one, else a new node.
-    pub fn insert_or_ref(&self, fd: OwnedFd, st: &libc::stat) -> Node {
+    /// Records one more lookup of the object behind `fd` (whose stat is `st`), found as
+    /// `name` in the directory node `parent`: the existing node for its `(dev, ino)` when there
+    /// is one, else a new node.
+    pub fn insert_or_ref(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        parent: &Arc<InodeData>,
+        name: &[u8],
+    ) -> Node {
         let key = (st.st_dev, st.st_ino);
         // Taken before the map entry is locked: the device probe, once per device.
-        let handles = self.handles_for(fd.as_fd(), st);
+        let way = self.way_for(fd.as_fd(), st);
         match self.by_key.entry(key) {
             MapEntry::Occupied(mut e) => {
                 if let Some(node) = self.by_id.get(e.get()).map(|n| Arc::clone(n.value())) {
@@ -387,16 +445,25 @@ impl InodeTable {
                         }
                         None => {
                             // An evicted node kept its handle: compare it with the new
-                            // descriptor's (which carries the generation).
-                            let known = match &lock(&node.slot).reach {
-                                Reach::Handle(h) => Some(h.clone()),
-                                Reach::Pinned | Reach::Untaken => None,
+                            // descriptor's (which carries the generation). A node reached
+                            // by name without one can only compare identity and type.
+                            let (known, named) = match &lock(&node.slot).reach {
+                                Reach::Handle(h) => (Some(h.clone()), false),
+                                Reach::Named(n) => (n.handle.clone(), true),
+                                Reach::Pinned | Reach::Untaken => (None, false),
                             };
-                            let same = known.is_some()
-                                && known
-                                    == sys::name_to_handle(fd.as_fd())
+                            let same = match known {
+                                Some(known) => {
+                                    sys::name_to_handle(fd.as_fd())
                                         .ok()
-                                        .map(|h| CompactKernelHandle::from_kernel(&h));
+                                        .map(|h| CompactKernelHandle::from_kernel(&h))
+                                        == Some(known)
+                                }
+                                None => named && node.kind == file_type(st),
+                            };
+                            if same && named {
+                                self.found_at(&node, parent, name);
+                            }
                             if same {
                                 node.nlookup.fetch_add(1, Ordering::Relaxed);
                                 let fd = self.fill(&node, fd);
@@ -409,12 +476,12 @@ impl InodeTable {
                         }
                     }
                 }
-                let node = self.new_node(fd, st, handles);
+                let node = self.new_node(fd, st, self.reach_for(way, parent, name));
                 e.insert(node.id);
                 node
             }
             MapEntry::Vacant(e) => {
-                let node = self.new_node(fd, st, handles);
+                let node = self.new_node(fd, st, self.reach_for(way, parent, name));
                 e.insert(node.id);
                 node
             }
@@ -436,17 +503,51 @@ impl InodeTable {
         Some(Node { data: node, fd })
     }
 
+    /// How a new node found as `name` in `parent` is reached, given its device's way.
+    fn reach_for(&self, way: Way, parent: &Arc<InodeData>, name: &[u8]) -> Reach {
+        match way {
+            Way::Handle => Reach::Untaken,
+            Way::Name => Reach::Named(Box::new(Named {
+                parent: Arc::clone(parent),
+                name: name.into(),
+                handle: None,
+                handle_tried: false,
+            })),
+        }
+    }
+
+    /// Records that the node reached by name was just found as `name` in `parent` (a lookup
+    /// under another name, or a rename through the session). Nodes reached otherwise are left
+    /// alone.
+    pub fn found_at(&self, node: &InodeData, parent: &Arc<InodeData>, name: &[u8]) {
+        if !self.reaches_by_name() {
+            return;
+        }
+        let mut slot = lock(&node.slot);
+        if let Reach::Named(n) = &mut slot.reach {
+            if n.parent.id != parent.id || *n.name != *name {
+                n.parent = Arc::clone(parent);
+                n.name = name.into();
+            }
+        }
+    }
+
+    /// Whether some node of this table is reached by name (so renames must be recorded).
+    pub fn reaches_by_name(&self) -> bool {
+        self.by_name.load(Ordering::Relaxed)
+    }
+
     /// Allocates an id and stores a node with one lookup. Called with the key entry held.
-    fn new_node(&self, fd: OwnedFd, st: &libc::stat, handles: bool) -> Node {
+    fn new_node(&self, fd: OwnedFd, st: &libc::stat, reach: Reach) -> Node {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fd = Arc::new(fd);
+        let evictable = !matches!(reach, Reach::Pinned);
+        if matches!(reach, Reach::Named(_)) {
+            self.by_name.store(true, Ordering::Relaxed);
+        }
         let slot = Mutex::new(Slot {
             fd: Some(Arc::clone(&fd)),
-            reach: if handles {
-                Reach::Untaken
-            } else {
-                Reach::Pinned
-            },
+            reach,
         });
         let data = Arc::new(InodeData {
             id,
@@ -458,7 +559,7 @@ impl InodeTable {
             used: AtomicBool::new(false),
             slot,
         });
-        if handles {
+        if evictable {
             self.place(&mut lock(&self.clock), Arc::downgrade(&data));
         }
         self.by_id.insert(id, Arc::clone(&data));
@@ -525,17 +626,28 @@ impl InodeTable {
             if n.opens.load(Ordering::Relaxed) > 0 || n.used.swap(false, Ordering::Relaxed) {
                 continue;
             }
-            let mut slot = lock(&n.slot);
-            match slot.reach {
-                Reach::Handle(_) => {}
+            let mut guard = lock(&n.slot);
+            let slot = &mut *guard;
+            let taken = match &mut slot.reach {
+                Reach::Handle(_) => None,
+                // Reached by name; its handle, where there is one, checks the reopen.
+                Reach::Named(named) => {
+                    if !named.handle_tried {
+                        named.handle_tried = true;
+                        named.handle = slot
+                            .fd
+                            .as_deref()
+                            .and_then(|fd| sys::name_to_handle(fd.as_fd()).ok())
+                            .map(|h| CompactKernelHandle::from_kernel(&h));
+                    }
+                    None
+                }
                 // Never in the ring; nothing to evict.
                 Reach::Pinned => continue,
                 // The first eviction: the handle is taken now, from the descriptor.
                 Reach::Untaken => {
                     match slot.fd.as_deref().map(|fd| sys::name_to_handle(fd.as_fd())) {
-                        Some(Ok(h)) => {
-                            slot.reach = Reach::Handle(CompactKernelHandle::from_kernel(&h))
-                        }
+                        Some(Ok(h)) => Some(CompactKernelHandle::from_kernel(&h)),
                         other => {
                             // Cannot be reached again without it: it keeps its descriptor.
                             let error = other.and_then(Result::err);
@@ -544,6 +656,9 @@ impl InodeTable {
                         }
                     }
                 }
+            };
+            if let Some(h) = taken {
+                slot.reach = Reach::Handle(h);
             }
             slot.fd = None;
             return Some(i);
@@ -551,11 +666,11 @@ impl InodeTable {
         None
     }
 
-    /// Whether the node of the object behind `fd` can do without a descriptor of its own
-    /// (reached by file handle once evicted), as its device was found to allow.
-    fn handles_for(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> bool {
+    /// How the node of the object behind `fd` is reached once its descriptor is evicted: by
+    /// file handle where its device allows, else by name.
+    fn way_for(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Way {
         if !self.policy.handles {
-            return false;
+            return Way::Name;
         }
         let known = self
             .devs
@@ -567,7 +682,10 @@ impl InodeTable {
             Some(s) => s,
             None => self.probe(fd, st),
         };
-        matches!(state, DevHandles::Yes(_))
+        match state {
+            DevHandles::Yes(_) => Way::Handle,
+            DevHandles::No => Way::Name,
+        }
     }
 
     /// Finds out whether objects on `fd`'s device can be reached by handle: encodes `fd`'s
@@ -616,7 +734,7 @@ impl InodeTable {
                 tracing::info!(
                     dev,
                     %e,
-                    "no kernel file handles on this device{why}; its nodes keep their descriptors"
+                    "no kernel file handles on this device{why}; its nodes are reopened by name"
                 );
                 DevHandles::No
             }
@@ -641,6 +759,43 @@ impl InodeTable {
         let st = sys::fstat(fd.as_fd())?;
         if (st.st_dev, st.st_ino) != (node.dev, node.ino) || file_type(&st) != node.kind {
             tracing::warn!(id = node.id, "a file handle opened another object; refused");
+            return Err(Errno::ESTALE);
+        }
+        Ok(fd)
+    }
+
+    /// Opens `name` beneath `dir` again for the node `node` reached by name and checks it is
+    /// the same object: `(dev, ino)`, type, and the handle when one was taken.
+    fn reopen_named(
+        &self,
+        node: &InodeData,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        handle: Option<&CompactKernelHandle>,
+    ) -> Result<OwnedFd, Errno> {
+        let cname = sys::cstring(name)?;
+        let fd = match sys::open_beneath(dir, &cname, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            // Gone from where it was last seen: the node is stale.
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::EXDEV) => return Err(Errno::ESTALE),
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        let same_handle = || match handle {
+            Some(h) => {
+                sys::name_to_handle(fd.as_fd())
+                    .ok()
+                    .map(|k| CompactKernelHandle::from_kernel(&k))
+                    .as_ref()
+                    == Some(h)
+            }
+            None => true,
+        };
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino)
+            || file_type(&st) != node.kind
+            || !same_handle()
+        {
+            tracing::debug!(id = node.id, "another object holds the node's name; stale");
             return Err(Errno::ESTALE);
         }
         Ok(fd)
@@ -708,7 +863,8 @@ mod tests {
         let cname = CString::new(name).expect("no NUL");
         let fd = sys::open_beneath(root.fd(), &cname, libc::O_PATH, 0).expect("lookup");
         let st = sys::fstat(fd.as_fd()).expect("stat");
-        t.insert_or_ref(fd, &st).id
+        let root = t.peek(ROOT_ID).expect("root");
+        t.insert_or_ref(fd, &st, &root, name.as_bytes()).id
     }
 
     /// The content of node `id`, read through a reopen of its descriptor.
@@ -863,8 +1019,8 @@ mod tests {
     }
 
     #[test]
-    fn without_handles_every_node_keeps_its_descriptor() {
-        let (_dir, t) = setup(
+    fn without_handles_nodes_are_reopened_by_name_and_checked() {
+        let (dir, t) = setup(
             20,
             FdPolicy {
                 cap: 2,
@@ -872,15 +1028,87 @@ mod tests {
             },
         );
         let ids: Vec<u64> = (0..20).map(|i| lookup(&t, &format!("f{i}"))).collect();
-        assert_eq!(t.cached_fds(), 0);
+        assert!(t.cached_fds() <= 2, "{} cached", t.cached_fds());
         for (i, &id) in ids.iter().enumerate() {
-            assert!(t.peek(id).expect("node").is_pinned());
+            assert!(!t.peek(id).expect("node").is_pinned());
             assert_eq!(content(&t, id), format!("f{i}"));
         }
-        assert_eq!(t.reopened(), 0);
-        // Forgetting a pinned node closes its descriptor with it.
-        t.forget(ids[0], 1);
+        assert!(t.reopened() >= 18, "reopened by name: {}", t.reopened());
+        assert!(t.cached_fds() <= 2, "{} cached", t.cached_fds());
+
+        // Renamed on the host behind the table's back: stale once evicted, never another file.
+        let p = dir.path();
+        std::fs::rename(p.join("f0"), p.join("moved")).unwrap();
+        std::fs::write(p.join("f0"), "impostor").unwrap();
+        evict(&t, &ids[10..]);
         assert_eq!(t.get(ids[0]).map(|n| n.id), Err(Errno::ESTALE));
+        // Found again under its new name: the node follows.
+        let again = lookup(&t, "moved");
+        assert_eq!(again, ids[0]);
+        evict(&t, &ids[10..]);
+        assert_eq!(content(&t, ids[0]), "f0");
+        // Removed and its name taken by a new file: stale, even if the inode number is reused.
+        std::fs::remove_file(p.join("f1")).unwrap();
+        std::fs::write(p.join("f1"), "new").unwrap();
+        evict(&t, &ids[10..]);
+        assert_eq!(t.get(ids[1]).map(|n| n.id), Err(Errno::ESTALE));
+        // A symlink put where a name was is never followed.
+        std::fs::remove_file(p.join("f2")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("f2")).unwrap();
+        evict(&t, &ids[10..]);
+        assert_eq!(t.get(ids[2]).map(|n| n.id), Err(Errno::ESTALE));
+    }
+
+    /// Reads through `others`, which evicts whatever the tiny cache held before.
+    fn evict(t: &InodeTable, others: &[u64]) {
+        for &id in others {
+            content(t, id);
+        }
+    }
+
+    #[test]
+    fn nodes_deep_in_a_tree_reopen_through_their_parents() {
+        let (dir, t) = setup(
+            0,
+            FdPolicy {
+                cap: 1,
+                handles: false,
+            },
+        );
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        std::fs::write(dir.path().join("a/b/c/f"), "deep").unwrap();
+        let mut parent = t.peek(ROOT_ID).unwrap();
+        let mut id = ROOT_ID;
+        for name in ["a", "b", "c", "f"] {
+            let pfd = t.get(parent.id).unwrap();
+            let cname = CString::new(name).unwrap();
+            let fd = sys::open_beneath(pfd.fd(), &cname, libc::O_PATH, 0).unwrap();
+            let st = sys::fstat(fd.as_fd()).unwrap();
+            id = t.insert_or_ref(fd, &st, &parent, name.as_bytes()).id;
+            parent = t.peek(id).unwrap();
+        }
+        // Evict everything but the newest, then read the file: a, b and c reopen on the way.
+        for i in 0..4 {
+            let _ = lookup_missing(&t, i);
+        }
+        let before = t.reopened();
+        assert_eq!(content(&t, id), "deep");
+        assert_eq!(t.reopened() - before, 4, "f, c, b and a reopened by name");
+    }
+
+    /// Fills the clock with a throwaway node (the cap is tiny in these tests).
+    fn lookup_missing(t: &InodeTable, i: usize) -> u64 {
+        let root = t.get(ROOT_ID).unwrap();
+        let name = format!("tmp{i}");
+        std::fs::write(
+            format!(
+                "/proc/self/fd/{}/{name}",
+                std::os::fd::AsRawFd::as_raw_fd(&root.fd())
+            ),
+            "",
+        )
+        .unwrap_or(());
+        lookup(t, &name)
     }
 
     #[test]

@@ -106,13 +106,14 @@ impl ExportSession {
     ) -> Result<Vec<DirEntryPlus>, Errno> {
         // The directory's device and each entry's inode number from getdents tell which
         // entries the table may already hold (see `lookup_hinted`).
-        let dev = self.inodes.peek(ino).ok().map(|n| n.dev);
+        let parent = self.inodes.peek(ino)?;
+        let dev = Some(parent.dev);
         self.gather_dir(fh, offset, size, direntplus_size, |dirfd, d| {
             let entry = if d.name == b"." || d.name == b".." {
                 Entry::default()
             } else {
                 let name = sys::cstring(d.name)?;
-                match self.lookup_hinted(dirfd, &name, dev.map(|dev| (dev, d.ino))) {
+                match self.lookup_hinted(dirfd, &parent, &name, dev.map(|dev| (dev, d.ino))) {
                     Ok(entry) => entry,
                     // Removed since getdents saw it: leave it out.
                     Err(Errno::ENOENT) => return Ok(None),

@@ -16,7 +16,7 @@ use ferry_protocol::{
 use super::ExportSession;
 use super::attr::{decode_rdev, utime};
 use super::handle::{Handle, HandleKind};
-use super::inode::Node;
+use super::inode::{InodeData, Node};
 use super::locks::{self, LockWait};
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
@@ -149,16 +149,18 @@ impl ExportSession {
         }
     }
 
-    /// Looks `name` up below the directory `dir` and takes one lookup of the result.
-    fn lookup_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry, Errno> {
-        self.lookup_hinted(dir, name, None)
+    /// Looks `name` up below the directory node `dir` and takes one lookup of the result.
+    fn lookup_at(&self, dir: &Node, name: &CStr) -> Result<Entry, Errno> {
+        self.lookup_hinted(dir.fd(), dir.data(), name, None)
     }
 
     /// [`Self::lookup_at`], where `hint` is the `(dev, ino)` a directory listing gave for the
     /// name (a mount point's is that of the directory under it, so it is only a hint).
+    /// `dir` is a descriptor of the directory node `parent`.
     pub(super) fn lookup_hinted(
         &self,
         dir: BorrowedFd<'_>,
+        parent: &Arc<InodeData>,
         name: &CStr,
         hint: Option<(u64, u64)>,
     ) -> Result<Entry, Errno> {
@@ -171,12 +173,13 @@ impl ExportSession {
         if hint.is_none_or(|key| self.inodes.id_of(key).is_some()) {
             let st = sys::fstatat_nofollow(dir, name)?;
             if let Some(node) = self.inodes.ref_cached((st.st_dev, st.st_ino)) {
+                self.inodes.found_at(&node, parent, name.to_bytes());
                 return Ok(self.entry(&node, &st));
             }
         }
         let fd = sys::open_beneath(dir, name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
-        let node = self.inodes.insert_or_ref(fd, &st);
+        let node = self.inodes.insert_or_ref(fd, &st, parent, name.to_bytes());
         Ok(self.entry(&node, &st))
     }
 
@@ -204,7 +207,9 @@ impl ExportSession {
                 st = sys::fstat(fd.as_fd())?;
             }
         }
-        let node = self.inodes.insert_or_ref(fd, &st);
+        let node = self
+            .inodes
+            .insert_or_ref(fd, &st, dir.data(), name.to_bytes());
         let st = self.record_creator(ctx, dir, &node, &st, want.unwrap_or(0));
         Ok(self.entry(&node, &st))
     }
@@ -220,7 +225,7 @@ impl ExportSession {
     pub fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
-        self.lookup_at(dir.fd(), &name)
+        self.lookup_at(&dir, &name)
     }
 
     /// Gives back `nlookup` lookups of `ino`; at zero the node is dropped. Never fails.
@@ -434,8 +439,28 @@ impl ExportSession {
         let dir = self.dir_node(parent)?;
         let newdir = self.dir_node(newparent)?;
         sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)?;
+        if self.inodes.reaches_by_name() {
+            // Nodes reached by name follow the rename (see `inode.rs`).
+            self.moved_to(&newdir, &cnewname);
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                self.moved_to(&dir, &cname);
+            }
+        }
         m.renamed(parent, name, newparent, newname, flags);
         Ok(())
+    }
+
+    /// Records, for a node reached by name, that its object is now `name` in `dir`.
+    fn moved_to(&self, dir: &Node, name: &CStr) {
+        if let Ok(st) = sys::fstatat_nofollow(dir.fd(), name) {
+            if let Some(node) = self
+                .inodes
+                .id_of((st.st_dev, st.st_ino))
+                .and_then(|id| self.inodes.peek(id).ok())
+            {
+                self.inodes.found_at(&node, dir.data(), name.to_bytes());
+            }
+        }
     }
 
     /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
@@ -455,7 +480,7 @@ impl ExportSession {
         }
         let newdir = self.dir_node(newparent)?;
         sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
-        let e = self.lookup_at(newdir.fd(), &newname)?;
+        let e = self.lookup_at(&newdir, &newname)?;
         m.created(newparent, newname.to_bytes(), e.ino);
         Ok(e)
     }
@@ -564,7 +589,9 @@ impl ExportSession {
             sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
             st = sys::fstat(path.as_fd())?;
         }
-        let node = self.inodes.insert_or_ref(path, &st);
+        let node = self
+            .inodes
+            .insert_or_ref(path, &st, dir.data(), name.to_bytes());
         if created {
             st = self.record_creator(ctx, &dir, &node, &st, perm);
         } else if kill_suidgid && self.kill_privs(&node)? {
