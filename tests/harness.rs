@@ -301,6 +301,52 @@ pub fn wait_mounted(path: &Path, child: &mut Child) {
     }
 }
 
+/// Kills a process that serves the FUSE mount at `mnt` and reaps it. `ferry share` makes
+/// syscalls on its own mount (the replay thread): a thread of it waiting for an answer its
+/// killed server threads will never give keeps the process from ending, so the mount's FUSE
+/// connection is aborted (fusectl) before waiting.
+pub fn kill_server(child: &mut Child, mnt: &Path) {
+    let _ = child.kill();
+    if child.try_wait().ok().flatten().is_none() {
+        abort_fuse_connection(mnt);
+    }
+    let _ = child.wait();
+}
+
+/// Aborts the FUSE connection of the mount at `path`, if it is a FUSE mount (its device's
+/// minor number names the connection under /sys/fs/fuse/connections).
+pub fn abort_fuse_connection(path: &Path) {
+    if !is_fuse_mount(path) {
+        return;
+    }
+    let Some(dev) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| {
+            let want = format!(" {} ", path.display());
+            info.lines()
+                .rev()
+                .find(|l| l.contains(&want))
+                .and_then(|l| l.split(' ').nth(2).map(str::to_string))
+        })
+    else {
+        return;
+    };
+    let Some(minor) = dev.split(':').nth(1) else {
+        return;
+    };
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+    {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(conns)
+            .status();
+    }
+    let _ = std::fs::write(conns.join(minor).join("abort"), b"1");
+}
+
 /// Detaches a Ferry mount if one is there.
 pub fn lazy_unmount(path: &Path) {
     if is_ferry_mount(path) {
@@ -363,8 +409,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_server(&mut child, &self.mnt);
         }
         // A killed server leaves a dead mount behind; detach it so the directory can go.
         lazy_unmount(&self.mnt);

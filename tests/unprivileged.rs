@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::harness::{
-    Need, bins, is_ferry_mount, lazy_unmount, require, stderr_of, wait_exit, wait_mounted,
-    wait_until,
+    Need, bins, is_ferry_mount, kill_server, lazy_unmount, require, stderr_of, wait_exit,
+    wait_mounted, wait_until,
 };
 
 /// The ordinary user the tests run as.
@@ -162,8 +162,7 @@ impl UserShare {
 impl Drop for UserShare {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_server(&mut child, &self.mnt);
             lazy_unmount(&self.mnt);
         }
     }
@@ -361,5 +360,149 @@ fn a_newcomers_mistakes_are_told_in_one_line() {
     assert!(status.success(), "{err}");
     assert!(err.contains("dead FUSE mount"), "{err}");
     assert!(!is_ferry_mount(&mnt));
+    drop(machine);
+}
+
+/// Walks the tree at argv[1] (no symlinks followed), stats and reads every file, and checks
+/// its content against its path (`dDDDD/fFFFF`); then reads every path seen once more. Prints
+/// `files ok stale gone wrong` counts, and each wrong path.
+const WALKER: &str = r#"
+import errno, os, sys
+root = sys.argv[1]
+seen, ok, stale, gone, wrong = [], 0, 0, 0, 0
+def check(rel):
+    global ok, stale, gone, wrong
+    try:
+        os.lstat(os.path.join(root, rel))
+        with open(os.path.join(root, rel), "rb") as f:
+            data = f.read()
+    except OSError as e:
+        if e.errno == errno.ESTALE: stale += 1
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR): gone += 1
+        else: raise
+        return
+    if data == rel.replace(".moved", "").encode() + b"\n":
+        ok += 1
+    else:
+        wrong += 1
+        print("WRONG", rel, data[:60])
+for d, dirs, files in os.walk(root, onerror=lambda e: None):
+    for f in files:
+        rel = os.path.relpath(os.path.join(d, f), root)
+        seen.append(rel)
+        check(rel)
+for rel in seen:
+    check(rel)
+print(len(seen), ok, stale, gone, wrong)
+"#;
+
+/// An unprivileged server (no CAP_DAC_READ_SEARCH, so no `open_by_handle_at`) keeps its node
+/// descriptors within `--max-node-fds` on a 100,000-file tree by reopening evicted nodes by
+/// name; directories renamed or replaced by a symlink on the host during the walk answer
+/// ESTALE or the right data, never anything from outside the export.
+#[test]
+fn an_unprivileged_server_stays_within_its_descriptor_cap_at_scale() {
+    let Some(machine) = Machine::stock() else {
+        return;
+    };
+    if !require(&[Need::Program("python3")]) {
+        return;
+    }
+    const DIRS: usize = 100;
+    const PER_DIR: usize = 1000;
+    const CAP: usize = 256;
+    // Requests in flight, handles the kernel has not released, the walker's open directory.
+    const SLACK: usize = 64;
+    let dir = user_dir();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    std::fs::remove_file(src.join("hello.txt")).unwrap();
+    for d in 0..DIRS {
+        let sub = src.join(format!("d{d:04}"));
+        std::fs::create_dir(&sub).unwrap();
+        for f in 0..PER_DIR {
+            std::fs::write(sub.join(format!("f{f:04}")), format!("d{d:04}/f{f:04}\n")).unwrap();
+        }
+    }
+    let share = UserShare::start(&src, &mnt, &["--max-node-fds", &CAP.to_string()]);
+    let pid = share.child.as_ref().unwrap().id();
+    let fds = move || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    user_sh(&mnt, "true");
+    let idle = fds();
+
+    // The host moves and replaces directories while the user walks.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host = {
+        let (src, stop) = (src.clone(), stop.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = std::fs::rename(src.join("d0098"), src.join("d0098.moved"));
+            let _ = std::os::unix::fs::symlink("/etc", src.join("d0098"));
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = (src.join("d0099"), src.join("d0099.moved"));
+                let _ = if n % 2 == 0 {
+                    std::fs::rename(&a, &b)
+                } else {
+                    std::fs::rename(&b, &a)
+                };
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (most, stop) = (most.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most.fetch_max(fds(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = as_user(Command::new("python3").arg("-c").arg(WALKER).arg(&mnt))
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    host.join().unwrap();
+    sampler.join().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "walker: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Vec<usize> = report
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [files, ok, stale, gone, wrong] = counts[..] else {
+        panic!("walker said: {report}");
+    };
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "unprivileged scale: {files} files seen, {ok} reads right, {stale} ESTALE, {gone} gone, \
+         {wrong} wrong; server descriptors idle {idle}, most {most}, cap {CAP}"
+    );
+    assert_eq!(wrong, 0, "a read returned another file's data: {report}");
+    assert!(files >= (DIRS - 2) * PER_DIR, "the walk saw {files} files");
+    assert!(
+        ok >= 2 * (DIRS - 2) * PER_DIR,
+        "{ok} right reads of {files} files, twice"
+    );
+    assert!(
+        most <= idle + CAP + SLACK,
+        "the server held {most} descriptors (idle {idle}, cap {CAP})"
+    );
+    share.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, log) = share.exit();
+    assert!(status.success(), "{log}");
     drop(machine);
 }
