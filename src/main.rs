@@ -103,13 +103,7 @@ fn main() -> std::process::ExitCode {
         Command::Share(args) => share(args),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ferry_common::logging::exit_code("ferry", result)
 }
 
 fn share(args: ShareArgs) -> anyhow::Result<()> {

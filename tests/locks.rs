@@ -402,9 +402,9 @@ fn concurrent_sqlite(a: PathBuf, b: PathBuf, mode: &str, verify: &Path) {
     );
 }
 
-/// A rollback journal appears and disappears by name; until host change events invalidate the
-/// guest's name cache, a guest sharing a database with another writer must not cache names
-/// (a stale "db-journal exists" makes SQLite roll back a journal that is gone:
+/// A rollback journal appears and disappears by name within milliseconds, sooner than a host
+/// change event reaches the guest, so a guest sharing a database with another writer must not
+/// cache names (a stale "db-journal exists" makes SQLite roll back a journal that is gone:
 /// SQLITE_IOERR_DELETE_NOENT). Locks and file contents need no such help: a granted lock drops
 /// the file's cached pages and attributes.
 const NO_NAME_CACHE: &[&str] = &["--attr-timeout-ms", "0"];

@@ -309,6 +309,14 @@ fn allow_other_only_where_fuse_conf_allows_it() {
     );
     drop(share);
     assert!(!is_ferry_mount(&mnt));
+    // And asked for explicitly.
+    let share = UserShare::start(&src, &mnt, &["--allow-other"]);
+    assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), b"hello\n");
+    share.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, log) = share.exit();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("only you can use"), "{log}");
+    assert!(!is_ferry_mount(&mnt));
 }
 
 #[test]

@@ -112,13 +112,7 @@ fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> std::process::ExitCode {
     ferry_common::logging::init();
     let args = Args::parse();
-    match real_main(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ferry_common::logging::exit_code("ferry-agent", real_main(args))
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {

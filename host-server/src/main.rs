@@ -120,13 +120,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     ferry_common::logging::init();
     let args = Args::parse();
-    match real_main(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry-host: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ferry_common::logging::exit_code("ferry-host", real_main(args))
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {

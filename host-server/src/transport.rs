@@ -1,6 +1,6 @@
 //! Listeners: thin front doors that bind a [`ListenAddr`], accept byte streams and hand each to
 //! [`crate::conn::serve_connection`]. Adding a transport means a [`ListenAddr`] variant (its
-//! syntax lives in `config.rs`), a [`Listener`] arm here and a `Stream` impl in `conn.rs`.
+//! syntax lives in `config.rs`), a [`Listener`] arm here and a `Stream` impl (`common/src/stream.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

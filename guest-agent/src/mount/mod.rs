@@ -2,7 +2,8 @@
 //!
 //! [`mount`] mounts synchronously (the FUSE `INIT` handshake happens before it returns) and runs
 //! the fuser session on a thread named `ferry-fuse-<export>`. [`MountHandle::unmount`] detaches
-//! the mount with `umount2(MNT_DETACH)`; fuser's own unmount fails with EBUSY while files are
+//! the mount lazily ([`crate::preflight::detach`]: `umount2(MNT_DETACH)` as root,
+//! `fusermount3 -u -z` for an ordinary user); fuser's own unmount fails with EBUSY while files are
 //! open and its `AutoUnmount` hangs, so neither is used. The kernel ends the session once the
 //! last open file under the detached mount is closed.
 //!
@@ -390,7 +391,7 @@ impl MountHandle {
         *done
     }
 
-    /// Detaches the mount (`MNT_DETACH`), then waits up to [`UNMOUNT_WAIT`] for the session to
+    /// Detaches the mount lazily ([`crate::preflight::detach`]), then waits up to [`UNMOUNT_WAIT`] for the session to
     /// end. Files still open under the mount keep the session alive; then the session thread
     /// is left to finish on its own (its requests fail with ENOTCONN once the connection is
     /// closed) and this returns anyway.

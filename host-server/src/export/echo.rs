@@ -1,5 +1,5 @@
 //! Echo bookkeeping: what a session's own mutations leave on the host, so that the host events
-//! they cause are not sent back to it (see `watch.rs`).
+//! they cause are not sent back to it (see `watch/`).
 //!
 //! Every typed method that can change the host tree takes a [`Mutation`] at its start
 //! ([`ExportSession::mutation`]) and, once the change is made, records what it did through

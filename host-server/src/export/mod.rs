@@ -451,7 +451,7 @@ impl ExportSession {
     }
 
     /// Starts sending this session's view of host changes to `sink`, oldest first (see
-    /// `watch.rs`). The first watching session of an export starts its watcher.
+    /// `watch/`). The first watching session of an export starts its watcher.
     pub fn watch(self: &Arc<Self>, sink: Sink) -> Result<(), Errno> {
         self.export.subscribe(self, sink)
     }

@@ -3,7 +3,7 @@
 //!
 //! A virtio-fs mount has no notification path, so the guest agent runs with `--events-only`:
 //! it takes the export's changes over the stream protocol and replays each one on the
-//! virtio-fs mount with a real syscall (see `guest-agent/src/replay.rs`), which makes the guest
+//! virtio-fs mount with a real syscall (see `guest-agent/src/replay/`), which makes the guest
 //! kernel raise the inotify events. The syscall reaches the host as FUSE requests through the
 //! virtqueue; they must not touch host files (the change already happened there). So the agent
 //! brackets each replayed change with [`Request::Replay`](ferry_protocol::Request::Replay):
@@ -251,7 +251,7 @@ impl ExportSession {
     }
 
     /// Whether this session replays changes on a mount another front door serves: it then
-    /// gets every change of the export by path, whatever nodes it holds (see `watch.rs`).
+    /// gets every change of the export by path, whatever nodes it holds (see `watch/`).
     pub(crate) fn replays(&self) -> bool {
         self.export.replayers.registered(self.sid)
     }

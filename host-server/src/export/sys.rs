@@ -1,7 +1,7 @@
 //! Thin wrappers over the Linux system calls the export needs.
 //!
-//! Every wrapper turns a failed call into its [`Errno`] and keeps the `unsafe` in one place, so
-//! the operations in `ops.rs` are written in safe Rust. Nothing here resolves a path with more
+//! Every wrapper turns a failed call into its [`Errno`] and keeps the system calls' `unsafe` in
+//! one place (the export's other modules keep only a zeroed C struct or two). Nothing here resolves a path with more
 //! than one component: callers pass a directory fd and a single validated name, or an fd that
 //! is reached through `/proc/self/fd`.
 
