@@ -73,6 +73,11 @@ struct ShareArgs {
     /// for anyone who can reach it there.
     #[arg(long)]
     devices: bool,
+    /// POSIX ACLs through the mount: `on` (setfacl and getfacl work, the mount's kernel
+    /// honours them where it checks permissions; entries' ids translate like owners) or `off`
+    /// (as a filesystem mounted noacl). Squash mode never has them.
+    #[arg(long, value_name = "on|off", value_parser = ferry_host::ids::parse_on_off, default_value = "on", action = clap::ArgAction::Set)]
+    acl: bool,
     /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
     /// others are reopened when needed, by kernel file handle as root, by name beneath their
     /// parent otherwise.
@@ -117,6 +122,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         persist_owners,
         permissions,
         devices,
+        acl,
         max_node_fds,
         allow_other,
         nonempty,
@@ -136,6 +142,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         read_only,
         ids,
         devices,
+        acl,
     }])?;
     exports[0].set_max_node_fds(max_node_fds);
     tracing::info!(

@@ -19,6 +19,8 @@ mod events;
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.
 mod ids;
+// POSIX ACLs in each id mode, against a native directory.
+mod acl;
 // Generated operation sequences on a mount and a plain directory (proptest).
 mod model;
 // Locks across the boundary: host processes, two agents, disconnects, SQLite.

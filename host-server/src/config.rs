@@ -48,7 +48,7 @@ impl IdOptions {
 }
 
 /// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]
-/// [:devices=on|off]`.
+/// [:devices=on|off][:acl=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     /// Name the guest mounts it by.
@@ -61,13 +61,15 @@ pub struct ExportSpec {
     pub ids: IdOptions,
     /// Let guests create device nodes (`:devices=on`).
     pub devices: bool,
+    /// Guests see and set POSIX ACLs (`:acl=off` turns them off).
+    pub acl: bool,
 }
 
 /// An export specification that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid --export {input:?}: {why} (expected NAME=PATH, then any of :ro, :ids=MODE, \
-     :persist-owners=on|off, :permissions=guest|host, :devices=on|off)"
+     :persist-owners=on|off, :permissions=guest|host, :devices=on|off, :acl=on|off)"
 )]
 pub struct BadExportSpec {
     input: String,
@@ -90,6 +92,7 @@ impl FromStr for ExportSpec {
         let mut read_only = false;
         let mut ids = IdOptions::default();
         let mut devices = false;
+        let mut acl = true;
         loop {
             if let Some(p) = rest.strip_suffix(":ro") {
                 read_only = true;
@@ -102,6 +105,9 @@ impl FromStr for ExportSpec {
                 rest = p;
             } else if let Some((p, v)) = take_option(rest, "devices") {
                 devices = parse_on_off(v).map_err(|e| bad(&format!("devices={e}")))?;
+                rest = p;
+            } else if let Some((p, v)) = take_option(rest, "acl") {
+                acl = parse_on_off(v).map_err(|e| bad(&format!("acl={e}")))?;
                 rest = p;
             } else if let Some((p, v)) = take_option(rest, "permissions") {
                 ids.permissions =
@@ -127,6 +133,7 @@ impl FromStr for ExportSpec {
             read_only,
             ids,
             devices,
+            acl,
         })
     }
 }
@@ -334,6 +341,11 @@ mod tests {
         assert_eq!(e.path, PathBuf::from("/x"));
         assert!(!"x=/y".parse::<ExportSpec>().unwrap().devices);
         assert!("x=/y:devices=maybe".parse::<ExportSpec>().is_err());
+        let e: ExportSpec = "w=/x:acl=off:ids=map:0:0:1".parse().unwrap();
+        assert!(!e.acl);
+        assert!("x=/y".parse::<ExportSpec>().unwrap().acl);
+        assert!("x=/y:acl=on".parse::<ExportSpec>().unwrap().acl);
+        assert!("x=/y:acl=no".parse::<ExportSpec>().is_err());
         let e: ExportSpec = "docs=/a:b/c:ro".parse().unwrap();
         assert_eq!(e.path, PathBuf::from("/a:b/c"));
         assert!(e.read_only);

@@ -59,7 +59,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::client::Client;
 use crate::replay::ReplayState;
@@ -96,6 +96,8 @@ pub struct FerryFs {
     keep_cache: bool,
     /// Host locks, and the nodes whose FLUSHes must reach the host.
     locks: Locks,
+    /// Ask the kernel for `FUSE_POSIX_ACL` and `FUSE_DONT_MASK` (see [`Self::with_posix_acl`]).
+    posix_acl: bool,
 }
 
 impl FerryFs {
@@ -112,7 +114,18 @@ impl FerryFs {
             prefetched: Arc::default(),
             replay: Arc::default(),
             keep_cache: false,
+            posix_acl: false,
         }
+    }
+
+    /// Has the kernel enforce POSIX ACLs (`FUSE_POSIX_ACL`, for a mount whose permissions the
+    /// kernel checks): it reads the ACL xattrs through GETXATTR, checks access and default
+    /// ACLs, and sends creating requests the mode without the umask applied
+    /// (`FUSE_DONT_MASK`), the umask beside it, so the server applies a parent's default ACL
+    /// instead of the umask as a local filesystem does.
+    pub fn with_posix_acl(mut self, on: bool) -> Self {
+        self.posix_acl = on;
+        self
     }
 
     /// Keeps file pages cached across opens; only safe when host changes invalidate them.
@@ -223,6 +236,14 @@ impl Filesystem for FerryFs {
         for flag in wanted.iter() {
             if let Err(missing) = config.add_capabilities(flag) {
                 debug!(?missing, "kernel lacks FUSE capability");
+            }
+        }
+        // Both or neither: with POSIX_ACL alone the kernel would apply the umask itself and
+        // the server could no longer tell what a default ACL should be masked with.
+        if self.posix_acl {
+            let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+            if let Err(missing) = config.add_capabilities(acl) {
+                warn!(?missing, "the kernel cannot enforce POSIX ACLs on this mount");
             }
         }
         Ok(())

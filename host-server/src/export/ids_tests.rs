@@ -43,6 +43,7 @@ fn session(policy: IdPolicy) -> (TempDir, ExportSession) {
         read_only: false,
         ids: policy,
         devices: false,
+        acl: true,
     })
     .unwrap();
     (dir, ExportSession::new(export))

@@ -44,6 +44,7 @@
 //! - Guest POSIX locks are OFD locks on a host open file per lock owner, and guest flock locks
 //!   are flock locks on the handle's fd (see `locks.rs`).
 
+mod acl;
 mod attr;
 mod creds;
 mod dispatch;
@@ -104,6 +105,9 @@ pub struct ExportConfig {
     /// Off by default: a device node in the host directory opens a host device for any host
     /// process that can reach it.
     pub devices: bool,
+    /// Guests see and set POSIX ACLs (`:acl=on`, the default; never in squash mode). Off, the
+    /// export behaves as a filesystem mounted `noacl` (see `acl.rs`).
+    pub acl: bool,
 }
 
 /// Why an export could not be opened.
@@ -170,6 +174,7 @@ pub struct Export {
     read_only: bool,
     ids: IdPolicy,
     devices: bool,
+    acl: bool,
     /// `O_PATH | O_DIRECTORY` fd of the export root.
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
@@ -192,6 +197,7 @@ impl Export {
             read_only,
             ids,
             devices,
+            acl,
         } = config;
         // SAFETY: geteuid cannot fail and touches no memory.
         let euid = unsafe { libc::geteuid() };
@@ -226,6 +232,7 @@ impl Export {
             read_only,
             ids,
             devices,
+            acl,
             root,
             proc_fd,
             events: Events::default(),
@@ -237,6 +244,12 @@ impl Export {
     /// Whether guests may create device nodes.
     pub fn devices(&self) -> bool {
         self.devices
+    }
+
+    /// Whether POSIX ACLs are on (`:acl=`); squash mode turns them off regardless (see
+    /// [`ExportSession::acls`]).
+    pub fn acl(&self) -> bool {
+        self.acl
     }
 
     /// The export's name.

@@ -362,19 +362,20 @@ impl ExportSession {
             }
             _ => return Err(Errno::EINVAL),
         };
-        let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
+        let (perm, inherits) = self.creation_perm(&dir, mode, umask);
         let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(kind, perm);
         self.as_creator(&who, || {
             sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
         })?;
-        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        let e = self.lookup_created(ctx, &dir, &name, (!inherits).then_some(perm))?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
     }
 
-    /// Creates a directory with `mode & !umask`.
+    /// Creates a directory with `mode & !umask` (or under the parent's default ACL: see
+    /// [`ExportSession::creation_perm`]).
     pub fn mkdir(
         &self,
         ctx: &Ctx,
@@ -386,12 +387,12 @@ impl ExportSession {
         let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
-        let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
+        let (perm, inherits) = self.creation_perm(&dir, mode, umask);
         let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
         self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
-        let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
+        let e = self.lookup_created(ctx, &dir, &name, (!inherits).then_some(perm))?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
     }
@@ -574,7 +575,7 @@ impl ExportSession {
         self.check_writable()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
-        let perm = mode & !umask & 0o7777;
+        let (perm, inherits) = self.creation_perm(&dir, mode, umask);
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
         let who = self.create_as(ctx)?;
@@ -585,7 +586,7 @@ impl ExportSession {
             self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
         })?;
         let mut st = sys::fstat(path.as_fd())?;
-        if created && st.st_mode & 0o777 != perm & 0o777 {
+        if created && !inherits && st.st_mode & 0o777 != perm & 0o777 {
             sys::fchmod(data.as_fd(), (st.st_mode & 0o7000) | (perm & 0o777))?;
             st = sys::fstat(path.as_fd())?;
         }

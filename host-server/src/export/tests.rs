@@ -27,6 +27,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        acl: true,
     })
     .expect("open export")
 }
@@ -70,6 +71,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        acl: true,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -82,6 +84,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        acl: true,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));

@@ -1,12 +1,13 @@
 //! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR. The server's own
 //! `user.ferry.*` names (see `owners.rs`) are hidden from the guest and cannot be set by it.
+//! POSIX ACL values are translated on their way through (see `acl.rs`).
 
 use std::ffi::CString;
 
 use ferry_protocol::{Ctx, Errno};
 
 use super::inode::Node;
-use super::{ExportSession, owners, sys};
+use super::{ExportSession, acl, owners, sys};
 
 /// Result of `getxattr`/`listxattr`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,9 +45,10 @@ impl ExportSession {
     /// The server's own `user.ferry.*` names read as absent.
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        if owners::is_reserved_xattr(name) || (acl::is_acl_name(name) && !self.acls()) {
             return Err(Errno::ENODATA);
         }
+        let acl_name = name;
         let name = xattr_name(name)?;
         let path = self.xattr_path(&node);
         if size == 0 {
@@ -56,7 +58,7 @@ impl ExportSession {
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         let n = sys::getxattr(&path, &name, &mut buf)?;
         buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        Ok(XattrReply::Data(self.acl_value_to_guest(acl_name, buf)?))
     }
 
     /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
@@ -76,7 +78,10 @@ impl ExportSession {
             }
             r => r?,
         };
-        let list = owners::filter_xattr_list(&buf[..n]);
+        let mut list = owners::filter_xattr_list(&buf[..n]);
+        if !self.acls() {
+            list = acl::hide_names(&list);
+        }
         if size == 0 {
             return Ok(XattrReply::Size(list.len() as u32));
         }
@@ -88,6 +93,7 @@ impl ExportSession {
 
     /// Sets xattr `name` (`flags`: XATTR_CREATE, XATTR_REPLACE). The server's own
     /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
+    /// An ACL's ids are translated to the host's (`acl.rs`).
     pub fn setxattr(
         &self,
         _ctx: &Ctx,
@@ -97,14 +103,15 @@ impl ExportSession {
         flags: i32,
     ) -> Result<(), Errno> {
         let m = self.mutation();
-        let (node, name) = self.xattr_to_change(ino, name)?;
+        let (node, cname) = self.xattr_to_change(ino, name)?;
+        let value = self.acl_value_to_host(name, value)?;
         if value.len() > XATTR_MAX {
             return Err(Errno::E2BIG);
         }
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return Err(Errno::EINVAL);
         }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)?;
+        sys::setxattr(&self.xattr_path(&node), &cname, &value, flags)?;
         m.changed(ino);
         Ok(())
     }
@@ -112,6 +119,9 @@ impl ExportSession {
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
     pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let m = self.mutation();
+        if acl::is_acl_name(name) && !self.acls() {
+            return Err(Errno::EOPNOTSUPP);
+        }
         let (node, name) = self.xattr_to_change(ino, name)?;
         sys::removexattr(&self.xattr_path(&node), &name)?;
         m.changed(ino);

@@ -74,10 +74,12 @@ pub mod init_flags {
     pub const ASYNC_READ: u32 = 1 << 0;
     pub const ATOMIC_O_TRUNC: u32 = 1 << 3;
     pub const BIG_WRITES: u32 = 1 << 5;
+    pub const DONT_MASK: u32 = 1 << 6;
     pub const AUTO_INVAL_DATA: u32 = 1 << 12;
     pub const DO_READDIRPLUS: u32 = 1 << 13;
     pub const READDIRPLUS_AUTO: u32 = 1 << 14;
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
+    pub const POSIX_ACL: u32 = 1 << 20;
     pub const MAX_PAGES: u32 = 1 << 22;
     pub const SUBMOUNTS: u32 = 1 << 27;
     pub const HANDLE_KILLPRIV_V2: u32 = 1 << 28;

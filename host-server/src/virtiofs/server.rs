@@ -50,6 +50,15 @@ const OFFERED: u32 = init_flags::ASYNC_READ
     | init_flags::SUBMOUNTS
     | init_flags::HANDLE_KILLPRIV_V2;
 
+/// Offered on top of [`OFFERED`] when the export's permissions are checked by the guest and
+/// its ACLs are on ([`ExportSession::acls`]), as virtiofsd's `--posix-acl` does. With
+/// `POSIX_ACL` the guest kernel checks every access (it implies `default_permissions`, which a
+/// virtio-fs mount cannot otherwise ask for) against the owners, modes and ACLs it reads
+/// through GETXATTR; with `DONT_MASK` it sends creating requests the mode without the umask,
+/// so the export core can apply a parent's default ACL instead of the umask, as a local
+/// filesystem does.
+const OFFERED_ACL: u32 = init_flags::POSIX_ACL | init_flags::DONT_MASK;
+
 /// Serves FUSE requests of one guest (one vhost-user connection) from one export session.
 #[derive(Debug)]
 pub struct FuseServer {
@@ -429,6 +438,17 @@ impl FuseServer {
         }
     }
 
+    /// The INIT capabilities this export offers.
+    fn offered(&self) -> u32 {
+        let guest_checks =
+            self.session.export().ids().permissions == ferry_protocol::Permissions::Guest;
+        if guest_checks && self.session.acls() {
+            OFFERED | OFFERED_ACL
+        } else {
+            OFFERED
+        }
+    }
+
     fn init(&self, args: &mut Args<'_>) -> Out {
         let i: abi::InitIn = args.obj()?;
         if i.major < abi::KERNEL_VERSION
@@ -446,7 +466,7 @@ impl FuseServer {
             major: abi::KERNEL_VERSION,
             minor: abi::KERNEL_MINOR_VERSION,
             max_readahead: i.max_readahead,
-            flags: i.flags & OFFERED,
+            flags: i.flags & self.offered(),
             max_background: 64,
             congestion_threshold: 48,
             max_write: MAX_DATA as u32,

@@ -40,6 +40,7 @@ pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        acl: true,
     })
     .unwrap();
     FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
