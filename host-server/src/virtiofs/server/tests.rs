@@ -34,13 +34,23 @@ fn request_as(pid: u32, opcode: u32, unique: u64, nodeid: u64, parts: &[&[u8]]) 
 }
 
 pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
+    server_with(dir, read_only, crate::ids::IdPolicy::passthrough(), true)
+}
+
+/// As [`server`], with an id policy and ACLs on or off.
+fn server_with(
+    dir: &std::path::Path,
+    read_only: bool,
+    ids: crate::ids::IdPolicy,
+    acl: bool,
+) -> FuseServer {
     let export = Export::open(ExportConfig {
         name: "t".into(),
         path: dir.to_path_buf(),
         read_only,
-        ids: crate::ids::IdPolicy::passthrough(),
+        ids,
         devices: false,
-        acl: true,
+        acl,
     })
     .unwrap();
     FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
@@ -100,7 +110,11 @@ fn init_negotiates_the_offered_flags() {
     let (err, body) = call(&s, opcode::INIT, 0, &[init.as_bytes(), &[0u8; 48]]);
     assert_eq!(err, 0);
     let out = abi::InitOut::read_from_bytes(&body).unwrap();
-    assert_eq!((out.major, out.minor, out.flags), (7, 33, OFFERED));
+    // A passthrough export is checked by the guest, with ACLs on.
+    assert_eq!(
+        (out.major, out.minor, out.flags),
+        (7, 33, OFFERED | OFFERED_ACL)
+    );
     assert_ne!(out.flags & init_flags::HANDLE_KILLPRIV_V2, 0);
     // The kernel must truncate after its own checks (ETXTBSY), not the host in OPEN.
     assert_eq!(out.flags & init_flags::ATOMIC_O_TRUNC, 0);
@@ -880,4 +894,147 @@ proptest::proptest! {
             proptest::prop_assert_eq!(h.len as usize, reply.len());
         }
     }
+}
+
+/// The flags an INIT offering everything gets back.
+fn init_flags_of(s: &FuseServer) -> u32 {
+    let init = abi::InitIn {
+        major: 7,
+        minor: 38,
+        max_readahead: 131072,
+        flags: u32::MAX,
+    };
+    let (err, body) = call(s, opcode::INIT, 0, &[init.as_bytes(), &[0u8; 48]]);
+    assert_eq!(err, 0);
+    abi::InitOut::read_from_bytes(&body).unwrap().flags
+}
+
+#[test]
+fn posix_acls_are_negotiated_only_where_the_guest_checks_and_acls_are_on() {
+    use crate::ids::{GuestGid, GuestUid, IdMode, IdPolicy, Permissions};
+    let dir = tempfile::tempdir().unwrap();
+    let acl = init_flags::POSIX_ACL | init_flags::DONT_MASK;
+    let squash = IdMode::Squash {
+        uid: GuestUid(0),
+        gid: GuestGid(0),
+    };
+    let host_checks = IdPolicy {
+        permissions: Permissions::Host,
+        ..IdPolicy::passthrough()
+    };
+    let guest_squash = IdPolicy {
+        permissions: Permissions::Guest,
+        ..IdPolicy::new(squash.clone())
+    };
+    for (policy, on, want) in [
+        (IdPolicy::passthrough(), true, acl),
+        (IdPolicy::passthrough(), false, 0),
+        (host_checks, true, 0),
+        (IdPolicy::new(squash), true, 0),
+        (guest_squash, true, 0),
+    ] {
+        let s = server_with(dir.path(), false, policy.clone(), on);
+        assert_eq!(init_flags_of(&s) & acl, want, "{policy} acl={on}");
+    }
+}
+
+/// `getfacl -cn` of a host path.
+fn getfacl(p: &std::path::Path) -> String {
+    let out = std::process::Command::new("getfacl")
+        .arg("-cn")
+        .arg(p)
+        .output()
+        .expect("getfacl runs");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn creation_under_a_default_acl_ignores_the_umask_as_a_local_filesystem_does() {
+    // Needs setfacl and getfacl (the `acl` package, which .ci/run installs).
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("setfacl")
+        .args(["-d", "-m", "u:1001:rwx,m::rwx"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = server(dir.path(), false);
+    init_flags_of(&s);
+    // With DONT_MASK the kernel sends the mode as asked and the umask beside it.
+    let c = abi::CreateIn {
+        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+        mode: libc::S_IFREG | 0o666,
+        umask: 0o022,
+        open_flags: 0,
+    };
+    assert_eq!(call(&s, opcode::CREATE, 1, &[c.as_bytes(), b"f\0"]).0, 0);
+    let m = abi::MkdirIn {
+        mode: 0o750,
+        umask: 0o077,
+    };
+    assert_eq!(call(&s, opcode::MKDIR, 1, &[m.as_bytes(), b"d\0"]).0, 0);
+    // What a native open(0666)/mkdir(0750) gives under that default ACL, whatever the umask.
+    let f = getfacl(&dir.path().join("f"));
+    assert!(f.contains("user:1001:rwx\t#effective:rw-") && f.contains("mask::rw-"), "{f}");
+    let d = getfacl(&dir.path().join("d"));
+    assert!(d.contains("mask::r-x") && d.contains("default:user:1001:rwx"), "{d}");
+    // Without a default ACL the umask applies.
+    let c = abi::CreateIn {
+        mode: libc::S_IFREG | 0o666,
+        umask: 0o027,
+        ..c
+    };
+    let plain = tempfile::tempdir().unwrap();
+    let s = server(plain.path(), false);
+    assert_eq!(call(&s, opcode::CREATE, 1, &[c.as_bytes(), b"g\0"]).0, 0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(plain.path().join("g")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+}
+
+#[test]
+fn acl_xattrs_translate_ids_in_map_mode() {
+    use crate::ids::{IdMode, IdPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let mode: IdMode = "map:0:0:1000,1000:101000:10".parse().unwrap();
+    let s = server_with(dir.path(), false, IdPolicy::new(mode), true);
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let (_, body) = call(&s, opcode::LOOKUP, 1, &[b"f\0"]);
+    let f = entry(&body).nodeid;
+    // user::rw-, user:1001:r--, group::r--, mask::r--, other::---
+    let acl = |uid: u32| {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, uid),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    };
+    let name = b"system.posix_acl_access\0";
+    let set = |value: &[u8]| {
+        let x = abi::SetxattrIn {
+            size: value.len() as u32,
+            flags: 0,
+        };
+        call(&s, opcode::SETXATTR, f, &[x.as_bytes(), name, value]).0
+    };
+    assert_eq!(set(&acl(1001)), 0);
+    assert!(getfacl(&dir.path().join("f")).contains("user:101001:r--"));
+    let g = abi::GetxattrIn {
+        size: 4096,
+        padding: 0,
+    };
+    let (err, body) = call(&s, opcode::GETXATTR, f, &[g.as_bytes(), name]);
+    assert_eq!((err, body), (0, acl(1001)));
+    // A guest id outside the ranges: EINVAL, nothing changed.
+    assert_eq!(set(&acl(5000)), libc::EINVAL);
+    assert!(getfacl(&dir.path().join("f")).contains("user:101001:r--"));
 }
