@@ -42,7 +42,8 @@ impl ExportSession {
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
-    /// The server's own `user.ferry.*` names read as absent.
+    /// The server's own `user.ferry.*` names read as absent, and so do ACLs where they are
+    /// off; an ACL's ids are translated to the guest's (`acl.rs`).
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         if owners::is_reserved_xattr(name) || (acl::is_acl_name(name) && !self.acls()) {
@@ -51,12 +52,19 @@ impl ExportSession {
         let acl_name = name;
         let name = xattr_name(name)?;
         let path = self.xattr_path(&node);
+        // A host filesystem without ACLs has none to show: the guest kernel, which asks for
+        // them before access checks, must hear "no ACL" (ENODATA), not an error that would
+        // fail the check.
+        let absent = |e: Errno| match e {
+            Errno::EOPNOTSUPP if acl::is_acl_name(acl_name) => Errno::ENODATA,
+            e => e,
+        };
         if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [])?;
+            let n = sys::getxattr(&path, &name, &mut []).map_err(absent)?;
             return Ok(XattrReply::Size(n as u32));
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
+        let n = sys::getxattr(&path, &name, &mut buf).map_err(absent)?;
         buf.truncate(n);
         Ok(XattrReply::Data(self.acl_value_to_guest(acl_name, buf)?))
     }
