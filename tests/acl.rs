@@ -186,7 +186,10 @@ fn mapped_acls_behave_as_on_a_native_directory_and_translate_ids() {
     let (src, _m, mnt) = differential(&["--ids", map]);
     // On the host, every named entry carries the host id of the guest's.
     let r = host_acl(&src.path().join("r"));
-    assert!(r.contains("user:101001:r--") && r.contains("group:102002:r--"), "{r}");
+    assert!(
+        r.contains("user:101001:r--") && r.contains("group:102002:r--"),
+        "{r}"
+    );
     let shared = host_acl(&src.path().join("shared/d022/inner"));
     assert!(shared.contains("default:user:101001:rwx"), "{shared}");
     // A host entry whose id no range maps shows as the overflow id...

@@ -243,7 +243,10 @@ impl Filesystem for FerryFs {
         if self.posix_acl {
             let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
             if let Err(missing) = config.add_capabilities(acl) {
-                warn!(?missing, "the kernel cannot enforce POSIX ACLs on this mount");
+                warn!(
+                    ?missing,
+                    "the kernel cannot enforce POSIX ACLs on this mount"
+                );
             }
         }
         Ok(())

@@ -178,8 +178,12 @@ impl ExportSession {
     /// group bits are the new ACL's mask).
     pub(super) fn creation_perm(&self, dir: &Node, mode: u32, umask: u32) -> (u32, bool) {
         let inherits = self.acls()
-            && sys::getxattr(&sys::proc_path(dir.fd()), c"system.posix_acl_default", &mut [])
-                .is_ok_and(|n| n > 0);
+            && sys::getxattr(
+                &sys::proc_path(dir.fd()),
+                c"system.posix_acl_default",
+                &mut [],
+            )
+            .is_ok_and(|n| n > 0);
         if inherits {
             (mode & 0o7777, true)
         } else {
@@ -240,7 +244,14 @@ mod tests {
         ] {
             assert_eq!(parse(bad), Err(Errno::EINVAL), "{bad:?}");
             assert_eq!(
-                to_host(&map(vec![IdRange { guest: 0, host: 0, count: 1 }]), bad),
+                to_host(
+                    &map(vec![IdRange {
+                        guest: 0,
+                        host: 0,
+                        count: 1
+                    }]),
+                    bad
+                ),
                 Err(Errno::EINVAL)
             );
         }

@@ -976,9 +976,15 @@ fn creation_under_a_default_acl_ignores_the_umask_as_a_local_filesystem_does() {
     assert_eq!(call(&s, opcode::MKDIR, 1, &[m.as_bytes(), b"d\0"]).0, 0);
     // What a native open(0666)/mkdir(0750) gives under that default ACL, whatever the umask.
     let f = getfacl(&dir.path().join("f"));
-    assert!(f.contains("user:1001:rwx\t#effective:rw-") && f.contains("mask::rw-"), "{f}");
+    assert!(
+        f.contains("user:1001:rwx\t#effective:rw-") && f.contains("mask::rw-"),
+        "{f}"
+    );
     let d = getfacl(&dir.path().join("d"));
-    assert!(d.contains("mask::r-x") && d.contains("default:user:1001:rwx"), "{d}");
+    assert!(
+        d.contains("mask::r-x") && d.contains("default:user:1001:rwx"),
+        "{d}"
+    );
     // Without a default ACL the umask applies.
     let c = abi::CreateIn {
         mode: libc::S_IFREG | 0o666,
@@ -989,7 +995,10 @@ fn creation_under_a_default_acl_ignores_the_umask_as_a_local_filesystem_does() {
     let s = server(plain.path(), false);
     assert_eq!(call(&s, opcode::CREATE, 1, &[c.as_bytes(), b"g\0"]).0, 0);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(plain.path().join("g")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(plain.path().join("g"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o640);
 }
 
