@@ -308,6 +308,75 @@ mod tests {
         assert_eq!(hide_names(b""), b"");
     }
 
+    /// Squash mode and `acl: false` hide the host's ACLs and refuse new ones; map mode shows
+    /// them translated. (Needs setfacl, which .ci/run installs.)
+    #[test]
+    fn squash_and_acl_off_have_no_acls() {
+        use super::super::{Export, ExportConfig, ROOT_ID, XattrReply};
+        use crate::ids::{GuestGid, GuestUid, IdPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let st = std::process::Command::new("setfacl")
+            .args(["-m", "u:1001:rw-"])
+            .arg(&f)
+            .status()
+            .expect("setfacl runs");
+        assert!(st.success());
+        let squash = IdMode::Squash {
+            uid: GuestUid(0),
+            gid: GuestGid(0),
+        };
+        let mapped = map(vec![IdRange {
+            guest: 0,
+            host: 0,
+            count: 2000,
+        }]);
+        let ctx = ferry_protocol::Ctx {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            groups: Vec::new(),
+        };
+        for (mode, acl, shown) in [
+            (squash.clone(), true, false),
+            (IdMode::Passthrough, false, false),
+            (mapped, false, false),
+            (IdMode::Passthrough, true, true),
+        ] {
+            let export = Export::open(ExportConfig {
+                name: "acl".into(),
+                path: dir.path().to_path_buf(),
+                read_only: false,
+                ids: IdPolicy::new(mode.clone()),
+                devices: false,
+                acl,
+            })
+            .unwrap();
+            let s = ExportSession::new(export);
+            let ino = s.lookup(&ctx, ROOT_ID, b"f").unwrap().ino;
+            let got = s.getxattr(ino, ACCESS, 4096);
+            let list = match s.listxattr(ino, 4096).unwrap() {
+                XattrReply::Data(d) => d,
+                other => panic!("{other:?}"),
+            };
+            let value = encode(&[e(0x01, 6, NONE), e(0x04, 4, NONE), e(0x20, 0, NONE)]);
+            let set = s.setxattr(&ctx, ino, ACCESS, &value, 0);
+            let what = format!("{mode} acl={acl}");
+            if shown {
+                assert!(got.is_ok(), "{what}");
+                assert!(hide_names(&list) != list, "{what}");
+                assert_eq!(set, Ok(()), "{what}");
+            } else {
+                assert_eq!(got, Err(Errno::ENODATA), "{what}");
+                assert_eq!(hide_names(&list), list, "{what}");
+                assert_eq!(set, Err(Errno::EOPNOTSUPP), "{what}");
+                assert_eq!(s.removexattr(&ctx, ino, ACCESS), Err(Errno::EOPNOTSUPP));
+                assert_eq!(s.getxattr(ino, DEFAULT, 0), Err(Errno::ENODATA));
+            }
+        }
+    }
+
     fn entries() -> impl Strategy<Value = Vec<AclEntry>> {
         proptest::collection::vec(
             (prop::sample::select(TAGS.to_vec()), 0u16..8, 0u32..20_000).prop_map(
