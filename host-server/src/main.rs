@@ -32,8 +32,9 @@ struct Args {
     /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
     /// :permissions=guest|host set that export's owner handling (see the flags of the same
     /// names); :devices=on lets guests create device nodes there (off by default: a device
-    /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
-    /// Repeat for several exports.
+    /// node in the directory opens a host device); :acl=off turns POSIX ACLs off there (on by
+    /// default except in squash mode, which has none). E.g.
+    /// src=/home/me/src:ids=squash:1000:1000. Repeat for several exports.
     #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
     exports: Vec<ExportSpec>,
 
