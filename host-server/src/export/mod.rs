@@ -31,9 +31,10 @@
 //!
 //! Each export has an [`IdPolicy`]: how guest and host ids translate (passthrough, ranges,
 //! squash), whether owners set from the guest are persisted in an xattr, and who checks
-//! permissions. Attributes sent to the guest show translated owners; creating requests run with
-//! the caller's translated credentials on the worker thread (see `creds.rs`) in the modes that
-//! create as the caller. See `owners.rs` for the persisted-owner record.
+//! permissions. Attributes sent to the guest show translated owners; every request runs with the
+//! host identity its id mode gives (in `map` mode the caller's mapped ids, guest root with root's
+//! powers only over mapped inodes; see `creds.rs`). See `owners.rs` for the persisted-owner
+//! record.
 //!
 //! # Known limits
 //!

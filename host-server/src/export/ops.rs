@@ -15,6 +15,7 @@ use ferry_protocol::{
 
 use super::ExportSession;
 use super::attr::{decode_rdev, utime};
+use super::creds::{Identity, Over};
 use super::handle::{Handle, HandleKind};
 use super::inode::{InodeData, Node};
 use super::locks::{self, LockWait};
@@ -222,9 +223,17 @@ impl ExportSession {
     }
 
     /// Looks `name` up in directory `parent` (one more lookup of the result).
-    pub fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+    pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
+        let id = self.identity(ctx, false)?;
+        if !matches!(id, Identity::Server) {
+            // The caller must be able to search the directory; the node itself is then made
+            // as the server (reading its owner record needs no permission of the caller's).
+            self.run_as(&id, &[Over::Node(dir.fd())], || {
+                sys::fstatat_nofollow(dir.fd(), &name)
+            })?;
+        }
         self.lookup_at(&dir, &name)
     }
 
@@ -247,7 +256,7 @@ impl ExportSession {
     /// mode survives the set-id clearing of chown) and returns the new attributes.
     pub fn setattr(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         fh: Option<u64>,
         attrs: &SetAttrs,
@@ -256,18 +265,35 @@ impl ExportSession {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        // As the caller, so the host checks ownership and permissions against its ids.
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            self.set_attrs(&node, handle.as_deref(), attrs)
+        })?;
+        let st = sys::fstat(node.fd())?;
+        let attr = self.attr(ino, node.fd(), &st);
+        m.changed(ino);
+        Ok(attr)
+    }
+
+    /// The changes of [`Self::setattr`], in its order.
+    fn set_attrs(
+        &self,
+        node: &Node,
+        handle: Option<&Handle>,
+        attrs: &SetAttrs,
+    ) -> Result<(), Errno> {
         if attrs.uid.is_some() || attrs.gid.is_some() {
-            self.change_owner(&node, attrs.uid, attrs.gid)?;
+            self.change_owner(node, attrs.uid, attrs.gid)?;
         }
         if let Some(mode) = attrs.mode {
             if node.is_symlink() {
                 // Linux has no permission bits on symlinks (lchmod is EOPNOTSUPP).
                 return Err(Errno::EOPNOTSUPP);
             }
-            self.change_mode(&node, mode & 0o7777)?;
+            self.change_mode(node, mode & 0o7777)?;
         }
         if let Some(size) = attrs.size {
-            match &handle {
+            match handle {
                 Some(h) => sys::ftruncate(h.file_fd()?, size)?,
                 None => {
                     if node.is_dir() {
@@ -284,16 +310,13 @@ impl ExportSession {
             }
         }
         if attrs.kill_suidgid && attrs.mode.is_none() {
-            self.kill_privs(&node)?;
+            self.kill_privs(node)?;
         }
         if attrs.atime.is_some() || attrs.mtime.is_some() {
             let times = [utime(attrs.atime), utime(attrs.mtime)];
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
-        let st = sys::fstat(node.fd())?;
-        let attr = self.attr(ino, node.fd(), &st);
-        m.changed(ino);
-        Ok(attr)
+        Ok(())
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -322,8 +345,9 @@ impl ExportSession {
         }
         let target = sys::cstring(target)?;
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
-        self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
+            sys::symlinkat(&target, dir.fd(), &name)
+        })?;
         let e = self.lookup_created(ctx, &dir, &name, None)?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
@@ -364,9 +388,8 @@ impl ExportSession {
         };
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(kind, perm);
-        self.as_creator(&who, || {
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
             sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
         })?;
         let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
@@ -388,9 +411,10 @@ impl ExportSession {
         let name = component(name)?;
         let perm = mode & !umask & 0o7777;
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
-        self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
+            sys::mkdirat(dir.fd(), &name, host_perm)
+        })?;
         let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
@@ -398,22 +422,23 @@ impl ExportSession {
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
     /// until the guest forgets them.
-    pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.remove(parent, name, 0)
+    pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(ctx, parent, name, 0)
     }
 
     /// Removes the empty directory `name` from `parent`.
-    pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.remove(parent, name, libc::AT_REMOVEDIR)
+    pub fn rmdir(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(ctx, parent, name, libc::AT_REMOVEDIR)
     }
 
     /// `unlinkat(2)` of `name` in `parent` with `flags`.
-    fn remove(&self, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
+    fn remove(&self, ctx: &Ctx, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
         let m = self.mutation();
         self.check_writable()?;
         let cname = component(name)?;
         let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &cname, flags)?;
+        let over = [Over::Node(dir.fd()), Over::StickyChild(dir.fd(), &cname)];
+        self.as_caller(ctx, &over, || sys::unlinkat(dir.fd(), &cname, flags))?;
         m.removed(parent, name);
         Ok(())
     }
@@ -422,7 +447,7 @@ impl ExportSession {
     /// RENAME_EXCHANGE (2), anything else is EINVAL.
     pub fn rename(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         newparent: u64,
@@ -438,7 +463,15 @@ impl ExportSession {
         let cnewname = component(newname)?;
         let dir = self.dir_node(parent)?;
         let newdir = self.dir_node(newparent)?;
-        sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)?;
+        let over = [
+            Over::Node(dir.fd()),
+            Over::Node(newdir.fd()),
+            Over::StickyChild(dir.fd(), &cname),
+            Over::StickyChild(newdir.fd(), &cnewname),
+        ];
+        self.as_caller(ctx, &over, || {
+            sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)
+        })?;
         if self.inodes.reaches_by_name() {
             // Nodes reached by name follow the rename (see `inode.rs`).
             self.moved_to(&newdir, &cnewname);
@@ -466,7 +499,7 @@ impl ExportSession {
     /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
     pub fn link(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         newparent: u64,
         newname: &[u8],
@@ -479,14 +512,18 @@ impl ExportSession {
             return Err(Errno::EPERM);
         }
         let newdir = self.dir_node(newparent)?;
-        sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
+        self.as_caller(
+            ctx,
+            &[Over::Node(newdir.fd()), Over::Node(node.fd())],
+            || sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname),
+        )?;
         let e = self.lookup_at(&newdir, &newname)?;
         m.created(newparent, newname.to_bytes(), e.ino);
         Ok(e)
     }
 
     /// Opens the file `ino` by re-opening its node fd through `/proc/self/fd`.
-    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
+    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
         // Only a truncating open changes the file.
         let m = (flags & libc::O_TRUNC != 0).then(|| self.mutation());
         if self.export.read_only && opens_for_writing(flags) {
@@ -510,7 +547,9 @@ impl ExportSession {
             tracing::warn!(ino, "refused to open a special file on the host");
             return Err(Errno::EPERM);
         }
-        let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
+        let fd = self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::reopen(self.proc_fd(), node.fd(), host_flags)
+        })?;
         let fh = self
             .handles
             .insert(Handle::new(fd, HandleKind::File).pinning(node.pin()));
@@ -577,11 +616,10 @@ impl ExportSession {
         let perm = mode & !umask & 0o7777;
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFREG, perm);
         // As the caller (in modes that create as the caller), so the host also checks the
         // parent directory, and an existing file's open, against the caller's own ids.
-        let (path, data, created) = self.as_creator(&who, || {
+        let (path, data, created) = self.as_creator(ctx, &[Over::Node(dir.fd())], || {
             self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
         })?;
         let mut st = sys::fstat(path.as_fd())?;
@@ -760,17 +798,20 @@ impl ExportSession {
     }
 
     /// `access(2)` check of `ino` with `mask`; write access to a read-only export is EROFS.
-    pub fn access(&self, _ctx: &Ctx, ino: u64, mask: i32) -> Result<(), Errno> {
+    pub fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> Result<(), Errno> {
         let node = self.inodes.get(ino)?;
         if mask & libc::W_OK != 0 && self.export.read_only {
             return Err(Errno::EROFS);
         }
-        sys::access(self.proc_fd(), node.fd(), mask)
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::access(self.proc_fd(), node.fd(), mask)
+        })
     }
 
     /// `fallocate(2)` on a file handle.
     pub fn fallocate(
         &self,
+        ctx: &Ctx,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -780,7 +821,10 @@ impl ExportSession {
         let m = self.mutation();
         self.check_writable()?;
         let h = self.file_handle(fh)?;
-        sys::fallocate(h.file_fd()?, mode, offset, length)?;
+        let fd = h.file_fd()?;
+        self.as_caller(ctx, &[Over::Node(fd)], || {
+            sys::fallocate(fd, mode, offset, length)
+        })?;
         m.changed(ino);
         Ok(())
     }
@@ -799,20 +843,16 @@ impl ExportSession {
 
     /// Server-side copy between two file handles at explicit offsets; may copy less than
     /// asked (at most 1 GiB per request).
-    pub fn copy_file_range(&self, req: &CopyFileRange) -> Result<u32, Errno> {
+    pub fn copy_file_range(&self, ctx: &Ctx, req: &CopyFileRange) -> Result<u32, Errno> {
         let m = self.mutation();
         self.check_writable()?;
         let h_in = self.file_handle(req.fh_in)?;
         let h_out = self.file_handle(req.fh_out)?;
         let len = req.len.min(MAX_COPY) as usize;
-        let n = sys::copy_file_range(
-            h_in.file_fd()?,
-            req.offset_in,
-            h_out.file_fd()?,
-            req.offset_out,
-            len,
-            req.flags,
-        )?;
+        let (fd_in, fd_out) = (h_in.file_fd()?, h_out.file_fd()?);
+        let n = self.as_caller(ctx, &[Over::Node(fd_out)], || {
+            sys::copy_file_range(fd_in, req.offset_in, fd_out, req.offset_out, len, req.flags)
+        })?;
         m.changed(req.ino_out);
         Ok(n as u32)
     }

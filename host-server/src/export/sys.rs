@@ -459,11 +459,13 @@ pub(crate) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// `faccessat` through the `/proc/self/fd` entry of `fd`.
+/// `faccessat` through the `/proc/self/fd` entry of `fd`, checked against the thread's
+/// effective ids (`AT_EACCESS`), which a request switches to the caller's.
 pub(crate) fn access(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mask: i32) -> Result<(), Errno> {
     let name = fd_name(fd);
     // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
-    check(unsafe { libc::faccessat(proc_fd.as_raw_fd(), name.as_ptr(), mask, 0) }).map(drop)
+    check(unsafe { libc::faccessat(proc_fd.as_raw_fd(), name.as_ptr(), mask, libc::AT_EACCESS) })
+        .map(drop)
 }
 
 /// `getxattr(path, name)`; an empty `buf` asks for the size.

@@ -630,45 +630,45 @@ fn xattrs() {
         Errno::EEXIST
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 0).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.color", 0).unwrap(),
         XattrReply::Size(4)
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 100).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.color", 100).unwrap(),
         XattrReply::Data(b"blue".to_vec())
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 2).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.color", 2).unwrap_err(),
         Errno::ERANGE
     );
     s.setxattr(&CTX, f.ino, b"user.other", b"", 0).unwrap();
-    let XattrReply::Size(n) = s.listxattr(f.ino, 0).unwrap() else {
+    let XattrReply::Size(n) = s.listxattr(&CTX, f.ino, 0).unwrap() else {
         panic!("size expected");
     };
-    let XattrReply::Data(list) = s.listxattr(f.ino, n).unwrap() else {
+    let XattrReply::Data(list) = s.listxattr(&CTX, f.ino, n).unwrap() else {
         panic!("data expected");
     };
     let names: BTreeSet<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
     assert!(names.contains(&b"user.color"[..]) && names.contains(&b"user.other"[..]));
-    assert_eq!(s.listxattr(f.ino, 1).unwrap_err(), Errno::ERANGE);
+    assert_eq!(s.listxattr(&CTX, f.ino, 1).unwrap_err(), Errno::ERANGE);
     s.removexattr(&CTX, f.ino, b"user.color").unwrap();
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 0).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.color", 0).unwrap_err(),
         Errno::ENODATA
     );
     assert_eq!(
         s.removexattr(&CTX, f.ino, b"user.color").unwrap_err(),
         Errno::ENODATA
     );
-    assert_eq!(s.getxattr(f.ino, b"", 0).unwrap_err(), Errno::EINVAL);
+    assert_eq!(s.getxattr(&CTX, f.ino, b"", 0).unwrap_err(), Errno::EINVAL);
     assert_eq!(
-        s.getxattr(f.ino, b"user.a\0b", 0).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.a\0b", 0).unwrap_err(),
         Errno::EINVAL
     );
     // Directories have xattrs too.
     s.setxattr(&CTX, ROOT_ID, b"user.d", b"1", 0).unwrap();
     assert_eq!(
-        s.getxattr(ROOT_ID, b"user.d", 10).unwrap(),
+        s.getxattr(&CTX, ROOT_ID, b"user.d", 10).unwrap(),
         XattrReply::Data(b"1".to_vec())
     );
 }
@@ -732,7 +732,7 @@ fn symlinks_are_never_followed_on_the_host() {
             .unwrap_err(),
             Errno::EINVAL
         );
-        assert!(s.getxattr(e.ino, b"user.secret", 10).is_err());
+        assert!(s.getxattr(&CTX, e.ino, b"user.secret", 10).is_err());
     }
     let leak = s.lookup(&CTX, ROOT_ID, b"leak").unwrap();
     assert_eq!(
@@ -740,7 +740,7 @@ fn symlinks_are_never_followed_on_the_host() {
         secret.as_os_str().as_encoded_bytes()
     );
     assert_eq!(
-        s.getxattr(leak.ino, b"user.secret", 10).unwrap_err(),
+        s.getxattr(&CTX, leak.ino, b"user.secret", 10).unwrap_err(),
         Errno::ENODATA,
         "xattrs of the symlink, not of its target"
     );
@@ -847,7 +847,10 @@ fn forged_ids_and_handles_are_errors() {
     );
     assert_eq!(s.readlink(bogus).unwrap_err(), Errno::ESTALE);
     assert_eq!(s.statfs(bogus).unwrap_err(), Errno::ESTALE);
-    assert_eq!(s.getxattr(bogus, b"user.x", 0).unwrap_err(), Errno::ESTALE);
+    assert_eq!(
+        s.getxattr(&CTX, bogus, b"user.x", 0).unwrap_err(),
+        Errno::ESTALE
+    );
     assert_eq!(
         s.link(&CTX, bogus, ROOT_ID, b"l").unwrap_err(),
         Errno::ESTALE
@@ -1002,18 +1005,21 @@ fn read_only_export_refuses_mutations() {
     assert_eq!(s.write(f.ino, rw_h, 0, b"x").map(drop), rofs);
     assert_eq!(s.setxattr(&CTX, f.ino, b"user.x", b"v", 0), rofs);
     assert_eq!(s.removexattr(&CTX, f.ino, b"user.keep"), rofs);
-    assert_eq!(s.fallocate(f.ino, fh, 0, 4096, 0), rofs);
+    assert_eq!(s.fallocate(&CTX, f.ino, fh, 0, 4096, 0), rofs);
     assert_eq!(
-        s.copy_file_range(&CopyFileRange {
-            ino_in: f.ino,
-            fh_in: fh,
-            offset_in: 0,
-            ino_out: f.ino,
-            fh_out: fh,
-            offset_out: 100,
-            len: 5,
-            flags: 0,
-        })
+        s.copy_file_range(
+            &CTX,
+            &CopyFileRange {
+                ino_in: f.ino,
+                fh_in: fh,
+                offset_in: 0,
+                ino_out: f.ino,
+                fh_out: fh,
+                offset_out: 100,
+                len: 5,
+                flags: 0,
+            }
+        )
         .map(drop),
         rofs
     );
@@ -1031,7 +1037,7 @@ fn read_only_export_refuses_mutations() {
     s.flock(f.ino, fh, 1, libc::LOCK_SH | libc::LOCK_NB)
         .unwrap();
     assert_eq!(
-        s.getxattr(f.ino, b"user.keep", 10).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.keep", 10).unwrap(),
         XattrReply::Data(b"v".to_vec())
     );
     let o = s.opendir(&CTX, ROOT_ID, 0).unwrap();
@@ -1078,15 +1084,16 @@ fn sparse_files_seek_data_and_hole() {
 fn fallocate_extends_and_punches() {
     let (_dir, s) = setup();
     let (f, fh) = create_file(&s, ROOT_ID, "f", b"");
-    s.fallocate(f.ino, fh, 0, 65536, 0).unwrap();
+    s.fallocate(&CTX, f.ino, fh, 0, 65536, 0).unwrap();
     let a = s.getattr(f.ino, None).unwrap();
     assert_eq!(a.size, 65536);
     assert!(a.blocks * 512 >= 65536);
-    s.fallocate(f.ino, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+    s.fallocate(&CTX, f.ino, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
         .unwrap();
     assert_eq!(s.getattr(f.ino, None).unwrap().size, 65536);
     s.write(f.ino, fh, 0, &[1u8; 8192]).unwrap();
     s.fallocate(
+        &CTX,
         f.ino,
         fh,
         0,
@@ -1105,16 +1112,19 @@ fn copy_file_range_copies_between_handles() {
     let (a, ha) = create_file(&s, ROOT_ID, "a", b"0123456789");
     let (b, hb) = create_file(&s, ROOT_ID, "b", b"..........");
     let n = s
-        .copy_file_range(&CopyFileRange {
-            ino_in: a.ino,
-            fh_in: ha,
-            offset_in: 2,
-            ino_out: b.ino,
-            fh_out: hb,
-            offset_out: 5,
-            len: 4,
-            flags: 0,
-        })
+        .copy_file_range(
+            &CTX,
+            &CopyFileRange {
+                ino_in: a.ino,
+                fh_in: ha,
+                offset_in: 2,
+                ino_out: b.ino,
+                fh_out: hb,
+                offset_out: 5,
+                len: 4,
+                flags: 0,
+            },
+        )
         .unwrap();
     assert_eq!(n, 4);
     assert_eq!(s.read(b.ino, hb, 0, 100).unwrap(), b".....2345.");
@@ -1586,7 +1596,7 @@ fn typed_mutations_record_their_own_echoes() {
     .unwrap();
     s.setxattr(&CTX, f.ino, b"user.k", b"v", 0).unwrap();
     s.removexattr(&CTX, f.ino, b"user.k").unwrap();
-    s.fallocate(f.ino, fh, 0, 8192, 0).unwrap();
+    s.fallocate(&CTX, f.ino, fh, 0, 8192, 0).unwrap();
     s.release(f.ino, fh).unwrap();
     let t = s.open(&CTX, f.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
     s.release(f.ino, t.fh).unwrap();

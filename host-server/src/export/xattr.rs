@@ -1,10 +1,11 @@
 //! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR. The server's own
 //! `user.ferry.*` names (see `owners.rs`) are hidden from the guest and cannot be set by it.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use ferry_protocol::{Ctx, Errno};
 
+use super::creds::Over;
 use super::inode::Node;
 use super::{ExportSession, owners, sys};
 
@@ -42,37 +43,52 @@ impl ExportSession {
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
     /// The server's own `user.ferry.*` names read as absent.
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
+    pub fn getxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        size: u32,
+    ) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         if owners::is_reserved_xattr(name) {
             return Err(Errno::ENODATA);
         }
         let name = xattr_name(name)?;
         let path = self.xattr_path(&node);
-        if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
-        }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            if size == 0 {
+                let n = sys::getxattr(&path, &name, &mut [])?;
+                return Ok(XattrReply::Size(n as u32));
+            }
+            let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+            let n = sys::getxattr(&path, &name, &mut buf)?;
+            buf.truncate(n);
+            Ok(XattrReply::Data(buf))
+        })
     }
 
     /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
     /// `user.ferry.*` names are left out.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
+    pub fn listxattr(&self, ctx: &Ctx, ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         let path = self.xattr_path(&node);
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            self.list_names(&path, size)
+        })
+    }
+
+    /// [`Self::listxattr`] of the node at `path`.
+    fn list_names(&self, path: &CStr, size: u32) -> Result<XattrReply, Errno> {
         // The whole list is read even for a size query, so that the size excludes the hidden
         // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
-        let want = sys::listxattr(&path, &mut [])?;
+        let want = sys::listxattr(path, &mut [])?;
         let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
-        let n = match sys::listxattr(&path, &mut buf) {
+        let n = match sys::listxattr(path, &mut buf) {
             // Grown since the size query.
             Err(Errno::ERANGE) => {
                 buf.resize(XATTR_MAX, 0);
-                sys::listxattr(&path, &mut buf)?
+                sys::listxattr(path, &mut buf)?
             }
             r => r?,
         };
@@ -90,7 +106,7 @@ impl ExportSession {
     /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
     pub fn setxattr(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         name: &[u8],
         value: &[u8],
@@ -104,16 +120,20 @@ impl ExportSession {
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return Err(Errno::EINVAL);
         }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::setxattr(&self.xattr_path(&node), &name, value, flags)
+        })?;
         m.changed(ino);
         Ok(())
     }
 
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
-    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
+    pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let m = self.mutation();
         let (node, name) = self.xattr_to_change(ino, name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::removexattr(&self.xattr_path(&node), &name)
+        })?;
         m.changed(ino);
         Ok(())
     }

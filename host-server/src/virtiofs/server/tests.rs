@@ -880,3 +880,52 @@ proptest::proptest! {
         }
     }
 }
+
+/// The virtio-fs front door confines map mode as the agent's does (the same typed methods):
+/// guest root cannot open a host-root-owned file for writing nor chmod it.
+#[test]
+fn map_mode_confines_guest_root() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED map_mode_confines_guest_root: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("passwd"), b"root").unwrap();
+    let export = Export::open(ExportConfig {
+        name: "t".into(),
+        path: dir.path().to_path_buf(),
+        read_only: false,
+        ids: crate::ids::IdPolicy::new("map:0:100000:65536".parse().unwrap()),
+        devices: false,
+    })
+    .unwrap();
+    let s = FuseServer::new(ExportSession::new(export), Duration::from_secs(1));
+    let (err, body) = call(&s, opcode::LOOKUP, 1, &[b"passwd\0"]);
+    assert_eq!(err, 0);
+    let ino = entry(&body).nodeid;
+    let open = abi::OpenIn {
+        flags: libc::O_WRONLY as u32,
+        ..abi::OpenIn::default()
+    };
+    assert_eq!(
+        call(&s, opcode::OPEN, ino, &[open.as_bytes()]).0,
+        libc::EACCES
+    );
+    let chmod = abi::SetattrIn {
+        valid: fattr::MODE,
+        mode: 0o104755,
+        ..abi::SetattrIn::default()
+    };
+    assert_eq!(
+        call(&s, opcode::SETATTR, ino, &[chmod.as_bytes()]).0,
+        libc::EPERM
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("passwd"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o644);
+    assert_eq!(std::fs::read(dir.path().join("passwd")).unwrap(), b"root");
+}
