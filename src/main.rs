@@ -73,6 +73,12 @@ struct ShareArgs {
     /// for anyone who can reach it there.
     #[arg(long)]
     devices: bool,
+    /// Let the mount set set-user-ID and set-group-ID bits on files and write
+    /// security.capability. Off by default: such a file would give its powers to whoever runs
+    /// it on this machine; chmod adding the bits answers EPERM and new files are made without
+    /// them (set-group-ID directories are always allowed).
+    #[arg(long)]
+    setid: bool,
     /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
     /// others are reopened when needed, by kernel file handle as root, by name beneath their
     /// parent otherwise.
@@ -117,6 +123,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         persist_owners,
         permissions,
         devices,
+        setid,
         max_node_fds,
         allow_other,
         nonempty,
@@ -136,6 +143,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         read_only,
         ids,
         devices,
+        setid,
     }])?;
     exports[0].set_max_node_fds(max_node_fds);
     tracing::info!(

@@ -539,3 +539,35 @@ fn help_explains_the_owner_flags() {
         );
     }
 }
+
+/// A kept owner is honoured only on a file the server could have written it on: another host
+/// user cannot present its own file to guests as set-user-ID root by writing the record.
+#[test]
+fn kept_owners_on_another_host_users_files_are_ignored() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let (src, mnt) = dirs();
+    let record = |p: &Path, v: &str| {
+        let st = Command::new("setfattr")
+            .args(["-n", "user.ferry.owner", "-v", v])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let evil = src.path().join("evil");
+    std::fs::write(&evil, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(4242), Some(4242)).unwrap();
+    record(&evil, "0:0:104755:100644");
+    // The same record on a file of the server's own user (root here) is honoured.
+    let mine = src.path().join("mine");
+    std::fs::write(&mine, b"").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    record(&mine, "999:999:100600:100644");
+    let m = Mounted::start(src.path(), mnt.path(), &["--ids", "squash:1000:1000"]);
+    assert_eq!(owner(&mnt.path().join("evil")), (1000, 1000, 0o644));
+    assert_eq!(owner(&mnt.path().join("mine")), (999, 999, 0o600));
+    assert!(m.stop().success());
+}

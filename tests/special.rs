@@ -238,3 +238,83 @@ fn device_nodes_are_created_when_allowed() {
     assert_eq!(err.raw_os_error(), Some(libc::EACCES));
     assert!(share.stop().success());
 }
+
+/// `sh -c script` in the test process's identity (root); its success and output.
+fn sh(script: &str) -> (bool, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+/// Without `--setid` nothing from the guest makes a set-id or capable file on the host, and
+/// only `user.*` and POSIX ACL xattrs are the guest's, even for root in passthrough mode.
+#[test]
+fn set_id_bits_capabilities_and_host_xattrs_are_refused() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let share = Share::start();
+    let m = share.mnt().display();
+    let src = share.src().to_path_buf();
+    let (ok, out) = sh(&format!(
+        "set -e; echo x > {m}/f; chmod 755 {m}/f; mkdir {m}/d; chmod 2775 {m}/d"
+    ));
+    assert!(ok, "{out}");
+    for script in [
+        format!("chmod 4755 {m}/f"),
+        format!("chmod 2755 {m}/f"),
+        format!("chmod 4775 {m}/d"),
+        format!("setcap cap_net_raw+ep {m}/f"),
+        format!("setfattr -n security.capability -v 0sAQAAAgAgAAAAAAAAAAAAAAAAAAA= {m}/f"),
+        format!("setfattr -n trusted.overlay.opaque -v y {m}/d"),
+        format!("setfattr -n security.evil -v y {m}/f"),
+    ] {
+        let (ok, out) = sh(&script);
+        assert!(!ok, "the guest could: {script}\n{out}");
+    }
+    let mode = |p: &str| fs::metadata(src.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("f"), 0o755);
+    assert_eq!(
+        mode("d") & 0o2000,
+        0o2000,
+        "set-group-ID directories stay allowed"
+    );
+    // A file created with set-id bits is made without them.
+    let (ok, out) = sh(&format!(
+        "python3 -c \"import os; os.close(os.open('{m}/g', os.O_CREAT | os.O_WRONLY, 0o6755))\""
+    ));
+    assert!(ok, "{out}");
+    assert_eq!(mode("g") & 0o7000, 0);
+    // The host's own names are not the guest's to see.
+    let (ok, out) = sh(&format!(
+        "setfattr -n trusted.secret -v 1 {s}/f && setfattr -n user.mine -v 1 {m}/f && getfattr -d -m - {m}/f",
+        s = src.display()
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("user.mine") && !out.contains("trusted.secret"),
+        "{out}"
+    );
+    let (_, caps) = sh(&format!(
+        "getfattr -n security.capability {}/f",
+        src.display()
+    ));
+    assert!(!caps.contains("security.capability="), "{caps}");
+    assert!(share.stop().success());
+
+    // The export option lets them through.
+    let share = Share::start_with(&["--setid"]);
+    let m = share.mnt().display();
+    let (ok, out) = sh(&format!("set -e; echo x > {m}/f; chmod 4755 {m}/f"));
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::metadata(share.src().join("f")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert!(share.stop().success());
+}

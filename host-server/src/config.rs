@@ -48,7 +48,7 @@ impl IdOptions {
 }
 
 /// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]
-/// [:devices=on|off]`.
+/// [:devices=on|off][:setid=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     /// Name the guest mounts it by.
@@ -61,13 +61,15 @@ pub struct ExportSpec {
     pub ids: IdOptions,
     /// Let guests create device nodes (`:devices=on`).
     pub devices: bool,
+    /// Let guests set set-id bits and file capabilities (`:setid=on`).
+    pub setid: bool,
 }
 
 /// An export specification that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid --export {input:?}: {why} (expected NAME=PATH, then any of :ro, :ids=MODE, \
-     :persist-owners=on|off, :permissions=guest|host, :devices=on|off)"
+     :persist-owners=on|off, :permissions=guest|host, :devices=on|off, :setid=on|off)"
 )]
 pub struct BadExportSpec {
     input: String,
@@ -90,6 +92,7 @@ impl FromStr for ExportSpec {
         let mut read_only = false;
         let mut ids = IdOptions::default();
         let mut devices = false;
+        let mut setid = false;
         loop {
             if let Some(p) = rest.strip_suffix(":ro") {
                 read_only = true;
@@ -99,6 +102,9 @@ impl FromStr for ExportSpec {
             } else if let Some((p, v)) = take_option(rest, "persist-owners") {
                 ids.persist_owners =
                     Some(parse_on_off(v).map_err(|e| bad(&format!("persist-owners={e}")))?);
+                rest = p;
+            } else if let Some((p, v)) = take_option(rest, "setid") {
+                setid = parse_on_off(v).map_err(|e| bad(&format!("setid={e}")))?;
                 rest = p;
             } else if let Some((p, v)) = take_option(rest, "devices") {
                 devices = parse_on_off(v).map_err(|e| bad(&format!("devices={e}")))?;
@@ -127,6 +133,7 @@ impl FromStr for ExportSpec {
             read_only,
             ids,
             devices,
+            setid,
         })
     }
 }
@@ -334,6 +341,10 @@ mod tests {
         assert_eq!(e.path, PathBuf::from("/x"));
         assert!(!"x=/y".parse::<ExportSpec>().unwrap().devices);
         assert!("x=/y:devices=maybe".parse::<ExportSpec>().is_err());
+        let e: ExportSpec = "s=/x:setid=on:ro".parse().unwrap();
+        assert!(e.setid && e.read_only && !e.devices);
+        assert!(!"x=/y".parse::<ExportSpec>().unwrap().setid);
+        assert!("x=/y:setid=yes".parse::<ExportSpec>().is_err());
         let e: ExportSpec = "docs=/a:b/c:ro".parse().unwrap();
         assert_eq!(e.path, PathBuf::from("/a:b/c"));
         assert!(e.read_only);

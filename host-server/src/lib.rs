@@ -56,6 +56,7 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 read_only: s.read_only,
                 ids: s.ids.resolve(),
                 devices: s.devices,
+                setid: s.setid,
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })

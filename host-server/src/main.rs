@@ -32,7 +32,9 @@ struct Args {
     /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
     /// :permissions=guest|host set that export's owner handling (see the flags of the same
     /// names); :devices=on lets guests create device nodes there (off by default: a device
-    /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
+    /// node in the directory opens a host device); :setid=on lets guests set set-user-ID and
+    /// set-group-ID bits and write security.capability (off by default: such a file gives its
+    /// powers to whoever runs it on the host). E.g. src=/home/me/src:ids=squash:1000:1000.
     /// Repeat for several exports.
     #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
     exports: Vec<ExportSpec>,

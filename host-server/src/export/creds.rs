@@ -115,6 +115,11 @@ impl Server {
     }
 }
 
+/// The server's own effective uid.
+pub(crate) fn server_uid() -> libc::uid_t {
+    server().uid
+}
+
 fn server() -> &'static Server {
     static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {

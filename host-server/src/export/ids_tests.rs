@@ -11,9 +11,8 @@ use std::sync::Arc;
 use ferry_protocol::{Attr, Ctx, Errno};
 use tempfile::TempDir;
 
-use super::creds::Switched;
 use super::*;
-use crate::ids::{GuestGid, GuestUid, HostGid, HostUid, IdMode, IdPolicy, OVERFLOW_ID};
+use crate::ids::{GuestGid, GuestUid, IdMode, IdPolicy, OVERFLOW_ID};
 
 fn root(test: &str) -> bool {
     // SAFETY: geteuid cannot fail.
@@ -43,6 +42,7 @@ fn session(policy: IdPolicy) -> (TempDir, ExportSession) {
         read_only: false,
         ids: policy,
         devices: false,
+        setid: true,
     })
     .unwrap();
     (dir, ExportSession::new(export))
@@ -223,16 +223,13 @@ fn a_host_chmod_wins_over_a_kept_mode() {
     std::fs::write(&path, b"x").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let e = s.lookup(&CTX0, ROOT_ID, b"f").unwrap();
-    // The host refuses the mode: an unprivileged server that does not own the file (but may
-    // write it, which user xattrs need). This thread plays that server.
-    std::os::unix::fs::chown(&path, Some(4321), Some(4321)).unwrap();
-    {
-        let _as = Switched::to(HostUid(1001), HostGid(1001), &[]).unwrap();
-        let a = chmod(&s, e.ino, 0o600).unwrap();
-        assert_eq!(a.mode & 0o7777, 0o600, "kept and shown");
-    }
-    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o666);
-    assert_eq!(s.getattr(e.ino, None).unwrap().mode & 0o7777, 0o600);
+    // Squash mode keeps set-id bits off the host and in the record instead. (A mode the host
+    // refuses is kept only on the server's own files: see
+    // `kept_owners_count_only_on_the_servers_own_files`.)
+    let a = chmod(&s, e.ino, 0o4755).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o4755, "kept and shown");
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(s.getattr(e.ino, None).unwrap().mode & 0o7777, 0o4755);
     // Someone on the host changes the mode: the host wins; the kept owner stays.
     chown(&s, e.ino, Some(999), None).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -607,4 +604,32 @@ fn squash_mode_as_root_has_no_root_powers() {
     );
     assert_eq!(chmod(&s, e.ino, 0o666).unwrap_err(), Errno::EPERM);
     assert_eq!(std::fs::read(dir.path().join("theirs")).unwrap(), b"x");
+}
+
+/// A kept owner on a file owned by another host user than the server's is not honoured.
+#[test]
+fn kept_owners_count_only_on_the_servers_own_files() {
+    if !root("kept_owners_count_only_on_the_servers_own_files") {
+        return;
+    }
+    let (dir, s) = session(squash(true));
+    let evil = dir.path().join("evil");
+    std::fs::write(&evil, b"").unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(4242), Some(4242)).unwrap();
+    let record = |p: &Path, v: &[u8]| {
+        let c = sys::cstring(p.as_os_str().as_bytes()).unwrap();
+        sys::setxattr(&c, OWNER_XATTR, v, 0).unwrap();
+    };
+    record(&evil, b"0:0:104755:100644");
+    let e = s.lookup(&CTX0, ROOT_ID, b"evil").unwrap();
+    assert_eq!(owner(&e.attr), (1000, 1000));
+    assert_eq!(e.attr.mode & 0o7777, 0o644);
+    // The server's own file keeps its record.
+    let mine = dir.path().join("mine");
+    std::fs::write(&mine, b"").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    record(&mine, b"999:999:100600:100644");
+    let e = s.lookup(&CTX0, ROOT_ID, b"mine").unwrap();
+    assert_eq!((owner(&e.attr), e.attr.mode & 0o7777), ((999, 999), 0o600));
 }

@@ -105,6 +105,10 @@ pub struct ExportConfig {
     /// Off by default: a device node in the host directory opens a host device for any host
     /// process that can reach it.
     pub devices: bool,
+    /// Let guests set set-user-ID and set-group-ID bits and write `security.capability`
+    /// (`:setid=on`). Off by default: a set-id or capable file the guest made would give its
+    /// powers to whoever runs it on the host (see `xattr.rs` and `ops.rs`).
+    pub setid: bool,
 }
 
 /// Why an export could not be opened.
@@ -171,6 +175,7 @@ pub struct Export {
     read_only: bool,
     ids: IdPolicy,
     devices: bool,
+    setid: bool,
     /// `O_PATH | O_DIRECTORY` fd of the export root.
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
@@ -193,6 +198,7 @@ impl Export {
             read_only,
             ids,
             devices,
+            setid,
         } = config;
         // SAFETY: geteuid cannot fail and touches no memory.
         let euid = unsafe { libc::geteuid() };
@@ -227,6 +233,7 @@ impl Export {
             read_only,
             ids,
             devices,
+            setid,
             root,
             proc_fd,
             events: Events::default(),
@@ -238,6 +245,11 @@ impl Export {
     /// Whether guests may create device nodes.
     pub fn devices(&self) -> bool {
         self.devices
+    }
+
+    /// Whether guests may set set-id bits and file capabilities.
+    pub fn setid(&self) -> bool {
+        self.setid
     }
 
     /// The export's name.

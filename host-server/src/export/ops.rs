@@ -59,6 +59,17 @@ const OPEN_FLAGS_KEPT: libc::c_int = libc::O_ACCMODE
     | libc::O_NOATIME
     | libc::O_LARGEFILE;
 
+/// The set-id bits a guest may not give an object of type `kind` (`S_IFMT` bits) on an export
+/// without `setid=on`: both on files, set-user-ID on directories (a set-group-ID directory only
+/// passes its group on, which is no privilege).
+fn setid_bits(kind: u32) -> u32 {
+    if kind == libc::S_IFDIR {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
+    }
+}
+
 /// True when opening with `flags` may modify the file.
 fn opens_for_writing(flags: libc::c_int) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND) != 0
@@ -215,6 +226,33 @@ impl ExportSession {
         Ok(self.entry(&node, &st))
     }
 
+    /// The permission bits a new object of type `kind` gets for `perm`: without `setid=on`, the
+    /// set-id bits a guest may not give are dropped (the object is made without them).
+    fn creatable(&self, kind: u32, perm: u32) -> u32 {
+        if self.export.setid() {
+            perm
+        } else {
+            perm & !setid_bits(kind)
+        }
+    }
+
+    /// Refuses (EPERM) a chmod of `node` to `mode` that adds set-id bits, without `setid=on`.
+    fn check_setid(&self, node: &Node, mode: u32) -> Result<(), Errno> {
+        if self.export.setid() {
+            return Ok(());
+        }
+        let st = sys::fstat(node.fd())?;
+        let now = self.attr(node.id, node.fd(), &st).mode;
+        if mode & !now & setid_bits(st.st_mode & libc::S_IFMT) != 0 {
+            tracing::info!(
+                export = self.export.name(),
+                "refused a chmod adding set-id bits (allow with the export option :setid=on)"
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
     /// The handle `fh` as a file handle.
     fn file_handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
         let h = self.handles.get(fh)?;
@@ -265,6 +303,9 @@ impl ExportSession {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        if let Some(mode) = attrs.mode {
+            self.check_setid(&node, mode & 0o7777)?;
+        }
         // As the caller, so the host checks ownership and permissions against its ids.
         self.as_caller(ctx, &[Over::Node(node.fd())], || {
             self.set_attrs(&node, handle.as_deref(), attrs)
@@ -386,7 +427,7 @@ impl ExportSession {
             }
             _ => return Err(Errno::EINVAL),
         };
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(kind, mode & !umask & 0o7777);
         let dir = self.dir_node(parent)?;
         let host_perm = self.host_perm(kind, perm);
         self.as_creator(ctx, &[Over::Node(dir.fd())], || {
@@ -409,7 +450,7 @@ impl ExportSession {
         let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(libc::S_IFDIR, mode & !umask & 0o7777);
         let dir = self.dir_node(parent)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
         self.as_creator(ctx, &[Over::Node(dir.fd())], || {
@@ -613,7 +654,7 @@ impl ExportSession {
         self.check_writable()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(libc::S_IFREG, mode & !umask & 0o7777);
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
         let host_perm = self.host_perm(libc::S_IFREG, perm);

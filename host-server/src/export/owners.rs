@@ -26,6 +26,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_protocol::{Attr, Ctx, Errno};
 
@@ -93,17 +94,6 @@ pub(crate) fn is_reserved_xattr(name: &[u8]) -> bool {
     name.starts_with(RESERVED_XATTR_PREFIX)
 }
 
-/// Removes the server's names from a NUL-separated xattr name list.
-pub(crate) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(list.len());
-    for name in list.split_inclusive(|&b| b == 0) {
-        if !is_reserved_xattr(name) {
-            out.extend_from_slice(name);
-        }
-    }
-    out
-}
-
 /// Logs once that the host filesystem refuses user xattrs.
 fn warn_no_xattrs(e: Errno) {
     static WARNED: std::sync::Once = std::sync::Once::new();
@@ -125,9 +115,40 @@ impl ExportSession {
         self.export.ids.persist_owners
     }
 
-    /// Reads the persisted owner of a node (`path` is its `/proc/self/fd` path).
+    /// Whether a record on a host object owned by `st`'s uid could have been written by this
+    /// server: the object must be owned by the identity the server writes and creates as for
+    /// this export (its own uid; in map mode also any mapped uid, as which it creates for the
+    /// guest's users). Anything else was written by another host user, who must not choose
+    /// what guests see (say, a set-user-ID file owned by root).
+    fn trusts_record_on(&self, st: &libc::stat) -> bool {
+        if st.st_uid == super::creds::server_uid() {
+            return true;
+        }
+        match self.mode() {
+            IdMode::Map(m) => m.uid_to_guest(HostUid(st.st_uid)).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Reads the persisted owner of a node (`path` is its `/proc/self/fd` path). A record on
+    /// an object the server could not have written it on is ignored.
     fn read_record(&self, path: &CStr, st: &libc::stat) -> Option<Record> {
         if !self.persist() || !can_record(st.st_mode) {
+            return None;
+        }
+        if !self.trusts_record_on(st) {
+            // Said once, when such a record is first met (until then each untrusted file costs
+            // the one getxattr that reading its record cost before).
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            if !LOGGED.load(Ordering::Relaxed)
+                && sys::getxattr(path, OWNER_XATTR, &mut []).is_ok()
+                && !LOGGED.swap(true, Ordering::Relaxed)
+            {
+                tracing::debug!(
+                    owner = st.st_uid,
+                    "ignored a kept owner on a file owned by another host user (logged once)"
+                );
+            }
             return None;
         }
         let mut buf = [0u8; 64];
@@ -185,6 +206,10 @@ impl ExportSession {
         let needed =
             record.uid != plain.uid || record.gid != plain.gid || record.mode != st.st_mode;
         let result = if needed {
+            if !self.trusts_record_on(st) {
+                // It would be ignored when read back (see `trusts_record_on`).
+                return Err(Errno::EPERM);
+            }
             sys::setxattr(&path, OWNER_XATTR, record.encode().as_bytes(), 0)
         } else {
             match sys::removexattr(&path, OWNER_XATTR) {
@@ -403,14 +428,10 @@ mod tests {
     }
 
     #[test]
-    fn reserved_names_are_filtered_from_lists() {
+    fn reserved_names_are_the_servers() {
         assert!(is_reserved_xattr(b"user.ferry.owner"));
         assert!(is_reserved_xattr(b"user.ferry.anything"));
         assert!(!is_reserved_xattr(b"user.ferryman"));
         assert!(!is_reserved_xattr(b"user.owner"));
-        let list = b"user.a\0user.ferry.owner\0security.selinux\0user.ferry.x\0";
-        assert_eq!(filter_xattr_list(list), b"user.a\0security.selinux\0");
-        assert_eq!(filter_xattr_list(b""), b"");
-        assert_eq!(filter_xattr_list(b"user.ferry.owner\0"), b"");
     }
 }

@@ -337,6 +337,7 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap()
     }

@@ -1,6 +1,7 @@
 //! Tests driving [`ExportSession`] directly on temporary directories. They run as root.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .expect("open export")
 }
@@ -70,6 +72,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -82,6 +85,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));
@@ -523,15 +527,15 @@ fn setattr_size_mode_times() {
             f.ino,
             None,
             &SetAttrs {
-                mode: Some(libc::S_IFREG | 0o4751),
+                mode: Some(libc::S_IFREG | 0o1751),
                 ..Default::default()
             },
         )
         .unwrap();
-    assert_eq!(a.mode, libc::S_IFREG | 0o4751);
+    assert_eq!(a.mode, libc::S_IFREG | 0o1751);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
-        0o4751
+        0o1751
     );
     let t = Timespec {
         sec: 1_000_000_000,
@@ -1636,4 +1640,67 @@ fn typed_mutations_record_their_own_echoes() {
         paths.iter().all(|p| p == "read"),
         "the session's own changes came back: {paths:?}"
     );
+}
+
+/// Without `setid=on` a guest gives no set-id bits to files (nor set-user-ID to directories)
+/// and writes no xattr outside `user.*` and POSIX ACLs; the host's other names are invisible.
+#[test]
+fn set_id_bits_and_host_xattr_namespaces_are_refused() {
+    let (dir, s) = setup();
+    let (f, fh) = create_file(&s, ROOT_ID, "f", b"");
+    s.release(f.ino, fh).unwrap();
+    let chmod = |ino, mode| {
+        let attrs = SetAttrs {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        s.setattr(&CTX, ino, None, &attrs).map(|a| a.mode & 0o7777)
+    };
+    assert_eq!(chmod(f.ino, 0o4755), Err(Errno::EPERM));
+    assert_eq!(chmod(f.ino, 0o2755), Err(Errno::EPERM));
+    assert_eq!(chmod(f.ino, 0o755), Ok(0o755));
+    let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o6777, 0).unwrap();
+    assert_eq!(d.attr.mode & 0o7000, 0, "made without set-id bits");
+    assert_eq!(
+        chmod(d.ino, 0o2775),
+        Ok(0o2775),
+        "set-group-ID directories are fine"
+    );
+    assert_eq!(chmod(d.ino, 0o4775), Err(Errno::EPERM));
+    let c = s
+        .create(&CTX, ROOT_ID, b"g", 0o6755, 0, libc::O_WRONLY)
+        .unwrap();
+    assert_eq!(c.entry.attr.mode & 0o7777, 0o755);
+    let n = s
+        .mknod(&CTX, ROOT_ID, b"h", libc::S_IFREG | 0o4700, 0, 0)
+        .unwrap();
+    assert_eq!(n.attr.mode & 0o7777, 0o700);
+
+    for name in [
+        &b"security.capability"[..],
+        b"security.selinux",
+        b"trusted.overlay.opaque",
+        b"system.nfs4_acl",
+        b"user.ferry.owner",
+    ] {
+        assert_eq!(
+            s.setxattr(&CTX, f.ino, name, b"x", 0),
+            Err(Errno::EPERM),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+        assert_eq!(s.removexattr(&CTX, f.ino, name), Err(Errno::EPERM));
+    }
+    // A name the host set is absent for the guest.
+    let path = sys::cstring(dir.path().join("f").as_os_str().as_bytes()).unwrap();
+    sys::setxattr(&path, c"trusted.host", b"1", 0).unwrap();
+    s.setxattr(&CTX, f.ino, b"user.ok", b"1", 0).unwrap();
+    assert_eq!(
+        s.getxattr(&CTX, f.ino, b"trusted.host", 10),
+        Err(Errno::ENODATA)
+    );
+    let XattrReply::Data(list) = s.listxattr(&CTX, f.ino, 1000).unwrap() else {
+        panic!("data expected");
+    };
+    assert_eq!(list, b"user.ok\0");
 }

@@ -1,5 +1,12 @@
-//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR. The server's own
-//! `user.ferry.*` names (see `owners.rs`) are hidden from the guest and cannot be set by it.
+//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR.
+//!
+//! A guest may use the `user.*` namespace and POSIX ACLs (`system.posix_acl_access`,
+//! `system.posix_acl_default`), and `security.capability` only on an export with `setid=on`.
+//! Every other name (`trusted.*`, `security.*`, other `system.*` names) is the host's: it reads
+//! as absent (ENODATA), `listxattr` leaves it out, and setting or removing it answers EPERM, in
+//! every id mode. (EPERM, not EOPNOTSUPP: a FUSE kernel that hears EOPNOTSUPP stops sending
+//! any xattr request of that kind.) The server's own `user.ferry.*` names (see `owners.rs`)
+//! are hidden the same way.
 
 use std::ffi::{CStr, CString};
 
@@ -35,10 +42,23 @@ impl ExportSession {
     fn xattr_to_change(&self, ino: u64, name: &[u8]) -> Result<(Node, CString), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) {
+            tracing::debug!(name = %String::from_utf8_lossy(name), "refused a guest xattr change outside user.* and POSIX ACLs");
             return Err(Errno::EPERM);
         }
-        Ok((node, xattr_name(name)?))
+        Ok((node, cname))
+    }
+
+    /// Whether the guest may see and change xattr `name` (see the module's documentation).
+    fn guest_xattr(&self, name: &[u8]) -> bool {
+        if owners::is_reserved_xattr(name) {
+            return false;
+        }
+        name.starts_with(b"user.")
+            || name == b"system.posix_acl_access"
+            || name == b"system.posix_acl_default"
+            || (name == b"security.capability" && self.export.setid())
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
@@ -51,10 +71,11 @@ impl ExportSession {
         size: u32,
     ) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) {
             return Err(Errno::ENODATA);
         }
-        let name = xattr_name(name)?;
+        let name = cname;
         let path = self.xattr_path(&node);
         self.as_caller(ctx, &[Over::Node(node.fd())], || {
             if size == 0 {
@@ -92,7 +113,12 @@ impl ExportSession {
             }
             r => r?,
         };
-        let list = owners::filter_xattr_list(&buf[..n]);
+        let list: Vec<u8> = buf[..n]
+            .split_inclusive(|&b| b == 0)
+            .filter(|name| self.guest_xattr(name.strip_suffix(b"\0").unwrap_or(name)))
+            .flatten()
+            .copied()
+            .collect();
         if size == 0 {
             return Ok(XattrReply::Size(list.len() as u32));
         }

@@ -181,6 +181,7 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap();
         let socket = dir.path().join("vfs.sock");
@@ -203,6 +204,7 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap();
         assert!(matches!(

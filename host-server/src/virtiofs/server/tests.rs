@@ -40,6 +40,7 @@ pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: true,
     })
     .unwrap();
     FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
@@ -898,6 +899,7 @@ fn map_mode_confines_guest_root() {
         read_only: false,
         ids: crate::ids::IdPolicy::new("map:0:100000:65536".parse().unwrap()),
         devices: false,
+        setid: true,
     })
     .unwrap();
     let s = FuseServer::new(ExportSession::new(export), Duration::from_secs(1));
