@@ -234,6 +234,10 @@ fn main() {
     share.arg("share");
     if let Ok(ids) = std::env::var("FERRY_BENCH_IDS") {
         share.args(["--ids", &ids]);
+        // In map mode the bench (guest root) is a mapped uid on the host, which may write
+        // root's directory only through its mode.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&ferry_src, fs::Permissions::from_mode(0o777)).unwrap();
     }
     let ferry = share
         .arg(&ferry_src)

@@ -177,6 +177,7 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
                 // Only modes that create as the caller let the host check supplementary
                 // groups; in squash mode the agent need not read them.
                 wants_groups: e.ids().mode.creates_as_caller(),
+                flush_to_host: e.close_reports_errors(),
             })
             .collect(),
         server: format!("ferry-host {}", env!("CARGO_PKG_VERSION")),

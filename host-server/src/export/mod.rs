@@ -186,6 +186,8 @@ pub struct Export {
     max_node_fds: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
+    /// Whether a close on the export's filesystem can fail (see `close_reports_errors`).
+    close_errors: bool,
 }
 
 impl Export {
@@ -226,7 +228,8 @@ impl Export {
         };
         let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ExportError::Proc(std::io::Error::from_raw_os_error(e.0)))?;
-        tracing::debug!(name, path = %path.display(), read_only, %ids, "export opened");
+        let close_errors = Export::judge_close_errors(root.as_fd());
+        tracing::debug!(name, path = %path.display(), read_only, %ids, close_errors, "export opened");
         Ok(Arc::new(Export {
             name,
             path,
@@ -239,6 +242,7 @@ impl Export {
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
             replayers: replay::Replayers::default(),
+            close_errors,
         }))
     }
 
@@ -430,13 +434,27 @@ impl ExportSession {
         }
     }
 
+    /// Whether a close on this export's host filesystem can report an error (see
+    /// [`Export::close_reports_errors`]); FLUSH then closes a duplicate of the handle's
+    /// descriptor and answers its error.
+    pub fn close_reports_errors(&self) -> bool {
+        self.export.close_errors
+    }
+}
+
+impl Export {
     /// Whether the last close of a file on this export's host filesystem can report an error
     /// that its writes did not: network and FUSE filesystems (NFS, SMB, Ceph, 9p, ...)
     /// write back at close and say so there. On local filesystems a close reports nothing
     /// (the server's writes are `pwrite`s that already answered), so a front door may skip
-    /// asking the host at every close. Judged by the export root's filesystem; unknown
-    /// answers true.
+    /// asking the host at every close. Judged by the export root's filesystem when it is
+    /// opened; unknown answers true.
     pub fn close_reports_errors(&self) -> bool {
+        self.close_errors
+    }
+
+    /// [`Self::close_reports_errors`] of the filesystem holding `root`.
+    fn judge_close_errors(root: BorrowedFd<'_>) -> bool {
         const NETWORK: [i64; 13] = [
             0x6969,      // NFS
             0xFE53_4D42, // SMB2
@@ -452,12 +470,14 @@ impl ExportSession {
             0x0116_1970, // GFS2
             0x0BD0_0BD0, // Lustre
         ];
-        match sys::fs_type(self.export.root.as_fd()) {
+        match sys::fs_type(root) {
             Ok(t) => NETWORK.contains(&t),
             Err(_) => true,
         }
     }
+}
 
+impl ExportSession {
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
         self.inodes.peek(ino).ok().map(|n| n.lookups())

@@ -790,10 +790,16 @@ impl ExportSession {
     }
 
     /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner
-    /// holds on the file goes. The handle itself stays open until `release`.
+    /// holds on the file goes. The handle itself stays open until `release`. On a filesystem
+    /// whose close can fail ([`ExportSession::close_reports_errors`]: NFS, SMB, FUSE, ...) a
+    /// duplicate of the handle's descriptor is closed and its error answered, as virtiofsd
+    /// does, so the guest's `close` learns of a write-back that failed.
     pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> Result<(), Errno> {
-        self.file_handle(fh)?;
+        let h = self.file_handle(fh)?;
         self.locks.drop_owner(ino, lock_owner);
+        if self.close_reports_errors() {
+            sys::close_dup(h.file_fd()?)?;
+        }
         Ok(())
     }
 

@@ -671,6 +671,21 @@ pub(crate) fn open_by_handle(
     })
 }
 
+/// Closes a duplicate of `fd` and returns what that close reports: the error a filesystem
+/// that writes back at close (NFS, SMB, FUSE) gives the last close of a description it could
+/// not write. EINTR counts as success: the descriptor is gone either way.
+pub(crate) fn close_dup(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: duplicating a valid descriptor; the duplicate is closed below and used by
+    // nothing else.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    check(dup)?;
+    // SAFETY: `dup` is a descriptor this function owns; it is closed exactly once.
+    match check(unsafe { libc::close(dup) }) {
+        Err(Errno::EINTR) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 /// The filesystem type (`f_type` of fstatfs) of the object behind `fd`.
 pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
