@@ -296,6 +296,8 @@ pub(crate) enum Identity {
 pub(crate) enum Over<'a> {
     /// The object itself.
     Node(BorrowedFd<'a>),
+    /// `name` in directory `dir`, when it exists (an existing file a creating open opens).
+    Child(BorrowedFd<'a>, &'a CStr),
     /// `name` in directory `dir`, when it exists and `dir` is sticky (removing or replacing
     /// it then needs power over it, not only over the directory).
     StickyChild(BorrowedFd<'a>, &'a CStr),
@@ -366,6 +368,10 @@ impl ExportSession {
     fn maps_all(&self, over: &[Over<'_>]) -> bool {
         over.iter().all(|o| match *o {
             Over::Node(fd) => sys::fstat(fd).is_ok_and(|st| self.maps(&st)),
+            Over::Child(dir, name) => match sys::fstatat_nofollow(dir, name) {
+                Ok(st) => self.maps(&st),
+                Err(_) => true,
+            },
             Over::StickyChild(dir, name) => {
                 match sys::fstat(dir) {
                     Ok(d) if d.st_mode & libc::S_ISVTX == 0 => return true,

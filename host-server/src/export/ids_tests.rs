@@ -579,6 +579,23 @@ fn map_mode_runs_every_request_as_the_mapped_identity() {
         chown(&s, passwd.ino, None, Some(1000)).unwrap_err(),
         Errno::EPERM
     );
+    // A creating open of an existing host-root file in a directory guest root owns opens it
+    // only as far as its mode lets the mapped uid.
+    let d = s.mkdir(&CTX0, ROOT_ID, b"own", 0o755, 0).unwrap();
+    std::fs::write(p.join("own/rootfile"), b"root").unwrap();
+    std::fs::set_permissions(
+        p.join("own/rootfile"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let flags = libc::O_WRONLY | libc::O_TRUNC;
+    assert_eq!(
+        s.create(&CTX0, d.ino, b"rootfile", 0o644, 0, flags)
+            .map(|_| ())
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(std::fs::read(p.join("own/rootfile")).unwrap(), b"root");
     // Nothing of the server's credentials leaked into this thread.
     assert_eq!(super::creds::current().0, 0);
 }

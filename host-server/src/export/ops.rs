@@ -660,7 +660,9 @@ impl ExportSession {
         let host_perm = self.host_perm(libc::S_IFREG, perm);
         // As the caller (in modes that create as the caller), so the host also checks the
         // parent directory, and an existing file's open, against the caller's own ids.
-        let (path, data, created) = self.as_creator(ctx, &[Over::Node(dir.fd())], || {
+        // Guest root's powers in map mode must also hold over a file that is already there.
+        let over = [Over::Node(dir.fd()), Over::Child(dir.fd(), &name)];
+        let (path, data, created) = self.as_creator(ctx, &over, || {
             self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
         })?;
         let mut st = sys::fstat(path.as_fd())?;
