@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_protocol::Errno;
+use ferry_protocol::{Errno, Lock};
 
 use super::handle::Handle;
 use super::sys;
@@ -213,4 +213,87 @@ pub(crate) fn start_flock(
 /// own locks are not reported, as for POSIX F_GETLK.
 pub(crate) fn test_posix(owner: &OwnerFile, fl: &mut libc::flock) -> Result<(), Errno> {
     sys::fcntl_lock(owner.fd.as_fd(), libc::F_OFD_GETLK, fl)
+}
+
+/// `struct flock` for an OFD lock request.
+pub(super) fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
+    let typ = match lock.typ {
+        t if t == libc::F_RDLCK => libc::F_RDLCK,
+        t if t == libc::F_WRLCK => libc::F_WRLCK,
+        t if t == libc::F_UNLCK => libc::F_UNLCK,
+        _ => return Err(Errno::EINVAL),
+    };
+    if lock.end < lock.start {
+        return Err(Errno::EINVAL);
+    }
+    let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
+    // A range reaching the largest offset means "to the end of file" (l_len == 0).
+    let len = if lock.end >= i64::MAX as u64 {
+        0
+    } else {
+        (lock.end - lock.start + 1) as i64
+    };
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    // OFD lock requests must carry l_pid == 0.
+    fl.l_pid = 0;
+    Ok(fl)
+}
+
+/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
+/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
+/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
+pub(super) fn from_flock(fl: &libc::flock) -> Lock {
+    const OFFSET_MAX: u64 = i64::MAX as u64;
+    let start = fl.l_start.max(0) as u64;
+    let end = if fl.l_len <= 0 {
+        OFFSET_MAX
+    } else {
+        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
+    };
+    Lock {
+        start,
+        end,
+        typ: i32::from(fl.l_type),
+        pid: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_ranges_convert_both_ways() {
+        let l = Lock {
+            start: 10,
+            end: 19,
+            typ: libc::F_WRLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&l).unwrap();
+        assert_eq!((fl.l_start, fl.l_len), (10, 10));
+        assert_eq!(from_flock(&fl).end, 19);
+        let whole = Lock {
+            start: 0,
+            end: u64::MAX,
+            typ: libc::F_RDLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&whole).unwrap();
+        assert_eq!(fl.l_len, 0);
+        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
+        let bad = Lock {
+            start: 5,
+            end: 1,
+            ..whole
+        };
+        assert_eq!(to_flock(&bad).unwrap_err(), Errno::EINVAL);
+        let bad_type = Lock { typ: 99, ..whole };
+        assert_eq!(to_flock(&bad_type).unwrap_err(), Errno::EINVAL);
+    }
 }

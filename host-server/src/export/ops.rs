@@ -18,7 +18,7 @@ use super::attr::{decode_rdev, utime};
 use super::creds::{Identity, Over};
 use super::handle::{Handle, HandleKind};
 use super::inode::{InodeData, Node};
-use super::locks::{self, LockWait};
+use super::locks::{self, LockWait, from_flock, to_flock};
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
 
@@ -59,17 +59,6 @@ const OPEN_FLAGS_KEPT: libc::c_int = libc::O_ACCMODE
     | libc::O_NOATIME
     | libc::O_LARGEFILE;
 
-/// The set-id bits a guest may not give an object of type `kind` (`S_IFMT` bits) on an export
-/// without `setid=on`: both on files, set-user-ID on directories (a set-group-ID directory only
-/// passes its group on, which is no privilege).
-fn setid_bits(kind: u32) -> u32 {
-    if kind == libc::S_IFDIR {
-        libc::S_ISUID
-    } else {
-        libc::S_ISUID | libc::S_ISGID
-    }
-}
-
 /// True when opening with `flags` may modify the file.
 fn opens_for_writing(flags: libc::c_int) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_APPEND) != 0
@@ -88,54 +77,6 @@ pub(super) fn component(name: &[u8]) -> Result<CString, Errno> {
         return Err(Errno::EINVAL);
     }
     sys::cstring(name)
-}
-
-/// `struct flock` for an OFD lock request.
-fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
-    let typ = match lock.typ {
-        t if t == libc::F_RDLCK => libc::F_RDLCK,
-        t if t == libc::F_WRLCK => libc::F_WRLCK,
-        t if t == libc::F_UNLCK => libc::F_UNLCK,
-        _ => return Err(Errno::EINVAL),
-    };
-    if lock.end < lock.start {
-        return Err(Errno::EINVAL);
-    }
-    let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
-    // A range reaching the largest offset means "to the end of file" (l_len == 0).
-    let len = if lock.end >= i64::MAX as u64 {
-        0
-    } else {
-        (lock.end - lock.start + 1) as i64
-    };
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = typ as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start;
-    fl.l_len = len;
-    // OFD lock requests must carry l_pid == 0.
-    fl.l_pid = 0;
-    Ok(fl)
-}
-
-/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
-/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
-/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
-fn from_flock(fl: &libc::flock) -> Lock {
-    const OFFSET_MAX: u64 = i64::MAX as u64;
-    let start = fl.l_start.max(0) as u64;
-    let end = if fl.l_len <= 0 {
-        OFFSET_MAX
-    } else {
-        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
-    };
-    Lock {
-        start,
-        end,
-        typ: i32::from(fl.l_type),
-        pid: 0,
-    }
 }
 
 impl ExportSession {
@@ -224,33 +165,6 @@ impl ExportSession {
             .insert_or_ref(fd, &st, dir.data(), name.to_bytes());
         let st = self.record_creator(ctx, dir, &node, &st, want.unwrap_or(0));
         Ok(self.entry(&node, &st))
-    }
-
-    /// The permission bits a new object of type `kind` gets for `perm`: without `setid=on`, the
-    /// set-id bits a guest may not give are dropped (the object is made without them).
-    fn creatable(&self, kind: u32, perm: u32) -> u32 {
-        if self.export.setid() {
-            perm
-        } else {
-            perm & !setid_bits(kind)
-        }
-    }
-
-    /// Refuses (EPERM) a chmod of `node` to `mode` that adds set-id bits, without `setid=on`.
-    fn check_setid(&self, node: &Node, mode: u32) -> Result<(), Errno> {
-        if self.export.setid() {
-            return Ok(());
-        }
-        let st = sys::fstat(node.fd())?;
-        let now = self.attr(node.id, node.fd(), &st).mode;
-        if mode & !now & setid_bits(st.st_mode & libc::S_IFMT) != 0 {
-            tracing::info!(
-                export = self.export.name(),
-                "refused a chmod adding set-id bits (allow with the export option :setid=on)"
-            );
-            return Err(Errno::EPERM);
-        }
-        Ok(())
     }
 
     /// The handle `fh` as a file handle.
@@ -760,37 +674,6 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// Clears the set-user-ID bit of regular file `ino`, and its set-group-ID bit when it is
-    /// group-executable, as Linux does when a caller without CAP_FSETID writes to, truncates
-    /// or chowns a file. A guest kernel that negotiated FUSE_HANDLE_KILLPRIV_V2 leaves this to
-    /// the server and says when (the server itself writes with CAP_FSETID, so the host
-    /// kernel would keep the bits; it does drop `security.capability` on every write).
-    pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
-        let m = self.mutation();
-        self.check_writable()?;
-        self.kill_privs(&self.inodes.get(ino)?)?;
-        m.changed(ino);
-        Ok(())
-    }
-
-    /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
-    fn kill_privs(&self, node: &Node) -> Result<bool, Errno> {
-        if !node.is_file() {
-            return Ok(false);
-        }
-        let st = sys::fstat(node.fd())?;
-        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
-        let mut kill = libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            kill |= libc::S_ISGID;
-        }
-        if mode & kill == 0 {
-            return Ok(false);
-        }
-        self.change_mode(node, mode & !kill)?;
-        Ok(true)
-    }
-
     /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner
     /// holds on the file goes. The handle itself stays open until `release`. On a filesystem
     /// whose close can fail ([`ExportSession::close_reports_errors`]: NFS, SMB, FUSE, ...) a
@@ -1020,35 +903,5 @@ mod tests {
         }
         assert!(component(b"...").is_ok());
         assert!(component(b".hidden").is_ok());
-    }
-
-    #[test]
-    fn lock_ranges_convert_both_ways() {
-        let l = Lock {
-            start: 10,
-            end: 19,
-            typ: libc::F_WRLCK,
-            pid: 0,
-        };
-        let fl = to_flock(&l).unwrap();
-        assert_eq!((fl.l_start, fl.l_len), (10, 10));
-        assert_eq!(from_flock(&fl).end, 19);
-        let whole = Lock {
-            start: 0,
-            end: u64::MAX,
-            typ: libc::F_RDLCK,
-            pid: 0,
-        };
-        let fl = to_flock(&whole).unwrap();
-        assert_eq!(fl.l_len, 0);
-        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
-        let bad = Lock {
-            start: 5,
-            end: 1,
-            ..whole
-        };
-        assert_eq!(to_flock(&bad).unwrap_err(), Errno::EINVAL);
-        let bad_type = Lock { typ: 99, ..whole };
-        assert_eq!(to_flock(&bad_type).unwrap_err(), Errno::EINVAL);
     }
 }

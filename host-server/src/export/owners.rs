@@ -1,5 +1,7 @@
-//! Owners as the guest sees them: id translation and the persisted-owner xattr. Creating as
-//! the caller is `creds.rs`'s.
+//! Owners and modes as the guest sees them: id translation, the persisted-owner xattr, and
+//! the set-id rules (a guest gives set-id bits only on an export with `setid=on`; writes by an
+//! unprivileged guest process clear them, `kill_suidgid`). Creating as the caller is
+//! `creds.rs`'s.
 //!
 //! # The persisted owner
 //!
@@ -81,6 +83,17 @@ impl Record {
             mode,
             host_mode,
         })
+    }
+}
+
+/// The set-id bits a guest may not give an object of type `kind` (`S_IFMT` bits) on an export
+/// without `setid=on`: both on files, set-user-ID on directories (a set-group-ID directory only
+/// passes its group on, which is no privilege).
+fn setid_bits(kind: u32) -> u32 {
+    if kind == libc::S_IFDIR {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
     }
 }
 
@@ -284,6 +297,64 @@ impl ExportSession {
             tracing::debug!(error = ?e, "could not record the creator of a new file");
         }
         *st
+    }
+
+    /// The permission bits a new object of type `kind` gets for `perm`: without `setid=on`, the
+    /// set-id bits a guest may not give are dropped (the object is made without them).
+    pub(super) fn creatable(&self, kind: u32, perm: u32) -> u32 {
+        if self.export.setid() {
+            perm
+        } else {
+            perm & !setid_bits(kind)
+        }
+    }
+
+    /// Refuses (EPERM) a chmod of `node` to `mode` that adds set-id bits, without `setid=on`.
+    pub(super) fn check_setid(&self, node: &Node, mode: u32) -> Result<(), Errno> {
+        if self.export.setid() {
+            return Ok(());
+        }
+        let st = sys::fstat(node.fd())?;
+        let now = self.attr(node.id, node.fd(), &st).mode;
+        if mode & !now & setid_bits(st.st_mode & libc::S_IFMT) != 0 {
+            tracing::info!(
+                export = self.export.name(),
+                "refused a chmod adding set-id bits (allow with the export option :setid=on)"
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Clears the set-user-ID bit of regular file `ino`, and its set-group-ID bit when it is
+    /// group-executable, as Linux does when a caller without CAP_FSETID writes to, truncates
+    /// or chowns a file. A guest kernel that negotiated FUSE_HANDLE_KILLPRIV_V2 leaves this to
+    /// the server and says when (the server itself writes with CAP_FSETID, so the host
+    /// kernel would keep the bits; it does drop `security.capability` on every write).
+    pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
+        let m = self.mutation();
+        self.check_writable()?;
+        self.kill_privs(&self.inodes.get(ino)?)?;
+        m.changed(ino);
+        Ok(())
+    }
+
+    /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
+    pub(super) fn kill_privs(&self, node: &Node) -> Result<bool, Errno> {
+        if !node.is_file() {
+            return Ok(false);
+        }
+        let st = sys::fstat(node.fd())?;
+        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if mode & kill == 0 {
+            return Ok(false);
+        }
+        self.change_mode(node, mode & !kill)?;
+        Ok(true)
     }
 
     /// `chown`/`chgrp` from the guest.
