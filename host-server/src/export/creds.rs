@@ -215,7 +215,10 @@ impl Switched {
             set_euid(uid.0)?;
         }
         if let Some(caps) = caps {
-            s.set_caps(caps)?;
+            // Leaving uid 0 already emptied the effective set.
+            if caps != 0 || !s.uid_changed || me.uid != 0 {
+                s.set_caps(caps)?;
+            }
         }
         Ok(s)
     }
@@ -251,7 +254,11 @@ impl Drop for Switched {
         if self.gid_changed && result.is_ok() {
             result = set_egid(me.gid).and_then(|()| set_groups(&me.groups));
         }
-        if self.caps_changed && result.is_ok() {
+        // Going back to uid 0 makes the effective set the permitted one again, which is the
+        // server's own unless it started with a smaller effective set.
+        let by_uid =
+            self.uid_changed && me.uid == 0 && me.caps.iter().all(|c| c.effective == c.permitted);
+        if self.caps_changed && !by_uid && result.is_ok() {
             result = capset(&me.caps);
         }
         if let Err(e) = result {
@@ -489,6 +496,27 @@ mod tests {
             current()
         });
         assert_eq!(r.join().unwrap(), before);
+
+        // Capabilities raised over a switched uid, and dropped while keeping uid 0, come back.
+        let cap_eff = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .unwrap();
+            u64::from_str_radix(v.trim(), 16).unwrap()
+        };
+        let full = cap_eff();
+        {
+            let _s = Switched::with_caps(HostUid(1234), HostGid(1234), &[], Some(FS_CAPS)).unwrap();
+            assert_eq!(cap_eff(), u64::from(FS_CAPS) & full);
+        }
+        assert_eq!((cap_eff(), current()), (full, before.clone()));
+        {
+            let _s = Switched::unprivileged().unwrap();
+            assert_eq!(cap_eff(), 0);
+        }
+        assert_eq!((cap_eff(), current()), (full, before.clone()));
 
         // A root caller with the server's gid changes nothing.
         let s = Switched::to(HostUid(0), HostGid(before.1), &[]).unwrap();
