@@ -144,10 +144,11 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         "open file limit; node descriptors cached"
     );
     let policy = exports[0].ids().to_string();
-    let state = Arc::new(ferry_host::ServerState {
+    let state = Arc::new(ferry_host::ServerState::new(
         exports,
-        token: None,
-    });
+        None,
+        ferry_host::Limits::default(),
+    ));
     let (host_end, guest_end) =
         std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
 

@@ -310,6 +310,8 @@ pub struct ServerConfig {
     /// Most `O_PATH` descriptors of nodes each session keeps open (see
     /// [`crate::export::DEFAULT_NODE_FDS`]).
     pub max_node_fds: usize,
+    /// Bounds on connections and sessions (`--handshake-timeout`, `--max-connections`, ...).
+    pub limits: crate::conn::Limits,
 }
 
 /// Applies the global owner flags to every export that does not set its own.

@@ -22,19 +22,17 @@ use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_common::ReadError;
 use ferry_protocol::{
-    Change, ChangeKind, EncodeError, Errno, Frame, FrameKind, Hello, Notice, Opcode, Refused,
-    Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome, features,
+    Change, ChangeKind, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
+    MAX_HELLO, Notice, Opcode, Refused, Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome,
+    features,
 };
 use tracing::{debug, info, warn};
 
 use crate::export::{Export, ExportSession, Response};
-
-/// How long a client has to send its `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Workers per connection: requests one connection can have in service at once.
 const WORKERS: usize = 8;
@@ -46,12 +44,119 @@ const READ_BUF: usize = 256 * 1024;
 /// lost events (an overflow) instead of the server buffering without bound.
 const MAX_QUEUED_CHANGES: usize = 1024;
 
+/// The bounds on what clients may make the server hold, before and after they authenticate.
+/// The defaults are far above what ordinary use reaches; each has a `ferry-host` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client has, from its connection, to send its whole `Hello`.
+    pub handshake_timeout: Duration,
+    /// Connections served at once, authenticated or not; beyond it a new one is closed.
+    pub max_connections: usize,
+    /// Connections that have not finished their handshake; beyond it a new one is closed.
+    pub max_unauthenticated: usize,
+}
+
+impl Limits {
+    /// `--handshake-timeout`: ten seconds is ages for a Hello on a local socket.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `--max-connections`: each connection costs about ten threads.
+    pub const MAX_CONNECTIONS: usize = 256;
+    /// `--max-unauthenticated`.
+    pub const MAX_UNAUTHENTICATED: usize = 64;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Self::HANDSHAKE_TIMEOUT,
+            max_connections: Self::MAX_CONNECTIONS,
+            max_unauthenticated: Self::MAX_UNAUTHENTICATED,
+        }
+    }
+}
+
 /// What every connection of one server shares.
 pub struct ServerState {
     /// The exports, indexed by export id.
     pub exports: Vec<Arc<Export>>,
     /// The shared secret; `None` accepts any client (Unix sockets and vsock only).
     pub token: Option<Vec<u8>>,
+    /// The bounds clients are held to.
+    pub limits: Limits,
+    /// Connections admitted and not yet ended.
+    open: AtomicUsize,
+    /// Of those, the ones that have not finished their handshake.
+    unauthenticated: AtomicUsize,
+}
+
+impl ServerState {
+    /// The state of a server of these exports.
+    pub fn new(exports: Vec<Arc<Export>>, token: Option<Vec<u8>>, limits: Limits) -> Self {
+        ServerState {
+            exports,
+            token,
+            limits,
+            open: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a new connection in, or refuses it (with a log line) when a cap is reached.
+    /// Listeners call this before they spend a thread on the connection.
+    pub fn admit(self: &Arc<Self>, peer: &str) -> Option<Admission> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let pending = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            state: Arc::clone(self),
+            authenticated: false,
+        };
+        if open >= self.limits.max_connections {
+            warn!(
+                %peer,
+                limit = self.limits.max_connections,
+                "refusing a connection: too many connections (--max-connections)"
+            );
+            return None;
+        }
+        if pending >= self.limits.max_unauthenticated {
+            warn!(
+                %peer,
+                limit = self.limits.max_unauthenticated,
+                "refusing a connection: too many connections in their handshake \
+                 (--max-unauthenticated)"
+            );
+            return None;
+        }
+        Some(admission)
+    }
+
+    /// Connections admitted and not yet ended.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection's place in the counts of [`ServerState::admit`]; dropping it gives
+/// the place back.
+pub struct Admission {
+    state: Arc<ServerState>,
+    authenticated: bool,
+}
+
+impl Admission {
+    /// The handshake succeeded: the connection no longer counts as unauthenticated.
+    fn authenticated(&mut self) {
+        if !std::mem::replace(&mut self.authenticated, true) {
+            self.state.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.authenticated();
+        self.state.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a connection ended abnormally.
@@ -74,12 +179,25 @@ pub enum ConnError {
 pub use ferry_common::Stream;
 
 /// Serves one connection until the peer closes it or misbehaves. Blocks the calling thread.
+/// The connection counts against the caps of [`Limits`] (see [`ServerState::admit`]).
 pub fn serve_connection<S: Stream>(
     stream: S,
-    state: &ServerState,
+    state: &Arc<ServerState>,
     peer: &str,
 ) -> Result<(), ConnError> {
-    let result = serve(stream, state, peer);
+    let Some(admission) = state.admit(peer) else {
+        return Err(ConnError::Refused("too many connections".into()));
+    };
+    serve_admitted(stream, admission, peer)
+}
+
+/// As [`serve_connection`], for a connection the listener has already admitted.
+pub fn serve_admitted<S: Stream>(
+    stream: S,
+    admission: Admission,
+    peer: &str,
+) -> Result<(), ConnError> {
+    let result = serve(stream, admission, peer);
     match &result {
         Ok(()) => info!(%peer, "client disconnected"),
         Err(e) => warn!(%peer, "closing connection: {e}"),
@@ -87,20 +205,16 @@ pub fn serve_connection<S: Stream>(
     result
 }
 
-fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), ConnError> {
+fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &str) -> Result<(), ConnError> {
+    let state = Arc::clone(&admission.state);
+    let state = &*state;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
-
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    let mut buf = Vec::new();
-    let len = read_frame(&mut reader, &mut buf).map_err(|e| match e {
-        ConnError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            ConnError::Protocol("no Hello within 30 s".into())
-        }
-        e => e,
-    })?;
+    // The Hello is read straight from the stream, so that nothing is buffered (or allocated)
+    // for a client that has not authenticated.
+    let deadline = Instant::now() + state.limits.handshake_timeout;
+    let buf = read_hello(&mut stream, deadline)?;
     stream.set_read_timeout(None)?;
-    let frame = Frame::parse(&buf[..len])?;
+    let frame = Frame::parse(&buf)?;
     let hello = Hello::decode(&frame)?;
     let mut out = Vec::new();
     if let Err(reason) = check_hello(&hello, state) {
@@ -120,6 +234,7 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         return Err(ConnError::Refused(reason));
     }
     info!(%peer, client = hello.client, "client connected");
+    admission.authenticated();
     welcome(state, hello.features)
         .encode(&mut out)
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
@@ -131,6 +246,7 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         .map(|e| Arc::new(ExportSession::new(e.clone())))
         .collect();
     let (notices, queued) = channel();
+    let reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
     let shared = Shared {
         reader: Mutex::new(reader),
         writer: Arc::new(Mutex::new(writer)),
@@ -208,6 +324,54 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the `Hello` frame whole by `deadline`, refusing from its header alone one larger than
+/// [`MAX_HELLO`], before anything is allocated for it.
+fn read_hello<S: Stream>(stream: &mut S, deadline: Instant) -> Result<Vec<u8>, ConnError> {
+    let mut head = [0u8; HEADER_LEN];
+    read_by(stream, &mut head, deadline)?;
+    let header = FrameHeader::parse(&head)?;
+    if header.len > MAX_HELLO {
+        return Err(ConnError::Protocol(format!(
+            "a {}-byte frame before the handshake (a Hello is at most {MAX_HELLO} bytes)",
+            header.len
+        )));
+    }
+    let mut buf = vec![0u8; header.len as usize];
+    buf[..HEADER_LEN].copy_from_slice(&head);
+    read_by(stream, &mut buf[HEADER_LEN..], deadline)?;
+    Ok(buf)
+}
+
+/// Fills `buf` from `stream` by `deadline`, however the bytes trickle in.
+fn read_by<S: Stream>(
+    stream: &mut S,
+    mut buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), ConnError> {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConnError::Protocol(
+                "no complete Hello within the handshake deadline (--handshake-timeout)".into(),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(buf) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one whole frame (header included) into the front of `buf` and returns its length.

@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use tracing::info;
 
 pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
-pub use conn::{ServerState, serve_connection};
+pub use conn::{Limits, ServerState, serve_connection};
 pub use export::{
     DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
     SetAttrs, XattrReply,
@@ -131,10 +131,17 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             spec.path.display()
         );
     }
-    let state = Arc::new(ServerState {
+    info!(
+        handshake_timeout = ?config.limits.handshake_timeout,
+        max_connections = config.limits.max_connections,
+        max_unauthenticated = config.limits.max_unauthenticated,
+        "connection limits"
+    );
+    let state = Arc::new(ServerState::new(
         exports,
-        token: config.token.clone(),
-    });
+        config.token.clone(),
+        config.limits.clone(),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {

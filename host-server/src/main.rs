@@ -71,6 +71,43 @@ struct Args {
 
     #[command(flatten)]
     ids: IdArgs,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on what clients may make the server hold (README: Limits).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Seconds a new client has to send its whole Hello (the handshake); a slower one is
+    /// disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = ferry_host::Limits::HANDSHAKE_TIMEOUT.as_secs_f64())]
+    handshake_timeout: f64,
+
+    /// Connections served at once; a new one beyond it is closed with a log line.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Connections still in their handshake (not yet authenticated); a new one beyond it is
+    /// closed with a log line.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<ferry_host::Limits> {
+        let handshake_timeout = std::time::Duration::try_from_secs_f64(self.handshake_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--handshake-timeout must be a positive number of seconds")
+            })?;
+        Ok(ferry_host::Limits {
+            handshake_timeout,
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated,
+        })
+    }
 }
 
 /// The owner flags, shared by every export that does not set its own.
@@ -140,6 +177,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         token,
         max_node_fds: args.max_node_fds,
+        limits: args.limits.limits()?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
 
 use crate::config::ListenAddr;
-use crate::conn::{ServerState, Stream, serve_connection};
+use crate::conn::{ServerState, Stream, serve_admitted};
 
 /// A bound listener.
 pub enum Listener {
@@ -128,15 +128,20 @@ impl Listener {
 }
 
 /// Serves an accepted stream on threads of its own (see [`crate::conn`] for why not tasks).
+/// A connection beyond the caps of [`crate::conn::Limits`] is closed at once (with a log
+/// line) without a thread.
 fn spawn_connection<S: Stream>(
     stream: S,
     state: Arc<ServerState>,
     peer: String,
 ) -> std::io::Result<()> {
+    let Some(admission) = state.admit(&peer) else {
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("ferry-conn".into())
         .spawn(move || {
-            let _ = serve_connection(stream, &state, &peer);
+            let _ = serve_admitted(stream, admission, &peer);
         })?;
     Ok(())
 }
