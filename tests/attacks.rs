@@ -112,7 +112,7 @@ impl Raw {
         Hello {
             version: VERSION,
             features: features::ALL,
-            token: None,
+            token: Some(crate::harness::TOKEN.as_bytes()),
             client: "attack test",
         }
         .encode(&mut out)

@@ -65,9 +65,7 @@ fn many_huge_hello_headers_cost_no_memory() {
         .collect();
     // Each is refused from its header alone; a server that allocates the announced frame and
     // waits for the rest keeps them all open.
-    let all_closed = wait_until(Duration::from_secs(10), || {
-        conns.iter_mut().all(|s| is_closed(s))
-    });
+    let all_closed = wait_until(Duration::from_secs(10), || conns.iter_mut().all(is_closed));
     let after = proc_status(host.pid(), "VmRSS");
     let grown_kib = after.saturating_sub(before);
     assert!(
@@ -160,9 +158,8 @@ fn connections_beyond_the_caps_are_closed_and_logged() {
     let mut clients: Vec<Raw> = Vec::new();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            match std::panic::catch_unwind(|| Raw::connect(&host.sock)) {
-                Ok(c) => clients.push(c),
-                Err(_) => {}
+            if let Ok(c) = std::panic::catch_unwind(|| Raw::connect(&host.sock)) {
+                clients.push(c);
             }
             clients.len() == 5
         }),

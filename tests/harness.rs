@@ -144,11 +144,16 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-/// `ferry-host --export ex=EXPORT --listen LISTEN` with no input or output but a piped
-/// stderr; add arguments or redirect stderr before spawning.
+/// The token the servers of [`host_command`] require and the agents of [`agent_command`]
+/// present, through `FERRY_TOKEN` (a test of tokens themselves removes or replaces it).
+pub const TOKEN: &str = "ferry-test-token";
+
+/// `ferry-host --export ex=EXPORT --listen LISTEN` (with `FERRY_TOKEN` set to [`TOKEN`]) with
+/// no input or output but a piped stderr; add arguments or redirect stderr before spawning.
 pub fn host_command(export: &Path, listen: &str) -> Command {
     let mut cmd = Command::new(&bins().host);
-    cmd.arg("--export")
+    cmd.env("FERRY_TOKEN", TOKEN)
+        .arg("--export")
         .arg(format!("ex={}", export.display()))
         .arg("--listen")
         .arg(listen)
@@ -158,10 +163,12 @@ pub fn host_command(export: &Path, listen: &str) -> Command {
     cmd
 }
 
-/// `ferry-agent ARGS` with no input or output but a piped stderr.
+/// `ferry-agent ARGS` (with `FERRY_TOKEN` set to [`TOKEN`]) with no input or output but a
+/// piped stderr.
 pub fn agent_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(&bins().agent);
-    cmd.args(args)
+    cmd.env("FERRY_TOKEN", TOKEN)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

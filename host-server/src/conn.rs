@@ -32,6 +32,7 @@ use ferry_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::config::Client;
 use crate::export::{Export, ExportSession, Response};
 
 /// Workers per connection: requests one connection can have in service at once.
@@ -75,12 +76,69 @@ impl Default for Limits {
     }
 }
 
+/// Who is on the other end of a connection, as far as its transport can tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// How log lines name it.
+    pub name: String,
+    /// The guest's CID, on AF_VSOCK.
+    pub cid: Option<u32>,
+    /// The peer process's uid (`SO_PEERCRED`), on Unix sockets (hybrid vsock: the VMM's).
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// A peer known by name only.
+    pub fn named(name: impl Into<String>) -> Peer {
+        Peer {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// How clients authenticate: the tokens the server accepts, and whether one is required.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// Accepted tokens, each with the name allow-lists know it by (`default` for the one of
+    /// `--token-file`).
+    pub tokens: Vec<(String, Vec<u8>)>,
+    /// A client without a matching token is refused.
+    pub required: bool,
+}
+
+impl Auth {
+    /// No authentication: what `ferry share` uses, where both ends are one process.
+    pub fn none() -> Auth {
+        Auth::default()
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Auth")
+            .field("tokens", &names)
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
 /// What every connection of one server shares.
 pub struct ServerState {
     /// The exports, indexed by export id.
     pub exports: Vec<Arc<Export>>,
-    /// The shared secret; `None` accepts any client (Unix sockets and vsock only).
-    pub token: Option<Vec<u8>>,
+    /// How clients authenticate.
+    pub auth: Auth,
+    /// Per export (by id), the clients that may see and use it; a missing entry or `None`
+    /// lets every authenticated client.
+    pub allow: Vec<Option<Vec<Client>>>,
     /// The bounds clients are held to.
     pub limits: Limits,
     /// Connections admitted and not yet ended.
@@ -91,10 +149,11 @@ pub struct ServerState {
 
 impl ServerState {
     /// The state of a server of these exports.
-    pub fn new(exports: Vec<Arc<Export>>, token: Option<Vec<u8>>, limits: Limits) -> Self {
+    pub fn new(exports: Vec<Arc<Export>>, auth: Auth, limits: Limits) -> Self {
         ServerState {
             exports,
-            token,
+            auth,
+            allow: Vec::new(),
             limits,
             open: AtomicUsize::new(0),
             unauthenticated: AtomicUsize::new(0),
@@ -103,7 +162,7 @@ impl ServerState {
 
     /// Counts a new connection in, or refuses it (with a log line) when a cap is reached.
     /// Listeners call this before they spend a thread on the connection.
-    pub fn admit(self: &Arc<Self>, peer: &str) -> Option<Admission> {
+    pub fn admit(self: &Arc<Self>, peer: &Peer) -> Option<Admission> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         let pending = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
         let admission = Admission {
@@ -128,6 +187,18 @@ impl ServerState {
             return None;
         }
         Some(admission)
+    }
+
+    /// Whether `peer`, having presented the token named `token` (if any), may use export `id`.
+    pub fn allowed(&self, id: usize, peer: &Peer, token: Option<&str>) -> bool {
+        let Some(list) = self.allow.get(id).and_then(Option::as_ref) else {
+            return true;
+        };
+        list.iter().any(|c| match c {
+            Client::Cid(cid) => peer.cid == Some(*cid),
+            Client::Uid(uid) => peer.uid == Some(*uid),
+            Client::Token(name) => token == Some(name.as_str()),
+        })
     }
 
     /// Connections admitted and not yet ended.
@@ -183,7 +254,7 @@ pub use ferry_common::Stream;
 pub fn serve_connection<S: Stream>(
     stream: S,
     state: &Arc<ServerState>,
-    peer: &str,
+    peer: &Peer,
 ) -> Result<(), ConnError> {
     let Some(admission) = state.admit(peer) else {
         return Err(ConnError::Refused("too many connections".into()));
@@ -195,7 +266,7 @@ pub fn serve_connection<S: Stream>(
 pub fn serve_admitted<S: Stream>(
     stream: S,
     admission: Admission,
-    peer: &str,
+    peer: &Peer,
 ) -> Result<(), ConnError> {
     let result = serve(stream, admission, peer);
     match &result {
@@ -205,7 +276,7 @@ pub fn serve_admitted<S: Stream>(
     result
 }
 
-fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &str) -> Result<(), ConnError> {
+fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Result<(), ConnError> {
     let state = Arc::clone(&admission.state);
     let state = &*state;
     let mut writer = stream.try_clone()?;
@@ -217,7 +288,9 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &str) -> Resu
     let frame = Frame::parse(&buf)?;
     let hello = Hello::decode(&frame)?;
     let mut out = Vec::new();
-    if let Err(reason) = check_hello(&hello, state) {
+    let checked = check_hello(&hello, state);
+    if let Err(reason) = &checked {
+        let reason = reason.clone();
         warn!(%peer, client = hello.client, "refusing connection: {reason}");
         let errno = if hello.version.major != VERSION.major {
             Errno::EPROTO
@@ -233,17 +306,29 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &str) -> Resu
         writer.write_all(&out)?;
         return Err(ConnError::Refused(reason));
     }
-    info!(%peer, client = hello.client, "client connected");
+    let token = checked.ok().flatten();
     admission.authenticated();
-    welcome(state, hello.features)
+    // A client sees, and can use, only the exports its allow-lists grant it.
+    let allowed: Vec<bool> = (0..state.exports.len())
+        .map(|i| state.allowed(i, peer, token))
+        .collect();
+    info!(
+        %peer,
+        client = hello.client,
+        token = token.unwrap_or("none"),
+        exports = allowed.iter().filter(|a| **a).count(),
+        "client connected"
+    );
+    welcome(state, hello.features, &allowed)
         .encode(&mut out)
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
     writer.write_all(&out)?;
 
-    let sessions: Vec<Arc<ExportSession>> = state
+    let sessions: Vec<Option<Arc<ExportSession>>> = state
         .exports
         .iter()
-        .map(|e| Arc::new(ExportSession::new(e.clone())))
+        .zip(&allowed)
+        .map(|(e, &ok)| ok.then(|| Arc::new(ExportSession::new(e.clone()))))
         .collect();
     let (notices, queued) = channel();
     let reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
@@ -277,7 +362,7 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &str) -> Resu
     }
 }
 
-fn welcome(state: &ServerState, client_features: u64) -> Welcome {
+fn welcome(state: &ServerState, client_features: u64, allowed: &[bool]) -> Welcome {
     Welcome {
         version: VERSION,
         features: client_features & features::ALL,
@@ -285,6 +370,7 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
             .exports
             .iter()
             .enumerate()
+            .filter(|(i, _)| allowed[*i])
             .map(|(i, e)| ferry_protocol::ExportInfo {
                 id: i as u32,
                 name: e.name().to_string(),
@@ -299,23 +385,37 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
     }
 }
 
-fn check_hello(hello: &Hello<'_>, state: &ServerState) -> Result<(), String> {
+/// Checks a Hello; `Ok` carries the name of the token the client presented, if any.
+fn check_hello<'s>(hello: &Hello<'_>, state: &'s ServerState) -> Result<Option<&'s str>, String> {
     if hello.version.major != VERSION.major {
         return Err(format!(
             "protocol version {}.{} is not supported (server speaks {}.{})",
             hello.version.major, hello.version.minor, VERSION.major, VERSION.minor
         ));
     }
-    if let Some(expected) = &state.token {
-        match hello.token {
-            Some(t) if constant_time_eq(t, expected) => {}
-            Some(_) => return Err("wrong token".into()),
-            None => {
-                return Err("this server requires a token (--token-file or FERRY_TOKEN)".into());
+    let tokens = &state.auth.tokens;
+    match hello.token {
+        Some(t) => {
+            // Every token is compared, so the time taken says nothing about which matched.
+            let mut matched = None;
+            for (name, secret) in tokens {
+                if constant_time_eq(t, secret) && matched.is_none() {
+                    matched = Some(name.as_str());
+                }
+            }
+            match matched {
+                Some(name) => Ok(Some(name)),
+                None if tokens.is_empty() && !state.auth.required => Ok(None),
+                None => Err("wrong token".into()),
             }
         }
+        None if state.auth.required => Err(
+            "this server requires a token: give the agent --token-file PATH (or FERRY_TOKEN) \
+             with the server's token"
+                .into(),
+        ),
+        None => Ok(None),
     }
-    Ok(())
 }
 
 /// Compares secrets without leaking the position of the first difference through timing.
@@ -392,7 +492,8 @@ struct Shared<S: Stream> {
     /// Shared with the threads that wait for blocking locks and answer them.
     writer: Arc<Mutex<S>>,
     stream: S,
-    sessions: Vec<Arc<ExportSession>>,
+    /// By export id; `None` for the exports this client may not use.
+    sessions: Vec<Option<Arc<ExportSession>>>,
     closed: AtomicBool,
     error: Mutex<Option<ConnError>>,
     /// Change batches on their way to [`Shared::send_changes`], with the export id.
@@ -432,7 +533,11 @@ impl<S: Stream> Shared<S> {
         }
         let req = RequestFrame::decode(&frame)?;
         let op = req.body.opcode();
-        let Some(session) = self.sessions.get(req.export as usize) else {
+        let Some(session) = self
+            .sessions
+            .get(req.export as usize)
+            .and_then(Option::as_ref)
+        else {
             if op != Opcode::Forget {
                 self.send(head, req.id, op, Err(Errno::ENODEV), &[]);
             }

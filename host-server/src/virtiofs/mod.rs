@@ -80,13 +80,15 @@ pub struct VirtioFsListener {
 }
 
 impl VirtioFsListener {
-    /// Binds `socket` (a stale socket file is replaced, a live one is an error).
-    pub fn bind(export: Arc<Export>, socket: PathBuf) -> Result<Self, VirtioFsError> {
-        let listener =
-            crate::transport::bind_unix_std(&socket).map_err(|cause| VirtioFsError::Bind {
+    /// Binds `socket` with file mode `mode` (a stale socket file is replaced, a live one is
+    /// an error).
+    pub fn bind(export: Arc<Export>, socket: PathBuf, mode: u32) -> Result<Self, VirtioFsError> {
+        let listener = crate::transport::bind_unix_std(&socket, mode).map_err(|cause| {
+            VirtioFsError::Bind {
                 socket: socket.clone(),
                 cause,
-            })?;
+            }
+        })?;
         Ok(VirtioFsListener {
             export,
             socket,
@@ -184,7 +186,7 @@ mod tests {
         })
         .unwrap();
         let socket = dir.path().join("vfs.sock");
-        let listener = VirtioFsListener::bind(export, socket.clone()).unwrap();
+        let listener = VirtioFsListener::bind(export, socket.clone(), 0o600).unwrap();
         std::thread::spawn(move || listener.serve());
         for _ in 0..3 {
             let frontend = Frontend::connect(&socket, NUM_QUEUES_U64).unwrap();
@@ -206,7 +208,7 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            VirtioFsListener::bind(export, socket),
+            VirtioFsListener::bind(export, socket, 0o600),
             Err(VirtioFsError::Bind { .. })
         ));
     }
