@@ -191,3 +191,325 @@ fn connections_beyond_the_caps_are_closed_and_logged() {
     );
     assert!(host.stop().success());
 }
+
+/// Sends a request without waiting for its reply.
+fn send_request(s: &mut UnixStream, id: u64, export: u32, body: Request<'_>) {
+    let mut v = Vec::new();
+    RequestFrame {
+        id,
+        export,
+        ctx: Ctx::default(),
+        body,
+        payload: &[],
+    }
+    .encode(&mut v)
+    .unwrap();
+    s.write_all(&v).unwrap();
+}
+
+/// Reads one reply: its id and result.
+fn read_reply(s: &mut UnixStream) -> (u64, Result<(), Errno>) {
+    let buf = crate::attacks::read_frame(s).expect("a reply");
+    let r = ReplyFrame::decode(&Frame::parse(&buf).unwrap()).unwrap();
+    (r.id, r.result.map(drop))
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+fn open_fh(raw: &mut Raw, ino: u64) -> Result<u64, Errno> {
+    match raw.call(
+        Request::Open(Open {
+            ino,
+            flags: libc::O_RDWR,
+            prefetch: 0,
+        }),
+        &[],
+    )? {
+        crate::attacks::Got::Opened(fh) => Ok(fh),
+        other => panic!("open answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_thousand_blocked_locks_keep_the_thread_count_flat() {
+    let host = HostProc::start_with(&[], &["--max-lock-waiters", "1000"]);
+    let path = host.export().join("db");
+    std::fs::write(&path, b"data").unwrap();
+    // A host process (this one) holds a write lock on the whole file.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let whole = |typ: i32| libc::flock {
+        l_type: typ as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: a plain fcntl lock on a descriptor this test owns.
+    let r = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::F_SETLK,
+            &whole(libc::F_WRLCK),
+        )
+    };
+    assert_eq!(r, 0, "the host lock");
+
+    let mut raw = Raw::connect(&host.sock);
+    let ino = raw.lookup(1, b"db").unwrap().ino;
+    let fh = open_fh(&mut raw, ino).unwrap();
+    let before = threads_of(host.pid());
+    let lock = Lock {
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_WRLCK,
+        pid: 42,
+    };
+    // 1,000 guest processes block on the lock, and one more than the cap allows.
+    for i in 0..1001u64 {
+        send_request(
+            &mut raw.s,
+            10_000 + i,
+            0,
+            Request::Setlk(Setlk {
+                ino,
+                fh,
+                owner: 1 + i,
+                lock,
+                sleep: true,
+            }),
+        );
+    }
+    // The one beyond the cap is answered at once.
+    let (id, result) = read_reply(&mut raw.s);
+    assert_eq!(result, Err(Errno::ENOLCK), "request {id}");
+    // Give a thread-per-lock server time to show itself, then count.
+    let grew = wait_until(Duration::from_secs(3), || {
+        threads_of(host.pid()) > before + 10
+    });
+    let after = threads_of(host.pid());
+    assert!(
+        !grew,
+        "1,000 waiting locks took the server from {before} to {after} threads"
+    );
+    assert!(host.log().contains("--max-lock-waiters"), "{}", host.log());
+
+    // Unlocked on the host: one guest owner gets it, the others keep waiting; each unlock
+    // (and the final close) passes it on, and every waiter is answered.
+    // SAFETY: as above.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::F_SETLK,
+            &whole(libc::F_UNLCK),
+        )
+    };
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (mut granted, mut unlocked) = (0, 0);
+    while granted < 1000 || unlocked < granted {
+        let (id, result) = read_reply(&mut raw.s);
+        assert_eq!(result, Ok(()), "request {id}");
+        if id >= 50_000 {
+            unlocked += 1;
+            continue;
+        }
+        granted += 1;
+        let owner = 1 + (id - 10_000);
+        send_request(
+            &mut raw.s,
+            50_000 + owner,
+            0,
+            Request::Setlk(Setlk {
+                ino,
+                fh,
+                owner,
+                lock: Lock {
+                    typ: libc::F_UNLCK,
+                    ..lock
+                },
+                sleep: false,
+            }),
+        );
+    }
+    assert!(threads_of(host.pid()) <= before + 2);
+    assert!(host.stop().success());
+}
+
+#[test]
+fn exhausting_a_sessions_handles_answers_emfile_and_others_go_on() {
+    let host = HostProc::start_with(&[], &["--max-handles", "50"]);
+    std::fs::write(host.export().join("f"), b"x").unwrap();
+    let mut greedy = Raw::connect(&host.sock);
+    let ino = greedy.lookup(1, b"f").unwrap().ino;
+    for i in 0..50 {
+        open_fh(&mut greedy, ino).unwrap_or_else(|e| panic!("open {i}: {e:?}"));
+    }
+    assert_eq!(open_fh(&mut greedy, ino), Err(Errno::EMFILE));
+    assert!(
+        greedy
+            .call(Request::Opendir(Opendir { ino: 1, flags: 0 }), &[])
+            .is_err_and(|e| e == Errno::EMFILE)
+    );
+    assert!(host.log().contains("--max-handles"), "{}", host.log());
+    // Another guest, already connected or new, opens as usual.
+    let mut other = Raw::connect(&host.sock);
+    let ino2 = other.lookup(1, b"f").unwrap().ino;
+    open_fh(&mut other, ino2).unwrap();
+    // The greedy one gets room back by closing.
+    let fh = 1;
+    let _ = greedy.call(
+        Request::Release(Release {
+            ino,
+            fh,
+            flags: 0,
+            lock_owner: None,
+            flush: false,
+        }),
+        &[],
+    );
+    open_fh(&mut greedy, ino).unwrap();
+    assert!(host.stop().success());
+}
+
+/// Lowers the server's soft RLIMIT_NOFILE to `n` (as `prlimit --nofile` would) and returns
+/// the old limits, which its user may always restore.
+fn set_nofile(pid: u32, n: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with no new limit fills `old`.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads `new`; lowering a soft limit needs no privilege over one's own
+    // child.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+fn restore_nofile(pid: u32, old: libc::rlimit) {
+    // SAFETY: as in set_nofile.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The `n`th (from 1) lowest descriptor number the process has free: where its `n`th next
+/// descriptor will go.
+fn nth_free_fd(pid: u32, n: usize) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).filter(|fd| !used.contains(fd)).nth(n - 1).unwrap()
+}
+
+#[test]
+fn a_session_that_cannot_start_is_refused_and_the_listener_serves_on() {
+    let host = HostProc::start(&[]);
+    let mut first = Raw::connect(&host.sock);
+    // Room for the accepted socket and its writer's duplicate, none for the session's.
+    let pid = host.pid();
+    let old = set_nofile(pid, nth_free_fd(pid, 3));
+    let mut s = UnixStream::connect(&host.sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    Hello {
+        version: VERSION,
+        features: 0,
+        token: Some(crate::harness::TOKEN.as_bytes()),
+        client: "starved",
+    }
+    .encode(&mut out)
+    .unwrap();
+    s.write_all(&out).unwrap();
+    let answer = crate::attacks::read_frame(&mut s);
+    restore_nofile(pid, old);
+    let buf = answer.expect("an answer, not a dropped connection");
+    let frame = Frame::parse(&buf).unwrap();
+    assert_eq!(frame.header.kind, FrameKind::Refused, "{:?}", frame.header);
+    let refused = Refused::decode(&frame).unwrap();
+    assert!(
+        refused.reason.contains("cannot start a session"),
+        "{refused:?}"
+    );
+    assert!(
+        host.log().contains("cannot start a session"),
+        "{}",
+        host.log()
+    );
+    // The first client and the listener are fine.
+    assert!(first.lookup(1, b"nothing").is_err());
+    let mut again = Raw::connect(&host.sock);
+    assert!(again.lookup(1, b"nothing").is_err());
+    assert!(host.stop().success());
+}
+
+/// A vhost-user frontend's GET_FEATURES on a new connection to `sock`: the connection, if the
+/// backend answered.
+fn vhost_user_frontend(sock: &std::path::Path) -> Option<UnixStream> {
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // request 1 (GET_FEATURES), flags: version 1, size 0.
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&1u32.to_le_bytes());
+    msg.extend_from_slice(&1u32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    s.write_all(&msg).ok()?;
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply).ok()?;
+    (u32::from_le_bytes(reply[0..4].try_into().unwrap()) == 1).then_some(s)
+}
+
+#[test]
+fn a_virtiofs_session_that_cannot_start_does_not_end_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = dir.path().join("vfs.sock");
+    let log = dir.path().join("host.log");
+    let mut child =
+        crate::harness::host_command(dir.path(), &format!("vhost-user-fs:{}:ex", vfs.display()))
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+    let pid = child.id();
+    let mut frontend = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            frontend = vhost_user_frontend(&vfs);
+            frontend.is_some()
+        }),
+        "the backend answers:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Out of descriptors when this frontend goes: the next session cannot start.
+    let old = set_nofile(pid, 3);
+    drop(frontend);
+    let failed = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("cannot start a session")
+    });
+    restore_nofile(pid, old);
+    let served = wait_until(Duration::from_secs(20), || {
+        vhost_user_frontend(&vfs).is_some()
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(failed, "the failed session is logged:\n{text}");
+    assert!(served, "the listener serves the next frontend:\n{text}");
+}

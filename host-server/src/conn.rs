@@ -21,7 +21,7 @@
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_common::ReadError;
@@ -41,10 +41,6 @@ const WORKERS: usize = 8;
 /// Receive buffer: several small frames arrive with one read.
 const READ_BUF: usize = 256 * 1024;
 
-/// Change batches queued for a guest that is not reading; beyond this the guest is told it
-/// lost events (an overflow) instead of the server buffering without bound.
-const MAX_QUEUED_CHANGES: usize = 1024;
-
 /// The bounds on what clients may make the server hold, before and after they authenticate.
 /// The defaults are far above what ordinary use reaches; each has a `ferry-host` option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +51,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections that have not finished their handshake; beyond it a new one is closed.
     pub max_unauthenticated: usize,
+    /// Open files and directories one session may hold; one more open answers EMFILE.
+    pub max_handles: usize,
+    /// Blocking lock requests one connection may have waiting; beyond it one answers ENOLCK.
+    pub max_lock_waiters: usize,
+    /// Bytes of change events queued for a connection that is not reading them; beyond it
+    /// the guest is told they overflowed.
+    pub max_queued_change_bytes: usize,
 }
 
 impl Limits {
@@ -64,6 +67,10 @@ impl Limits {
     pub const MAX_CONNECTIONS: usize = 256;
     /// `--max-unauthenticated`.
     pub const MAX_UNAUTHENTICATED: usize = 64;
+    /// `--max-lock-waiters`: far more processes than a guest runs waiting on locks at once.
+    pub const MAX_LOCK_WAITERS: usize = 4096;
+    /// `--max-queued-change-bytes`: 16 MiB of paths.
+    pub const MAX_QUEUED_CHANGE_BYTES: usize = 16 << 20;
 }
 
 impl Default for Limits {
@@ -72,6 +79,9 @@ impl Default for Limits {
             handshake_timeout: Self::HANDSHAKE_TIMEOUT,
             max_connections: Self::MAX_CONNECTIONS,
             max_unauthenticated: Self::MAX_UNAUTHENTICATED,
+            max_handles: crate::export::DEFAULT_HANDLES,
+            max_lock_waiters: Self::MAX_LOCK_WAITERS,
+            max_queued_change_bytes: Self::MAX_QUEUED_CHANGE_BYTES,
         }
     }
 }
@@ -319,17 +329,37 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Res
         exports = allowed.iter().filter(|a| **a).count(),
         "client connected"
     );
+    // Sessions start before the Welcome, so that a server out of descriptors refuses this
+    // one client (and says why) instead of failing later or taking anything else down.
+    let sessions: Result<Vec<Option<Arc<ExportSession>>>, _> = state
+        .exports
+        .iter()
+        .zip(&allowed)
+        .map(|(e, &ok)| {
+            ok.then(|| ExportSession::new(e.clone()).map(Arc::new))
+                .transpose()
+        })
+        .collect();
+    let sessions = match sessions {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("the server cannot serve this client now: {e}");
+            warn!(%peer, "refusing connection: {reason}");
+            Refused {
+                errno: Errno::EMFILE.0,
+                reason: reason.clone(),
+            }
+            .encode(&mut out)
+            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+            writer.write_all(&out)?;
+            return Err(ConnError::Refused(reason));
+        }
+    };
     welcome(state, hello.features, &allowed)
         .encode(&mut out)
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
     writer.write_all(&out)?;
 
-    let sessions: Vec<Option<Arc<ExportSession>>> = state
-        .exports
-        .iter()
-        .zip(&allowed)
-        .map(|(e, &ok)| ok.then(|| Arc::new(ExportSession::new(e.clone()))))
-        .collect();
     let (notices, queued) = channel();
     let reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
     let shared = Shared {
@@ -341,19 +371,33 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Res
         error: Mutex::new(None),
         notices: Mutex::new(notices),
         queued_changes: Arc::new(AtomicUsize::new(0)),
+        waiting: Mutex::new(Vec::new()),
+        waiting_wake: Condvar::new(),
+        max_lock_waiters: state.limits.max_lock_waiters,
+        max_queued_change_bytes: state.limits.max_queued_change_bytes,
     };
     std::thread::scope(|s| {
-        let shared_ref = &shared;
-        std::thread::Builder::new()
+        let shared = &shared;
+        let mut spawned = std::thread::Builder::new()
             .name("ferry-conn-notify".into())
-            .spawn_scoped(s, move || shared_ref.send_changes(queued))
-            .expect("can spawn the change sender");
+            .spawn_scoped(s, move || shared.send_changes(queued))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("ferry-lock-wait".into())
+                    .spawn_scoped(s, move || shared.retry_locks())
+            })
+            .map(drop);
         for i in 0..WORKERS {
-            let shared = &shared;
-            std::thread::Builder::new()
-                .name(format!("ferry-conn-{i}"))
-                .spawn_scoped(s, move || shared.work())
-                .expect("can spawn a connection worker");
+            spawned = spawned.and_then(|()| {
+                std::thread::Builder::new()
+                    .name(format!("ferry-conn-{i}"))
+                    .spawn_scoped(s, move || shared.work())
+                    .map(drop)
+            });
+        }
+        // Out of threads: the ones started see the connection closed and end.
+        if let Err(e) = spawned {
+            shared.close(ConnError::Io(e));
         }
     });
     match shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -498,8 +542,23 @@ struct Shared<S: Stream> {
     error: Mutex<Option<ConnError>>,
     /// Change batches on their way to [`Shared::send_changes`], with the export id.
     notices: Mutex<Sender<(u32, Vec<Change>)>>,
-    /// Batches queued and not yet written.
+    /// Bytes of change batches queued and not yet written.
     queued_changes: Arc<AtomicUsize>,
+    /// Blocking locks waiting, retried by [`Shared::retry_locks`].
+    waiting: Mutex<Vec<Waiting>>,
+    /// Wakes [`Shared::retry_locks`]: a lock to wait for, or the connection closing.
+    waiting_wake: Condvar,
+    /// Cap on `waiting`.
+    max_lock_waiters: usize,
+    /// Cap on `queued_changes`.
+    max_queued_change_bytes: usize,
+}
+
+/// One blocking lock request waiting for its lock.
+struct Waiting {
+    id: u64,
+    op: Opcode,
+    wait: crate::export::Pending,
 }
 
 impl<S: Stream> Shared<S> {
@@ -562,27 +621,82 @@ impl<S: Stream> Shared<S> {
                 self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
             }
             Response::Pending(wait) => {
-                // A blocking lock that conflicts: wait on a thread of its own so the workers
-                // keep serving (the lock holder's unlock may be the very next request). The
-                // session ending makes the wait give up, so the thread never outlives it long.
-                let writer = Arc::clone(&self.writer);
-                let id = req.id;
-                let spawned = std::thread::Builder::new()
-                    .name("ferry-lock-wait".into())
-                    .spawn(move || {
-                        let result = match wait.wait() {
-                            Response::Error(e) => Err(e),
-                            _ => Ok(Reply::Empty),
-                        };
-                        send(&writer, &mut Vec::new(), id, op, result, &[]);
-                    });
-                if let Err(e) = spawned {
-                    warn!("cannot start a lock wait thread: {e}");
+                // A blocking lock that conflicts: [`Shared::retry_locks`] retries it with the
+                // connection's other waiting locks, so the workers keep serving (the lock
+                // holder's unlock may be the very next request) and waiting costs no thread.
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                if waiting.len() >= self.max_lock_waiters {
+                    drop(waiting);
+                    warn!(
+                        limit = self.max_lock_waiters,
+                        "a guest has too many blocking locks waiting (--max-lock-waiters); \
+                         answering ENOLCK"
+                    );
                     self.send(head, req.id, op, Err(Errno::ENOLCK), &[]);
+                } else {
+                    waiting.push(Waiting {
+                        id: req.id,
+                        op,
+                        wait,
+                    });
+                    self.waiting_wake.notify_one();
                 }
             }
         }
         Ok(())
+    }
+
+    /// Retries every waiting lock of this connection, on one thread, until the connection
+    /// closes: each round tries each once without blocking, answers those that are done, and
+    /// pauses (1 ms, growing to 50 ms while nothing changes; a new waiter starts over).
+    fn retry_locks(&self) {
+        let mut head = Vec::new();
+        let mut pause = crate::export::LOCK_FIRST_PAUSE;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                // Dropping the waits gives up their locks' files and handles.
+                waiting.clear();
+                return;
+            }
+            let mut done = Vec::new();
+            waiting.retain(|w| match w.wait.poll() {
+                Some(response) => {
+                    done.push((w.id, w.op, response));
+                    false
+                }
+                None => true,
+            });
+            let idle = waiting.is_empty();
+            if !done.is_empty() {
+                drop(waiting);
+                for (id, op, response) in done {
+                    let result = match response {
+                        Response::Error(e) => Err(e),
+                        _ => Ok(Reply::Empty),
+                    };
+                    self.send(&mut head, id, op, result, &[]);
+                }
+                waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let before = waiting.len();
+            let timeout = if idle {
+                Duration::from_millis(200)
+            } else {
+                pause
+            };
+            waiting = self
+                .waiting_wake
+                .wait_timeout(waiting, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            pause = if idle || waiting.len() > before {
+                crate::export::LOCK_FIRST_PAUSE
+            } else {
+                (pause * 2).min(crate::export::LOCK_LONGEST_PAUSE)
+            };
+        }
     }
 
     /// Encodes and writes one reply.
@@ -606,11 +720,13 @@ impl<S: Stream> Shared<S> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let queued = Arc::clone(&self.queued_changes);
+        let max = self.max_queued_change_bytes;
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
         Arc::new(move |changes: Vec<Change>| {
-            let n = queued.fetch_add(1, Ordering::AcqRel);
-            let batch = if n < MAX_QUEUED_CHANGES {
+            let size = batch_bytes(&changes);
+            let n = queued.fetch_add(size, Ordering::AcqRel);
+            let batch = if n + size <= max {
                 overflowed.store(false, Ordering::Relaxed);
                 changes
             } else {
@@ -623,15 +739,17 @@ impl<S: Stream> Shared<S> {
                         }
                     }
                 }
+                queued.fetch_sub(size, Ordering::AcqRel);
                 if overflowed.swap(true, Ordering::Relaxed) {
-                    queued.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
                 warn!(
                     export,
-                    "a guest is not reading change events; telling it they overflowed"
+                    limit = max,
+                    "a guest is not reading change events (--max-queued-change-bytes); telling \
+                     it they overflowed"
                 );
-                vec![Change {
+                let overflow = vec![Change {
                     kind: ChangeKind::Overflow,
                     path: Vec::new(),
                     to: Vec::new(),
@@ -639,10 +757,14 @@ impl<S: Stream> Shared<S> {
                     to_parent: 0,
                     file_type: 0,
                     entry: None,
-                }]
+                }];
+                // The one overflow notice is let past the cap: it is what tells the guest.
+                queued.fetch_add(batch_bytes(&overflow), Ordering::AcqRel);
+                overflow
             };
+            let size = batch_bytes(&batch);
             if tx.send((export, batch)).is_err() {
-                queued.fetch_sub(1, Ordering::AcqRel);
+                queued.fetch_sub(size, Ordering::AcqRel);
             }
         })
     }
@@ -656,7 +778,8 @@ impl<S: Stream> Shared<S> {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            self.queued_changes.fetch_sub(1, Ordering::AcqRel);
+            self.queued_changes
+                .fetch_sub(batch_bytes(&changes), Ordering::AcqRel);
             self.write_changes(&mut out, export, changes);
         }
     }
@@ -697,7 +820,16 @@ impl<S: Stream> Shared<S> {
             *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
         self.stream.shutdown();
+        self.waiting_wake.notify_all();
     }
+}
+
+/// What a batch of changes costs while queued: its paths and a fixed share for the rest.
+fn batch_bytes(changes: &[Change]) -> usize {
+    changes
+        .iter()
+        .map(|c| c.path.len() + c.to.len() + std::mem::size_of::<Change>())
+        .sum()
 }
 
 /// Encodes and writes one reply under the write lock. A failed write means the peer is gone;

@@ -33,8 +33,8 @@ use tracing::info;
 pub use config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig};
 pub use conn::{Auth, Limits, Peer, ServerState, serve_connection};
 pub use export::{
-    DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
-    SetAttrs, XattrReply,
+    DEFAULT_HANDLES, DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID,
+    Response, SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::Listener;
@@ -163,6 +163,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     }
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
+        e.set_max_handles(config.limits.max_handles);
     }
     info!(
         limit = raise_fd_limit(),
@@ -182,7 +183,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         handshake_timeout = ?config.limits.handshake_timeout,
         max_connections = config.limits.max_connections,
         max_unauthenticated = config.limits.max_unauthenticated,
-        "connection limits"
+        max_handles = config.limits.max_handles,
+        max_lock_waiters = config.limits.max_lock_waiters,
+        max_queued_change_bytes = config.limits.max_queued_change_bytes,
+        "limits"
     );
     let mut state = ServerState::new(exports, auth, config.limits.clone());
     state.allow = config.exports.iter().map(|s| s.allow.clone()).collect();

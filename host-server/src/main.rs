@@ -109,6 +109,20 @@ struct LimitArgs {
     /// closed with a log line.
     #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_UNAUTHENTICATED)]
     max_unauthenticated: usize,
+
+    /// Open files and directories one guest session may hold; one more open answers EMFILE.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_HANDLES)]
+    max_handles: usize,
+
+    /// Blocking lock requests (fcntl F_SETLKW, flock) one guest connection may have waiting;
+    /// one more is answered ENOLCK. All of a connection's waiting locks share one thread.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_LOCK_WAITERS)]
+    max_lock_waiters: usize,
+
+    /// Bytes of change events queued for a guest that is not reading them; beyond it the
+    /// guest is told its events overflowed (its inotify watchers see IN_Q_OVERFLOW).
+    #[arg(long, value_name = "BYTES", default_value_t = ferry_host::Limits::MAX_QUEUED_CHANGE_BYTES)]
+    max_queued_change_bytes: usize,
 }
 
 impl LimitArgs {
@@ -123,6 +137,9 @@ impl LimitArgs {
             handshake_timeout,
             max_connections: self.max_connections,
             max_unauthenticated: self.max_unauthenticated,
+            max_handles: self.max_handles,
+            max_lock_waiters: self.max_lock_waiters,
+            max_queued_change_bytes: self.max_queued_change_bytes,
         })
     }
 }

@@ -16,6 +16,7 @@ use super::{ExportSession, sys};
 impl ExportSession {
     /// Opens the directory `ino` for reading.
     pub fn opendir(&self, _ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
+        self.handles.room()?;
         let node = self.dir_node(ino)?;
         let fd = sys::reopen(
             self.proc_fd(),

@@ -365,8 +365,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
         std::fs::write(dir.path().join("d/e/new"), b"").unwrap();
         let ex = export(dir.path());
-        let agent = ExportSession::new(ex.clone());
-        let vfs = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(vfs.replayer(42), None, "nobody registered");
 
         let renamed = change(ChangeKind::Renamed, "d/e/old", "new");
@@ -390,8 +390,8 @@ mod tests {
         assert_eq!(vfs.replayer(43), None, "another thread");
         assert_eq!(vfs.replayer(0), None, "pid 0: the kernel's own requests");
         // Another guest: its own thread 42, its own session; neither sees the other's.
-        let other_agent = ExportSession::new(ex.clone());
-        let other_vfs = ExportSession::new(ex.clone());
+        let other_agent = ExportSession::new(ex.clone()).unwrap();
+        let other_vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
         assert_eq!(other_agent.replay(42, 7, None), Err(Errno::ENXIO));
         assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
@@ -437,7 +437,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         let ex = export(dir.path());
         let watch = |replays: bool| {
-            let s = Arc::new(ExportSession::new(ex.clone()));
+            let s = Arc::new(ExportSession::new(ex.clone()).unwrap());
             if replays {
                 // Nobody links to it here: ENXIO, but it is registered.
                 assert_eq!(s.replay(99, LINK, None), Err(Errno::ENXIO));
@@ -506,14 +506,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let ex = export(dir.path());
-        let agent = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
         let a = agent.lookup(&Ctx::default(), ROOT_ID, b"a").unwrap().ino;
         // The directory moved on the host: the node still names it.
         std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
         let mut c = change(ChangeKind::Removed, "a/f", "");
         c.parent = a;
         assert_eq!(agent.replay(7, LINK, Some(&c)), Err(Errno::ENXIO));
-        let vfs = ExportSession::new(ex.clone());
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let r = vfs.replayer(7).unwrap();
         let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
@@ -551,8 +551,8 @@ mod tests {
         std::fs::write(p.join("new"), b"").unwrap();
         std::fs::write(p.join("moved"), b"").unwrap();
         let ex = export(p);
-        let agent = ExportSession::new(ex.clone());
-        let vfs = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(agent.replay(5, LINK, None), Err(Errno::ENXIO));
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let host = |c: &Change, name: &[u8]| {

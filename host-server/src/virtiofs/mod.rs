@@ -41,6 +41,9 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// Why serving a vhost-user-fs socket stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioFsError {
+    /// A session of the export could not start (the process is out of descriptors).
+    #[error("{0}")]
+    Session(crate::export::ExportError),
     /// The socket could not be bound.
     #[error("cannot listen on {}: {cause}", socket.display())]
     Bind {
@@ -104,10 +107,10 @@ impl VirtioFsListener {
     /// Accepts one frontend connection and serves it with a fresh session of the export;
     /// returns when the frontend disconnects.
     pub fn serve_once(&self) -> Result<(), VirtioFsError> {
-        let server = Arc::new(FuseServer::new(
-            ExportSession::new(self.export.clone()),
-            TTL,
-        ));
+        // Out of descriptors, the session cannot start: this frontend waits in the backlog
+        // while `serve` retries, and the listener lives on.
+        let session = ExportSession::new(self.export.clone()).map_err(VirtioFsError::Session)?;
+        let server = Arc::new(FuseServer::new(session, TTL));
         let backend = VhostUserFs::new(server).map_err(VirtioFsError::EventFd)?;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(

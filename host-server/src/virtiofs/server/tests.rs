@@ -42,7 +42,7 @@ pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
         devices: false,
     })
     .unwrap();
-    FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
+    FuseServer::new(ExportSession::new(export).unwrap(), Duration::from_secs(1))
 }
 
 /// Sends a request; returns (errno, body).
@@ -495,7 +495,7 @@ fn replayed_changes_touch_nothing_on_the_host() {
     std::fs::write(p.join("moved"), b"renamed on the host").unwrap();
     std::fs::write(p.join("back"), b"removed, then made again").unwrap();
     let s = server(p, false);
-    let agent = ExportSession::new(s.session().export().clone());
+    let agent = ExportSession::new(s.session().export().clone()).unwrap();
     let before = snapshot(p);
     let replay =
         |c: Option<ferry_protocol::Change>| agent.replay(TID as i32, LINK, c.as_ref()).unwrap();
@@ -781,7 +781,7 @@ fn the_guest_s_own_changes_are_not_replayed_back() {
     let p = dir.path();
     std::fs::write(p.join("file"), b"x").unwrap();
     let s = server(p, false);
-    let agent = Arc::new(ExportSession::new(s.session().export().clone()));
+    let agent = Arc::new(ExportSession::new(s.session().export().clone()).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
     agent
