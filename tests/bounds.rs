@@ -513,3 +513,51 @@ fn a_virtiofs_session_that_cannot_start_does_not_end_the_listener() {
     assert!(failed, "the failed session is logged:\n{text}");
     assert!(served, "the listener serves the next frontend:\n{text}");
 }
+
+#[test]
+fn lock_owners_beyond_the_cap_answer_enolck() {
+    let host = HostProc::start_with(&[], &["--max-lock-owners", "10"]);
+    std::fs::write(host.export().join("f"), b"0123456789abcdef").unwrap();
+    let mut raw = Raw::connect(&host.sock);
+    let ino = raw.lookup(1, b"f").unwrap().ino;
+    let fh = open_fh(&mut raw, ino).unwrap();
+    // Each guest process locks a byte of its own: no conflicts, one owner file each.
+    let lock = |owner: u64| {
+        Request::Setlk(Setlk {
+            ino,
+            fh,
+            owner,
+            lock: Lock {
+                start: owner,
+                end: owner,
+                typ: libc::F_WRLCK,
+                pid: owner as u32,
+            },
+            sleep: false,
+        })
+    };
+    for owner in 0..10 {
+        raw.call(lock(owner), &[])
+            .unwrap_or_else(|e| panic!("owner {owner}: {e:?}"));
+    }
+    assert_eq!(raw.call(lock(10), &[]).err(), Some(Errno::ENOLCK));
+    assert!(host.log().contains("--max-lock-owners"), "{}", host.log());
+    // An owner that already has its file may lock more.
+    raw.call(
+        Request::Setlk(Setlk {
+            ino,
+            fh,
+            owner: 3,
+            lock: Lock {
+                start: 12,
+                end: 12,
+                typ: libc::F_WRLCK,
+                pid: 3,
+            },
+            sleep: false,
+        }),
+        &[],
+    )
+    .unwrap();
+    assert!(host.stop().success());
+}

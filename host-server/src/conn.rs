@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_unauthenticated: usize,
     /// Open files and directories one session may hold; one more open answers EMFILE.
     pub max_handles: usize,
+    /// (File, lock owner) pairs with POSIX locks one session may have; one more answers
+    /// ENOLCK.
+    pub max_lock_owners: usize,
     /// Blocking lock requests one connection may have waiting; beyond it one answers ENOLCK.
     pub max_lock_waiters: usize,
     /// Bytes of change events queued for a connection that is not reading them; beyond it
@@ -80,6 +83,7 @@ impl Default for Limits {
             max_connections: Self::MAX_CONNECTIONS,
             max_unauthenticated: Self::MAX_UNAUTHENTICATED,
             max_handles: crate::export::DEFAULT_HANDLES,
+            max_lock_owners: crate::export::DEFAULT_LOCK_OWNERS,
             max_lock_waiters: Self::MAX_LOCK_WAITERS,
             max_queued_change_bytes: Self::MAX_QUEUED_CHANGE_BYTES,
         }

@@ -33,8 +33,8 @@ use tracing::info;
 pub use config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig};
 pub use conn::{Auth, Limits, Peer, ServerState, serve_connection};
 pub use export::{
-    DEFAULT_HANDLES, DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID,
-    Response, SetAttrs, XattrReply,
+    DEFAULT_HANDLES, DEFAULT_LOCK_OWNERS, DEFAULT_NODE_FDS, Export, ExportConfig, ExportError,
+    ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::Listener;
@@ -164,6 +164,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
         e.set_max_handles(config.limits.max_handles);
+        e.set_max_lock_owners(config.limits.max_lock_owners);
     }
     info!(
         limit = raise_fd_limit(),
@@ -184,6 +185,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         max_connections = config.limits.max_connections,
         max_unauthenticated = config.limits.max_unauthenticated,
         max_handles = config.limits.max_handles,
+        max_lock_owners = config.limits.max_lock_owners,
         max_lock_waiters = config.limits.max_lock_waiters,
         max_queued_change_bytes = config.limits.max_queued_change_bytes,
         "limits"

@@ -114,6 +114,11 @@ struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_HANDLES)]
     max_handles: usize,
 
+    /// (File, guest process) pairs holding POSIX locks one guest session may have, each a host
+    /// descriptor; one more lock answers ENOLCK.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_LOCK_OWNERS)]
+    max_lock_owners: usize,
+
     /// Blocking lock requests (fcntl F_SETLKW, flock) one guest connection may have waiting;
     /// one more is answered ENOLCK. All of a connection's waiting locks share one thread.
     #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_LOCK_WAITERS)]
@@ -138,6 +143,7 @@ impl LimitArgs {
             max_connections: self.max_connections,
             max_unauthenticated: self.max_unauthenticated,
             max_handles: self.max_handles,
+            max_lock_owners: self.max_lock_owners,
             max_lock_waiters: self.max_lock_waiters,
             max_queued_change_bytes: self.max_queued_change_bytes,
         })

@@ -44,12 +44,22 @@ pub(crate) struct OwnerFile {
 }
 
 /// The POSIX lock owners of one session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LockTable {
     owners: Mutex<HashMap<(u64, u64), Arc<OwnerFile>>>,
+    /// Most owner files (each a host descriptor) the session may hold.
+    cap: usize,
 }
 
 impl LockTable {
+    /// An empty table of at most `cap` owners.
+    pub fn new(cap: usize) -> Self {
+        LockTable {
+            owners: Mutex::default(),
+            cap,
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<OwnerFile>>> {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -70,6 +80,14 @@ impl LockTable {
         let mut map = self.map();
         if let Some(o) = map.get(&(node, owner)) {
             return Ok(Arc::clone(o));
+        }
+        if map.len() >= self.cap {
+            tracing::warn!(
+                limit = self.cap,
+                "a guest holds POSIX locks for as many (file, process) pairs as a session may \
+                 (--max-lock-owners); answering ENOLCK"
+            );
+            return Err(Errno::ENOLCK);
         }
         let o = Arc::new(OwnerFile {
             fd: open()?,

@@ -85,6 +85,10 @@ pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
 /// a guest's processes hold at once in ordinary use, well under the server's descriptor
 /// limit.
 pub const DEFAULT_HANDLES: usize = 65536;
+
+/// (File, lock owner) pairs with POSIX locks one session may have by default
+/// (`--max-lock-owners`); each holds a host descriptor.
+pub const DEFAULT_LOCK_OWNERS: usize = 16384;
 pub use locks::{FIRST_PAUSE as LOCK_FIRST_PAUSE, LONGEST_PAUSE as LOCK_LONGEST_PAUSE, LockWait};
 pub use ops::SetAttrs;
 pub use replay::{ReplayThread, Replaying};
@@ -194,6 +198,8 @@ pub struct Export {
     max_node_fds: AtomicUsize,
     /// Most open handles per session (see `handle.rs`).
     max_handles: AtomicUsize,
+    /// Most POSIX lock owner files per session (see `locks.rs`).
+    max_lock_owners: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
 }
@@ -247,6 +253,7 @@ impl Export {
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
             max_handles: AtomicUsize::new(DEFAULT_HANDLES),
+            max_lock_owners: AtomicUsize::new(DEFAULT_LOCK_OWNERS),
             replayers: replay::Replayers::default(),
         }))
     }
@@ -292,6 +299,17 @@ impl Export {
     /// How many handles each new session may hold.
     pub fn max_handles(&self) -> usize {
         self.max_handles.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many (file, lock owner) pairs with POSIX locks each new session may have, each
+    /// a host descriptor; one more lock answers ENOLCK.
+    pub fn set_max_lock_owners(&self, n: usize) {
+        self.max_lock_owners.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many lock owners each new session may have.
+    pub fn max_lock_owners(&self) -> usize {
+        self.max_lock_owners.load(Ordering::Relaxed)
     }
 
     /// How many node descriptors each new session keeps open.
@@ -410,7 +428,7 @@ impl ExportSession {
                 },
             ),
             handles: HandleTable::new(export.max_handles()),
-            locks: LockTable::default(),
+            locks: LockTable::new(export.max_lock_owners()),
             closed: Arc::new(AtomicBool::new(false)),
             export,
         })

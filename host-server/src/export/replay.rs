@@ -93,14 +93,30 @@ pub(crate) struct Replayers {
     count: AtomicUsize,
 }
 
+/// Replay threads, and link numbers, one session may register: an agent uses a handful of
+/// threads and one link; a guest sending more gets ENOSPC instead of growing the tables.
+pub(crate) const MAX_REPLAY_THREADS: usize = 256;
+
 impl Replayers {
-    fn set(&self, sid: u64, tid: u32, link: u64, state: ReplayThread) {
+    fn set(&self, sid: u64, tid: u32, link: u64, state: ReplayThread) -> Result<(), Errno> {
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        let full = (!map.contains_key(&(sid, tid))
+            && map.keys().filter(|(s, _)| *s == sid).count() >= MAX_REPLAY_THREADS)
+            || (!nonces.contains_key(&link)
+                && nonces.values().filter(|s| **s == sid).count() >= MAX_REPLAY_THREADS);
+        if full {
+            tracing::warn!(
+                sid,
+                limit = MAX_REPLAY_THREADS,
+                "a guest registers too many replay threads or links; answering ENOSPC"
+            );
+            return Err(Errno::ENOSPC);
+        }
         map.insert((sid, tid), state);
         self.count.store(map.len(), Ordering::Release);
-        drop(map);
-        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
         nonces.insert(link, sid);
+        Ok(())
     }
 
     /// The state of thread `pid` of the guest whose replaying session `sid` is linked to.
@@ -212,7 +228,7 @@ impl ExportSession {
             }
         };
         tracing::debug!(tid, ?state, "replay thread");
-        self.export.replayers.set(self.sid, tid, link, state);
+        self.export.replayers.set(self.sid, tid, link, state)?;
         if self.export.replayers.is_linked_to(self.sid) {
             Ok(())
         } else {
@@ -357,6 +373,27 @@ mod tests {
             file_type: libc::S_IFREG,
             entry: None,
         }
+    }
+
+    #[test]
+    fn replay_threads_and_links_are_capped_per_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        for tid in 1..=MAX_REPLAY_THREADS as i32 {
+            assert_eq!(agent.replay(tid, LINK, None), Err(Errno::ENXIO), "{tid}");
+        }
+        let over = MAX_REPLAY_THREADS as i32 + 1;
+        assert_eq!(agent.replay(over, LINK, None), Err(Errno::ENOSPC));
+        // A thread already registered may go on; new link numbers are capped too.
+        assert_eq!(agent.replay(1, LINK, None), Err(Errno::ENXIO));
+        for link in 0..MAX_REPLAY_THREADS as u64 {
+            let _ = agent.replay(1, LINK + 1 + link, None);
+        }
+        assert_eq!(agent.replay(1, LINK + 10_000, None), Err(Errno::ENOSPC));
+        // Another session has its own allowance.
+        let other = ExportSession::new(ex.clone()).unwrap();
+        assert_eq!(other.replay(over, 99, None), Err(Errno::ENXIO));
     }
 
     #[test]
