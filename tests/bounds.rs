@@ -561,3 +561,36 @@ fn lock_owners_beyond_the_cap_answer_enolck() {
     .unwrap();
     assert!(host.stop().success());
 }
+
+#[test]
+fn change_events_a_guest_does_not_read_are_bounded_in_bytes() {
+    let host = HostProc::start_with(&[], &["--max-queued-change-bytes", "65536"]);
+    let mut raw = Raw::connect(&host.sock);
+    raw.call(Request::Watch(Watch { on: true }), &[]).unwrap();
+    // The guest stops reading while the host makes a few MiB of change events: far fewer
+    // batches than the old cap of 1,024 batches, far more bytes than the socket holds.
+    let long = "n".repeat(200);
+    for i in 0..12_000 {
+        std::fs::write(host.export().join(format!("{long}{i}")), b"").unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || host
+            .log()
+            .contains("--max-queued-change-bytes")),
+        "the overflow is logged:\n{}",
+        host.log()
+    );
+    // Reading again, the guest finds the overflow among its notices.
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut overflowed = false;
+    while !overflowed {
+        let buf = crate::attacks::read_frame(&mut raw.s).expect("notices until the overflow");
+        let frame = Frame::parse(&buf).unwrap();
+        if let Ok(Some(Notice::Changes { changes, .. })) = Notice::decode(&frame) {
+            overflowed = changes.iter().any(|c| c.kind == ChangeKind::Overflow);
+        }
+    }
+    assert!(host.stop().success());
+}

@@ -730,7 +730,8 @@ impl<S: Stream> Shared<S> {
         Arc::new(move |changes: Vec<Change>| {
             let size = batch_bytes(&changes);
             let n = queued.fetch_add(size, Ordering::AcqRel);
-            let batch = if n + size <= max {
+            // One batch larger than the cap still goes when nothing else waits.
+            let batch = if n == 0 || n + size <= max {
                 overflowed.store(false, Ordering::Relaxed);
                 changes
             } else {
