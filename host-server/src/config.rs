@@ -253,7 +253,7 @@ pub enum ListenAddr {
 }
 
 impl ListenAddr {
-    /// Whether clients of this listener must present the token.
+    /// Whether clients of this listener must present a token even under `--no-auth`.
     pub fn requires_token(&self) -> bool {
         matches!(self, ListenAddr::Tcp(_))
     }
