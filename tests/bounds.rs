@@ -68,6 +68,7 @@ fn many_huge_hello_headers_cost_no_memory() {
     let all_closed = wait_until(Duration::from_secs(10), || conns.iter_mut().all(is_closed));
     let after = proc_status(host.pid(), "VmRSS");
     let grown_kib = after.saturating_sub(before);
+    eprintln!("200 oversized Hellos: server RSS {before} KiB -> {after} KiB");
     assert!(
         grown_kib < 6 * 1024,
         "200 connections announcing {MAX_FRAME}-byte Hellos grew the server by {grown_kib} KiB \
@@ -295,6 +296,7 @@ fn a_thousand_blocked_locks_keep_the_thread_count_flat() {
         threads_of(host.pid()) > before + 10
     });
     let after = threads_of(host.pid());
+    eprintln!("1,000 waiting locks: server threads {before} -> {after}");
     assert!(
         !grew,
         "1,000 waiting locks took the server from {before} to {after} threads"
