@@ -2,8 +2,9 @@
 //! in-process socket pair for `ferry share`).
 //!
 //! Primer on the protocol this loop implements (see `ferry_protocol` for the bytes):
-//! 1. The guest sends `Hello` (version, features, optional token). The server answers `Welcome`
-//!    (negotiated features and the export list) or `Refused` (reason) and closes.
+//! 1. The guest sends `Hello` (version, features, token), whole within the handshake deadline
+//!    and at most `MAX_HELLO` bytes. The server answers `Welcome` (negotiated features and the
+//!    exports this client may use) or `Refused` (reason) and closes.
 //! 2. The guest sends `Request` frames, each with an id of its choosing and the export id in the
 //!    header. The server answers each with a `Reply` frame carrying the same id, in completion
 //!    order, so a slow request (a 1 MiB read, an fsync, a blocking lock) never holds up the
@@ -16,7 +17,9 @@
 //! holding the read lock reads exactly one frame, lets go of the lock, serves the request itself
 //! and writes the reply under the write lock. A request therefore costs one wake-up on the host,
 //! not a hand-off from a reader to a worker and on to a writer; this is what keeps per-operation
-//! latency close to a local FUSE server's (see benches/fsbench.rs).
+//! latency close to a local FUSE server's (see benches/fsbench.rs). Besides the workers, one
+//! thread sends change notices and one retries the connection's waiting locks, so a connection
+//! costs the same threads whatever its guest sends.
 
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
