@@ -144,6 +144,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         ids,
         devices,
         setid,
+        allow: None,
     }])?;
     exports[0].set_max_node_fds(max_node_fds);
     tracing::info!(
@@ -152,10 +153,12 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         "open file limit; node descriptors cached"
     );
     let policy = exports[0].ids().to_string();
-    let state = Arc::new(ferry_host::ServerState {
+    // Both ends are this process, over a socket pair nobody else can reach: no token.
+    let state = Arc::new(ferry_host::ServerState::new(
         exports,
-        token: None,
-    });
+        ferry_host::Auth::none(),
+        ferry_host::Limits::default(),
+    ));
     let (host_end, guest_end) =
         std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
 
@@ -163,7 +166,9 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
     // socket accepted from a VM.
     let server = std::thread::Builder::new()
         .name("ferry-host".into())
-        .spawn(move || ferry_host::serve_connection(host_end, &state, "ferry share"))?;
+        .spawn(move || {
+            ferry_host::serve_connection(host_end, &state, &ferry_host::Peer::named("ferry share"))
+        })?;
 
     tracing::info!(
         "sharing {} at {}{} ({}); Ctrl-C to stop",

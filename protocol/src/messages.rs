@@ -51,7 +51,7 @@ pub struct Hello<'a> {
     pub version: Version,
     /// Features the guest can use.
     pub features: u64,
-    /// Shared secret; required on TCP listeners.
+    /// Shared secret; every listener requires one unless its operator turned that off.
     #[serde(borrow, with = "serde_bytes")]
     pub token: Option<&'a [u8]>,
     /// Free-form client description for the server's logs.

@@ -45,7 +45,7 @@ fn session(policy: IdPolicy) -> (TempDir, ExportSession) {
         setid: true,
     })
     .unwrap();
-    (dir, ExportSession::new(export))
+    (dir, ExportSession::new(export).unwrap())
 }
 
 fn squash(persist: bool) -> IdPolicy {
@@ -131,7 +131,7 @@ fn squash_shows_one_owner_and_keeps_chown_in_an_xattr() {
         Some("999:999:40700:40700")
     );
     // A fresh session (a remount) still shows it.
-    let s2 = ExportSession::new(Arc::clone(s.export()));
+    let s2 = ExportSession::new(Arc::clone(s.export())).unwrap();
     let again = s2.lookup(&CTX0, ROOT_ID, b"data").unwrap();
     assert_eq!(
         (again.attr.uid, again.attr.gid, again.attr.mode & 0o7777),

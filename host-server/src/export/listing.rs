@@ -17,6 +17,7 @@ use super::{ExportSession, sys};
 impl ExportSession {
     /// Opens the directory `ino` for reading.
     pub fn opendir(&self, ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
+        self.handles.room()?;
         let node = self.dir_node(ino)?;
         // As the caller: a directory it may not read is EACCES.
         let fd = self.as_caller(ctx, &[Over::Node(node.fd())], || {

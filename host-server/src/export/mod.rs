@@ -81,7 +81,16 @@ use locks::LockTable;
 use crate::ids::IdPolicy;
 
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
-pub use locks::LockWait;
+
+/// Open files and directories one session may hold by default (`--max-handles`): more than
+/// a guest's processes hold at once in ordinary use, well under the server's descriptor
+/// limit.
+pub const DEFAULT_HANDLES: usize = 65536;
+
+/// (File, lock owner) pairs with POSIX locks one session may have by default
+/// (`--max-lock-owners`); each holds a host descriptor.
+pub const DEFAULT_LOCK_OWNERS: usize = 16384;
+pub use locks::{FIRST_PAUSE as LOCK_FIRST_PAUSE, LONGEST_PAUSE as LOCK_LONGEST_PAUSE, LockWait};
 pub use ops::SetAttrs;
 pub use replay::{ReplayThread, Replaying};
 pub use watch::Sink;
@@ -151,6 +160,15 @@ pub enum ExportError {
     /// `/proc/self/fd` is needed to reopen nodes and is missing.
     #[error("cannot open /proc/self/fd (is /proc mounted?): {0}")]
     Proc(std::io::Error),
+    /// A session could not get what it needs (a descriptor of the root: EMFILE when the
+    /// process is out of them).
+    #[error("export {name:?}: cannot start a session: {source}")]
+    Session {
+        /// The export's name.
+        name: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The id mode creates files as the caller, which needs root.
     #[error(
         "export {name:?}: ids={mode} creates files as the calling guest user, which needs \
@@ -184,6 +202,10 @@ pub struct Export {
     events: Events,
     /// Most cached node descriptors per session (see `inode.rs`).
     max_node_fds: AtomicUsize,
+    /// Most open handles per session (see `handle.rs`).
+    max_handles: AtomicUsize,
+    /// Most POSIX lock owner files per session (see `locks.rs`).
+    max_lock_owners: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
     /// Whether a close on the export's filesystem can fail (see `close_reports_errors`).
@@ -241,6 +263,8 @@ impl Export {
             proc_fd,
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
+            max_handles: AtomicUsize::new(DEFAULT_HANDLES),
+            max_lock_owners: AtomicUsize::new(DEFAULT_LOCK_OWNERS),
             replayers: replay::Replayers::default(),
             close_errors,
         }))
@@ -283,6 +307,28 @@ impl Export {
         self.max_node_fds.store(n.max(1), Ordering::Relaxed);
     }
 
+    /// Sets how many open files and directories (handles) each new session may hold; one
+    /// more open answers EMFILE.
+    pub fn set_max_handles(&self, n: usize) {
+        self.max_handles.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many handles each new session may hold.
+    pub fn max_handles(&self) -> usize {
+        self.max_handles.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many (file, lock owner) pairs with POSIX locks each new session may have, each
+    /// a host descriptor; one more lock answers ENOLCK.
+    pub fn set_max_lock_owners(&self, n: usize) {
+        self.max_lock_owners.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many lock owners each new session may have.
+    pub fn max_lock_owners(&self) -> usize {
+        self.max_lock_owners.load(Ordering::Relaxed)
+    }
+
     /// How many node descriptors each new session keeps open.
     pub fn max_node_fds(&self) -> usize {
         self.max_node_fds.load(Ordering::Relaxed)
@@ -307,9 +353,9 @@ pub enum Response {
     OpenedData(Opened, Vec<u8>),
     /// The request failed.
     Error(Errno),
-    /// The request waits (a blocking lock that conflicts): the front door runs
-    /// [`Pending::wait`] on a thread of its own and sends what it returns, so that waiting
-    /// ties up none of the threads that serve requests.
+    /// The request waits (a blocking lock that conflicts): the front door retries it with
+    /// [`Pending::poll`] away from the threads that serve requests (or blocks in
+    /// [`Pending::wait`]) and sends what it returns.
     Pending(Pending),
 }
 
@@ -318,6 +364,15 @@ pub enum Response {
 pub struct Pending(LockWait);
 
 impl Pending {
+    /// One more try without blocking: `None` while the lock still conflicts, else the
+    /// response to send.
+    pub fn poll(&self) -> Option<Response> {
+        self.0.poll().map(|r| match r {
+            Ok(()) => Response::Reply(Reply::Empty),
+            Err(e) => Response::Error(e),
+        })
+    }
+
     /// Waits (blocking the calling thread) and returns the response to send.
     pub fn wait(self) -> Response {
         match self.0.wait() {
@@ -368,14 +423,18 @@ impl ExportSession {
     ///
     /// Panics only if the process runs out of file descriptors while duplicating the root fd
     /// or the root can no longer be stat'ed, which leaves no usable session to return.
-    pub fn new(export: Arc<Export>) -> ExportSession {
-        let root_fd = export
-            .root
-            .try_clone()
-            .expect("cannot duplicate the export root fd");
-        let st = sys::fstat(root_fd.as_fd()).expect("cannot stat the export root");
+    /// Fails, without panicking, when the process is out of descriptors: the front door
+    /// refuses that one connection and keeps serving.
+    pub fn new(export: Arc<Export>) -> Result<ExportSession, ExportError> {
+        let failed = |source: std::io::Error| ExportError::Session {
+            name: export.name.clone(),
+            source,
+        };
+        let root_fd = export.root.try_clone().map_err(failed)?;
+        let st = sys::fstat(root_fd.as_fd())
+            .map_err(|e| failed(std::io::Error::from_raw_os_error(e.0)))?;
         static NEXT_SID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        ExportSession {
+        Ok(ExportSession {
             sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inodes: InodeTable::new(
                 root_fd,
@@ -385,11 +444,11 @@ impl ExportSession {
                     handles: true,
                 },
             ),
-            handles: HandleTable::new(),
-            locks: LockTable::default(),
+            handles: HandleTable::new(export.max_handles()),
+            locks: LockTable::new(export.max_lock_owners()),
             closed: Arc::new(AtomicBool::new(false)),
             export,
-        }
+        })
     }
 
     /// The export this session works on.

@@ -484,6 +484,7 @@ impl ExportSession {
         if self.export.read_only && opens_for_writing(flags) {
             return Err(Errno::EROFS);
         }
+        self.handles.room()?;
         let node = self.inodes.get(ino)?;
         let mut host_flags = flags & OPEN_FLAGS_KEPT;
         if node.is_symlink() {
@@ -566,6 +567,7 @@ impl ExportSession {
     ) -> Result<Created, Errno> {
         let m = self.mutation();
         self.check_writable()?;
+        self.handles.room()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
         let perm = self.creatable(libc::S_IFREG, mode & !umask & 0o7777);

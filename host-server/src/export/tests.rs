@@ -35,7 +35,7 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
 
 fn setup() -> (TempDir, ExportSession) {
     let dir = tempfile::tempdir().unwrap();
-    let s = ExportSession::new(export(dir.path(), false));
+    let s = ExportSession::new(export(dir.path(), false)).unwrap();
     (dir, s)
 }
 
@@ -947,13 +947,13 @@ fn read_only_export_refuses_mutations() {
     };
     let before = snapshot(dir.path());
 
-    let rw = ExportSession::new(export(dir.path(), false));
+    let rw = ExportSession::new(export(dir.path(), false)).unwrap();
     let rw_f = rw.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let rw_h = rw.open(&CTX, rw_f.ino, libc::O_RDWR).unwrap().fh;
     rw.setxattr(&CTX, rw_f.ino, b"user.keep", b"v", 0).unwrap();
     let before_x = snapshot(dir.path());
 
-    let s = ExportSession::new(export(dir.path(), true));
+    let s = ExportSession::new(export(dir.path(), true)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let d = s.lookup(&CTX, ROOT_ID, b"d").unwrap();
     let fh = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
@@ -1162,8 +1162,8 @@ fn two_sessions_on_one_file() -> (tempfile::TempDir, OpenFile, OpenFile) {
         let fh = s.open(&CTX, ino, libc::O_RDWR).unwrap().fh;
         (s, ino, fh)
     };
-    let a = open(ExportSession::new(Arc::clone(&e)));
-    let b = open(ExportSession::new(e));
+    let a = open(ExportSession::new(Arc::clone(&e)).unwrap());
+    let b = open(ExportSession::new(e).unwrap());
     (dir, a, b)
 }
 
@@ -1366,7 +1366,7 @@ fn concurrent_lookups_and_forgets_stay_consistent() {
 fn posix_lock_owners_merge_flush_and_release() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"lockme").unwrap();
-    let s = ExportSession::new(export(dir.path(), false));
+    let s = ExportSession::new(export(dir.path(), false)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let h1 = s.open(&CTX, f.ino, libc::O_RDWR).unwrap().fh;
     let h2 = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
@@ -1480,7 +1480,7 @@ fn a_conflicting_blocking_lock_is_answered_later() {
 fn read_only_exports_refuse_exclusive_locks() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"x").unwrap();
-    let s = ExportSession::new(export(dir.path(), true));
+    let s = ExportSession::new(export(dir.path(), true)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let fh = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
     let wr = Lock {
@@ -1510,7 +1510,7 @@ fn operations_on_evicted_nodes_reopen_them_and_the_cache_stays_within_its_cap() 
     let dir = tempfile::tempdir().unwrap();
     let ex = export(dir.path(), false);
     ex.set_max_node_fds(3);
-    let s = ExportSession::new(ex);
+    let s = ExportSession::new(ex).unwrap();
     let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0o022).unwrap();
     let mut files = Vec::new();
     for i in 0..40 {
@@ -1578,7 +1578,7 @@ fn typed_mutations_record_their_own_echoes() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("read"), b"r").unwrap();
-    let s = Arc::new(ExportSession::new(export(p, false)));
+    let s = Arc::new(ExportSession::new(export(p, false)).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     s.watch(Arc::new(move |c| {

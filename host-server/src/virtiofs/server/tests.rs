@@ -43,7 +43,7 @@ pub(crate) fn server(dir: &std::path::Path, read_only: bool) -> FuseServer {
         setid: true,
     })
     .unwrap();
-    FuseServer::new(ExportSession::new(export), Duration::from_secs(1))
+    FuseServer::new(ExportSession::new(export).unwrap(), Duration::from_secs(1))
 }
 
 /// Sends a request; returns (errno, body).
@@ -496,7 +496,7 @@ fn replayed_changes_touch_nothing_on_the_host() {
     std::fs::write(p.join("moved"), b"renamed on the host").unwrap();
     std::fs::write(p.join("back"), b"removed, then made again").unwrap();
     let s = server(p, false);
-    let agent = ExportSession::new(s.session().export().clone());
+    let agent = ExportSession::new(s.session().export().clone()).unwrap();
     let before = snapshot(p);
     let replay =
         |c: Option<ferry_protocol::Change>| agent.replay(TID as i32, LINK, c.as_ref()).unwrap();
@@ -782,7 +782,7 @@ fn the_guest_s_own_changes_are_not_replayed_back() {
     let p = dir.path();
     std::fs::write(p.join("file"), b"x").unwrap();
     let s = server(p, false);
-    let agent = Arc::new(ExportSession::new(s.session().export().clone()));
+    let agent = Arc::new(ExportSession::new(s.session().export().clone()).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
     agent
@@ -902,7 +902,7 @@ fn map_mode_confines_guest_root() {
         setid: true,
     })
     .unwrap();
-    let s = FuseServer::new(ExportSession::new(export), Duration::from_secs(1));
+    let s = FuseServer::new(ExportSession::new(export).unwrap(), Duration::from_secs(1));
     let (err, body) = call(&s, opcode::LOOKUP, 1, &[b"passwd\0"]);
     assert_eq!(err, 0);
     let ino = entry(&body).nodeid;
