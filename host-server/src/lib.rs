@@ -30,11 +30,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
-pub use conn::{ServerState, serve_connection};
+pub use config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig};
+pub use conn::{Auth, Limits, Peer, ServerState, serve_connection};
 pub use export::{
-    DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
-    SetAttrs, XattrReply,
+    DEFAULT_HANDLES, DEFAULT_LOCK_OWNERS, DEFAULT_NODE_FDS, Export, ExportConfig, ExportError,
+    ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::Listener;
@@ -57,6 +57,7 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 ids: s.ids.resolve(),
                 devices: s.devices,
                 acl: s.acl,
+                setid: s.setid,
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })
@@ -107,16 +108,65 @@ pub fn raise_fd_limit() -> u64 {
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
     anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
-    if config.token.is_none() {
+    let exports = open_exports(&config.exports)?;
+    let mut tokens: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(t) = &config.token {
+        tokens.push(("default".into(), t.clone()));
+    }
+    for (name, t) in &config.client_tokens {
+        anyhow::ensure!(
+            tokens.iter().all(|(n, _)| n != name),
+            "token name {name:?} is given twice (\"default\" is --token-file's)"
+        );
+        tokens.push((name.clone(), t.clone()));
+    }
+    let streams = config
+        .listen
+        .iter()
+        .filter(|a| !matches!(a, ListenAddr::VhostUserFs { .. }));
+    if tokens.is_empty() {
         if let Some(a) = config.listen.iter().find(|a| a.requires_token()) {
             anyhow::bail!(
                 "{a}: TCP listeners require a shared token; give --token-file PATH or set FERRY_TOKEN"
             );
         }
+        if let Some(a) = streams.clone().next().filter(|_| !config.no_auth) {
+            anyhow::bail!(
+                "{a}: every listener requires a token, so that only the guests you give it can \
+                 reach the exports: give --token-file PATH (or set FERRY_TOKEN) here and to each \
+                 agent, or pass --no-auth to let anyone who can connect use every export"
+            );
+        }
     }
-    let exports = open_exports(&config.exports)?;
+    for spec in &config.exports {
+        for c in spec.allow.iter().flatten() {
+            if let config::Client::Token(name) = c {
+                anyhow::ensure!(
+                    tokens.iter().any(|(n, _)| n == name),
+                    "export {}: allow=token:{name}, but no --client-token {name}=PATH is given",
+                    spec.name
+                );
+            }
+        }
+    }
+    let auth = conn::Auth {
+        required: !tokens.is_empty() || !config.no_auth,
+        tokens,
+    };
+    if !auth.required {
+        tracing::warn!(
+            "--no-auth: clients need no token; any process or VM that can connect to {} can use \
+             every export its allow-list does not deny",
+            streams
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
+        e.set_max_handles(config.limits.max_handles);
+        e.set_max_lock_owners(config.limits.max_lock_owners);
     }
     info!(
         limit = raise_fd_limit(),
@@ -132,10 +182,25 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             spec.path.display()
         );
     }
-    let state = Arc::new(ServerState {
-        exports,
-        token: config.token.clone(),
-    });
+    info!(
+        handshake_timeout = ?config.limits.handshake_timeout,
+        max_connections = config.limits.max_connections,
+        max_unauthenticated = config.limits.max_unauthenticated,
+        max_handles = config.limits.max_handles,
+        max_lock_owners = config.limits.max_lock_owners,
+        max_lock_waiters = config.limits.max_lock_waiters,
+        max_queued_change_bytes = config.limits.max_queued_change_bytes,
+        "limits"
+    );
+    let mut state = ServerState::new(exports, auth, config.limits.clone());
+    state.allow = config.exports.iter().map(|s| s.allow.clone()).collect();
+    for (e, spec) in state.exports.iter().zip(&config.exports) {
+        if let Some(list) = &spec.allow {
+            let list: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            info!(name = e.name(), allow = list.join(","), "export allow-list");
+        }
+    }
+    let state = Arc::new(state);
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {
@@ -144,8 +209,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 .iter()
                 .find(|e| e.name() == export)
                 .with_context(|| format!("{addr}: no --export is named {export:?}"))?;
-            let listener = virtiofs::VirtioFsListener::bind(export.clone(), socket.clone())
-                .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            let listener = virtiofs::VirtioFsListener::bind(
+                export.clone(),
+                socket.clone(),
+                config.socket_mode,
+            )
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
             info!("listening on {addr}");
             // The vhost-user daemon blocks in accept(2) and on its socket, so it runs on
             // threads of its own; they end with the process.
@@ -155,7 +224,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 .context("cannot start the vhost-user-fs thread")?;
             continue;
         }
-        let listener = Listener::bind(addr)
+        let listener = Listener::bind(addr, config.socket_mode)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tasks.spawn(listener.serve(state.clone()));

@@ -33,8 +33,10 @@ struct Args {
     /// :permissions=guest|host set that export's owner handling (see the flags of the same
     /// names); :devices=on lets guests create device nodes there (off by default: a device
     /// node in the directory opens a host device); :acl=off turns POSIX ACLs off there (on by
-    /// default except in squash mode, which has none). E.g.
-    /// src=/home/me/src:ids=squash:1000:1000. Repeat for several exports.
+    /// default except in squash mode, which has none); :setid=on lets guests set set-user-ID
+    /// and set-group-ID bits and write security.capability (off by default: such a file gives
+    /// its powers to whoever runs it on the host). E.g. src=/home/me/src:ids=squash:1000:1000.
+    /// Repeat for several exports.
     #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
     exports: Vec<ExportSpec>,
 
@@ -48,10 +50,27 @@ struct Args {
     #[arg(long = "listen", value_name = "ADDR", required = true)]
     listen: Vec<ListenAddr>,
 
-    /// File holding the shared token clients must present (trailing newline ignored). When a
-    /// token is set, every client must present it, whatever the listener.
+    /// File holding the shared token clients must present (trailing newline ignored). Every
+    /// listener requires a token unless --no-auth is given; give the agents the same file.
+    /// Export allow-lists name it token:default.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+
+    /// Another accepted token, with a name that export allow-lists use (:allow=token:NAME), so
+    /// that one VM's token opens only its exports. Repeatable.
+    #[arg(long = "client-token", value_name = "NAME=PATH", value_parser = parse_client_token)]
+    client_tokens: Vec<(String, PathBuf)>,
+
+    /// Let clients connect without a token on Unix, vsock and hybrid-vsock listeners (TCP
+    /// always requires one): anyone who can reach a listener, every VM on the host for vsock,
+    /// can then use every export its allow-list does not deny. Logged as a warning.
+    #[arg(long)]
+    no_auth: bool,
+
+    /// Mode of the socket files the server creates (unix:, hybrid-vsock:, vhost-user-fs:), in
+    /// octal; they have it from the moment they appear.
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
 
     /// The shared token itself; prefer --token-file, which keeps it out of `ps`.
     #[arg(
@@ -72,6 +91,66 @@ struct Args {
 
     #[command(flatten)]
     ids: IdArgs,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on what clients may make the server hold (README: Limits).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Seconds a new client has to send its whole Hello (the handshake); a slower one is
+    /// disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = ferry_host::Limits::HANDSHAKE_TIMEOUT.as_secs_f64())]
+    handshake_timeout: f64,
+
+    /// Connections served at once; a new one beyond it is closed with a log line.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Connections still in their handshake (not yet authenticated); a new one beyond it is
+    /// closed with a log line.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
+
+    /// Open files and directories one guest session may hold; one more open answers EMFILE.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_HANDLES)]
+    max_handles: usize,
+
+    /// (File, guest process) pairs holding POSIX locks one guest session may have, each a host
+    /// descriptor; one more lock answers ENOLCK.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::DEFAULT_LOCK_OWNERS)]
+    max_lock_owners: usize,
+
+    /// Blocking lock requests (fcntl F_SETLKW, flock) one guest connection may have waiting;
+    /// one more is answered ENOLCK. All of a connection's waiting locks share one thread.
+    #[arg(long, value_name = "N", default_value_t = ferry_host::Limits::MAX_LOCK_WAITERS)]
+    max_lock_waiters: usize,
+
+    /// Bytes of change events queued for a guest that is not reading them; beyond it the
+    /// guest is told its events overflowed (its inotify watchers see IN_Q_OVERFLOW).
+    #[arg(long, value_name = "BYTES", default_value_t = ferry_host::Limits::MAX_QUEUED_CHANGE_BYTES)]
+    max_queued_change_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<ferry_host::Limits> {
+        let handshake_timeout = std::time::Duration::try_from_secs_f64(self.handshake_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--handshake-timeout must be a positive number of seconds")
+            })?;
+        Ok(ferry_host::Limits {
+            handshake_timeout,
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated,
+            max_handles: self.max_handles,
+            max_lock_owners: self.max_lock_owners,
+            max_lock_waiters: self.max_lock_waiters,
+            max_queued_change_bytes: self.max_queued_change_bytes,
+        })
+    }
 }
 
 /// The owner flags, shared by every export that does not set its own.
@@ -103,6 +182,21 @@ struct IdArgs {
     permissions: Option<Permissions>,
 }
 
+fn parse_client_token(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    ferry_host::config::validate_name(name)?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?}: expected an octal mode such as 600 or 660"))
+}
+
 fn parse_ids(s: &str) -> Result<IdMode, String> {
     s.parse::<IdMode>()
         .map_err(|e| format!("{e} (expected {})", ferry_host::ids::IDS_SYNTAX))
@@ -129,6 +223,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         return ferry_host::strip::run_strip_owners(&path);
     }
     let token = ferry_common::token::load(args.token_file.as_deref(), args.token.as_deref())?;
+    let client_tokens = args
+        .client_tokens
+        .iter()
+        .map(|(name, path)| {
+            let t = ferry_common::token::load(Some(path), None)?.expect("a file was given");
+            Ok((name.clone(), t))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut exports = args.exports;
     let global = IdOptions {
         mode: args.ids.mode,
@@ -140,7 +242,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         exports,
         listen: args.listen,
         token,
+        client_tokens,
+        no_auth: args.no_auth,
+        socket_mode: args.socket_mode,
         max_node_fds: args.max_node_fds,
+        limits: args.limits.limits()?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

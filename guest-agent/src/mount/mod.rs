@@ -238,6 +238,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     let fs = FerryFs::new(client.clone(), info.id, ttl)
         .with_keep_cache(events && opts.cache == CacheMode::Cached)
         .with_caller_groups(info.wants_groups)
+        .with_host_flush(info.flush_to_host)
         // The kernel checks ACLs where it checks permissions at all; an export whose ACLs
         // are off answers as a filesystem without them (no ACL to read, none to set).
         .with_posix_acl(permissions == ferry_protocol::Permissions::Guest);

@@ -351,12 +351,13 @@ mod tests {
                 ids: IdPolicy::new(mode.clone()),
                 devices: false,
                 acl,
+                setid: false,
             })
             .unwrap();
-            let s = ExportSession::new(export);
+            let s = ExportSession::new(export).unwrap();
             let ino = s.lookup(&ctx, ROOT_ID, b"f").unwrap().ino;
-            let got = s.getxattr(ino, ACCESS, 4096);
-            let list = match s.listxattr(ino, 4096).unwrap() {
+            let got = s.getxattr(&ctx, ino, ACCESS, 4096);
+            let list = match s.listxattr(&ctx, ino, 4096).unwrap() {
                 XattrReply::Data(d) => d,
                 other => panic!("{other:?}"),
             };
@@ -372,7 +373,7 @@ mod tests {
                 assert_eq!(hide_names(&list), list, "{what}");
                 assert_eq!(set, Err(Errno::EOPNOTSUPP), "{what}");
                 assert_eq!(s.removexattr(&ctx, ino, ACCESS), Err(Errno::EOPNOTSUPP));
-                assert_eq!(s.getxattr(ino, DEFAULT, 0), Err(Errno::ENODATA));
+                assert_eq!(s.getxattr(&ctx, ino, DEFAULT, 0), Err(Errno::ENODATA));
             }
         }
     }

@@ -1,11 +1,19 @@
-//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR. The server's own
-//! `user.ferry.*` names (see `owners.rs`) are hidden from the guest and cannot be set by it.
-//! POSIX ACL values are translated on their way through (see `acl.rs`).
+//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR.
+//!
+//! A guest may use the `user.*` namespace and POSIX ACLs (`system.posix_acl_access`,
+//! `system.posix_acl_default`), and `security.capability` only on an export with `setid=on`.
+//! Every other name (`trusted.*`, `security.*`, other `system.*` names) is the host's: it reads
+//! as absent (ENODATA), `listxattr` leaves it out, and setting or removing it answers EPERM, in
+//! every id mode. (EPERM, not EOPNOTSUPP: a FUSE kernel that hears EOPNOTSUPP stops sending
+//! any xattr request of that kind.) The server's own `user.ferry.*` names (see `owners.rs`)
+//! are hidden the same way. POSIX ACL values are translated on their way through, and where
+//! ACLs are off they are absent as on a filesystem mounted `noacl` (see `acl.rs`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use ferry_protocol::{Ctx, Errno};
 
+use super::creds::Over;
 use super::inode::Node;
 use super::{ExportSession, acl, owners, sys};
 
@@ -35,22 +43,42 @@ impl ExportSession {
     fn xattr_to_change(&self, ino: u64, name: &[u8]) -> Result<(Node, CString), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) {
+            tracing::debug!(name = %String::from_utf8_lossy(name), "refused a guest xattr change outside user.* and POSIX ACLs");
             return Err(Errno::EPERM);
         }
-        Ok((node, xattr_name(name)?))
+        Ok((node, cname))
+    }
+
+    /// Whether the guest may see and change xattr `name` (see the module's documentation).
+    fn guest_xattr(&self, name: &[u8]) -> bool {
+        if owners::is_reserved_xattr(name) {
+            return false;
+        }
+        name.starts_with(b"user.")
+            || name == b"system.posix_acl_access"
+            || name == b"system.posix_acl_default"
+            || (name == b"security.capability" && self.export.setid())
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
     /// The server's own `user.ferry.*` names read as absent, and so do ACLs where they are
     /// off; an ACL's ids are translated to the guest's (`acl.rs`).
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
+    pub fn getxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        size: u32,
+    ) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) || (acl::is_acl_name(name) && !self.acls()) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) || (acl::is_acl_name(name) && !self.acls()) {
             return Err(Errno::ENODATA);
         }
         let acl_name = name;
-        let name = xattr_name(name)?;
+        let name = cname;
         let path = self.xattr_path(&node);
         // A host filesystem without ACLs has none to show: the guest kernel, which asks for
         // them before access checks, must hear "no ACL" (ENODATA), not an error that would
@@ -59,34 +87,52 @@ impl ExportSession {
             Errno::EOPNOTSUPP if acl::is_acl_name(acl_name) => Errno::ENODATA,
             e => e,
         };
-        if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut []).map_err(absent)?;
-            return Ok(XattrReply::Size(n as u32));
+        let buf = self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            if size == 0 {
+                let n = sys::getxattr(&path, &name, &mut [])?;
+                return Ok(XattrReply::Size(n as u32));
+            }
+            let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+            let n = sys::getxattr(&path, &name, &mut buf)?;
+            buf.truncate(n);
+            Ok(XattrReply::Data(buf))
+        });
+        match buf.map_err(absent)? {
+            XattrReply::Data(buf) => Ok(XattrReply::Data(self.acl_value_to_guest(acl_name, buf)?)),
+            size => Ok(size),
         }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf).map_err(absent)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(self.acl_value_to_guest(acl_name, buf)?))
     }
 
     /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
     /// `user.ferry.*` names are left out.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
+    pub fn listxattr(&self, ctx: &Ctx, ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         let path = self.xattr_path(&node);
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            self.list_names(&path, size)
+        })
+    }
+
+    /// [`Self::listxattr`] of the node at `path`.
+    fn list_names(&self, path: &CStr, size: u32) -> Result<XattrReply, Errno> {
         // The whole list is read even for a size query, so that the size excludes the hidden
         // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
-        let want = sys::listxattr(&path, &mut [])?;
+        let want = sys::listxattr(path, &mut [])?;
         let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
-        let n = match sys::listxattr(&path, &mut buf) {
+        let n = match sys::listxattr(path, &mut buf) {
             // Grown since the size query.
             Err(Errno::ERANGE) => {
                 buf.resize(XATTR_MAX, 0);
-                sys::listxattr(&path, &mut buf)?
+                sys::listxattr(path, &mut buf)?
             }
             r => r?,
         };
-        let mut list = owners::filter_xattr_list(&buf[..n]);
+        let mut list: Vec<u8> = buf[..n]
+            .split_inclusive(|&b| b == 0)
+            .filter(|name| self.guest_xattr(name.strip_suffix(b"\0").unwrap_or(name)))
+            .flatten()
+            .copied()
+            .collect();
         if !self.acls() {
             list = acl::hide_names(&list);
         }
@@ -104,7 +150,7 @@ impl ExportSession {
     /// An ACL's ids are translated to the host's (`acl.rs`).
     pub fn setxattr(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         name: &[u8],
         value: &[u8],
@@ -119,19 +165,23 @@ impl ExportSession {
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return Err(Errno::EINVAL);
         }
-        sys::setxattr(&self.xattr_path(&node), &cname, &value, flags)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::setxattr(&self.xattr_path(&node), &cname, &value, flags)
+        })?;
         m.changed(ino);
         Ok(())
     }
 
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
-    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
+    pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let m = self.mutation();
         if acl::is_acl_name(name) && !self.acls() {
             return Err(Errno::EOPNOTSUPP);
         }
         let (node, name) = self.xattr_to_change(ino, name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::removexattr(&self.xattr_path(&node), &name)
+        })?;
         m.changed(ino);
         Ok(())
     }
