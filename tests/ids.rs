@@ -345,6 +345,45 @@ fn map_mode_confines_guest_root() {
     assert!(m.stop().success());
 }
 
+/// Map mode runs every request as the caller, so the host checks its supplementary groups
+/// too: a member of a file's group by a supplementary group only reads and writes it, and
+/// searches a group-only directory, as on a local disk.
+#[test]
+fn map_mode_honours_supplementary_groups_on_every_request() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let (src, mnt) = dirs();
+    let shared = src.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("f"), b"data\n").unwrap();
+    // Guest 1000..1009 are host 201000..201009; guest group 1005 is host 201005.
+    for (p, mode) in [(&shared, 0o770), (&shared.join("f"), 0o660)] {
+        std::os::unix::fs::chown(p, Some(201_000), Some(201_005)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let m = Mounted::start(
+        src.path(),
+        mnt.path(),
+        &["--ids", "map:0:0:1,1000:201000:10"],
+    );
+    let mp = mnt.path().display();
+    ok_as(
+        1001,
+        1001,
+        &[1001, 1005],
+        &format!("set -e; ls {mp}/shared; cat {mp}/shared/f; echo more >> {mp}/shared/f"),
+    );
+    assert_eq!(
+        std::fs::read(shared.join("f")).unwrap(),
+        b"data\nmore\n".to_vec()
+    );
+    // Without the group: refused.
+    let (ok, out) = run_as(1002, 1002, &[1002], &format!("cat {mp}/shared/f"));
+    assert!(!ok, "{out}");
+    assert!(m.stop().success());
+}
+
 /// Supplementary groups, set-group-id directories, the sticky bit and umask, as on a local
 /// disk (passthrough: the share runs as root).
 #[test]

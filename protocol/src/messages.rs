@@ -69,9 +69,10 @@ pub struct ExportInfo {
     pub read_only: bool,
     /// Who checks permissions on this export, as the server's operator chose it.
     pub permissions: Permissions,
-    /// Creating requests (`Create`, `Mkdir`, `Mknod`, `Symlink`) should carry the caller's
-    /// supplementary groups in [`Ctx::groups`]: the server creates as the caller and the host
-    /// kernel checks the parent directory against them.
+    /// Requests should carry the caller's supplementary groups in [`Ctx::groups`] (all but
+    /// those on an already open handle, which the host checks no further): the server creates
+    /// as the caller, and in `map` mode runs every request as the caller, and the host kernel
+    /// checks modes and ACL group entries against them.
     pub wants_groups: bool,
     /// Every `Flush` must reach the server: the export's host filesystem can fail a close
     /// (NFS, SMB, FUSE, ...), and the server answers a flush with the error of closing a
@@ -172,8 +173,9 @@ pub struct Ctx {
     /// Caller pid (thread id) in the guest.
     pub pid: u32,
     /// The caller's supplementary groups in the guest. FUSE does not pass them, so the agent
-    /// reads them from `/proc/PID/status`, and only for creating requests on exports that ask
-    /// for them ([`ExportInfo::wants_groups`]); empty otherwise, and for root callers.
+    /// reads them from `/proc/PID/status`, and only on exports that ask for them
+    /// ([`ExportInfo::wants_groups`]), for requests not on an open handle; empty otherwise, and
+    /// for root callers.
     pub groups: Vec<u32>,
 }
 

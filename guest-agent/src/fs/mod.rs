@@ -162,8 +162,15 @@ impl FerryFs {
     where
         F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
     {
+        let mut ctx = ctx(req);
+        // In map mode every request runs as the caller on the host, whose kernel checks
+        // permissions (and ACL group entries) against the groups too; requests on an open
+        // handle check nothing more, and skip the read of `/proc`.
+        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 && !on_open_handle(&body) {
+            ctx.groups = caller_groups(ctx.pid);
+        }
         self.client
-            .call(self.export, ctx(req), &body, payload, Box::new(done));
+            .call(self.export, ctx, &body, payload, Box::new(done));
     }
 
     /// As [`Self::call`] for a request that creates a node: the caller's supplementary groups
@@ -969,4 +976,25 @@ impl Filesystem for FerryFs {
         });
         self.call(req, body, &[], reply_with("copy_file_range", reply));
     }
+}
+
+/// Whether `body` works on a handle the caller already opened (data, sync, locks, release),
+/// where the host checks no permission again and the caller's groups are not needed.
+fn on_open_handle(body: &Req<'_>) -> bool {
+    matches!(
+        body,
+        Req::Read(_)
+            | Req::Write(_)
+            | Req::Flush(_)
+            | Req::Release(_)
+            | Req::Fsync(_)
+            | Req::Readdir(_)
+            | Req::Readdirplus(_)
+            | Req::Releasedir(_)
+            | Req::Fsyncdir(_)
+            | Req::Lseek(_)
+            | Req::Getlk(_)
+            | Req::Setlk(_)
+            | Req::Flock(_)
+    )
 }
