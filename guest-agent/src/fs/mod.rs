@@ -29,6 +29,7 @@
 //! - `attr`: attribute, file type, time and open-flag conversions.
 //! - `reply`: protocol replies → fuser replies (one adapter for all request kinds).
 //! - `cache`: the per-handle caches (readdir entries fetched ahead, prefetched file bytes).
+//! - `listings`: complete directory listings that answer lookups of missing names.
 //! - `locks`: host locks, revalidation on a granted lock, FLUSH for locked files.
 //! - `replay`: answers to the replay thread's requests.
 //! - `caller`: the caller's `Ctx` and supplementary groups.
@@ -36,6 +37,7 @@
 mod attr;
 mod cache;
 mod caller;
+mod listings;
 mod locks;
 mod replay;
 mod reply;
@@ -43,6 +45,7 @@ mod reply;
 pub use attr::{file_attr, kind_from_dtype, kind_from_mode, system_time, timespec};
 pub use cache::{DIR_CHUNK, PREFETCH};
 pub use caller::caller_groups;
+pub use listings::Listings;
 
 use dashmap::DashMap;
 use std::ffi::OsStr;
@@ -96,6 +99,8 @@ pub struct FerryFs {
     keep_cache: bool,
     /// Host locks, and the nodes whose FLUSHes must reach the host.
     locks: Locks,
+    /// Complete listings answering lookups of missing names (`cached` mode with events).
+    listings: Arc<Listings>,
 }
 
 impl FerryFs {
@@ -112,6 +117,36 @@ impl FerryFs {
             prefetched: Arc::default(),
             replay: Arc::default(),
             keep_cache: false,
+            listings: Arc::default(),
+        }
+    }
+
+    /// The complete listings this adapter answers missing names from; whatever drops the
+    /// kernel's cached names (the replay thread's [`crate::kernel::KernelNotifier`]) must drop
+    /// them too.
+    pub fn listings(&self) -> Arc<Listings> {
+        Arc::clone(&self.listings)
+    }
+
+    /// Drops the listings of `dirs` now and again when the request answers, for a request
+    /// that adds, removes or renames names in them.
+    fn changing<F>(
+        &self,
+        dirs: [u64; 2],
+        done: F,
+    ) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static + use<F>
+    where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        for d in dirs {
+            self.listings.drop_dir(d);
+        }
+        let listings = Arc::clone(&self.listings);
+        move |r| {
+            for d in dirs {
+                listings.drop_dir(d);
+            }
+            done(r)
         }
     }
 
@@ -232,6 +267,16 @@ impl Filesystem for FerryFs {
         let Some(reply) = self.replay_lookup(req, parent.0, name, reply) else {
             return;
         };
+        if self.keep_cache && self.listings.lacks(parent.0, bytes(name)) {
+            // Answered from a complete listing of the directory: the same negative entry the
+            // host's ENOENT gives below, without the round trip.
+            let negative = FileAttr {
+                ino: INodeNo(0),
+                ..file_attr(&ferry_protocol::Attr::default())
+            };
+            reply.entry(&self.ttl, &negative, Generation(0));
+            return;
+        }
         let body = Req::Lookup(proto::Lookup {
             parent: parent.0,
             name: bytes(name),
@@ -257,6 +302,7 @@ impl Filesystem for FerryFs {
         if self.forget_synthetic(ino.0) {
             return;
         }
+        self.listings.forget_dir(ino.0);
         self.forget_nodes(req, vec![(ino.0, nlookup)]);
     }
 
@@ -326,6 +372,7 @@ impl Filesystem for FerryFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "mknod", (parent.0, name), reply);
         }
@@ -336,7 +383,8 @@ impl Filesystem for FerryFs {
             rdev,
             umask,
         });
-        self.call_creating(req, body, reply_with("mknod", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("mknod", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn mkdir(
@@ -348,6 +396,7 @@ impl Filesystem for FerryFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "mkdir", (parent.0, name), reply);
         }
@@ -357,10 +406,12 @@ impl Filesystem for FerryFs {
             mode,
             umask,
         });
-        self.call_creating(req, body, reply_with("mkdir", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("mkdir", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
@@ -368,10 +419,12 @@ impl Filesystem for FerryFs {
             parent: parent.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], reply_with("unlink", reply));
+        let done = self.changing([parent.0; 2], reply_with("unlink", reply));
+        self.call(req, body, &[], done);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
@@ -379,7 +432,8 @@ impl Filesystem for FerryFs {
             parent: parent.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], reply_with("rmdir", reply));
+        let done = self.changing([parent.0; 2], reply_with("rmdir", reply));
+        self.call(req, body, &[], done);
     }
 
     fn symlink(
@@ -390,6 +444,7 @@ impl Filesystem for FerryFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "symlink", (parent.0, link_name), reply);
         }
@@ -398,7 +453,8 @@ impl Filesystem for FerryFs {
             name: bytes(link_name),
             target: target.as_os_str().as_bytes(),
         });
-        self.call_creating(req, body, reply_with("symlink", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("symlink", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn rename(
@@ -411,6 +467,8 @@ impl Filesystem for FerryFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.listings.drop_dir(parent.0);
+        self.listings.drop_dir(newparent.0);
         if self.replaying(req) {
             let (from, to) = ((parent.0, name), (newparent.0, newname));
             return self.replay_renamed(req, from, to, flags, reply);
@@ -422,7 +480,8 @@ impl Filesystem for FerryFs {
             newname: bytes(newname),
             flags: flags.bits(),
         });
-        self.call(req, body, &[], reply_with("rename", reply));
+        let done = self.changing([parent.0, newparent.0], reply_with("rename", reply));
+        self.call(req, body, &[], done);
     }
 
     fn link(
@@ -433,6 +492,7 @@ impl Filesystem for FerryFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(newparent.0);
         if let Some(e) = self.refused_change(req, ino.0) {
             return reply.error(e);
         }
@@ -441,7 +501,8 @@ impl Filesystem for FerryFs {
             newparent: newparent.0,
             newname: bytes(newname),
         });
-        self.call(req, body, &[], reply_with("link", (reply, self.ttl)));
+        let done = self.changing([newparent.0; 2], reply_with("link", (reply, self.ttl)));
+        self.call(req, body, &[], done);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -481,6 +542,7 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.listings.drop_dir(parent.0);
         let Some(reply) = self.replay_create(req, parent.0, name, reply) else {
             return;
         };
@@ -493,7 +555,8 @@ impl Filesystem for FerryFs {
             flags,
         });
         let ttl = self.ttl;
-        self.call_creating(req, body, reply_with("create", (reply, ttl, keep)));
+        let done = self.changing([parent.0; 2], reply_with("create", (reply, ttl, keep)));
+        self.call_creating(req, body, done);
     }
 
     fn read(
@@ -615,12 +678,18 @@ impl Filesystem for FerryFs {
             ino: ino.0,
             flags: flags.0,
         });
-        self.call(
-            req,
-            body,
-            &[],
-            reply_with("opendir", (reply, FopenFlags::empty())),
-        );
+        // In `cached` mode the kernel keeps the listing (`FOPEN_CACHE_DIR`, in the directory's
+        // page cache) across opens (`FOPEN_KEEP_CACHE`), so a warm `ls` or `readdir` costs one
+        // OPENDIR and no READDIR. It stays coherent because every change drops it: one made
+        // through this mount (the kernel bumps the directory's version), a host change (its
+        // replay, and `inval_inode` of the directory, drop its pages) and, with
+        // `FUSE_AUTO_INVAL_DATA`, a changed directory mtime when a listing starts over.
+        let flags = if self.keep_cache {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        self.call(req, body, &[], reply_with("opendir", (reply, flags)));
     }
 
     fn readdir(
@@ -640,6 +709,9 @@ impl Filesystem for FerryFs {
                 return;
             }
         }
+        if offset == 0 && self.keep_cache {
+            self.listings.begin(fh.0, ino.0, self.listings.epoch());
+        }
         let body = Req::Readdir(proto::Readdir {
             ino: ino.0,
             fh: fh.0,
@@ -647,14 +719,21 @@ impl Filesystem for FerryFs {
             size: DIR_CHUNK,
         });
         let caches = self.dir_caches.clone();
+        let listings = self.listings.clone();
         self.call(req, body, &[], move |r| match r {
             Ok(Reply::Dir(entries)) => {
+                let names: Vec<(&[u8], u64)> =
+                    entries.iter().map(|e| (&e.name[..], e.offset)).collect();
+                listings.add(fh.0, offset, &names);
                 let mut cache = DirCache::new(offset, entries);
                 cache.fill(&mut reply);
                 reply.ok();
                 caches.insert(fh.0, cache);
             }
-            r => refuse("readdir", reply, r),
+            r => {
+                listings.end(fh.0);
+                refuse("readdir", reply, r)
+            }
         });
     }
 
@@ -667,6 +746,10 @@ impl Filesystem for FerryFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.flush_deferred(req);
+        if offset == 0 && self.keep_cache {
+            self.listings.begin(fh.0, ino.0, self.listings.epoch());
+        }
+        let listings = self.listings.clone();
         let body = Req::Readdirplus(proto::Readdirplus {
             ino: ino.0,
             fh: fh.0,
@@ -678,6 +761,9 @@ impl Filesystem for FerryFs {
         let dir = ino.0;
         self.call(req, body, &[], move |r| match r {
             Ok(Reply::DirPlus(entries)) => {
+                let names: Vec<(&[u8], u64)> =
+                    entries.iter().map(|e| (&e.name[..], e.offset)).collect();
+                listings.add(fh.0, offset, &names);
                 let forgets = fill_dirplus(&mut reply, dir, ttl, &entries);
                 reply.ok();
                 if !forgets.is_empty() {
@@ -687,7 +773,10 @@ impl Filesystem for FerryFs {
                         .extend(forgets);
                 }
             }
-            r => refuse("readdirplus", reply, r),
+            r => {
+                listings.end(fh.0);
+                refuse("readdirplus", reply, r)
+            }
         });
     }
 
@@ -701,6 +790,7 @@ impl Filesystem for FerryFs {
     ) {
         self.flush_deferred(req);
         self.dir_caches.remove(&fh.0);
+        self.listings.end(fh.0);
         let body = Req::Releasedir(proto::Releasedir {
             ino: ino.0,
             fh: fh.0,
