@@ -12,26 +12,40 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{Need, Share, require, wait_until};
+use crate::harness::{Mounted, Need, require, wait_until};
 
 /// A share whose host logs every request it serves to a file.
 struct Logged {
-    share: Share,
+    // Declared first, so dropped first: the mount goes before its directories.
+    _mount: Mounted,
+    src: tempfile::TempDir,
+    mnt: tempfile::TempDir,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Logged {
     fn start(extra: &[&str]) -> Logged {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// Shares a directory `setup` fills before the share starts: the host sends no events for
+    /// it, so nothing the test caches afterwards is dropped by a late event of its own setup.
+    fn start_with(extra: &[&str], setup: impl FnOnce(&Path)) -> Logged {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("ferry.log");
         let file = File::create(&log).unwrap();
-        let share = Share::start_configured(extra, |cmd| {
+        let src = tempfile::tempdir().unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        setup(src.path());
+        let mount = Mounted::start_configured(src.path(), mnt.path(), extra, |cmd| {
             cmd.env("RUST_LOG", "warn,ferry_host::export::dispatch=debug")
                 .stderr(Stdio::from(file));
         });
         Logged {
-            share,
+            _mount: mount,
+            src,
+            mnt,
             log,
             _dir: dir,
         }
@@ -74,11 +88,11 @@ impl Logged {
     }
 
     fn mnt(&self) -> &Path {
-        self.share.mnt()
+        self.mnt.path()
     }
 
     fn src(&self) -> &Path {
-        self.share.src()
+        self.src.path()
     }
 }
 
@@ -99,11 +113,12 @@ fn cached_listing_is_kept_until_the_host_changes_the_directory() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let s = Logged::start(&[]);
-    std::fs::create_dir(s.src().join("d")).unwrap();
-    for i in 0..50 {
-        std::fs::write(s.src().join(format!("d/f{i:02}")), b"x").unwrap();
-    }
+    let s = Logged::start_with(&[], |src| {
+        std::fs::create_dir(src.join("d")).unwrap();
+        for i in 0..50 {
+            std::fs::write(src.join(format!("d/f{i:02}")), b"x").unwrap();
+        }
+    });
     let dir = s.mnt().join("d");
     assert_eq!(names(&dir).len(), 50);
     s.assert_cached(&["Readdir", "Readdirplus"], "listing", || {
@@ -162,8 +177,7 @@ fn a_probed_missing_name_is_cached_until_the_host_creates_it() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let s = Logged::start(&[]);
-    std::fs::create_dir(s.src().join("d")).unwrap();
+    let s = Logged::start_with(&[], |src| std::fs::create_dir(src.join("d")).unwrap());
     let probe = s.mnt().join("d/index.js");
     s.assert_cached(&["Lookup"], "missing name", || assert!(!probe.exists()));
     std::fs::write(s.src().join("d/index.js"), b"module").unwrap();
@@ -188,11 +202,12 @@ fn first_probes_of_missing_names_are_answered_from_a_complete_listing() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let s = Logged::start(&[]);
-    std::fs::create_dir(s.src().join("d")).unwrap();
-    for i in 0..20 {
-        std::fs::write(s.src().join(format!("d/f{i:02}")), b"x").unwrap();
-    }
+    let s = Logged::start_with(&[], |src| {
+        std::fs::create_dir(src.join("d")).unwrap();
+        for i in 0..20 {
+            std::fs::write(src.join(format!("d/f{i:02}")), b"x").unwrap();
+        }
+    });
     let dir = s.mnt().join("d");
     let mut n = 0;
     s.assert_cached(&["Lookup"], "first probes after a listing", || {
@@ -228,10 +243,9 @@ fn pages_and_attributes_are_kept_across_opens_until_the_host_changes_them() {
     if !require(&[Need::Fuse]) {
         return;
     }
-    let s = Logged::start(&[]);
     // Larger than what an open carries inline, so that a cold read needs READs.
     let v1 = vec![1u8; 512 * 1024];
-    std::fs::write(s.src().join("f"), &v1).unwrap();
+    let s = Logged::start_with(&[], |src| std::fs::write(src.join("f"), &v1).unwrap());
     let f = s.mnt().join("f");
     assert_eq!(std::fs::read(&f).unwrap(), v1);
     assert!(s.served("Read") > 0);
@@ -295,4 +309,61 @@ fn the_mount_reads_ahead_a_mebibyte() {
         .expect("the mount is in mountinfo");
     let kb = std::fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
     assert_eq!(kb.trim(), "1024");
+}
+
+/// A read-only open of a file whose pages the guest holds asks the host nothing; a request
+/// that needs a host file (a read the cache misses, a lock) opens it then, with the same result
+/// as an open made at once.
+#[test]
+fn read_only_opens_ask_the_host_only_when_a_request_needs_it() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let data: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let s = Logged::start_with(&[], |src| std::fs::write(src.join("f"), &data).unwrap());
+    let f = s.mnt().join("f");
+    s.assert_cached(&["Open", "Read"], "open-read-close", || {
+        assert_eq!(std::fs::read(&f).unwrap(), data)
+    });
+
+    // A first read away from offset 0, on a file the guest never read.
+    std::fs::write(s.src().join("g"), &data).unwrap();
+    let g = s.mnt().join("g");
+    assert!(wait_until(EVENT, || g.exists()));
+    let file = File::open(&g).unwrap();
+    let mut buf = vec![0u8; 1000];
+    file.read_exact_at(&mut buf, 300_000).unwrap();
+    assert_eq!(buf, data[300_000..301_000]);
+    let mut all = Vec::new();
+    (&file).read_to_end(&mut all).unwrap();
+    assert_eq!(all, data);
+    drop(file);
+
+    // A lock on a read-only handle is a host lock, released by the close.
+    let guest = File::open(&f).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(guest.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let host = File::open(s.src().join("f")).unwrap();
+    let try_host = || {
+        // SAFETY: flock on a descriptor this test owns.
+        unsafe { libc::flock(host.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    assert!(!try_host(), "the guest's flock is not held on the host");
+    drop(guest);
+    assert!(
+        wait_until(EVENT, try_host),
+        "the guest's flock outlived its close"
+    );
+
+    // Consistent mode opens on the host every time.
+    let c = Logged::start(&["--cache", "consistent"]);
+    std::fs::write(c.src().join("f"), b"abc").unwrap();
+    let before = c.served("Open");
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(c.mnt().join("f")).unwrap(), b"abc");
+    }
+    assert_eq!(c.served("Open"), before + 3);
 }

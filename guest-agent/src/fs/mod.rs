@@ -30,6 +30,7 @@
 //! - `reply`: protocol replies → fuser replies (one adapter for all request kinds).
 //! - `cache`: the per-handle caches (readdir entries fetched ahead, prefetched file bytes).
 //! - `listings`: complete directory listings that answer lookups of missing names.
+//! - `lazy`: read-only opens answered here, the host file opened when a request needs it.
 //! - `locks`: host locks, revalidation on a granted lock, FLUSH for locked files.
 //! - `replay`: answers to the replay thread's requests.
 //! - `caller`: the caller's `Ctx` and supplementary groups.
@@ -37,6 +38,7 @@
 mod attr;
 mod cache;
 mod caller;
+mod lazy;
 mod listings;
 mod locks;
 mod replay;
@@ -69,6 +71,7 @@ use crate::replay::ReplayState;
 use attr::{fopen_flags, set_time};
 use cache::{DirCache, Prefetched};
 use caller::ctx;
+use lazy::{First, Host, LazyOpens, is_lazy};
 use locks::{Locks, flock_op};
 use reply::{fill_dirplus, refuse, reply_with};
 
@@ -101,6 +104,9 @@ pub struct FerryFs {
     locks: Locks,
     /// Complete listings answering lookups of missing names (`cached` mode with events).
     listings: Arc<Listings>,
+    /// Read-only opens answered here (see [`lazy`]), when `lazy_open` allows them.
+    lazy: Arc<LazyOpens>,
+    lazy_open: bool,
 }
 
 impl FerryFs {
@@ -118,7 +124,50 @@ impl FerryFs {
             replay: Arc::default(),
             keep_cache: false,
             listings: Arc::default(),
+            lazy: Arc::default(),
+            lazy_open: false,
         }
+    }
+
+    /// Answers read-only opens here, opening the host file only when a request needs it
+    /// (see [`lazy`]). Only with kept pages and permissions checked by the guest kernel.
+    pub fn with_lazy_open(mut self, on: bool) -> Self {
+        self.lazy_open = on;
+        self
+    }
+
+    fn host(&self) -> Host<'_> {
+        Host {
+            client: &self.client,
+            export: self.export,
+        }
+    }
+
+    /// As [`Self::call`] for a request on open handle `fh`: `make` builds it for the host's
+    /// handle, which for a handle answered here ([`lazy`]) is opened first.
+    fn call_fh<F>(
+        &self,
+        req: &Request,
+        fh: u64,
+        make: impl FnOnce(u64) -> Req<'static> + Send + 'static,
+        done: F,
+    ) where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        if !is_lazy(fh) {
+            return self.call(req, make(fh), &[], done);
+        }
+        let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
+        let then = move |h: Result<u64, Errno>| match h {
+            Ok(h) => client.call(export, ctx, &make(h), &[], Box::new(done)),
+            Err(e) => done(Err(e)),
+        };
+        self.lazy.with_host(self.host(), fh, Box::new(then));
+    }
+
+    /// The host handle to name in a request that may also go by node alone.
+    fn host_fh(fh: Option<FileHandle>) -> Option<u64> {
+        fh.map(|f| f.0).filter(|f| !is_lazy(*f))
     }
 
     /// The complete listings this adapter answers missing names from; whatever drops the
@@ -315,7 +364,7 @@ impl Filesystem for FerryFs {
         };
         let body = Req::Getattr(proto::Getattr {
             ino: ino.0,
-            fh: fh.map(|f| f.0),
+            fh: Self::host_fh(fh),
         });
         self.call(req, body, &[], reply_with("getattr", (reply, self.ttl)));
     }
@@ -346,7 +395,7 @@ impl Filesystem for FerryFs {
         }
         let body = Req::Setattr(proto::Setattr {
             ino: ino.0,
-            fh: fh.map(|f| f.0),
+            fh: Self::host_fh(fh),
             mode,
             uid,
             gid,
@@ -510,6 +559,11 @@ impl Filesystem for FerryFs {
             return;
         };
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        if read_only && self.lazy_open {
+            let fh = self.lazy.open(ino.0, flags.0, ctx(req));
+            reply.opened(FileHandle(fh), self.open_flags(0));
+            return;
+        }
         let prefetch = if read_only && !self.ttl.is_zero() {
             PREFETCH
         } else {
@@ -577,15 +631,71 @@ impl Filesystem for FerryFs {
             reply.error(fuser::Errno::EINVAL);
             return;
         }
-        if let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) {
-            let body = Req::Read(proto::Read {
-                ino: ino.0,
-                fh: fh.0,
+        let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) else {
+            return;
+        };
+        if is_lazy(fh.0) && offset == 0 && size <= PREFETCH {
+            // The first read of a handle answered here: the host open brings the bytes.
+            let (prefetched, fh) = (Arc::clone(&self.prefetched), fh.0);
+            let ino = ino.0;
+            let mut first: Option<First> = Some(Box::new(move |r| match r {
+                Ok(data) => {
+                    let p = Prefetched::new(ino, data);
+                    reply.data(p.slice(0, size).unwrap_or(data));
+                    if data.len() > size as usize {
+                        prefetched.insert(fh, p);
+                    }
+                }
+                Err(e) => reply_with("read", reply)(Err(e)),
+            }));
+            if self
+                .lazy
+                .open_for_read(self.host(), fh, PREFETCH, &mut first)
+            {
+                return;
+            }
+            // Another request opened it meanwhile: read as usual. `first` was not called, so
+            // it still owns the reply.
+            let Some(first) = first else { return };
+            let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
+            self.lazy.with_host(
+                self.host(),
+                fh,
+                Box::new(move |h| match h {
+                    Ok(h) => {
+                        let body = Req::Read(proto::Read {
+                            ino,
+                            fh: h,
+                            offset,
+                            size,
+                        });
+                        client.call(
+                            export,
+                            ctx,
+                            &body,
+                            &[],
+                            Box::new(move |r| match r {
+                                Ok(Reply::Data(d)) => first(Ok(d)),
+                                Ok(_) => first(Err(Errno::EIO)),
+                                Err(e) => first(Err(e)),
+                            }),
+                        );
+                    }
+                    Err(e) => first(Err(e)),
+                }),
+            );
+            return;
+        }
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Read(proto::Read {
+                ino,
+                fh: h,
                 offset,
                 size,
-            });
-            self.call(req, body, &[], reply_with("read", reply));
-        }
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("read", reply));
     }
 
     fn write(
@@ -625,12 +735,15 @@ impl Filesystem for FerryFs {
         let Some(reply) = self.locks.flush_here(ino.0, reply) else {
             return;
         };
-        let body = Req::Flush(proto::Flush {
-            ino: ino.0,
-            fh: fh.0,
-            lock_owner: lock_owner.0,
-        });
-        self.call(req, body, &[], reply_with("flush", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Flush(proto::Flush {
+                ino,
+                fh: h,
+                lock_owner: lock_owner.0,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("flush", reply));
     }
 
     fn release(
@@ -647,6 +760,15 @@ impl Filesystem for FerryFs {
             return;
         };
         self.prefetched.remove(&fh.0);
+        let fh = if is_lazy(fh.0) {
+            match self.lazy.release(fh.0) {
+                Some(host) => FileHandle(host),
+                // No host file was opened (or it is released once its open answers).
+                None => return reply.ok(),
+            }
+        } else {
+            fh
+        };
         let body = Req::Release(proto::Release {
             ino: ino.0,
             fh: fh.0,
@@ -665,12 +787,15 @@ impl Filesystem for FerryFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let body = Req::Fsync(proto::Fsync {
-            ino: ino.0,
-            fh: fh.0,
-            datasync,
-        });
-        self.call(req, body, &[], reply_with("fsync", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Fsync(proto::Fsync {
+                ino,
+                fh: h,
+                datasync,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("fsync", reply));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -892,18 +1017,21 @@ impl Filesystem for FerryFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let body = Req::Getlk(proto::Getlk {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            lock: proto::Lock {
-                start,
-                end,
-                typ,
-                pid,
-            },
-        });
-        self.call(req, body, &[], reply_with("getlk", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Getlk(proto::Getlk {
+                ino,
+                fh: h,
+                owner: lock_owner.0,
+                lock: proto::Lock {
+                    start,
+                    end,
+                    typ,
+                    pid,
+                },
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("getlk", reply));
     }
 
     fn setlk(
@@ -920,19 +1048,22 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         self.locks.asked(ino.0);
-        let body = Req::Setlk(proto::Setlk {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            lock: proto::Lock {
-                start,
-                end,
-                typ,
-                pid,
-            },
-            sleep,
-        });
-        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+        let i = ino.0;
+        let make = move |h| {
+            Req::Setlk(proto::Setlk {
+                ino: i,
+                fh: h,
+                owner: lock_owner.0,
+                lock: proto::Lock {
+                    start,
+                    end,
+                    typ,
+                    pid,
+                },
+                sleep,
+            })
+        };
+        self.call_lock(req, ino.0, fh.0, typ == libc::F_UNLCK, make, reply);
     }
 
     fn flock(
@@ -948,13 +1079,16 @@ impl Filesystem for FerryFs {
         let Some(op) = flock_op(typ, sleep) else {
             return reply.error(fuser::Errno::EINVAL);
         };
-        let body = Req::Flock(proto::Flock {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            op,
-        });
-        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+        let i = ino.0;
+        let make = move |h| {
+            Req::Flock(proto::Flock {
+                ino: i,
+                fh: h,
+                owner: lock_owner.0,
+                op,
+            })
+        };
+        self.call_lock(req, ino.0, fh.0, typ == libc::F_UNLCK, make, reply);
     }
 
     fn fallocate(
@@ -971,14 +1105,17 @@ impl Filesystem for FerryFs {
             return reply.error(e);
         }
         self.drop_prefetched(ino.0);
-        let body = Req::Fallocate(proto::Fallocate {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            length,
-            mode,
-        });
-        self.call(req, body, &[], reply_with("fallocate", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Fallocate(proto::Fallocate {
+                ino,
+                fh: h,
+                offset,
+                length,
+                mode,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("fallocate", reply));
     }
 
     fn lseek(
@@ -990,13 +1127,16 @@ impl Filesystem for FerryFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let body = Req::Lseek(proto::Lseek {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            whence,
-        });
-        self.call(req, body, &[], reply_with("lseek", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Lseek(proto::Lseek {
+                ino,
+                fh: h,
+                offset,
+                whence,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("lseek", reply));
     }
 
     fn copy_file_range(
@@ -1016,16 +1156,21 @@ impl Filesystem for FerryFs {
             return reply.error(e);
         }
         self.drop_prefetched(ino_out.0);
-        let body = Req::CopyFileRange(proto::CopyFileRange {
-            ino_in: ino_in.0,
-            fh_in: fh_in.0,
-            offset_in,
-            ino_out: ino_out.0,
-            fh_out: fh_out.0,
-            offset_out,
-            len,
-            flags: flags.bits() as u32,
-        });
-        self.call(req, body, &[], reply_with("copy_file_range", reply));
+        let (ino_in, ino_out, fh_out) = (ino_in.0, ino_out.0, fh_out.0);
+        let flags = flags.bits() as u32;
+        // Only the source can be a handle answered here (the destination is open to write).
+        let make = move |h| {
+            Req::CopyFileRange(proto::CopyFileRange {
+                ino_in,
+                fh_in: h,
+                offset_in,
+                ino_out,
+                fh_out,
+                offset_out,
+                len,
+                flags,
+            })
+        };
+        self.call_fh(req, fh_in.0, make, reply_with("copy_file_range", reply));
     }
 }

@@ -237,6 +237,11 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     };
     let fs = FerryFs::new(client.clone(), info.id, ttl)
         .with_keep_cache(events && opts.cache == CacheMode::Cached)
+        .with_lazy_open(
+            events
+                && opts.cache == CacheMode::Cached
+                && permissions == ferry_protocol::Permissions::Guest,
+        )
         .with_caller_groups(info.wants_groups);
     let replay = fs.replay_state();
     let on_data_change = fs.prefetch_dropper();
