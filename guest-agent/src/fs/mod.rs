@@ -12,7 +12,9 @@
 //! The kernel page cache stays on, kept across opens (`FOPEN_KEEP_CACHE`) only in `cached` mode
 //! with change events, and with `FUSE_AUTO_INVAL_DATA` so that cached pages are dropped when a
 //! refreshed mtime or size differs; `FUSE_WRITEBACK_CACHE` stays off so writes reach the host
-//! at once.
+//! at once. In the same mode directory listings are kept across opens (`FOPEN_CACHE_DIR`),
+//! complete listings answer lookups of missing names ([`Listings`]), and, with guest-checked
+//! permissions, read-only opens are answered here (`lazy`).
 //!
 //! Forgets: fuser 0.18 does not export the `ForgetOne` type of `batch_forget`, so that method
 //! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
@@ -130,7 +132,7 @@ impl FerryFs {
     }
 
     /// Answers read-only opens here, opening the host file only when a request needs it
-    /// (see [`lazy`]). Only with kept pages and permissions checked by the guest kernel.
+    /// (the `lazy` module). Only with kept pages and permissions checked by the guest kernel.
     pub fn with_lazy_open(mut self, on: bool) -> Self {
         self.lazy_open = on;
         self

@@ -341,6 +341,7 @@ fn raise_readahead(mountpoint: &Path) {
 
 /// Subscribes to the export's host changes and starts the thread that replays them on the
 /// mount. Failures are logged: the mount still works, with TTL-bound coherence only.
+#[allow(clippy::too_many_arguments)]
 fn start_replay(
     client: &Arc<Client>,
     export: u32,
