@@ -238,6 +238,37 @@ fn first_probes_of_missing_names_are_answered_from_a_complete_listing() {
     assert!(!dir.join("f00").exists());
 }
 
+/// Names probed in a directory the guest never listed: after the host has said twice that a
+/// name is missing, the agent reads the directory's listing itself, and the next first probes
+/// ask the host nothing; a name the host adds later is found.
+#[test]
+fn probes_of_missing_names_in_an_unlisted_directory_soon_ask_the_host_nothing() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Logged::start_with(&[], |src| {
+        std::fs::create_dir(src.join("d")).unwrap();
+        for i in 0..20 {
+            std::fs::write(src.join(format!("d/f{i:02}")), b"x").unwrap();
+        }
+    });
+    let dir = s.mnt().join("d");
+    assert!(dir.join("f00").exists());
+    let mut n = 0;
+    s.assert_cached(&["Lookup"], "first probes in an unlisted directory", || {
+        for _ in 0..5 {
+            n += 1;
+            assert!(!dir.join(format!("probe{n}.js")).exists());
+        }
+    });
+    assert!(dir.join("f19").exists(), "a name the listing holds");
+    std::fs::write(s.src().join("d/late.js"), b"h").unwrap();
+    assert!(
+        wait_until(EVENT, || dir.join("late.js").exists()),
+        "a host create never reached a directory the agent listed by itself"
+    );
+}
+
 #[test]
 fn pages_and_attributes_are_kept_across_opens_until_the_host_changes_them() {
     if !require(&[Need::Fuse]) {

@@ -41,7 +41,7 @@ pub(super) fn is_lazy(fh: u64) -> bool {
 pub(super) type Then = Box<dyn FnOnce(Result<u64, Errno>) + Send>;
 /// What the first read does with the bytes the open brought inline.
 pub(super) type First = Box<dyn for<'a> FnOnce(Result<&'a [u8], Errno>) + Send>;
-type Job = Box<dyn FnOnce() + Send>;
+pub(super) type Job = Box<dyn FnOnce() + Send>;
 
 enum State {
     Closed,
@@ -254,8 +254,9 @@ impl LazyOpens {
         }
     }
 
-    /// Runs `job` on the `ferry-lazy-open` thread (started on first use).
-    fn run(&self, job: Job) {
+    /// Runs `job` on the `ferry-lazy-open` thread (started on first use): continuations of
+    /// requests that must not send from the client's reader thread.
+    pub(super) fn run(&self, job: Job) {
         let tx = self.jobs.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();
             let spawned = std::thread::Builder::new()

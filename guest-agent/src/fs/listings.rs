@@ -18,6 +18,8 @@ use std::sync::Mutex;
 const MAX_NAMES: usize = 1 << 20;
 /// Directories kept at most.
 const MAX_DIRS: usize = 16 * 1024;
+/// Missing names in an unchanged directory after which the agent reads its listing.
+const FETCH_AFTER_MISSES: u32 = 2;
 
 /// The complete listings this mount holds.
 #[derive(Debug, Default)]
@@ -33,6 +35,8 @@ struct Inner {
     names: usize,
     /// Listings being read, per directory handle.
     building: HashMap<u64, Building>,
+    /// Missing names per directory since it last changed.
+    misses: HashMap<u64, u32>,
 }
 
 #[derive(Debug)]
@@ -115,6 +119,38 @@ impl Listings {
         self.lock().building.remove(&fh);
     }
 
+    /// The host answered that a name is missing in `dir`. On the second such answer since
+    /// the directory last changed, starts a listing of it read by the agent itself
+    /// ([`Listings::fetch_key`]) and returns true, unless one is held or being read. (Not on
+    /// the first: creating a file looks its name up first, and a directory being filled
+    /// would otherwise be listed again for every file.)
+    pub fn missed(&self, dir: u64) -> bool {
+        let key = Self::fetch_key(dir);
+        let mut g = self.lock();
+        if g.dirs.contains_key(&dir) || g.building.contains_key(&key) {
+            return false;
+        }
+        if g.misses.len() >= MAX_DIRS {
+            g.misses.clear();
+        }
+        let n = g.misses.entry(dir).or_insert(0);
+        *n += 1;
+        if *n < FETCH_AFTER_MISSES {
+            return false;
+        }
+        g.misses.remove(&dir);
+        let epoch = g.epoch;
+        drop(g);
+        self.begin(key, dir, epoch);
+        true
+    }
+
+    /// The key a listing the agent reads by itself is built under, in place of a kernel
+    /// directory handle (the host numbers those from 1; these are near `u64::MAX`).
+    pub fn fetch_key(dir: u64) -> u64 {
+        !dir
+    }
+
     /// Whether directory `dir` is known, completely, not to hold `name`.
     pub fn lacks(&self, dir: u64, name: &[u8]) -> bool {
         self.lock()
@@ -127,6 +163,7 @@ impl Listings {
     pub fn drop_dir(&self, dir: u64) {
         let mut g = self.lock();
         g.epoch += 1;
+        g.misses.remove(&dir);
         if let Some(old) = g.dirs.remove(&dir) {
             g.names -= old.len();
         }
@@ -146,6 +183,7 @@ impl Listings {
         let mut g = self.lock();
         g.epoch += 1;
         g.dirs.clear();
+        g.misses.clear();
         g.names = 0;
     }
 }
@@ -199,6 +237,21 @@ mod tests {
         l.end(7);
         l.add(7, 1, &[]);
         assert!(!l.lacks(1, b"zz"));
+    }
+
+    #[test]
+    fn the_second_miss_in_an_unchanged_directory_starts_a_listing() {
+        let l = Listings::default();
+        assert!(!l.missed(1));
+        l.drop_dir(1);
+        assert!(!l.missed(1), "a change forgets the first miss");
+        assert!(l.missed(1));
+        assert!(!l.missed(1), "already being read");
+        let key = Listings::fetch_key(1);
+        l.add(key, 0, &chunk(&["a"], 1));
+        l.add(key, 1, &[]);
+        assert!(l.lacks(1, b"zz"));
+        assert!(!l.missed(1), "already held");
     }
 
     #[test]

@@ -167,6 +167,31 @@ impl FerryFs {
         self.lazy.with_host(self.host(), fh, Box::new(then));
     }
 
+    /// What reads directory `dir`'s listing in the background after a name was missing in it
+    /// (on the `ferry-lazy-open` thread: the reader thread, where it is called, must not send):
+    /// tools that probe one missing name probe more in the same directory. At most
+    /// [`FETCH_CHUNKS`] chunks; a bigger directory is left to lookups.
+    fn listing_fetcher(&self, req: &Request, dir: u64) -> impl FnOnce() + Send + 'static + use<> {
+        let lazy = Arc::clone(&self.lazy);
+        let listings = Arc::clone(&self.listings);
+        let client = Arc::clone(&self.client);
+        let (export, ctx) = (self.export, ctx(req));
+        move || {
+            if !listings.missed(dir) {
+                return;
+            }
+            let step = FetchStep {
+                client,
+                listings,
+                lazy: Arc::clone(&lazy),
+                export,
+                ctx,
+                dir,
+            };
+            lazy.run(Box::new(move || step.open()));
+        }
+    }
+
     /// The host handle to name in a request that may also go by node alone.
     fn host_fh(fh: Option<FileHandle>) -> Option<u64> {
         fh.map(|f| f.0).filter(|f| !is_lazy(*f))
@@ -273,6 +298,91 @@ impl FerryFs {
     }
 }
 
+/// Chunks of [`DIR_CHUNK`] bytes a background listing reads at most (about 25,000 names).
+pub const FETCH_CHUNKS: usize = 16;
+
+/// One step of a background listing read: Opendir, Readdir until the end, Releasedir, each
+/// sent from the `ferry-lazy-open` thread.
+struct FetchStep {
+    client: Arc<Client>,
+    listings: Arc<Listings>,
+    lazy: Arc<LazyOpens>,
+    export: u32,
+    ctx: proto::Ctx,
+    dir: u64,
+}
+
+impl FetchStep {
+    fn open(self) {
+        let body = Req::Opendir(proto::Opendir {
+            ino: self.dir,
+            flags: libc::O_RDONLY | libc::O_DIRECTORY,
+        });
+        let (client, export, ctx) = (Arc::clone(&self.client), self.export, self.ctx.clone());
+        client.call(
+            export,
+            ctx,
+            &body,
+            &[],
+            Box::new(move |r| match r {
+                Ok(Reply::Opened(o)) => {
+                    let lazy = Arc::clone(&self.lazy);
+                    lazy.run(Box::new(move || self.read(o.fh, 0, 0)));
+                }
+                _ => self.listings.end(Listings::fetch_key(self.dir)),
+            }),
+        );
+    }
+
+    fn read(self, fh: u64, offset: u64, chunks: usize) {
+        let body = Req::Readdir(proto::Readdir {
+            ino: self.dir,
+            fh,
+            offset,
+            size: DIR_CHUNK,
+        });
+        let (client, export, ctx) = (Arc::clone(&self.client), self.export, self.ctx.clone());
+        client.call(
+            export,
+            ctx,
+            &body,
+            &[],
+            Box::new(move |r| {
+                let key = Listings::fetch_key(self.dir);
+                let next = match r {
+                    Ok(Reply::Dir(entries)) => {
+                        let names: Vec<(&[u8], u64)> =
+                            entries.iter().map(|e| (&e.name[..], e.offset)).collect();
+                        self.listings.add(key, offset, &names);
+                        entries.last().map(|e| e.offset)
+                    }
+                    _ => None,
+                };
+                let next = next.filter(|_| chunks + 1 < FETCH_CHUNKS);
+                if next.is_none() {
+                    // Done, failed or too big: whatever was not read to the end is not kept.
+                    self.listings.end(key);
+                }
+                let lazy = Arc::clone(&self.lazy);
+                lazy.run(Box::new(move || match next {
+                    Some(at) => self.read(fh, at, chunks + 1),
+                    None => self.release(fh),
+                }));
+            }),
+        );
+    }
+
+    fn release(self, fh: u64) {
+        let body = Req::Releasedir(proto::Releasedir {
+            ino: self.dir,
+            fh,
+            flags: 0,
+        });
+        self.client
+            .call(self.export, self.ctx, &body, &[], Box::new(|_| {}));
+    }
+}
+
 fn bytes(s: &OsStr) -> &[u8] {
     s.as_bytes()
 }
@@ -333,12 +443,17 @@ impl Filesystem for FerryFs {
             name: bytes(name),
         });
         let ttl = self.ttl;
+        let fetch = self.keep_cache.then(|| self.listing_fetcher(req, parent.0));
         self.call(req, body, &[], move |r| match r {
             // A name that is not there is cached as a negative entry (node id 0) for the same
             // TTL as a positive one: tools that probe many missing paths (module resolution,
             // `git status`, PATH lookups) then pay one round trip per name, not one per probe.
             // A file the host creates meanwhile shows up within the TTL, as attributes do.
             Err(Errno::ENOENT) if !ttl.is_zero() => {
+                // The next names probed in this directory are answered from its listing.
+                if let Some(fetch) = fetch {
+                    fetch();
+                }
                 let negative = FileAttr {
                     ino: INodeNo(0),
                     ..file_attr(&ferry_protocol::Attr::default())
