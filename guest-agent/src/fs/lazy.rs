@@ -21,12 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use ferry_protocol::{self as proto, Ctx, Errno, Reply, Request as Req};
+use fuser::{FileHandle, ReplyData, Request};
 
+use super::cache::Prefetched;
+use super::caller::ctx;
+use super::reply::reply_with;
+use super::{FerryFs, PREFETCH};
 use crate::client::Client;
 use crate::replay::REPLAY_FH_BASE;
-
-#[cfg(doc)]
-use super::PREFETCH;
 
 /// The first handle number the agent makes: above any the host hands out (it counts from
 /// 1), below the replay thread's own ([`REPLAY_FH_BASE`]).
@@ -274,6 +276,116 @@ impl LazyOpens {
         let sent = tx.lock().unwrap_or_else(|e| e.into_inner()).send(job);
         if let Err(mpsc::SendError(job)) = sent {
             job();
+        }
+    }
+}
+
+impl FerryFs {
+    /// Answers read-only opens here, opening the host file only when a request needs it
+    /// (the `lazy` module). Only with kept pages and permissions checked by the guest kernel.
+    pub fn with_lazy_open(mut self, on: bool) -> Self {
+        self.lazy_open = on;
+        self
+    }
+
+    pub(super) fn host(&self) -> Host<'_> {
+        Host {
+            client: &self.client,
+            export: self.export,
+        }
+    }
+
+    /// As [`Self::call`] for a request on open handle `fh`: `make` builds it for the host's
+    /// handle, which for a handle answered here ([`lazy`]) is opened first.
+    pub(super) fn call_fh<F>(
+        &self,
+        req: &Request,
+        fh: u64,
+        make: impl FnOnce(u64) -> Req<'static> + Send + 'static,
+        done: F,
+    ) where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        if !is_lazy(fh) {
+            return self.call(req, make(fh), &[], done);
+        }
+        let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
+        let then = move |h: Result<u64, Errno>| match h {
+            Ok(h) => client.call(export, ctx, &make(h), &[], Box::new(done)),
+            Err(e) => done(Err(e)),
+        };
+        self.lazy.with_host(self.host(), fh, Box::new(then));
+    }
+
+    /// The host handle to name in a request that may also go by node alone.
+    pub(super) fn host_fh(fh: Option<FileHandle>) -> Option<u64> {
+        fh.map(|f| f.0).filter(|f| !is_lazy(*f))
+    }
+
+    /// The first read of a handle answered here ([`is_lazy`]), at offset 0 and within
+    /// [`PREFETCH`]: the host open brings the bytes. Hands `reply` back for any other read.
+    pub(super) fn read_first(
+        &self,
+        req: &Request,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) -> Option<ReplyData> {
+        if !(is_lazy(fh) && offset == 0 && size <= PREFETCH) {
+            return Some(reply);
+        }
+        {
+            // The first read of a handle answered here: the host open brings the bytes.
+            let prefetched = Arc::clone(&self.prefetched);
+            let mut first: Option<First> = Some(Box::new(move |r| match r {
+                Ok(data) => {
+                    let p = Prefetched::new(ino, data);
+                    reply.data(p.slice(0, size).unwrap_or(data));
+                    if data.len() > size as usize {
+                        prefetched.insert(fh, p);
+                    }
+                }
+                Err(e) => reply_with("read", reply)(Err(e)),
+            }));
+            if self
+                .lazy
+                .open_for_read(self.host(), fh, PREFETCH, &mut first)
+            {
+                return None;
+            }
+            // Another request opened it meanwhile: read as usual. `first` was not called, so
+            // it still owns the reply.
+            let first = first?;
+            let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
+            self.lazy.with_host(
+                self.host(),
+                fh,
+                Box::new(move |h| match h {
+                    Ok(h) => {
+                        let body = Req::Read(proto::Read {
+                            ino,
+                            fh: h,
+                            offset,
+                            size,
+                        });
+                        client.call(
+                            export,
+                            ctx,
+                            &body,
+                            &[],
+                            Box::new(move |r| match r {
+                                Ok(Reply::Data(d)) => first(Ok(d)),
+                                Ok(_) => first(Err(Errno::EIO)),
+                                Err(e) => first(Err(e)),
+                            }),
+                        );
+                    }
+                    Err(e) => first(Err(e)),
+                }),
+            );
+            None
         }
     }
 }

@@ -11,7 +11,11 @@
 //! host change events, where the kernel keeps negative entries for the same reason.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use ferry_protocol::{Errno, Reply};
+
+use super::FerryFs;
 
 /// Names kept over all listings; past it, every listing is dropped (they are rebuilt by the
 /// next full read of each directory).
@@ -185,6 +189,37 @@ impl Listings {
         g.dirs.clear();
         g.misses.clear();
         g.names = 0;
+    }
+}
+
+impl FerryFs {
+    /// The complete listings this adapter answers missing names from; whatever drops the
+    /// kernel's cached names (the replay thread's [`crate::kernel::KernelNotifier`]) must drop
+    /// them too.
+    pub fn listings(&self) -> Arc<Listings> {
+        Arc::clone(&self.listings)
+    }
+
+    /// Drops the listings of `dirs` now and again when the request answers, for a request
+    /// that adds, removes or renames names in them.
+    pub(super) fn changing<F>(
+        &self,
+        dirs: [u64; 2],
+        done: F,
+    ) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static + use<F>
+    where
+        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
+    {
+        for d in dirs {
+            self.listings.drop_dir(d);
+        }
+        let listings = Arc::clone(&self.listings);
+        move |r| {
+            for d in dirs {
+                listings.drop_dir(d);
+            }
+            done(r)
+        }
     }
 }
 

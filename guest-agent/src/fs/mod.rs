@@ -30,6 +30,8 @@
 //!
 //! - `attr`: attribute, file type, time and open-flag conversions.
 //! - `reply`: protocol replies → fuser replies (one adapter for all request kinds).
+//! - `core`: construction, and sending requests for the handlers.
+//! - `fetch`: listings the agent reads by itself after missing names.
 //! - `cache`: the per-handle caches (readdir entries fetched ahead, prefetched file bytes).
 //! - `listings`: complete directory listings that answer lookups of missing names.
 //! - `lazy`: read-only opens answered here, the host file opened when a request needs it.
@@ -40,6 +42,8 @@
 mod attr;
 mod cache;
 mod caller;
+mod core;
+mod fetch;
 mod lazy;
 mod listings;
 mod locks;
@@ -49,6 +53,7 @@ mod reply;
 pub use attr::{file_attr, kind_from_dtype, kind_from_mode, system_time, timespec};
 pub use cache::{DIR_CHUNK, PREFETCH};
 pub use caller::caller_groups;
+pub use fetch::FETCH_CHUNKS;
 pub use listings::Listings;
 
 use dashmap::DashMap;
@@ -73,7 +78,7 @@ use crate::replay::ReplayState;
 use attr::{fopen_flags, set_time};
 use cache::{DirCache, Prefetched};
 use caller::ctx;
-use lazy::{First, Host, LazyOpens, is_lazy};
+use lazy::{LazyOpens, is_lazy};
 use locks::{Locks, flock_op};
 use reply::{fill_dirplus, refuse, reply_with};
 
@@ -109,278 +114,6 @@ pub struct FerryFs {
     /// Read-only opens answered here (see [`lazy`]), when `lazy_open` allows them.
     lazy: Arc<LazyOpens>,
     lazy_open: bool,
-}
-
-impl FerryFs {
-    /// An adapter forwarding to export `export` of `client`, with the given entry/attr TTL.
-    pub fn new(client: Arc<Client>, export: u32, ttl: Duration) -> Self {
-        Self {
-            locks: Locks::new(client.welcome().features),
-            client,
-            export,
-            ttl,
-            caller_groups: false,
-            deferred_forgets: Arc::default(),
-            dir_caches: Arc::default(),
-            prefetched: Arc::default(),
-            replay: Arc::default(),
-            keep_cache: false,
-            listings: Arc::default(),
-            lazy: Arc::default(),
-            lazy_open: false,
-        }
-    }
-
-    /// Answers read-only opens here, opening the host file only when a request needs it
-    /// (the `lazy` module). Only with kept pages and permissions checked by the guest kernel.
-    pub fn with_lazy_open(mut self, on: bool) -> Self {
-        self.lazy_open = on;
-        self
-    }
-
-    fn host(&self) -> Host<'_> {
-        Host {
-            client: &self.client,
-            export: self.export,
-        }
-    }
-
-    /// As [`Self::call`] for a request on open handle `fh`: `make` builds it for the host's
-    /// handle, which for a handle answered here ([`lazy`]) is opened first.
-    fn call_fh<F>(
-        &self,
-        req: &Request,
-        fh: u64,
-        make: impl FnOnce(u64) -> Req<'static> + Send + 'static,
-        done: F,
-    ) where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        if !is_lazy(fh) {
-            return self.call(req, make(fh), &[], done);
-        }
-        let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
-        let then = move |h: Result<u64, Errno>| match h {
-            Ok(h) => client.call(export, ctx, &make(h), &[], Box::new(done)),
-            Err(e) => done(Err(e)),
-        };
-        self.lazy.with_host(self.host(), fh, Box::new(then));
-    }
-
-    /// What reads directory `dir`'s listing in the background after a name was missing in it
-    /// (on the `ferry-lazy-open` thread: the reader thread, where it is called, must not send):
-    /// tools that probe one missing name probe more in the same directory. At most
-    /// [`FETCH_CHUNKS`] chunks; a bigger directory is left to lookups.
-    fn listing_fetcher(&self, req: &Request, dir: u64) -> impl FnOnce() + Send + 'static + use<> {
-        let lazy = Arc::clone(&self.lazy);
-        let listings = Arc::clone(&self.listings);
-        let client = Arc::clone(&self.client);
-        let (export, ctx) = (self.export, ctx(req));
-        move || {
-            if !listings.missed(dir) {
-                return;
-            }
-            let step = FetchStep {
-                client,
-                listings,
-                lazy: Arc::clone(&lazy),
-                export,
-                ctx,
-                dir,
-            };
-            lazy.run(Box::new(move || step.open()));
-        }
-    }
-
-    /// The host handle to name in a request that may also go by node alone.
-    fn host_fh(fh: Option<FileHandle>) -> Option<u64> {
-        fh.map(|f| f.0).filter(|f| !is_lazy(*f))
-    }
-
-    /// The complete listings this adapter answers missing names from; whatever drops the
-    /// kernel's cached names (the replay thread's [`crate::kernel::KernelNotifier`]) must drop
-    /// them too.
-    pub fn listings(&self) -> Arc<Listings> {
-        Arc::clone(&self.listings)
-    }
-
-    /// Drops the listings of `dirs` now and again when the request answers, for a request
-    /// that adds, removes or renames names in them.
-    fn changing<F>(
-        &self,
-        dirs: [u64; 2],
-        done: F,
-    ) -> impl FnOnce(Result<Reply<'_>, Errno>) + Send + 'static + use<F>
-    where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        for d in dirs {
-            self.listings.drop_dir(d);
-        }
-        let listings = Arc::clone(&self.listings);
-        move |r| {
-            for d in dirs {
-                listings.drop_dir(d);
-            }
-            done(r)
-        }
-    }
-
-    /// Keeps file pages cached across opens; only safe when host changes invalidate them.
-    pub fn with_keep_cache(mut self, keep: bool) -> Self {
-        self.keep_cache = keep;
-        self
-    }
-
-    /// FOPEN flags for an open reply: the server's, plus KEEP_CACHE in `cached` mode.
-    fn open_flags(&self, bits: u32) -> FopenFlags {
-        let mut f = fopen_flags(bits);
-        if self.keep_cache && !f.contains(FopenFlags::FOPEN_DIRECT_IO) {
-            f |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
-        f
-    }
-
-    /// Makes creating requests carry the caller's supplementary groups, read from
-    /// `/proc/PID/status` (FUSE passes only the uid, gid and pid). The server asks for them
-    /// when it creates files as the caller ([`proto::ExportInfo::wants_groups`]).
-    pub fn with_caller_groups(mut self, on: bool) -> Self {
-        self.caller_groups = on;
-        self
-    }
-
-    fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
-    where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        self.client
-            .call(self.export, ctx(req), &body, payload, Box::new(done));
-    }
-
-    /// As [`Self::call`] for a request that creates a node: the caller's supplementary groups
-    /// go with it when the server wants them.
-    fn call_creating<F>(&self, req: &Request, body: Req<'_>, done: F)
-    where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        let mut ctx = ctx(req);
-        // Root bypasses the permission checks the groups would serve.
-        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 {
-            ctx.groups = caller_groups(ctx.pid);
-        }
-        self.client
-            .call(self.export, ctx, &body, &[], Box::new(done));
-    }
-
-    fn forget_nodes(&self, req: &Request, mut nodes: Vec<(u64, u64)>) {
-        nodes.append(&mut self.take_deferred());
-        if nodes.is_empty() {
-            return;
-        }
-        self.client
-            .send_oneway(self.export, ctx(req), &Req::Forget(proto::Forget { nodes }));
-    }
-
-    fn take_deferred(&self) -> Vec<(u64, u64)> {
-        std::mem::take(
-            &mut *self
-                .deferred_forgets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
-    fn flush_deferred(&self, req: &Request) {
-        let nodes = self.take_deferred();
-        if !nodes.is_empty() {
-            self.forget_nodes(req, nodes);
-        }
-    }
-}
-
-/// Chunks of [`DIR_CHUNK`] bytes a background listing reads at most (about 25,000 names).
-pub const FETCH_CHUNKS: usize = 16;
-
-/// One step of a background listing read: Opendir, Readdir until the end, Releasedir, each
-/// sent from the `ferry-lazy-open` thread.
-struct FetchStep {
-    client: Arc<Client>,
-    listings: Arc<Listings>,
-    lazy: Arc<LazyOpens>,
-    export: u32,
-    ctx: proto::Ctx,
-    dir: u64,
-}
-
-impl FetchStep {
-    fn open(self) {
-        let body = Req::Opendir(proto::Opendir {
-            ino: self.dir,
-            flags: libc::O_RDONLY | libc::O_DIRECTORY,
-        });
-        let (client, export, ctx) = (Arc::clone(&self.client), self.export, self.ctx.clone());
-        client.call(
-            export,
-            ctx,
-            &body,
-            &[],
-            Box::new(move |r| match r {
-                Ok(Reply::Opened(o)) => {
-                    let lazy = Arc::clone(&self.lazy);
-                    lazy.run(Box::new(move || self.read(o.fh, 0, 0)));
-                }
-                _ => self.listings.end(Listings::fetch_key(self.dir)),
-            }),
-        );
-    }
-
-    fn read(self, fh: u64, offset: u64, chunks: usize) {
-        let body = Req::Readdir(proto::Readdir {
-            ino: self.dir,
-            fh,
-            offset,
-            size: DIR_CHUNK,
-        });
-        let (client, export, ctx) = (Arc::clone(&self.client), self.export, self.ctx.clone());
-        client.call(
-            export,
-            ctx,
-            &body,
-            &[],
-            Box::new(move |r| {
-                let key = Listings::fetch_key(self.dir);
-                let next = match r {
-                    Ok(Reply::Dir(entries)) => {
-                        let names: Vec<(&[u8], u64)> =
-                            entries.iter().map(|e| (&e.name[..], e.offset)).collect();
-                        self.listings.add(key, offset, &names);
-                        entries.last().map(|e| e.offset)
-                    }
-                    _ => None,
-                };
-                let next = next.filter(|_| chunks + 1 < FETCH_CHUNKS);
-                if next.is_none() {
-                    // Done, failed or too big: whatever was not read to the end is not kept.
-                    self.listings.end(key);
-                }
-                let lazy = Arc::clone(&self.lazy);
-                lazy.run(Box::new(move || match next {
-                    Some(at) => self.read(fh, at, chunks + 1),
-                    None => self.release(fh),
-                }));
-            }),
-        );
-    }
-
-    fn release(self, fh: u64) {
-        let body = Req::Releasedir(proto::Releasedir {
-            ino: self.dir,
-            fh,
-            flags: 0,
-        });
-        self.client
-            .call(self.export, self.ctx, &body, &[], Box::new(|_| {}));
-    }
 }
 
 fn bytes(s: &OsStr) -> &[u8] {
@@ -751,58 +484,9 @@ impl Filesystem for FerryFs {
         let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) else {
             return;
         };
-        if is_lazy(fh.0) && offset == 0 && size <= PREFETCH {
-            // The first read of a handle answered here: the host open brings the bytes.
-            let (prefetched, fh) = (Arc::clone(&self.prefetched), fh.0);
-            let ino = ino.0;
-            let mut first: Option<First> = Some(Box::new(move |r| match r {
-                Ok(data) => {
-                    let p = Prefetched::new(ino, data);
-                    reply.data(p.slice(0, size).unwrap_or(data));
-                    if data.len() > size as usize {
-                        prefetched.insert(fh, p);
-                    }
-                }
-                Err(e) => reply_with("read", reply)(Err(e)),
-            }));
-            if self
-                .lazy
-                .open_for_read(self.host(), fh, PREFETCH, &mut first)
-            {
-                return;
-            }
-            // Another request opened it meanwhile: read as usual. `first` was not called, so
-            // it still owns the reply.
-            let Some(first) = first else { return };
-            let (client, export, ctx) = (Arc::clone(&self.client), self.export, ctx(req));
-            self.lazy.with_host(
-                self.host(),
-                fh,
-                Box::new(move |h| match h {
-                    Ok(h) => {
-                        let body = Req::Read(proto::Read {
-                            ino,
-                            fh: h,
-                            offset,
-                            size,
-                        });
-                        client.call(
-                            export,
-                            ctx,
-                            &body,
-                            &[],
-                            Box::new(move |r| match r {
-                                Ok(Reply::Data(d)) => first(Ok(d)),
-                                Ok(_) => first(Err(Errno::EIO)),
-                                Err(e) => first(Err(e)),
-                            }),
-                        );
-                    }
-                    Err(e) => first(Err(e)),
-                }),
-            );
+        let Some(reply) = self.read_first(req, ino.0, fh.0, offset, size, reply) else {
             return;
-        }
+        };
         let ino = ino.0;
         let make = move |h| {
             Req::Read(proto::Read {
