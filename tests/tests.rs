@@ -29,6 +29,8 @@ mod model;
 mod locks;
 // mmap, sockets, device nodes and read-only exports through a mount.
 mod special;
+// Warm caches in `cached` mode, dropped by host events; `consistent` mode asks every time.
+mod warm;
 // Path safety while the host swaps a directory for a symlink to /.
 mod race;
 // fsx-style random I/O with mmap against an in-memory model.
