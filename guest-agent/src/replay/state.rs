@@ -93,10 +93,23 @@ pub struct ReplayStats {
     pub received: AtomicU64,
     /// Changes replayed on the mount.
     pub replayed: AtomicU64,
-    /// Changes whose replay failed (the cache was still invalidated).
+    /// Changes whose replay failed (the cache was still invalidated); broken down below.
     pub failed: AtomicU64,
-    /// Changes not replayed on purpose (a guest mount below, nothing to replay).
+    /// ... because a name on the way, or the name itself, was missing (ENOENT, ENOTDIR).
+    pub failed_missing: AtomicU64,
+    /// ... because the answer said the change was overtaken or refused (ESTALE, EEXIST,
+    /// EPERM, ENOTEMPTY).
+    pub failed_stale: AtomicU64,
+    /// ... for any other reason (ETXTBSY, EIO, the host refused it).
+    pub failed_other: AtomicU64,
+    /// Changes not replayed on purpose; broken down below.
     pub skipped: AtomicU64,
+    /// ... because the directory holds a guest mount (its entry only expires).
+    pub skipped_mount: AtomicU64,
+    /// ... because the mount was gone.
+    pub skipped_unmounted: AtomicU64,
+    /// ... because the mount is read-only (the caches are invalidated, nothing is raised).
+    pub skipped_read_only: AtomicU64,
     /// Overflows: every cached name dropped.
     pub overflows: AtomicU64,
 }

@@ -7,8 +7,10 @@
 //! 2. The export's watcher thread collects a burst (until [`BURST_QUIET`] passes without a new
 //!    event, at most [`BURST_MAX`]), pairs rename halves, drops what guests cannot see (opens,
 //!    reads), and coalesces repeats of the same change to the same path while keeping the
-//!    order of changes to each path (`coalesce.rs`), then lists the directories it created
-//!    (`scan.rs`).
+//!    order of changes to each path (`coalesce.rs`), lists the directories it created
+//!    (`scan.rs`, so that entries made before `notify` watched them are known), and collapses
+//!    what happened inside directories created within the burst into their creation, as a
+//!    native recursive watcher sees it (`coalesce::collapse`).
 //! 3. Before looking at the burst it waits until every mutation a session had started when the
 //!    burst was read has finished and recorded its echo fingerprint ([`Events::mutation`]).
 //! 4. For each watching session it drops the session's own echoes (`echo.rs`), resolves the
@@ -34,7 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
-use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
+use coalesce::{RENAME_WAIT, Raw, coalesce, collapse, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
 use scan::Scanned;
 
@@ -272,7 +274,7 @@ impl Export {
                 changes.push(Raw::new(ChangeKind::Removed, from, false));
             }
             let changes = coalesce(changes);
-            let changes = scanned.expand(&self.path, changes);
+            let changes = collapse(scanned.expand(&self.path, changes));
             if changes.iter().any(|c| c.kind == ChangeKind::Overflow) {
                 warn!(
                     export = self.name,
