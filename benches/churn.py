@@ -134,9 +134,11 @@ class Watch:
                 break
 
     def _read(self):
+        self.times = {}
         for line in self.p.stdout:
             self.lines.append(line.rstrip("\n"))
             self.last = time.monotonic()
+            self.times.setdefault(line.rstrip("\n").rpartition("/")[2], self.last)
 
     def stop(self):
         self.p.send_signal(signal.SIGINT)
@@ -163,6 +165,8 @@ def settle(watches, quiet=3.0, limit=120):
 
 def start_share(bin_, src, mnt, log):
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+    if os.environ.get("CHURN_LOG"):
+        log = open(os.environ["CHURN_LOG"], "w")
     p = subprocess.Popen([bin_, "share", src, mnt], stdout=log, stderr=log, env=env)
     for _ in range(300):
         if os.path.ismount(mnt):
@@ -270,6 +274,9 @@ def lag(args, tmp):
     print("lag: %d files in %d new dirs written in %.2f s" % (per * args.dirs, args.dirs, burst_end - t0))
     print("lag: edit after the burst visible in the guest after %s" %
           ("%.1f ms" % ((seen - edited) * 1000) if seen else "never (120 s)"))
+    ev = guest.times.get("edit.txt")
+    print("lag: the guest watcher heard of the edit after %s" %
+          ("%.1f ms" % ((ev - edited) * 1000) if ev else "never"))
     print("lag: guest watcher's last event %.2f s after the edit; %d guest events" %
           (guest.last - edited, len(guest.lines)))
     for s in stats:

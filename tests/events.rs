@@ -134,7 +134,7 @@ console.log('READY');
         std::mem::take(&mut *self.lines.lock().unwrap())
     }
 
-    fn wait_for(&self, cond: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
+    pub(crate) fn wait_for(&self, cond: impl Fn(&[String]) -> bool, limit: Duration) -> bool {
         wait_until(limit, || cond(&self.lines.lock().unwrap()))
     }
 
@@ -335,7 +335,10 @@ fn inotifywait_sees_host_changes_as_on_a_local_disk() {
     // the host burst that created it, each created, written and closed; the files made within
     // that burst are collapsed into the directory's creation.
     let burst = &got[STEPS.len() - 2];
-    assert_eq!(burst.first().map(String::as_str), Some("burst CREATE,ISDIR"));
+    assert_eq!(
+        burst.first().map(String::as_str),
+        Some("burst CREATE,ISDIR")
+    );
     let creates = burst.iter().filter(|l| l.ends_with(" CREATE")).count();
     assert!(creates <= 1000, "{creates} creations of 1000 files");
 }

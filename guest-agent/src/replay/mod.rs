@@ -161,6 +161,7 @@ impl Replayer {
             failed_missing = s.failed_missing.load(Ordering::Relaxed),
             failed_stale = s.failed_stale.load(Ordering::Relaxed),
             failed_other = s.failed_other.load(Ordering::Relaxed),
+            overtaken = s.overtaken.load(Ordering::Relaxed),
             skipped_mount = s.skipped_mount.load(Ordering::Relaxed),
             skipped_unmounted = s.skipped_unmounted.load(Ordering::Relaxed),
             skipped_read_only = s.skipped_read_only.load(Ordering::Relaxed),
@@ -413,6 +414,10 @@ impl Replayer {
                         // The root: the kernel always holds it; no lookup to give back.
                         view.used = true;
                     }
+                } else if !c.path.is_empty() {
+                    // Gone on the host since (a rename or removal follows): a lookup of the
+                    // name gets a stand-in, so the event is raised at the name the guest knows.
+                    view.name(c.parent, &name, Side::From, Before::Synthetic(ft));
                 }
                 // Without an entry the object has moved on on the host since (a rename or
                 // removal follows); the replay works on what the guest holds.
@@ -421,9 +426,20 @@ impl Replayer {
             }
         };
         let view = self.state.take();
+        let overtaken = self.state.take_overtaken();
         match result {
             Ok(()) => {
                 self.state.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                if overtaken {
+                    // Raised in stream order, but the host has moved on: have the next lookup
+                    // of these names ask the host (the change that overtook it follows).
+                    self.state.stats.overtaken.fetch_add(1, Ordering::Relaxed);
+                    self.expire_entry(c.parent, &name);
+                    if c.kind == ChangeKind::Renamed {
+                        let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        self.expire_entry(c.to_parent, to_name);
+                    }
+                }
             }
             Err(e) => {
                 let stats = &self.state.stats;
@@ -499,7 +515,8 @@ impl Coherence<'_> {
         let name = c.path.rsplit(|&b| b == b'/').next().unwrap_or_default();
         let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
         let dir = c.file_type == libc::S_IFDIR
-            || c.entry.is_some_and(|e| e.attr.mode & libc::S_IFMT == libc::S_IFDIR);
+            || c.entry
+                .is_some_and(|e| e.attr.mode & libc::S_IFMT == libc::S_IFDIR);
         match c.kind {
             ChangeKind::Overflow => self.drop_all_cached(),
             ChangeKind::Created => self.expire_entry(c.parent, name),
