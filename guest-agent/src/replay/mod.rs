@@ -10,8 +10,12 @@
 //! then emits the events every watcher expects. What this relies on about the kernel is in
 //! `guest-agent/REPLAY.md`.
 //!
-//! For each change, in order:
-//! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
+//! Coherence first: a `ferry-coherence` thread invalidates what the kernel caches of every
+//! change of a batch (pages, attributes, names: [`KernelNotifier`]) as soon as the batch
+//! arrives, then hands it to the replay thread, so no replay backlog delays an invalidation.
+//!
+//! The replay thread, for each change, in stream order:
+//! 1. (the coherence thread has invalidated it);
 //! 2. install the view: which of the change's names a request names, and how each looked
 //!    before the change (absent for a creation and a rename target, the object or a synthetic
 //!    stand-in for a removal and a rename source);
