@@ -19,6 +19,8 @@ mod cli;
 mod programs;
 // Host changes seen by inotify clients in the guest, and cache coherence.
 mod events;
+// Host churn (fsstress-style) against a native watcher: per-type coverage, nothing invented.
+mod churn;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.

@@ -7,8 +7,10 @@
 //! 2. The export's watcher thread collects a burst (until [`BURST_QUIET`] passes without a new
 //!    event, at most [`BURST_MAX`]), pairs rename halves, drops what guests cannot see (opens,
 //!    reads), and coalesces repeats of the same change to the same path while keeping the
-//!    order of changes to each path (`coalesce.rs`), then lists the directories it created
-//!    (`scan.rs`).
+//!    order of changes to each path (`coalesce.rs`), lists the directories it created
+//!    (`scan.rs`, so that entries made before `notify` watched them are known), and collapses
+//!    what happened inside directories created within the burst into their creation, as a
+//!    native recursive watcher sees it (`coalesce::collapse`).
 //! 3. Before looking at the burst it waits until every mutation a session had started when the
 //!    burst was read has finished and recorded its echo fingerprint ([`Events::mutation`]).
 //! 4. For each watching session it drops the session's own echoes (`echo.rs`), resolves the
@@ -34,7 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
-use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
+use coalesce::{RENAME_WAIT, Raw, coalesce, collapse, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
 use scan::Scanned;
 
@@ -237,6 +239,7 @@ impl Export {
         let mut held_from: Option<(usize, PathBuf)> = None;
         let mut scanned = Scanned::default();
         let mut dirs = DirKeys::default();
+        let mut moved = Moved::default();
         loop {
             let Ok(first) = rx.recv() else {
                 debug!(export = self.name, "watcher thread ends");
@@ -289,8 +292,8 @@ impl Export {
                 // The rename's second half never came: moved out of the export.
                 changes.push(Raw::new(ChangeKind::Removed, from, false));
             }
-            let changes = coalesce(changes);
-            let changes = scanned.expand(&self.path, changes);
+            let changes = coalesce(moved.follow(&self.path, changes));
+            let changes = collapse(scanned.expand(&self.path, changes));
             if changes.iter().any(|c| c.kind == ChangeKind::Overflow) {
                 warn!(
                     export = self.name,
@@ -310,7 +313,8 @@ impl Export {
     fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys) {
         let facts: Vec<Facts> = changes
             .iter()
-            .map(|c| Facts::of(&self.path, c, dirs))
+            .enumerate()
+            .map(|(i, c)| Facts::of(&self.path, c, &changes[i + 1..], dirs))
             .collect();
         let subs: Vec<(u64, Arc<ExportSession>, Sink)> = {
             let subs = self.events.subs.lock().unwrap_or_else(|e| e.into_inner());
@@ -524,8 +528,87 @@ impl DirKeys {
     }
 }
 
+/// Directories renamed on the host, old path to new. `notify` keeps reporting events inside a
+/// renamed directory at its old path; those are moved to the new one here, so that the stream
+/// stays one a watcher could have seen (a guest replaying it in order would otherwise look for
+/// names its own tree has already moved).
+#[derive(Debug, Default)]
+struct Moved(Vec<(PathBuf, PathBuf)>);
+
+impl Moved {
+    const MAX: usize = 1024;
+
+    /// Rewrites paths below a renamed directory's old path, when nothing is at that old path on
+    /// the host any more (else a new directory took the name and its events are its own), and
+    /// records the burst's directory renames.
+    fn follow(&mut self, root: &Path, mut changes: Vec<Raw>) -> Vec<Raw> {
+        for c in &mut changes {
+            if c.kind == ChangeKind::Overflow {
+                self.0.clear();
+                continue;
+            }
+            c.path = self.now(root, &c.path);
+            if let Some(to) = &c.to {
+                c.to = Some(self.now(root, to));
+            }
+            let made = match c.kind {
+                ChangeKind::Created => Some(&c.path),
+                ChangeKind::Renamed => c.to.as_ref(),
+                _ => None,
+            };
+            if let Some(made) = made {
+                // A new object at an old path: events there are its own from now on.
+                self.0.retain(|(old, _)| old != made);
+            }
+            if c.kind == ChangeKind::Renamed && c.is_dir {
+                if let Some(to) = &c.to {
+                    if self.0.len() >= Self::MAX {
+                        self.0.remove(0);
+                    }
+                    self.0.push((c.path.clone(), to.clone()));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Where `path` is now, following renames of the directories above it (latest first).
+    fn now(&self, root: &Path, path: &Path) -> PathBuf {
+        let mut p = path.to_path_buf();
+        for (old, new) in self.0.iter().rev() {
+            if let Ok(rest) = p.strip_prefix(old) {
+                if !rest.as_os_str().is_empty()
+                    && std::fs::symlink_metadata(root.join(old)).is_err()
+                {
+                    p = new.join(rest);
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Where `path` is at the end of the burst: moved by the renames that follow its change.
+fn after(path: &Path, later: &[Raw]) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for r in later {
+        if let (ChangeKind::Renamed, Some(to)) = (r.kind, &r.to) {
+            if let Ok(rest) = p.strip_prefix(&r.path) {
+                p = if rest.as_os_str().is_empty() {
+                    to.clone()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+    }
+    p
+}
+
 impl Facts {
-    fn of(root: &Path, c: &Raw, dirs: &mut DirKeys) -> Facts {
+    /// `later`: the changes after `c` in its burst, through whose renames a directory that has
+    /// moved on since is still found.
+    fn of(root: &Path, c: &Raw, later: &[Raw], dirs: &mut DirKeys) -> Facts {
         // `symlink_metadata` never follows a final symlink; these identities are only
         // compared with nodes a session holds, never opened.
         let key = |p: &Path| -> Option<(Key, Fingerprint)> {
@@ -535,7 +618,13 @@ impl Facts {
         if c.kind == ChangeKind::Overflow {
             return Facts::default();
         }
-        let mut parent = |p: &Path| -> Option<Key> { dirs.key(root, p.parent()?) };
+        let mut parent = |p: &Path| -> Option<Key> {
+            let dir = p.parent()?;
+            dirs.key(root, dir).or_else(|| {
+                let now = after(dir, later);
+                (now != dir).then(|| dirs.key(root, &now)).flatten()
+            })
+        };
         Facts {
             parent: parent(&c.path),
             to_parent: c.to.as_deref().and_then(&mut parent),
