@@ -15,13 +15,15 @@
 //!    paths to that session's node ids, looks up the objects that exist (taking a lookup for
 //!    the guest, as a `Lookup` reply would) and hands the [`Change`]s to the session's sink.
 
+mod beneath;
 mod coalesce;
 mod echo;
+mod inotify;
 mod scan;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -29,13 +31,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::{Change, ChangeKind, Entry, Errno};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, error, info, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
 use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
+use inotify::TreeWatcher;
 use scan::Scanned;
 
 pub(crate) use echo::{Fingerprint, NameOp};
@@ -69,7 +71,7 @@ pub(crate) struct Events {
     epoch: AtomicUsize,
     in_flight: [AtomicU64; 2],
     /// The running watcher; dropping it stops the watcher thread.
-    watcher: Mutex<Option<RecommendedWatcher>>,
+    watcher: Mutex<Option<TreeWatcher>>,
 }
 
 impl std::fmt::Debug for Events {
@@ -189,27 +191,23 @@ impl Export {
         }
     }
 
-    fn start_watcher(self: &Arc<Self>) -> Result<RecommendedWatcher, Errno> {
+    fn start_watcher(self: &Arc<Self>) -> Result<TreeWatcher, Errno> {
         let (tx, rx) = channel();
-        let mut w = notify::recommended_watcher(move |ev| {
-            let _ = tx.send(ev);
-        })
-        .map_err(|e| {
-            error!(export = self.name, "cannot start the host watcher: {e}");
-            Errno::EIO
-        })?;
         let started = Instant::now();
-        if let Err(e) = w.watch(&self.path, RecursiveMode::Recursive) {
-            error!(
-                export = self.name,
-                "cannot watch {}: {e}",
-                self.path.display()
-            );
-            if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                error!("{WATCH_LIMIT_ADVICE}");
+        let w = match TreeWatcher::start(&self.name, self.root.as_fd(), &self.path, tx) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(
+                    export = self.name,
+                    "cannot watch {}: {e}",
+                    self.path.display()
+                );
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    error!("{WATCH_LIMIT_ADVICE}");
+                }
+                return Err(Errno::EIO);
             }
-            return Err(Errno::EIO);
-        }
+        };
         info!(
             export = self.name,
             ms = started.elapsed().as_millis() as u64,
@@ -257,7 +255,13 @@ impl Export {
             let mut changes = Vec::new();
             for ev in raw {
                 match ev {
-                    Ok(ev) => event_to_changes(&self.path, ev, &mut held_from, &mut changes),
+                    Ok(ev) => event_to_changes(
+                        &self.path,
+                        self.root.as_fd(),
+                        ev,
+                        &mut held_from,
+                        &mut changes,
+                    ),
                     Err(e) => {
                         error!(export = self.name, "host watcher error: {e}");
                         if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
@@ -272,7 +276,7 @@ impl Export {
                 changes.push(Raw::new(ChangeKind::Removed, from, false));
             }
             let changes = coalesce(changes);
-            let changes = scanned.expand(&self.path, changes);
+            let changes = scanned.expand(self.root.as_fd(), changes);
             if changes.iter().any(|c| c.kind == ChangeKind::Overflow) {
                 warn!(
                     export = self.name,
@@ -292,7 +296,7 @@ impl Export {
     fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys) {
         let facts: Vec<Facts> = changes
             .iter()
-            .map(|c| Facts::of(&self.path, c, dirs))
+            .map(|c| Facts::of(self.root.as_fd(), c, dirs))
             .collect();
         let subs: Vec<(u64, Arc<ExportSession>, Sink)> = {
             let subs = self.events.subs.lock().unwrap_or_else(|e| e.into_inner());
@@ -486,10 +490,10 @@ struct DirKeys(HashMap<PathBuf, Key>);
 impl DirKeys {
     const MAX: usize = 200_000;
 
-    fn key(&mut self, root: &Path, dir: &Path) -> Option<Key> {
-        match std::fs::symlink_metadata(root.join(dir)) {
-            Ok(m) if m.is_dir() => {
-                let k = (m.dev(), m.ino());
+    fn key(&mut self, root: BorrowedFd<'_>, dir: &Path) -> Option<Key> {
+        match beneath::stat(root, dir) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                let k = (st.st_dev, st.st_ino);
                 if self.0.len() >= Self::MAX {
                     self.0.clear();
                 }
@@ -507,12 +511,12 @@ impl DirKeys {
 }
 
 impl Facts {
-    fn of(root: &Path, c: &Raw, dirs: &mut DirKeys) -> Facts {
-        // `symlink_metadata` never follows a final symlink; these identities are only
+    fn of(root: BorrowedFd<'_>, c: &Raw, dirs: &mut DirKeys) -> Facts {
+        // Resolved beneath the root without following any symlink; these identities are only
         // compared with nodes a session holds, never opened.
         let key = |p: &Path| -> Option<(Key, Fingerprint)> {
-            let m = std::fs::symlink_metadata(root.join(p)).ok()?;
-            Some(((m.dev(), m.ino()), Fingerprint::of_meta(&m)))
+            let st = beneath::stat(root, p).ok()?;
+            Some(((st.st_dev, st.st_ino), Fingerprint::of_stat(&st)))
         };
         if c.kind == ChangeKind::Overflow {
             return Facts::default();
