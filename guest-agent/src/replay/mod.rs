@@ -397,8 +397,14 @@ impl Replayer {
                 self.state.stats.replayed.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
-                debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                if e.unresolved() {
+                    // Never followed: a symlink or a mount where the guest knew a directory.
+                    self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                } else {
+                    self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                }
                 // A stale or failed replay: make the names be looked up again.
                 match c.kind {
                     ChangeKind::Created | ChangeKind::Removed => {
