@@ -312,6 +312,11 @@ impl Tree {
                     ok &= self.tx.send(Ok(both)).is_ok();
                     if from_dir {
                         self.rekey(&from, &rel);
+                        // Renamed before its creation was seen (so never watched): watch it
+                        // under its new name.
+                        if !self.by_path.contains_key(&rel) {
+                            let _ = self.add_tree(&rel);
+                        }
                     }
                 }
                 other => {
