@@ -1,9 +1,11 @@
-//! Host change events: one inotify watcher (through the `notify` crate) per watched export, and
-//! the per-session view of each change.
+//! Host change events: one inotify watcher per watched export, and the per-session view of
+//! each change.
 //!
 //! The pipeline, for one export:
 //!
-//! 1. `notify` watches the export recursively and hands raw events to a channel.
+//! 1. The export's own inotify watcher (`inotify.rs`) watches every directory of the export,
+//!    each opened beneath the root's descriptor without following a symlink (`beneath.rs`),
+//!    and hands raw events, as `notify::Event`s, to a channel.
 //! 2. The export's watcher thread collects a burst (until [`BURST_QUIET`] passes without a new
 //!    event, at most [`BURST_MAX`]), pairs rename halves, drops what guests cannot see (opens,
 //!    reads), and coalesces repeats of the same change to the same path while keeping the
