@@ -238,9 +238,16 @@ fn the_host_watcher_never_follows_a_symlink_out_of_the_export() {
         .lines()
         .filter(|l| l.contains("host change"))
         .filter(|l| {
-            ["e/out/", "e/usr/", "e/root/", "h2/root/", "h2/out/", ".pnpm/store/"]
-                .iter()
-                .any(|p| l.contains(p))
+            [
+                "e/out/",
+                "e/usr/",
+                "e/root/",
+                "h2/root/",
+                "h2/out/",
+                ".pnpm/store/",
+            ]
+            .iter()
+            .any(|p| l.contains(p))
         })
         .collect();
     assert!(

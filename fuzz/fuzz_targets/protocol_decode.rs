@@ -3,7 +3,9 @@
 //! must return a value or a `DecodeError`, never panic, whatever the input.
 #![no_main]
 
-use ferry_protocol::{Frame, FrameHeader, Hello, Notice, Refused, ReplyFrame, RequestFrame, Welcome};
+use ferry_protocol::{
+    Frame, FrameHeader, Hello, Notice, Refused, ReplyFrame, RequestFrame, Welcome,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

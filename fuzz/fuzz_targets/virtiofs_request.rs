@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         devices: false,
     })
     .expect("export opens");
-    let server = FuseServer::new(ExportSession::new(export), std::time::Duration::from_secs(1));
+    let server = FuseServer::new(
+        ExportSession::new(export),
+        std::time::Duration::from_secs(1),
+    );
     let mut rest = data;
     while rest.len() >= 2 {
         let raw = u16::from_le_bytes([rest[0], rest[1]]);
@@ -35,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
         if raw & 0x8000 == 0 && req.len() >= 4 {
             req[..4].copy_from_slice(&(len as u32).to_le_bytes());
         }
-        if req.len() >= 8 && u32::from_le_bytes([req[4], req[5], req[6], req[7]]) == opcode::FALLOCATE {
+        if req.len() >= 8
+            && u32::from_le_bytes([req[4], req[5], req[6], req[7]]) == opcode::FALLOCATE
+        {
             continue;
         }
         let _ = server.handle(&req);
