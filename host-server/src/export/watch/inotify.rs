@@ -30,6 +30,11 @@ use tracing::{debug, warn};
 use super::beneath;
 use crate::export::sys;
 
+/// An errno from the export core's `sys` as a `notify` error.
+fn errno(e: Errno) -> notify::Error {
+    notify::Error::io(std::io::Error::from_raw_os_error(e.0))
+}
+
 /// What the watcher hands on.
 pub(super) type Message = notify::Result<notify::Event>;
 
@@ -109,35 +114,63 @@ impl Tree {
             | F::IN_ONLYDIR
     }
 
-    /// Watches the directory at `rel` and every directory below it. Only the first failure of
-    /// the root itself is an error; a directory that vanished or turned into something else
-    /// meanwhile is skipped.
+    /// Watches the directory at `rel` and every directory below it, depth first, holding one
+    /// descriptor per level: `rel` is opened beneath the root one component at a time, each
+    /// directory below it beneath its parent's descriptor, never following a symlink. Only a
+    /// failure to watch the root itself is an error; a directory that vanished or turned into
+    /// something else meanwhile is skipped, and the watch limit is reported once.
     fn add_tree(&mut self, rel: &Path) -> Result<(), notify::Error> {
-        let mut stack = vec![rel.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            match self.add_one(&dir) {
-                Ok(children) => stack.extend(children),
-                Err(e) if dir.as_os_str().is_empty() => return Err(e),
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let top = beneath::open_dir(self.root.as_fd(), rel, flags)
+            .map_err(errno)
+            .and_then(|fd| Ok((self.watch_dir(rel, &fd)?, fd)));
+        let (names, fd) = match top {
+            Ok(v) => v,
+            Err(e) if rel.as_os_str().is_empty() => return Err(e),
+            Err(e) => {
+                self.not_watched(rel, e);
+                return Ok(());
+            }
+        };
+        let mut stack: Vec<(PathBuf, OwnedFd, Vec<Vec<u8>>)> = vec![(rel.to_path_buf(), fd, names)];
+        while let Some((dir, fd, names)) = stack.last_mut() {
+            let Some(name) = names.pop() else {
+                stack.pop();
+                continue;
+            };
+            let child = dir.join(OsStr::from_bytes(&name));
+            let opened = sys::cstring(&name)
+                .and_then(|c| sys::open_beneath(fd.as_fd(), &c, flags, 0))
+                .map_err(errno)
+                .and_then(|cfd| Ok((self.watch_dir(&child, &cfd)?, cfd)));
+            match opened {
+                Ok((names, cfd)) => stack.push((child, cfd, names)),
                 Err(e) => {
-                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                        if !self.limit_reported {
-                            self.limit_reported = true;
-                            let _ = self.tx.send(Err(e));
-                        }
+                    let full = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                    self.not_watched(&child, e);
+                    if full {
                         return Ok(());
                     }
-                    debug!(path = %dir.display(), "not watched: {e}");
                 }
             }
         }
         Ok(())
     }
 
-    /// Watches the one directory at `rel`; returns its subdirectories.
-    fn add_one(&mut self, rel: &Path) -> Result<Vec<PathBuf>, notify::Error> {
-        let errno = |e: Errno| notify::Error::io(std::io::Error::from_raw_os_error(e.0));
-        let fd = beneath::open_dir(self.root.as_fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY)
-            .map_err(errno)?;
+    fn not_watched(&mut self, rel: &Path, e: notify::Error) {
+        if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+            if !self.limit_reported {
+                self.limit_reported = true;
+                let _ = self.tx.send(Err(e));
+            }
+        } else {
+            debug!(path = %rel.display(), "not watched: {e}");
+        }
+    }
+
+    /// Watches the directory `fd` (at `rel`); returns the names of its subdirectories, from
+    /// the entries' types (a stat without following only where the filesystem gives none).
+    fn watch_dir(&mut self, rel: &Path, fd: &OwnedFd) -> Result<Vec<Vec<u8>>, notify::Error> {
         let wd = self
             .inotify
             .add_watch(sys::proc_path(fd.as_fd()).as_c_str(), Self::mask())
@@ -150,12 +183,28 @@ impl Tree {
             self.by_path.remove(&old);
         }
         self.by_path.insert(rel.to_path_buf(), wd);
-        let children = beneath::list(fd.as_fd(), Path::new("")).unwrap_or_default();
-        Ok(children
-            .into_iter()
-            .filter(|(_, st)| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .map(|(name, _)| rel.join(OsStr::from_bytes(&name)))
-            .collect())
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n @ 1..) = sys::getdents64(fd.as_fd(), &mut buf) {
+            let mut rest = &buf[..n];
+            while let Some((reclen, d)) = sys::parse_dirent(rest) {
+                rest = &rest[reclen..];
+                if d.name == b"." || d.name == b".." {
+                    continue;
+                }
+                let is_dir = match d.kind {
+                    libc::DT_DIR => true,
+                    libc::DT_UNKNOWN => sys::cstring(d.name)
+                        .and_then(|c| sys::fstatat_nofollow(fd.as_fd(), &c))
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+                    _ => false,
+                };
+                if is_dir {
+                    out.push(d.name.to_vec());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets (and stops watching) `rel` and every directory below it.
