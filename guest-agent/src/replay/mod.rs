@@ -400,7 +400,11 @@ impl Replayer {
                 if e.unresolved() {
                     // Never followed: a symlink or a mount where the guest knew a directory.
                     self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                    if e.crossed() {
+                        warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                    } else {
+                        debug!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                    }
                 } else {
                     self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
                     debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");

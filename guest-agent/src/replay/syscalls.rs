@@ -45,6 +45,15 @@ impl Failure {
     pub(super) fn unresolved(self) -> bool {
         matches!(self, Failure::Unresolved(_))
     }
+
+    /// Whether the path met a symlink, a mount or a non-directory where the guest knew a
+    /// directory (rather than a directory that is simply gone): worth a warning.
+    pub(super) fn crossed(self) -> bool {
+        matches!(
+            self,
+            Failure::Unresolved(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV | Errno::EINVAL)
+        )
+    }
 }
 
 impl std::fmt::Display for Failure {

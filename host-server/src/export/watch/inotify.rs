@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
 
 use ferry_protocol::Errno;
 use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
@@ -96,7 +97,7 @@ struct Tree {
     by_path: HashMap<PathBuf, WatchDescriptor>,
     tx: Sender<Message>,
     /// A rename's first half (cookie, relative path, is a directory) waiting for its second.
-    moved_from: Option<(u32, PathBuf, bool)>,
+    moved_from: Option<(u32, PathBuf, bool, Instant)>,
     /// Whether the watch limit was reported since the watcher started.
     limit_reported: bool,
 }
@@ -272,7 +273,7 @@ impl Tree {
 
     /// A rename's first half that no second half followed: moved out of the export.
     fn flush_moved_from(&mut self) {
-        if let Some((_, from, is_dir)) = self.moved_from.take() {
+        if let Some((_, from, is_dir, _)) = self.moved_from.take() {
             if is_dir {
                 self.forget_tree(&from);
             }
@@ -336,7 +337,13 @@ impl Tree {
             None => dir.clone(),
         };
         let is_dir = m.contains(F::IN_ISDIR);
-        if !m.contains(F::IN_MOVED_TO) {
+        // Another event may come between a rename's halves (from another directory); a first
+        // half left alone for a tick, or followed by another rename's, was a move out.
+        let stale = self.moved_from.as_ref().is_some_and(|p| {
+            p.3.elapsed() >= Duration::from_millis(TICK_MS as u64)
+                && !(m.contains(F::IN_MOVED_TO) && p.0 == ev.cookie)
+        });
+        if stale || m.contains(F::IN_MOVED_FROM) {
             self.flush_moved_from();
         }
         let mut ok = true;
@@ -345,14 +352,14 @@ impl Tree {
                 .add_path(self.prefix.join(&rel))
                 .set_tracker(ev.cookie as usize);
             ok &= self.tx.send(Ok(from)).is_ok();
-            self.moved_from = Some((ev.cookie, rel.clone(), is_dir));
+            self.moved_from = Some((ev.cookie, rel.clone(), is_dir, Instant::now()));
         } else if m.contains(F::IN_MOVED_TO) {
             let to = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
                 .set_tracker(ev.cookie as usize)
                 .add_path(self.prefix.join(&rel));
             ok &= self.tx.send(Ok(to)).is_ok();
             match self.moved_from.take() {
-                Some((cookie, from, from_dir)) if cookie == ev.cookie => {
+                Some((cookie, from, from_dir, _)) if cookie == ev.cookie => {
                     let both =
                         notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
                             .set_tracker(ev.cookie as usize)
