@@ -404,7 +404,9 @@ impl Tree {
             };
             ok &= self.send(EventKind::Remove(kind), &rel);
         }
-        if m.contains(F::IN_DELETE_SELF) {
+        // A directory's own removal is reported by its parent's watch; only the export root,
+        // which has none, reports its own (as `notify` did, watching "self" only at the top).
+        if m.contains(F::IN_DELETE_SELF) && dir.as_os_str().is_empty() {
             ok &= self.send(EventKind::Remove(RemoveKind::Folder), &rel);
         }
         if m.contains(F::IN_MODIFY) {
