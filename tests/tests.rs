@@ -35,6 +35,8 @@ mod special;
 mod warm;
 // Path safety while the host swaps a directory for a symlink to /.
 mod race;
+// Symlinks lead neither the host watcher out of the export nor the replay out of the mount.
+mod confine;
 // fsx-style random I/O with mmap against an in-memory model.
 mod fsx;
 // A tree much larger than the node descriptor cap: descriptors stay bounded, data stays right.

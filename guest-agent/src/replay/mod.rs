@@ -447,17 +447,25 @@ impl Replayer {
             }
             Err(e) => {
                 let stats = &self.state.stats;
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                match e {
-                    nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => &stats.failed_missing,
-                    nix::errno::Errno::ESTALE
-                    | nix::errno::Errno::EEXIST
-                    | nix::errno::Errno::EPERM
-                    | nix::errno::Errno::ENOTEMPTY => &stats.failed_stale,
-                    _ => &stats.failed_other,
+                if e.crossed() {
+                    // Never followed: a symlink or a mount where the guest knew a directory.
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                } else {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    match e.errno() {
+                        nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => {
+                            &stats.failed_missing
+                        }
+                        nix::errno::Errno::ESTALE
+                        | nix::errno::Errno::EEXIST
+                        | nix::errno::Errno::EPERM
+                        | nix::errno::Errno::ENOTEMPTY => &stats.failed_stale,
+                        _ => &stats.failed_other,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
                 }
-                .fetch_add(1, Ordering::Relaxed);
-                debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
                 // A stale or failed replay: make the names be looked up again.
                 match c.kind {
                     ChangeKind::Created | ChangeKind::Removed => {

@@ -3,6 +3,7 @@
 //! same change to one path within a burst merged, keeping the order of each path's changes.
 
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,9 +56,11 @@ pub(super) fn rename_pending_after(pending: bool, ev: &notify::Result<notify::Ev
 }
 
 /// Turns one `notify` event into the change it makes, if any, pushed onto `out`, pairing
-/// rename halves through `held`.
+/// rename halves through `held`. `root` is the export's path (the events' prefix), `root_fd`
+/// its descriptor, beneath which every path is looked at.
 pub(super) fn event_to_changes(
     root: &Path,
+    root_fd: BorrowedFd<'_>,
     ev: notify::Event,
     held: &mut Option<(usize, PathBuf)>,
     out: &mut Vec<Raw>,
@@ -114,7 +117,8 @@ pub(super) fn event_to_changes(
                 return;
             };
             *held = None;
-            let is_dir = std::fs::symlink_metadata(root.join(&to)).is_ok_and(|m| m.is_dir());
+            let is_dir = super::beneath::stat(root_fd, &to)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
             out.push(Raw {
                 kind: ChangeKind::Renamed,
                 path,
