@@ -52,9 +52,6 @@ pub enum VirtioFsError {
     /// The listening socket could not be duplicated for the next connection.
     #[error("cannot duplicate the listening socket: {0}")]
     Dup(std::io::Error),
-    /// The exit eventfd of the vring worker could not be created.
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
     /// The daemon could not be created.
     #[error("cannot create the vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
@@ -106,7 +103,7 @@ impl VirtioFsListener {
             ExportSession::new(self.export.clone()),
             TTL,
         ));
-        let backend = VhostUserFs::new(server).map_err(VirtioFsError::EventFd)?;
+        let backend = VhostUserFs::new(server);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.export.name()),
@@ -122,12 +119,12 @@ impl VirtioFsListener {
         // SAFETY: `fd` is a listening Unix socket this function owns (a fresh duplicate of
         // ours); ownership passes to the vhost Listener, which closes it when dropped. Made
         // from a raw fd, that Listener has no path and so never unlinks our socket.
-        let listener = unsafe { vhost::vhost_user::Listener::from_raw_fd(fd.into_raw_fd()) };
+        let mut listener = unsafe { vhost::vhost_user::Listener::from_raw_fd(fd.into_raw_fd()) };
         let serve_err = |cause| VirtioFsError::Serve {
             socket: self.socket.clone(),
             cause,
         };
-        daemon.start(listener).map_err(serve_err)?;
+        daemon.start(&mut listener).map_err(serve_err)?;
         let result = daemon.wait();
         // The vring worker threads of this connection end with it.
         for handler in daemon.get_epoll_handlers() {
