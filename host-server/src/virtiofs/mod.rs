@@ -91,6 +91,21 @@ impl VirtioFsListener {
         })
     }
 
+    /// Serves on a socket that is already bound and listening (inherited from a launcher, as
+    /// virtiofsd's `--fd`); its path, if the kernel knows one, only names it in messages.
+    pub fn from_listener(export: Arc<Export>, listener: std::os::unix::net::UnixListener) -> Self {
+        let socket = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+            .unwrap_or_else(|| PathBuf::from("<inherited socket>"));
+        VirtioFsListener {
+            export,
+            socket,
+            listener,
+        }
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
