@@ -43,6 +43,8 @@ mod fsx;
 mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
+// ferry-virtiofsd under libvirt's, Kata's, cloud-hypervisor's, Lima's and Podman's argv.
+mod vm_virtiofsd;
 // `ferry share` as an ordinary user: fusermount3, allow_other, newcomers' errors.
 mod unprivileged;
 // pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.

@@ -335,7 +335,8 @@ mod tests {
         let root = root.as_fd();
         let c = |p: &str| relative(p.as_bytes()).unwrap();
         // ELOOP or ENOTDIR, by where the symlink is: never followed either way.
-        let unresolved = |r: Result<(), Failure>| r.is_err_and(Failure::unresolved);
+        let unresolved =
+            |r: Result<(), Failure>| r.is_err_and(|f| matches!(f, Failure::Unresolved(_)));
         for p in ["swapped/victim", "real/deeper/victim"] {
             assert!(unresolved(remove(root, &c(p), libc::S_IFREG)), "{p}");
             assert!(unresolved(create(root, &c(&format!("{p}2")), 0)), "{p}");

@@ -584,8 +584,7 @@ impl Moved {
         let mut p = path.to_path_buf();
         for (old, new) in self.0.iter().rev() {
             if let Ok(rest) = p.strip_prefix(old) {
-                if !rest.as_os_str().is_empty() && beneath::stat(root, old).is_err()
-                {
+                if !rest.as_os_str().is_empty() && beneath::stat(root, old).is_err() {
                     p = new.join(rest);
                 }
             }
