@@ -19,6 +19,8 @@ mod cli;
 mod programs;
 // Host changes seen by inotify clients in the guest, and cache coherence.
 mod events;
+// Host churn (fsstress-style) against a native watcher: per-type coverage, nothing invented.
+mod churn;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.
@@ -31,14 +33,20 @@ mod model;
 mod locks;
 // mmap, sockets, device nodes and read-only exports through a mount.
 mod special;
+// Warm caches in `cached` mode, dropped by host events; `consistent` mode asks every time.
+mod warm;
 // Path safety while the host swaps a directory for a symlink to /.
 mod race;
+// Symlinks lead neither the host watcher out of the export nor the replay out of the mount.
+mod confine;
 // fsx-style random I/O with mmap against an in-memory model.
 mod fsx;
 // A tree much larger than the node descriptor cap: descriptors stay bounded, data stays right.
 mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
+// ferry-virtiofsd under libvirt's, Kata's, cloud-hypervisor's, Lima's and Podman's argv.
+mod vm_virtiofsd;
 // `ferry share` as an ordinary user: fusermount3, allow_other, newcomers' errors.
 mod unprivileged;
 // pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.

@@ -11,6 +11,9 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::fs::Listings;
 
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
@@ -22,17 +25,29 @@ const FUSE_EXPIRE_ONLY: u32 = 1;
 #[derive(Debug)]
 pub struct KernelNotifier {
     fd: OwnedFd,
+    /// The adapter's complete listings: dropped with the kernel's names they stand beside.
+    listings: Option<Arc<Listings>>,
 }
 
 impl KernelNotifier {
     /// Wraps a duplicate of the FUSE session fd.
     pub fn new(fd: OwnedFd) -> Self {
-        Self { fd }
+        Self { fd, listings: None }
+    }
+
+    /// Also drops the adapter's complete listings ([`crate::fs::FerryFs::listings`]) whenever
+    /// a notification drops the kernel's cached names or attributes of a directory.
+    pub fn with_listings(mut self, listings: Arc<Listings>) -> Self {
+        self.listings = Some(listings);
+        self
     }
 
     /// Drops the cached attributes of node `ino` and, when `offset >= 0`, its cached pages
     /// from `offset` on (`len == 0`: to the end).
     pub fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()> {
+        if let Some(l) = &self.listings {
+            l.drop_dir(ino);
+        }
         let mut body = Vec::with_capacity(24);
         body.extend(ino.to_ne_bytes());
         body.extend(offset.to_ne_bytes());
@@ -43,6 +58,9 @@ impl KernelNotifier {
     /// Expires the cached entry `name` in directory `parent`: the next path walk asks the
     /// server again, and a mount on it survives if the answer is the same node.
     pub fn expire_entry(&self, parent: u64, name: &[u8]) -> io::Result<()> {
+        if let Some(l) = &self.listings {
+            l.drop_dir(parent);
+        }
         let mut body = Vec::with_capacity(16 + name.len() + 1);
         body.extend(parent.to_ne_bytes());
         body.extend((name.len() as u32).to_ne_bytes());
@@ -55,6 +73,9 @@ impl KernelNotifier {
     /// Makes every cached name of the mount stale at once (FUSE_NOTIFY_INC_EPOCH, Linux 6.16
     /// and later): each is looked up again on next use, and mounts survive a same answer.
     pub fn inc_epoch(&self) -> io::Result<()> {
+        if let Some(l) = &self.listings {
+            l.drop_all();
+        }
         self.send(FUSE_NOTIFY_INC_EPOCH, &[])
     }
 

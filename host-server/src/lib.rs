@@ -9,6 +9,8 @@
 //!   and hand them to `conn`.
 //! - [`virtiofs`]: the export core as a vhost-user-fs backend (the guest kernel speaks FUSE
 //!   over virtqueues): FUSE codec, request server, vhost-user glue.
+//! - [`virtiofsd`]: virtiofsd's command line (libvirt, Kata, Lima, Podman, cloud-hypervisor)
+//!   read onto a Ferry virtio-fs server; the `ferry-virtiofsd` binary is a thin CLI over it.
 //! - [`config`]: the command-line configuration and its parsing.
 //! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
 //!   parsing; the per-export [`IdPolicy`].
@@ -23,6 +25,7 @@ pub mod ids;
 pub mod strip;
 pub mod transport;
 pub mod virtiofs;
+pub mod virtiofsd;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -106,8 +109,21 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, Vec::new(), shutdown).await
+}
+
+/// [`run`], with vhost-user-fs sockets a launcher already bound and passed in: (export name,
+/// listening socket) pairs, as `ferry-virtiofsd --fd N` gets them from libvirt or Kata.
+pub async fn run_with(
+    config: ServerConfig,
+    inherited: Vec<(String, std::os::unix::net::UnixListener)>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
-    anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
+    anyhow::ensure!(
+        !config.listen.is_empty() || !inherited.is_empty(),
+        "no --listen given"
+    );
     let exports = open_exports(&config.exports)?;
     let mut tokens: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(t) = &config.token {
@@ -202,6 +218,22 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     }
     let state = Arc::new(state);
     let mut tasks = tokio::task::JoinSet::new();
+    for (name, socket) in inherited {
+        let export = state
+            .exports
+            .iter()
+            .find(|e| e.name() == name)
+            .with_context(|| format!("inherited vhost-user socket: no export is named {name:?}"))?;
+        let listener = virtiofs::VirtioFsListener::from_listener(export.clone(), socket);
+        info!(
+            "serving export {name} on the inherited vhost-user socket {}",
+            listener.socket().display()
+        );
+        std::thread::Builder::new()
+            .name(format!("virtiofs-{name}"))
+            .spawn(move || listener.serve())
+            .context("cannot start the vhost-user-fs thread")?;
+    }
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {
             let export = state

@@ -38,7 +38,7 @@ impl Prefetched {
     }
 
     /// The bytes a read of `size` at `offset` returns, if this buffer holds all of them.
-    fn slice(&self, offset: u64, size: u32) -> Option<&[u8]> {
+    pub(super) fn slice(&self, offset: u64, size: u32) -> Option<&[u8]> {
         let len = self.data.len() as u64;
         let end = offset.checked_add(u64::from(size))?;
         if end <= len {

@@ -125,12 +125,13 @@ impl FerryFs {
         &self,
         req: &Request,
         ino: u64,
+        fh: u64,
         unlock: bool,
-        body: Req<'_>,
+        make: impl FnOnce(u64) -> Req<'static> + Send + 'static,
         reply: ReplyEmpty,
     ) {
         if unlock {
-            self.call(req, body, &[], reply_with("lock", reply));
+            self.call_fh(req, fh, make, reply_with("lock", reply));
             return;
         }
         self.drop_prefetched(ino);
@@ -141,7 +142,7 @@ impl FerryFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.call(req, body, &[], move |r| match r {
+        self.call_fh(req, fh, make, move |r| match r {
             Ok(Reply::Empty) => {
                 if let Err(std::sync::mpsc::SendError((_, reply))) = queue.send((ino, reply)) {
                     reply.ok();

@@ -12,7 +12,9 @@
 //! The kernel page cache stays on, kept across opens (`FOPEN_KEEP_CACHE`) only in `cached` mode
 //! with change events, and with `FUSE_AUTO_INVAL_DATA` so that cached pages are dropped when a
 //! refreshed mtime or size differs; `FUSE_WRITEBACK_CACHE` stays off so writes reach the host
-//! at once.
+//! at once. In the same mode directory listings are kept across opens (`FOPEN_CACHE_DIR`),
+//! complete listings answer lookups of missing names ([`Listings`]), and, with guest-checked
+//! permissions, read-only opens are answered here (`lazy`).
 //!
 //! Forgets: fuser 0.18 does not export the `ForgetOne` type of `batch_forget`, so that method
 //! cannot be overridden; its default calls [`FerryFs::forget`] per node and each becomes one
@@ -28,7 +30,11 @@
 //!
 //! - `attr`: attribute, file type, time and open-flag conversions.
 //! - `reply`: protocol replies → fuser replies (one adapter for all request kinds).
+//! - `core`: construction, and sending requests for the handlers.
+//! - `fetch`: listings the agent reads by itself after missing names.
 //! - `cache`: the per-handle caches (readdir entries fetched ahead, prefetched file bytes).
+//! - `listings`: complete directory listings that answer lookups of missing names.
+//! - `lazy`: read-only opens answered here, the host file opened when a request needs it.
 //! - `locks`: host locks, revalidation on a granted lock, FLUSH for locked files.
 //! - `replay`: answers to the replay thread's requests.
 //! - `caller`: the caller's `Ctx` and supplementary groups.
@@ -36,6 +42,10 @@
 mod attr;
 mod cache;
 mod caller;
+mod core;
+mod fetch;
+mod lazy;
+mod listings;
 mod locks;
 mod replay;
 mod reply;
@@ -43,6 +53,8 @@ mod reply;
 pub use attr::{file_attr, kind_from_dtype, kind_from_mode, system_time, timespec};
 pub use cache::{DIR_CHUNK, PREFETCH};
 pub use caller::caller_groups;
+pub use fetch::FETCH_CHUNKS;
+pub use listings::Listings;
 
 use dashmap::DashMap;
 use std::ffi::OsStr;
@@ -66,6 +78,7 @@ use crate::replay::ReplayState;
 use attr::{fopen_flags, set_time};
 use cache::{DirCache, Prefetched};
 use caller::ctx;
+use lazy::{LazyOpens, is_lazy};
 use locks::{Locks, flock_op};
 use reply::{fill_dirplus, refuse, reply_with};
 
@@ -96,122 +109,13 @@ pub struct FerryFs {
     keep_cache: bool,
     /// Host locks, and the nodes whose FLUSHes must reach the host.
     locks: Locks,
+    /// Complete listings answering lookups of missing names (`cached` mode with events).
+    listings: Arc<Listings>,
+    /// Read-only opens answered here (see [`lazy`]), when `lazy_open` allows them.
+    lazy: Arc<LazyOpens>,
+    lazy_open: bool,
     /// Ask the kernel for `FUSE_POSIX_ACL` and `FUSE_DONT_MASK` (see [`Self::with_posix_acl`]).
     posix_acl: bool,
-}
-
-impl FerryFs {
-    /// An adapter forwarding to export `export` of `client`, with the given entry/attr TTL.
-    pub fn new(client: Arc<Client>, export: u32, ttl: Duration) -> Self {
-        Self {
-            locks: Locks::new(client.welcome().features),
-            client,
-            export,
-            ttl,
-            caller_groups: false,
-            deferred_forgets: Arc::default(),
-            dir_caches: Arc::default(),
-            prefetched: Arc::default(),
-            replay: Arc::default(),
-            keep_cache: false,
-            posix_acl: false,
-        }
-    }
-
-    /// Has the kernel enforce POSIX ACLs (`FUSE_POSIX_ACL`, for a mount whose permissions the
-    /// kernel checks): it reads the ACL xattrs through GETXATTR, checks access and default
-    /// ACLs, and sends creating requests the mode without the umask applied
-    /// (`FUSE_DONT_MASK`), the umask beside it, so the server applies a parent's default ACL
-    /// instead of the umask as a local filesystem does.
-    pub fn with_posix_acl(mut self, on: bool) -> Self {
-        self.posix_acl = on;
-        self
-    }
-
-    /// Keeps file pages cached across opens; only safe when host changes invalidate them.
-    pub fn with_keep_cache(mut self, keep: bool) -> Self {
-        self.keep_cache = keep;
-        self
-    }
-
-    /// FOPEN flags for an open reply: the server's, plus KEEP_CACHE in `cached` mode.
-    fn open_flags(&self, bits: u32) -> FopenFlags {
-        let mut f = fopen_flags(bits);
-        if self.keep_cache && !f.contains(FopenFlags::FOPEN_DIRECT_IO) {
-            f |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
-        f
-    }
-
-    /// Makes creating requests carry the caller's supplementary groups, read from
-    /// `/proc/PID/status` (FUSE passes only the uid, gid and pid). The server asks for them
-    /// when it creates files as the caller ([`proto::ExportInfo::wants_groups`]).
-    pub fn with_caller_groups(mut self, on: bool) -> Self {
-        self.caller_groups = on;
-        self
-    }
-
-    /// Sends every FLUSH to the host, whose filesystem can fail a close
-    /// ([`proto::ExportInfo::flush_to_host`]): `close(2)` then returns that error.
-    pub fn with_host_flush(mut self, on: bool) -> Self {
-        self.locks.flush_to_host(on);
-        self
-    }
-
-    fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
-    where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        let mut ctx = ctx(req);
-        // In map mode every request runs as the caller on the host, whose kernel checks
-        // permissions (and ACL group entries) against the groups too; requests on an open
-        // handle check nothing more, and skip the read of `/proc`.
-        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 && !on_open_handle(&body) {
-            ctx.groups = caller_groups(ctx.pid);
-        }
-        self.client
-            .call(self.export, ctx, &body, payload, Box::new(done));
-    }
-
-    /// As [`Self::call`] for a request that creates a node: the caller's supplementary groups
-    /// go with it when the server wants them.
-    fn call_creating<F>(&self, req: &Request, body: Req<'_>, done: F)
-    where
-        F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,
-    {
-        let mut ctx = ctx(req);
-        // Root bypasses the permission checks the groups would serve.
-        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 {
-            ctx.groups = caller_groups(ctx.pid);
-        }
-        self.client
-            .call(self.export, ctx, &body, &[], Box::new(done));
-    }
-
-    fn forget_nodes(&self, req: &Request, mut nodes: Vec<(u64, u64)>) {
-        nodes.append(&mut self.take_deferred());
-        if nodes.is_empty() {
-            return;
-        }
-        self.client
-            .send_oneway(self.export, ctx(req), &Req::Forget(proto::Forget { nodes }));
-    }
-
-    fn take_deferred(&self) -> Vec<(u64, u64)> {
-        std::mem::take(
-            &mut *self
-                .deferred_forgets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
-    fn flush_deferred(&self, req: &Request) {
-        let nodes = self.take_deferred();
-        if !nodes.is_empty() {
-            self.forget_nodes(req, nodes);
-        }
-    }
 }
 
 fn bytes(s: &OsStr) -> &[u8] {
@@ -270,17 +174,32 @@ impl Filesystem for FerryFs {
         let Some(reply) = self.replay_lookup(req, parent.0, name, reply) else {
             return;
         };
+        if self.keep_cache && self.listings.lacks(parent.0, bytes(name)) {
+            // Answered from a complete listing of the directory: the same negative entry the
+            // host's ENOENT gives below, without the round trip.
+            let negative = FileAttr {
+                ino: INodeNo(0),
+                ..file_attr(&ferry_protocol::Attr::default())
+            };
+            reply.entry(&self.ttl, &negative, Generation(0));
+            return;
+        }
         let body = Req::Lookup(proto::Lookup {
             parent: parent.0,
             name: bytes(name),
         });
         let ttl = self.ttl;
+        let fetch = self.keep_cache.then(|| self.listing_fetcher(req, parent.0));
         self.call(req, body, &[], move |r| match r {
             // A name that is not there is cached as a negative entry (node id 0) for the same
             // TTL as a positive one: tools that probe many missing paths (module resolution,
             // `git status`, PATH lookups) then pay one round trip per name, not one per probe.
             // A file the host creates meanwhile shows up within the TTL, as attributes do.
             Err(Errno::ENOENT) if !ttl.is_zero() => {
+                // The next names probed in this directory are answered from its listing.
+                if let Some(fetch) = fetch {
+                    fetch();
+                }
                 let negative = FileAttr {
                     ino: INodeNo(0),
                     ..file_attr(&ferry_protocol::Attr::default())
@@ -295,6 +214,7 @@ impl Filesystem for FerryFs {
         if self.forget_synthetic(ino.0) {
             return;
         }
+        self.listings.forget_dir(ino.0);
         self.forget_nodes(req, vec![(ino.0, nlookup)]);
     }
 
@@ -307,7 +227,7 @@ impl Filesystem for FerryFs {
         };
         let body = Req::Getattr(proto::Getattr {
             ino: ino.0,
-            fh: fh.map(|f| f.0),
+            fh: Self::host_fh(fh),
         });
         self.call(req, body, &[], reply_with("getattr", (reply, self.ttl)));
     }
@@ -338,7 +258,7 @@ impl Filesystem for FerryFs {
         }
         let body = Req::Setattr(proto::Setattr {
             ino: ino.0,
-            fh: fh.map(|f| f.0),
+            fh: Self::host_fh(fh),
             mode,
             uid,
             gid,
@@ -364,6 +284,7 @@ impl Filesystem for FerryFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "mknod", (parent.0, name), reply);
         }
@@ -374,7 +295,8 @@ impl Filesystem for FerryFs {
             rdev,
             umask,
         });
-        self.call_creating(req, body, reply_with("mknod", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("mknod", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn mkdir(
@@ -386,6 +308,7 @@ impl Filesystem for FerryFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "mkdir", (parent.0, name), reply);
         }
@@ -395,10 +318,12 @@ impl Filesystem for FerryFs {
             mode,
             umask,
         });
-        self.call_creating(req, body, reply_with("mkdir", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("mkdir", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
@@ -406,10 +331,12 @@ impl Filesystem for FerryFs {
             parent: parent.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], reply_with("unlink", reply));
+        let done = self.changing([parent.0; 2], reply_with("unlink", reply));
+        self.call(req, body, &[], done);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
@@ -417,7 +344,8 @@ impl Filesystem for FerryFs {
             parent: parent.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], reply_with("rmdir", reply));
+        let done = self.changing([parent.0; 2], reply_with("rmdir", reply));
+        self.call(req, body, &[], done);
     }
 
     fn symlink(
@@ -428,6 +356,7 @@ impl Filesystem for FerryFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(parent.0);
         if self.replaying(req) {
             return self.replay_made(req, "symlink", (parent.0, link_name), reply);
         }
@@ -436,7 +365,8 @@ impl Filesystem for FerryFs {
             name: bytes(link_name),
             target: target.as_os_str().as_bytes(),
         });
-        self.call_creating(req, body, reply_with("symlink", (reply, self.ttl)));
+        let done = self.changing([parent.0; 2], reply_with("symlink", (reply, self.ttl)));
+        self.call_creating(req, body, done);
     }
 
     fn rename(
@@ -449,6 +379,8 @@ impl Filesystem for FerryFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.listings.drop_dir(parent.0);
+        self.listings.drop_dir(newparent.0);
         if self.replaying(req) {
             let (from, to) = ((parent.0, name), (newparent.0, newname));
             return self.replay_renamed(req, from, to, flags, reply);
@@ -460,7 +392,8 @@ impl Filesystem for FerryFs {
             newname: bytes(newname),
             flags: flags.bits(),
         });
-        self.call(req, body, &[], reply_with("rename", reply));
+        let done = self.changing([parent.0, newparent.0], reply_with("rename", reply));
+        self.call(req, body, &[], done);
     }
 
     fn link(
@@ -471,6 +404,7 @@ impl Filesystem for FerryFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.listings.drop_dir(newparent.0);
         if let Some(e) = self.refused_change(req, ino.0) {
             return reply.error(e);
         }
@@ -479,7 +413,8 @@ impl Filesystem for FerryFs {
             newparent: newparent.0,
             newname: bytes(newname),
         });
-        self.call(req, body, &[], reply_with("link", (reply, self.ttl)));
+        let done = self.changing([newparent.0; 2], reply_with("link", (reply, self.ttl)));
+        self.call(req, body, &[], done);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -487,6 +422,11 @@ impl Filesystem for FerryFs {
             return;
         };
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        if read_only && self.lazy_open {
+            let fh = self.lazy.open(ino.0, flags.0, ctx(req));
+            reply.opened(FileHandle(fh), self.open_flags(0));
+            return;
+        }
         let prefetch = if read_only && !self.ttl.is_zero() {
             PREFETCH
         } else {
@@ -519,6 +459,7 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.listings.drop_dir(parent.0);
         let Some(reply) = self.replay_create(req, parent.0, name, reply) else {
             return;
         };
@@ -531,7 +472,8 @@ impl Filesystem for FerryFs {
             flags,
         });
         let ttl = self.ttl;
-        self.call_creating(req, body, reply_with("create", (reply, ttl, keep)));
+        let done = self.changing([parent.0; 2], reply_with("create", (reply, ttl, keep)));
+        self.call_creating(req, body, done);
     }
 
     fn read(
@@ -552,15 +494,22 @@ impl Filesystem for FerryFs {
             reply.error(fuser::Errno::EINVAL);
             return;
         }
-        if let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) {
-            let body = Req::Read(proto::Read {
-                ino: ino.0,
-                fh: fh.0,
+        let Some(reply) = self.read_prefetched(fh.0, offset, size, reply) else {
+            return;
+        };
+        let Some(reply) = self.read_first(req, ino.0, fh.0, offset, size, reply) else {
+            return;
+        };
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Read(proto::Read {
+                ino,
+                fh: h,
                 offset,
                 size,
-            });
-            self.call(req, body, &[], reply_with("read", reply));
-        }
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("read", reply));
     }
 
     fn write(
@@ -600,12 +549,15 @@ impl Filesystem for FerryFs {
         let Some(reply) = self.locks.flush_here(ino.0, reply) else {
             return;
         };
-        let body = Req::Flush(proto::Flush {
-            ino: ino.0,
-            fh: fh.0,
-            lock_owner: lock_owner.0,
-        });
-        self.call(req, body, &[], reply_with("flush", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Flush(proto::Flush {
+                ino,
+                fh: h,
+                lock_owner: lock_owner.0,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("flush", reply));
     }
 
     fn release(
@@ -622,6 +574,15 @@ impl Filesystem for FerryFs {
             return;
         };
         self.prefetched.remove(&fh.0);
+        let fh = if is_lazy(fh.0) {
+            match self.lazy.release(fh.0) {
+                Some(host) => FileHandle(host),
+                // No host file was opened (or it is released once its open answers).
+                None => return reply.ok(),
+            }
+        } else {
+            fh
+        };
         let body = Req::Release(proto::Release {
             ino: ino.0,
             fh: fh.0,
@@ -640,12 +601,15 @@ impl Filesystem for FerryFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let body = Req::Fsync(proto::Fsync {
-            ino: ino.0,
-            fh: fh.0,
-            datasync,
-        });
-        self.call(req, body, &[], reply_with("fsync", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Fsync(proto::Fsync {
+                ino,
+                fh: h,
+                datasync,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("fsync", reply));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -653,12 +617,18 @@ impl Filesystem for FerryFs {
             ino: ino.0,
             flags: flags.0,
         });
-        self.call(
-            req,
-            body,
-            &[],
-            reply_with("opendir", (reply, FopenFlags::empty())),
-        );
+        // In `cached` mode the kernel keeps the listing (`FOPEN_CACHE_DIR`, in the directory's
+        // page cache) across opens (`FOPEN_KEEP_CACHE`), so a warm `ls` or `readdir` costs one
+        // OPENDIR and no READDIR. It stays coherent because every change drops it: one made
+        // through this mount (the kernel bumps the directory's version), a host change (its
+        // replay, and `inval_inode` of the directory, drop its pages) and, with
+        // `FUSE_AUTO_INVAL_DATA`, a changed directory mtime when a listing starts over.
+        let flags = if self.keep_cache {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        self.call(req, body, &[], reply_with("opendir", (reply, flags)));
     }
 
     fn readdir(
@@ -678,6 +648,9 @@ impl Filesystem for FerryFs {
                 return;
             }
         }
+        if offset == 0 && self.keep_cache {
+            self.listings.begin(fh.0, ino.0, self.listings.epoch());
+        }
         let body = Req::Readdir(proto::Readdir {
             ino: ino.0,
             fh: fh.0,
@@ -685,14 +658,21 @@ impl Filesystem for FerryFs {
             size: DIR_CHUNK,
         });
         let caches = self.dir_caches.clone();
+        let listings = self.listings.clone();
         self.call(req, body, &[], move |r| match r {
             Ok(Reply::Dir(entries)) => {
+                let names: Vec<(&[u8], u64)> =
+                    entries.iter().map(|e| (&e.name[..], e.offset)).collect();
+                listings.add(fh.0, offset, &names);
                 let mut cache = DirCache::new(offset, entries);
                 cache.fill(&mut reply);
                 reply.ok();
                 caches.insert(fh.0, cache);
             }
-            r => refuse("readdir", reply, r),
+            r => {
+                listings.end(fh.0);
+                refuse("readdir", reply, r)
+            }
         });
     }
 
@@ -705,6 +685,10 @@ impl Filesystem for FerryFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.flush_deferred(req);
+        if offset == 0 && self.keep_cache {
+            self.listings.begin(fh.0, ino.0, self.listings.epoch());
+        }
+        let listings = self.listings.clone();
         let body = Req::Readdirplus(proto::Readdirplus {
             ino: ino.0,
             fh: fh.0,
@@ -716,6 +700,9 @@ impl Filesystem for FerryFs {
         let dir = ino.0;
         self.call(req, body, &[], move |r| match r {
             Ok(Reply::DirPlus(entries)) => {
+                let names: Vec<(&[u8], u64)> =
+                    entries.iter().map(|e| (&e.name[..], e.offset)).collect();
+                listings.add(fh.0, offset, &names);
                 let forgets = fill_dirplus(&mut reply, dir, ttl, &entries);
                 reply.ok();
                 if !forgets.is_empty() {
@@ -725,7 +712,10 @@ impl Filesystem for FerryFs {
                         .extend(forgets);
                 }
             }
-            r => refuse("readdirplus", reply, r),
+            r => {
+                listings.end(fh.0);
+                refuse("readdirplus", reply, r)
+            }
         });
     }
 
@@ -739,6 +729,7 @@ impl Filesystem for FerryFs {
     ) {
         self.flush_deferred(req);
         self.dir_caches.remove(&fh.0);
+        self.listings.end(fh.0);
         let body = Req::Releasedir(proto::Releasedir {
             ino: ino.0,
             fh: fh.0,
@@ -840,18 +831,21 @@ impl Filesystem for FerryFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let body = Req::Getlk(proto::Getlk {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            lock: proto::Lock {
-                start,
-                end,
-                typ,
-                pid,
-            },
-        });
-        self.call(req, body, &[], reply_with("getlk", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Getlk(proto::Getlk {
+                ino,
+                fh: h,
+                owner: lock_owner.0,
+                lock: proto::Lock {
+                    start,
+                    end,
+                    typ,
+                    pid,
+                },
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("getlk", reply));
     }
 
     fn setlk(
@@ -868,19 +862,22 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         self.locks.asked(ino.0);
-        let body = Req::Setlk(proto::Setlk {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            lock: proto::Lock {
-                start,
-                end,
-                typ,
-                pid,
-            },
-            sleep,
-        });
-        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+        let i = ino.0;
+        let make = move |h| {
+            Req::Setlk(proto::Setlk {
+                ino: i,
+                fh: h,
+                owner: lock_owner.0,
+                lock: proto::Lock {
+                    start,
+                    end,
+                    typ,
+                    pid,
+                },
+                sleep,
+            })
+        };
+        self.call_lock(req, ino.0, fh.0, typ == libc::F_UNLCK, make, reply);
     }
 
     fn flock(
@@ -896,13 +893,16 @@ impl Filesystem for FerryFs {
         let Some(op) = flock_op(typ, sleep) else {
             return reply.error(fuser::Errno::EINVAL);
         };
-        let body = Req::Flock(proto::Flock {
-            ino: ino.0,
-            fh: fh.0,
-            owner: lock_owner.0,
-            op,
-        });
-        self.call_lock(req, ino.0, typ == libc::F_UNLCK, body, reply);
+        let i = ino.0;
+        let make = move |h| {
+            Req::Flock(proto::Flock {
+                ino: i,
+                fh: h,
+                owner: lock_owner.0,
+                op,
+            })
+        };
+        self.call_lock(req, ino.0, fh.0, typ == libc::F_UNLCK, make, reply);
     }
 
     fn fallocate(
@@ -919,14 +919,17 @@ impl Filesystem for FerryFs {
             return reply.error(e);
         }
         self.drop_prefetched(ino.0);
-        let body = Req::Fallocate(proto::Fallocate {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            length,
-            mode,
-        });
-        self.call(req, body, &[], reply_with("fallocate", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Fallocate(proto::Fallocate {
+                ino,
+                fh: h,
+                offset,
+                length,
+                mode,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("fallocate", reply));
     }
 
     fn lseek(
@@ -938,13 +941,16 @@ impl Filesystem for FerryFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let body = Req::Lseek(proto::Lseek {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            whence,
-        });
-        self.call(req, body, &[], reply_with("lseek", reply));
+        let ino = ino.0;
+        let make = move |h| {
+            Req::Lseek(proto::Lseek {
+                ino,
+                fh: h,
+                offset,
+                whence,
+            })
+        };
+        self.call_fh(req, fh.0, make, reply_with("lseek", reply));
     }
 
     fn copy_file_range(
@@ -964,17 +970,22 @@ impl Filesystem for FerryFs {
             return reply.error(e);
         }
         self.drop_prefetched(ino_out.0);
-        let body = Req::CopyFileRange(proto::CopyFileRange {
-            ino_in: ino_in.0,
-            fh_in: fh_in.0,
-            offset_in,
-            ino_out: ino_out.0,
-            fh_out: fh_out.0,
-            offset_out,
-            len,
-            flags: flags.bits() as u32,
-        });
-        self.call(req, body, &[], reply_with("copy_file_range", reply));
+        let (ino_in, ino_out, fh_out) = (ino_in.0, ino_out.0, fh_out.0);
+        let flags = flags.bits() as u32;
+        // Only the source can be a handle answered here (the destination is open to write).
+        let make = move |h| {
+            Req::CopyFileRange(proto::CopyFileRange {
+                ino_in,
+                fh_in: h,
+                offset_in,
+                ino_out,
+                fh_out,
+                offset_out,
+                len,
+                flags,
+            })
+        };
+        self.call_fh(req, fh_in.0, make, reply_with("copy_file_range", reply));
     }
 }
 

@@ -149,7 +149,11 @@ impl FerryFs {
         };
         let state = Arc::clone(&self.replay);
         self.host_lookup(req, parent, name, move |now, forget_later| {
-            let answer = rule::create(t.kind, t.side, classify(&now, t.node));
+            let host = classify(&now, t.node);
+            if rule::overtaken(t.kind, &[host]) {
+                state.note_overtaken();
+            }
+            let answer = rule::create(t.kind, t.side, host);
             done(entry_for(answer, now, &t, &state, forget_later));
         });
     }
@@ -165,8 +169,13 @@ impl FerryFs {
         let Some(t) = self.replay.target(parent, bytes(name)) else {
             return reply.error(fuser::Errno::EIO);
         };
+        let state = Arc::clone(&self.replay);
         self.host_lookup(req, parent, name, move |now, forget_later| {
-            let answer = rule::remove(t.kind, t.side, classify(&now, t.node));
+            let host = classify(&now, t.node);
+            if rule::overtaken(t.kind, &[host]) {
+                state.note_overtaken();
+            }
+            let answer = rule::remove(t.kind, t.side, host);
             if let Ok(e) = now {
                 forget_later(e.ino);
             }
@@ -196,6 +205,7 @@ impl FerryFs {
         let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
         for (i, (parent, name)) in [from, to].into_iter().enumerate() {
             let seen = Arc::clone(&seen);
+            let state = Arc::clone(&self.replay);
             self.host_lookup(req, parent, name, move |now, forget_later| {
                 let host = classify(&now, node);
                 if let Ok(e) = now {
@@ -209,6 +219,9 @@ impl FerryFs {
                 }
                 if let (Some(src), Some(dst)) = (g.0, g.1) {
                     if let Some(reply) = g.2.take() {
+                        if rule::overtaken(kind, &[src, dst]) {
+                            state.note_overtaken();
+                        }
                         finish(rule::rename(kind, sides.0, sides.1, flags, src, dst), reply);
                     }
                 }
@@ -448,8 +461,10 @@ mod tests {
         assert_eq!(outcome(Answer::Done), Ok(()));
         assert_eq!(outcome(Answer::Fail(Errno::ESTALE)), Err(Errno::ESTALE));
         assert_eq!(outcome(Answer::Before), Err(Errno::EIO));
-        // A stale removal is refused as stale (the replay thread counts it as failed).
-        let stale = rule::remove(ChangeKind::Removed, Side::From, Host::Same);
-        assert_eq!(outcome(stale), Err(Errno::ESTALE));
+        // A removal the host has overtaken (something holds the name again) still succeeds:
+        // the change that overtook it follows in the stream, and the names are expired after.
+        let overtaken = rule::remove(ChangeKind::Removed, Side::From, Host::Same);
+        assert_eq!(outcome(overtaken), Ok(()));
+        assert!(rule::overtaken(ChangeKind::Removed, &[Host::Same]));
     }
 }

@@ -237,6 +237,11 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     };
     let fs = FerryFs::new(client.clone(), info.id, ttl)
         .with_keep_cache(events && opts.cache == CacheMode::Cached)
+        .with_lazy_open(
+            events
+                && opts.cache == CacheMode::Cached
+                && permissions == ferry_protocol::Permissions::Guest,
+        )
         .with_caller_groups(info.wants_groups)
         .with_host_flush(info.flush_to_host)
         // The kernel checks ACLs where it checks permissions at all; an export whose ACLs
@@ -244,6 +249,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
         .with_posix_acl(permissions == ferry_protocol::Permissions::Guest);
     let replay = fs.replay_state();
     let on_data_change = fs.prefetch_dropper();
+    let listings = fs.listings();
     let mount_err = |source| MountError::Mount {
         export: opts.export.clone(),
         mountpoint: opts.mountpoint.clone(),
@@ -269,6 +275,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
             &session,
             replay.clone(),
             on_data_change,
+            listings,
             read_only,
         );
     }
@@ -296,6 +303,7 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
             return Err(MountError::Spawn(e));
         }
     };
+    raise_readahead(&opts.mountpoint);
     Ok(MountHandle {
         export: opts.export.clone(),
         mountpoint: opts.mountpoint.clone(),
@@ -306,8 +314,38 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     })
 }
 
+/// Sets the mount's readahead to [`ferry_protocol::MAX_DATA`] (1 MiB), so that sequential
+/// reads reach the host as 1 MiB requests. The kernel caps a FUSE server's `max_readahead` at
+/// its own default (128 KiB) in INIT; the mount's backing device in `/sys/class/bdi/` takes a
+/// larger window afterwards (root only: an ordinary user keeps 128 KiB, and this is logged).
+fn raise_readahead(mountpoint: &Path) {
+    // mountinfo names mount points by absolute path; the mount root itself is not touched
+    // (its FUSE requests would be this mount's first).
+    let absolute = match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent).map(|p| p.join(name)).ok()
+        }
+        _ => Some(mountpoint.to_path_buf()),
+    };
+    let Some(dev) = absolute.and_then(|p| mountinfo::mount_device(&p)) else {
+        debug!(mountpoint = %mountpoint.display(), "readahead unchanged: device not found");
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let kb = ferry_protocol::MAX_DATA / 1024;
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        debug!(%path, error = %e, "readahead unchanged");
+    }
+}
+
 /// Subscribes to the export's host changes and starts the thread that replays them on the
 /// mount. Failures are logged: the mount still works, with TTL-bound coherence only.
+#[allow(clippy::too_many_arguments)]
 fn start_replay(
     client: &Arc<Client>,
     export: u32,
@@ -315,6 +353,7 @@ fn start_replay(
     session: &Session<FerryFs>,
     state: Arc<ReplayState>,
     on_data_change: Box<dyn Fn(u64) + Send>,
+    listings: Arc<crate::fs::Listings>,
     read_only: bool,
 ) {
     let fuse_fd = match session.as_fd().try_clone_to_owned() {
@@ -340,7 +379,7 @@ fn start_replay(
     let replayer = Replayer {
         raise_events: !read_only,
         state,
-        kernel: Some(KernelNotifier::new(fuse_fd)),
+        kernel: Some(KernelNotifier::new(fuse_fd).with_listings(listings)),
         bracket: false,
         mountpoint: opts.mountpoint.clone(),
         root_dev: 0,

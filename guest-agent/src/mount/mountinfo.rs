@@ -39,6 +39,21 @@ fn mount_type_in(info: &[u8], path: &[u8]) -> Option<String> {
     })
 }
 
+/// The device (`MAJOR:MINOR`, as the names under `/sys/class/bdi/`) of the topmost mount on
+/// `path`, from `/proc/self/mountinfo`.
+pub(crate) fn mount_device(path: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    mount_device_in(&info, path.as_os_str().as_bytes())
+}
+
+fn mount_device_in(info: &[u8], path: &[u8]) -> Option<String> {
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').take(5).collect();
+        let (dev, mp) = (fields.get(2)?, fields.get(4)?);
+        (unescape_mountinfo(mp) == path).then(|| String::from_utf8_lossy(dev).into_owned())
+    })
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
 fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
@@ -77,6 +92,9 @@ mod tests {
         );
         assert_eq!(mount_type_in(info, b"/mnt/a b").as_deref(), Some("tmpfs"));
         assert_eq!(mount_type_in(info, b"/mnt"), None);
+        assert_eq!(mount_device_in(info, b"/mnt/ex").as_deref(), Some("0:42"));
+        assert_eq!(mount_device_in(info, b"/mnt/a b").as_deref(), Some("0:41"));
+        assert_eq!(mount_device_in(info, b"/mnt"), None);
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //! then emits the events every watcher expects. What this relies on about the kernel is in
 //! `guest-agent/REPLAY.md`.
 //!
-//! For each change, in order:
-//! 1. invalidate what the kernel caches of it (pages and attributes: [`KernelNotifier`]);
+//! Coherence first: a `ferry-coherence` thread invalidates what the kernel caches of every
+//! change of a batch (pages, attributes, names: [`KernelNotifier`]) as soon as the batch
+//! arrives, then hands it to the replay thread, so no replay backlog delays an invalidation.
+//!
+//! The replay thread, for each change, in stream order:
+//! 1. (the coherence thread has invalidated it);
 //! 2. install the view: which of the change's names a request names, and how each looked
 //!    before the change (absent for a creation and a rename target, the object or a synthetic
 //!    stand-in for a removal and a rename source);
@@ -123,11 +127,61 @@ impl Replayer {
             }
         }
         debug!(tid, mountpoint = %self.mountpoint.display(), "replay thread started");
+        // Coherence first: a thread of its own drops what the kernel caches of each batch as
+        // soon as it arrives, whatever the replay backlog, and only then hands the batch on.
+        let on_data_change = std::mem::replace(&mut self.on_data_change, Box::new(|_| {}));
+        let (tx, batches) = std::sync::mpsc::channel::<Vec<Change>>();
+        let coherence = Coherence {
+            kernel: self.kernel.as_ref(),
+            raise_events: self.raise_events,
+            mountpoint: &self.mountpoint,
+            on_data_change,
+        };
+        std::thread::scope(|s| {
+            let coherence = std::thread::Builder::new()
+                .name("ferry-coherence".into())
+                .spawn_scoped(s, move || {
+                    for batch in rx {
+                        for c in &batch {
+                            coherence.invalidate(c);
+                        }
+                        if tx.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                });
+            match coherence {
+                Ok(_) => self.replay_batches(batches),
+                Err(e) => warn!(mountpoint = %self.mountpoint.display(),
+                                "cannot start the coherence thread: {e}; no host change events"),
+            }
+        });
+        let s = &self.state.stats;
+        info!(
+            received = s.received.load(Ordering::Relaxed),
+            replayed = s.replayed.load(Ordering::Relaxed),
+            skipped = s.skipped.load(Ordering::Relaxed),
+            failed = s.failed.load(Ordering::Relaxed),
+            failed_missing = s.failed_missing.load(Ordering::Relaxed),
+            failed_stale = s.failed_stale.load(Ordering::Relaxed),
+            failed_other = s.failed_other.load(Ordering::Relaxed),
+            overtaken = s.overtaken.load(Ordering::Relaxed),
+            skipped_mount = s.skipped_mount.load(Ordering::Relaxed),
+            skipped_unmounted = s.skipped_unmounted.load(Ordering::Relaxed),
+            skipped_read_only = s.skipped_read_only.load(Ordering::Relaxed),
+            overflows = s.overflows.load(Ordering::Relaxed),
+            mountpoint = %self.mountpoint.display(),
+            "host change events ended"
+        );
+    }
+
+    /// Replays the batches the coherence thread hands on (see `run`).
+    fn replay_batches(&self, batches: Receiver<Vec<Change>>) {
         // Directories created by a replay whose watchers have not been waited for yet (see
         // `let_watchers_see`); kept across batches, since a burst is cut into batches anywhere.
         let mut new_dirs: Vec<Vec<u8>> = Vec::new();
         let mut watches = Watches::default();
-        for batch in rx {
+        for batch in batches {
             let root = self.open_root();
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -136,6 +190,10 @@ impl Replayer {
                 }
                 let Some(root) = &root else {
                     // Not mounted (any more): only drop the lookups the server took.
+                    self.state
+                        .stats
+                        .skipped_unmounted
+                        .fetch_add(1, Ordering::Relaxed);
                     if let Some(e) = c.entry {
                         self.forget(e.ino);
                     }
@@ -162,16 +220,6 @@ impl Replayer {
                 let _ = self.announce(None);
             }
         }
-        let s = &self.state.stats;
-        info!(
-            received = s.received.load(Ordering::Relaxed),
-            replayed = s.replayed.load(Ordering::Relaxed),
-            skipped = s.skipped.load(Ordering::Relaxed),
-            failed = s.failed.load(Ordering::Relaxed),
-            overflows = s.overflows.load(Ordering::Relaxed),
-            mountpoint = %self.mountpoint.display(),
-            "host change events ended"
-        );
     }
 
     /// Waits until the directory `dir` (just created by a replay) is watched, when somebody
@@ -249,32 +297,11 @@ impl Replayer {
         }
     }
 
-    fn inval_inode(&self, ino: u64, offset: i64, len: i64) {
-        if let Some(k) = &self.kernel {
-            if let Err(err) = k.inval_inode(ino, offset, len) {
-                debug!(ino, "inval_inode: {err}");
-            }
-        }
-    }
-
     fn expire_entry(&self, parent: u64, name: &[u8]) {
         if let Some(k) = &self.kernel {
             if let Err(e) = k.expire_entry(parent, name) {
                 debug!("expire_entry: {e}");
             }
-        }
-    }
-
-    /// Drops every name and attribute the kernel caches for the mount.
-    fn drop_all_cached(&self) {
-        let Some(k) = &self.kernel else {
-            warn!(mountpoint = %self.mountpoint.display(),
-                  "the mount's caches cannot be dropped from here; they expire after their timeout");
-            return;
-        };
-        if let Err(e) = k.inc_epoch() {
-            debug!("epoch increment unsupported ({e}); invalidating the root only");
-            let _ = k.inval_inode(ROOT_ID, 0, 0);
         }
     }
 
@@ -318,11 +345,25 @@ impl Replayer {
             .map(|e| e.attr.mode & libc::S_IFMT)
             .unwrap_or(c.file_type);
         if !self.raise_events {
-            return self.invalidate_only(c, &name);
+            // Nothing to replay: the coherence thread has invalidated it.
+            self.state
+                .stats
+                .skipped_read_only
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = c.entry {
+                if e.ino != ROOT_ID {
+                    self.forget(e.ino);
+                }
+            }
+            return;
         }
         if self.bracket && c.kind != ChangeKind::Overflow {
             if let Err(e) = self.announce_linked(Some(c)) {
                 self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .stats
+                    .failed_other
+                    .fetch_add(1, Ordering::Relaxed);
                 debug!(kind = ?c.kind, path = %path.display(), "the host refused the replay: {e:?}");
                 if let Some(e) = c.entry {
                     self.forget(e.ino);
@@ -333,12 +374,12 @@ impl Replayer {
         let mut view = View::new(c.kind, c.entry.map(|e| e.ino), ft);
         let result = match c.kind {
             ChangeKind::Overflow => {
+                // The coherence thread has dropped every cached name and attribute.
                 self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     mountpoint = %self.mountpoint.display(),
-                    "the host lost change events; dropping every cached name and attribute"
+                    "the host lost change events; every cached name and attribute was dropped"
                 );
-                self.drop_all_cached();
                 return;
             }
             ChangeKind::Created => {
@@ -369,21 +410,18 @@ impl Replayer {
                 rename(root, &rel, &to)
             }
             ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
-                let data = c.kind != ChangeKind::Attrib;
+                // The coherence thread has invalidated the object's pages and attributes.
                 if let Some(e) = c.entry {
-                    if data {
-                        (self.on_data_change)(e.ino);
-                    }
-                    // Invalidate before the event is raised, so a watcher reacting to it at
-                    // once cannot read cached old bytes.
-                    let (off, len) = if data { (0, 0) } else { (-1, 0) };
-                    self.inval_inode(e.ino, off, len);
                     if !c.path.is_empty() {
                         view.name(c.parent, &name, Side::From, Before::Entry(e));
                     } else {
                         // The root: the kernel always holds it; no lookup to give back.
                         view.used = true;
                     }
+                } else if !c.path.is_empty() {
+                    // Gone on the host since (a rename or removal follows): a lookup of the
+                    // name gets a stand-in, so the event is raised at the name the guest knows.
+                    view.name(c.parent, &name, Side::From, Before::Synthetic(ft));
                 }
                 // Without an entry the object has moved on on the host since (a rename or
                 // removal follows); the replay works on what the guest holds.
@@ -392,13 +430,42 @@ impl Replayer {
             }
         };
         let view = self.state.take();
+        let overtaken = self.state.take_overtaken();
         match result {
             Ok(()) => {
                 self.state.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                if overtaken {
+                    // Raised in stream order, but the host has moved on: have the next lookup
+                    // of these names ask the host (the change that overtook it follows).
+                    self.state.stats.overtaken.fetch_add(1, Ordering::Relaxed);
+                    self.expire_entry(c.parent, &name);
+                    if c.kind == ChangeKind::Renamed {
+                        let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        self.expire_entry(c.to_parent, to_name);
+                    }
+                }
             }
             Err(e) => {
-                self.state.stats.failed.fetch_add(1, Ordering::Relaxed);
-                debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                let stats = &self.state.stats;
+                if e.crossed() {
+                    // Never followed: a symlink or a mount where the guest knew a directory.
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                } else {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    match e.errno() {
+                        nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => {
+                            &stats.failed_missing
+                        }
+                        nix::errno::Errno::ESTALE
+                        | nix::errno::Errno::EEXIST
+                        | nix::errno::Errno::EPERM
+                        | nix::errno::Errno::ENOTEMPTY => &stats.failed_stale,
+                        _ => &stats.failed_other,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                }
                 // A stale or failed replay: make the names be looked up again.
                 match c.kind {
                     ChangeKind::Created | ChangeKind::Removed => {
@@ -420,30 +487,6 @@ impl Replayer {
         }
     }
 
-    /// Drops what the kernel caches about a change without replaying it.
-    fn invalidate_only(&self, c: &Change, name: &[u8]) {
-        match c.kind {
-            ChangeKind::Overflow => self.drop_all_cached(),
-            ChangeKind::Created | ChangeKind::Removed => self.expire(c.parent, name),
-            ChangeKind::Renamed => {
-                let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
-                self.expire(c.parent, name);
-                self.expire(c.to_parent, to_name);
-            }
-            _ => {
-                if let Some(e) = c.entry {
-                    (self.on_data_change)(e.ino);
-                    self.inval_inode(e.ino, 0, 0);
-                }
-            }
-        }
-        if let Some(e) = c.entry {
-            if e.ino != ROOT_ID {
-                self.forget(e.ino);
-            }
-        }
-    }
-
     fn forget(&self, ino: u64) {
         self.client.send_oneway(
             self.export,
@@ -454,8 +497,90 @@ impl Replayer {
         );
     }
 
+    /// Expires a name instead of replaying its change (a directory holding a guest mount).
     fn expire(&self, parent: u64, name: &[u8]) {
         self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .stats
+            .skipped_mount
+            .fetch_add(1, Ordering::Relaxed);
         self.expire_entry(parent, name);
+    }
+}
+
+/// What the coherence thread needs (see [`Replayer::run`]).
+struct Coherence<'a> {
+    kernel: Option<&'a KernelNotifier>,
+    raise_events: bool,
+    mountpoint: &'a Path,
+    on_data_change: Box<dyn Fn(u64) + Send>,
+}
+
+impl Coherence<'_> {
+    /// Drops what the kernel caches about `c`, at once (the coherence thread; see `run`):
+    /// pages and attributes of a changed object, the names a creation, removal or rename is
+    /// about. The names of directories removed or renamed are left to the replay, which moves
+    /// or removes them: earlier changes below them, still waiting in the backlog, are replayed
+    /// through those names (the path walk would otherwise ask the host, which no longer has
+    /// them). Their contents are still coherent: each of their own changes is invalidated here.
+    fn invalidate(&self, c: &Change) {
+        let name = c.path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        let dir = c.file_type == libc::S_IFDIR
+            || c.entry
+                .is_some_and(|e| e.attr.mode & libc::S_IFMT == libc::S_IFDIR);
+        match c.kind {
+            ChangeKind::Overflow => self.drop_all_cached(),
+            ChangeKind::Created => self.expire_entry(c.parent, name),
+            ChangeKind::Removed if !dir || !self.raise_events => self.expire_entry(c.parent, name),
+            ChangeKind::Renamed => {
+                if !dir || !self.raise_events {
+                    self.expire_entry(c.parent, name);
+                }
+                self.expire_entry(c.to_parent, to_name);
+            }
+            ChangeKind::Removed => {}
+            ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib => {
+                if let Some(e) = c.entry {
+                    let data = c.kind != ChangeKind::Attrib;
+                    if data {
+                        (self.on_data_change)(e.ino);
+                    }
+                    // Invalidate before the event is raised, so a watcher reacting to it at
+                    // once cannot read cached old bytes.
+                    let (off, len) = if data { (0, 0) } else { (-1, 0) };
+                    self.inval_inode(e.ino, off, len);
+                }
+            }
+        }
+    }
+
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) {
+        if let Some(k) = self.kernel {
+            if let Err(err) = k.inval_inode(ino, offset, len) {
+                debug!(ino, "inval_inode: {err}");
+            }
+        }
+    }
+
+    fn expire_entry(&self, parent: u64, name: &[u8]) {
+        if let Some(k) = self.kernel {
+            if let Err(e) = k.expire_entry(parent, name) {
+                debug!("expire_entry: {e}");
+            }
+        }
+    }
+
+    /// Drops every name and attribute the kernel caches for the mount.
+    fn drop_all_cached(&self) {
+        let Some(k) = self.kernel else {
+            warn!(mountpoint = %self.mountpoint.display(),
+                  "the mount's caches cannot be dropped from here; they expire after their timeout");
+            return;
+        };
+        if let Err(e) = k.inc_epoch() {
+            debug!("epoch increment unsupported ({e}); invalidating the root only");
+            let _ = k.inval_inode(ROOT_ID, 0, 0);
+        }
     }
 }

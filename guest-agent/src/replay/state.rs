@@ -93,10 +93,25 @@ pub struct ReplayStats {
     pub received: AtomicU64,
     /// Changes replayed on the mount.
     pub replayed: AtomicU64,
-    /// Changes whose replay failed (the cache was still invalidated).
+    /// Changes whose replay failed (the cache was still invalidated); broken down below.
     pub failed: AtomicU64,
-    /// Changes not replayed on purpose (a guest mount below, nothing to replay).
+    /// ... because a name on the way, or the name itself, was missing (ENOENT, ENOTDIR).
+    pub failed_missing: AtomicU64,
+    /// ... because the answer said the change was overtaken or refused (ESTALE, EEXIST,
+    /// EPERM, ENOTEMPTY).
+    pub failed_stale: AtomicU64,
+    /// ... for any other reason (ETXTBSY, EIO, the host refused it).
+    pub failed_other: AtomicU64,
+    /// Changes not replayed on purpose; broken down below.
     pub skipped: AtomicU64,
+    /// ... because the directory holds a guest mount (its entry only expires).
+    pub skipped_mount: AtomicU64,
+    /// ... because the mount was gone.
+    pub skipped_unmounted: AtomicU64,
+    /// ... because the mount is read-only (the caches are invalidated, nothing is raised).
+    pub skipped_read_only: AtomicU64,
+    /// Replayed although the host had moved on since (its names were then expired).
+    pub overtaken: AtomicU64,
     /// Overflows: every cached name dropped.
     pub overflows: AtomicU64,
 }
@@ -114,6 +129,9 @@ pub struct ReplayState {
     next_fh: AtomicU64,
     /// Synthetic nodes the kernel holds.
     synthetic: DashMap<u64, Attr>,
+    /// Set by a handler when the host's present differs from the outcome of the change being
+    /// replayed ([`ferry_protocol::replay::overtaken`]); taken by the replay thread.
+    overtaken: AtomicBool,
     /// Set when the mount goes away: no more replays.
     pub(super) stopped: AtomicBool,
     /// Counters.
@@ -205,6 +223,16 @@ impl ReplayState {
             }
             Before::Synthetic(ft) => Some(self.synthetic(*ft)),
         }
+    }
+
+    /// Notes that the host has moved on from the change being replayed.
+    pub(crate) fn note_overtaken(&self) {
+        self.overtaken.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the host had moved on from the change just replayed (and forgets it).
+    pub(super) fn take_overtaken(&self) -> bool {
+        self.overtaken.swap(false, Ordering::Relaxed)
     }
 
     /// A handle for the replay thread's own open.

@@ -55,9 +55,6 @@ pub enum VirtioFsError {
     /// The listening socket could not be duplicated for the next connection.
     #[error("cannot duplicate the listening socket: {0}")]
     Dup(std::io::Error),
-    /// The exit eventfd of the vring worker could not be created.
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
     /// The daemon could not be created.
     #[error("cannot create the vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
@@ -99,6 +96,21 @@ impl VirtioFsListener {
         })
     }
 
+    /// Serves on a socket that is already bound and listening (inherited from a launcher, as
+    /// virtiofsd's `--fd`); its path, if the kernel knows one, only names it in messages.
+    pub fn from_listener(export: Arc<Export>, listener: std::os::unix::net::UnixListener) -> Self {
+        let socket = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+            .unwrap_or_else(|| PathBuf::from("<inherited socket>"));
+        VirtioFsListener {
+            export,
+            socket,
+            listener,
+        }
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
@@ -111,7 +123,7 @@ impl VirtioFsListener {
         // while `serve` retries, and the listener lives on.
         let session = ExportSession::new(self.export.clone()).map_err(VirtioFsError::Session)?;
         let server = Arc::new(FuseServer::new(session, TTL));
-        let backend = VhostUserFs::new(server).map_err(VirtioFsError::EventFd)?;
+        let backend = VhostUserFs::new(server);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(
             format!("vhost-user-fs-{}", self.export.name()),
@@ -127,12 +139,12 @@ impl VirtioFsListener {
         // SAFETY: `fd` is a listening Unix socket this function owns (a fresh duplicate of
         // ours); ownership passes to the vhost Listener, which closes it when dropped. Made
         // from a raw fd, that Listener has no path and so never unlinks our socket.
-        let listener = unsafe { vhost::vhost_user::Listener::from_raw_fd(fd.into_raw_fd()) };
+        let mut listener = unsafe { vhost::vhost_user::Listener::from_raw_fd(fd.into_raw_fd()) };
         let serve_err = |cause| VirtioFsError::Serve {
             socket: self.socket.clone(),
             cause,
         };
-        daemon.start(listener).map_err(serve_err)?;
+        daemon.start(&mut listener).map_err(serve_err)?;
         let result = daemon.wait();
         // The vring worker threads of this connection end with it.
         for handler in daemon.get_epoll_handlers() {

@@ -16,7 +16,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{QueueOwnedT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 use super::server::FuseServer;
 
@@ -62,19 +64,16 @@ pub struct VhostUserFs {
     server: Arc<FuseServer>,
     mem: Arc<Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>>,
     event_idx: Arc<std::sync::atomic::AtomicBool>,
-    /// Written when the connection ends, to stop the vring worker thread.
-    exit: Arc<EventFd>,
 }
 
 impl VhostUserFs {
     /// A backend answering with `server`.
-    pub fn new(server: Arc<FuseServer>) -> io::Result<Self> {
-        Ok(VhostUserFs {
+    pub fn new(server: Arc<FuseServer>) -> Self {
+        VhostUserFs {
             server,
             mem: Arc::default(),
             event_idx: Arc::default(),
-            exit: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
-        })
+        }
     }
 
     /// Serves every available chain of `vring`, notifying the guest as the ring asks.
@@ -203,8 +202,19 @@ impl VhostUserBackend for VhostUserFs {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<EventFd> {
-        self.exit.try_clone().ok()
+    /// A fresh exit event per vring worker: the daemon's epoll handler keeps the notifier and
+    /// writes it when the connection ends (`VringEpollHandler::send_exit_event`), which stops
+    /// that worker. (vhost-user-backend 0.24 keeps the consumer's descriptor registered in the
+    /// worker's epoll set without closing it: one descriptor per worker per frontend
+    /// connection, which a VM's lifetime of reconnects does not exhaust.)
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::warn!(error = %e, "virtio-fs: no exit event for a vring worker");
+                None
+            }
+        }
     }
 
     fn handle_event(
@@ -280,7 +290,7 @@ mod tests {
     fn lookup_through_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hello"), b"12345").unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
         let (len, reply) = round_trip(
             &backend,
             &request(opcode::LOOKUP, 5, 1, &[b"hello\0"]),
@@ -296,7 +306,7 @@ mod tests {
     #[test]
     fn forget_uses_the_chain_without_a_reply() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
         let f = abi::ForgetIn { nlookup: 1 };
         let (len, _) = round_trip(
             &backend,
@@ -309,7 +319,7 @@ mod tests {
     #[test]
     fn a_reply_too_big_for_the_buffers_is_dropped_not_written_past() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
         let (len, _) = round_trip(&backend, &request(opcode::LOOKUP, 1, 1, &[b".\0"]), 8);
         assert_eq!(len, 0);
     }
@@ -317,7 +327,7 @@ mod tests {
     #[test]
     fn an_oversized_request_is_not_buffered() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
         let huge = vec![0u8; MAX_REQUEST + 1];
         let (len, _) = round_trip(&backend, &huge, 64);
         assert_eq!(len, 0);
@@ -326,7 +336,7 @@ mod tests {
     #[test]
     fn a_kick_before_memory_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false))).unwrap();
+        let backend = VhostUserFs::new(Arc::new(server(dir.path(), false)));
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap(),
         );

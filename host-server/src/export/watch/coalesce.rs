@@ -3,6 +3,7 @@
 //! same change to one path within a burst merged, keeping the order of each path's changes.
 
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,9 +56,11 @@ pub(super) fn rename_pending_after(pending: bool, ev: &notify::Result<notify::Ev
 }
 
 /// Turns one `notify` event into the change it makes, if any, pushed onto `out`, pairing
-/// rename halves through `held`.
+/// rename halves through `held`. `root` is the export's path (the events' prefix), `root_fd`
+/// its descriptor, beneath which every path is looked at.
 pub(super) fn event_to_changes(
     root: &Path,
+    root_fd: BorrowedFd<'_>,
     ev: notify::Event,
     held: &mut Option<(usize, PathBuf)>,
     out: &mut Vec<Raw>,
@@ -114,7 +117,8 @@ pub(super) fn event_to_changes(
                 return;
             };
             *held = None;
-            let is_dir = std::fs::symlink_metadata(root.join(&to)).is_ok_and(|m| m.is_dir());
+            let is_dir = super::beneath::stat(root_fd, &to)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
             out.push(Raw {
                 kind: ChangeKind::Renamed,
                 path,
@@ -128,11 +132,17 @@ pub(super) fn event_to_changes(
 
 /// Merges repeats within a burst while keeping, for each path, the order of its changes:
 /// a write followed by its close becomes one `DataClosed`, repeated writes or attribute
-/// changes of one path with nothing structural in between become one.
+/// changes of one path with nothing structural on that path (or above it) in between become
+/// one. A structural change elsewhere does not separate them: replaying two writes of one file
+/// as one, before another file's creation, shows a watcher nothing a local disk would not.
 pub(crate) fn coalesce(changes: Vec<Raw>) -> Vec<Raw> {
     let mut out: Vec<Raw> = Vec::with_capacity(changes.len());
-    // Path → index in `out` of its latest content change since the last structural change.
+    // Path → index in `out` of its latest content change since the last structural change to
+    // it or to a directory above it.
     let mut last: HashMap<PathBuf, usize> = HashMap::new();
+    let forget = |last: &mut HashMap<PathBuf, usize>, p: &Path| {
+        last.retain(|q, _| !q.starts_with(p));
+    };
     for c in changes {
         match c.kind {
             ChangeKind::Data | ChangeKind::Closed | ChangeKind::Attrib | ChangeKind::DataClosed => {
@@ -147,23 +157,100 @@ pub(crate) fn coalesce(changes: Vec<Raw>) -> Vec<Raw> {
                         (ChangeKind::Closed, ChangeKind::Closed) => Some(ChangeKind::Closed),
                         _ => None,
                     };
-                    // Only the path's latest change may absorb the new one.
+                    // `last` holds the path's latest change, so it may absorb the new one.
                     if let Some(kind) = merged {
-                        if out.iter().skip(i + 1).all(|o| o.path != c.path) {
-                            out[i].kind = kind;
-                            continue;
-                        }
+                        out[i].kind = kind;
+                        continue;
                     }
                 }
                 last.insert(c.path.clone(), out.len());
                 out.push(c);
             }
-            ChangeKind::Created
-            | ChangeKind::Removed
-            | ChangeKind::Renamed
-            | ChangeKind::Overflow => {
+            ChangeKind::Created | ChangeKind::Removed | ChangeKind::Renamed => {
+                forget(&mut last, &c.path);
+                if let Some(to) = &c.to {
+                    forget(&mut last, to);
+                }
+                out.push(c);
+            }
+            ChangeKind::Overflow => {
                 last.clear();
                 out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Collapses what happens inside directories created within the burst into their creation,
+/// as a native recursive watcher sees a burst: it hears of the new directory and lists it
+/// itself (inotifywait -r, chokidar, watchman and fsnotify users all do), so the entries made
+/// in it, their writes and attribute changes, and entries made and removed again in it are
+/// not reported one by one. A rename out of a new directory becomes a creation at its target
+/// (the guest never knew the source); a rename into one from outside stays a rename, so the
+/// guest hears the old name go. A new directory renamed within the burst stays new under its
+/// new name; one removed stops being new.
+///
+/// Nothing cached in the guest goes stale: a directory new on the host has nothing cached
+/// under it, and a guest entry cached for its name before the creation reached the guest is
+/// revalidated by the replayed creation, which drops what hangs below it.
+pub(crate) fn collapse(changes: Vec<Raw>) -> Vec<Raw> {
+    let mut new_dirs: Vec<PathBuf> = Vec::new();
+    let inside = |dirs: &[PathBuf], p: &Path| dirs.iter().any(|d| p != d && p.starts_with(d));
+    let mut out = Vec::with_capacity(changes.len());
+    for mut c in changes {
+        let from_new = inside(&new_dirs, &c.path);
+        match c.kind {
+            ChangeKind::Overflow => {
+                new_dirs.clear();
+                out.push(c);
+            }
+            ChangeKind::Created => {
+                if from_new {
+                    continue;
+                }
+                if c.is_dir {
+                    new_dirs.push(c.path.clone());
+                }
+                out.push(c);
+            }
+            ChangeKind::Data | ChangeKind::Closed | ChangeKind::DataClosed | ChangeKind::Attrib => {
+                if !from_new {
+                    out.push(c);
+                }
+            }
+            ChangeKind::Removed => {
+                new_dirs.retain(|d| !d.starts_with(&c.path));
+                if !from_new {
+                    out.push(c);
+                }
+            }
+            ChangeKind::Renamed => {
+                let Some(to) = c.to.clone() else {
+                    out.push(c);
+                    continue;
+                };
+                let to_new = inside(&new_dirs, &to);
+                // New directories moved along with it (or it itself) stay new at the target.
+                for d in new_dirs.iter_mut() {
+                    if let Ok(rest) = d.strip_prefix(&c.path) {
+                        *d = to.join(rest);
+                    }
+                }
+                match (from_new, to_new) {
+                    (true, true) => {}
+                    (true, false) => {
+                        if c.is_dir {
+                            new_dirs.retain(|d| !d.starts_with(&to));
+                            new_dirs.push(to.clone());
+                        }
+                        c.kind = ChangeKind::Created;
+                        c.path = to;
+                        c.to = None;
+                        out.push(c);
+                    }
+                    (false, _) => out.push(c),
+                }
             }
         }
     }
@@ -198,6 +285,84 @@ mod tests {
                 (Attrib, "b".into()),
             ]
         );
+    }
+
+    fn d(kind: ChangeKind, p: &str) -> Raw {
+        Raw::new(kind, PathBuf::from(p), true)
+    }
+
+    fn mv(p: &str, to: &str, is_dir: bool) -> Raw {
+        Raw {
+            to: Some(PathBuf::from(to)),
+            ..Raw::new(ChangeKind::Renamed, PathBuf::from(p), is_dir)
+        }
+    }
+
+    fn kinds(v: &[Raw]) -> Vec<(ChangeKind, String, Option<String>)> {
+        v.iter()
+            .map(|c| {
+                let s = |p: &Path| p.to_string_lossy().into_owned();
+                (c.kind, s(&c.path), c.to.as_deref().map(s))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_made_and_filled_in_a_burst_is_one_creation() {
+        use ChangeKind::*;
+        let got = collapse(vec![
+            d(Created, "pkg"),
+            r(Created, "pkg/a"),
+            r(Data, "pkg/a"),
+            d(Created, "pkg/sub"),
+            r(Created, "pkg/sub/b"),
+            r(Attrib, "pkg/sub/b"),
+            r(Created, "pkg/tmp"),
+            r(Removed, "pkg/tmp"),
+            r(Data, "old"),
+            // Out of the new directory: the guest never knew the source.
+            mv("pkg/a", "moved", false),
+            // Into it from outside: the guest must hear the old name go.
+            mv("kept", "pkg/kept", false),
+            // The new directory renamed stays new; what is made in it next is collapsed.
+            mv("pkg", "pkg2", true),
+            r(Created, "pkg2/c"),
+            r(Created, "pkgx"),
+        ]);
+        let s = |p: &str| p.to_string();
+        assert_eq!(
+            kinds(&got),
+            vec![
+                (Created, s("pkg"), None),
+                (Data, s("old"), None),
+                (Created, s("moved"), None),
+                (Renamed, s("kept"), Some(s("pkg/kept"))),
+                (Renamed, s("pkg"), Some(s("pkg2"))),
+                (Created, s("pkgx"), None),
+            ]
+        );
+        // Removed, it is not new any more: a directory of that name made later is its own.
+        let got = collapse(vec![
+            d(Created, "n"),
+            r(Created, "n/x"),
+            d(Removed, "n"),
+            d(Created, "n"),
+            r(Created, "n/y"),
+        ]);
+        assert_eq!(got.len(), 3);
+        // A directory made before the burst is not collapsed.
+        let got = collapse(vec![r(Created, "dir/a"), r(Data, "dir/a")]);
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn writes_merge_across_other_paths_structural_changes() {
+        use ChangeKind::*;
+        let got = coalesce(vec![r(Data, "a"), r(Created, "b"), r(Data, "a")]);
+        assert_eq!(got.len(), 2);
+        // A rename of a directory above separates them.
+        let got = coalesce(vec![r(Data, "d/a"), mv("d", "e", true), r(Data, "d/a")]);
+        assert_eq!(got.len(), 3);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 //! are only aged out ([`ECHO_MAX_AGE`]) to bound memory.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,18 +43,6 @@ impl Fingerprint {
             nlink: st.st_nlink,
             uid: st.st_uid,
             gid: st.st_gid,
-        }
-    }
-
-    pub(super) fn of_meta(m: &std::fs::Metadata) -> Self {
-        Fingerprint {
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            mode: m.mode(),
-            nlink: m.nlink(),
-            uid: m.uid(),
-            gid: m.gid(),
         }
     }
 }

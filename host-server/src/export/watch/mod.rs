@@ -1,41 +1,47 @@
-//! Host change events: one inotify watcher (through the `notify` crate) per watched export, and
-//! the per-session view of each change.
+//! Host change events: one inotify watcher per watched export, and the per-session view of
+//! each change.
 //!
 //! The pipeline, for one export:
 //!
-//! 1. `notify` watches the export recursively and hands raw events to a channel.
+//! 1. The export's own inotify watcher (`inotify.rs`) watches every directory of the export,
+//!    each opened beneath the root's descriptor without following a symlink (`beneath.rs`),
+//!    and hands raw events, as `notify::Event`s, to a channel.
 //! 2. The export's watcher thread collects a burst (until [`BURST_QUIET`] passes without a new
 //!    event, at most [`BURST_MAX`]), pairs rename halves, drops what guests cannot see (opens,
 //!    reads), and coalesces repeats of the same change to the same path while keeping the
-//!    order of changes to each path (`coalesce.rs`), then lists the directories it created
-//!    (`scan.rs`).
+//!    order of changes to each path (`coalesce.rs`), lists the directories it created
+//!    (`scan.rs`, so that entries made before `notify` watched them are known), and collapses
+//!    what happened inside directories created within the burst into their creation, as a
+//!    native recursive watcher sees it (`coalesce::collapse`).
 //! 3. Before looking at the burst it waits until every mutation a session had started when the
 //!    burst was read has finished and recorded its echo fingerprint ([`Events::mutation`]).
 //! 4. For each watching session it drops the session's own echoes (`echo.rs`), resolves the
 //!    paths to that session's node ids, looks up the objects that exist (taking a lookup for
 //!    the guest, as a `Lookup` reply would) and hands the [`Change`]s to the session's sink.
 
+mod beneath;
 mod coalesce;
 mod echo;
+mod inotify;
 mod scan;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::{Change, ChangeKind, Entry, Errno};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, error, info, warn};
 
 use super::inode::ROOT_ID;
 use super::{Export, ExportSession};
-use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
+use coalesce::{RENAME_WAIT, Raw, coalesce, collapse, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
+use inotify::TreeWatcher;
 use scan::Scanned;
 
 /// Raw events queued between `notify`'s thread and the export's watcher thread.
@@ -72,7 +78,7 @@ pub(crate) struct Events {
     epoch: AtomicUsize,
     in_flight: [AtomicU64; 2],
     /// The running watcher; dropping it stops the watcher thread.
-    watcher: Mutex<Option<RecommendedWatcher>>,
+    watcher: Mutex<Option<TreeWatcher>>,
 }
 
 impl std::fmt::Debug for Events {
@@ -192,34 +198,31 @@ impl Export {
         }
     }
 
-    fn start_watcher(self: &Arc<Self>) -> Result<RecommendedWatcher, Errno> {
+    fn start_watcher(self: &Arc<Self>) -> Result<TreeWatcher, Errno> {
         // Bounded: when the watcher thread falls this far behind, further raw events are
         // dropped and the next burst carries an overflow (every guest drops its caches)
         // instead of the queue growing without end.
         let (tx, rx) = sync_channel(NOTIFY_QUEUE);
         let lost = Arc::new(AtomicBool::new(false));
-        let lost_by_notify = Arc::clone(&lost);
-        let mut w = notify::recommended_watcher(move |ev| {
-            if let Err(TrySendError::Full(_)) = tx.try_send(ev) {
-                lost_by_notify.store(true, Ordering::Release);
-            }
-        })
-        .map_err(|e| {
-            error!(export = self.name, "cannot start the host watcher: {e}");
-            Errno::EIO
-        })?;
+        let tx = inotify::Queue {
+            tx,
+            lost: Arc::clone(&lost),
+        };
         let started = Instant::now();
-        if let Err(e) = w.watch(&self.path, RecursiveMode::Recursive) {
-            error!(
-                export = self.name,
-                "cannot watch {}: {e}",
-                self.path.display()
-            );
-            if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                error!("{WATCH_LIMIT_ADVICE}");
+        let w = match TreeWatcher::start(&self.name, self.root.as_fd(), &self.path, tx) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(
+                    export = self.name,
+                    "cannot watch {}: {e}",
+                    self.path.display()
+                );
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    error!("{WATCH_LIMIT_ADVICE}");
+                }
+                return Err(Errno::EIO);
             }
-            return Err(Errno::EIO);
-        }
+        };
         info!(
             export = self.name,
             ms = started.elapsed().as_millis() as u64,
@@ -237,6 +240,7 @@ impl Export {
         let mut held_from: Option<(usize, PathBuf)> = None;
         let mut scanned = Scanned::default();
         let mut dirs = DirKeys::default();
+        let mut moved = Moved::default();
         loop {
             let Ok(first) = rx.recv() else {
                 debug!(export = self.name, "watcher thread ends");
@@ -267,7 +271,13 @@ impl Export {
             let mut changes = Vec::new();
             for ev in raw {
                 match ev {
-                    Ok(ev) => event_to_changes(&self.path, ev, &mut held_from, &mut changes),
+                    Ok(ev) => event_to_changes(
+                        &self.path,
+                        self.root.as_fd(),
+                        ev,
+                        &mut held_from,
+                        &mut changes,
+                    ),
                     Err(e) => {
                         error!(export = self.name, "host watcher error: {e}");
                         if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
@@ -289,8 +299,8 @@ impl Export {
                 // The rename's second half never came: moved out of the export.
                 changes.push(Raw::new(ChangeKind::Removed, from, false));
             }
-            let changes = coalesce(changes);
-            let changes = scanned.expand(&self.path, changes);
+            let changes = coalesce(moved.follow(self.root.as_fd(), changes));
+            let changes = collapse(scanned.expand(self.root.as_fd(), changes));
             if changes.iter().any(|c| c.kind == ChangeKind::Overflow) {
                 warn!(
                     export = self.name,
@@ -310,7 +320,8 @@ impl Export {
     fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys) {
         let facts: Vec<Facts> = changes
             .iter()
-            .map(|c| Facts::of(&self.path, c, dirs))
+            .enumerate()
+            .map(|(i, c)| Facts::of(self.root.as_fd(), c, &changes[i + 1..], dirs))
             .collect();
         let subs: Vec<(u64, Arc<ExportSession>, Sink)> = {
             let subs = self.events.subs.lock().unwrap_or_else(|e| e.into_inner());
@@ -504,10 +515,10 @@ struct DirKeys(HashMap<PathBuf, Key>);
 impl DirKeys {
     const MAX: usize = 200_000;
 
-    fn key(&mut self, root: &Path, dir: &Path) -> Option<Key> {
-        match std::fs::symlink_metadata(root.join(dir)) {
-            Ok(m) if m.is_dir() => {
-                let k = (m.dev(), m.ino());
+    fn key(&mut self, root: BorrowedFd<'_>, dir: &Path) -> Option<Key> {
+        match beneath::stat(root, dir) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                let k = (st.st_dev, st.st_ino);
                 if self.0.len() >= Self::MAX {
                     self.0.clear();
                 }
@@ -524,18 +535,101 @@ impl DirKeys {
     }
 }
 
+/// Directories renamed on the host, old path to new. `notify` keeps reporting events inside a
+/// renamed directory at its old path; those are moved to the new one here, so that the stream
+/// stays one a watcher could have seen (a guest replaying it in order would otherwise look for
+/// names its own tree has already moved).
+#[derive(Debug, Default)]
+struct Moved(Vec<(PathBuf, PathBuf)>);
+
+impl Moved {
+    const MAX: usize = 1024;
+
+    /// Rewrites paths below a renamed directory's old path, when nothing is at that old path on
+    /// the host any more (else a new directory took the name and its events are its own), and
+    /// records the burst's directory renames.
+    fn follow(&mut self, root: BorrowedFd<'_>, mut changes: Vec<Raw>) -> Vec<Raw> {
+        for c in &mut changes {
+            if c.kind == ChangeKind::Overflow {
+                self.0.clear();
+                continue;
+            }
+            c.path = self.now(root, &c.path);
+            if let Some(to) = &c.to {
+                c.to = Some(self.now(root, to));
+            }
+            let made = match c.kind {
+                ChangeKind::Created => Some(&c.path),
+                ChangeKind::Renamed => c.to.as_ref(),
+                _ => None,
+            };
+            if let Some(made) = made {
+                // A new object at an old path: events there are its own from now on.
+                self.0.retain(|(old, _)| old != made);
+            }
+            if c.kind == ChangeKind::Renamed && c.is_dir {
+                if let Some(to) = &c.to {
+                    if self.0.len() >= Self::MAX {
+                        self.0.remove(0);
+                    }
+                    self.0.push((c.path.clone(), to.clone()));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Where `path` is now, following renames of the directories above it (latest first).
+    fn now(&self, root: BorrowedFd<'_>, path: &Path) -> PathBuf {
+        let mut p = path.to_path_buf();
+        for (old, new) in self.0.iter().rev() {
+            if let Ok(rest) = p.strip_prefix(old) {
+                if !rest.as_os_str().is_empty() && beneath::stat(root, old).is_err() {
+                    p = new.join(rest);
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Where `path` is at the end of the burst: moved by the renames that follow its change.
+fn after(path: &Path, later: &[Raw]) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for r in later {
+        if let (ChangeKind::Renamed, Some(to)) = (r.kind, &r.to) {
+            if let Ok(rest) = p.strip_prefix(&r.path) {
+                p = if rest.as_os_str().is_empty() {
+                    to.clone()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+    }
+    p
+}
+
 impl Facts {
-    fn of(root: &Path, c: &Raw, dirs: &mut DirKeys) -> Facts {
-        // `symlink_metadata` never follows a final symlink; these identities are only
+    /// `later`: the changes after `c` in its burst, through whose renames a directory that has
+    /// moved on since is still found.
+    fn of(root: BorrowedFd<'_>, c: &Raw, later: &[Raw], dirs: &mut DirKeys) -> Facts {
+        // Resolved beneath the root without following any symlink; these identities are only
         // compared with nodes a session holds, never opened.
         let key = |p: &Path| -> Option<(Key, Fingerprint)> {
-            let m = std::fs::symlink_metadata(root.join(p)).ok()?;
-            Some(((m.dev(), m.ino()), Fingerprint::of_meta(&m)))
+            let st = beneath::stat(root, p).ok()?;
+            Some(((st.st_dev, st.st_ino), Fingerprint::of_stat(&st)))
         };
         if c.kind == ChangeKind::Overflow {
             return Facts::default();
         }
-        let mut parent = |p: &Path| -> Option<Key> { dirs.key(root, p.parent()?) };
+        let mut parent = |p: &Path| -> Option<Key> {
+            let dir = p.parent()?;
+            dirs.key(root, dir).or_else(|| {
+                let now = after(dir, later);
+                (now != dir).then(|| dirs.key(root, &now)).flatten()
+            })
+        };
         Facts {
             parent: parent(&c.path),
             to_parent: c.to.as_deref().and_then(&mut parent),

@@ -4,13 +4,16 @@
 //! inotify event for the same object is not reported twice.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::ChangeKind;
 use tracing::warn;
 
+use super::beneath;
 use super::coalesce::Raw;
 
 /// Most entries reported from listing one newly created directory tree.
@@ -26,7 +29,7 @@ pub(super) struct Scanned {
 impl Scanned {
     /// After each created directory, adds what it already holds (recursively); drops creations
     /// that a listing already reported.
-    pub(super) fn expand(&mut self, root: &Path, changes: Vec<Raw>) -> Vec<Raw> {
+    pub(super) fn expand(&mut self, root: BorrowedFd<'_>, changes: Vec<Raw>) -> Vec<Raw> {
         let now = Instant::now();
         self.seen
             .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
@@ -35,9 +38,9 @@ impl Scanned {
             match c.kind {
                 ChangeKind::Created => {
                     if let Some(&(seen, _)) = self.seen.get(&c.path) {
-                        match std::fs::symlink_metadata(root.join(&c.path)) {
+                        match beneath::stat(root, &c.path) {
                             // The object the listing reported: its own late event.
-                            Ok(m) if m.ino() == seen => continue,
+                            Ok(st) if st.st_ino == seen => continue,
                             // Another object took the name since: a creation of its own.
                             Ok(_) => {}
                             // Gone already, and nothing removed it since the listing (that
@@ -66,20 +69,18 @@ impl Scanned {
         out
     }
 
-    fn list(&mut self, root: &Path, dir: &Path, out: &mut Vec<Raw>, now: Instant) {
+    fn list(&mut self, root: BorrowedFd<'_>, dir: &Path, out: &mut Vec<Raw>, now: Instant) {
         let mut stack = vec![dir.to_path_buf()];
         let mut n = 0;
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(root.join(&d)) else {
+            // Beneath the root, no symlink followed: a symlink in the new tree is reported as
+            // itself and never listed through.
+            let Ok(mut entries) = beneath::list(root, &d) else {
                 continue;
             };
             // Creation order, as far as the host can tell, rather than directory order.
-            let mut entries: Vec<_> = rd
-                .flatten()
-                .filter_map(|e| e.metadata().ok().map(|m| (e, m)))
-                .collect();
-            entries.sort_by_key(|(_, m)| (m.ctime(), m.ctime_nsec(), m.ino()));
-            for (e, m) in entries {
+            entries.sort_by_key(|(_, st)| (st.st_ctime, st.st_ctime_nsec, st.st_ino));
+            for (name, st) in entries {
                 n += 1;
                 if n > SCAN_LIMIT {
                     warn!(
@@ -89,10 +90,11 @@ impl Scanned {
                     out.push(Raw::overflow());
                     return;
                 }
-                let rel = d.join(e.file_name());
-                self.seen.insert(rel.clone(), (m.ino(), now));
-                out.push(Raw::new(ChangeKind::Created, rel.clone(), m.is_dir()));
-                if m.is_dir() {
+                let rel = d.join(OsStr::from_bytes(&name));
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                self.seen.insert(rel.clone(), (st.st_ino, now));
+                out.push(Raw::new(ChangeKind::Created, rel.clone(), is_dir));
+                if is_dir {
                     stack.push(rel);
                 }
             }
@@ -114,7 +116,9 @@ mod tests {
         let kinds = |v: &[Raw]| -> Vec<(ChangeKind, PathBuf)> {
             v.iter().map(|c| (c.kind, c.path.clone())).collect()
         };
-        let out = scanned.expand(root.path(), vec![dir]);
+        let fd = std::fs::File::open(root.path()).unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&fd);
+        let out = scanned.expand(fd, vec![dir]);
         assert_eq!(
             kinds(&out),
             [(Created, "new".into()), (Created, "new/b".into())]
@@ -127,14 +131,14 @@ mod tests {
             Raw::new(Removed, PathBuf::from("new/b"), true),
         ];
         assert_eq!(
-            kinds(&scanned.expand(root.path(), late)),
+            kinds(&scanned.expand(fd, late)),
             [(Removed, "new/b".into())]
         );
         // After its removal, the name created again is a creation of its own.
         std::fs::write(root.path().join("new/b"), b"").unwrap();
         let again = vec![Raw::new(Created, PathBuf::from("new/b"), false)];
         assert_eq!(
-            kinds(&scanned.expand(root.path(), again)),
+            kinds(&scanned.expand(fd, again)),
             [(Created, "new/b".into())]
         );
     }
