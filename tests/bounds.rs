@@ -130,7 +130,16 @@ fn a_slow_hello_is_closed_at_the_deadline() {
 fn connections_beyond_the_caps_are_closed_and_logged() {
     let host = HostProc::start_with(
         &[],
-        &["--max-unauthenticated", "3", "--max-connections", "5"],
+        // A handshake deadline far beyond the test's length: the idle connections must stay
+        // open because they are admitted, not because the deadline has not come yet.
+        &[
+            "--max-unauthenticated",
+            "3",
+            "--max-connections",
+            "5",
+            "--handshake-timeout",
+            "600",
+        ],
     );
     // Three connections that never say Hello fill the handshake slots.
     let mut idle: Vec<UnixStream> = (0..3)
