@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 /// Share a host directory with a Linux VM, or try it out on one machine.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version = ferry_common::version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -37,3 +37,5 @@ mod vm_virtiofs;
 mod unprivileged;
 // pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.
 mod conformance;
+// README.md's install commands in a fresh clone; every installed binary's --version.
+mod install;

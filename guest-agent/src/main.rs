@@ -12,7 +12,7 @@ use ferry_agent::{AgentConfig, ConnectAddr};
 /// SIGTERM (or until the server goes away), then unmounts them all (lazily, so open files do
 /// not block the exit).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version = ferry_common::version(), about, long_about = None)]
 struct Args {
     /// The ferry-host to connect to: unix:PATH, tcp:HOST:PORT, vsock:PORT (the host, CID 2)
     /// or vsock:CID:PORT. Inside a VM use vsock:PORT whatever the VMM: with QEMU/KVM

@@ -19,7 +19,7 @@ use ferry_host::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
 /// and --permissions.
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = ferry_common::version(),
     about,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
