@@ -39,3 +39,5 @@ mod unprivileged;
 mod conformance;
 // README.md's install commands in a fresh clone; every installed binary's --version.
 mod install;
+// ferry-host --config: a TOML file merged with flags, --check-config, the packaged sample.
+mod config;

@@ -10,6 +10,8 @@
 //! - [`virtiofs`]: the export core as a vhost-user-fs backend (the guest kernel speaks FUSE
 //!   over virtqueues): FUSE codec, request server, vhost-user glue.
 //! - [`config`]: the command-line configuration and its parsing.
+//! - [`config_file`]: the same configuration as a TOML file (`--config`), merged with the
+//!   command line.
 //! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
 //!   parsing; the per-export [`IdPolicy`].
 //! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
@@ -17,6 +19,7 @@
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod export;
 pub mod ids;
@@ -102,8 +105,10 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Runs the server until `shutdown` completes.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Checks `config` as far as it can be without listening: there are exports and listeners,
+/// TCP has its token, every vhost-user-fs listener names an export, and every export opens.
+/// Returns the opened exports.
+pub fn check_config(config: &ServerConfig) -> anyhow::Result<Vec<Arc<Export>>> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
     anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
     if config.token.is_none() {
@@ -113,7 +118,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             );
         }
     }
-    let exports = open_exports(&config.exports)?;
+    for addr in &config.listen {
+        if let ListenAddr::VhostUserFs { export, .. } = addr {
+            anyhow::ensure!(
+                config.exports.iter().any(|e| &e.name == export),
+                "{addr}: no --export is named {export:?}"
+            );
+        }
+    }
+    open_exports(&config.exports)
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let exports = check_config(&config)?;
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
     }

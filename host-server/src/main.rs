@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ferry_host::ids::{IdMode, Permissions, parse_on_off, parse_permissions};
-use ferry_host::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
+use ferry_host::{ExportSpec, IdOptions, ListenAddr};
 
 /// Export host directories to Ferry guest agents.
 ///
@@ -34,7 +34,11 @@ struct Args {
     /// names); :devices=on lets guests create device nodes there (off by default: a device
     /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
     /// Repeat for several exports.
-    #[arg(long = "export", value_name = "NAME=PATH[:OPTIONS]", required = true)]
+    #[arg(
+        long = "export",
+        value_name = "NAME=PATH[:OPTIONS]",
+        required_unless_present = "config"
+    )]
     exports: Vec<ExportSpec>,
 
     /// Where to accept guest agents: unix:PATH, tcp:PORT (loopback), tcp:HOST:PORT,
@@ -44,7 +48,11 @@ struct Args {
     /// VMM's vsock socket), or vhost-user-fs:SOCKET:NAME (a virtio-fs device backend serving
     /// export NAME to a VMM such as QEMU; the guest mounts it with `mount -t virtiofs NAME`).
     /// TCP always requires a token. Repeat for several listeners.
-    #[arg(long = "listen", value_name = "ADDR", required = true)]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        required_unless_present = "config"
+    )]
     listen: Vec<ListenAddr>,
 
     /// File holding the shared token clients must present (trailing newline ignored). When a
@@ -65,9 +73,21 @@ struct Args {
     /// open. Beyond it, the least recently used are closed and reopened when needed again: by
     /// kernel file handle (needs CAP_DAC_READ_SEARCH, which root has), else (an unprivileged
     /// server, filesystems without handles, FUSE) by name beneath their parent directory,
-    /// checked to be the same object (ESTALE otherwise).
-    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N", default_value_t = ferry_host::DEFAULT_NODE_FDS)]
-    max_node_fds: usize,
+    /// checked to be the same object (ESTALE otherwise). Default: 4096.
+    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N")]
+    max_node_fds: Option<usize>,
+
+    /// Read the configuration from this TOML file (see packaging/ferry-host.toml): listeners,
+    /// exports with their options, token file, owner settings. Flags given as well override
+    /// the file's values (--export NAME=... replaces the file's export NAME) or add to them
+    /// (--listen, other --export names).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Check the configuration (file and flags) and exit: every value parses, every export
+    /// is a directory the server can open, TCP has a token. Nothing is listened on.
+    #[arg(long)]
+    check_config: bool,
 
     #[command(flatten)]
     ids: IdArgs,
@@ -127,20 +147,37 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if let Some(Command::StripOwners { path }) = args.command {
         return ferry_host::strip::run_strip_owners(&path);
     }
-    let token = ferry_common::token::load(args.token_file.as_deref(), args.token.as_deref())?;
-    let mut exports = args.exports;
-    let global = IdOptions {
-        mode: args.ids.mode,
-        persist_owners: args.ids.persist_owners,
-        permissions: args.ids.permissions,
-    };
-    ferry_host::config::apply_id_defaults(&mut exports, &global);
-    let config = ServerConfig {
-        exports,
+    let overrides = ferry_host::config_file::Overrides {
+        exports: args.exports,
         listen: args.listen,
-        token,
+        token_file: args.token_file,
+        token: args.token,
         max_node_fds: args.max_node_fds,
+        ids: IdOptions {
+            mode: args.ids.mode,
+            persist_owners: args.ids.persist_owners,
+            permissions: args.ids.permissions,
+        },
     };
+    let config = overrides.load(args.config.as_deref())?;
+    if args.check_config {
+        ferry_host::check_config(&config)?;
+        println!(
+            "{}: ok: {} export(s) ({}), {} listener(s)",
+            args.config
+                .as_deref()
+                .map_or("command line".into(), |p| p.display().to_string()),
+            config.exports.len(),
+            config
+                .exports
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.listen.len()
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry-host")

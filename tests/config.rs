@@ -1,0 +1,238 @@
+//! `ferry-host --config FILE`: a server configured by a TOML file, merged with flags, checked
+//! by `--check-config`; and the sample in packaging/.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{
+    Need, agent_command, bins, require, stderr_of, terminate, wait_mounted, wait_until,
+};
+
+/// A temporary directory with exports `a/`, `b/`, `c/`, a socket path and a config file.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        for e in ["a", "b", "c"] {
+            fs::create_dir(dir.path().join(e)).unwrap();
+            fs::write(dir.path().join(e).join("name"), e).unwrap();
+        }
+        Setup { dir }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.path("ferry.sock")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("host.toml")
+    }
+
+    /// Writes the config file: a Unix listener and `exports` (name, TOML lines) as
+    /// `[[export]]` tables whose path is the directory of the same name.
+    pub fn write_config(&self, exports: &[(&str, &str)]) {
+        let mut text = format!("listen = [\"unix:{}\"]\n", self.sock().display());
+        for (name, extra) in exports {
+            text += &format!(
+                "\n[[export]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
+                self.path(name).display()
+            );
+        }
+        fs::write(self.config(), text).unwrap();
+    }
+
+    /// `ferry-host --config FILE ARGS`, logging to `host.log`; waits until it listens.
+    pub fn start_host(&self, args: &[&str]) -> Child {
+        let log = self.path("host.log");
+        let mut child = Command::new(&bins().host)
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let sock = self.sock();
+        let listening = wait_until(Duration::from_secs(20), || {
+            UnixStream::connect(&sock).is_ok() || child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            listening && child.try_wait().unwrap().is_none(),
+            "ferry-host did not listen:\n{}",
+            self.host_log()
+        );
+        child
+    }
+
+    pub fn host_log(&self) -> String {
+        fs::read_to_string(self.path("host.log")).unwrap_or_default()
+    }
+
+    /// `ferry-agent` mounting each (export, mount point) pair, logging to `agent.log`;
+    /// waits for every mount.
+    pub fn start_agent(&self, mounts: &[(&str, &Path)]) -> Child {
+        let mut args = vec![
+            "--connect".to_string(),
+            format!("unix:{}", self.sock().display()),
+        ];
+        for (name, mnt) in mounts {
+            args.push("--mount".into());
+            args.push(format!("{name}={}", mnt.display()));
+        }
+        let mut agent = agent_command(&args)
+            .env("RUST_LOG", "info")
+            .stderr(fs::File::create(self.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        for (_, mnt) in mounts {
+            wait_mounted(mnt, &mut agent);
+        }
+        agent
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+}
+
+/// `ferry-host --check-config ARGS`: (success, stdout, stderr).
+fn check(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(&bins().host)
+        .arg("--check-config")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_config_file_serves_its_exports_with_their_options() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", ""), ("b", "read-only = true")]);
+    let mut host = s.start_host(&[]);
+    let (ma, mb) = (s.path("mnt-a"), s.path("mnt-b"));
+    fs::create_dir(&ma).unwrap();
+    fs::create_dir(&mb).unwrap();
+    let mut agent = s.start_agent(&[("a", &ma), ("b", &mb)]);
+    assert_eq!(fs::read(ma.join("name")).unwrap(), b"a");
+    assert_eq!(fs::read(mb.join("name")).unwrap(), b"b");
+    fs::write(ma.join("new"), b"x").unwrap();
+    assert_eq!(fs::read(s.path("a/new")).unwrap(), b"x");
+    let e = fs::write(mb.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "b is read-only: {e}");
+    assert!(terminate(&mut agent).success(), "{}", stderr_of(&mut agent));
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}
+
+#[test]
+fn flags_override_the_file() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", "read-only = true"), ("b", "")]);
+    // --export a=... replaces the file's a (now c's directory, writable); --export c=... adds.
+    let mut host = s.start_host(&[
+        "--export",
+        &format!("a={}", s.path("c").display()),
+        "--export",
+        &format!("c={}:ro", s.path("c").display()),
+    ]);
+    let (ma, mc) = (s.path("mnt-a"), s.path("mnt-c"));
+    fs::create_dir(&ma).unwrap();
+    fs::create_dir(&mc).unwrap();
+    let mut agent = s.start_agent(&[("a", &ma), ("c", &mc)]);
+    assert_eq!(fs::read(ma.join("name")).unwrap(), b"c");
+    fs::write(ma.join("new"), b"x").unwrap();
+    let e = fs::write(mc.join("other"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert!(terminate(&mut agent).success(), "{}", s.agent_log());
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}
+
+#[test]
+fn check_config_names_file_line_and_key() {
+    let s = Setup::new();
+    s.write_config(&[("a", ""), ("b", "devices = \"on\"")]);
+    let cfg = s.config();
+    let cfg = cfg.to_str().unwrap();
+    let (ok, _, err) = check(&["--config", cfg]);
+    assert!(!ok);
+    let line = fs::read_to_string(cfg)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("devices"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "{cfg}:{line}: export.devices: invalid type: string \"on\", expected a boolean"
+        )),
+        "{err}"
+    );
+
+    s.write_config(&[("a", "colour = \"red\"")]);
+    let (ok, _, err) = check(&["--config", cfg]);
+    assert!(
+        !ok && err.contains(":6: export.colour: unknown field `colour`"),
+        "{err}"
+    );
+
+    // A directory that does not exist is found without starting.
+    s.write_config(&[("a", ""), ("gone", "")]);
+    let (ok, _, err) = check(&["--config", cfg]);
+    assert!(
+        !ok && err.contains("gone") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    s.write_config(&[("a", ""), ("b", "")]);
+    let (ok, out, err) = check(&["--config", cfg]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ok: 2 export(s) (a, b), 1 listener(s)"),
+        "{out}"
+    );
+    // Nothing listened.
+    assert!(!s.sock().exists());
+}
+
+#[test]
+fn the_sample_config_checks_with_its_directories_present() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/ferry-host.toml");
+    let text = fs::read_to_string(&sample).unwrap();
+    // Point the sample's directories and sockets into a temporary directory; everything else
+    // is as shipped.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("src")).unwrap();
+    let text = text
+        .replace(
+            "/srv/ferry/src",
+            &dir.path().join("src").display().to_string(),
+        )
+        .replace("/run/ferry/", &format!("{}/", dir.path().display()));
+    let cfg = dir.path().join("ferry-host.toml");
+    fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = check(&["--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 export(s) (src, docs)"), "{out}");
+}
