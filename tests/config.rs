@@ -236,3 +236,122 @@ fn the_sample_config_checks_with_its_directories_present() {
     assert!(ok, "{err}");
     assert!(out.contains("2 export(s) (src, docs)"), "{out}");
 }
+
+/// Waits (60 s at most) until the host log contains `what`.
+fn wait_log(s: &Setup, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(60), || s.host_log().contains(what)),
+        "host log never said {what:?}:\n{}",
+        s.host_log()
+    );
+}
+
+fn sighup(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+#[test]
+fn sighup_removes_adds_and_refuses_without_dropping_other_guests() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", ""), ("b", "")]);
+    let mut host = s.start_host(&[]);
+    let (ma, mb, mc) = (s.path("mnt-a"), s.path("mnt-b"), s.path("mnt-c"));
+    for m in [&ma, &mb, &mc] {
+        fs::create_dir(m).unwrap();
+    }
+    let agent = s.start_agent(&[("a", &ma), ("b", &mb)]);
+    assert_eq!(fs::read(mb.join("name")).unwrap(), b"b");
+
+    // A workload on a for the whole reload: write, read back, list.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workload = {
+        let (stop, done, errors, dir) = (stop.clone(), done.clone(), errors.clone(), ma.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let f = dir.join(format!("w{}", i % 32));
+                let body = format!("round {i}");
+                let r = fs::write(&f, &body)
+                    .and_then(|()| fs::read_to_string(&f))
+                    .and_then(|got| {
+                        (got == body)
+                            .then_some(())
+                            .ok_or_else(|| std::io::Error::other(format!("read {got:?}")))
+                    })
+                    .and_then(|()| fs::read_dir(&dir).map(|d| d.count()).map(|_| ()));
+                if let Err(e) = r {
+                    errors.lock().unwrap().push(format!("{}: {e}", f.display()));
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || done
+        .load(Ordering::Relaxed)
+        > 20));
+
+    // b goes, c comes.
+    s.write_config(&[("a", ""), ("c", "")]);
+    sighup(&host);
+    wait_log(&s, "reload: export b removed");
+    wait_log(&s, "reload: export c added");
+    let before = done.load(Ordering::Relaxed);
+    // b's mount reports it: OPENDIR always reaches the server.
+    let e = fs::read_dir(&mb).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESHUTDOWN), "{e}");
+    let e = fs::write(mb.join("after-removal"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESHUTDOWN), "{e}");
+    assert!(!s.path("b/after-removal").exists());
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .agent_log()
+            .contains("no longer serves this export")),
+        "agent log:\n{}",
+        s.agent_log()
+    );
+    // c mounts for a new agent.
+    let agent_c = {
+        let mut args = vec![
+            "--connect".to_string(),
+            format!("unix:{}", s.sock().display()),
+        ];
+        args.extend(["--mount".to_string(), format!("c={}", mc.display())]);
+        let mut a = agent_command(&args).spawn().unwrap();
+        wait_mounted(&mc, &mut a);
+        a
+    };
+    assert_eq!(fs::read(mc.join("name")).unwrap(), b"c");
+
+    // A bad file is refused, and what runs stays.
+    fs::write(s.config(), "listen = [\"unix:/x\"]\nexport = 5\n").unwrap();
+    sighup(&host);
+    wait_log(&s, "reload refused, the running configuration stays");
+    assert!(
+        s.host_log().contains("host.toml:2: export: invalid type"),
+        "{}",
+        s.host_log()
+    );
+    fs::write(mc.join("still"), b"served").unwrap();
+    assert_eq!(fs::read(s.path("c/still")).unwrap(), b"served");
+
+    assert!(wait_until(Duration::from_secs(30), || done
+        .load(Ordering::Relaxed)
+        > before + 20));
+    stop.store(true, Ordering::Relaxed);
+    workload.join().unwrap();
+    let errors = errors.lock().unwrap();
+    assert!(errors.is_empty(), "the workload on a failed: {errors:?}");
+    for mut a in [agent, agent_c] {
+        assert!(terminate(&mut a).success(), "{}", s.agent_log());
+    }
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}

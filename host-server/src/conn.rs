@@ -274,6 +274,14 @@ impl<S: Stream> Shared<S> {
             }
             return Ok(());
         };
+        if session.export().is_retired() {
+            // A reload removed or replaced this export: every request gets the same clear
+            // answer (the agent logs it once), and no host change reaches it any more.
+            if op != Opcode::Forget {
+                self.send(head, req.id, op, Err(Errno::ESHUTDOWN), &[]);
+            }
+            return Ok(());
+        }
         if let Request::Watch(w) = &req.body {
             let result = if w.on {
                 session.watch(self.change_sink(req.export, session))
@@ -340,6 +348,15 @@ impl<S: Stream> Shared<S> {
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
         Arc::new(move |changes: Vec<Change>| {
+            if let Some(s) = session.upgrade().filter(|s| s.export().is_retired()) {
+                // Removed by a reload: the guest hears nothing more of this export.
+                for c in &changes {
+                    if let Some(e) = &c.entry {
+                        s.forget(e.ino, 1);
+                    }
+                }
+                return;
+            }
             let n = queued.fetch_add(1, Ordering::AcqRel);
             let batch = if n < MAX_QUEUED_CHANGES {
                 overflowed.store(false, Ordering::Relaxed);

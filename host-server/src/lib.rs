@@ -14,6 +14,8 @@
 //!   command line.
 //! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
 //!   parsing; the per-export [`IdPolicy`].
+//! - [`reload`]: the live state a SIGHUP replaces: exports added, removed or changed
+//!   without dropping the guests of the others.
 //! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
@@ -23,6 +25,7 @@ pub mod config_file;
 pub mod conn;
 pub mod export;
 pub mod ids;
+pub mod reload;
 pub mod strip;
 pub mod transport;
 pub mod virtiofs;
@@ -31,7 +34,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{error, info};
 
 pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
 pub use conn::{ServerState, serve_connection};
@@ -105,10 +108,9 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Checks `config` as far as it can be without listening: there are exports and listeners,
-/// TCP has its token, every vhost-user-fs listener names an export, and every export opens.
-/// Returns the opened exports.
-pub fn check_config(config: &ServerConfig) -> anyhow::Result<Vec<Arc<Export>>> {
+/// Checks `config`'s settings without opening anything: there are exports and listeners, TCP
+/// has its token, every vhost-user-fs listener names an export.
+pub fn check_settings(config: &ServerConfig) -> anyhow::Result<()> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
     anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
     if config.token.is_none() {
@@ -126,11 +128,33 @@ pub fn check_config(config: &ServerConfig) -> anyhow::Result<Vec<Arc<Export>>> {
             );
         }
     }
+    Ok(())
+}
+
+/// Checks `config` as far as it can be without listening ([`check_settings`], and every
+/// export opens). Returns the opened exports.
+pub fn check_config(config: &ServerConfig) -> anyhow::Result<Vec<Arc<Export>>> {
+    check_settings(config)?;
     open_exports(&config.exports)
 }
 
+/// Where a running server gets its next configuration on SIGHUP: the configuration file read
+/// again, with the command line applied over it.
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<ServerConfig> + Send + Sync>;
+
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_reloading(config, None, shutdown).await
+}
+
+/// Runs the server until `shutdown` completes; on SIGHUP, asks `reloader` for the next
+/// configuration and applies it ([`reload::Live::reload`]). A configuration that cannot be
+/// read or used is refused and logged; the running one stays.
+pub async fn run_reloading(
+    config: ServerConfig,
+    reloader: Option<Reloader>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let exports = check_config(&config)?;
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
@@ -149,15 +173,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             spec.path.display()
         );
     }
-    let state = Arc::new(ServerState {
-        exports,
-        token: config.token.clone(),
-    });
+    let live = Arc::new(reload::Live::new(config.clone(), exports.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {
-            let export = state
-                .exports
+            let export = exports
                 .iter()
                 .find(|e| e.name() == export)
                 .with_context(|| format!("{addr}: no --export is named {export:?}"))?;
@@ -175,12 +195,34 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         let listener = Listener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        tasks.spawn(listener.serve(state.clone()));
+        tasks.spawn(listener.serve(live.clone()));
     }
-    shutdown.await;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => reload_now(&live, reloader.as_ref()),
+        }
+    }
     info!("shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// One reload: the next configuration from `reloader`, applied or refused, and logged.
+fn reload_now(live: &reload::Live, reloader: Option<&Reloader>) {
+    let Some(reloader) = reloader else {
+        info!("SIGHUP: no configuration file (--config) to read again; nothing changes");
+        return;
+    };
+    info!("SIGHUP: reading the configuration again");
+    match reloader().and_then(|next| live.reload(next)) {
+        Ok(changes) if changes.is_empty() => info!("reload: no change"),
+        Ok(changes) => info!(changes = changes.len(), "reload done"),
+        Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -182,5 +182,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("ferry-host")
         .build()?;
-    rt.block_on(ferry_host::run(config, ferry_host::shutdown_signal()))
+    // SIGHUP reads the file again, with the same flags over it.
+    let reloader: Option<ferry_host::Reloader> = args
+        .config
+        .map(|path| Box::new(move || Ok(overrides.load(Some(&path))?)) as ferry_host::Reloader);
+    rt.block_on(ferry_host::run_reloading(
+        config,
+        reloader,
+        ferry_host::shutdown_signal(),
+    ))
 }

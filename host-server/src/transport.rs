@@ -83,7 +83,7 @@ impl Listener {
     }
 
     /// Accepts connections forever, serving each on its own threads.
-    pub async fn serve(self, state: Arc<ServerState>) {
+    pub async fn serve(self, live: Arc<crate::reload::Live>) {
         let name = self.local_addr().to_string();
         info!("listening on {name}");
         loop {
@@ -97,14 +97,14 @@ impl Listener {
                     // Tokio hands out non-blocking sockets; the connection workers block.
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, state.clone(), peer)
+                    spawn_connection(s, live.current(), peer)
                 }),
                 Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
                     // Small request/reply frames must not wait for Nagle's algorithm.
                     s.set_nodelay(true)?;
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, state.clone(), peer.to_string())
+                    spawn_connection(s, live.current(), peer.to_string())
                 }),
                 Listener::Vsock(l, _) => {
                     // An async accept (not a blocking thread parked in accept(2)) is what lets
@@ -114,7 +114,7 @@ impl Listener {
                         .and_then(|(s, addr)| {
                             s.set_nonblocking(false)?;
                             let peer = format!("vsock cid {} port {}", addr.cid(), addr.port());
-                            spawn_connection(s, state.clone(), peer)
+                            spawn_connection(s, live.current(), peer)
                         })
                 }
             };

@@ -180,6 +180,8 @@ pub struct Export {
     max_node_fds: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
+    /// Set once the server stops serving this export (a reload removed or replaced it).
+    retired: AtomicBool,
 }
 
 impl Export {
@@ -230,6 +232,7 @@ impl Export {
             proc_fd,
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
+            retired: AtomicBool::new(false),
             replayers: replay::Replayers::default(),
         }))
     }
@@ -250,6 +253,18 @@ impl Export {
     }
 
     /// Whether mutations are refused.
+    /// Marks the export as no longer served: front doors answer every request of its
+    /// existing sessions with ESHUTDOWN from now on. Sessions stay (their descriptors close
+    /// when their guest disconnects); nothing of the host directory changes.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Export::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     pub fn read_only(&self) -> bool {
         self.read_only
     }
