@@ -41,3 +41,5 @@ mod conformance;
 mod install;
 // ferry-host --config: a TOML file merged with flags, --check-config, the packaged sample.
 mod config;
+// packaging/: systemd units verified by systemd-analyze; man pages against --help.
+mod packaging;
