@@ -30,6 +30,41 @@ enum Command {
         /// The tree to clean.
         path: PathBuf,
     },
+    /// Write the man pages of ferry, ferry-host and ferry-agent (one per command and
+    /// subcommand, section 1) into DIR, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script for PROGRAM to stdout, e.g.
+    /// `ferry completions bash ferry-host > /etc/bash_completion.d/ferry-host`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(value_enum, default_value = "ferry")]
+        program: Program,
+    },
+}
+
+/// The three binaries, for `ferry man` and `ferry completions`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Program {
+    Ferry,
+    FerryHost,
+    FerryAgent,
+}
+
+impl Program {
+    /// The program's clap definition: the one its binary parses with.
+    fn command(self) -> clap::Command {
+        use clap::CommandFactory;
+        match self {
+            Program::Ferry => Cli::command(),
+            Program::FerryHost => ferry_host::cli::Args::command(),
+            Program::FerryAgent => ferry_agent::cli::Args::command(),
+        }
+    }
 }
 
 /// The arguments of `ferry share`.
@@ -102,8 +137,24 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Share(args) => share(args),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
+        Command::Man { dir } => write_man_pages(&dir),
+        Command::Completions { shell, program } => {
+            let mut cmd = program.command();
+            let name = cmd.get_name().to_string();
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            Ok(())
+        }
     };
     ferry_common::logging::exit_code("ferry", result)
+}
+
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for p in [Program::Ferry, Program::FerryHost, Program::FerryAgent] {
+        clap_mangen::generate_to(p.command(), dir)
+            .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn share(args: ShareArgs) -> anyhow::Result<()> {

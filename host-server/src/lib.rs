@@ -20,6 +20,7 @@
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
+pub mod cli;
 pub mod config;
 pub mod config_file;
 pub mod conn;

@@ -1,0 +1,139 @@
+//! The `ferry-host` command line (clap), in the library so that `ferry man` and
+//! `ferry completions` generate from the same definitions the binary parses with.
+
+use std::path::PathBuf;
+
+use crate::ids::{IdMode, Permissions, parse_on_off, parse_permissions};
+use crate::{ExportSpec, ListenAddr};
+use clap::{Parser, Subcommand};
+
+/// Export host directories to Ferry guest agents.
+///
+/// Each --export is offered to every client; each --listen accepts clients. Guests mount an
+/// export by its NAME with `ferry-agent --mount NAME=MOUNTPOINT`.
+///
+/// Owners: run as root, the server passes uids and gids through unchanged and creates files as
+/// the calling guest user, and the guest kernel checks permissions (like a local disk). Run as
+/// a normal user, it squashes: every host file shows as owned by the server's own uid and gid,
+/// everything the VM creates belongs to that user on the host, chown from the VM is kept in an
+/// xattr, and every VM user may do what the server's user may do. See --ids, --persist-owners
+/// and --permissions.
+#[derive(Parser, Debug)]
+#[command(
+    version = ferry_common::version(),
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Directory to export, as NAME=PATH. Options may follow the path, each after a colon: :ro
+    /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
+    /// :permissions=guest|host set that export's owner handling (see the flags of the same
+    /// names); :devices=on lets guests create device nodes there (off by default: a device
+    /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
+    /// Repeat for several exports.
+    #[arg(
+        long = "export",
+        value_name = "NAME=PATH[:OPTIONS]",
+        required_unless_present = "config"
+    )]
+    pub exports: Vec<ExportSpec>,
+
+    /// Where to accept guest agents: unix:PATH, tcp:PORT (loopback), tcp:HOST:PORT,
+    /// vsock:PORT (AF_VSOCK, for vhost-vsock guests such as QEMU/KVM), or
+    /// hybrid-vsock:PATH:PORT (Firecracker, cloud-hypervisor, vhost-device-vsock: guests
+    /// connecting to vsock port PORT arrive on the Unix socket PATH_PORT, where PATH is the
+    /// VMM's vsock socket), or vhost-user-fs:SOCKET:NAME (a virtio-fs device backend serving
+    /// export NAME to a VMM such as QEMU; the guest mounts it with `mount -t virtiofs NAME`).
+    /// TCP always requires a token. Repeat for several listeners.
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        required_unless_present = "config"
+    )]
+    pub listen: Vec<ListenAddr>,
+
+    /// File holding the shared token clients must present (trailing newline ignored). When a
+    /// token is set, every client must present it, whatever the listener.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// The shared token itself; prefer --token-file, which keeps it out of `ps`.
+    #[arg(
+        long,
+        env = "FERRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Most O_PATH descriptors of looked-up files and directories each guest connection keeps
+    /// open. Beyond it, the least recently used are closed and reopened when needed again: by
+    /// kernel file handle (needs CAP_DAC_READ_SEARCH, which root has), else (an unprivileged
+    /// server, filesystems without handles, FUSE) by name beneath their parent directory,
+    /// checked to be the same object (ESTALE otherwise). Default: 4096.
+    #[arg(long, env = "FERRY_MAX_NODE_FDS", value_name = "N")]
+    pub max_node_fds: Option<usize>,
+
+    /// Read the configuration from this TOML file (see packaging/ferry-host.toml): listeners,
+    /// exports with their options, token file, owner settings. Flags given as well override
+    /// the file's values (--export NAME=... replaces the file's export NAME) or add to them
+    /// (--listen, other --export names).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (file and flags) and exit: every value parses, every export
+    /// is a directory the server can open, TCP has a token. Nothing is listened on.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub ids: IdArgs,
+}
+
+/// The owner flags, shared by every export that does not set its own.
+#[derive(clap::Args, Debug)]
+pub struct IdArgs {
+    /// How owners translate between guest and host, for every export without its own :ids=.
+    /// `passthrough`: ids unchanged; files are created as the calling guest user (needs root).
+    /// `squash:UID:GID`: every host file shows as owned by UID:GID, and everything the VM
+    /// creates belongs on the host to this server's user (`squash` alone: the server's own
+    /// uid and gid). `map:[u:|g:|b:]GUEST:HOST:COUNT[,...]`: id ranges as in an idmapped
+    /// mount, for uids (u:), gids (g:) or both (b: or no prefix); ids outside every range show
+    /// as 65534 and cannot be set (needs root). Default: passthrough as root, else squash to
+    /// the server's own ids.
+    #[arg(long = "ids", value_name = "MODE", value_parser = parse_ids)]
+    pub mode: Option<IdMode>,
+
+    /// Keep owners set from the VM (chown, chgrp, and a chmod the host refuses) in the
+    /// user.ferry.owner xattr of the host file and show them from then on; a later chmod on
+    /// the host wins over a kept mode. Default: on in squash mode, off otherwise.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub persist_owners: Option<bool>,
+
+    /// Who checks permissions. `guest`: the VM's kernel, against the owners and modes shown, as
+    /// on a local disk (use it when VM users must be kept from each other's files, or programs
+    /// depend on permission bits). `host`: every VM user may do what this server's user may do,
+    /// as with Docker Desktop's osxfs (use it when VM users with other uids must simply be able
+    /// to write). Default: host in squash mode, guest otherwise.
+    #[arg(long, value_name = "guest|host", value_parser = parse_permissions)]
+    pub permissions: Option<Permissions>,
+}
+
+pub fn parse_ids(s: &str) -> Result<IdMode, String> {
+    s.parse::<IdMode>()
+        .map_err(|e| format!("{e} (expected {})", crate::ids::IDS_SYNTAX))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
+    /// under PATH, without following symlinks or leaving PATH's filesystem.
+    StripOwners {
+        /// The tree to clean, usually an export's directory.
+        path: PathBuf,
+    },
+}
