@@ -43,3 +43,5 @@ mod install;
 mod config;
 // packaging/: systemd units verified by systemd-analyze; man pages against --help.
 mod packaging;
+// ferry status, ferry ctl reload and the Prometheus endpoint of a running ferry-host.
+mod status;

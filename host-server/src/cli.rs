@@ -85,6 +85,17 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Serve the control socket here (unix:PATH, mode 0600): `ferry status` reads the
+    /// server's numbers from it and `ferry ctl reload` reloads the configuration; nothing on
+    /// it changes files.
+    #[arg(long, value_name = "unix:PATH", value_parser = parse_control)]
+    pub control: Option<PathBuf>,
+
+    /// Serve the numbers of `ferry status` as Prometheus text over HTTP here: unix:PATH
+    /// (mode 0600) or tcp:PORT (loopback) or tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<ListenAddr>,
+
     /// Check the configuration (file and flags) and exit: every value parses, every export
     /// is a directory the server can open, TCP has a token. Nothing is listened on.
     #[arg(long)]
@@ -136,4 +147,11 @@ pub enum Command {
         /// The tree to clean, usually an export's directory.
         path: PathBuf,
     },
+}
+
+fn parse_control(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("unix:") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(format!("{s:?}: expected unix:PATH")),
+    }
 }

@@ -22,7 +22,7 @@ use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_common::ReadError;
 use ferry_protocol::{
@@ -32,6 +32,7 @@ use ferry_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::export::{Export, ExportSession, Response};
+use crate::stats::{ConnStats, ServerStats};
 
 /// How long a client has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,7 +80,18 @@ pub fn serve_connection<S: Stream>(
     state: &ServerState,
     peer: &str,
 ) -> Result<(), ConnError> {
-    let result = serve(stream, state, peer);
+    serve_counted(stream, state, peer, None)
+}
+
+/// As [`serve_connection`], counting requests, bytes and events in `stats` (what
+/// `ferry status` shows) while the connection lasts.
+pub fn serve_counted<S: Stream>(
+    stream: S,
+    state: &ServerState,
+    peer: &str,
+    stats: Option<&ServerStats>,
+) -> Result<(), ConnError> {
+    let result = serve(stream, state, peer, stats);
     match &result {
         Ok(()) => info!(%peer, "client disconnected"),
         Err(e) => warn!(%peer, "closing connection: {e}"),
@@ -87,7 +99,12 @@ pub fn serve_connection<S: Stream>(
     result
 }
 
-fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), ConnError> {
+fn serve<S: Stream>(
+    stream: S,
+    state: &ServerState,
+    peer: &str,
+    stats: Option<&ServerStats>,
+) -> Result<(), ConnError> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
 
@@ -131,6 +148,8 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         .map(|e| Arc::new(ExportSession::new(e.clone())))
         .collect();
     let (notices, queued) = channel();
+    let queued_changes = Arc::new(AtomicUsize::new(0));
+    let stats = stats.map(|s| s.connection(peer, &sessions, queued_changes.clone()));
     let shared = Shared {
         reader: Mutex::new(reader),
         writer: Arc::new(Mutex::new(writer)),
@@ -139,7 +158,8 @@ fn serve<S: Stream>(stream: S, state: &ServerState, peer: &str) -> Result<(), Co
         closed: AtomicBool::new(false),
         error: Mutex::new(None),
         notices: Mutex::new(notices),
-        queued_changes: Arc::new(AtomicUsize::new(0)),
+        queued_changes,
+        stats,
     };
     std::thread::scope(|s| {
         let shared_ref = &shared;
@@ -235,6 +255,8 @@ struct Shared<S: Stream> {
     notices: Mutex<Sender<(u32, Vec<Change>)>>,
     /// Batches queued and not yet written.
     queued_changes: Arc<AtomicUsize>,
+    /// What `ferry status` shows of this connection, when the server counts.
+    stats: Option<Arc<ConnStats>>,
 }
 
 impl<S: Stream> Shared<S> {
@@ -266,6 +288,8 @@ impl<S: Stream> Shared<S> {
                 frame.header.kind
             )));
         }
+        // Only a counted connection reads the clock.
+        let started = self.stats.as_ref().map(|_| Instant::now());
         let req = RequestFrame::decode(&frame)?;
         let op = req.body.opcode();
         let Some(session) = self.sessions.get(req.export as usize) else {
@@ -292,15 +316,34 @@ impl<S: Stream> Shared<S> {
             self.send(head, req.id, op, result.map(|()| Reply::Empty), &[]);
             return Ok(());
         }
+        let counted = self
+            .stats
+            .as_ref()
+            .and_then(|c| c.session(req.export as usize));
+        let written = if op == Opcode::Write {
+            req.payload.len()
+        } else {
+            0
+        };
+        let mut read = 0;
         match session.dispatch(&req.ctx, &req.body, req.payload) {
             Response::None => {}
             Response::Reply(r) => self.send(head, req.id, op, Ok(r), &[]),
             Response::Error(e) => self.send(head, req.id, op, Err(e), &[]),
-            Response::Data(data) => self.send(head, req.id, op, Ok(Reply::Data(&data)), &data),
+            Response::Data(data) => {
+                read = data.len();
+                self.send(head, req.id, op, Ok(Reply::Data(&data)), &data)
+            }
             Response::OpenedData(o, data) => {
+                read = data.len();
                 self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
             }
             Response::Pending(wait) => {
+                let stats = self.stats.clone();
+                let export = req.export as usize;
+                if let Some(s) = counted {
+                    s.lock_waiting(true);
+                }
                 // A blocking lock that conflicts: wait on a thread of its own so the workers
                 // keep serving (the lock holder's unlock may be the very next request). The
                 // session ending makes the wait give up, so the thread never outlives it long.
@@ -313,13 +356,22 @@ impl<S: Stream> Shared<S> {
                             Response::Error(e) => Err(e),
                             _ => Ok(Reply::Empty),
                         };
+                        if let Some(s) = stats.as_ref().and_then(|c| c.session(export)) {
+                            s.lock_waiting(false);
+                        }
                         send(&writer, &mut Vec::new(), id, op, result, &[]);
                     });
                 if let Err(e) = spawned {
                     warn!("cannot start a lock wait thread: {e}");
+                    if let Some(s) = counted {
+                        s.lock_waiting(false);
+                    }
                     self.send(head, req.id, op, Err(Errno::ENOLCK), &[]);
                 }
             }
+        }
+        if let (Some(s), Some(t)) = (counted, started) {
+            s.request(op, t.elapsed(), read, written);
         }
         Ok(())
     }
@@ -347,6 +399,13 @@ impl<S: Stream> Shared<S> {
         let queued = Arc::clone(&self.queued_changes);
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
+        let stats = self.stats.clone();
+        let counted = move |sent: usize, dropped: usize| {
+            if let Some(s) = stats.as_ref().and_then(|c| c.session(export as usize)) {
+                s.events_sent(sent);
+                s.events_overflowed(dropped);
+            }
+        };
         Arc::new(move |changes: Vec<Change>| {
             if let Some(s) = session.upgrade().filter(|s| s.export().is_retired()) {
                 // Removed by a reload: the guest hears nothing more of this export.
@@ -360,8 +419,10 @@ impl<S: Stream> Shared<S> {
             let n = queued.fetch_add(1, Ordering::AcqRel);
             let batch = if n < MAX_QUEUED_CHANGES {
                 overflowed.store(false, Ordering::Relaxed);
+                counted(changes.len(), 0);
                 changes
             } else {
+                counted(0, changes.len());
                 // The guest is not reading: give back the lookups these changes carry and tell
                 // it (once) that it lost events.
                 if let Some(s) = session.upgrade() {

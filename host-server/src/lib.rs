@@ -14,6 +14,8 @@
 //!   command line.
 //! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
 //!   parsing; the per-export [`IdPolicy`].
+//! - [`control`], [`stats`]: the control socket (`ferry status`, `ferry ctl reload`), the
+//!   Prometheus endpoint, and the counters behind them.
 //! - [`reload`]: the live state a SIGHUP replaces: exports added, removed or changed
 //!   without dropping the guests of the others.
 //! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
@@ -24,9 +26,11 @@ pub mod cli;
 pub mod config;
 pub mod config_file;
 pub mod conn;
+pub mod control;
 pub mod export;
 pub mod ids;
 pub mod reload;
+pub mod stats;
 pub mod strip;
 pub mod transport;
 pub mod virtiofs;
@@ -35,7 +39,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing::{error, info};
+use tracing::info;
 
 pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
 pub use conn::{ServerState, serve_connection};
@@ -145,7 +149,16 @@ pub type Reloader = Box<dyn Fn() -> anyhow::Result<ServerConfig> + Send + Sync>;
 
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    run_reloading(config, None, shutdown).await
+    run_reloading(config, None, Ops::default(), shutdown).await
+}
+
+/// Where a running server can be watched and steered from.
+#[derive(Clone, Debug, Default)]
+pub struct Ops {
+    /// `--control unix:PATH`: the control socket (`ferry status`, `ferry ctl reload`).
+    pub control: Option<std::path::PathBuf>,
+    /// `--metrics unix:PATH|tcp:HOST:PORT`: the Prometheus endpoint.
+    pub metrics: Option<ListenAddr>,
 }
 
 /// Runs the server until `shutdown` completes; on SIGHUP, asks `reloader` for the next
@@ -154,6 +167,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
 pub async fn run_reloading(
     config: ServerConfig,
     reloader: Option<Reloader>,
+    ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let exports = check_config(&config)?;
@@ -198,32 +212,29 @@ pub async fn run_reloading(
             .with_context(|| format!("cannot listen on {addr}"))?;
         tasks.spawn(listener.serve(live.clone()));
     }
+    let reloader: control::SharedReloader = Arc::new(reloader);
+    if let Some(path) = ops.control {
+        control::serve_control(path, live.clone(), reloader.clone()).await?;
+    }
+    if let Some(addr) = ops.metrics {
+        control::serve_metrics(addr, live.clone()).await?;
+    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = hup.recv() => reload_now(&live, reloader.as_ref()),
+            _ = hup.recv() => {
+                info!("SIGHUP");
+                let (live, reloader) = (live.clone(), reloader.clone());
+                let _ = tokio::task::spawn_blocking(move || control::reload(&live, &reloader)).await;
+            }
         }
     }
     info!("shutting down");
     tasks.shutdown().await;
     Ok(())
-}
-
-/// One reload: the next configuration from `reloader`, applied or refused, and logged.
-fn reload_now(live: &reload::Live, reloader: Option<&Reloader>) {
-    let Some(reloader) = reloader else {
-        info!("SIGHUP: no configuration file (--config) to read again; nothing changes");
-        return;
-    };
-    info!("SIGHUP: reading the configuration again");
-    match reloader().and_then(|next| live.reload(next)) {
-        Ok(changes) if changes.is_empty() => info!("reload: no change"),
-        Ok(changes) => info!(changes = changes.len(), "reload done"),
-        Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
-    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -53,9 +53,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let reloader: Option<ferry_host::Reloader> = args
         .config
         .map(|path| Box::new(move || Ok(overrides.load(Some(&path))?)) as ferry_host::Reloader);
+    let ops = ferry_host::Ops {
+        control: args.control,
+        metrics: args.metrics,
+    };
     rt.block_on(ferry_host::run_reloading(
         config,
         reloader,
+        ops,
         ferry_host::shutdown_signal(),
     ))
 }

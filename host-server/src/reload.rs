@@ -20,6 +20,8 @@ use crate::export::Export;
 /// The current state, shared by every listener.
 pub struct Live {
     state: RwLock<Arc<ServerState>>,
+    /// What every connection counts (`ferry status`, the metrics endpoint).
+    pub stats: crate::stats::ServerStats,
     /// The configuration the current state was built from, with its exports.
     running: RwLock<Running>,
 }
@@ -39,6 +41,7 @@ impl Live {
         });
         Live {
             state: RwLock::new(state),
+            stats: Default::default(),
             running: RwLock::new(Running {
                 exports: config.exports.iter().cloned().zip(exports).collect(),
                 config,

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
 
 use crate::config::ListenAddr;
-use crate::conn::{ServerState, Stream, serve_connection};
+use crate::conn::Stream;
 
 /// A bound listener.
 pub enum Listener {
@@ -97,14 +97,14 @@ impl Listener {
                     // Tokio hands out non-blocking sockets; the connection workers block.
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, live.current(), peer)
+                    spawn_connection(s, live.clone(), peer)
                 }),
                 Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
                     // Small request/reply frames must not wait for Nagle's algorithm.
                     s.set_nodelay(true)?;
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, live.current(), peer.to_string())
+                    spawn_connection(s, live.clone(), peer.to_string())
                 }),
                 Listener::Vsock(l, _) => {
                     // An async accept (not a blocking thread parked in accept(2)) is what lets
@@ -114,7 +114,7 @@ impl Listener {
                         .and_then(|(s, addr)| {
                             s.set_nonblocking(false)?;
                             let peer = format!("vsock cid {} port {}", addr.cid(), addr.port());
-                            spawn_connection(s, live.current(), peer)
+                            spawn_connection(s, live.clone(), peer)
                         })
                 }
             };
@@ -130,13 +130,14 @@ impl Listener {
 /// Serves an accepted stream on threads of its own (see [`crate::conn`] for why not tasks).
 fn spawn_connection<S: Stream>(
     stream: S,
-    state: Arc<ServerState>,
+    live: Arc<crate::reload::Live>,
     peer: String,
 ) -> std::io::Result<()> {
+    let state = live.current();
     std::thread::Builder::new()
         .name("ferry-conn".into())
         .spawn(move || {
-            let _ = serve_connection(stream, &state, &peer);
+            let _ = crate::conn::serve_counted(stream, &state, &peer, Some(&live.stats));
         })?;
     Ok(())
 }
