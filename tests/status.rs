@@ -179,3 +179,64 @@ fn status_and_metrics_follow_a_workload() {
     assert!(terminate(&mut agent).success(), "{}", s.agent_log());
     assert!(terminate(&mut host).success(), "{}", s.host_log());
 }
+
+#[test]
+fn debug_log_tells_a_story_and_guest_warnings_are_rate_limited() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", "")]);
+    // The host logs at debug for this test (Setup::start_host logs at info).
+    let log = s.path("debug.log");
+    let mut host = std::process::Command::new(&bins().host)
+        .arg("--config")
+        .arg(s.config())
+        .env("RUST_LOG", "ferry_host=debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(
+        s.sock()
+    )
+    .is_ok()));
+    let ma = s.path("mnt-a");
+    fs::create_dir(&ma).unwrap();
+    let mut agent = s.start_agent(&[("a", &ma)]);
+    assert_eq!(fs::read(ma.join("name")).unwrap(), b"a");
+    let text = || fs::read_to_string(&log).unwrap();
+    // One line of the story: the connection, the request with its operation, node and name.
+    assert!(
+        wait_until(Duration::from_secs(10), || text().lines().any(|l| l
+            .contains("conn{peer=")
+            && l.contains("op=Lookup")
+            && l.contains("node=1")
+            && l.contains("name=name")
+            && l.contains("served"))),
+        "{}",
+        text()
+    );
+
+    // Thirty connections that send garbage: each is closed with a warning, but at most ten
+    // such lines reach the log in a 10 s window.
+    for _ in 0..30 {
+        let mut c = UnixStream::connect(s.sock()).unwrap();
+        let _ = c.write_all(&[0xff; 64]);
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let closing = text()
+        .lines()
+        .filter(|l| l.contains("closing connection"))
+        .count();
+    assert!(
+        (1..=10).contains(&closing),
+        "{closing} 'closing connection' lines:\n{}",
+        text()
+    );
+    assert!(terminate(&mut agent).success(), "{}", s.agent_log());
+    assert!(terminate(&mut host).success(), "{}", text());
+}

@@ -7,6 +7,7 @@
 
 pub mod frame_io;
 pub mod logging;
+pub mod ratelimit;
 pub mod stream;
 pub mod token;
 pub mod version;

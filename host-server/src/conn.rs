@@ -91,10 +91,13 @@ pub fn serve_counted<S: Stream>(
     peer: &str,
     stats: Option<&ServerStats>,
 ) -> Result<(), ConnError> {
-    let result = serve(stream, state, peer, stats);
+    // Every line this connection's threads log carries its peer (`conn{peer=...}`).
+    let span = tracing::info_span!("conn", %peer);
+    let result = span.in_scope(|| serve(stream, state, peer, stats));
+    let _entered = span.enter();
     match &result {
         Ok(()) => info!(%peer, "client disconnected"),
-        Err(e) => warn!(%peer, "closing connection: {e}"),
+        Err(e) => ferry_common::warn_limited!(%peer, "closing connection: {e}"),
     }
     result
 }
@@ -121,7 +124,7 @@ fn serve<S: Stream>(
     let hello = Hello::decode(&frame)?;
     let mut out = Vec::new();
     if let Err(reason) = check_hello(&hello, state) {
-        warn!(%peer, client = hello.client, "refusing connection: {reason}");
+        ferry_common::warn_limited!(%peer, client = hello.client, "refusing connection: {reason}");
         let errno = if hello.version.major != VERSION.major {
             Errno::EPROTO
         } else {
@@ -161,17 +164,22 @@ fn serve<S: Stream>(
         queued_changes,
         stats,
     };
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         let shared_ref = &shared;
+        let notify_span = span.clone();
         std::thread::Builder::new()
             .name("ferry-conn-notify".into())
-            .spawn_scoped(s, move || shared_ref.send_changes(queued))
+            .spawn_scoped(s, move || {
+                notify_span.in_scope(|| shared_ref.send_changes(queued))
+            })
             .expect("can spawn the change sender");
         for i in 0..WORKERS {
             let shared = &shared;
+            let span = span.clone();
             std::thread::Builder::new()
                 .name(format!("ferry-conn-{i}"))
-                .spawn_scoped(s, move || shared.work())
+                .spawn_scoped(s, move || span.in_scope(|| shared.work()))
                 .expect("can spawn a connection worker");
         }
     });
@@ -292,6 +300,18 @@ impl<S: Stream> Shared<S> {
         let started = self.stats.as_ref().map(|_| Instant::now());
         let req = RequestFrame::decode(&frame)?;
         let op = req.body.opcode();
+        // One span per request: with RUST_LOG=ferry_host=debug each line says which request
+        // of which guest it belongs to, and `served` closes it with the answer and the time.
+        let (node, name) = target(&req.body);
+        let span = tracing::debug_span!(
+            "req",
+            id = req.id,
+            op = ?op,
+            export = req.export,
+            node,
+            name = name.map(|n| tracing::field::display(String::from_utf8_lossy(n)))
+        );
+        let _entered = span.enter();
         let Some(session) = self.sessions.get(req.export as usize) else {
             if op != Opcode::Forget {
                 self.send(head, req.id, op, Err(Errno::ENODEV), &[]);
@@ -373,6 +393,7 @@ impl<S: Stream> Shared<S> {
         if let (Some(s), Some(t)) = (counted, started) {
             s.request(op, t.elapsed(), read, written);
         }
+        debug!(read, written, "served");
         Ok(())
     }
 
@@ -535,6 +556,35 @@ fn send<S: Stream>(
     let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = ferry_common::write_frame(&mut *w, head, payload) {
         debug!("reply not delivered: {e}");
+    }
+}
+
+/// The node a request is about and the name it names, for its span.
+fn target<'a>(body: &Request<'a>) -> (u64, Option<&'a [u8]>) {
+    match body {
+        Request::Lookup(b) => (b.parent, Some(b.name)),
+        Request::Symlink(b) => (b.parent, Some(b.name)),
+        Request::Mknod(b) => (b.parent, Some(b.name)),
+        Request::Mkdir(b) => (b.parent, Some(b.name)),
+        Request::Unlink(b) => (b.parent, Some(b.name)),
+        Request::Rmdir(b) => (b.parent, Some(b.name)),
+        Request::Rename(b) => (b.parent, Some(b.name)),
+        Request::Create(b) => (b.parent, Some(b.name)),
+        Request::Link(b) => (b.ino, Some(b.newname)),
+        Request::Getattr(b) => (b.ino, None),
+        Request::Setattr(b) => (b.ino, None),
+        Request::Readlink(b) => (b.ino, None),
+        Request::Open(b) => (b.ino, None),
+        Request::Read(b) => (b.ino, None),
+        Request::Write(b) => (b.ino, None),
+        Request::Flush(b) => (b.ino, None),
+        Request::Release(b) => (b.ino, None),
+        Request::Fsync(b) => (b.ino, None),
+        Request::Opendir(b) => (b.ino, None),
+        Request::Readdir(b) => (b.ino, None),
+        Request::Readdirplus(b) => (b.ino, None),
+        Request::Releasedir(b) => (b.ino, None),
+        _ => (0, None),
     }
 }
 
