@@ -46,6 +46,10 @@ pub struct FileConfig {
     /// `--export`, one table each, in export-id order.
     #[serde(default)]
     export: Vec<FileExport>,
+    /// `--control unix:PATH` (read at start only).
+    control: Option<Spanned<String>>,
+    /// `--metrics ADDR` (read at start only).
+    metrics: Option<Spanned<String>>,
 }
 
 /// One `[[export]]` table.
@@ -100,6 +104,10 @@ pub enum ConfigError {
 /// types, before the global owner options are applied to the exports.
 #[derive(Debug, Default)]
 pub struct FileParts {
+    /// The control socket's path (`control = "unix:PATH"`).
+    pub control: Option<PathBuf>,
+    /// The metrics endpoint (`metrics = "unix:PATH"` or `"tcp:..."`).
+    pub metrics: Option<ListenAddr>,
     exports: Vec<ExportSpec>,
     listen: Vec<ListenAddr>,
     token_file: Option<PathBuf>,
@@ -198,7 +206,30 @@ impl FileConfig {
                 devices: e.devices,
             });
         }
+        let control = match &self.control {
+            Some(c) => match c.get_ref().strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => return Err(bad(c.span(), "control", "expected unix:PATH".into())),
+            },
+            None => None,
+        };
+        let metrics = match &self.metrics {
+            Some(m) => match m.get_ref().parse::<ListenAddr>() {
+                Ok(a @ (ListenAddr::Unix(_) | ListenAddr::Tcp(_))) => Some(a),
+                Ok(_) => {
+                    return Err(bad(
+                        m.span(),
+                        "metrics",
+                        "expected unix:PATH or tcp:HOST:PORT".into(),
+                    ));
+                }
+                Err(e) => return Err(bad(m.span(), "metrics", e.to_string())),
+            },
+            None => None,
+        };
         Ok(FileParts {
+            control,
+            metrics,
             exports,
             listen,
             token_file: self.token_file.map(Spanned::into_inner),
@@ -307,11 +338,21 @@ impl Overrides {
     /// The configuration from `config` (when given) and these flags: what `ferry-host` runs,
     /// and what it reads again on SIGHUP.
     pub fn load(&self, config: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        Ok(self.load_all(config)?.0)
+    }
+
+    /// As [`Overrides::load`], with the file's `control` and `metrics` settings (which the
+    /// command line's `--control` and `--metrics` replace; the caller applies them).
+    pub fn load_all(
+        &self,
+        config: Option<&Path>,
+    ) -> Result<(ServerConfig, Option<PathBuf>, Option<ListenAddr>), ConfigError> {
         let file = match config {
             Some(path) => FileConfig::load(path)?,
             None => FileParts::default(),
         };
-        self.apply(file, config)
+        let (control, metrics) = (file.control.clone(), file.metrics.clone());
+        Ok((self.apply(file, config)?, control, metrics))
     }
 }
 
@@ -444,6 +485,14 @@ devices = true
                 "/etc/ferry/host.toml:1: max-node-fds: ",
             ),
             ("listen = [\"unix:/s\"\n", "/etc/ferry/host.toml:"),
+            (
+                "control = \"/run/c\"\n",
+                "/etc/ferry/host.toml:1: control: expected unix:PATH",
+            ),
+            (
+                "metrics = \"vsock:5\"\n",
+                "/etc/ferry/host.toml:1: metrics: expected unix:PATH",
+            ),
         ] {
             let got = err(text);
             assert!(

@@ -26,7 +26,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             permissions: args.ids.permissions,
         },
     };
-    let config = overrides.load(args.config.as_deref())?;
+    let (config, control, metrics) = overrides.load_all(args.config.as_deref())?;
     if args.check_config {
         ferry_host::check_config(&config)?;
         println!(
@@ -54,8 +54,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .config
         .map(|path| Box::new(move || Ok(overrides.load(Some(&path))?)) as ferry_host::Reloader);
     let ops = ferry_host::Ops {
-        control: args.control,
-        metrics: args.metrics,
+        control: args.control.or(control),
+        metrics: args.metrics.or(metrics),
     };
     rt.block_on(ferry_host::run_reloading(
         config,
