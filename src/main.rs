@@ -126,6 +126,17 @@ fn render_status(st: &ferry_host::stats::Status) -> String {
         st.uptime_seconds,
         st.guests.len()
     );
+    for e in &st.exports {
+        let _ = writeln!(
+            o,
+            "export {}{}: host events seen {}, coalesced {}, suppressed (echoes) {}",
+            e.name,
+            if e.read_only { " (read-only)" } else { "" },
+            e.events_seen,
+            e.events_coalesced,
+            e.events_suppressed
+        );
+    }
     for g in &st.guests {
         let _ = writeln!(
             o,

@@ -116,6 +116,18 @@ fn status_and_metrics_follow_a_workload() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sent(&status(&control)), base + 10, "{}", status(&control));
 
+    // The watcher's side: the guest's 20 files were seen and suppressed as its own echoes,
+    // the host's 10 directories seen and sent.
+    let st = status(&control);
+    let ex = st["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "a")
+        .unwrap();
+    assert!(ex["events_seen"].as_u64().unwrap() >= 30, "{ex}");
+    assert!(ex["events_suppressed"].as_u64().unwrap() >= 20, "{ex}");
+
     // The Prometheus text, over HTTP on the Unix socket, through a real parser.
     let mut conn = UnixStream::connect(&metrics).unwrap();
     conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();

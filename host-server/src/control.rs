@@ -85,11 +85,11 @@ pub async fn serve_control(
                 }
                 let answer = match line.trim() {
                     "status" => {
-                        serde_json::to_string(&live.stats.snapshot())
+                        serde_json::to_string(&live.stats.snapshot(&live.current().exports))
                             .unwrap_or_else(|e| format!("error: {e}"))
                             + "\n"
                     }
-                    "metrics" => live.stats.snapshot().prometheus(),
+                    "metrics" => live.stats.snapshot(&live.current().exports).prometheus(),
                     "reload" => tokio::task::spawn_blocking(move || reload(&live, &reloader))
                         .await
                         .unwrap_or_else(|e| format!("refused: {e}\n")),
@@ -120,7 +120,7 @@ pub async fn serve_metrics(addr: ListenAddr, live: Arc<Live>) -> anyhow::Result<
                 break;
             }
         }
-        let body = live.stats.snapshot().prometheus();
+        let body = live.stats.snapshot(&live.current().exports).prometheus();
         let head = format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",

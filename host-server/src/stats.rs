@@ -159,8 +159,8 @@ impl ServerStats {
         c
     }
 
-    /// What is true now.
-    pub fn snapshot(&self) -> Status {
+    /// What is true now, with the server's current `exports`.
+    pub fn snapshot(&self, exports: &[Arc<crate::export::Export>]) -> Status {
         let conns: Vec<Arc<ConnStats>> = self
             .conns
             .lock()
@@ -171,6 +171,19 @@ impl ServerStats {
         Status {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             guests: conns.iter().map(|c| c.snapshot()).collect(),
+            exports: exports
+                .iter()
+                .map(|e| {
+                    let n = e.event_counts();
+                    ServerExport {
+                        name: e.name().to_string(),
+                        read_only: e.read_only(),
+                        events_seen: n.seen,
+                        events_coalesced: n.coalesced,
+                        events_suppressed: n.suppressed,
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -182,6 +195,25 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// Connected guests.
     pub guests: Vec<GuestStatus>,
+    /// The exports served now, with their watchers' totals.
+    #[serde(default)]
+    pub exports: Vec<ServerExport>,
+}
+
+/// One export of the server, whatever guests use it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ServerExport {
+    /// The export.
+    pub name: String,
+    /// Refuses every change.
+    pub read_only: bool,
+    /// Host changes the watcher read.
+    pub events_seen: u64,
+    /// Changes folded into another to the same path within a burst.
+    pub events_coalesced: u64,
+    /// Changes not sent to a session that made them itself (echoes) or does not know the
+    /// object, counted per session.
+    pub events_suppressed: u64,
 }
 
 /// One connected guest.
@@ -422,6 +454,30 @@ impl Status {
                         field(e)
                     );
                 }
+            }
+        }
+        type Watch = fn(&ServerExport) -> u64;
+        let per_server_export: [(&str, &str, Watch); 3] = [
+            (
+                "ferry_events_seen_total",
+                "Host changes the watcher read.",
+                |e| e.events_seen,
+            ),
+            (
+                "ferry_events_coalesced_total",
+                "Host changes folded into another to the same path.",
+                |e| e.events_coalesced,
+            ),
+            (
+                "ferry_events_suppressed_total",
+                "Host changes not sent: a session's own echoes, or unknown to it.",
+                |e| e.events_suppressed,
+            ),
+        ];
+        for (name, help, field) in per_server_export {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for e in &self.exports {
+                let _ = writeln!(out, "{name}{{export=\"{}\"}} {}", esc(&e.name), field(e));
             }
         }
         let _ = writeln!(

@@ -57,6 +57,7 @@ mod owners;
 mod replay;
 pub(crate) mod sys;
 mod watch;
+pub use watch::EventCounts;
 mod xattr;
 
 #[cfg(test)]
