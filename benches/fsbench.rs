@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench fsbench` (root, /dev/fuse and bindfs needed).
 //! Environment: FERRY_BENCH_FILES (default 10000), FERRY_BENCH_MB (default 1024),
-//! FERRY_BENCH_ROUNDS (default 3; the median is reported).
+//! FERRY_BENCH_ROUNDS (default 3; the median is reported), FERRY_BENCH_IDS (an `--ids` mode for
+//! the Ferry mount, e.g. `map:0:100000:65536`; the default mode when unset).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -229,8 +230,16 @@ fn main() {
 
     let ferry_src = mk("ferry-src");
     let ferry_mnt = mk("ferry-mnt");
-    let ferry = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("share")
+    let mut share = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    share.arg("share");
+    if let Ok(ids) = std::env::var("FERRY_BENCH_IDS") {
+        share.args(["--ids", &ids]);
+        // In map mode the bench (guest root) is a mapped uid on the host, which may write
+        // root's directory only through its mode.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&ferry_src, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ferry = share
         .arg(&ferry_src)
         .arg(&ferry_mnt)
         .env("RUST_LOG", "warn")

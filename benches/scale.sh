@@ -33,6 +33,8 @@ os.rename(root + ".tmp", root)
 PY
 fi
 rm -f "$SOCK"
+# Both ends read the token from the environment.
+export FERRY_TOKEN="scale-$$-$RANDOM"
 "$BIN/ferry-host" --export "s=$SRC" --listen "unix:$SOCK" 2>"$SCALE_DIR/host.log" &
 HOST=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done

@@ -239,6 +239,12 @@ struct ShareArgs {
     /// for anyone who can reach it there.
     #[arg(long)]
     devices: bool,
+    /// Let the mount set set-user-ID and set-group-ID bits on files and write
+    /// security.capability. Off by default: such a file would give its powers to whoever runs
+    /// it on this machine; chmod adding the bits answers EPERM and new files are made without
+    /// them (set-group-ID directories are always allowed).
+    #[arg(long)]
+    setid: bool,
     /// Most O_PATH descriptors of looked-up files and directories the server keeps open;
     /// others are reopened when needed, by kernel file handle as root, by name beneath their
     /// parent otherwise.
@@ -312,6 +318,7 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         persist_owners,
         permissions,
         devices,
+        setid,
         max_node_fds,
         allow_other,
         nonempty,
@@ -331,6 +338,8 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         read_only,
         ids,
         devices,
+        setid,
+        allow: None,
     }])?;
     exports[0].set_max_node_fds(max_node_fds);
     tracing::info!(
@@ -339,10 +348,12 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         "open file limit; node descriptors cached"
     );
     let policy = exports[0].ids().to_string();
-    let state = Arc::new(ferry_host::ServerState {
+    // Both ends are this process, over a socket pair nobody else can reach: no token.
+    let state = Arc::new(ferry_host::ServerState::new(
         exports,
-        token: None,
-    });
+        ferry_host::Auth::none(),
+        ferry_host::Limits::default(),
+    ));
     let (host_end, guest_end) =
         std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
 
@@ -350,7 +361,9 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
     // socket accepted from a VM.
     let server = std::thread::Builder::new()
         .name("ferry-host".into())
-        .spawn(move || ferry_host::serve_connection(host_end, &state, "ferry share"))?;
+        .spawn(move || {
+            ferry_host::serve_connection(host_end, &state, &ferry_host::Peer::named("ferry share"))
+        })?;
 
     tracing::info!(
         "sharing {} at {}{} ({}); Ctrl-C to stop",

@@ -24,6 +24,11 @@ pub struct HostProc {
 impl HostProc {
     /// Serves `<dir>/export` (created) as `ex`; extra exports are `NAME=PATH` strings.
     pub fn start(extra: &[String]) -> HostProc {
+        Self::start_with(extra, &[])
+    }
+
+    /// As [`HostProc::start`], with more `ferry-host` arguments.
+    pub fn start_with(extra: &[String], args: &[&str]) -> HostProc {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("export")).unwrap();
         let sock = dir.path().join("ferry.sock");
@@ -35,6 +40,7 @@ impl HostProc {
         for e in extra {
             cmd.arg("--export").arg(e);
         }
+        cmd.args(args);
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
@@ -55,6 +61,10 @@ impl HostProc {
             log,
             child,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn export(&self) -> PathBuf {
@@ -102,7 +112,7 @@ impl Raw {
         Hello {
             version: VERSION,
             features: features::ALL,
-            token: None,
+            token: Some(crate::harness::TOKEN.as_bytes()),
             client: "attack test",
         }
         .encode(&mut out)

@@ -224,11 +224,18 @@ fn the_sample_config_checks_with_its_directories_present() {
     // is as shipped.
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("src")).unwrap();
+    assert!(
+        text.contains("\ntoken-file = \"/etc/ferry/token\""),
+        "the sample sets a token file: every listener requires a token"
+    );
+    let token = dir.path().join("token");
+    fs::write(&token, "sample-token\n").unwrap();
     let text = text
         .replace(
             "/srv/ferry/src",
             &dir.path().join("src").display().to_string(),
         )
+        .replace("/etc/ferry/token", &token.display().to_string())
         .replace("/run/ferry/", &format!("{}/", dir.path().display()));
     let cfg = dir.path().join("ferry-host.toml");
     fs::write(&cfg, text).unwrap();

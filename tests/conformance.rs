@@ -336,8 +336,14 @@ fn pjdfstest_fails_nothing_bindfs_passes() {
         ));
     }
     for (name, args) in [
-        ("ferry cached", &["--cache", "cached", "--devices"]),
-        ("ferry consistent", &["--cache", "consistent", "--devices"]),
+        (
+            "ferry cached",
+            &["--cache", "cached", "--devices", "--setid"],
+        ),
+        (
+            "ferry consistent",
+            &["--cache", "consistent", "--devices", "--setid"],
+        ),
     ] {
         let share = Share::start_with(args);
         runs.push((

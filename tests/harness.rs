@@ -144,11 +144,16 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-/// `ferry-host --export ex=EXPORT --listen LISTEN` with no input or output but a piped
-/// stderr; add arguments or redirect stderr before spawning.
+/// The token the servers of [`host_command`] require and the agents of [`agent_command`]
+/// present, through `FERRY_TOKEN` (a test of tokens themselves removes or replaces it).
+pub const TOKEN: &str = "ferry-test-token";
+
+/// `ferry-host --export ex=EXPORT --listen LISTEN` (with `FERRY_TOKEN` set to [`TOKEN`]) with
+/// no input or output but a piped stderr; add arguments or redirect stderr before spawning.
 pub fn host_command(export: &Path, listen: &str) -> Command {
     let mut cmd = Command::new(&bins().host);
-    cmd.arg("--export")
+    cmd.env("FERRY_TOKEN", TOKEN)
+        .arg("--export")
         .arg(format!("ex={}", export.display()))
         .arg("--listen")
         .arg(listen)
@@ -158,10 +163,12 @@ pub fn host_command(export: &Path, listen: &str) -> Command {
     cmd
 }
 
-/// `ferry-agent ARGS` with no input or output but a piped stderr.
+/// `ferry-agent ARGS` (with `FERRY_TOKEN` set to [`TOKEN`]) with no input or output but a
+/// piped stderr.
 pub fn agent_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(&bins().agent);
-    cmd.args(args)
+    cmd.env("FERRY_TOKEN", TOKEN)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -313,13 +320,21 @@ pub fn kill_server(child: &mut Child, mnt: &Path) {
     let _ = child.wait();
 }
 
-/// Aborts the FUSE connection of the mount at `path`, if it is a FUSE mount (its device's
-/// minor number names the connection under /sys/fs/fuse/connections).
+/// Aborts the FUSE connection of the mount at `path`, if it is a FUSE mount.
 pub fn abort_fuse_connection(path: &Path) {
-    if !is_fuse_mount(path) {
-        return;
+    if let Some(conn) = fuse_connection(path) {
+        let _ = std::fs::write(conn.join("abort"), b"1");
     }
-    let Some(dev) = std::fs::read_to_string("/proc/self/mountinfo")
+}
+
+/// The control directory of the FUSE connection of the mount at `path` (its device's minor
+/// number names it under /sys/fs/fuse/connections, mounted here if need be), if it is a FUSE
+/// mount. Its `waiting` file counts the requests the kernel has sent and not had answered.
+pub fn fuse_connection(path: &Path) -> Option<PathBuf> {
+    if !is_fuse_mount(path) {
+        return None;
+    }
+    let dev = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|info| {
             let want = format!(" {} ", path.display());
@@ -327,13 +342,8 @@ pub fn abort_fuse_connection(path: &Path) {
                 .rev()
                 .find(|l| l.contains(&want))
                 .and_then(|l| l.split(' ').nth(2).map(str::to_string))
-        })
-    else {
-        return;
-    };
-    let Some(minor) = dev.split(':').nth(1) else {
-        return;
-    };
+        })?;
+    let minor = dev.split(':').nth(1)?;
     let conns = Path::new("/sys/fs/fuse/connections");
     if std::fs::read_dir(conns)
         .map(|mut d| d.next().is_none())
@@ -344,7 +354,7 @@ pub fn abort_fuse_connection(path: &Path) {
             .arg(conns)
             .status();
     }
-    let _ = std::fs::write(conns.join(minor).join("abort"), b"1");
+    Some(conns.join(minor))
 }
 
 /// Detaches a Ferry mount if one is there.

@@ -290,6 +290,61 @@ fn map_mode_creates_as_the_mapped_host_user() {
     assert!(m.stop().success());
 }
 
+/// Map mode confines guest root to the mapped range, as an idmapped mount or a user
+/// namespace would: a host-root-owned file cannot be overwritten, chmodded or chowned, and a
+/// host directory it may not search stays closed, whatever the guest kernel allowed.
+#[test]
+fn map_mode_confines_guest_root() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let (src, mnt) = dirs();
+    let etc = src.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(etc.join("passwd"), b"root:x:0:0\n").unwrap();
+    std::fs::set_permissions(etc.join("passwd"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = src.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secret.join("key"), b"k").unwrap();
+    let m = Mounted::start(src.path(), mnt.path(), &["--ids", "map:0:100000:65536"]);
+    let mp = mnt.path().display();
+
+    for script in [
+        format!("echo owned > {mp}/etc/passwd"),
+        format!("chmod 4755 {mp}/etc/passwd"),
+        format!("chown 0:0 {mp}/etc/passwd"),
+        format!("truncate -s 0 {mp}/etc/passwd"),
+        format!("touch {mp}/etc/new"),
+        format!("rm -f {mp}/etc/passwd"),
+        format!("cat {mp}/secret/key"),
+        format!("ls {mp}/secret"),
+    ] {
+        let (ok, out) = run_as(0, 0, &[], &script);
+        assert!(!ok, "guest root could: {script}\n{out}");
+    }
+    assert_eq!(std::fs::read(etc.join("passwd")).unwrap(), b"root:x:0:0\n");
+    assert_eq!(owner(&etc.join("passwd")), (0, 0, 0o644));
+    assert!(!etc.join("new").exists());
+
+    // Within the range guest root keeps its powers: chown among mapped ids, then write a
+    // file only its owner may write.
+    ok_as(
+        0,
+        0,
+        &[],
+        &format!(
+            "set -e; echo a > {mp}/f; chown 1000:1000 {mp}/f; chmod 600 {mp}/f; echo b >> {mp}/f"
+        ),
+    );
+    assert_eq!(owner(&src.path().join("f")), (101_000, 101_000, 0o600));
+    ok_as(1000, 1000, &[], &format!("cat {mp}/f"));
+    let (ok, _) = run_as(1001, 1001, &[], &format!("cat {mp}/f"));
+    assert!(!ok);
+    assert!(m.stop().success());
+}
+
 /// Supplementary groups, set-group-id directories, the sticky bit and umask, as on a local
 /// disk (passthrough: the share runs as root).
 #[test]
@@ -483,4 +538,36 @@ fn help_explains_the_owner_flags() {
             "ferry-host --help lacks {word}:\n{help}"
         );
     }
+}
+
+/// A kept owner is honoured only on a file the server could have written it on: another host
+/// user cannot present its own file to guests as set-user-ID root by writing the record.
+#[test]
+fn kept_owners_on_another_host_users_files_are_ignored() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let (src, mnt) = dirs();
+    let record = |p: &Path, v: &str| {
+        let st = Command::new("setfattr")
+            .args(["-n", "user.ferry.owner", "-v", v])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let evil = src.path().join("evil");
+    std::fs::write(&evil, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(4242), Some(4242)).unwrap();
+    record(&evil, "0:0:104755:100644");
+    // The same record on a file of the server's own user (root here) is honoured.
+    let mine = src.path().join("mine");
+    std::fs::write(&mine, b"").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    record(&mine, "999:999:100600:100644");
+    let m = Mounted::start(src.path(), mnt.path(), &["--ids", "squash:1000:1000"]);
+    assert_eq!(owner(&mnt.path().join("evil")), (1000, 1000, 0o644));
+    assert_eq!(owner(&mnt.path().join("mine")), (999, 999, 0o600));
+    assert!(m.stop().success());
 }

@@ -237,16 +237,23 @@ fn blocking_waits_leave_the_server_serving() {
             })
         })
         .collect();
-    // Every waiter has reached the server once the server waits on a thread of its own for
-    // each (conn.rs names them `ferry-lock-wait`).
+    // Every waiter's request is in flight once the kernel counts N unanswered requests on the
+    // mount; the server retries them all from one thread (conn.rs names it `ferry-lock-wait`),
+    // not one thread each.
     let pid = share.pid();
-    let all_waiting = wait_until(Duration::from_secs(20), || {
-        threads_named(pid, "ferry-lock-wait") >= N
-    });
-    assert!(
-        all_waiting,
-        "{} of {N} lock waits reached the server",
-        threads_named(pid, "ferry-lock-wait")
+    let conn = crate::harness::fuse_connection(share.mnt()).expect("a FUSE connection");
+    let in_flight = || {
+        fs::read_to_string(conn.join("waiting"))
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let all_waiting = wait_until(Duration::from_secs(20), || in_flight() >= N);
+    assert!(all_waiting, "{} of {N} lock waits in flight", in_flight());
+    assert_eq!(
+        threads_named(pid, "ferry-lock-wait"),
+        1,
+        "one waiting thread"
     );
     // Everything else still works, promptly.
     let t = Instant::now();

@@ -238,3 +238,212 @@ fn device_nodes_are_created_when_allowed() {
     assert_eq!(err.raw_os_error(), Some(libc::EACCES));
     assert!(share.stop().success());
 }
+
+/// `sh -c script` in the test process's identity (root); its success and output.
+fn sh(script: &str) -> (bool, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+/// Without `--setid` nothing from the guest makes a set-id or capable file on the host, and
+/// only `user.*` and POSIX ACL xattrs are the guest's, even for root in passthrough mode.
+#[test]
+fn set_id_bits_capabilities_and_host_xattrs_are_refused() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let share = Share::start();
+    let m = share.mnt().display();
+    let src = share.src().to_path_buf();
+    let (ok, out) = sh(&format!(
+        "set -e; echo x > {m}/f; chmod 755 {m}/f; mkdir {m}/d; chmod 2775 {m}/d"
+    ));
+    assert!(ok, "{out}");
+    for script in [
+        format!("chmod 4755 {m}/f"),
+        format!("chmod 2755 {m}/f"),
+        format!("chmod 4775 {m}/d"),
+        format!("setcap cap_net_raw+ep {m}/f"),
+        format!("setfattr -n security.capability -v 0sAQAAAgAgAAAAAAAAAAAAAAAAAAA= {m}/f"),
+        format!("setfattr -n trusted.overlay.opaque -v y {m}/d"),
+        format!("setfattr -n security.evil -v y {m}/f"),
+    ] {
+        let (ok, out) = sh(&script);
+        assert!(!ok, "the guest could: {script}\n{out}");
+    }
+    let mode = |p: &str| fs::metadata(src.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("f"), 0o755);
+    assert_eq!(
+        mode("d") & 0o2000,
+        0o2000,
+        "set-group-ID directories stay allowed"
+    );
+    // A file created with set-id bits is made without them.
+    let (ok, out) = sh(&format!(
+        "python3 -c \"import os; os.close(os.open('{m}/g', os.O_CREAT | os.O_WRONLY, 0o6755))\""
+    ));
+    assert!(ok, "{out}");
+    assert_eq!(mode("g") & 0o7000, 0);
+    // The host's own names are not the guest's to see.
+    let (ok, out) = sh(&format!(
+        "setfattr -n trusted.secret -v 1 {s}/f && setfattr -n user.mine -v 1 {m}/f && getfattr -d -m - {m}/f",
+        s = src.display()
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("user.mine") && !out.contains("trusted.secret"),
+        "{out}"
+    );
+    let (_, caps) = sh(&format!(
+        "getfattr -n security.capability {}/f",
+        src.display()
+    ));
+    assert!(!caps.contains("security.capability="), "{caps}");
+    assert!(share.stop().success());
+
+    // The export option lets them through.
+    let share = Share::start_with(&["--setid"]);
+    let m = share.mnt().display();
+    let (ok, out) = sh(&format!("set -e; echo x > {m}/f; chmod 4755 {m}/f"));
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::metadata(share.src().join("f")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert!(share.stop().success());
+}
+
+/// A FUSE filesystem with one writable file `f` whose every close fails with EIO, as an NFS
+/// or SMB export does when its write-back at close fails.
+struct FailingClose;
+
+const FAILING_FILE: u64 = 2;
+
+fn failing_attr(ino: u64) -> fuser::FileAttr {
+    let t = std::time::SystemTime::UNIX_EPOCH;
+    let dir = ino == 1;
+    fuser::FileAttr {
+        ino: fuser::INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: if dir {
+            fuser::FileType::Directory
+        } else {
+            fuser::FileType::RegularFile
+        },
+        perm: if dir { 0o755 } else { 0o666 },
+        nlink: if dir { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl fuser::Filesystem for FailingClose {
+    fn lookup(
+        &self,
+        _req: &fuser::Request,
+        parent: fuser::INodeNo,
+        name: &std::ffi::OsStr,
+        reply: fuser::ReplyEntry,
+    ) {
+        if parent.0 == 1 && name == "f" {
+            let ttl = std::time::Duration::from_secs(1);
+            reply.entry(&ttl, &failing_attr(FAILING_FILE), fuser::Generation(0));
+        } else {
+            reply.error(fuser::Errno::ENOENT);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _req: &fuser::Request,
+        ino: fuser::INodeNo,
+        _fh: Option<fuser::FileHandle>,
+        reply: fuser::ReplyAttr,
+    ) {
+        match ino.0 {
+            1 | FAILING_FILE => {
+                reply.attr(&std::time::Duration::from_secs(1), &failing_attr(ino.0))
+            }
+            _ => reply.error(fuser::Errno::ENOENT),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &fuser::Request,
+        _ino: fuser::INodeNo,
+        _fh: fuser::FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &fuser::Request,
+        _ino: fuser::INodeNo,
+        _fh: fuser::FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.error(fuser::Errno::EIO);
+    }
+}
+
+/// `close(2)` of a file on the share returns the error the host's close gave: a FUSE export
+/// whose close fails with EIO (as NFS or SMB do when write-back fails) fails the guest's close.
+#[test]
+fn close_reports_the_hosts_close_error() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![fuser::MountOption::FSName("failclose".into())];
+    let host_fs = fuser::spawn_mount(FailingClose, src.path(), &config).unwrap();
+    // The host's own close fails, as the share must report.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.path().join("f"))
+        .unwrap();
+    // SAFETY: closing a descriptor this test owns; `into_raw_fd` gave up the File's claim.
+    let r = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EIO))
+    );
+
+    let mnt_dir = tempfile::tempdir().unwrap();
+    let share = crate::harness::Mounted::start(src.path(), mnt_dir.path(), &[]);
+    let mnt = mnt_dir.path();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("f"))
+        .unwrap();
+    f.write_all(b"data").unwrap();
+    // SAFETY: as above.
+    let r = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((r, err), (-1, Some(libc::EIO)), "close through the share");
+    assert!(share.stop().success());
+    host_fs.umount_and_join().unwrap();
+}

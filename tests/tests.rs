@@ -9,6 +9,10 @@ mod harness;
 mod posix;
 // Path attacks and hostile bytes sent straight to ferry-host.
 mod attacks;
+// Tokens on every listener, socket file modes, per-export allow-lists.
+mod auth;
+// Hostile clients against the server's bounds: handshake deadline, Hello size, connection caps.
+mod bounds;
 // The two halves as separate processes: listeners, tokens, several exports and agents.
 mod cli;
 // Real programs on the mount: git, tar.

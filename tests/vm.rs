@@ -170,6 +170,7 @@ fn mount_the_guest_on_the_host(agent: &Path, vm: &Vm, run: &Path) {
     let mut a = Proc::spawn(
         "host-side-ferry-agent",
         Command::new(agent)
+            .env("FERRY_TOKEN", ferry_vmtest::TOKEN)
             .arg("--connect")
             .arg(format!("hybrid-vsock:{}:{GUEST_PORT}", vm.uds().display()))
             .arg("--connect-timeout")

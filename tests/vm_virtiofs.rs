@@ -92,7 +92,8 @@ fn vm_virtiofs() {
         &bins.host,
         run.path(),
         &[
-            format!("ex={}", export.display()),
+            // setid=on: the workload checks that set-id bits are cleared on writes.
+            format!("ex={}:setid=on", export.display()),
             format!("ro={}:ro", ro.display()),
         ],
         // The events-only agent in the guest reaches the same server over vsock.

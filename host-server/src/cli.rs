@@ -2,6 +2,7 @@
 //! `ferry completions` generate from the same definitions the binary parses with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ids::{IdMode, Permissions, parse_on_off, parse_permissions};
 use crate::{ExportSpec, ListenAddr};
@@ -33,8 +34,11 @@ pub struct Args {
     /// refuses every change with EROFS; :ids=MODE, :persist-owners=on|off and
     /// :permissions=guest|host set that export's owner handling (see the flags of the same
     /// names); :devices=on lets guests create device nodes there (off by default: a device
-    /// node in the directory opens a host device). E.g. src=/home/me/src:ids=squash:1000:1000.
-    /// Repeat for several exports.
+    /// node in the directory opens a host device); :setid=on lets guests set set-user-ID and
+    /// set-group-ID bits and write security.capability (off by default: such a file gives its
+    /// powers to whoever runs it on the host); :allow=cid:N,uid:N,token:NAME lets only those
+    /// clients see and mount it (every authenticated client by default). E.g.
+    /// src=/home/me/src:ids=squash:1000:1000. Repeat for several exports.
     #[arg(
         long = "export",
         value_name = "NAME=PATH[:OPTIONS]",
@@ -56,10 +60,28 @@ pub struct Args {
     )]
     pub listen: Vec<ListenAddr>,
 
-    /// File holding the shared token clients must present (trailing newline ignored). When a
-    /// token is set, every client must present it, whatever the listener.
+    /// File holding the shared token clients must present (trailing newline ignored). Every
+    /// listener requires a token unless --no-auth is given; give the agents the same file.
+    /// Export allow-lists name it token:default.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+
+    /// Another accepted token, with a name that export allow-lists use (:allow=token:NAME), so
+    /// that one VM's token opens only its exports. Repeatable; adds to the config file's
+    /// client-tokens (replacing one of the same name).
+    #[arg(long = "client-token", value_name = "NAME=PATH", value_parser = parse_client_token)]
+    pub client_tokens: Vec<(String, PathBuf)>,
+
+    /// Let clients connect without a token on Unix, vsock and hybrid-vsock listeners (TCP
+    /// always requires one): anyone who can reach a listener, every VM on the host for vsock,
+    /// can then use every export its allow-list does not deny. Logged as a warning.
+    #[arg(long)]
+    pub no_auth: bool,
+
+    /// Mode of the socket files the server creates (unix:, hybrid-vsock:, vhost-user-fs:), in
+    /// octal; they have it from the moment they appear. Default: 600.
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
 
     /// The shared token itself; prefer --token-file, which keeps it out of `ps`.
     #[arg(
@@ -103,6 +125,91 @@ pub struct Args {
 
     #[command(flatten)]
     pub ids: IdArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on what clients may make the server hold (README: Limits). Each replaces the
+/// config file's key of the same name in its `[limits]` table.
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// Seconds a new client has to send its whole Hello (the handshake); a slower one is
+    /// disconnected. Default: 10.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Connections served at once; a new one beyond it is closed with a log line. Default:
+    /// 256.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Connections still in their handshake (not yet authenticated); a new one beyond it is
+    /// closed with a log line. Default: 64.
+    #[arg(long, value_name = "N")]
+    pub max_unauthenticated: Option<usize>,
+
+    /// Open files and directories one guest session may hold; one more open answers EMFILE.
+    /// Default: 65536.
+    #[arg(long, value_name = "N")]
+    pub max_handles: Option<usize>,
+
+    /// (File, guest process) pairs holding POSIX locks one guest session may have, each a host
+    /// descriptor; one more lock answers ENOLCK. Default: 16384.
+    #[arg(long, value_name = "N")]
+    pub max_lock_owners: Option<usize>,
+
+    /// Blocking lock requests (fcntl F_SETLKW, flock) one guest connection may have waiting;
+    /// one more is answered ENOLCK. All of a connection's waiting locks share one thread.
+    /// Default: 4096.
+    #[arg(long, value_name = "N")]
+    pub max_lock_waiters: Option<usize>,
+
+    /// Bytes of change events queued for a guest that is not reading them; beyond it the
+    /// guest is told its events overflowed (its inotify watchers see IN_Q_OVERFLOW). Default:
+    /// 16777216 (16 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_queued_change_bytes: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The limits given on the command line, as config-file overrides.
+    pub fn overrides(&self) -> crate::config_file::LimitOverrides {
+        crate::config_file::LimitOverrides {
+            handshake_timeout: self.handshake_timeout,
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated,
+            max_handles: self.max_handles,
+            max_lock_owners: self.max_lock_owners,
+            max_lock_waiters: self.max_lock_waiters,
+            max_queued_change_bytes: self.max_queued_change_bytes,
+        }
+    }
+}
+
+/// A positive number of seconds (`--handshake-timeout`, the `handshake-timeout` key).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?}: expected a positive number of seconds"))
+}
+
+fn parse_client_token(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    crate::config::validate_name(name)?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// An octal file mode of at most 0777 (`--socket-mode`, the `socket-mode` key).
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?}: expected an octal mode such as 600 or 660"))
 }
 
 /// The owner flags, shared by every export that does not set its own.

@@ -48,7 +48,7 @@ impl IdOptions {
 }
 
 /// One `--export NAME=PATH[:ro][:ids=MODE][:persist-owners=on|off][:permissions=guest|host]
-/// [:devices=on|off]`.
+/// [:devices=on|off][:setid=on|off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
     /// Name the guest mounts it by.
@@ -61,13 +61,72 @@ pub struct ExportSpec {
     pub ids: IdOptions,
     /// Let guests create device nodes (`:devices=on`).
     pub devices: bool,
+    /// Let guests set set-id bits and file capabilities (`:setid=on`).
+    pub setid: bool,
+    /// The clients that may see and mount this export (`:allow=cid:3,uid:1000,token:ci`);
+    /// `None`: every client that passed authentication.
+    pub allow: Option<Vec<Client>>,
+}
+
+/// One entry of an export's allow-list: a way of recognising a client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A guest on AF_VSOCK with this CID (`cid:N`).
+    Cid(u32),
+    /// A client on a Unix socket (hybrid vsock included: there, the VMM's process) whose
+    /// peer credentials (`SO_PEERCRED`) carry this uid (`uid:N`).
+    Uid(u32),
+    /// A client that presented the named token (`token:NAME`, see `--client-token`).
+    Token(String),
+}
+
+impl FromStr for Client {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, v) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected cid:N, uid:N or token:NAME"))?;
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{s:?}: {v:?} is not a number"))
+        };
+        match kind {
+            "cid" => Ok(Client::Cid(num(v)?)),
+            "uid" => Ok(Client::Uid(num(v)?)),
+            "token" => {
+                validate_name(v).map_err(|w| format!("{s:?}: {w}"))?;
+                Ok(Client::Token(v.to_string()))
+            }
+            _ => Err(format!("{s:?}: expected cid:N, uid:N or token:NAME")),
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Cid(c) => write!(f, "cid:{c}"),
+            Client::Uid(u) => write!(f, "uid:{u}"),
+            Client::Token(n) => write!(f, "token:{n}"),
+        }
+    }
+}
+
+/// Parses an allow-list: entries separated by commas.
+fn parse_allow(v: &str) -> Result<Vec<Client>, String> {
+    if v.is_empty() {
+        return Err("empty list".into());
+    }
+    v.split(',').map(str::parse).collect()
 }
 
 /// An export specification that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid --export {input:?}: {why} (expected NAME=PATH, then any of :ro, :ids=MODE, \
-     :persist-owners=on|off, :permissions=guest|host, :devices=on|off)"
+     :persist-owners=on|off, :permissions=guest|host, :devices=on|off, :setid=on|off, \
+     :allow=cid:N,uid:N,token:NAME)"
 )]
 pub struct BadExportSpec {
     input: String,
@@ -90,7 +149,13 @@ impl FromStr for ExportSpec {
         let mut read_only = false;
         let mut ids = IdOptions::default();
         let mut devices = false;
+        let mut setid = false;
+        let mut allow = None;
         loop {
+            // `ids=` and `allow=` values hold colons and commas: whichever starts last runs to
+            // the end.
+            let ids_at = rest.rfind(":ids=");
+            let allow_at = rest.rfind(":allow=");
             if let Some(p) = rest.strip_suffix(":ro") {
                 read_only = true;
                 rest = p;
@@ -100,6 +165,9 @@ impl FromStr for ExportSpec {
                 ids.persist_owners =
                     Some(parse_on_off(v).map_err(|e| bad(&format!("persist-owners={e}")))?);
                 rest = p;
+            } else if let Some((p, v)) = take_option(rest, "setid") {
+                setid = parse_on_off(v).map_err(|e| bad(&format!("setid={e}")))?;
+                rest = p;
             } else if let Some((p, v)) = take_option(rest, "devices") {
                 devices = parse_on_off(v).map_err(|e| bad(&format!("devices={e}")))?;
                 rest = p;
@@ -107,7 +175,11 @@ impl FromStr for ExportSpec {
                 ids.permissions =
                     Some(parse_permissions(v).map_err(|e| bad(&format!("permissions={e}")))?);
                 rest = p;
-            } else if let Some(i) = rest.rfind(":ids=") {
+            } else if let Some(i) = allow_at.filter(|&a| ids_at.is_none_or(|i| a > i)) {
+                let v = &rest[i + ":allow=".len()..];
+                allow = Some(parse_allow(v).map_err(|e| bad(&format!("allow={e}")))?);
+                rest = &rest[..i];
+            } else if let Some(i) = ids_at {
                 let v = &rest[i + ":ids=".len()..];
                 let mode = v
                     .parse::<IdMode>()
@@ -127,6 +199,8 @@ impl FromStr for ExportSpec {
             read_only,
             ids,
             devices,
+            setid,
+            allow,
         })
     }
 }
@@ -186,7 +260,7 @@ pub enum ListenAddr {
 }
 
 impl ListenAddr {
-    /// Whether clients of this listener must present the token.
+    /// Whether clients of this listener must present a token even under `--no-auth`.
     pub fn requires_token(&self) -> bool {
         matches!(self, ListenAddr::Tcp(_))
     }
@@ -305,11 +379,20 @@ pub struct ServerConfig {
     pub exports: Vec<ExportSpec>,
     /// Listeners.
     pub listen: Vec<ListenAddr>,
-    /// Shared secret for TCP clients (and any client, when set).
+    /// The token every client must present (`--token-file`, `--token`, `FERRY_TOKEN`).
     pub token: Option<Vec<u8>>,
+    /// More tokens, each with a name export allow-lists can use (`--client-token NAME=PATH`).
+    pub client_tokens: Vec<(String, Vec<u8>)>,
+    /// Accept clients without a token on Unix, vsock and hybrid-vsock listeners (`--no-auth`);
+    /// TCP always requires one.
+    pub no_auth: bool,
+    /// Mode of the socket files the server creates (`--socket-mode`, default 0600).
+    pub socket_mode: u32,
     /// Most `O_PATH` descriptors of nodes each session keeps open (see
     /// [`crate::export::DEFAULT_NODE_FDS`]).
     pub max_node_fds: usize,
+    /// Bounds on connections and sessions (`--handshake-timeout`, `--max-connections`, ...).
+    pub limits: crate::conn::Limits,
 }
 
 /// Applies the global owner flags to every export that does not set its own.
@@ -334,12 +417,46 @@ mod tests {
         assert_eq!(e.path, PathBuf::from("/x"));
         assert!(!"x=/y".parse::<ExportSpec>().unwrap().devices);
         assert!("x=/y:devices=maybe".parse::<ExportSpec>().is_err());
+        let e: ExportSpec = "s=/x:setid=on:ro".parse().unwrap();
+        assert!(e.setid && e.read_only && !e.devices);
+        assert!(!"x=/y".parse::<ExportSpec>().unwrap().setid);
+        assert!("x=/y:setid=yes".parse::<ExportSpec>().is_err());
         let e: ExportSpec = "docs=/a:b/c:ro".parse().unwrap();
         assert_eq!(e.path, PathBuf::from("/a:b/c"));
         assert!(e.read_only);
         for bad in ["", "noequals", "=/x", "a b=/x", "x=", "x=:ro", "a/b=/x"] {
             let err = bad.parse::<ExportSpec>().unwrap_err().to_string();
             assert!(err.contains("expected NAME=PATH"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_allow_lists() {
+        let e: ExportSpec = "a=/x:allow=cid:3,uid:1000,token:ci:ro".parse().unwrap();
+        assert!(e.read_only);
+        assert_eq!(
+            e.allow,
+            Some(vec![
+                Client::Cid(3),
+                Client::Uid(1000),
+                Client::Token("ci".into())
+            ])
+        );
+        let e: ExportSpec = "a=/x:ids=map:0:100000:65536:allow=uid:0".parse().unwrap();
+        assert_eq!(e.allow, Some(vec![Client::Uid(0)]));
+        assert_eq!(e.ids.mode.unwrap().to_string(), "map:0:100000:65536");
+        let e: ExportSpec = "a=/x:allow=cid:4:ids=squash:1:1".parse().unwrap();
+        assert_eq!(e.allow, Some(vec![Client::Cid(4)]));
+        assert_eq!(e.ids.mode.unwrap().to_string(), "squash:1:1");
+        assert_eq!("a=/x".parse::<ExportSpec>().unwrap().allow, None);
+        for bad in [
+            "a=/x:allow=",
+            "a=/x:allow=cid:x",
+            "a=/x:allow=gid:3",
+            "a=/x:allow=token:a/b",
+        ] {
+            let err = bad.parse::<ExportSpec>().unwrap_err().to_string();
+            assert!(err.contains("allow="), "{bad}: {err}");
         }
     }
 

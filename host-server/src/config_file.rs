@@ -15,14 +15,16 @@
 //! `--permissions` replace the file's values. Per-export owner options win over the global
 //! ones wherever they come from, as on the command line.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ExportSpec, IdOptions, ListenAddr, ServerConfig, validate_name};
+use crate::config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig, validate_name};
+use crate::conn::Limits;
 use crate::export::DEFAULT_NODE_FDS;
 use crate::ids::{IDS_SYNTAX, IdMode, parse_permissions};
 
@@ -35,6 +37,15 @@ pub struct FileConfig {
     listen: Vec<Spanned<String>>,
     /// `--token-file`.
     token_file: Option<Spanned<PathBuf>>,
+    /// `--client-token NAME=PATH`, as a table `NAME = "PATH"`.
+    #[serde(default)]
+    client_tokens: BTreeMap<String, Spanned<PathBuf>>,
+    /// `--no-auth`.
+    no_auth: Option<bool>,
+    /// `--socket-mode`, as an octal string (`"660"`).
+    socket_mode: Option<Spanned<String>>,
+    /// The limit flags (`--max-connections` is `max-connections` here).
+    limits: Option<FileLimits>,
     /// `--max-node-fds`.
     max_node_fds: Option<Spanned<usize>>,
     /// `--ids`, the default for exports without their own.
@@ -65,6 +76,75 @@ struct FileExport {
     permissions: Option<Spanned<String>>,
     #[serde(default)]
     devices: bool,
+    #[serde(default)]
+    setid: bool,
+    /// `:allow=`, one client per string (`"cid:3"`, `"uid:1000"`, `"token:ci"`).
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileLimits {
+    handshake_timeout: Option<Spanned<f64>>,
+    max_connections: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_handles: Option<usize>,
+    max_lock_owners: Option<usize>,
+    max_lock_waiters: Option<usize>,
+    max_queued_change_bytes: Option<usize>,
+}
+
+/// The limits a file or the command line sets; unset ones keep their defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimitOverrides {
+    /// `--handshake-timeout`.
+    pub handshake_timeout: Option<Duration>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--max-unauthenticated`.
+    pub max_unauthenticated: Option<usize>,
+    /// `--max-handles`.
+    pub max_handles: Option<usize>,
+    /// `--max-lock-owners`.
+    pub max_lock_owners: Option<usize>,
+    /// `--max-lock-waiters`.
+    pub max_lock_waiters: Option<usize>,
+    /// `--max-queued-change-bytes`.
+    pub max_queued_change_bytes: Option<usize>,
+}
+
+impl LimitOverrides {
+    /// These, with `under`'s where these are unset.
+    pub fn or(&self, under: &LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            handshake_timeout: self.handshake_timeout.or(under.handshake_timeout),
+            max_connections: self.max_connections.or(under.max_connections),
+            max_unauthenticated: self.max_unauthenticated.or(under.max_unauthenticated),
+            max_handles: self.max_handles.or(under.max_handles),
+            max_lock_owners: self.max_lock_owners.or(under.max_lock_owners),
+            max_lock_waiters: self.max_lock_waiters.or(under.max_lock_waiters),
+            max_queued_change_bytes: self
+                .max_queued_change_bytes
+                .or(under.max_queued_change_bytes),
+        }
+    }
+
+    /// The limits, with the defaults where these are unset.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_unauthenticated: self.max_unauthenticated.unwrap_or(d.max_unauthenticated),
+            max_handles: self.max_handles.unwrap_or(d.max_handles),
+            max_lock_owners: self.max_lock_owners.unwrap_or(d.max_lock_owners),
+            max_lock_waiters: self.max_lock_waiters.unwrap_or(d.max_lock_waiters),
+            max_queued_change_bytes: self
+                .max_queued_change_bytes
+                .unwrap_or(d.max_queued_change_bytes),
+        }
+    }
 }
 
 /// A configuration file that cannot be used: `FILE:LINE: KEY: WHY`.
@@ -90,11 +170,13 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
-    /// The token file a `token-file` key names cannot be read.
-    #[error("{}: token-file: {source}", file.display())]
+    /// The token file a `token-file` or `client-tokens` key names cannot be read.
+    #[error("{}: {key}: {source}", file.display())]
     Token {
-        /// The configuration file.
+        /// The configuration file (or `command line`).
         file: PathBuf,
+        /// The key (or flag) naming the token file.
+        key: String,
         /// Why.
         source: ferry_common::token::TokenError,
     },
@@ -111,6 +193,10 @@ pub struct FileParts {
     exports: Vec<ExportSpec>,
     listen: Vec<ListenAddr>,
     token_file: Option<PathBuf>,
+    client_tokens: Vec<(String, PathBuf)>,
+    no_auth: Option<bool>,
+    socket_mode: Option<u32>,
+    limits: LimitOverrides,
     max_node_fds: Option<usize>,
     ids: IdOptions,
 }
@@ -194,6 +280,23 @@ impl FileConfig {
             if e.path.get_ref().as_os_str().is_empty() {
                 return Err(bad(e.path.span(), "export.path", "empty path".into()));
             }
+            let allow = match &e.allow {
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        return Err(bad(list.span(), "export.allow", "empty list".into()));
+                    }
+                    let mut clients = Vec::new();
+                    for c in list.get_ref() {
+                        let client = c
+                            .get_ref()
+                            .parse::<Client>()
+                            .map_err(|w| bad(c.span(), "export.allow", w))?;
+                        clients.push(client);
+                    }
+                    Some(clients)
+                }
+                None => None,
+            };
             exports.push(ExportSpec {
                 name,
                 path: e.path.into_inner(),
@@ -204,6 +307,8 @@ impl FileConfig {
                     permissions: permissions_of(&e.permissions, "export.permissions")?,
                 },
                 devices: e.devices,
+                setid: e.setid,
+                allow,
             });
         }
         let control = match &self.control {
@@ -227,7 +332,49 @@ impl FileConfig {
             },
             None => None,
         };
+        let mut client_tokens = Vec::new();
+        for (name, path) in self.client_tokens {
+            validate_name(&name)
+                .map_err(|w| bad(path.span(), "client-tokens", format!("{name:?}: {w}")))?;
+            client_tokens.push((name, path.into_inner()));
+        }
+        let socket_mode = self
+            .socket_mode
+            .map(|m| {
+                crate::cli::parse_mode(m.get_ref()).map_err(|w| bad(m.span(), "socket-mode", w))
+            })
+            .transpose()?;
+        let limits = match self.limits {
+            Some(l) => LimitOverrides {
+                handshake_timeout: l
+                    .handshake_timeout
+                    .map(|t| {
+                        Duration::try_from_secs_f64(*t.get_ref())
+                            .ok()
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                bad(
+                                    t.span(),
+                                    "limits.handshake-timeout",
+                                    "expected a positive number of seconds".into(),
+                                )
+                            })
+                    })
+                    .transpose()?,
+                max_connections: l.max_connections,
+                max_unauthenticated: l.max_unauthenticated,
+                max_handles: l.max_handles,
+                max_lock_owners: l.max_lock_owners,
+                max_lock_waiters: l.max_lock_waiters,
+                max_queued_change_bytes: l.max_queued_change_bytes,
+            },
+            None => LimitOverrides::default(),
+        };
         Ok(FileParts {
+            client_tokens,
+            no_auth: self.no_auth,
+            socket_mode,
+            limits,
             control,
             metrics,
             exports,
@@ -278,6 +425,14 @@ pub struct Overrides {
     pub token_file: Option<PathBuf>,
     /// `--token` or `FERRY_TOKEN`: wins over every token file.
     pub token: Option<String>,
+    /// `--client-token NAME=PATH`: added, or replacing the file's token of the same name.
+    pub client_tokens: Vec<(String, PathBuf)>,
+    /// `--no-auth`: when given, wins over the file's `no-auth`.
+    pub no_auth: bool,
+    /// `--socket-mode`: replaces the file's.
+    pub socket_mode: Option<u32>,
+    /// The limit flags: each replaces the file's key of the same name.
+    pub limits: LimitOverrides,
     /// `--max-node-fds` or `FERRY_MAX_NODE_FDS`.
     pub max_node_fds: Option<usize>,
     /// `--ids`, `--persist-owners`, `--permissions`: replace the file's global ones.
@@ -310,6 +465,7 @@ impl Overrides {
                 ferry_common::token::load(self.token_file.as_deref(), self.token.as_deref())
                     .map_err(|source| ConfigError::Token {
                         file: PathBuf::from("command line"),
+                        key: "--token-file".into(),
                         source,
                     })?
             }
@@ -317,17 +473,46 @@ impl Overrides {
                 Some(path) => ferry_common::token::load(Some(path), None).map_err(|source| {
                     ConfigError::Token {
                         file: config_path.unwrap_or(Path::new("config")).to_path_buf(),
+                        key: "token-file".into(),
                         source,
                     }
                 })?,
                 None => None,
             },
         };
+        let mut client_tokens = Vec::new();
+        let from_flags = self.client_tokens.iter().map(|(n, p)| (n, p, true));
+        let from_file = file
+            .client_tokens
+            .iter()
+            .filter(|(n, _)| !self.client_tokens.iter().any(|(f, _)| f == n))
+            .map(|(n, p)| (n, p, false));
+        for (name, path, flag) in from_file.chain(from_flags) {
+            let (file, key) = if flag {
+                (
+                    PathBuf::from("command line"),
+                    format!("--client-token {name}"),
+                )
+            } else {
+                (
+                    config_path.unwrap_or(Path::new("config")).to_path_buf(),
+                    format!("client-tokens.{name}"),
+                )
+            };
+            let secret = ferry_common::token::load(Some(path), None)
+                .map_err(|source| ConfigError::Token { file, key, source })?
+                .unwrap_or_default();
+            client_tokens.push((name.clone(), secret));
+        }
         crate::config::apply_id_defaults(&mut exports, &self.ids.or(&file.ids));
         Ok(ServerConfig {
             exports,
             listen,
             token,
+            client_tokens,
+            no_auth: self.no_auth || file.no_auth.unwrap_or(false),
+            socket_mode: self.socket_mode.or(file.socket_mode).unwrap_or(0o600),
+            limits: self.limits.or(&file.limits).limits(),
             max_node_fds: self
                 .max_node_fds
                 .or(file.max_node_fds)
@@ -378,6 +563,17 @@ max-node-fds = 512
 ids = "squash:1000:1000"
 persist-owners = false
 permissions = "guest"
+no-auth = true
+socket-mode = "660"
+
+[limits]
+handshake-timeout = 2.5
+max-connections = 10
+max-unauthenticated = 3
+max-handles = 100
+max-lock-owners = 20
+max-lock-waiters = 30
+max-queued-change-bytes = 4096
 
 [[export]]
 name = "src"
@@ -391,6 +587,8 @@ ids = "passthrough"
 persist-owners = true
 permissions = "host"
 devices = true
+setid = true
+allow = ["cid:3", "uid:1000", "token:default"]
 "#,
         )
         .unwrap();
@@ -403,10 +601,27 @@ devices = true
             ]
         );
         assert_eq!(config.max_node_fds, 512);
+        assert!(config.no_auth);
+        assert_eq!(config.socket_mode, 0o660);
+        assert_eq!(
+            config.limits,
+            Limits {
+                handshake_timeout: Duration::from_millis(2500),
+                max_connections: 10,
+                max_unauthenticated: 3,
+                max_handles: 100,
+                max_lock_owners: 20,
+                max_lock_waiters: 30,
+                max_queued_change_bytes: 4096,
+            }
+        );
         let [src, docs] = &config.exports[..] else {
             panic!("two exports: {:?}", config.exports)
         };
-        assert_eq!((src.name.as_str(), src.read_only), ("src", false));
+        assert_eq!(
+            (src.name.as_str(), src.read_only, src.setid, &src.allow),
+            ("src", false, false, &None)
+        );
         // The global owner settings, as --ids, --persist-owners and --permissions give them.
         assert_eq!(
             src.ids,
@@ -426,6 +641,12 @@ devices = true
                     read_only: true,
                     ids: docs.ids.clone(),
                     devices: true,
+                    setid: true,
+                    allow: Some(vec![
+                        Client::Cid(3),
+                        Client::Uid(1000),
+                        Client::Token("default".into())
+                    ]),
                 },
                 &IdOptions {
                     mode: Some(IdMode::Passthrough),
@@ -493,6 +714,38 @@ devices = true
                 "metrics = \"vsock:5\"\n",
                 "/etc/ferry/host.toml:1: metrics: expected unix:PATH",
             ),
+            (
+                "socket-mode = \"999\"\n",
+                "/etc/ferry/host.toml:1: socket-mode: \"999\": expected an octal mode",
+            ),
+            (
+                "socket-mode = 600\n",
+                "/etc/ferry/host.toml:1: socket-mode: invalid type: integer",
+            ),
+            (
+                "[limits]\nmax-connections = 1\nmax-conections = 2\n",
+                "/etc/ferry/host.toml:3: limits.max-conections: unknown field",
+            ),
+            (
+                "[limits]\nhandshake-timeout = 0\n",
+                "/etc/ferry/host.toml:2: limits.handshake-timeout: expected a positive",
+            ),
+            (
+                "[client-tokens]\n\"a b\" = \"/t\"\n",
+                "/etc/ferry/host.toml:2: client-tokens: \"a b\": character ' ' not allowed",
+            ),
+            (
+                "[[export]]\nname = \"a\"\npath = \"/x\"\nallow = [\"cid:3\", \"gid:4\"]\n",
+                "/etc/ferry/host.toml:4: export.allow: \"gid:4\": expected cid:N",
+            ),
+            (
+                "[[export]]\nname = \"a\"\npath = \"/x\"\nallow = []\n",
+                "/etc/ferry/host.toml:4: export.allow: empty list",
+            ),
+            (
+                "[[export]]\nname = \"a\"\npath = \"/x\"\nsetid = \"on\"\n",
+                "/etc/ferry/host.toml:4: export.setid: invalid type",
+            ),
         ] {
             let got = err(text);
             assert!(
@@ -506,6 +759,7 @@ devices = true
     fn the_command_line_overrides_and_adds() {
         let parts = parse(
             "listen = [\"unix:/a\"]\nmax-node-fds = 100\nids = \"squash:5:5\"\n\
+             socket-mode = \"640\"\n[limits]\nmax-connections = 9\nmax-handles = 8\n\
              [[export]]\nname = \"src\"\npath = \"/file/src\"\n\
              [[export]]\nname = \"keep\"\npath = \"/file/keep\"\n",
         )
@@ -517,6 +771,12 @@ devices = true
             ],
             listen: vec!["unix:/b".parse().unwrap(), "unix:/a".parse().unwrap()],
             max_node_fds: Some(7),
+            no_auth: true,
+            socket_mode: Some(0o666),
+            limits: LimitOverrides {
+                max_connections: Some(2),
+                ..Default::default()
+            },
             ids: IdOptions {
                 mode: Some(IdMode::Passthrough),
                 ..Default::default()
@@ -539,6 +799,18 @@ devices = true
         );
         assert_eq!(config.listen.len(), 2, "{:?}", config.listen);
         assert_eq!(config.max_node_fds, 7);
+        assert!(config.no_auth);
+        assert_eq!(config.socket_mode, 0o666);
+        assert_eq!(
+            (config.limits.max_connections, config.limits.max_handles),
+            (2, 8),
+            "--max-connections wins, the file's max-handles stays"
+        );
+        assert_eq!(
+            config.limits.max_lock_waiters,
+            Limits::MAX_LOCK_WAITERS,
+            "unset limits keep their defaults"
+        );
         assert!(
             config
                 .exports
@@ -558,6 +830,40 @@ devices = true
             .apply(parse(&text).unwrap(), None)
             .unwrap();
         assert_eq!(config.token.as_deref(), Some(&b"s3cret"[..]));
+        // client-tokens: the file's, with --client-token replacing one of the same name.
+        let (ci, vm, cli) = (
+            dir.path().join("ci"),
+            dir.path().join("vm"),
+            dir.path().join("cli"),
+        );
+        std::fs::write(&ci, "ci-secret\n").unwrap();
+        std::fs::write(&vm, "vm-secret").unwrap();
+        std::fs::write(&cli, "cli-secret").unwrap();
+        let text = format!(
+            "[client-tokens]\nci = {:?}\nvm = {:?}\n",
+            ci.display().to_string(),
+            vm.display().to_string()
+        );
+        let flags = Overrides {
+            client_tokens: vec![("vm".into(), cli.clone())],
+            ..Default::default()
+        };
+        let config = flags.apply(parse(&text).unwrap(), None).unwrap();
+        assert_eq!(
+            config.client_tokens,
+            vec![
+                ("ci".to_string(), b"ci-secret".to_vec()),
+                ("vm".to_string(), b"cli-secret".to_vec())
+            ]
+        );
+        let e = Overrides::default()
+            .apply(
+                parse("[client-tokens]\nci = \"/nonexistent/ci\"\n").unwrap(),
+                Some(Path::new("/etc/x.toml")),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/x.toml: client-tokens.ci: "), "{e}");
         let missing = "token-file = \"/nonexistent/token\"\n";
         let e = Overrides::default()
             .apply(parse(missing).unwrap(), Some(Path::new("/etc/x.toml")))
@@ -569,9 +875,37 @@ devices = true
     #[test]
     fn the_sample_config_parses() {
         let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ferry-host.toml");
+        // Its token file, made here.
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let text = std::fs::read_to_string(&sample)
+            .unwrap()
+            .replace("/etc/ferry/token", &token.display().to_string());
         let config = Overrides::default()
-            .apply(FileConfig::load(&sample).unwrap(), Some(&sample))
+            .apply(FileConfig::parse(&sample, &text).unwrap(), Some(&sample))
             .unwrap();
         assert!(!config.exports.is_empty() && !config.listen.is_empty());
+        assert_eq!(config.token.as_deref(), Some(&b"t"[..]));
+        // The commented examples parse too, once uncommented.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parts = FileConfig::parse(&sample, &uncommented).unwrap();
+        assert_eq!(parts.client_tokens.len(), 1, "{uncommented}");
+        assert!(parts.exports.iter().any(|e| e.allow.is_some()));
+        assert!(parts.limits.max_connections.is_some() && parts.socket_mode.is_some());
     }
 }

@@ -2,8 +2,9 @@
 //! in-process socket pair for `ferry share`).
 //!
 //! Primer on the protocol this loop implements (see `ferry_protocol` for the bytes):
-//! 1. The guest sends `Hello` (version, features, optional token). The server answers `Welcome`
-//!    (negotiated features and the export list) or `Refused` (reason) and closes.
+//! 1. The guest sends `Hello` (version, features, token), whole within the handshake deadline
+//!    and at most `MAX_HELLO` bytes. The server answers `Welcome` (negotiated features and the
+//!    exports this client may use) or `Refused` (reason) and closes.
 //! 2. The guest sends `Request` frames, each with an id of its choosing and the export id in the
 //!    header. The server answers each with a `Reply` frame carrying the same id, in completion
 //!    order, so a slow request (a 1 MiB read, an fsync, a blocking lock) never holds up the
@@ -16,26 +17,27 @@
 //! holding the read lock reads exactly one frame, lets go of the lock, serves the request itself
 //! and writes the reply under the write lock. A request therefore costs one wake-up on the host,
 //! not a hand-off from a reader to a worker and on to a writer; this is what keeps per-operation
-//! latency close to a local FUSE server's (see benches/fsbench.rs).
+//! latency close to a local FUSE server's (see benches/fsbench.rs). Besides the workers, one
+//! thread sends change notices and one retries the connection's waiting locks, so a connection
+//! costs the same threads whatever its guest sends.
 
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_common::ReadError;
 use ferry_protocol::{
-    Change, ChangeKind, EncodeError, Errno, Frame, FrameKind, Hello, Notice, Opcode, Refused,
-    Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome, features,
+    Change, ChangeKind, EncodeError, Errno, Frame, FrameHeader, FrameKind, HEADER_LEN, Hello,
+    MAX_HELLO, Notice, Opcode, Refused, Reply, ReplyFrame, Request, RequestFrame, VERSION, Welcome,
+    features,
 };
 use tracing::{debug, info, warn};
 
+use crate::config::Client;
 use crate::export::{Export, ExportSession, Response};
 use crate::stats::{ConnStats, ServerStats};
-
-/// How long a client has to send its `Hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Workers per connection: requests one connection can have in service at once.
 const WORKERS: usize = 8;
@@ -43,16 +45,215 @@ const WORKERS: usize = 8;
 /// Receive buffer: several small frames arrive with one read.
 const READ_BUF: usize = 256 * 1024;
 
-/// Change batches queued for a guest that is not reading; beyond this the guest is told it
-/// lost events (an overflow) instead of the server buffering without bound.
-const MAX_QUEUED_CHANGES: usize = 1024;
+/// The bounds on what clients may make the server hold, before and after they authenticate.
+/// The defaults are far above what ordinary use reaches; each has a `ferry-host` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client has, from its connection, to send its whole `Hello`.
+    pub handshake_timeout: Duration,
+    /// Connections served at once, authenticated or not; beyond it a new one is closed.
+    pub max_connections: usize,
+    /// Connections that have not finished their handshake; beyond it a new one is closed.
+    pub max_unauthenticated: usize,
+    /// Open files and directories one session may hold; one more open answers EMFILE.
+    pub max_handles: usize,
+    /// (File, lock owner) pairs with POSIX locks one session may have; one more answers
+    /// ENOLCK.
+    pub max_lock_owners: usize,
+    /// Blocking lock requests one connection may have waiting; beyond it one answers ENOLCK.
+    pub max_lock_waiters: usize,
+    /// Bytes of change events queued for a connection that is not reading them; beyond it
+    /// the guest is told they overflowed.
+    pub max_queued_change_bytes: usize,
+}
+
+impl Limits {
+    /// `--handshake-timeout`: ten seconds is ages for a Hello on a local socket.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `--max-connections`: each connection costs about ten threads.
+    pub const MAX_CONNECTIONS: usize = 256;
+    /// `--max-unauthenticated`.
+    pub const MAX_UNAUTHENTICATED: usize = 64;
+    /// `--max-lock-waiters`: far more processes than a guest runs waiting on locks at once.
+    pub const MAX_LOCK_WAITERS: usize = 4096;
+    /// `--max-queued-change-bytes`: 16 MiB of paths.
+    pub const MAX_QUEUED_CHANGE_BYTES: usize = 16 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Self::HANDSHAKE_TIMEOUT,
+            max_connections: Self::MAX_CONNECTIONS,
+            max_unauthenticated: Self::MAX_UNAUTHENTICATED,
+            max_handles: crate::export::DEFAULT_HANDLES,
+            max_lock_owners: crate::export::DEFAULT_LOCK_OWNERS,
+            max_lock_waiters: Self::MAX_LOCK_WAITERS,
+            max_queued_change_bytes: Self::MAX_QUEUED_CHANGE_BYTES,
+        }
+    }
+}
+
+/// Who is on the other end of a connection, as far as its transport can tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// How log lines name it.
+    pub name: String,
+    /// The guest's CID, on AF_VSOCK.
+    pub cid: Option<u32>,
+    /// The peer process's uid (`SO_PEERCRED`), on Unix sockets (hybrid vsock: the VMM's).
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// A peer known by name only.
+    pub fn named(name: impl Into<String>) -> Peer {
+        Peer {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// How clients authenticate: the tokens the server accepts, and whether one is required.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// Accepted tokens, each with the name allow-lists know it by (`default` for the one of
+    /// `--token-file`).
+    pub tokens: Vec<(String, Vec<u8>)>,
+    /// A client without a matching token is refused.
+    pub required: bool,
+}
+
+impl Auth {
+    /// No authentication: what `ferry share` uses, where both ends are one process.
+    pub fn none() -> Auth {
+        Auth::default()
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Auth")
+            .field("tokens", &names)
+            .field("required", &self.required)
+            .finish()
+    }
+}
 
 /// What every connection of one server shares.
 pub struct ServerState {
     /// The exports, indexed by export id.
     pub exports: Vec<Arc<Export>>,
-    /// The shared secret; `None` accepts any client (Unix sockets and vsock only).
-    pub token: Option<Vec<u8>>,
+    /// How clients authenticate.
+    pub auth: Auth,
+    /// Per export (by id), the clients that may see and use it; a missing entry or `None`
+    /// lets every authenticated client.
+    pub allow: Vec<Option<Vec<Client>>>,
+    /// The bounds clients are held to.
+    pub limits: Limits,
+    /// Connections admitted and not yet ended (shared with the states a reload replaces).
+    open: Arc<AtomicUsize>,
+    /// Of those, the ones that have not finished their handshake.
+    unauthenticated: Arc<AtomicUsize>,
+}
+
+impl ServerState {
+    /// The state of a server of these exports.
+    pub fn new(exports: Vec<Arc<Export>>, auth: Auth, limits: Limits) -> Self {
+        ServerState {
+            exports,
+            auth,
+            allow: Vec::new(),
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+            unauthenticated: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// This state, counting its connections together with `old`'s (the state a reload
+    /// replaces), so that the caps of [`Limits`] hold across reloads.
+    pub fn counting_with(mut self, old: &ServerState) -> Self {
+        self.open = Arc::clone(&old.open);
+        self.unauthenticated = Arc::clone(&old.unauthenticated);
+        self
+    }
+
+    /// Counts a new connection in, or refuses it (with a log line) when a cap is reached.
+    /// Listeners call this before they spend a thread on the connection.
+    pub fn admit(self: &Arc<Self>, peer: &Peer) -> Option<Admission> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let pending = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission {
+            state: Arc::clone(self),
+            authenticated: false,
+        };
+        if open >= self.limits.max_connections {
+            warn!(
+                %peer,
+                limit = self.limits.max_connections,
+                "refusing a connection: too many connections (--max-connections)"
+            );
+            return None;
+        }
+        if pending >= self.limits.max_unauthenticated {
+            warn!(
+                %peer,
+                limit = self.limits.max_unauthenticated,
+                "refusing a connection: too many connections in their handshake \
+                 (--max-unauthenticated)"
+            );
+            return None;
+        }
+        Some(admission)
+    }
+
+    /// Whether `peer`, having presented the token named `token` (if any), may use export `id`.
+    pub fn allowed(&self, id: usize, peer: &Peer, token: Option<&str>) -> bool {
+        let Some(list) = self.allow.get(id).and_then(Option::as_ref) else {
+            return true;
+        };
+        list.iter().any(|c| match c {
+            Client::Cid(cid) => peer.cid == Some(*cid),
+            Client::Uid(uid) => peer.uid == Some(*uid),
+            Client::Token(name) => token == Some(name.as_str()),
+        })
+    }
+
+    /// Connections admitted and not yet ended.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection's place in the counts of [`ServerState::admit`]; dropping it gives
+/// the place back.
+pub struct Admission {
+    state: Arc<ServerState>,
+    authenticated: bool,
+}
+
+impl Admission {
+    /// The handshake succeeded: the connection no longer counts as unauthenticated.
+    fn authenticated(&mut self) {
+        if !std::mem::replace(&mut self.authenticated, true) {
+            self.state.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.authenticated();
+        self.state.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a connection ended abnormally.
@@ -75,25 +276,29 @@ pub enum ConnError {
 pub use ferry_common::Stream;
 
 /// Serves one connection until the peer closes it or misbehaves. Blocks the calling thread.
+/// The connection counts against the caps of [`Limits`] (see [`ServerState::admit`]).
 pub fn serve_connection<S: Stream>(
     stream: S,
-    state: &ServerState,
-    peer: &str,
+    state: &Arc<ServerState>,
+    peer: &Peer,
 ) -> Result<(), ConnError> {
-    serve_counted(stream, state, peer, None)
+    let Some(admission) = state.admit(peer) else {
+        return Err(ConnError::Refused("too many connections".into()));
+    };
+    serve_admitted(stream, admission, peer, None)
 }
 
-/// As [`serve_connection`], counting requests, bytes and events in `stats` (what
-/// `ferry status` shows) while the connection lasts.
-pub fn serve_counted<S: Stream>(
+/// As [`serve_connection`], for a connection the listener has already admitted, counting
+/// requests, bytes and events in `stats` (what `ferry status` shows) while it lasts.
+pub fn serve_admitted<S: Stream>(
     stream: S,
-    state: &ServerState,
-    peer: &str,
+    admission: Admission,
+    peer: &Peer,
     stats: Option<&ServerStats>,
 ) -> Result<(), ConnError> {
     // Every line this connection's threads log carries its peer (`conn{peer=...}`).
     let span = tracing::info_span!("conn", %peer);
-    let result = span.in_scope(|| serve(stream, state, peer, stats));
+    let result = span.in_scope(|| serve(stream, admission, peer, stats));
     let _entered = span.enter();
     match &result {
         Ok(()) => info!(%peer, "client disconnected"),
@@ -103,27 +308,25 @@ pub fn serve_counted<S: Stream>(
 }
 
 fn serve<S: Stream>(
-    stream: S,
-    state: &ServerState,
-    peer: &str,
+    mut stream: S,
+    mut admission: Admission,
+    peer: &Peer,
     stats: Option<&ServerStats>,
 ) -> Result<(), ConnError> {
+    let state = Arc::clone(&admission.state);
+    let state = &*state;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
-
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    let mut buf = Vec::new();
-    let len = read_frame(&mut reader, &mut buf).map_err(|e| match e {
-        ConnError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            ConnError::Protocol("no Hello within 30 s".into())
-        }
-        e => e,
-    })?;
+    // The Hello is read straight from the stream, so that nothing is buffered (or allocated)
+    // for a client that has not authenticated.
+    let deadline = Instant::now() + state.limits.handshake_timeout;
+    let buf = read_hello(&mut stream, deadline)?;
     stream.set_read_timeout(None)?;
-    let frame = Frame::parse(&buf[..len])?;
+    let frame = Frame::parse(&buf)?;
     let hello = Hello::decode(&frame)?;
     let mut out = Vec::new();
-    if let Err(reason) = check_hello(&hello, state) {
+    let checked = check_hello(&hello, state);
+    if let Err(reason) = &checked {
+        let reason = reason.clone();
         ferry_common::warn_limited!(%peer, client = hello.client, "refusing connection: {reason}");
         let errno = if hello.version.major != VERSION.major {
             Errno::EPROTO
@@ -139,20 +342,54 @@ fn serve<S: Stream>(
         writer.write_all(&out)?;
         return Err(ConnError::Refused(reason));
     }
-    info!(%peer, client = hello.client, "client connected");
-    welcome(state, hello.features)
+    let token = checked.ok().flatten();
+    admission.authenticated();
+    // A client sees, and can use, only the exports its allow-lists grant it.
+    let allowed: Vec<bool> = (0..state.exports.len())
+        .map(|i| state.allowed(i, peer, token))
+        .collect();
+    info!(
+        %peer,
+        client = hello.client,
+        token = token.unwrap_or("none"),
+        exports = allowed.iter().filter(|a| **a).count(),
+        "client connected"
+    );
+    // Sessions start before the Welcome, so that a server out of descriptors refuses this
+    // one client (and says why) instead of failing later or taking anything else down.
+    let sessions: Result<Vec<Option<Arc<ExportSession>>>, _> = state
+        .exports
+        .iter()
+        .zip(&allowed)
+        .map(|(e, &ok)| {
+            ok.then(|| ExportSession::new(e.clone()).map(Arc::new))
+                .transpose()
+        })
+        .collect();
+    let sessions = match sessions {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("the server cannot serve this client now: {e}");
+            warn!(%peer, "refusing connection: {reason}");
+            Refused {
+                errno: Errno::EMFILE.0,
+                reason: reason.clone(),
+            }
+            .encode(&mut out)
+            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+            writer.write_all(&out)?;
+            return Err(ConnError::Refused(reason));
+        }
+    };
+    welcome(state, hello.features, &allowed)
         .encode(&mut out)
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
     writer.write_all(&out)?;
 
-    let sessions: Vec<Arc<ExportSession>> = state
-        .exports
-        .iter()
-        .map(|e| Arc::new(ExportSession::new(e.clone())))
-        .collect();
     let (notices, queued) = channel();
+    let reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
     let queued_changes = Arc::new(AtomicUsize::new(0));
-    let stats = stats.map(|s| s.connection(peer, &sessions, queued_changes.clone()));
+    let stats = stats.map(|s| s.connection(&peer.name, &sessions, queued_changes.clone()));
     let shared = Shared {
         reader: Mutex::new(reader),
         writer: Arc::new(Mutex::new(writer)),
@@ -163,24 +400,38 @@ fn serve<S: Stream>(
         notices: Mutex::new(notices),
         queued_changes,
         stats,
+        waiting: Mutex::new(Vec::new()),
+        waiting_wake: Condvar::new(),
+        max_lock_waiters: state.limits.max_lock_waiters,
+        max_queued_change_bytes: state.limits.max_queued_change_bytes,
     };
     let span = tracing::Span::current();
     std::thread::scope(|s| {
-        let shared_ref = &shared;
-        let notify_span = span.clone();
-        std::thread::Builder::new()
+        let shared = &shared;
+        let (notify_span, lock_span) = (span.clone(), span.clone());
+        let mut spawned = std::thread::Builder::new()
             .name("ferry-conn-notify".into())
             .spawn_scoped(s, move || {
-                notify_span.in_scope(|| shared_ref.send_changes(queued))
+                notify_span.in_scope(|| shared.send_changes(queued))
             })
-            .expect("can spawn the change sender");
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("ferry-lock-wait".into())
+                    .spawn_scoped(s, move || lock_span.in_scope(|| shared.retry_locks()))
+            })
+            .map(drop);
         for i in 0..WORKERS {
-            let shared = &shared;
             let span = span.clone();
-            std::thread::Builder::new()
-                .name(format!("ferry-conn-{i}"))
-                .spawn_scoped(s, move || span.in_scope(|| shared.work()))
-                .expect("can spawn a connection worker");
+            spawned = spawned.and_then(|()| {
+                std::thread::Builder::new()
+                    .name(format!("ferry-conn-{i}"))
+                    .spawn_scoped(s, move || span.in_scope(|| shared.work()))
+                    .map(drop)
+            });
+        }
+        // Out of threads: the ones started see the connection closed and end.
+        if let Err(e) = spawned {
+            shared.close(ConnError::Io(e));
         }
     });
     match shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -189,7 +440,7 @@ fn serve<S: Stream>(
     }
 }
 
-fn welcome(state: &ServerState, client_features: u64) -> Welcome {
+fn welcome(state: &ServerState, client_features: u64, allowed: &[bool]) -> Welcome {
     Welcome {
         version: VERSION,
         features: client_features & features::ALL,
@@ -197,6 +448,7 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
             .exports
             .iter()
             .enumerate()
+            .filter(|(i, _)| allowed[*i])
             .map(|(i, e)| ferry_protocol::ExportInfo {
                 id: i as u32,
                 name: e.name().to_string(),
@@ -205,29 +457,44 @@ fn welcome(state: &ServerState, client_features: u64) -> Welcome {
                 // Only modes that create as the caller let the host check supplementary
                 // groups; in squash mode the agent need not read them.
                 wants_groups: e.ids().mode.creates_as_caller(),
+                flush_to_host: e.close_reports_errors(),
             })
             .collect(),
         server: format!("ferry-host {}", env!("CARGO_PKG_VERSION")),
     }
 }
 
-fn check_hello(hello: &Hello<'_>, state: &ServerState) -> Result<(), String> {
+/// Checks a Hello; `Ok` carries the name of the token the client presented, if any.
+fn check_hello<'s>(hello: &Hello<'_>, state: &'s ServerState) -> Result<Option<&'s str>, String> {
     if hello.version.major != VERSION.major {
         return Err(format!(
             "protocol version {}.{} is not supported (server speaks {}.{})",
             hello.version.major, hello.version.minor, VERSION.major, VERSION.minor
         ));
     }
-    if let Some(expected) = &state.token {
-        match hello.token {
-            Some(t) if constant_time_eq(t, expected) => {}
-            Some(_) => return Err("wrong token".into()),
-            None => {
-                return Err("this server requires a token (--token-file or FERRY_TOKEN)".into());
+    let tokens = &state.auth.tokens;
+    match hello.token {
+        Some(t) => {
+            // Every token is compared, so the time taken says nothing about which matched.
+            let mut matched = None;
+            for (name, secret) in tokens {
+                if constant_time_eq(t, secret) && matched.is_none() {
+                    matched = Some(name.as_str());
+                }
+            }
+            match matched {
+                Some(name) => Ok(Some(name)),
+                None if tokens.is_empty() && !state.auth.required => Ok(None),
+                None => Err("wrong token".into()),
             }
         }
+        None if state.auth.required => Err(
+            "this server requires a token: give the agent --token-file PATH (or FERRY_TOKEN) \
+             with the server's token"
+                .into(),
+        ),
+        None => Ok(None),
     }
-    Ok(())
 }
 
 /// Compares secrets without leaking the position of the first difference through timing.
@@ -236,6 +503,54 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the `Hello` frame whole by `deadline`, refusing from its header alone one larger than
+/// [`MAX_HELLO`], before anything is allocated for it.
+fn read_hello<S: Stream>(stream: &mut S, deadline: Instant) -> Result<Vec<u8>, ConnError> {
+    let mut head = [0u8; HEADER_LEN];
+    read_by(stream, &mut head, deadline)?;
+    let header = FrameHeader::parse(&head)?;
+    if header.len > MAX_HELLO {
+        return Err(ConnError::Protocol(format!(
+            "a {}-byte frame before the handshake (a Hello is at most {MAX_HELLO} bytes)",
+            header.len
+        )));
+    }
+    let mut buf = vec![0u8; header.len as usize];
+    buf[..HEADER_LEN].copy_from_slice(&head);
+    read_by(stream, &mut buf[HEADER_LEN..], deadline)?;
+    Ok(buf)
+}
+
+/// Fills `buf` from `stream` by `deadline`, however the bytes trickle in.
+fn read_by<S: Stream>(
+    stream: &mut S,
+    mut buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), ConnError> {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConnError::Protocol(
+                "no complete Hello within the handshake deadline (--handshake-timeout)".into(),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(buf) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one whole frame (header included) into the front of `buf` and returns its length.
@@ -256,15 +571,33 @@ struct Shared<S: Stream> {
     /// Shared with the threads that wait for blocking locks and answer them.
     writer: Arc<Mutex<S>>,
     stream: S,
-    sessions: Vec<Arc<ExportSession>>,
+    /// By export id; `None` for the exports this client may not use.
+    sessions: Vec<Option<Arc<ExportSession>>>,
     closed: AtomicBool,
     error: Mutex<Option<ConnError>>,
     /// Change batches on their way to [`Shared::send_changes`], with the export id.
     notices: Mutex<Sender<(u32, Vec<Change>)>>,
-    /// Batches queued and not yet written.
+    /// Bytes of change batches queued and not yet written.
     queued_changes: Arc<AtomicUsize>,
     /// What `ferry status` shows of this connection, when the server counts.
     stats: Option<Arc<ConnStats>>,
+    /// Blocking locks waiting, retried by [`Shared::retry_locks`].
+    waiting: Mutex<Vec<Waiting>>,
+    /// Wakes [`Shared::retry_locks`]: a lock to wait for, or the connection closing.
+    waiting_wake: Condvar,
+    /// Cap on `waiting`.
+    max_lock_waiters: usize,
+    /// Cap on `queued_changes`.
+    max_queued_change_bytes: usize,
+}
+
+/// One blocking lock request waiting for its lock.
+struct Waiting {
+    id: u64,
+    op: Opcode,
+    /// The session's export id (for its `lock_waiters` count).
+    export: usize,
+    wait: crate::export::Pending,
 }
 
 impl<S: Stream> Shared<S> {
@@ -312,7 +645,11 @@ impl<S: Stream> Shared<S> {
             name = name.map(|n| tracing::field::display(String::from_utf8_lossy(n)))
         );
         let _entered = span.enter();
-        let Some(session) = self.sessions.get(req.export as usize) else {
+        let Some(session) = self
+            .sessions
+            .get(req.export as usize)
+            .and_then(Option::as_ref)
+        else {
             if op != Opcode::Forget {
                 self.send(head, req.id, op, Err(Errno::ENODEV), &[]);
             }
@@ -359,34 +696,29 @@ impl<S: Stream> Shared<S> {
                 self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
             }
             Response::Pending(wait) => {
-                let stats = self.stats.clone();
-                let export = req.export as usize;
-                if let Some(s) = counted {
-                    s.lock_waiting(true);
-                }
-                // A blocking lock that conflicts: wait on a thread of its own so the workers
-                // keep serving (the lock holder's unlock may be the very next request). The
-                // session ending makes the wait give up, so the thread never outlives it long.
-                let writer = Arc::clone(&self.writer);
-                let id = req.id;
-                let spawned = std::thread::Builder::new()
-                    .name("ferry-lock-wait".into())
-                    .spawn(move || {
-                        let result = match wait.wait() {
-                            Response::Error(e) => Err(e),
-                            _ => Ok(Reply::Empty),
-                        };
-                        if let Some(s) = stats.as_ref().and_then(|c| c.session(export)) {
-                            s.lock_waiting(false);
-                        }
-                        send(&writer, &mut Vec::new(), id, op, result, &[]);
-                    });
-                if let Err(e) = spawned {
-                    warn!("cannot start a lock wait thread: {e}");
-                    if let Some(s) = counted {
-                        s.lock_waiting(false);
-                    }
+                // A blocking lock that conflicts: [`Shared::retry_locks`] retries it with the
+                // connection's other waiting locks, so the workers keep serving (the lock
+                // holder's unlock may be the very next request) and waiting costs no thread.
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                if waiting.len() >= self.max_lock_waiters {
+                    drop(waiting);
+                    warn!(
+                        limit = self.max_lock_waiters,
+                        "a guest has too many blocking locks waiting (--max-lock-waiters); \
+                         answering ENOLCK"
+                    );
                     self.send(head, req.id, op, Err(Errno::ENOLCK), &[]);
+                } else {
+                    if let Some(s) = counted {
+                        s.lock_waiting(true);
+                    }
+                    waiting.push(Waiting {
+                        id: req.id,
+                        op,
+                        export: req.export as usize,
+                        wait,
+                    });
+                    self.waiting_wake.notify_one();
                 }
             }
         }
@@ -395,6 +727,69 @@ impl<S: Stream> Shared<S> {
         }
         debug!(read, written, "served");
         Ok(())
+    }
+
+    /// Retries every waiting lock of this connection, on one thread, until the connection
+    /// closes: each round tries each once without blocking, answers those that are done, and
+    /// pauses (1 ms, growing to 50 ms while nothing changes; a new waiter starts over).
+    fn retry_locks(&self) {
+        let mut head = Vec::new();
+        let mut pause = crate::export::LOCK_FIRST_PAUSE;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                // Dropping the waits gives up their locks' files and handles.
+                for w in waiting.drain(..) {
+                    self.lock_done(w.export);
+                }
+                return;
+            }
+            let mut done = Vec::new();
+            waiting.retain(|w| match w.wait.poll() {
+                Some(response) => {
+                    self.lock_done(w.export);
+                    done.push((w.id, w.op, response));
+                    false
+                }
+                None => true,
+            });
+            let idle = waiting.is_empty();
+            if !done.is_empty() {
+                drop(waiting);
+                for (id, op, response) in done {
+                    let result = match response {
+                        Response::Error(e) => Err(e),
+                        _ => Ok(Reply::Empty),
+                    };
+                    self.send(&mut head, id, op, result, &[]);
+                }
+                waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let before = waiting.len();
+            let timeout = if idle {
+                Duration::from_millis(200)
+            } else {
+                pause
+            };
+            waiting = self
+                .waiting_wake
+                .wait_timeout(waiting, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            pause = if idle || waiting.len() > before {
+                crate::export::LOCK_FIRST_PAUSE
+            } else {
+                (pause * 2).min(crate::export::LOCK_LONGEST_PAUSE)
+            };
+        }
+    }
+
+    /// A waiting lock of export `export` stopped waiting (granted, refused or given up).
+    fn lock_done(&self, export: usize) {
+        if let Some(s) = self.stats.as_ref().and_then(|c| c.session(export)) {
+            s.lock_waiting(false);
+        }
     }
 
     /// Encodes and writes one reply.
@@ -418,6 +813,7 @@ impl<S: Stream> Shared<S> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let queued = Arc::clone(&self.queued_changes);
+        let max = self.max_queued_change_bytes;
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
         let stats = self.stats.clone();
@@ -437,8 +833,10 @@ impl<S: Stream> Shared<S> {
                 }
                 return;
             }
-            let n = queued.fetch_add(1, Ordering::AcqRel);
-            let batch = if n < MAX_QUEUED_CHANGES {
+            let size = batch_bytes(&changes);
+            let n = queued.fetch_add(size, Ordering::AcqRel);
+            // One batch larger than the cap still goes when nothing else waits.
+            let batch = if n == 0 || n + size <= max {
                 overflowed.store(false, Ordering::Relaxed);
                 counted(changes.len(), 0);
                 changes
@@ -453,15 +851,17 @@ impl<S: Stream> Shared<S> {
                         }
                     }
                 }
+                queued.fetch_sub(size, Ordering::AcqRel);
                 if overflowed.swap(true, Ordering::Relaxed) {
-                    queued.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
                 warn!(
                     export,
-                    "a guest is not reading change events; telling it they overflowed"
+                    limit = max,
+                    "a guest is not reading change events (--max-queued-change-bytes); telling \
+                     it they overflowed"
                 );
-                vec![Change {
+                let overflow = vec![Change {
                     kind: ChangeKind::Overflow,
                     path: Vec::new(),
                     to: Vec::new(),
@@ -469,10 +869,14 @@ impl<S: Stream> Shared<S> {
                     to_parent: 0,
                     file_type: 0,
                     entry: None,
-                }]
+                }];
+                // The one overflow notice is let past the cap: it is what tells the guest.
+                queued.fetch_add(batch_bytes(&overflow), Ordering::AcqRel);
+                overflow
             };
+            let size = batch_bytes(&batch);
             if tx.send((export, batch)).is_err() {
-                queued.fetch_sub(1, Ordering::AcqRel);
+                queued.fetch_sub(size, Ordering::AcqRel);
             }
         })
     }
@@ -486,7 +890,8 @@ impl<S: Stream> Shared<S> {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            self.queued_changes.fetch_sub(1, Ordering::AcqRel);
+            self.queued_changes
+                .fetch_sub(batch_bytes(&changes), Ordering::AcqRel);
             self.write_changes(&mut out, export, changes);
         }
     }
@@ -527,7 +932,16 @@ impl<S: Stream> Shared<S> {
             *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
         self.stream.shutdown();
+        self.waiting_wake.notify_all();
     }
+}
+
+/// What a batch of changes costs while queued: its paths and a fixed share for the rest.
+fn batch_bytes(changes: &[Change]) -> usize {
+    changes
+        .iter()
+        .map(|c| c.path.len() + c.to.len() + std::mem::size_of::<Change>())
+        .sum()
 }
 
 /// Encodes and writes one reply under the write lock. A failed write means the peer is gone;

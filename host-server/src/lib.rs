@@ -41,11 +41,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-pub use config::{ExportSpec, IdOptions, ListenAddr, ServerConfig};
-pub use conn::{ServerState, serve_connection};
+pub use config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig};
+pub use conn::{Auth, Limits, Peer, ServerState, serve_connection};
 pub use export::{
-    DEFAULT_NODE_FDS, Export, ExportConfig, ExportError, ExportSession, ROOT_ID, Response,
-    SetAttrs, XattrReply,
+    DEFAULT_HANDLES, DEFAULT_LOCK_OWNERS, DEFAULT_NODE_FDS, Export, ExportConfig, ExportError,
+    ExportSession, ROOT_ID, Response, SetAttrs, XattrReply,
 };
 pub use ids::{IdMode, IdPolicy, Permissions};
 pub use transport::Listener;
@@ -67,6 +67,7 @@ pub fn open_exports(specs: &[ExportSpec]) -> anyhow::Result<Vec<Arc<Export>>> {
                 read_only: s.read_only,
                 ids: s.ids.resolve(),
                 devices: s.devices,
+                setid: s.setid,
             })
             .with_context(|| format!("cannot export {}={}", s.name, s.path.display()))
         })
@@ -114,16 +115,64 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// Checks `config`'s settings without opening anything: there are exports and listeners, TCP
-/// has its token, every vhost-user-fs listener names an export.
-pub fn check_settings(config: &ServerConfig) -> anyhow::Result<()> {
+/// has its token, every listener has one unless `no_auth`, every allow-list token is given,
+/// every vhost-user-fs listener names an export. Returns how clients authenticate.
+pub fn check_settings(config: &ServerConfig) -> anyhow::Result<conn::Auth> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
     anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
-    if config.token.is_none() {
+    let mut tokens: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(t) = &config.token {
+        tokens.push(("default".into(), t.clone()));
+    }
+    for (name, t) in &config.client_tokens {
+        anyhow::ensure!(
+            tokens.iter().all(|(n, _)| n != name),
+            "token name {name:?} is given twice (\"default\" is --token-file's)"
+        );
+        tokens.push((name.clone(), t.clone()));
+    }
+    let streams = config
+        .listen
+        .iter()
+        .filter(|a| !matches!(a, ListenAddr::VhostUserFs { .. }));
+    if tokens.is_empty() {
         if let Some(a) = config.listen.iter().find(|a| a.requires_token()) {
             anyhow::bail!(
                 "{a}: TCP listeners require a shared token; give --token-file PATH or set FERRY_TOKEN"
             );
         }
+        if let Some(a) = streams.clone().next().filter(|_| !config.no_auth) {
+            anyhow::bail!(
+                "{a}: every listener requires a token, so that only the guests you give it can \
+                 reach the exports: give --token-file PATH (or set FERRY_TOKEN) here and to each \
+                 agent, or pass --no-auth to let anyone who can connect use every export"
+            );
+        }
+    }
+    for spec in &config.exports {
+        for c in spec.allow.iter().flatten() {
+            if let config::Client::Token(name) = c {
+                anyhow::ensure!(
+                    tokens.iter().any(|(n, _)| n == name),
+                    "export {}: allow=token:{name}, but no --client-token {name}=PATH is given",
+                    spec.name
+                );
+            }
+        }
+    }
+    let auth = conn::Auth {
+        required: !tokens.is_empty() || !config.no_auth,
+        tokens,
+    };
+    if !auth.required {
+        tracing::warn!(
+            "--no-auth: clients need no token; any process or VM that can connect to {} can use \
+             every export its allow-list does not deny",
+            streams
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { export, .. } = addr {
@@ -133,14 +182,14 @@ pub fn check_settings(config: &ServerConfig) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(auth)
 }
 
 /// Checks `config` as far as it can be without listening ([`check_settings`], and every
-/// export opens). Returns the opened exports.
-pub fn check_config(config: &ServerConfig) -> anyhow::Result<Vec<Arc<Export>>> {
-    check_settings(config)?;
-    open_exports(&config.exports)
+/// export opens). Returns the opened exports and how clients authenticate.
+pub fn check_config(config: &ServerConfig) -> anyhow::Result<(Vec<Arc<Export>>, conn::Auth)> {
+    let auth = check_settings(config)?;
+    Ok((open_exports(&config.exports)?, auth))
 }
 
 /// Where a running server gets its next configuration on SIGHUP: the configuration file read
@@ -170,9 +219,11 @@ pub async fn run_reloading(
     ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let exports = check_config(&config)?;
+    let (exports, auth) = check_config(&config)?;
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
+        e.set_max_handles(config.limits.max_handles);
+        e.set_max_lock_owners(config.limits.max_lock_owners);
     }
     info!(
         limit = raise_fd_limit(),
@@ -188,7 +239,17 @@ pub async fn run_reloading(
             spec.path.display()
         );
     }
-    let live = Arc::new(reload::Live::new(config.clone(), exports.clone()));
+    info!(
+        handshake_timeout = ?config.limits.handshake_timeout,
+        max_connections = config.limits.max_connections,
+        max_unauthenticated = config.limits.max_unauthenticated,
+        max_handles = config.limits.max_handles,
+        max_lock_owners = config.limits.max_lock_owners,
+        max_lock_waiters = config.limits.max_lock_waiters,
+        max_queued_change_bytes = config.limits.max_queued_change_bytes,
+        "limits"
+    );
+    let live = Arc::new(reload::Live::new(config.clone(), exports.clone(), auth));
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {
@@ -196,8 +257,12 @@ pub async fn run_reloading(
                 .iter()
                 .find(|e| e.name() == export)
                 .with_context(|| format!("{addr}: no --export is named {export:?}"))?;
-            let listener = virtiofs::VirtioFsListener::bind(export.clone(), socket.clone())
-                .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            let listener = virtiofs::VirtioFsListener::bind(
+                export.clone(),
+                socket.clone(),
+                config.socket_mode,
+            )
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
             info!("listening on {addr}");
             // The vhost-user daemon blocks in accept(2) and on its socket, so it runs on
             // threads of its own; they end with the process.
@@ -207,7 +272,7 @@ pub async fn run_reloading(
                 .context("cannot start the vhost-user-fs thread")?;
             continue;
         }
-        let listener = Listener::bind(addr)
+        let listener = Listener::bind(addr, config.socket_mode)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tasks.spawn(listener.serve(live.clone()));
@@ -235,6 +300,24 @@ pub async fn run_reloading(
     info!("shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// The state connections are served with: `exports` (opened from `config.exports`, in the
+/// same order), `auth`, `config`'s limits and each export's allow-list (logged).
+pub(crate) fn server_state(
+    config: &ServerConfig,
+    exports: Vec<Arc<Export>>,
+    auth: conn::Auth,
+) -> ServerState {
+    let mut state = ServerState::new(exports, auth, config.limits.clone());
+    state.allow = config.exports.iter().map(|s| s.allow.clone()).collect();
+    for (e, spec) in state.exports.iter().zip(&config.exports) {
+        if let Some(list) = &spec.allow {
+            let list: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            info!(name = e.name(), allow = list.join(","), "export allow-list");
+        }
+    }
+    state
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -19,6 +19,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         token_file: args.token_file,
         token: args.token,
+        client_tokens: args.client_tokens,
+        no_auth: args.no_auth,
+        socket_mode: args.socket_mode,
+        limits: args.limits.overrides(),
         max_node_fds: args.max_node_fds,
         ids: IdOptions {
             mode: args.ids.mode,

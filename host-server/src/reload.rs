@@ -7,14 +7,15 @@
 //! ([`Export::retire`]): its existing sessions answer ESHUTDOWN from then on, and a changed one
 //! is opened afresh for new connections. A configuration that fails any check is refused as a
 //! whole, and the running state stays. Listeners and the descriptor cap are set at start; a
-//! reload that changes listeners says so and leaves them.
+//! reload that changes listeners, limits or the socket mode says so and leaves them; tokens,
+//! `no-auth` and allow-lists apply to connections accepted after the reload.
 
 use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
 use crate::config::{ExportSpec, ServerConfig};
-use crate::conn::ServerState;
+use crate::conn::{Auth, ServerState};
 use crate::export::Export;
 
 /// The current state, shared by every listener.
@@ -34,11 +35,9 @@ struct Running {
 impl Live {
     /// The state of a server started from `config`, with its exports already opened (in the
     /// same order as `config.exports`).
-    pub fn new(config: ServerConfig, exports: Vec<Arc<Export>>) -> Live {
-        let state = Arc::new(ServerState {
-            exports: exports.clone(),
-            token: config.token.clone(),
-        });
+    /// `auth` is what [`crate::check_settings`] made of `config`.
+    pub fn new(config: ServerConfig, exports: Vec<Arc<Export>>, auth: Auth) -> Live {
+        let state = Arc::new(crate::server_state(&config, exports.clone(), auth));
         Live {
             state: RwLock::new(state),
             stats: Default::default(),
@@ -58,7 +57,7 @@ impl Live {
     /// nothing changed). Returns one line per change made.
     pub fn reload(&self, next: ServerConfig) -> anyhow::Result<Vec<String>> {
         let mut running = self.running.write().unwrap_or_else(|e| e.into_inner());
-        crate::check_settings(&next)?;
+        let auth = crate::check_settings(&next)?;
         let mut changes = Vec::new();
         let mut exports = Vec::new();
         for spec in &next.exports {
@@ -72,6 +71,8 @@ impl Live {
                 None => {
                     let e = crate::open_exports(std::slice::from_ref(spec))?.remove(0);
                     e.set_max_node_fds(running.config.max_node_fds);
+                    e.set_max_handles(running.config.limits.max_handles);
+                    e.set_max_lock_owners(running.config.limits.max_lock_owners);
                     let was = running.exports.iter().any(|(s, _)| s.name == spec.name);
                     changes.push(format!(
                         "export {} {} ({}{})",
@@ -100,8 +101,18 @@ impl Live {
         if next.max_node_fds != running.config.max_node_fds {
             warn!("max-node-fds is set at start; restart ferry-host to change it");
         }
-        if next.token != running.config.token {
-            changes.push("token changed (for new connections)".into());
+        if next.limits != running.config.limits || next.socket_mode != running.config.socket_mode {
+            warn!("limits and socket-mode are set at start; restart ferry-host to change them");
+        }
+        if next.token != running.config.token || next.client_tokens != running.config.client_tokens
+        {
+            changes.push("tokens changed (for new connections)".into());
+        }
+        if next.no_auth != running.config.no_auth {
+            changes.push(format!(
+                "no-auth {} (for new connections)",
+                if next.no_auth { "on" } else { "off" }
+            ));
         }
         // Retire only once the whole new configuration is known to be good.
         for (_, old) in &running.exports {
@@ -109,18 +120,25 @@ impl Live {
                 old.retire();
             }
         }
-        let state = Arc::new(ServerState {
-            exports: exports.iter().map(|(_, e)| e.clone()).collect(),
-            token: next.token.clone(),
-        });
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
-        let listen = running.config.listen.clone();
-        let max_node_fds = running.config.max_node_fds;
-        running.config = ServerConfig {
-            listen,
-            max_node_fds,
+        // Listeners, limits and the socket mode stay as started.
+        let next = ServerConfig {
+            listen: running.config.listen.clone(),
+            max_node_fds: running.config.max_node_fds,
+            socket_mode: running.config.socket_mode,
+            limits: running.config.limits.clone(),
             ..next
         };
+        let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // The connections of the old state still count against the caps of the new one.
+        let state = crate::server_state(
+            &next,
+            exports.iter().map(|(_, e)| e.clone()).collect(),
+            auth,
+        )
+        .counting_with(&current);
+        *current = Arc::new(state);
+        drop(current);
+        running.config = next;
         running.exports = exports;
         for c in &changes {
             info!("reload: {c}");

@@ -111,15 +111,17 @@ impl SessionStats {
 pub struct ConnStats {
     peer: String,
     started: Instant,
-    sessions: Vec<SessionStats>,
-    /// Change batches queued for the guest and not yet written (the connection's counter).
+    /// `None` for an export the guest's allow-lists do not grant it.
+    sessions: Vec<Option<SessionStats>>,
+    /// Bytes of change events queued for the guest and not yet written (the connection's
+    /// counter).
     queued: Arc<AtomicUsize>,
 }
 
 impl ConnStats {
     /// The stats of session `export` (its id on this connection).
     pub fn session(&self, export: usize) -> Option<&SessionStats> {
-        self.sessions.get(export)
+        self.sessions.get(export).and_then(Option::as_ref)
     }
 }
 
@@ -144,13 +146,16 @@ impl ServerStats {
     pub fn connection(
         &self,
         peer: &str,
-        sessions: &[Arc<ExportSession>],
+        sessions: &[Option<Arc<ExportSession>>],
         queued: Arc<AtomicUsize>,
     ) -> Arc<ConnStats> {
         let c = Arc::new(ConnStats {
             peer: peer.to_string(),
             started: Instant::now(),
-            sessions: sessions.iter().map(SessionStats::new).collect(),
+            sessions: sessions
+                .iter()
+                .map(|s| s.as_ref().map(SessionStats::new))
+                .collect(),
             queued,
         });
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -223,7 +228,7 @@ pub struct GuestStatus {
     pub peer: String,
     /// Seconds since it connected.
     pub uptime_seconds: f64,
-    /// Change batches queued for it and not yet written: the event lag.
+    /// Bytes of change events queued for it and not yet written: the event lag.
     pub events_queued: u64,
     /// Its view of each export.
     pub exports: Vec<ExportStatus>,
@@ -299,6 +304,7 @@ impl ConnStats {
             exports: self
                 .sessions
                 .iter()
+                .flatten()
                 .map(|s| {
                     let live = s.session.upgrade();
                     let count =
@@ -482,7 +488,7 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "# HELP ferry_events_queued Change batches queued for a guest, not yet written.\n\
+            "# HELP ferry_events_queued Bytes of change events queued for a guest, not yet written.\n\
              # TYPE ferry_events_queued gauge"
         );
         for g in &self.guests {

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
 
 use crate::config::ListenAddr;
-use crate::conn::Stream;
+use crate::conn::{Peer, Stream, serve_admitted};
 
 /// A bound listener.
 pub enum Listener {
@@ -21,11 +21,15 @@ pub enum Listener {
     Vsock(tokio_vsock::VsockListener, u32),
 }
 
-/// Binds a blocking Unix socket. A stale socket file (nobody listening) is replaced; a live one
-/// is an error.
+/// Binds a blocking Unix socket whose file has `mode` (e.g. 0o600) from the moment it appears
+/// at `path`: it is bound in a new private directory beside `path`, given its mode there and
+/// renamed into place, so there is no moment when the umask's mode lets others connect. A
+/// stale socket file (nobody listening) is replaced; a live one is an error.
 pub(crate) fn bind_unix_std(
     path: &std::path::Path,
+    mode: u32,
 ) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -35,12 +39,30 @@ pub(crate) fn bind_unix_std(
         }
         std::fs::remove_file(path)?;
     }
-    std::os::unix::net::UnixListener::bind(path)
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    // A short name: socket paths are limited to 107 bytes.
+    static BINDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BINDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let private = parent.join(format!(".ferry-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| {
+        let tmp = private.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Binds a Unix socket for tokio (see [`bind_unix_std`]).
-fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
-    let l = bind_unix_std(path)?;
+fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<Listener> {
+    let l = bind_unix_std(path, mode)?;
     l.set_nonblocking(true)?;
     Ok(Listener::Unix(
         UnixListener::from_std(l)?,
@@ -49,12 +71,12 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<Listener> {
 }
 
 impl Listener {
-    /// Binds the address.
-    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
+    /// Binds the address; a socket file gets `socket_mode`.
+    pub async fn bind(addr: &ListenAddr, socket_mode: u32) -> std::io::Result<Listener> {
         match addr {
-            ListenAddr::Unix(path) => bind_unix(path),
+            ListenAddr::Unix(path) => bind_unix(path, socket_mode),
             ListenAddr::HybridVsock { path, port } => {
-                bind_unix(&ListenAddr::hybrid_socket(path, *port))
+                bind_unix(&ListenAddr::hybrid_socket(path, *port), socket_mode)
             }
             ListenAddr::Vsock(port) => Ok(Listener::Vsock(
                 tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
@@ -89,10 +111,16 @@ impl Listener {
         loop {
             let accepted = match &self {
                 Listener::Unix(l, _) => l.accept().await.and_then(|(s, _)| {
-                    // Name the peer by its process where the kernel tells us.
-                    let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
-                        Some(pid) => format!("{name} pid {pid}"),
-                        None => format!("{name} client"),
+                    // Name the peer by its process where the kernel tells us; its uid is what
+                    // allow-lists check.
+                    let cred = s.peer_cred().ok();
+                    let peer = Peer {
+                        name: match cred.and_then(|c| c.pid()) {
+                            Some(pid) => format!("{name} pid {pid}"),
+                            None => format!("{name} client"),
+                        },
+                        uid: cred.map(|c| c.uid()),
+                        cid: None,
                     };
                     // Tokio hands out non-blocking sockets; the connection workers block.
                     let s = s.into_std()?;
@@ -104,7 +132,7 @@ impl Listener {
                     s.set_nodelay(true)?;
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, live.clone(), peer.to_string())
+                    spawn_connection(s, live.clone(), Peer::named(peer.to_string()))
                 }),
                 Listener::Vsock(l, _) => {
                     // An async accept (not a blocking thread parked in accept(2)) is what lets
@@ -113,7 +141,11 @@ impl Listener {
                         .await
                         .and_then(|(s, addr)| {
                             s.set_nonblocking(false)?;
-                            let peer = format!("vsock cid {} port {}", addr.cid(), addr.port());
+                            let peer = Peer {
+                                name: format!("vsock cid {} port {}", addr.cid(), addr.port()),
+                                cid: Some(addr.cid()),
+                                uid: None,
+                            };
                             spawn_connection(s, live.clone(), peer)
                         })
                 }
@@ -128,16 +160,21 @@ impl Listener {
 }
 
 /// Serves an accepted stream on threads of its own (see [`crate::conn`] for why not tasks).
+/// A connection beyond the caps of [`crate::conn::Limits`] is closed at once (with a log
+/// line) without a thread.
 fn spawn_connection<S: Stream>(
     stream: S,
     live: Arc<crate::reload::Live>,
-    peer: String,
+    peer: Peer,
 ) -> std::io::Result<()> {
     let state = live.current();
+    let Some(admission) = state.admit(&peer) else {
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("ferry-conn".into())
         .spawn(move || {
-            let _ = crate::conn::serve_counted(stream, &state, &peer, Some(&live.stats));
+            let _ = serve_admitted(stream, admission, &peer, Some(&live.stats));
         })?;
     Ok(())
 }

@@ -29,6 +29,11 @@ pub const MAX_DATA: usize = 1 << 20;
 /// Largest frame either side accepts. Anything above is a hostile or broken peer.
 pub const MAX_FRAME: u32 = (MAX_DATA + (1 << 20)) as u32;
 
+/// Largest `Hello` frame a server reads. The Hello arrives before the client has
+/// authenticated, so the server checks this bound from the header before it allocates
+/// anything; a token and a client description fit many times over.
+pub const MAX_HELLO: u32 = 16 * 1024;
+
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -22,7 +22,7 @@ pub mod sizes;
 mod tests;
 
 pub use errno::Errno;
-pub use frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_DATA, MAX_FRAME};
+pub use frame::{Frame, FrameHeader, FrameKind, HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_HELLO};
 pub use messages::*;
 pub use sizes::ROOT_ID;
 

@@ -51,7 +51,7 @@ pub struct Hello<'a> {
     pub version: Version,
     /// Features the guest can use.
     pub features: u64,
-    /// Shared secret; required on TCP listeners.
+    /// Shared secret; every listener requires one unless its operator turned that off.
     #[serde(borrow, with = "serde_bytes")]
     pub token: Option<&'a [u8]>,
     /// Free-form client description for the server's logs.
@@ -73,6 +73,10 @@ pub struct ExportInfo {
     /// supplementary groups in [`Ctx::groups`]: the server creates as the caller and the host
     /// kernel checks the parent directory against them.
     pub wants_groups: bool,
+    /// Every `Flush` must reach the server: the export's host filesystem can fail a close
+    /// (NFS, SMB, FUSE, ...), and the server answers a flush with the error of closing a
+    /// duplicate of the handle's descriptor. Otherwise the agent may answer FLUSH itself.
+    pub flush_to_host: bool,
 }
 
 /// Where permission checks happen for one export.

@@ -21,6 +21,6 @@ pub mod tools;
 
 pub use build::{StaticBins, inotify_helper, static_bins};
 pub use initramfs::Initramfs;
-pub use machine::{GUEST_CID, Vm, VmConfig, run_dir, serve_virtiofs, uds_in};
+pub use machine::{GUEST_CID, TOKEN, Vm, VmConfig, run_dir, serve_virtiofs, uds_in};
 pub use process::{Proc, wait_for_path};
 pub use tools::Tools;

@@ -96,6 +96,9 @@ impl Vm {
             .arg(&cfg.initrd)
             .args(["-serial", &format!("file:{}", console.display())]);
         let mut append = String::from("console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init");
+        // Every guest program that talks to a ferry-host (or is one) finds the token in
+        // FERRY_TOKEN, as the servers `serve` and `serve_virtiofs` start do.
+        append.push_str(&format!(" ferry.token={TOKEN}"));
         for w in &cfg.cmdline {
             append.push(' ');
             append.push_str(w);
@@ -162,6 +165,7 @@ impl Vm {
         let mut server = Proc::spawn(
             "ferry-host",
             Command::new(host)
+                .env("FERRY_TOKEN", TOKEN)
                 .arg("--export")
                 .arg(format!("{name}={}", path.display()))
                 .arg("--listen")
@@ -257,6 +261,10 @@ impl Vm {
 
 /// The hybrid-vsock base socket of a VM booted with `dir` (see [`Vm::uds`]), for a server that
 /// must listen before the VM boots.
+/// The token the servers of [`Vm::serve`] and [`serve_virtiofs`] require, and that every
+/// guest finds in `FERRY_TOKEN`; a host-side agent reaching a guest's server needs it too.
+pub const TOKEN: &str = "ferry-vm-test-token";
+
 pub fn uds_in(dir: &Path) -> PathBuf {
     dir.join("vsock.uds")
 }
@@ -273,6 +281,7 @@ pub fn serve_virtiofs(
     listen: &[String],
 ) -> (Proc, Vec<(PathBuf, String)>) {
     let mut cmd = Command::new(host);
+    cmd.env("FERRY_TOKEN", TOKEN);
     for l in listen {
         cmd.arg("--listen").arg(l);
     }

@@ -25,6 +25,7 @@ pub(crate) fn welcome(features: u64) -> Welcome {
                 read_only: false,
                 permissions: ferry_protocol::Permissions::Guest,
                 wants_groups: false,
+                flush_to_host: false,
             },
             ExportInfo {
                 id: 9,
@@ -32,6 +33,7 @@ pub(crate) fn welcome(features: u64) -> Welcome {
                 read_only: true,
                 permissions: ferry_protocol::Permissions::Guest,
                 wants_groups: false,
+                flush_to_host: false,
             },
         ],
         server: "fake".into(),

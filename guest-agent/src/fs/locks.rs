@@ -1,6 +1,6 @@
 //! Locks: every POSIX and flock lock goes to the host; a granted one drops the node's cached
 //! pages and attributes before the kernel hears of it; FLUSH reaches the host only for nodes
-//! this mount has locked.
+//! this mount has locked, or always when the host's filesystem can fail a close.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,8 @@ use super::reply::{refuse, reply_with};
 pub(super) struct Locks {
     /// The server holds guest locks (features POSIX_LOCKS and FLOCK).
     host: bool,
+    /// Every FLUSH goes to the host: its filesystem can fail a close.
+    flush_to_host: bool,
     /// Nodes a POSIX lock was ever asked for: a FLUSH of those must reach the host.
     locked: DashMap<u64, ()>,
     /// Granted locks go through here: the node's cached pages and attributes are dropped
@@ -30,9 +32,15 @@ impl Locks {
         let both = proto::features::POSIX_LOCKS | proto::features::FLOCK;
         Self {
             host: features & both == both,
+            flush_to_host: false,
             locked: DashMap::new(),
             revalidate: Revalidator::new(),
         }
+    }
+
+    /// Sends every FLUSH to the host (see [`FerryFs::with_host_flush`]).
+    pub(super) fn flush_to_host(&mut self, on: bool) {
+        self.flush_to_host = on;
     }
 
     /// A POSIX lock was asked for on `ino`: from now on its FLUSHes go to the host.
@@ -45,6 +53,10 @@ impl Locks {
     /// pwrite the host acknowledged. Locks do: a close drops the closing process's POSIX locks
     /// on the file, so a FLUSH of a file this mount ever locked goes to the host.
     pub(super) fn flush_here(&self, ino: u64, reply: ReplyEmpty) -> Option<ReplyEmpty> {
+        if self.flush_to_host {
+            // The host's close can fail (NFS, SMB, FUSE): the application must hear of it.
+            return Some(reply);
+        }
         if !self.host {
             // Locks are the guest kernel's own: ENOSYS makes it stop sending FLUSH at all.
             reply.error(fuser::Errno::ENOSYS);

@@ -138,6 +138,13 @@ impl FerryFs {
         self
     }
 
+    /// Sends every FLUSH to the host, whose filesystem can fail a close
+    /// ([`proto::ExportInfo::flush_to_host`]): `close(2)` then returns that error.
+    pub fn with_host_flush(mut self, on: bool) -> Self {
+        self.locks.flush_to_host(on);
+        self
+    }
+
     fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
     where
         F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,

@@ -237,7 +237,8 @@ pub fn mount(client: Arc<Client>, opts: &MountOptions) -> Result<MountHandle, Mo
     };
     let fs = FerryFs::new(client.clone(), info.id, ttl)
         .with_keep_cache(events && opts.cache == CacheMode::Cached)
-        .with_caller_groups(info.wants_groups);
+        .with_caller_groups(info.wants_groups)
+        .with_host_flush(info.flush_to_host);
     let replay = fs.replay_state();
     let on_data_change = fs.prefetch_dropper();
     let mount_err = |source| MountError::Mount {

@@ -118,13 +118,15 @@ impl ExportSession {
             Request::Fsyncdir(r) => empty(self.fsyncdir(r.ino, r.fh, r.datasync)),
             Request::StatfsReq(r) => reply(self.statfs(r.ino), Reply::Statfs),
             Request::Access(r) => empty(self.access(ctx, r.ino, r.mask)),
-            Request::Getxattr(r) => xattr(self.getxattr(r.ino, r.name, r.size)),
-            Request::Listxattr(r) => xattr(self.listxattr(r.ino, r.size)),
+            Request::Getxattr(r) => xattr(self.getxattr(ctx, r.ino, r.name, r.size)),
+            Request::Listxattr(r) => xattr(self.listxattr(ctx, r.ino, r.size)),
             Request::Setxattr(r) => empty(self.setxattr(ctx, r.ino, r.name, r.value, r.flags)),
             Request::Removexattr(r) => empty(self.removexattr(ctx, r.ino, r.name)),
-            Request::Fallocate(r) => empty(self.fallocate(r.ino, r.fh, r.offset, r.length, r.mode)),
+            Request::Fallocate(r) => {
+                empty(self.fallocate(ctx, r.ino, r.fh, r.offset, r.length, r.mode))
+            }
             Request::Lseek(r) => reply(self.lseek(r.ino, r.fh, r.offset, r.whence), Reply::Offset),
-            Request::CopyFileRange(r) => reply(self.copy_file_range(r), Reply::Written),
+            Request::CopyFileRange(r) => reply(self.copy_file_range(ctx, r), Reply::Written),
             Request::Getlk(r) => reply(self.getlk(r.ino, r.fh, r.owner, &r.lock), Reply::Lock),
             Request::Setlk(r) => match self.setlk_start(r.ino, r.fh, r.owner, &r.lock) {
                 Ok(None) => Response::Reply(Reply::Empty),

@@ -107,15 +107,33 @@ impl Handle {
 pub(crate) struct HandleTable {
     map: DashMap<u64, Arc<Handle>>,
     next: AtomicU64,
+    /// Most handles the session may hold open.
+    cap: usize,
 }
 
 impl HandleTable {
-    /// An empty table.
-    pub fn new() -> Self {
+    /// An empty table that holds at most `cap` handles.
+    pub fn new(cap: usize) -> Self {
         HandleTable {
             map: DashMap::new(),
             next: AtomicU64::new(1),
+            cap,
         }
+    }
+
+    /// EMFILE (with a log line) when the session holds as many handles as it may: checked
+    /// before a handle's file is opened or created. Requests in flight together may pass it
+    /// at once, so the table can exceed the cap by the number of workers, never more.
+    pub fn room(&self) -> Result<(), Errno> {
+        if self.map.len() >= self.cap {
+            tracing::warn!(
+                limit = self.cap,
+                "a guest holds as many open files as a session may (--max-handles); answering \
+                 EMFILE"
+            );
+            return Err(Errno::EMFILE);
+        }
+        Ok(())
     }
 
     /// Stores a handle and returns its number.

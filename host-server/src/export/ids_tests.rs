@@ -11,9 +11,8 @@ use std::sync::Arc;
 use ferry_protocol::{Attr, Ctx, Errno};
 use tempfile::TempDir;
 
-use super::creds::Switched;
 use super::*;
-use crate::ids::{GuestGid, GuestUid, HostGid, HostUid, IdMode, IdPolicy, OVERFLOW_ID};
+use crate::ids::{GuestGid, GuestUid, IdMode, IdPolicy, OVERFLOW_ID};
 
 fn root(test: &str) -> bool {
     // SAFETY: geteuid cannot fail.
@@ -43,9 +42,10 @@ fn session(policy: IdPolicy) -> (TempDir, ExportSession) {
         read_only: false,
         ids: policy,
         devices: false,
+        setid: true,
     })
     .unwrap();
-    (dir, ExportSession::new(export))
+    (dir, ExportSession::new(export).unwrap())
 }
 
 fn squash(persist: bool) -> IdPolicy {
@@ -131,7 +131,7 @@ fn squash_shows_one_owner_and_keeps_chown_in_an_xattr() {
         Some("999:999:40700:40700")
     );
     // A fresh session (a remount) still shows it.
-    let s2 = ExportSession::new(Arc::clone(s.export()));
+    let s2 = ExportSession::new(Arc::clone(s.export())).unwrap();
     let again = s2.lookup(&CTX0, ROOT_ID, b"data").unwrap();
     assert_eq!(
         (again.attr.uid, again.attr.gid, again.attr.mode & 0o7777),
@@ -175,7 +175,7 @@ fn the_owner_xattr_is_hidden_from_the_guest() {
         .unwrap();
     chown(&s, f.entry.ino, Some(999), None).unwrap();
     assert!(xattr(&dir.path().join("f"), "user.ferry.owner").is_some());
-    let XattrReply::Size(n) = s.listxattr(f.entry.ino, 0).unwrap() else {
+    let XattrReply::Size(n) = s.listxattr(&CTX0, f.entry.ino, 0).unwrap() else {
         panic!("size expected")
     };
     assert_eq!(
@@ -184,11 +184,11 @@ fn the_owner_xattr_is_hidden_from_the_guest() {
         "the size leaves the record out"
     );
     assert_eq!(
-        s.listxattr(f.entry.ino, 100).unwrap(),
+        s.listxattr(&CTX0, f.entry.ino, 100).unwrap(),
         XattrReply::Data(b"user.mine\0".to_vec())
     );
     assert_eq!(
-        s.getxattr(f.entry.ino, b"user.ferry.owner", 100)
+        s.getxattr(&CTX0, f.entry.ino, b"user.ferry.owner", 100)
             .unwrap_err(),
         Errno::ENODATA
     );
@@ -223,16 +223,13 @@ fn a_host_chmod_wins_over_a_kept_mode() {
     std::fs::write(&path, b"x").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let e = s.lookup(&CTX0, ROOT_ID, b"f").unwrap();
-    // The host refuses the mode: an unprivileged server that does not own the file (but may
-    // write it, which user xattrs need). This thread plays that server.
-    std::os::unix::fs::chown(&path, Some(4321), Some(4321)).unwrap();
-    {
-        let _as = Switched::to(HostUid(1001), HostGid(1001), &[]).unwrap();
-        let a = chmod(&s, e.ino, 0o600).unwrap();
-        assert_eq!(a.mode & 0o7777, 0o600, "kept and shown");
-    }
-    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o666);
-    assert_eq!(s.getattr(e.ino, None).unwrap().mode & 0o7777, 0o600);
+    // Squash mode keeps set-id bits off the host and in the record instead. (A mode the host
+    // refuses is kept only on the server's own files: see
+    // `kept_owners_count_only_on_the_servers_own_files`.)
+    let a = chmod(&s, e.ino, 0o4755).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o4755, "kept and shown");
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(s.getattr(e.ino, None).unwrap().mode & 0o7777, 0o4755);
     // Someone on the host changes the mode: the host wins; the kept owner stays.
     chown(&s, e.ino, Some(999), None).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -492,3 +489,164 @@ const CTX0: Ctx = Ctx {
     pid: 1,
     groups: Vec::new(),
 };
+
+fn open_flags(s: &ExportSession, ctx: &Ctx, ino: u64, flags: i32) -> Result<(), Errno> {
+    let o = s.open(ctx, ino, flags)?;
+    s.release(ino, o.fh).unwrap();
+    Ok(())
+}
+
+/// Map mode confines: guest root is root of a user namespace whose ids are the mapped range,
+/// with power only over objects whose owner and group are both mapped; other guest users are
+/// their mapped host users. The host checks, whatever the guest kernel let through.
+#[test]
+fn map_mode_runs_every_request_as_the_mapped_identity() {
+    if !root("map_mode_runs_every_request_as_the_mapped_identity") {
+        return;
+    }
+    let (dir, s) = session(IdPolicy::new("map:0:100000:65536".parse().unwrap()));
+    let p = dir.path();
+    // Host root's own files: a 0644 file in a 0755 directory, and a 0700 directory.
+    std::fs::create_dir(p.join("etc")).unwrap();
+    std::fs::set_permissions(p.join("etc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(p.join("etc/passwd"), b"root").unwrap();
+    std::fs::set_permissions(p.join("etc/passwd"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::create_dir(p.join("secret")).unwrap();
+    std::fs::set_permissions(p.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(p.join("secret/key"), b"k").unwrap();
+
+    let etc = s.lookup(&CTX0, ROOT_ID, b"etc").unwrap();
+    let passwd = s.lookup(&CTX0, etc.ino, b"passwd").unwrap();
+    assert_eq!(owner(&passwd.attr), (OVERFLOW_ID, OVERFLOW_ID));
+    // Guest root cannot write, truncate, chmod, chown or set xattrs on it...
+    assert_eq!(
+        open_flags(&s, &CTX0, passwd.ino, libc::O_WRONLY),
+        Err(Errno::EACCES)
+    );
+    assert_eq!(chmod(&s, passwd.ino, 0o4755).unwrap_err(), Errno::EPERM);
+    assert_eq!(
+        chown(&s, passwd.ino, Some(0), Some(0)).unwrap_err(),
+        Errno::EPERM
+    );
+    let trunc = SetAttrs {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert!(s.setattr(&CTX0, passwd.ino, None, &trunc).is_err());
+    assert!(s.setxattr(&CTX0, passwd.ino, b"user.x", b"1", 0).is_err());
+    // ... nor create or remove in its directory, nor look into its 0700 directory.
+    assert!(
+        s.mknod(&CTX0, etc.ino, b"new", libc::S_IFREG | 0o644, 0, 0)
+            .is_err()
+    );
+    assert_eq!(s.unlink(&CTX0, etc.ino, b"passwd"), Err(Errno::EACCES));
+    let secret = s.lookup(&CTX0, ROOT_ID, b"secret").unwrap();
+    assert_eq!(
+        s.lookup(&CTX0, secret.ino, b"key").unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(s.opendir(&CTX0, secret.ino, 0).unwrap_err(), Errno::EACCES);
+    assert_eq!(s.access(&CTX0, passwd.ino, libc::W_OK), Err(Errno::EACCES));
+    assert_eq!(std::fs::read(p.join("etc/passwd")).unwrap(), b"root");
+    assert_eq!(host_owner(&p.join("etc/passwd")), (0, 0));
+    let mode = std::fs::metadata(p.join("etc/passwd")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o644);
+    // Reading what "other" may read is fine.
+    open_flags(&s, &CTX0, passwd.ino, libc::O_RDONLY).unwrap();
+
+    // Over mapped objects guest root has its powers: chown among mapped ids, then write a
+    // 0600 file it does not own.
+    let f = s
+        .create(&CTX0, ROOT_ID, b"mine", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    s.release(f.entry.ino, f.opened.fh).unwrap();
+    let ino = f.entry.ino;
+    assert_eq!(host_owner(&p.join("mine")), (100_000, 100_000));
+    assert_eq!(
+        owner(&chown(&s, ino, Some(1000), Some(1000)).unwrap()),
+        (1000, 1000)
+    );
+    assert_eq!(host_owner(&p.join("mine")), (101_000, 101_000));
+    chmod(&s, ino, 0o600).unwrap();
+    open_flags(&s, &CTX0, ino, libc::O_RDWR).unwrap();
+    // Guest users are their host users: the owner may, another user may not.
+    open_flags(&s, &caller(1000, 1000, &[]), ino, libc::O_RDWR).unwrap();
+    assert_eq!(
+        open_flags(&s, &caller(1001, 1001, &[]), ino, libc::O_RDONLY),
+        Err(Errno::EACCES)
+    );
+    assert_eq!(
+        chown(&s, passwd.ino, None, Some(1000)).unwrap_err(),
+        Errno::EPERM
+    );
+    // A creating open of an existing host-root file in a directory guest root owns opens it
+    // only as far as its mode lets the mapped uid.
+    let d = s.mkdir(&CTX0, ROOT_ID, b"own", 0o755, 0).unwrap();
+    std::fs::write(p.join("own/rootfile"), b"root").unwrap();
+    std::fs::set_permissions(
+        p.join("own/rootfile"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let flags = libc::O_WRONLY | libc::O_TRUNC;
+    assert_eq!(
+        s.create(&CTX0, d.ino, b"rootfile", 0o644, 0, flags)
+            .map(|_| ())
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(std::fs::read(p.join("own/rootfile")).unwrap(), b"root");
+    // Nothing of the server's credentials leaked into this thread.
+    assert_eq!(super::creds::current().0, 0);
+}
+
+/// Squash mode as root: the guest acts as the server's user without root's powers.
+#[test]
+fn squash_mode_as_root_has_no_root_powers() {
+    if !root("squash_mode_as_root_has_no_root_powers") {
+        return;
+    }
+    let (dir, s) = session(squash(false));
+    std::fs::write(dir.path().join("theirs"), b"x").unwrap();
+    std::os::unix::fs::chown(dir.path().join("theirs"), Some(4321), Some(4321)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("theirs"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let e = s.lookup(&CTX0, ROOT_ID, b"theirs").unwrap();
+    assert_eq!(
+        open_flags(&s, &CTX0, e.ino, libc::O_WRONLY),
+        Err(Errno::EACCES)
+    );
+    assert_eq!(chmod(&s, e.ino, 0o666).unwrap_err(), Errno::EPERM);
+    assert_eq!(std::fs::read(dir.path().join("theirs")).unwrap(), b"x");
+}
+
+/// A kept owner on a file owned by another host user than the server's is not honoured.
+#[test]
+fn kept_owners_count_only_on_the_servers_own_files() {
+    if !root("kept_owners_count_only_on_the_servers_own_files") {
+        return;
+    }
+    let (dir, s) = session(squash(true));
+    let evil = dir.path().join("evil");
+    std::fs::write(&evil, b"").unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(4242), Some(4242)).unwrap();
+    let record = |p: &Path, v: &[u8]| {
+        let c = sys::cstring(p.as_os_str().as_bytes()).unwrap();
+        sys::setxattr(&c, OWNER_XATTR, v, 0).unwrap();
+    };
+    record(&evil, b"0:0:104755:100644");
+    let e = s.lookup(&CTX0, ROOT_ID, b"evil").unwrap();
+    assert_eq!(owner(&e.attr), (1000, 1000));
+    assert_eq!(e.attr.mode & 0o7777, 0o644);
+    // The server's own file keeps its record.
+    let mine = dir.path().join("mine");
+    std::fs::write(&mine, b"").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    record(&mine, b"999:999:100600:100644");
+    let e = s.lookup(&CTX0, ROOT_ID, b"mine").unwrap();
+    assert_eq!((owner(&e.attr), e.attr.mode & 0o7777), ((999, 999), 0o600));
+}

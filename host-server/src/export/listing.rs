@@ -10,18 +10,23 @@ use std::sync::Arc;
 use ferry_protocol::sizes::{dirent_size, direntplus_size};
 use ferry_protocol::{Ctx, DirEntry, DirEntryPlus, Entry, Errno, MAX_DATA, Opened};
 
+use super::creds::Over;
 use super::handle::{Handle, HandleKind};
 use super::{ExportSession, sys};
 
 impl ExportSession {
     /// Opens the directory `ino` for reading.
-    pub fn opendir(&self, _ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
+    pub fn opendir(&self, ctx: &Ctx, ino: u64, _flags: i32) -> Result<Opened, Errno> {
+        self.handles.room()?;
         let node = self.dir_node(ino)?;
-        let fd = sys::reopen(
-            self.proc_fd(),
-            node.fd(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )?;
+        // As the caller: a directory it may not read is EACCES.
+        let fd = self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::reopen(
+                self.proc_fd(),
+                node.fd(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        })?;
         let fh = self.handles.insert(
             Handle::new(fd, HandleKind::Dir(std::sync::Mutex::default())).pinning(node.pin()),
         );

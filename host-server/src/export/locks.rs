@@ -11,8 +11,9 @@
 //!   it, as POSIX says. Guest OFD locks arrive with the open file as owner and map the same way.
 //!
 //! Waiting: nothing here blocks in the kernel. A lock that conflicts is retried with
-//! non-blocking calls at a growing interval (1 ms up to 50 ms) by [`LockWait::wait`], which
-//! the front door runs on a thread of its own, so a waiting guest ties up no worker. A wait
+//! non-blocking calls at a growing interval (1 ms up to 50 ms) by [`LockWait::poll`]: the
+//! stream front door retries all of one connection's waiting locks from one thread, so a
+//! waiting guest ties up no worker and a thousand waiting locks cost no more threads than one. A wait
 //! ends when the lock is granted, when the owner's locks are dropped meanwhile (FLUSH or
 //! RELEASE: EINTR), or when the session ends (disconnect: EINTR), and a lock granted just as
 //! it was cancelled is released again by closing its descriptor.
@@ -23,14 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_protocol::Errno;
+use ferry_protocol::{Errno, Lock};
 
 use super::handle::Handle;
 use super::sys;
 
 /// First and longest pause between two attempts of a waiting lock.
-const FIRST_PAUSE: Duration = Duration::from_millis(1);
-const LONGEST_PAUSE: Duration = Duration::from_millis(50);
+pub const FIRST_PAUSE: Duration = Duration::from_millis(1);
+pub const LONGEST_PAUSE: Duration = Duration::from_millis(50);
 
 /// The host open file description that carries one guest lock owner's POSIX locks on a node.
 #[derive(Debug)]
@@ -43,12 +44,22 @@ pub(crate) struct OwnerFile {
 }
 
 /// The POSIX lock owners of one session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LockTable {
     owners: Mutex<HashMap<(u64, u64), Arc<OwnerFile>>>,
+    /// Most owner files (each a host descriptor) the session may hold.
+    cap: usize,
 }
 
 impl LockTable {
+    /// An empty table of at most `cap` owners.
+    pub fn new(cap: usize) -> Self {
+        LockTable {
+            owners: Mutex::default(),
+            cap,
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<OwnerFile>>> {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -69,6 +80,14 @@ impl LockTable {
         let mut map = self.map();
         if let Some(o) = map.get(&(node, owner)) {
             return Ok(Arc::clone(o));
+        }
+        if map.len() >= self.cap {
+            tracing::warn!(
+                limit = self.cap,
+                "a guest holds POSIX locks for as many (file, process) pairs as a session may \
+                 (--max-lock-owners); answering ENOLCK"
+            );
+            return Err(Errno::ENOLCK);
         }
         let o = Arc::new(OwnerFile {
             fd: open()?,
@@ -159,25 +178,30 @@ impl LockWait {
         }
     }
 
+    /// One more try without blocking: `None` while the lock still conflicts, else the
+    /// answer: `Ok` when taken, EINTR when the guest gave it up or went away, or the error.
+    /// This is what lets one thread wait for many locks (see `conn.rs`).
+    pub fn poll(&self) -> Option<Result<(), Errno>> {
+        if self.closed.load(Ordering::Acquire) || self.what.abandoned() {
+            return Some(Err(Errno::EINTR));
+        }
+        match self.what.try_once() {
+            // Granted just as the owner's locks were dropped: dropping `self` closes the last
+            // reference to the owner's file or handle, which releases it.
+            Ok(()) if self.what.abandoned() => Some(Err(Errno::EINTR)),
+            Ok(()) => Some(Ok(())),
+            Err(Errno::EAGAIN) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Retries until the lock is taken (`Ok`), it fails otherwise, or the guest gives it up
     /// or goes away (EINTR). Blocks the calling thread; never holds a session lock.
     pub fn wait(self) -> Result<(), Errno> {
         let mut pause = FIRST_PAUSE;
         loop {
-            if self.closed.load(Ordering::Acquire) || self.what.abandoned() {
-                return Err(Errno::EINTR);
-            }
-            match self.what.try_once() {
-                Ok(()) => {
-                    // Granted just as the owner's locks were dropped: dropping `self` closes
-                    // the last reference to the owner's file or handle, which releases it.
-                    if self.what.abandoned() {
-                        return Err(Errno::EINTR);
-                    }
-                    return Ok(());
-                }
-                Err(Errno::EAGAIN) => {}
-                Err(e) => return Err(e),
+            if let Some(done) = self.poll() {
+                return done;
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(LONGEST_PAUSE);
@@ -213,4 +237,87 @@ pub(crate) fn start_flock(
 /// own locks are not reported, as for POSIX F_GETLK.
 pub(crate) fn test_posix(owner: &OwnerFile, fl: &mut libc::flock) -> Result<(), Errno> {
     sys::fcntl_lock(owner.fd.as_fd(), libc::F_OFD_GETLK, fl)
+}
+
+/// `struct flock` for an OFD lock request.
+pub(super) fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
+    let typ = match lock.typ {
+        t if t == libc::F_RDLCK => libc::F_RDLCK,
+        t if t == libc::F_WRLCK => libc::F_WRLCK,
+        t if t == libc::F_UNLCK => libc::F_UNLCK,
+        _ => return Err(Errno::EINVAL),
+    };
+    if lock.end < lock.start {
+        return Err(Errno::EINVAL);
+    }
+    let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
+    // A range reaching the largest offset means "to the end of file" (l_len == 0).
+    let len = if lock.end >= i64::MAX as u64 {
+        0
+    } else {
+        (lock.end - lock.start + 1) as i64
+    };
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    // OFD lock requests must carry l_pid == 0.
+    fl.l_pid = 0;
+    Ok(fl)
+}
+
+/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
+/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
+/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
+pub(super) fn from_flock(fl: &libc::flock) -> Lock {
+    const OFFSET_MAX: u64 = i64::MAX as u64;
+    let start = fl.l_start.max(0) as u64;
+    let end = if fl.l_len <= 0 {
+        OFFSET_MAX
+    } else {
+        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
+    };
+    Lock {
+        start,
+        end,
+        typ: i32::from(fl.l_type),
+        pid: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_ranges_convert_both_ways() {
+        let l = Lock {
+            start: 10,
+            end: 19,
+            typ: libc::F_WRLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&l).unwrap();
+        assert_eq!((fl.l_start, fl.l_len), (10, 10));
+        assert_eq!(from_flock(&fl).end, 19);
+        let whole = Lock {
+            start: 0,
+            end: u64::MAX,
+            typ: libc::F_RDLCK,
+            pid: 0,
+        };
+        let fl = to_flock(&whole).unwrap();
+        assert_eq!(fl.l_len, 0);
+        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
+        let bad = Lock {
+            start: 5,
+            end: 1,
+            ..whole
+        };
+        assert_eq!(to_flock(&bad).unwrap_err(), Errno::EINVAL);
+        let bad_type = Lock { typ: 99, ..whole };
+        assert_eq!(to_flock(&bad_type).unwrap_err(), Errno::EINVAL);
+    }
 }

@@ -31,9 +31,10 @@
 //!
 //! Each export has an [`IdPolicy`]: how guest and host ids translate (passthrough, ranges,
 //! squash), whether owners set from the guest are persisted in an xattr, and who checks
-//! permissions. Attributes sent to the guest show translated owners; creating requests run with
-//! the caller's translated credentials on the worker thread (see `creds.rs`) in the modes that
-//! create as the caller. See `owners.rs` for the persisted-owner record.
+//! permissions. Attributes sent to the guest show translated owners; every request runs with the
+//! host identity its id mode gives (in `map` mode the caller's mapped ids, guest root with root's
+//! powers only over mapped inodes; see `creds.rs`). See `owners.rs` for the persisted-owner
+//! record.
 //!
 //! # Known limits
 //!
@@ -81,7 +82,16 @@ use locks::LockTable;
 use crate::ids::IdPolicy;
 
 pub use inode::{DEFAULT_NODE_FDS, ROOT_ID};
-pub use locks::LockWait;
+
+/// Open files and directories one session may hold by default (`--max-handles`): more than
+/// a guest's processes hold at once in ordinary use, well under the server's descriptor
+/// limit.
+pub const DEFAULT_HANDLES: usize = 65536;
+
+/// (File, lock owner) pairs with POSIX locks one session may have by default
+/// (`--max-lock-owners`); each holds a host descriptor.
+pub const DEFAULT_LOCK_OWNERS: usize = 16384;
+pub use locks::{FIRST_PAUSE as LOCK_FIRST_PAUSE, LONGEST_PAUSE as LOCK_LONGEST_PAUSE, LockWait};
 pub use ops::SetAttrs;
 pub use replay::{ReplayThread, Replaying};
 pub use watch::Sink;
@@ -105,6 +115,10 @@ pub struct ExportConfig {
     /// Off by default: a device node in the host directory opens a host device for any host
     /// process that can reach it.
     pub devices: bool,
+    /// Let guests set set-user-ID and set-group-ID bits and write `security.capability`
+    /// (`:setid=on`). Off by default: a set-id or capable file the guest made would give its
+    /// powers to whoever runs it on the host (see `xattr.rs` and `ops.rs`).
+    pub setid: bool,
 }
 
 /// Why an export could not be opened.
@@ -147,6 +161,15 @@ pub enum ExportError {
     /// `/proc/self/fd` is needed to reopen nodes and is missing.
     #[error("cannot open /proc/self/fd (is /proc mounted?): {0}")]
     Proc(std::io::Error),
+    /// A session could not get what it needs (a descriptor of the root: EMFILE when the
+    /// process is out of them).
+    #[error("export {name:?}: cannot start a session: {source}")]
+    Session {
+        /// The export's name.
+        name: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The id mode creates files as the caller, which needs root.
     #[error(
         "export {name:?}: ids={mode} creates files as the calling guest user, which needs \
@@ -171,6 +194,7 @@ pub struct Export {
     read_only: bool,
     ids: IdPolicy,
     devices: bool,
+    setid: bool,
     /// `O_PATH | O_DIRECTORY` fd of the export root.
     root: OwnedFd,
     /// `O_PATH | O_DIRECTORY` fd of `/proc/self/fd`, the base for every reopen.
@@ -179,10 +203,16 @@ pub struct Export {
     events: Events,
     /// Most cached node descriptors per session (see `inode.rs`).
     max_node_fds: AtomicUsize,
+    /// Most open handles per session (see `handle.rs`).
+    max_handles: AtomicUsize,
+    /// Most POSIX lock owner files per session (see `locks.rs`).
+    max_lock_owners: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
     /// Set once the server stops serving this export (a reload removed or replaced it).
     retired: AtomicBool,
+    /// Whether a close on the export's filesystem can fail (see `close_reports_errors`).
+    close_errors: bool,
 }
 
 impl Export {
@@ -195,6 +225,7 @@ impl Export {
             read_only,
             ids,
             devices,
+            setid,
         } = config;
         // SAFETY: geteuid cannot fail and touches no memory.
         let euid = unsafe { libc::geteuid() };
@@ -222,25 +253,35 @@ impl Export {
         };
         let proc_fd = sys::open_path(c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ExportError::Proc(std::io::Error::from_raw_os_error(e.0)))?;
-        tracing::debug!(name, path = %path.display(), read_only, %ids, "export opened");
+        let close_errors = Export::judge_close_errors(root.as_fd());
+        tracing::debug!(name, path = %path.display(), read_only, %ids, close_errors, "export opened");
         Ok(Arc::new(Export {
             name,
             path,
             read_only,
             ids,
             devices,
+            setid,
             root,
             proc_fd,
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
             retired: AtomicBool::new(false),
+            max_handles: AtomicUsize::new(DEFAULT_HANDLES),
+            max_lock_owners: AtomicUsize::new(DEFAULT_LOCK_OWNERS),
             replayers: replay::Replayers::default(),
+            close_errors,
         }))
     }
 
     /// Whether guests may create device nodes.
     pub fn devices(&self) -> bool {
         self.devices
+    }
+
+    /// Whether guests may set set-id bits and file capabilities.
+    pub fn setid(&self) -> bool {
+        self.setid
     }
 
     /// The export's name.
@@ -282,6 +323,28 @@ impl Export {
         self.max_node_fds.store(n.max(1), Ordering::Relaxed);
     }
 
+    /// Sets how many open files and directories (handles) each new session may hold; one
+    /// more open answers EMFILE.
+    pub fn set_max_handles(&self, n: usize) {
+        self.max_handles.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many handles each new session may hold.
+    pub fn max_handles(&self) -> usize {
+        self.max_handles.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many (file, lock owner) pairs with POSIX locks each new session may have, each
+    /// a host descriptor; one more lock answers ENOLCK.
+    pub fn set_max_lock_owners(&self, n: usize) {
+        self.max_lock_owners.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many lock owners each new session may have.
+    pub fn max_lock_owners(&self) -> usize {
+        self.max_lock_owners.load(Ordering::Relaxed)
+    }
+
     /// How many node descriptors each new session keeps open.
     pub fn max_node_fds(&self) -> usize {
         self.max_node_fds.load(Ordering::Relaxed)
@@ -306,9 +369,9 @@ pub enum Response {
     OpenedData(Opened, Vec<u8>),
     /// The request failed.
     Error(Errno),
-    /// The request waits (a blocking lock that conflicts): the front door runs
-    /// [`Pending::wait`] on a thread of its own and sends what it returns, so that waiting
-    /// ties up none of the threads that serve requests.
+    /// The request waits (a blocking lock that conflicts): the front door retries it with
+    /// [`Pending::poll`] away from the threads that serve requests (or blocks in
+    /// [`Pending::wait`]) and sends what it returns.
     Pending(Pending),
 }
 
@@ -317,6 +380,15 @@ pub enum Response {
 pub struct Pending(LockWait);
 
 impl Pending {
+    /// One more try without blocking: `None` while the lock still conflicts, else the
+    /// response to send.
+    pub fn poll(&self) -> Option<Response> {
+        self.0.poll().map(|r| match r {
+            Ok(()) => Response::Reply(Reply::Empty),
+            Err(e) => Response::Error(e),
+        })
+    }
+
     /// Waits (blocking the calling thread) and returns the response to send.
     pub fn wait(self) -> Response {
         match self.0.wait() {
@@ -367,14 +439,18 @@ impl ExportSession {
     ///
     /// Panics only if the process runs out of file descriptors while duplicating the root fd
     /// or the root can no longer be stat'ed, which leaves no usable session to return.
-    pub fn new(export: Arc<Export>) -> ExportSession {
-        let root_fd = export
-            .root
-            .try_clone()
-            .expect("cannot duplicate the export root fd");
-        let st = sys::fstat(root_fd.as_fd()).expect("cannot stat the export root");
+    /// Fails, without panicking, when the process is out of descriptors: the front door
+    /// refuses that one connection and keeps serving.
+    pub fn new(export: Arc<Export>) -> Result<ExportSession, ExportError> {
+        let failed = |source: std::io::Error| ExportError::Session {
+            name: export.name.clone(),
+            source,
+        };
+        let root_fd = export.root.try_clone().map_err(failed)?;
+        let st = sys::fstat(root_fd.as_fd())
+            .map_err(|e| failed(std::io::Error::from_raw_os_error(e.0)))?;
         static NEXT_SID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        ExportSession {
+        Ok(ExportSession {
             sid: NEXT_SID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inodes: InodeTable::new(
                 root_fd,
@@ -384,11 +460,11 @@ impl ExportSession {
                     handles: true,
                 },
             ),
-            handles: HandleTable::new(),
-            locks: LockTable::default(),
+            handles: HandleTable::new(export.max_handles()),
+            locks: LockTable::new(export.max_lock_owners()),
             closed: Arc::new(AtomicBool::new(false)),
             export,
-        }
+        })
     }
 
     /// The export this session works on.
@@ -433,13 +509,27 @@ impl ExportSession {
         }
     }
 
+    /// Whether a close on this export's host filesystem can report an error (see
+    /// [`Export::close_reports_errors`]); FLUSH then closes a duplicate of the handle's
+    /// descriptor and answers its error.
+    pub fn close_reports_errors(&self) -> bool {
+        self.export.close_errors
+    }
+}
+
+impl Export {
     /// Whether the last close of a file on this export's host filesystem can report an error
     /// that its writes did not: network and FUSE filesystems (NFS, SMB, Ceph, 9p, ...)
     /// write back at close and say so there. On local filesystems a close reports nothing
     /// (the server's writes are `pwrite`s that already answered), so a front door may skip
-    /// asking the host at every close. Judged by the export root's filesystem; unknown
-    /// answers true.
+    /// asking the host at every close. Judged by the export root's filesystem when it is
+    /// opened; unknown answers true.
     pub fn close_reports_errors(&self) -> bool {
+        self.close_errors
+    }
+
+    /// [`Self::close_reports_errors`] of the filesystem holding `root`.
+    fn judge_close_errors(root: BorrowedFd<'_>) -> bool {
         const NETWORK: [i64; 13] = [
             0x6969,      // NFS
             0xFE53_4D42, // SMB2
@@ -455,12 +545,14 @@ impl ExportSession {
             0x0116_1970, // GFS2
             0x0BD0_0BD0, // Lustre
         ];
-        match sys::fs_type(self.export.root.as_fd()) {
+        match sys::fs_type(root) {
             Ok(t) => NETWORK.contains(&t),
             Err(_) => true,
         }
     }
+}
 
+impl ExportSession {
     /// Current lookup count of a node, if the session holds it (for diagnostics and tests).
     pub fn lookup_count(&self, ino: u64) -> Option<u64> {
         self.inodes.peek(ino).ok().map(|n| n.lookups())

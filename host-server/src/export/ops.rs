@@ -15,9 +15,10 @@ use ferry_protocol::{
 
 use super::ExportSession;
 use super::attr::{decode_rdev, utime};
+use super::creds::{Identity, Over};
 use super::handle::{Handle, HandleKind};
 use super::inode::{InodeData, Node};
-use super::locks::{self, LockWait};
+use super::locks::{self, LockWait, from_flock, to_flock};
 use super::sys;
 use crate::ids::{GuestGid, GuestUid};
 
@@ -76,54 +77,6 @@ pub(super) fn component(name: &[u8]) -> Result<CString, Errno> {
         return Err(Errno::EINVAL);
     }
     sys::cstring(name)
-}
-
-/// `struct flock` for an OFD lock request.
-fn to_flock(lock: &Lock) -> Result<libc::flock, Errno> {
-    let typ = match lock.typ {
-        t if t == libc::F_RDLCK => libc::F_RDLCK,
-        t if t == libc::F_WRLCK => libc::F_WRLCK,
-        t if t == libc::F_UNLCK => libc::F_UNLCK,
-        _ => return Err(Errno::EINVAL),
-    };
-    if lock.end < lock.start {
-        return Err(Errno::EINVAL);
-    }
-    let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
-    // A range reaching the largest offset means "to the end of file" (l_len == 0).
-    let len = if lock.end >= i64::MAX as u64 {
-        0
-    } else {
-        (lock.end - lock.start + 1) as i64
-    };
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = typ as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start;
-    fl.l_len = len;
-    // OFD lock requests must carry l_pid == 0.
-    fl.l_pid = 0;
-    Ok(fl)
-}
-
-/// A lock reply from a `struct flock` filled by F_OFD_GETLK. "To the end of file" is
-/// `i64::MAX` (the kernel's OFFSET_MAX: a FUSE kernel refuses a larger end with EIO). The pid
-/// is 0: the holder is an OFD (no pid) or a host process, whose pid means nothing in a guest.
-fn from_flock(fl: &libc::flock) -> Lock {
-    const OFFSET_MAX: u64 = i64::MAX as u64;
-    let start = fl.l_start.max(0) as u64;
-    let end = if fl.l_len <= 0 {
-        OFFSET_MAX
-    } else {
-        start.saturating_add(fl.l_len as u64 - 1).min(OFFSET_MAX)
-    };
-    Lock {
-        start,
-        end,
-        typ: i32::from(fl.l_type),
-        pid: 0,
-    }
 }
 
 impl ExportSession {
@@ -222,9 +175,17 @@ impl ExportSession {
     }
 
     /// Looks `name` up in directory `parent` (one more lookup of the result).
-    pub fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+    pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
+        let id = self.identity(ctx, false)?;
+        if !matches!(id, Identity::Server) {
+            // The caller must be able to search the directory; the node itself is then made
+            // as the server (reading its owner record needs no permission of the caller's).
+            self.run_as(&id, &[Over::Node(dir.fd())], || {
+                sys::fstatat_nofollow(dir.fd(), &name)
+            })?;
+        }
         self.lookup_at(&dir, &name)
     }
 
@@ -247,7 +208,7 @@ impl ExportSession {
     /// mode survives the set-id clearing of chown) and returns the new attributes.
     pub fn setattr(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         fh: Option<u64>,
         attrs: &SetAttrs,
@@ -256,18 +217,38 @@ impl ExportSession {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        if let Some(mode) = attrs.mode {
+            self.check_setid(&node, mode & 0o7777)?;
+        }
+        // As the caller, so the host checks ownership and permissions against its ids.
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            self.set_attrs(&node, handle.as_deref(), attrs)
+        })?;
+        let st = sys::fstat(node.fd())?;
+        let attr = self.attr(ino, node.fd(), &st);
+        m.changed(ino);
+        Ok(attr)
+    }
+
+    /// The changes of [`Self::setattr`], in its order.
+    fn set_attrs(
+        &self,
+        node: &Node,
+        handle: Option<&Handle>,
+        attrs: &SetAttrs,
+    ) -> Result<(), Errno> {
         if attrs.uid.is_some() || attrs.gid.is_some() {
-            self.change_owner(&node, attrs.uid, attrs.gid)?;
+            self.change_owner(node, attrs.uid, attrs.gid)?;
         }
         if let Some(mode) = attrs.mode {
             if node.is_symlink() {
                 // Linux has no permission bits on symlinks (lchmod is EOPNOTSUPP).
                 return Err(Errno::EOPNOTSUPP);
             }
-            self.change_mode(&node, mode & 0o7777)?;
+            self.change_mode(node, mode & 0o7777)?;
         }
         if let Some(size) = attrs.size {
-            match &handle {
+            match handle {
                 Some(h) => sys::ftruncate(h.file_fd()?, size)?,
                 None => {
                     if node.is_dir() {
@@ -284,16 +265,13 @@ impl ExportSession {
             }
         }
         if attrs.kill_suidgid && attrs.mode.is_none() {
-            self.kill_privs(&node)?;
+            self.kill_privs(node)?;
         }
         if attrs.atime.is_some() || attrs.mtime.is_some() {
             let times = [utime(attrs.atime), utime(attrs.mtime)];
             sys::utimens(self.proc_fd(), node.fd(), &times)?;
         }
-        let st = sys::fstat(node.fd())?;
-        let attr = self.attr(ino, node.fd(), &st);
-        m.changed(ino);
-        Ok(attr)
+        Ok(())
     }
 
     /// Target of the symlink `ino`; EINVAL for other nodes.
@@ -322,8 +300,9 @@ impl ExportSession {
         }
         let target = sys::cstring(target)?;
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
-        self.as_creator(&who, || sys::symlinkat(&target, dir.fd(), &name))?;
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
+            sys::symlinkat(&target, dir.fd(), &name)
+        })?;
         let e = self.lookup_created(ctx, &dir, &name, None)?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
@@ -362,11 +341,10 @@ impl ExportSession {
             }
             _ => return Err(Errno::EINVAL),
         };
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(kind, mode & !umask & 0o7777);
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(kind, perm);
-        self.as_creator(&who, || {
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
             sys::mknodat(dir.fd(), &name, kind | host_perm, host_rdev)
         })?;
         let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
@@ -386,11 +364,12 @@ impl ExportSession {
         let m = self.mutation();
         self.check_writable()?;
         let name = component(name)?;
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(libc::S_IFDIR, mode & !umask & 0o7777);
         let dir = self.dir_node(parent)?;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFDIR, perm);
-        self.as_creator(&who, || sys::mkdirat(dir.fd(), &name, host_perm))?;
+        self.as_creator(ctx, &[Over::Node(dir.fd())], || {
+            sys::mkdirat(dir.fd(), &name, host_perm)
+        })?;
         let e = self.lookup_created(ctx, &dir, &name, Some(perm))?;
         m.created(parent, name.to_bytes(), e.ino);
         Ok(e)
@@ -398,22 +377,23 @@ impl ExportSession {
 
     /// Removes the non-directory `name` from `parent`. Nodes of the removed object live on
     /// until the guest forgets them.
-    pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.remove(parent, name, 0)
+    pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(ctx, parent, name, 0)
     }
 
     /// Removes the empty directory `name` from `parent`.
-    pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        self.remove(parent, name, libc::AT_REMOVEDIR)
+    pub fn rmdir(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        self.remove(ctx, parent, name, libc::AT_REMOVEDIR)
     }
 
     /// `unlinkat(2)` of `name` in `parent` with `flags`.
-    fn remove(&self, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
+    fn remove(&self, ctx: &Ctx, parent: u64, name: &[u8], flags: libc::c_int) -> Result<(), Errno> {
         let m = self.mutation();
         self.check_writable()?;
         let cname = component(name)?;
         let dir = self.dir_node(parent)?;
-        sys::unlinkat(dir.fd(), &cname, flags)?;
+        let over = [Over::Node(dir.fd()), Over::StickyChild(dir.fd(), &cname)];
+        self.as_caller(ctx, &over, || sys::unlinkat(dir.fd(), &cname, flags))?;
         m.removed(parent, name);
         Ok(())
     }
@@ -422,7 +402,7 @@ impl ExportSession {
     /// RENAME_EXCHANGE (2), anything else is EINVAL.
     pub fn rename(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         parent: u64,
         name: &[u8],
         newparent: u64,
@@ -438,7 +418,15 @@ impl ExportSession {
         let cnewname = component(newname)?;
         let dir = self.dir_node(parent)?;
         let newdir = self.dir_node(newparent)?;
-        sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)?;
+        let over = [
+            Over::Node(dir.fd()),
+            Over::Node(newdir.fd()),
+            Over::StickyChild(dir.fd(), &cname),
+            Over::StickyChild(newdir.fd(), &cnewname),
+        ];
+        self.as_caller(ctx, &over, || {
+            sys::renameat2(dir.fd(), &cname, newdir.fd(), &cnewname, flags)
+        })?;
         if self.inodes.reaches_by_name() {
             // Nodes reached by name follow the rename (see `inode.rs`).
             self.moved_to(&newdir, &cnewname);
@@ -466,7 +454,7 @@ impl ExportSession {
     /// Hard-links `ino` as `newparent/newname`; the new entry has the same node id.
     pub fn link(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         newparent: u64,
         newname: &[u8],
@@ -479,19 +467,24 @@ impl ExportSession {
             return Err(Errno::EPERM);
         }
         let newdir = self.dir_node(newparent)?;
-        sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname)?;
+        self.as_caller(
+            ctx,
+            &[Over::Node(newdir.fd()), Over::Node(node.fd())],
+            || sys::link_fd(self.proc_fd(), node.fd(), newdir.fd(), &newname),
+        )?;
         let e = self.lookup_at(&newdir, &newname)?;
         m.created(newparent, newname.to_bytes(), e.ino);
         Ok(e)
     }
 
     /// Opens the file `ino` by re-opening its node fd through `/proc/self/fd`.
-    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
+    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Result<Opened, Errno> {
         // Only a truncating open changes the file.
         let m = (flags & libc::O_TRUNC != 0).then(|| self.mutation());
         if self.export.read_only && opens_for_writing(flags) {
             return Err(Errno::EROFS);
         }
+        self.handles.room()?;
         let node = self.inodes.get(ino)?;
         let mut host_flags = flags & OPEN_FLAGS_KEPT;
         if node.is_symlink() {
@@ -510,7 +503,9 @@ impl ExportSession {
             ferry_common::warn_limited!(ino, "refused to open a special file on the host");
             return Err(Errno::EPERM);
         }
-        let fd = sys::reopen(self.proc_fd(), node.fd(), host_flags)?;
+        let fd = self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::reopen(self.proc_fd(), node.fd(), host_flags)
+        })?;
         let fh = self
             .handles
             .insert(Handle::new(fd, HandleKind::File).pinning(node.pin()));
@@ -572,16 +567,18 @@ impl ExportSession {
     ) -> Result<Created, Errno> {
         let m = self.mutation();
         self.check_writable()?;
+        self.handles.room()?;
         let name = component(name)?;
         let dir = self.dir_node(parent)?;
-        let perm = mode & !umask & 0o7777;
+        let perm = self.creatable(libc::S_IFREG, mode & !umask & 0o7777);
         let host_flags = flags & OPEN_FLAGS_KEPT;
         let exclusive = flags & libc::O_EXCL != 0;
-        let who = self.create_as(ctx)?;
         let host_perm = self.host_perm(libc::S_IFREG, perm);
         // As the caller (in modes that create as the caller), so the host also checks the
         // parent directory, and an existing file's open, against the caller's own ids.
-        let (path, data, created) = self.as_creator(&who, || {
+        // Guest root's powers in map mode must also hold over a file that is already there.
+        let over = [Over::Node(dir.fd()), Over::Child(dir.fd(), &name)];
+        let (path, data, created) = self.as_creator(ctx, &over, || {
             self.create_or_open(&dir, &name, host_flags, host_perm, exclusive)
         })?;
         let mut st = sys::fstat(path.as_fd())?;
@@ -679,42 +676,17 @@ impl ExportSession {
         Ok(n as u32)
     }
 
-    /// Clears the set-user-ID bit of regular file `ino`, and its set-group-ID bit when it is
-    /// group-executable, as Linux does when a caller without CAP_FSETID writes to, truncates
-    /// or chowns a file. A guest kernel that negotiated FUSE_HANDLE_KILLPRIV_V2 leaves this to
-    /// the server and says when (the server itself writes with CAP_FSETID, so the host
-    /// kernel would keep the bits; it does drop `security.capability` on every write).
-    pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
-        let m = self.mutation();
-        self.check_writable()?;
-        self.kill_privs(&self.inodes.get(ino)?)?;
-        m.changed(ino);
-        Ok(())
-    }
-
-    /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
-    fn kill_privs(&self, node: &Node) -> Result<bool, Errno> {
-        if !node.is_file() {
-            return Ok(false);
-        }
-        let st = sys::fstat(node.fd())?;
-        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
-        let mut kill = libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            kill |= libc::S_ISGID;
-        }
-        if mode & kill == 0 {
-            return Ok(false);
-        }
-        self.change_mode(node, mode & !kill)?;
-        Ok(true)
-    }
-
     /// A `close(2)` in the guest by lock owner `lock_owner`: POSIX says every lock that owner
-    /// holds on the file goes. The handle itself stays open until `release`.
+    /// holds on the file goes. The handle itself stays open until `release`. On a filesystem
+    /// whose close can fail ([`ExportSession::close_reports_errors`]: NFS, SMB, FUSE, ...) a
+    /// duplicate of the handle's descriptor is closed and its error answered, as virtiofsd
+    /// does, so the guest's `close` learns of a write-back that failed.
     pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> Result<(), Errno> {
-        self.file_handle(fh)?;
+        let h = self.file_handle(fh)?;
         self.locks.drop_owner(ino, lock_owner);
+        if self.close_reports_errors() {
+            sys::close_dup(h.file_fd()?)?;
+        }
         Ok(())
     }
 
@@ -760,17 +732,20 @@ impl ExportSession {
     }
 
     /// `access(2)` check of `ino` with `mask`; write access to a read-only export is EROFS.
-    pub fn access(&self, _ctx: &Ctx, ino: u64, mask: i32) -> Result<(), Errno> {
+    pub fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> Result<(), Errno> {
         let node = self.inodes.get(ino)?;
         if mask & libc::W_OK != 0 && self.export.read_only {
             return Err(Errno::EROFS);
         }
-        sys::access(self.proc_fd(), node.fd(), mask)
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::access(self.proc_fd(), node.fd(), mask)
+        })
     }
 
     /// `fallocate(2)` on a file handle.
     pub fn fallocate(
         &self,
+        ctx: &Ctx,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -780,7 +755,10 @@ impl ExportSession {
         let m = self.mutation();
         self.check_writable()?;
         let h = self.file_handle(fh)?;
-        sys::fallocate(h.file_fd()?, mode, offset, length)?;
+        let fd = h.file_fd()?;
+        self.as_caller(ctx, &[Over::Node(fd)], || {
+            sys::fallocate(fd, mode, offset, length)
+        })?;
         m.changed(ino);
         Ok(())
     }
@@ -799,20 +777,16 @@ impl ExportSession {
 
     /// Server-side copy between two file handles at explicit offsets; may copy less than
     /// asked (at most 1 GiB per request).
-    pub fn copy_file_range(&self, req: &CopyFileRange) -> Result<u32, Errno> {
+    pub fn copy_file_range(&self, ctx: &Ctx, req: &CopyFileRange) -> Result<u32, Errno> {
         let m = self.mutation();
         self.check_writable()?;
         let h_in = self.file_handle(req.fh_in)?;
         let h_out = self.file_handle(req.fh_out)?;
         let len = req.len.min(MAX_COPY) as usize;
-        let n = sys::copy_file_range(
-            h_in.file_fd()?,
-            req.offset_in,
-            h_out.file_fd()?,
-            req.offset_out,
-            len,
-            req.flags,
-        )?;
+        let (fd_in, fd_out) = (h_in.file_fd()?, h_out.file_fd()?);
+        let n = self.as_caller(ctx, &[Over::Node(fd_out)], || {
+            sys::copy_file_range(fd_in, req.offset_in, fd_out, req.offset_out, len, req.flags)
+        })?;
         m.changed(req.ino_out);
         Ok(n as u32)
     }
@@ -931,35 +905,5 @@ mod tests {
         }
         assert!(component(b"...").is_ok());
         assert!(component(b".hidden").is_ok());
-    }
-
-    #[test]
-    fn lock_ranges_convert_both_ways() {
-        let l = Lock {
-            start: 10,
-            end: 19,
-            typ: libc::F_WRLCK,
-            pid: 0,
-        };
-        let fl = to_flock(&l).unwrap();
-        assert_eq!((fl.l_start, fl.l_len), (10, 10));
-        assert_eq!(from_flock(&fl).end, 19);
-        let whole = Lock {
-            start: 0,
-            end: u64::MAX,
-            typ: libc::F_RDLCK,
-            pid: 0,
-        };
-        let fl = to_flock(&whole).unwrap();
-        assert_eq!(fl.l_len, 0);
-        assert_eq!(from_flock(&fl).end, i64::MAX as u64);
-        let bad = Lock {
-            start: 5,
-            end: 1,
-            ..whole
-        };
-        assert_eq!(to_flock(&bad).unwrap_err(), Errno::EINVAL);
-        let bad_type = Lock { typ: 99, ..whole };
-        assert_eq!(to_flock(&bad_type).unwrap_err(), Errno::EINVAL);
     }
 }

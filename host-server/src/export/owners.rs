@@ -1,5 +1,7 @@
-//! Owners as the guest sees them: id translation and the persisted-owner xattr. Creating as
-//! the caller is `creds.rs`'s.
+//! Owners and modes as the guest sees them: id translation, the persisted-owner xattr, and
+//! the set-id rules (a guest gives set-id bits only on an export with `setid=on`; writes by an
+//! unprivileged guest process clear them, `kill_suidgid`). Creating as the caller is
+//! `creds.rs`'s.
 //!
 //! # The persisted owner
 //!
@@ -26,6 +28,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_protocol::{Attr, Ctx, Errno};
 
@@ -83,6 +86,17 @@ impl Record {
     }
 }
 
+/// The set-id bits a guest may not give an object of type `kind` (`S_IFMT` bits) on an export
+/// without `setid=on`: both on files, set-user-ID on directories (a set-group-ID directory only
+/// passes its group on, which is no privilege).
+fn setid_bits(kind: u32) -> u32 {
+    if kind == libc::S_IFDIR {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
+    }
+}
+
 /// Whether the host lets objects of this type (`st_mode`) carry `user.*` xattrs.
 fn can_record(mode: u32) -> bool {
     matches!(mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
@@ -91,17 +105,6 @@ fn can_record(mode: u32) -> bool {
 /// Whether an xattr name is the server's (hidden from the guest).
 pub(crate) fn is_reserved_xattr(name: &[u8]) -> bool {
     name.starts_with(RESERVED_XATTR_PREFIX)
-}
-
-/// Removes the server's names from a NUL-separated xattr name list.
-pub(crate) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(list.len());
-    for name in list.split_inclusive(|&b| b == 0) {
-        if !is_reserved_xattr(name) {
-            out.extend_from_slice(name);
-        }
-    }
-    out
 }
 
 /// Logs once that the host filesystem refuses user xattrs.
@@ -125,9 +128,40 @@ impl ExportSession {
         self.export.ids.persist_owners
     }
 
-    /// Reads the persisted owner of a node (`path` is its `/proc/self/fd` path).
+    /// Whether a record on a host object owned by `st`'s uid could have been written by this
+    /// server: the object must be owned by the identity the server writes and creates as for
+    /// this export (its own uid; in map mode also any mapped uid, as which it creates for the
+    /// guest's users). Anything else was written by another host user, who must not choose
+    /// what guests see (say, a set-user-ID file owned by root).
+    fn trusts_record_on(&self, st: &libc::stat) -> bool {
+        if st.st_uid == super::creds::server_uid() {
+            return true;
+        }
+        match self.mode() {
+            IdMode::Map(m) => m.uid_to_guest(HostUid(st.st_uid)).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Reads the persisted owner of a node (`path` is its `/proc/self/fd` path). A record on
+    /// an object the server could not have written it on is ignored.
     fn read_record(&self, path: &CStr, st: &libc::stat) -> Option<Record> {
         if !self.persist() || !can_record(st.st_mode) {
+            return None;
+        }
+        if !self.trusts_record_on(st) {
+            // Said once, when such a record is first met (until then each untrusted file costs
+            // the one getxattr that reading its record cost before).
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            if !LOGGED.load(Ordering::Relaxed)
+                && sys::getxattr(path, OWNER_XATTR, &mut []).is_ok()
+                && !LOGGED.swap(true, Ordering::Relaxed)
+            {
+                tracing::debug!(
+                    owner = st.st_uid,
+                    "ignored a kept owner on a file owned by another host user (logged once)"
+                );
+            }
             return None;
         }
         let mut buf = [0u8; 64];
@@ -185,6 +219,10 @@ impl ExportSession {
         let needed =
             record.uid != plain.uid || record.gid != plain.gid || record.mode != st.st_mode;
         let result = if needed {
+            if !self.trusts_record_on(st) {
+                // It would be ignored when read back (see `trusts_record_on`).
+                return Err(Errno::EPERM);
+            }
             sys::setxattr(&path, OWNER_XATTR, record.encode().as_bytes(), 0)
         } else {
             match sys::removexattr(&path, OWNER_XATTR) {
@@ -259,6 +297,64 @@ impl ExportSession {
             tracing::debug!(error = ?e, "could not record the creator of a new file");
         }
         *st
+    }
+
+    /// The permission bits a new object of type `kind` gets for `perm`: without `setid=on`, the
+    /// set-id bits a guest may not give are dropped (the object is made without them).
+    pub(super) fn creatable(&self, kind: u32, perm: u32) -> u32 {
+        if self.export.setid() {
+            perm
+        } else {
+            perm & !setid_bits(kind)
+        }
+    }
+
+    /// Refuses (EPERM) a chmod of `node` to `mode` that adds set-id bits, without `setid=on`.
+    pub(super) fn check_setid(&self, node: &Node, mode: u32) -> Result<(), Errno> {
+        if self.export.setid() {
+            return Ok(());
+        }
+        let st = sys::fstat(node.fd())?;
+        let now = self.attr(node.id, node.fd(), &st).mode;
+        if mode & !now & setid_bits(st.st_mode & libc::S_IFMT) != 0 {
+            tracing::info!(
+                export = self.export.name(),
+                "refused a chmod adding set-id bits (allow with the export option :setid=on)"
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Clears the set-user-ID bit of regular file `ino`, and its set-group-ID bit when it is
+    /// group-executable, as Linux does when a caller without CAP_FSETID writes to, truncates
+    /// or chowns a file. A guest kernel that negotiated FUSE_HANDLE_KILLPRIV_V2 leaves this to
+    /// the server and says when (the server itself writes with CAP_FSETID, so the host
+    /// kernel would keep the bits; it does drop `security.capability` on every write).
+    pub fn kill_suidgid(&self, ino: u64) -> Result<(), Errno> {
+        let m = self.mutation();
+        self.check_writable()?;
+        self.kill_privs(&self.inodes.get(ino)?)?;
+        m.changed(ino);
+        Ok(())
+    }
+
+    /// [`Self::kill_suidgid`] of `node`; true when a bit was cleared.
+    pub(super) fn kill_privs(&self, node: &Node) -> Result<bool, Errno> {
+        if !node.is_file() {
+            return Ok(false);
+        }
+        let st = sys::fstat(node.fd())?;
+        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if mode & kill == 0 {
+            return Ok(false);
+        }
+        self.change_mode(node, mode & !kill)?;
+        Ok(true)
     }
 
     /// `chown`/`chgrp` from the guest.
@@ -403,14 +499,10 @@ mod tests {
     }
 
     #[test]
-    fn reserved_names_are_filtered_from_lists() {
+    fn reserved_names_are_the_servers() {
         assert!(is_reserved_xattr(b"user.ferry.owner"));
         assert!(is_reserved_xattr(b"user.ferry.anything"));
         assert!(!is_reserved_xattr(b"user.ferryman"));
         assert!(!is_reserved_xattr(b"user.owner"));
-        let list = b"user.a\0user.ferry.owner\0security.selinux\0user.ferry.x\0";
-        assert_eq!(filter_xattr_list(list), b"user.a\0security.selinux\0");
-        assert_eq!(filter_xattr_list(b""), b"");
-        assert_eq!(filter_xattr_list(b"user.ferry.owner\0"), b"");
     }
 }

@@ -93,14 +93,30 @@ pub(crate) struct Replayers {
     count: AtomicUsize,
 }
 
+/// Replay threads, and link numbers, one session may register: an agent uses a handful of
+/// threads and one link; a guest sending more gets ENOSPC instead of growing the tables.
+pub(crate) const MAX_REPLAY_THREADS: usize = 256;
+
 impl Replayers {
-    fn set(&self, sid: u64, tid: u32, link: u64, state: ReplayThread) {
+    fn set(&self, sid: u64, tid: u32, link: u64, state: ReplayThread) -> Result<(), Errno> {
         let mut map = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        let full = (!map.contains_key(&(sid, tid))
+            && map.keys().filter(|(s, _)| *s == sid).count() >= MAX_REPLAY_THREADS)
+            || (!nonces.contains_key(&link)
+                && nonces.values().filter(|s| **s == sid).count() >= MAX_REPLAY_THREADS);
+        if full {
+            tracing::warn!(
+                sid,
+                limit = MAX_REPLAY_THREADS,
+                "a guest registers too many replay threads or links; answering ENOSPC"
+            );
+            return Err(Errno::ENOSPC);
+        }
         map.insert((sid, tid), state);
         self.count.store(map.len(), Ordering::Release);
-        drop(map);
-        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
         nonces.insert(link, sid);
+        Ok(())
     }
 
     /// The state of thread `pid` of the guest whose replaying session `sid` is linked to.
@@ -212,7 +228,7 @@ impl ExportSession {
             }
         };
         tracing::debug!(tid, ?state, "replay thread");
-        self.export.replayers.set(self.sid, tid, link, state);
+        self.export.replayers.set(self.sid, tid, link, state)?;
         if self.export.replayers.is_linked_to(self.sid) {
             Ok(())
         } else {
@@ -337,6 +353,7 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap()
     }
@@ -360,13 +377,34 @@ mod tests {
     }
 
     #[test]
+    fn replay_threads_and_links_are_capped_per_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = export(dir.path());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        for tid in 1..=MAX_REPLAY_THREADS as i32 {
+            assert_eq!(agent.replay(tid, LINK, None), Err(Errno::ENXIO), "{tid}");
+        }
+        let over = MAX_REPLAY_THREADS as i32 + 1;
+        assert_eq!(agent.replay(over, LINK, None), Err(Errno::ENOSPC));
+        // A thread already registered may go on; new link numbers are capped too.
+        assert_eq!(agent.replay(1, LINK, None), Err(Errno::ENXIO));
+        for link in 0..MAX_REPLAY_THREADS as u64 {
+            let _ = agent.replay(1, LINK + 1 + link, None);
+        }
+        assert_eq!(agent.replay(1, LINK + 10_000, None), Err(Errno::ENOSPC));
+        // Another session has its own allowance.
+        let other = ExportSession::new(ex.clone()).unwrap();
+        assert_eq!(other.replay(over, 99, None), Err(Errno::ENXIO));
+    }
+
+    #[test]
     fn a_registered_thread_names_its_change_in_another_session() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
         std::fs::write(dir.path().join("d/e/new"), b"").unwrap();
         let ex = export(dir.path());
-        let agent = ExportSession::new(ex.clone());
-        let vfs = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(vfs.replayer(42), None, "nobody registered");
 
         let renamed = change(ChangeKind::Renamed, "d/e/old", "new");
@@ -390,8 +428,8 @@ mod tests {
         assert_eq!(vfs.replayer(43), None, "another thread");
         assert_eq!(vfs.replayer(0), None, "pid 0: the kernel's own requests");
         // Another guest: its own thread 42, its own session; neither sees the other's.
-        let other_agent = ExportSession::new(ex.clone());
-        let other_vfs = ExportSession::new(ex.clone());
+        let other_agent = ExportSession::new(ex.clone()).unwrap();
+        let other_vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(other_vfs.replayer(42), None, "another guest's thread 42");
         assert_eq!(other_agent.replay(42, 7, None), Err(Errno::ENXIO));
         assert!(other_vfs.link_replayer(link_name(7).as_bytes()));
@@ -437,7 +475,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         let ex = export(dir.path());
         let watch = |replays: bool| {
-            let s = Arc::new(ExportSession::new(ex.clone()));
+            let s = Arc::new(ExportSession::new(ex.clone()).unwrap());
             if replays {
                 // Nobody links to it here: ENXIO, but it is registered.
                 assert_eq!(s.replay(99, LINK, None), Err(Errno::ENXIO));
@@ -506,14 +544,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let ex = export(dir.path());
-        let agent = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
         let a = agent.lookup(&Ctx::default(), ROOT_ID, b"a").unwrap().ino;
         // The directory moved on the host: the node still names it.
         std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
         let mut c = change(ChangeKind::Removed, "a/f", "");
         c.parent = a;
         assert_eq!(agent.replay(7, LINK, Some(&c)), Err(Errno::ENXIO));
-        let vfs = ExportSession::new(ex.clone());
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let r = vfs.replayer(7).unwrap();
         let b = vfs.lookup(&Ctx::default(), ROOT_ID, b"b").unwrap().ino;
@@ -551,8 +589,8 @@ mod tests {
         std::fs::write(p.join("new"), b"").unwrap();
         std::fs::write(p.join("moved"), b"").unwrap();
         let ex = export(p);
-        let agent = ExportSession::new(ex.clone());
-        let vfs = ExportSession::new(ex.clone());
+        let agent = ExportSession::new(ex.clone()).unwrap();
+        let vfs = ExportSession::new(ex.clone()).unwrap();
         assert_eq!(agent.replay(5, LINK, None), Err(Errno::ENXIO));
         assert!(vfs.link_replayer(link_name(LINK).as_bytes()));
         let host = |c: &Change, name: &[u8]| {

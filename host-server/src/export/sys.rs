@@ -459,11 +459,13 @@ pub(crate) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// `faccessat` through the `/proc/self/fd` entry of `fd`.
+/// `faccessat` through the `/proc/self/fd` entry of `fd`, checked against the thread's
+/// effective ids (`AT_EACCESS`), which a request switches to the caller's.
 pub(crate) fn access(proc_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, mask: i32) -> Result<(), Errno> {
     let name = fd_name(fd);
     // SAFETY: `name` is valid and NUL-terminated for the duration of the call.
-    check(unsafe { libc::faccessat(proc_fd.as_raw_fd(), name.as_ptr(), mask, 0) }).map(drop)
+    check(unsafe { libc::faccessat(proc_fd.as_raw_fd(), name.as_ptr(), mask, libc::AT_EACCESS) })
+        .map(drop)
 }
 
 /// `getxattr(path, name)`; an empty `buf` asks for the size.
@@ -667,6 +669,21 @@ pub(crate) fn open_by_handle(
             flags | libc::O_CLOEXEC,
         )
     })
+}
+
+/// Closes a duplicate of `fd` and returns what that close reports: the error a filesystem
+/// that writes back at close (NFS, SMB, FUSE) gives the last close of a description it could
+/// not write. EINTR counts as success: the descriptor is gone either way.
+pub(crate) fn close_dup(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: duplicating a valid descriptor; the duplicate is closed below and used by
+    // nothing else.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    check(dup)?;
+    // SAFETY: `dup` is a descriptor this function owns; it is closed exactly once.
+    match check(unsafe { libc::close(dup) }) {
+        Err(Errno::EINTR) => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 /// The filesystem type (`f_type` of fstatfs) of the object behind `fd`.

@@ -1,6 +1,7 @@
 //! Tests driving [`ExportSession`] directly on temporary directories. They run as root.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::sync::Arc;
@@ -27,13 +28,14 @@ fn export(dir: &Path, read_only: bool) -> Arc<Export> {
         read_only,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .expect("open export")
 }
 
 fn setup() -> (TempDir, ExportSession) {
     let dir = tempfile::tempdir().unwrap();
-    let s = ExportSession::new(export(dir.path(), false));
+    let s = ExportSession::new(export(dir.path(), false)).unwrap();
     (dir, s)
 }
 
@@ -70,6 +72,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotFound { .. }));
@@ -82,6 +85,7 @@ fn open_reports_bad_paths_clearly() {
         read_only: false,
         ids: crate::ids::IdPolicy::passthrough(),
         devices: false,
+        setid: false,
     })
     .unwrap_err();
     assert!(matches!(err, ExportError::NotADirectory { .. }));
@@ -523,15 +527,15 @@ fn setattr_size_mode_times() {
             f.ino,
             None,
             &SetAttrs {
-                mode: Some(libc::S_IFREG | 0o4751),
+                mode: Some(libc::S_IFREG | 0o1751),
                 ..Default::default()
             },
         )
         .unwrap();
-    assert_eq!(a.mode, libc::S_IFREG | 0o4751);
+    assert_eq!(a.mode, libc::S_IFREG | 0o1751);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
-        0o4751
+        0o1751
     );
     let t = Timespec {
         sec: 1_000_000_000,
@@ -630,45 +634,45 @@ fn xattrs() {
         Errno::EEXIST
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 0).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.color", 0).unwrap(),
         XattrReply::Size(4)
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 100).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.color", 100).unwrap(),
         XattrReply::Data(b"blue".to_vec())
     );
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 2).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.color", 2).unwrap_err(),
         Errno::ERANGE
     );
     s.setxattr(&CTX, f.ino, b"user.other", b"", 0).unwrap();
-    let XattrReply::Size(n) = s.listxattr(f.ino, 0).unwrap() else {
+    let XattrReply::Size(n) = s.listxattr(&CTX, f.ino, 0).unwrap() else {
         panic!("size expected");
     };
-    let XattrReply::Data(list) = s.listxattr(f.ino, n).unwrap() else {
+    let XattrReply::Data(list) = s.listxattr(&CTX, f.ino, n).unwrap() else {
         panic!("data expected");
     };
     let names: BTreeSet<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
     assert!(names.contains(&b"user.color"[..]) && names.contains(&b"user.other"[..]));
-    assert_eq!(s.listxattr(f.ino, 1).unwrap_err(), Errno::ERANGE);
+    assert_eq!(s.listxattr(&CTX, f.ino, 1).unwrap_err(), Errno::ERANGE);
     s.removexattr(&CTX, f.ino, b"user.color").unwrap();
     assert_eq!(
-        s.getxattr(f.ino, b"user.color", 0).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.color", 0).unwrap_err(),
         Errno::ENODATA
     );
     assert_eq!(
         s.removexattr(&CTX, f.ino, b"user.color").unwrap_err(),
         Errno::ENODATA
     );
-    assert_eq!(s.getxattr(f.ino, b"", 0).unwrap_err(), Errno::EINVAL);
+    assert_eq!(s.getxattr(&CTX, f.ino, b"", 0).unwrap_err(), Errno::EINVAL);
     assert_eq!(
-        s.getxattr(f.ino, b"user.a\0b", 0).unwrap_err(),
+        s.getxattr(&CTX, f.ino, b"user.a\0b", 0).unwrap_err(),
         Errno::EINVAL
     );
     // Directories have xattrs too.
     s.setxattr(&CTX, ROOT_ID, b"user.d", b"1", 0).unwrap();
     assert_eq!(
-        s.getxattr(ROOT_ID, b"user.d", 10).unwrap(),
+        s.getxattr(&CTX, ROOT_ID, b"user.d", 10).unwrap(),
         XattrReply::Data(b"1".to_vec())
     );
 }
@@ -732,7 +736,7 @@ fn symlinks_are_never_followed_on_the_host() {
             .unwrap_err(),
             Errno::EINVAL
         );
-        assert!(s.getxattr(e.ino, b"user.secret", 10).is_err());
+        assert!(s.getxattr(&CTX, e.ino, b"user.secret", 10).is_err());
     }
     let leak = s.lookup(&CTX, ROOT_ID, b"leak").unwrap();
     assert_eq!(
@@ -740,7 +744,7 @@ fn symlinks_are_never_followed_on_the_host() {
         secret.as_os_str().as_encoded_bytes()
     );
     assert_eq!(
-        s.getxattr(leak.ino, b"user.secret", 10).unwrap_err(),
+        s.getxattr(&CTX, leak.ino, b"user.secret", 10).unwrap_err(),
         Errno::ENODATA,
         "xattrs of the symlink, not of its target"
     );
@@ -847,7 +851,10 @@ fn forged_ids_and_handles_are_errors() {
     );
     assert_eq!(s.readlink(bogus).unwrap_err(), Errno::ESTALE);
     assert_eq!(s.statfs(bogus).unwrap_err(), Errno::ESTALE);
-    assert_eq!(s.getxattr(bogus, b"user.x", 0).unwrap_err(), Errno::ESTALE);
+    assert_eq!(
+        s.getxattr(&CTX, bogus, b"user.x", 0).unwrap_err(),
+        Errno::ESTALE
+    );
     assert_eq!(
         s.link(&CTX, bogus, ROOT_ID, b"l").unwrap_err(),
         Errno::ESTALE
@@ -940,13 +947,13 @@ fn read_only_export_refuses_mutations() {
     };
     let before = snapshot(dir.path());
 
-    let rw = ExportSession::new(export(dir.path(), false));
+    let rw = ExportSession::new(export(dir.path(), false)).unwrap();
     let rw_f = rw.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let rw_h = rw.open(&CTX, rw_f.ino, libc::O_RDWR).unwrap().fh;
     rw.setxattr(&CTX, rw_f.ino, b"user.keep", b"v", 0).unwrap();
     let before_x = snapshot(dir.path());
 
-    let s = ExportSession::new(export(dir.path(), true));
+    let s = ExportSession::new(export(dir.path(), true)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let d = s.lookup(&CTX, ROOT_ID, b"d").unwrap();
     let fh = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
@@ -1002,18 +1009,21 @@ fn read_only_export_refuses_mutations() {
     assert_eq!(s.write(f.ino, rw_h, 0, b"x").map(drop), rofs);
     assert_eq!(s.setxattr(&CTX, f.ino, b"user.x", b"v", 0), rofs);
     assert_eq!(s.removexattr(&CTX, f.ino, b"user.keep"), rofs);
-    assert_eq!(s.fallocate(f.ino, fh, 0, 4096, 0), rofs);
+    assert_eq!(s.fallocate(&CTX, f.ino, fh, 0, 4096, 0), rofs);
     assert_eq!(
-        s.copy_file_range(&CopyFileRange {
-            ino_in: f.ino,
-            fh_in: fh,
-            offset_in: 0,
-            ino_out: f.ino,
-            fh_out: fh,
-            offset_out: 100,
-            len: 5,
-            flags: 0,
-        })
+        s.copy_file_range(
+            &CTX,
+            &CopyFileRange {
+                ino_in: f.ino,
+                fh_in: fh,
+                offset_in: 0,
+                ino_out: f.ino,
+                fh_out: fh,
+                offset_out: 100,
+                len: 5,
+                flags: 0,
+            }
+        )
         .map(drop),
         rofs
     );
@@ -1031,7 +1041,7 @@ fn read_only_export_refuses_mutations() {
     s.flock(f.ino, fh, 1, libc::LOCK_SH | libc::LOCK_NB)
         .unwrap();
     assert_eq!(
-        s.getxattr(f.ino, b"user.keep", 10).unwrap(),
+        s.getxattr(&CTX, f.ino, b"user.keep", 10).unwrap(),
         XattrReply::Data(b"v".to_vec())
     );
     let o = s.opendir(&CTX, ROOT_ID, 0).unwrap();
@@ -1078,15 +1088,16 @@ fn sparse_files_seek_data_and_hole() {
 fn fallocate_extends_and_punches() {
     let (_dir, s) = setup();
     let (f, fh) = create_file(&s, ROOT_ID, "f", b"");
-    s.fallocate(f.ino, fh, 0, 65536, 0).unwrap();
+    s.fallocate(&CTX, f.ino, fh, 0, 65536, 0).unwrap();
     let a = s.getattr(f.ino, None).unwrap();
     assert_eq!(a.size, 65536);
     assert!(a.blocks * 512 >= 65536);
-    s.fallocate(f.ino, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+    s.fallocate(&CTX, f.ino, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
         .unwrap();
     assert_eq!(s.getattr(f.ino, None).unwrap().size, 65536);
     s.write(f.ino, fh, 0, &[1u8; 8192]).unwrap();
     s.fallocate(
+        &CTX,
         f.ino,
         fh,
         0,
@@ -1105,16 +1116,19 @@ fn copy_file_range_copies_between_handles() {
     let (a, ha) = create_file(&s, ROOT_ID, "a", b"0123456789");
     let (b, hb) = create_file(&s, ROOT_ID, "b", b"..........");
     let n = s
-        .copy_file_range(&CopyFileRange {
-            ino_in: a.ino,
-            fh_in: ha,
-            offset_in: 2,
-            ino_out: b.ino,
-            fh_out: hb,
-            offset_out: 5,
-            len: 4,
-            flags: 0,
-        })
+        .copy_file_range(
+            &CTX,
+            &CopyFileRange {
+                ino_in: a.ino,
+                fh_in: ha,
+                offset_in: 2,
+                ino_out: b.ino,
+                fh_out: hb,
+                offset_out: 5,
+                len: 4,
+                flags: 0,
+            },
+        )
         .unwrap();
     assert_eq!(n, 4);
     assert_eq!(s.read(b.ino, hb, 0, 100).unwrap(), b".....2345.");
@@ -1148,8 +1162,8 @@ fn two_sessions_on_one_file() -> (tempfile::TempDir, OpenFile, OpenFile) {
         let fh = s.open(&CTX, ino, libc::O_RDWR).unwrap().fh;
         (s, ino, fh)
     };
-    let a = open(ExportSession::new(Arc::clone(&e)));
-    let b = open(ExportSession::new(e));
+    let a = open(ExportSession::new(Arc::clone(&e)).unwrap());
+    let b = open(ExportSession::new(e).unwrap());
     (dir, a, b)
 }
 
@@ -1352,7 +1366,7 @@ fn concurrent_lookups_and_forgets_stay_consistent() {
 fn posix_lock_owners_merge_flush_and_release() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"lockme").unwrap();
-    let s = ExportSession::new(export(dir.path(), false));
+    let s = ExportSession::new(export(dir.path(), false)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let h1 = s.open(&CTX, f.ino, libc::O_RDWR).unwrap().fh;
     let h2 = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
@@ -1466,7 +1480,7 @@ fn a_conflicting_blocking_lock_is_answered_later() {
 fn read_only_exports_refuse_exclusive_locks() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), b"x").unwrap();
-    let s = ExportSession::new(export(dir.path(), true));
+    let s = ExportSession::new(export(dir.path(), true)).unwrap();
     let f = s.lookup(&CTX, ROOT_ID, b"f").unwrap();
     let fh = s.open(&CTX, f.ino, libc::O_RDONLY).unwrap().fh;
     let wr = Lock {
@@ -1496,7 +1510,7 @@ fn operations_on_evicted_nodes_reopen_them_and_the_cache_stays_within_its_cap() 
     let dir = tempfile::tempdir().unwrap();
     let ex = export(dir.path(), false);
     ex.set_max_node_fds(3);
-    let s = ExportSession::new(ex);
+    let s = ExportSession::new(ex).unwrap();
     let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0o022).unwrap();
     let mut files = Vec::new();
     for i in 0..40 {
@@ -1564,7 +1578,7 @@ fn typed_mutations_record_their_own_echoes() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("read"), b"r").unwrap();
-    let s = Arc::new(ExportSession::new(export(p, false)));
+    let s = Arc::new(ExportSession::new(export(p, false)).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     s.watch(Arc::new(move |c| {
@@ -1586,7 +1600,7 @@ fn typed_mutations_record_their_own_echoes() {
     .unwrap();
     s.setxattr(&CTX, f.ino, b"user.k", b"v", 0).unwrap();
     s.removexattr(&CTX, f.ino, b"user.k").unwrap();
-    s.fallocate(f.ino, fh, 0, 8192, 0).unwrap();
+    s.fallocate(&CTX, f.ino, fh, 0, 8192, 0).unwrap();
     s.release(f.ino, fh).unwrap();
     let t = s.open(&CTX, f.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
     s.release(f.ino, t.fh).unwrap();
@@ -1626,4 +1640,67 @@ fn typed_mutations_record_their_own_echoes() {
         paths.iter().all(|p| p == "read"),
         "the session's own changes came back: {paths:?}"
     );
+}
+
+/// Without `setid=on` a guest gives no set-id bits to files (nor set-user-ID to directories)
+/// and writes no xattr outside `user.*` and POSIX ACLs; the host's other names are invisible.
+#[test]
+fn set_id_bits_and_host_xattr_namespaces_are_refused() {
+    let (dir, s) = setup();
+    let (f, fh) = create_file(&s, ROOT_ID, "f", b"");
+    s.release(f.ino, fh).unwrap();
+    let chmod = |ino, mode| {
+        let attrs = SetAttrs {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        s.setattr(&CTX, ino, None, &attrs).map(|a| a.mode & 0o7777)
+    };
+    assert_eq!(chmod(f.ino, 0o4755), Err(Errno::EPERM));
+    assert_eq!(chmod(f.ino, 0o2755), Err(Errno::EPERM));
+    assert_eq!(chmod(f.ino, 0o755), Ok(0o755));
+    let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o6777, 0).unwrap();
+    assert_eq!(d.attr.mode & 0o7000, 0, "made without set-id bits");
+    assert_eq!(
+        chmod(d.ino, 0o2775),
+        Ok(0o2775),
+        "set-group-ID directories are fine"
+    );
+    assert_eq!(chmod(d.ino, 0o4775), Err(Errno::EPERM));
+    let c = s
+        .create(&CTX, ROOT_ID, b"g", 0o6755, 0, libc::O_WRONLY)
+        .unwrap();
+    assert_eq!(c.entry.attr.mode & 0o7777, 0o755);
+    let n = s
+        .mknod(&CTX, ROOT_ID, b"h", libc::S_IFREG | 0o4700, 0, 0)
+        .unwrap();
+    assert_eq!(n.attr.mode & 0o7777, 0o700);
+
+    for name in [
+        &b"security.capability"[..],
+        b"security.selinux",
+        b"trusted.overlay.opaque",
+        b"system.nfs4_acl",
+        b"user.ferry.owner",
+    ] {
+        assert_eq!(
+            s.setxattr(&CTX, f.ino, name, b"x", 0),
+            Err(Errno::EPERM),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+        assert_eq!(s.removexattr(&CTX, f.ino, name), Err(Errno::EPERM));
+    }
+    // A name the host set is absent for the guest.
+    let path = sys::cstring(dir.path().join("f").as_os_str().as_bytes()).unwrap();
+    sys::setxattr(&path, c"trusted.host", b"1", 0).unwrap();
+    s.setxattr(&CTX, f.ino, b"user.ok", b"1", 0).unwrap();
+    assert_eq!(
+        s.getxattr(&CTX, f.ino, b"trusted.host", 10),
+        Err(Errno::ENODATA)
+    );
+    let XattrReply::Data(list) = s.listxattr(&CTX, f.ino, 1000).unwrap() else {
+        panic!("data expected");
+    };
+    assert_eq!(list, b"user.ok\0");
 }

@@ -1,10 +1,18 @@
-//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR. The server's own
-//! `user.ferry.*` names (see `owners.rs`) are hidden from the guest and cannot be set by it.
+//! Extended attributes: GETXATTR, LISTXATTR, SETXATTR, REMOVEXATTR.
+//!
+//! A guest may use the `user.*` namespace and POSIX ACLs (`system.posix_acl_access`,
+//! `system.posix_acl_default`), and `security.capability` only on an export with `setid=on`.
+//! Every other name (`trusted.*`, `security.*`, other `system.*` names) is the host's: it reads
+//! as absent (ENODATA), `listxattr` leaves it out, and setting or removing it answers EPERM, in
+//! every id mode. (EPERM, not EOPNOTSUPP: a FUSE kernel that hears EOPNOTSUPP stops sending
+//! any xattr request of that kind.) The server's own `user.ferry.*` names (see `owners.rs`)
+//! are hidden the same way.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use ferry_protocol::{Ctx, Errno};
 
+use super::creds::Over;
 use super::inode::Node;
 use super::{ExportSession, owners, sys};
 
@@ -34,49 +42,83 @@ impl ExportSession {
     fn xattr_to_change(&self, ino: u64, name: &[u8]) -> Result<(Node, CString), Errno> {
         self.check_writable()?;
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) {
+            tracing::debug!(name = %String::from_utf8_lossy(name), "refused a guest xattr change outside user.* and POSIX ACLs");
             return Err(Errno::EPERM);
         }
-        Ok((node, xattr_name(name)?))
+        Ok((node, cname))
+    }
+
+    /// Whether the guest may see and change xattr `name` (see the module's documentation).
+    fn guest_xattr(&self, name: &[u8]) -> bool {
+        if owners::is_reserved_xattr(name) {
+            return false;
+        }
+        name.starts_with(b"user.")
+            || name == b"system.posix_acl_access"
+            || name == b"system.posix_acl_default"
+            || (name == b"security.capability" && self.export.setid())
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.
     /// The server's own `user.ferry.*` names read as absent.
-    pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, Errno> {
+    pub fn getxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        size: u32,
+    ) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
-        if owners::is_reserved_xattr(name) {
+        let cname = xattr_name(name)?;
+        if !self.guest_xattr(name) {
             return Err(Errno::ENODATA);
         }
-        let name = xattr_name(name)?;
+        let name = cname;
         let path = self.xattr_path(&node);
-        if size == 0 {
-            let n = sys::getxattr(&path, &name, &mut [])?;
-            return Ok(XattrReply::Size(n as u32));
-        }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            if size == 0 {
+                let n = sys::getxattr(&path, &name, &mut [])?;
+                return Ok(XattrReply::Size(n as u32));
+            }
+            let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+            let n = sys::getxattr(&path, &name, &mut buf)?;
+            buf.truncate(n);
+            Ok(XattrReply::Data(buf))
+        })
     }
 
     /// NUL-separated xattr names; `size == 0` asks for the list's size. The server's own
     /// `user.ferry.*` names are left out.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, Errno> {
+    pub fn listxattr(&self, ctx: &Ctx, ino: u64, size: u32) -> Result<XattrReply, Errno> {
         let node = self.inodes.get(ino)?;
         let path = self.xattr_path(&node);
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            self.list_names(&path, size)
+        })
+    }
+
+    /// [`Self::listxattr`] of the node at `path`.
+    fn list_names(&self, path: &CStr, size: u32) -> Result<XattrReply, Errno> {
         // The whole list is read even for a size query, so that the size excludes the hidden
         // names; a list the guest's buffer cannot hold is ERANGE, as from the kernel.
-        let want = sys::listxattr(&path, &mut [])?;
+        let want = sys::listxattr(path, &mut [])?;
         let mut buf = vec![0u8; (want + 256).min(XATTR_MAX)];
-        let n = match sys::listxattr(&path, &mut buf) {
+        let n = match sys::listxattr(path, &mut buf) {
             // Grown since the size query.
             Err(Errno::ERANGE) => {
                 buf.resize(XATTR_MAX, 0);
-                sys::listxattr(&path, &mut buf)?
+                sys::listxattr(path, &mut buf)?
             }
             r => r?,
         };
-        let list = owners::filter_xattr_list(&buf[..n]);
+        let list: Vec<u8> = buf[..n]
+            .split_inclusive(|&b| b == 0)
+            .filter(|name| self.guest_xattr(name.strip_suffix(b"\0").unwrap_or(name)))
+            .flatten()
+            .copied()
+            .collect();
         if size == 0 {
             return Ok(XattrReply::Size(list.len() as u32));
         }
@@ -90,7 +132,7 @@ impl ExportSession {
     /// `user.ferry.*` names cannot be set (EPERM): a guest must not forge an owner record.
     pub fn setxattr(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         ino: u64,
         name: &[u8],
         value: &[u8],
@@ -104,16 +146,20 @@ impl ExportSession {
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return Err(Errno::EINVAL);
         }
-        sys::setxattr(&self.xattr_path(&node), &name, value, flags)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::setxattr(&self.xattr_path(&node), &name, value, flags)
+        })?;
         m.changed(ino);
         Ok(())
     }
 
     /// Removes xattr `name`. The server's own `user.ferry.*` names cannot be removed (EPERM).
-    pub fn removexattr(&self, _ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
+    pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let m = self.mutation();
         let (node, name) = self.xattr_to_change(ino, name)?;
-        sys::removexattr(&self.xattr_path(&node), &name)?;
+        self.as_caller(ctx, &[Over::Node(node.fd())], || {
+            sys::removexattr(&self.xattr_path(&node), &name)
+        })?;
         m.changed(ino);
         Ok(())
     }

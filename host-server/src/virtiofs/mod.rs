@@ -41,6 +41,9 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// Why serving a vhost-user-fs socket stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioFsError {
+    /// A session of the export could not start (the process is out of descriptors).
+    #[error("{0}")]
+    Session(crate::export::ExportError),
     /// The socket could not be bound.
     #[error("cannot listen on {}: {cause}", socket.display())]
     Bind {
@@ -80,13 +83,15 @@ pub struct VirtioFsListener {
 }
 
 impl VirtioFsListener {
-    /// Binds `socket` (a stale socket file is replaced, a live one is an error).
-    pub fn bind(export: Arc<Export>, socket: PathBuf) -> Result<Self, VirtioFsError> {
-        let listener =
-            crate::transport::bind_unix_std(&socket).map_err(|cause| VirtioFsError::Bind {
+    /// Binds `socket` with file mode `mode` (a stale socket file is replaced, a live one is
+    /// an error).
+    pub fn bind(export: Arc<Export>, socket: PathBuf, mode: u32) -> Result<Self, VirtioFsError> {
+        let listener = crate::transport::bind_unix_std(&socket, mode).map_err(|cause| {
+            VirtioFsError::Bind {
                 socket: socket.clone(),
                 cause,
-            })?;
+            }
+        })?;
         Ok(VirtioFsListener {
             export,
             socket,
@@ -102,10 +107,10 @@ impl VirtioFsListener {
     /// Accepts one frontend connection and serves it with a fresh session of the export;
     /// returns when the frontend disconnects.
     pub fn serve_once(&self) -> Result<(), VirtioFsError> {
-        let server = Arc::new(FuseServer::new(
-            ExportSession::new(self.export.clone()),
-            TTL,
-        ));
+        // Out of descriptors, the session cannot start: this frontend waits in the backlog
+        // while `serve` retries, and the listener lives on.
+        let session = ExportSession::new(self.export.clone()).map_err(VirtioFsError::Session)?;
+        let server = Arc::new(FuseServer::new(session, TTL));
         let backend = VhostUserFs::new(server).map_err(VirtioFsError::EventFd)?;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(
@@ -181,10 +186,11 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap();
         let socket = dir.path().join("vfs.sock");
-        let listener = VirtioFsListener::bind(export, socket.clone()).unwrap();
+        let listener = VirtioFsListener::bind(export, socket.clone(), 0o600).unwrap();
         std::thread::spawn(move || listener.serve());
         for _ in 0..3 {
             let frontend = Frontend::connect(&socket, NUM_QUEUES_U64).unwrap();
@@ -203,10 +209,11 @@ mod tests {
             read_only: false,
             ids: crate::ids::IdPolicy::passthrough(),
             devices: false,
+            setid: false,
         })
         .unwrap();
         assert!(matches!(
-            VirtioFsListener::bind(export, socket),
+            VirtioFsListener::bind(export, socket, 0o600),
             Err(VirtioFsError::Bind { .. })
         ));
     }

@@ -400,11 +400,11 @@ impl FuseServer {
             opcode::GETXATTR => {
                 let g: abi::GetxattrIn = args.obj()?;
                 let name = args.name()?;
-                Ok(Some(xattr_reply(s.getxattr(ino, name, g.size)?)))
+                Ok(Some(xattr_reply(s.getxattr(&cx, ino, name, g.size)?)))
             }
             opcode::LISTXATTR => {
                 let g: abi::GetxattrIn = args.obj()?;
-                Ok(Some(xattr_reply(s.listxattr(ino, g.size)?)))
+                Ok(Some(xattr_reply(s.listxattr(&cx, ino, g.size)?)))
             }
             opcode::SETXATTR => {
                 let x: abi::SetxattrIn = args.obj()?;
@@ -415,7 +415,7 @@ impl FuseServer {
             opcode::REMOVEXATTR => done(s.removexattr(&cx, ino, args.name()?)),
             opcode::FALLOCATE => {
                 let f: abi::FallocateIn = args.obj()?;
-                done(s.fallocate(ino, f.fh, f.offset, f.length, f.mode as i32))
+                done(s.fallocate(&cx, ino, f.fh, f.offset, f.length, f.mode as i32))
             }
             opcode::LSEEK => {
                 let l: abi::LseekIn = args.obj()?;

@@ -79,11 +79,11 @@ fn hello_without_token() {
 
 #[rustfmt::skip]
 pub(crate) const WELCOME: &[u8] = &[
-    0x38, 0x00, 0x00, 0x00,                         // len = 56
+    0x3A, 0x00, 0x00, 0x00,                         // len = 58
     0x02, 0x00,                                     // kind = Welcome, flags = 0
     0x00, 0x00,                                     // op = 0
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0
-    0x20, 0x00, 0x00, 0x00,                         // meta_len = 32
+    0x22, 0x00, 0x00, 0x00,                         // meta_len = 34
     0x00, 0x00, 0x00, 0x00,                         // aux = 0
     0x02,                                           // version.major = 2
     0x02,                                           // version.minor = 2
@@ -94,12 +94,14 @@ pub(crate) const WELCOME: &[u8] = &[
     0x00,                                           // exports[0].read_only = false
     0x00,                                           // exports[0].permissions = Guest (variant 0)
     0x01,                                           // exports[0].wants_groups = true
+    0x00,                                           // exports[0].flush_to_host = false
     0xAC, 0x02,                                     // exports[1].id = 300 = 0b10_0101100:
                                                     //   0x2C | 0x80, then 300 >> 7 = 2
     0x02, b'r', b'o',                               // exports[1].name: len 2, "ro"
     0x01,                                           // exports[1].read_only = true
     0x01,                                           // exports[1].permissions = Host (variant 1)
     0x00,                                           // exports[1].wants_groups = false
+    0x01,                                           // exports[1].flush_to_host = true
     0x0A,                                           // server: len 10
     b'f', b'e', b'r', b'r', b'y', b'-', b'h', b'o', // server: "ferry-ho
     b's', b't',                                     //          st"
@@ -119,6 +121,7 @@ fn welcome_with_two_exports() {
                     read_only: false,
                     permissions: Permissions::Guest,
                     wants_groups: true,
+                    flush_to_host: false,
                 },
                 ExportInfo {
                     id: 300,
@@ -126,6 +129,7 @@ fn welcome_with_two_exports() {
                     read_only: true,
                     permissions: Permissions::Host,
                     wants_groups: false,
+                    flush_to_host: true,
                 },
             ],
             server: "ferry-host".into(),

@@ -532,19 +532,28 @@ pub(crate) fn hello() -> impl Strategy<Value = Hello<'static>> {
 }
 
 pub(crate) fn welcome() -> impl Strategy<Value = Welcome> {
-    let export = (u32s(), text(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(id, name, read_only, host, wants_groups)| ExportInfo {
-            id,
-            name,
-            read_only,
-            permissions: if host {
-                Permissions::Host
-            } else {
-                Permissions::Guest
+    let export = (
+        u32s(),
+        text(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(id, name, read_only, host, wants_groups, flush_to_host)| ExportInfo {
+                id,
+                name,
+                read_only,
+                permissions: if host {
+                    Permissions::Host
+                } else {
+                    Permissions::Guest
+                },
+                wants_groups,
+                flush_to_host,
             },
-            wants_groups,
-        },
-    );
+        );
     (version(), u64s(), vec(export, 0..5), text()).prop_map(
         |(version, features, exports, server)| Welcome {
             version,

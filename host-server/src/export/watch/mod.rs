@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ use super::{Export, ExportSession};
 use coalesce::{RENAME_WAIT, Raw, coalesce, event_to_changes, rename_pending_after};
 use echo::{Echoes, Key};
 use scan::Scanned;
+
+/// Raw events queued between `notify`'s thread and the export's watcher thread.
+const NOTIFY_QUEUE: usize = 65536;
 
 pub(crate) use echo::{Fingerprint, NameOp};
 
@@ -222,9 +225,16 @@ impl Export {
     }
 
     fn start_watcher(self: &Arc<Self>) -> Result<RecommendedWatcher, Errno> {
-        let (tx, rx) = channel();
+        // Bounded: when the watcher thread falls this far behind, further raw events are
+        // dropped and the next burst carries an overflow (every guest drops its caches)
+        // instead of the queue growing without end.
+        let (tx, rx) = sync_channel(NOTIFY_QUEUE);
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_by_notify = Arc::clone(&lost);
         let mut w = notify::recommended_watcher(move |ev| {
-            let _ = tx.send(ev);
+            if let Err(TrySendError::Full(_)) = tx.try_send(ev) {
+                lost_by_notify.store(true, Ordering::Release);
+            }
         })
         .map_err(|e| {
             error!(export = self.name, "cannot start the host watcher: {e}");
@@ -250,12 +260,12 @@ impl Export {
         let export = Arc::clone(self);
         std::thread::Builder::new()
             .name(format!("ferry-watch-{}", self.name))
-            .spawn(move || export.watch_loop(rx))
+            .spawn(move || export.watch_loop(rx, &lost))
             .map_err(|_| Errno::EAGAIN)?;
         Ok(w)
     }
 
-    fn watch_loop(&self, rx: Receiver<notify::Result<notify::Event>>) {
+    fn watch_loop(&self, rx: Receiver<notify::Result<notify::Event>>, lost: &AtomicBool) {
         let mut held_from: Option<(usize, PathBuf)> = None;
         let mut scanned = Scanned::default();
         let mut dirs = DirKeys::default();
@@ -298,6 +308,14 @@ impl Export {
                         changes.push(Raw::overflow());
                     }
                 }
+            }
+            if lost.swap(false, Ordering::AcqRel) {
+                warn!(
+                    export = self.name,
+                    limit = NOTIFY_QUEUE,
+                    "the host watcher's queue was full; events dropped"
+                );
+                changes.push(Raw::overflow());
             }
             if let Some((_, from)) = held_from.take() {
                 // The rename's second half never came: moved out of the export.
