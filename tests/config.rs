@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{
-    Need, agent_command, bins, require, stderr_of, terminate, wait_mounted, wait_until,
+    Need, TOKEN, agent_command, bins, require, stderr_of, terminate, wait_mounted, wait_until,
 };
 
 /// A temporary directory with exports `a/`, `b/`, `c/`, a socket path and a config file.
@@ -38,10 +38,20 @@ impl Setup {
         self.path("host.toml")
     }
 
-    /// Writes the config file: a Unix listener and `exports` (name, TOML lines) as
-    /// `[[export]]` tables whose path is the directory of the same name.
+    /// The token file the config names: the harness's token, which agents present.
+    pub fn token(&self) -> PathBuf {
+        self.path("token")
+    }
+
+    /// Writes the config file: a Unix listener, the token file and `exports` (name, TOML
+    /// lines) as `[[export]]` tables whose path is the directory of the same name.
     pub fn write_config(&self, exports: &[(&str, &str)]) {
-        let mut text = format!("listen = [\"unix:{}\"]\n", self.sock().display());
+        fs::write(self.token(), format!("{TOKEN}\n")).unwrap();
+        let mut text = format!(
+            "listen = [\"unix:{}\"]\ntoken-file = \"{}\"\n",
+            self.sock().display(),
+            self.token().display()
+        );
         for (name, extra) in exports {
             text += &format!(
                 "\n[[export]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
@@ -144,6 +154,57 @@ fn a_config_file_serves_its_exports_with_their_options() {
 }
 
 #[test]
+fn the_file_sets_tokens_allow_lists_socket_mode_and_limits() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    fs::write(s.path("ci-token"), "ci-secret\n").unwrap();
+    // SAFETY: plain getter.
+    let me = unsafe { libc::geteuid() };
+    s.write_config(&[
+        ("a", ""),
+        ("b", "allow = [\"token:ci\"]"),
+        ("c", &format!("allow = [\"uid:{}\", \"cid:3\"]", me + 1)),
+    ]);
+    let mut text = fs::read_to_string(s.config()).unwrap();
+    text = text.replacen("\n", "\nsocket-mode = \"640\"\n", 1);
+    text += &format!(
+        "\n[client-tokens]\nci = \"{}\"\n\n[limits]\nmax-connections = 50\n",
+        s.path("ci-token").display()
+    );
+    fs::write(s.config(), text).unwrap();
+    let mut host = s.start_host(&[]);
+    let mode = fs::metadata(s.sock()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "socket-mode");
+    // The file's token: only the open export; the client token also opens b; c is for
+    // another uid.
+    let w = crate::auth::hello(&s.sock(), Some(TOKEN)).unwrap();
+    assert_eq!(crate::auth::names(&w), ["a"]);
+    let w = crate::auth::hello(&s.sock(), Some("ci-secret")).unwrap();
+    assert_eq!(crate::auth::names(&w), ["a", "b"]);
+    // No token: refused.
+    assert!(crate::auth::hello(&s.sock(), None).is_err());
+    let log = s.host_log();
+    assert!(log.contains("max_connections=50"), "{log}");
+    assert!(
+        log.contains("export allow-list") && log.contains("token:ci"),
+        "{log}"
+    );
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+
+    // no-auth = true, and no token: a client gets in without one.
+    s.write_config(&[("a", "")]);
+    let text = fs::read_to_string(s.config())
+        .unwrap()
+        .replacen("\n", "\nno-auth = true\n", 1)
+        .replace("token-file = ", "# token-file = ");
+    fs::write(s.config(), text).unwrap();
+    let mut host = s.start_host(&[]);
+    let w = crate::auth::hello(&s.sock(), None).unwrap();
+    assert_eq!(crate::auth::names(&w), ["a"]);
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}
+
+#[test]
 fn flags_override_the_file() {
     if !require(&[Need::Fuse]) {
         return;
@@ -193,7 +254,7 @@ fn check_config_names_file_line_and_key() {
     s.write_config(&[("a", "colour = \"red\"")]);
     let (ok, _, err) = check(&["--config", cfg]);
     assert!(
-        !ok && err.contains(":6: export.colour: unknown field `colour`"),
+        !ok && err.contains(":7: export.colour: unknown field `colour`"),
         "{err}"
     );
 
