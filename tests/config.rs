@@ -189,6 +189,24 @@ fn the_file_sets_tokens_allow_lists_socket_mode_and_limits() {
         log.contains("export allow-list") && log.contains("token:ci"),
         "{log}"
     );
+    // A reload applies new allow-lists (and keeps the tokens): b opens to every client, a
+    // closes to all but the ci token.
+    let a_path = format!("path = \"{}\"\n", s.path("a").display());
+    let text = fs::read_to_string(s.config())
+        .unwrap()
+        .replace("allow = [\"token:ci\"]", "")
+        .replacen(&a_path, &format!("{a_path}allow = [\"token:ci\"]\n"), 1);
+    fs::write(s.config(), text).unwrap();
+    sighup(&host);
+    wait_log(&s, "reload: export b changed");
+    let w = crate::auth::hello(&s.sock(), Some(TOKEN)).unwrap();
+    assert_eq!(crate::auth::names(&w), ["b"]);
+    let w = crate::auth::hello(&s.sock(), Some("ci-secret")).unwrap();
+    assert_eq!(crate::auth::names(&w), ["a", "b"]);
+    assert!(
+        crate::auth::hello(&s.sock(), None).is_err(),
+        "still needs a token"
+    );
     assert!(terminate(&mut host).success(), "{}", s.host_log());
 
     // no-auth = true, and no token: a client gets in without one.
