@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 /// Share a host directory with a Linux VM, or try it out on one machine.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version = ferry_common::version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +30,172 @@ enum Command {
         /// The tree to clean.
         path: PathBuf,
     },
+    /// Show a running ferry-host's numbers, read from its control socket: per connected
+    /// guest and export, requests by operation (count, p50 and p99 latency), bytes, open
+    /// handles, nodes, descriptors, lock waiters, change events sent and overflowed, and the
+    /// event queue.
+    Status {
+        /// The server's control socket (ferry-host --control unix:PATH).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the numbers as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second, like top, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Ask a running ferry-host to do something over its control socket.
+    Ctl {
+        /// The server's control socket (ferry-host --control unix:PATH).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+    /// Write the man pages of ferry, ferry-host and ferry-agent (one per command and
+    /// subcommand, section 1) into DIR, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script for PROGRAM to stdout, e.g.
+    /// `ferry completions bash ferry-host > /etc/bash_completion.d/ferry-host`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(value_enum, default_value = "ferry")]
+        program: Program,
+    },
+}
+
+/// Where packaging/ferry-host.service puts the control socket.
+const DEFAULT_CONTROL: &str = "/run/ferry/control.sock";
+
+/// What `ferry ctl` asks for.
+#[derive(Subcommand, Debug)]
+enum CtlAction {
+    /// Read the configuration file again and apply it, as SIGHUP does; prints the changes,
+    /// or why the file was refused (then the exit status is 1).
+    Reload,
+}
+
+/// One command over the control socket; the whole answer.
+fn control(path: &std::path::Path, command: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot reach ferry-host's control socket {} (is it running with --control unix:{}?)",
+            path.display(),
+            path.display()
+        )
+    })?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+fn status(path: &std::path::Path, json: bool, watch: bool) -> anyhow::Result<()> {
+    loop {
+        let answer = control(path, "status")?;
+        if json {
+            print!("{answer}");
+        } else {
+            let st: ferry_host::stats::Status = serde_json::from_str(&answer)
+                .with_context(|| format!("unexpected answer: {answer}"))?;
+            if watch {
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", render_status(&st));
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn render_status(st: &ferry_host::stats::Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "ferry-host up {:.0} s, {} guest(s)",
+        st.uptime_seconds,
+        st.guests.len()
+    );
+    for e in &st.exports {
+        let _ = writeln!(
+            o,
+            "export {}{}: host events seen {}, coalesced {}, suppressed (echoes) {}",
+            e.name,
+            if e.read_only { " (read-only)" } else { "" },
+            e.events_seen,
+            e.events_coalesced,
+            e.events_suppressed
+        );
+    }
+    for g in &st.guests {
+        let _ = writeln!(
+            o,
+            "\nguest {} (connected {:.0} s, {} event batch(es) queued)",
+            g.peer, g.uptime_seconds, g.events_queued
+        );
+        for e in &g.exports {
+            let _ = writeln!(
+                o,
+                "  export {}: read {} B, written {} B, {} handle(s), {} node(s), {} node fd(s), \
+                 {} lock owner(s), {} lock waiter(s), events {} sent, {} overflowed",
+                e.name,
+                e.bytes_read,
+                e.bytes_written,
+                e.open_handles,
+                e.nodes,
+                e.node_fds,
+                e.lock_owners,
+                e.lock_waiters,
+                e.events_sent,
+                e.events_overflowed
+            );
+            if !e.requests.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "    {:<16} {:>10} {:>10} {:>10}",
+                    "op", "count", "p50 µs", "p99 µs"
+                );
+            }
+            for r in &e.requests {
+                let _ = writeln!(
+                    o,
+                    "    {:<16} {:>10} {:>10} {:>10}",
+                    r.op, r.count, r.p50_us, r.p99_us
+                );
+            }
+        }
+    }
+    o
+}
+
+/// The three binaries, for `ferry man` and `ferry completions`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Program {
+    Ferry,
+    FerryHost,
+    FerryAgent,
+}
+
+impl Program {
+    /// The program's clap definition: the one its binary parses with.
+    fn command(self) -> clap::Command {
+        use clap::CommandFactory;
+        match self {
+            Program::Ferry => Cli::command(),
+            Program::FerryHost => ferry_host::cli::Args::command(),
+            Program::FerryAgent => ferry_agent::cli::Args::command(),
+        }
+    }
 }
 
 /// The arguments of `ferry share`.
@@ -113,8 +279,37 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Share(args) => share(args),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
+        Command::Status {
+            control,
+            json,
+            watch,
+        } => status(&control, json, watch),
+        Command::Ctl {
+            control: path,
+            action: CtlAction::Reload,
+        } => control(&path, "reload").and_then(|answer| {
+            print!("{answer}");
+            anyhow::ensure!(answer.starts_with("ok"), "the reload was refused");
+            Ok(())
+        }),
+        Command::Man { dir } => write_man_pages(&dir),
+        Command::Completions { shell, program } => {
+            let mut cmd = program.command();
+            let name = cmd.get_name().to_string();
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            Ok(())
+        }
     };
     ferry_common::logging::exit_code("ferry", result)
+}
+
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for p in [Program::Ferry, Program::FerryHost, Program::FerryAgent] {
+        clap_mangen::generate_to(p.command(), dir)
+            .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn share(args: ShareArgs) -> anyhow::Result<()> {

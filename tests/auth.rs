@@ -15,7 +15,7 @@ use crate::attacks::{HostProc, read_frame};
 use crate::harness::{agent_command, host_command, stderr_of, terminate, wait_exit, wait_until};
 
 /// Says Hello with `token` on a new connection to `sock`; the server's answer.
-fn hello(sock: &Path, token: Option<&str>) -> Result<Welcome, Refused> {
+pub(crate) fn hello(sock: &Path, token: Option<&str>) -> Result<Welcome, Refused> {
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut out = Vec::new();
@@ -36,7 +36,7 @@ fn hello(sock: &Path, token: Option<&str>) -> Result<Welcome, Refused> {
     }
 }
 
-fn names(w: &Welcome) -> Vec<String> {
+pub(crate) fn names(w: &Welcome) -> Vec<String> {
     w.exports.iter().map(|e| e.name.clone()).collect()
 }
 

@@ -141,6 +141,15 @@ fn connections_beyond_the_caps_are_closed_and_logged() {
             "600",
         ],
     );
+    // The readiness probe's connection holds a handshake slot until the server sees it
+    // closed: wait for that, or it races the connections below.
+    assert!(
+        wait_until(Duration::from_secs(20), || host
+            .log()
+            .contains("closing connection")),
+        "the probe connection ends:\n{}",
+        host.log()
+    );
     // Three connections that never say Hello fill the handshake slots.
     let mut idle: Vec<UnixStream> = (0..3)
         .map(|_| UnixStream::connect(&host.sock).unwrap())
@@ -160,7 +169,11 @@ fn connections_beyond_the_caps_are_closed_and_logged() {
         host.log()
     );
     for s in &mut idle {
-        assert!(!is_closed(s), "the admitted ones stay open");
+        assert!(
+            !is_closed(s),
+            "the admitted ones stay open:\n{}",
+            host.log()
+        );
     }
     drop(idle);
     // Five authenticated clients fill the connection slots; a sixth is turned away, and once

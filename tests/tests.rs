@@ -51,3 +51,11 @@ mod vm_virtiofsd;
 mod unprivileged;
 // pjdfstest and fsx-rs (from the crate registry) against the mount, compared with bindfs.
 mod conformance;
+// README.md's install commands in a fresh clone; every installed binary's --version.
+mod install;
+// ferry-host --config: a TOML file merged with flags, --check-config, the packaged sample.
+mod config;
+// packaging/: systemd units verified by systemd-analyze; man pages against --help.
+mod packaging;
+// ferry status, ferry ctl reload and the Prometheus endpoint of a running ferry-host.
+mod status;

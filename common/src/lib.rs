@@ -1,14 +1,17 @@
 //! Plumbing that `ferry-host` and `ferry-agent` share, so that each rule has one copy: the
 //! stream trait every transport implements, reading and writing whole frames over a stream,
-//! the shared token's file format, and logging set-up.
+//! the shared token's file format, logging set-up, and the `--version` line.
 //!
 //! `ferry-protocol` stays free of I/O; this crate is where bytes meet sockets and files.
 //! `ferry-host` and `ferry-agent` both depend on it and never on each other.
 
 pub mod frame_io;
 pub mod logging;
+pub mod ratelimit;
 pub mod stream;
 pub mod token;
+pub mod version;
 
 pub use frame_io::{ReadError, read_frame, write_frame};
 pub use stream::Stream;
+pub use version::version;

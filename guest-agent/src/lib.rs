@@ -17,6 +17,7 @@
 //!   ([`run_events_only`]), and the signal helper for the command lines (token files and
 //!   logging set-up are `ferry_common`'s).
 
+pub mod cli;
 pub mod client;
 pub mod fs;
 pub mod hybrid;

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Client;
 use crate::export::{Export, ExportSession, Response};
+use crate::stats::{ConnStats, ServerStats};
 
 /// Workers per connection: requests one connection can have in service at once.
 const WORKERS: usize = 8;
@@ -158,10 +159,10 @@ pub struct ServerState {
     pub allow: Vec<Option<Vec<Client>>>,
     /// The bounds clients are held to.
     pub limits: Limits,
-    /// Connections admitted and not yet ended.
-    open: AtomicUsize,
+    /// Connections admitted and not yet ended (shared with the states a reload replaces).
+    open: Arc<AtomicUsize>,
     /// Of those, the ones that have not finished their handshake.
-    unauthenticated: AtomicUsize,
+    unauthenticated: Arc<AtomicUsize>,
 }
 
 impl ServerState {
@@ -172,9 +173,17 @@ impl ServerState {
             auth,
             allow: Vec::new(),
             limits,
-            open: AtomicUsize::new(0),
-            unauthenticated: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
+            unauthenticated: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// This state, counting its connections together with `old`'s (the state a reload
+    /// replaces), so that the caps of [`Limits`] hold across reloads.
+    pub fn counting_with(mut self, old: &ServerState) -> Self {
+        self.open = Arc::clone(&old.open);
+        self.unauthenticated = Arc::clone(&old.unauthenticated);
+        self
     }
 
     /// Counts a new connection in, or refuses it (with a log line) when a cap is reached.
@@ -276,24 +285,34 @@ pub fn serve_connection<S: Stream>(
     let Some(admission) = state.admit(peer) else {
         return Err(ConnError::Refused("too many connections".into()));
     };
-    serve_admitted(stream, admission, peer)
+    serve_admitted(stream, admission, peer, None)
 }
 
-/// As [`serve_connection`], for a connection the listener has already admitted.
+/// As [`serve_connection`], for a connection the listener has already admitted, counting
+/// requests, bytes and events in `stats` (what `ferry status` shows) while it lasts.
 pub fn serve_admitted<S: Stream>(
     stream: S,
     admission: Admission,
     peer: &Peer,
+    stats: Option<&ServerStats>,
 ) -> Result<(), ConnError> {
-    let result = serve(stream, admission, peer);
+    // Every line this connection's threads log carries its peer (`conn{peer=...}`).
+    let span = tracing::info_span!("conn", %peer);
+    let result = span.in_scope(|| serve(stream, admission, peer, stats));
+    let _entered = span.enter();
     match &result {
         Ok(()) => info!(%peer, "client disconnected"),
-        Err(e) => warn!(%peer, "closing connection: {e}"),
+        Err(e) => ferry_common::warn_limited!(%peer, "closing connection: {e}"),
     }
     result
 }
 
-fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Result<(), ConnError> {
+fn serve<S: Stream>(
+    mut stream: S,
+    mut admission: Admission,
+    peer: &Peer,
+    stats: Option<&ServerStats>,
+) -> Result<(), ConnError> {
     let state = Arc::clone(&admission.state);
     let state = &*state;
     let mut writer = stream.try_clone()?;
@@ -308,7 +327,7 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Res
     let checked = check_hello(&hello, state);
     if let Err(reason) = &checked {
         let reason = reason.clone();
-        warn!(%peer, client = hello.client, "refusing connection: {reason}");
+        ferry_common::warn_limited!(%peer, client = hello.client, "refusing connection: {reason}");
         let errno = if hello.version.major != VERSION.major {
             Errno::EPROTO
         } else {
@@ -369,6 +388,8 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Res
 
     let (notices, queued) = channel();
     let reader = BufReader::with_capacity(READ_BUF, stream.try_clone()?);
+    let queued_changes = Arc::new(AtomicUsize::new(0));
+    let stats = stats.map(|s| s.connection(&peer.name, &sessions, queued_changes.clone()));
     let shared = Shared {
         reader: Mutex::new(reader),
         writer: Arc::new(Mutex::new(writer)),
@@ -377,28 +398,34 @@ fn serve<S: Stream>(mut stream: S, mut admission: Admission, peer: &Peer) -> Res
         closed: AtomicBool::new(false),
         error: Mutex::new(None),
         notices: Mutex::new(notices),
-        queued_changes: Arc::new(AtomicUsize::new(0)),
+        queued_changes,
+        stats,
         waiting: Mutex::new(Vec::new()),
         waiting_wake: Condvar::new(),
         max_lock_waiters: state.limits.max_lock_waiters,
         max_queued_change_bytes: state.limits.max_queued_change_bytes,
     };
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         let shared = &shared;
+        let (notify_span, lock_span) = (span.clone(), span.clone());
         let mut spawned = std::thread::Builder::new()
             .name("ferry-conn-notify".into())
-            .spawn_scoped(s, move || shared.send_changes(queued))
+            .spawn_scoped(s, move || {
+                notify_span.in_scope(|| shared.send_changes(queued))
+            })
             .and_then(|_| {
                 std::thread::Builder::new()
                     .name("ferry-lock-wait".into())
-                    .spawn_scoped(s, move || shared.retry_locks())
+                    .spawn_scoped(s, move || lock_span.in_scope(|| shared.retry_locks()))
             })
             .map(drop);
         for i in 0..WORKERS {
+            let span = span.clone();
             spawned = spawned.and_then(|()| {
                 std::thread::Builder::new()
                     .name(format!("ferry-conn-{i}"))
-                    .spawn_scoped(s, move || shared.work())
+                    .spawn_scoped(s, move || span.in_scope(|| shared.work()))
                     .map(drop)
             });
         }
@@ -552,6 +579,8 @@ struct Shared<S: Stream> {
     notices: Mutex<Sender<(u32, Vec<Change>)>>,
     /// Bytes of change batches queued and not yet written.
     queued_changes: Arc<AtomicUsize>,
+    /// What `ferry status` shows of this connection, when the server counts.
+    stats: Option<Arc<ConnStats>>,
     /// Blocking locks waiting, retried by [`Shared::retry_locks`].
     waiting: Mutex<Vec<Waiting>>,
     /// Wakes [`Shared::retry_locks`]: a lock to wait for, or the connection closing.
@@ -566,6 +595,8 @@ struct Shared<S: Stream> {
 struct Waiting {
     id: u64,
     op: Opcode,
+    /// The session's export id (for its `lock_waiters` count).
+    export: usize,
     wait: crate::export::Pending,
 }
 
@@ -598,8 +629,22 @@ impl<S: Stream> Shared<S> {
                 frame.header.kind
             )));
         }
+        // Only a counted connection reads the clock.
+        let started = self.stats.as_ref().map(|_| Instant::now());
         let req = RequestFrame::decode(&frame)?;
         let op = req.body.opcode();
+        // One span per request: with RUST_LOG=ferry_host=debug each line says which request
+        // of which guest it belongs to, and `served` closes it with the answer and the time.
+        let (node, name) = target(&req.body);
+        let span = tracing::debug_span!(
+            "req",
+            id = req.id,
+            op = ?op,
+            export = req.export,
+            node,
+            name = name.map(|n| tracing::field::display(String::from_utf8_lossy(n)))
+        );
+        let _entered = span.enter();
         let Some(session) = self
             .sessions
             .get(req.export as usize)
@@ -610,6 +655,14 @@ impl<S: Stream> Shared<S> {
             }
             return Ok(());
         };
+        if session.export().is_retired() {
+            // A reload removed or replaced this export: every request gets the same clear
+            // answer (the agent logs it once), and no host change reaches it any more.
+            if op != Opcode::Forget {
+                self.send(head, req.id, op, Err(Errno::ESHUTDOWN), &[]);
+            }
+            return Ok(());
+        }
         if let Request::Watch(w) = &req.body {
             let result = if w.on {
                 session.watch(self.change_sink(req.export, session))
@@ -620,12 +673,26 @@ impl<S: Stream> Shared<S> {
             self.send(head, req.id, op, result.map(|()| Reply::Empty), &[]);
             return Ok(());
         }
+        let counted = self
+            .stats
+            .as_ref()
+            .and_then(|c| c.session(req.export as usize));
+        let written = if op == Opcode::Write {
+            req.payload.len()
+        } else {
+            0
+        };
+        let mut read = 0;
         match session.dispatch(&req.ctx, &req.body, req.payload) {
             Response::None => {}
             Response::Reply(r) => self.send(head, req.id, op, Ok(r), &[]),
             Response::Error(e) => self.send(head, req.id, op, Err(e), &[]),
-            Response::Data(data) => self.send(head, req.id, op, Ok(Reply::Data(&data)), &data),
+            Response::Data(data) => {
+                read = data.len();
+                self.send(head, req.id, op, Ok(Reply::Data(&data)), &data)
+            }
             Response::OpenedData(o, data) => {
+                read = data.len();
                 self.send(head, req.id, op, Ok(Reply::OpenedData(o, &data)), &data)
             }
             Response::Pending(wait) => {
@@ -642,15 +709,23 @@ impl<S: Stream> Shared<S> {
                     );
                     self.send(head, req.id, op, Err(Errno::ENOLCK), &[]);
                 } else {
+                    if let Some(s) = counted {
+                        s.lock_waiting(true);
+                    }
                     waiting.push(Waiting {
                         id: req.id,
                         op,
+                        export: req.export as usize,
                         wait,
                     });
                     self.waiting_wake.notify_one();
                 }
             }
         }
+        if let (Some(s), Some(t)) = (counted, started) {
+            s.request(op, t.elapsed(), read, written);
+        }
+        debug!(read, written, "served");
         Ok(())
     }
 
@@ -664,12 +739,15 @@ impl<S: Stream> Shared<S> {
         loop {
             if self.closed.load(Ordering::Acquire) {
                 // Dropping the waits gives up their locks' files and handles.
-                waiting.clear();
+                for w in waiting.drain(..) {
+                    self.lock_done(w.export);
+                }
                 return;
             }
             let mut done = Vec::new();
             waiting.retain(|w| match w.wait.poll() {
                 Some(response) => {
+                    self.lock_done(w.export);
                     done.push((w.id, w.op, response));
                     false
                 }
@@ -707,6 +785,13 @@ impl<S: Stream> Shared<S> {
         }
     }
 
+    /// A waiting lock of export `export` stopped waiting (granted, refused or given up).
+    fn lock_done(&self, export: usize) {
+        if let Some(s) = self.stats.as_ref().and_then(|c| c.session(export)) {
+            s.lock_waiting(false);
+        }
+    }
+
     /// Encodes and writes one reply.
     fn send(
         &self,
@@ -731,14 +816,32 @@ impl<S: Stream> Shared<S> {
         let max = self.max_queued_change_bytes;
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
+        let stats = self.stats.clone();
+        let counted = move |sent: usize, dropped: usize| {
+            if let Some(s) = stats.as_ref().and_then(|c| c.session(export as usize)) {
+                s.events_sent(sent);
+                s.events_overflowed(dropped);
+            }
+        };
         Arc::new(move |changes: Vec<Change>| {
+            if let Some(s) = session.upgrade().filter(|s| s.export().is_retired()) {
+                // Removed by a reload: the guest hears nothing more of this export.
+                for c in &changes {
+                    if let Some(e) = &c.entry {
+                        s.forget(e.ino, 1);
+                    }
+                }
+                return;
+            }
             let size = batch_bytes(&changes);
             let n = queued.fetch_add(size, Ordering::AcqRel);
             // One batch larger than the cap still goes when nothing else waits.
             let batch = if n == 0 || n + size <= max {
                 overflowed.store(false, Ordering::Relaxed);
+                counted(changes.len(), 0);
                 changes
             } else {
+                counted(0, changes.len());
                 // The guest is not reading: give back the lookups these changes carry and tell
                 // it (once) that it lost events.
                 if let Some(s) = session.upgrade() {
@@ -867,6 +970,35 @@ fn send<S: Stream>(
     let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = ferry_common::write_frame(&mut *w, head, payload) {
         debug!("reply not delivered: {e}");
+    }
+}
+
+/// The node a request is about and the name it names, for its span.
+fn target<'a>(body: &Request<'a>) -> (u64, Option<&'a [u8]>) {
+    match body {
+        Request::Lookup(b) => (b.parent, Some(b.name)),
+        Request::Symlink(b) => (b.parent, Some(b.name)),
+        Request::Mknod(b) => (b.parent, Some(b.name)),
+        Request::Mkdir(b) => (b.parent, Some(b.name)),
+        Request::Unlink(b) => (b.parent, Some(b.name)),
+        Request::Rmdir(b) => (b.parent, Some(b.name)),
+        Request::Rename(b) => (b.parent, Some(b.name)),
+        Request::Create(b) => (b.parent, Some(b.name)),
+        Request::Link(b) => (b.ino, Some(b.newname)),
+        Request::Getattr(b) => (b.ino, None),
+        Request::Setattr(b) => (b.ino, None),
+        Request::Readlink(b) => (b.ino, None),
+        Request::Open(b) => (b.ino, None),
+        Request::Read(b) => (b.ino, None),
+        Request::Write(b) => (b.ino, None),
+        Request::Flush(b) => (b.ino, None),
+        Request::Release(b) => (b.ino, None),
+        Request::Fsync(b) => (b.ino, None),
+        Request::Opendir(b) => (b.ino, None),
+        Request::Readdir(b) => (b.ino, None),
+        Request::Readdirplus(b) => (b.ino, None),
+        Request::Releasedir(b) => (b.ino, None),
+        _ => (0, None),
     }
 }
 

@@ -12,16 +12,27 @@
 //! - [`virtiofsd`]: virtiofsd's command line (libvirt, Kata, Lima, Podman, cloud-hypervisor)
 //!   read onto a Ferry virtio-fs server; the `ferry-virtiofsd` binary is a thin CLI over it.
 //! - [`config`]: the command-line configuration and its parsing.
+//! - [`config_file`]: the same configuration as a TOML file (`--config`), merged with the
+//!   command line.
 //! - [`ids`]: guest and host id newtypes, id modes (`passthrough`, `map`, `squash`) and their
 //!   parsing; the per-export [`IdPolicy`].
+//! - [`control`], [`stats`]: the control socket (`ferry status`, `ferry ctl reload`), the
+//!   Prometheus endpoint, and the counters behind them.
+//! - [`reload`]: the live state a SIGHUP replaces: exports added, removed or changed
+//!   without dropping the guests of the others.
 //! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
+pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod conn;
+pub mod control;
 pub mod export;
 pub mod ids;
+pub mod reload;
+pub mod stats;
 pub mod strip;
 pub mod transport;
 pub mod virtiofs;
@@ -107,24 +118,17 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Runs the server until `shutdown` completes.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    run_with(config, Vec::new(), shutdown).await
+/// Checks `config`'s settings without opening anything: there are exports and listeners, TCP
+/// has its token, every listener has one unless `no_auth`, every allow-list token is given,
+/// every vhost-user-fs listener names an export. Returns how clients authenticate.
+pub fn check_settings(config: &ServerConfig) -> anyhow::Result<conn::Auth> {
+    anyhow::ensure!(!config.listen.is_empty(), "no --listen given");
+    check_settings_but_listeners(config)
 }
 
-/// [`run`], with vhost-user-fs sockets a launcher already bound and passed in: (export name,
-/// listening socket) pairs, as `ferry-virtiofsd --fd N` gets them from libvirt or Kata.
-pub async fn run_with(
-    config: ServerConfig,
-    inherited: Vec<(String, std::os::unix::net::UnixListener)>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// [`check_settings`] for a server that may also serve sockets a launcher passed in.
+fn check_settings_but_listeners(config: &ServerConfig) -> anyhow::Result<conn::Auth> {
     anyhow::ensure!(!config.exports.is_empty(), "no --export given");
-    anyhow::ensure!(
-        !config.listen.is_empty() || !inherited.is_empty(),
-        "no --listen given"
-    );
-    let exports = open_exports(&config.exports)?;
     let mut tokens: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(t) = &config.token {
         tokens.push(("default".into(), t.clone()));
@@ -179,6 +183,77 @@ pub async fn run_with(
                 .join(", ")
         );
     }
+    for addr in &config.listen {
+        if let ListenAddr::VhostUserFs { export, .. } = addr {
+            anyhow::ensure!(
+                config.exports.iter().any(|e| &e.name == export),
+                "{addr}: no --export is named {export:?}"
+            );
+        }
+    }
+    Ok(auth)
+}
+
+/// Checks `config` as far as it can be without listening ([`check_settings`], and every
+/// export opens). Returns the opened exports and how clients authenticate.
+pub fn check_config(config: &ServerConfig) -> anyhow::Result<(Vec<Arc<Export>>, conn::Auth)> {
+    let auth = check_settings(config)?;
+    Ok((open_exports(&config.exports)?, auth))
+}
+
+/// Where a running server gets its next configuration on SIGHUP: the configuration file read
+/// again, with the command line applied over it.
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<ServerConfig> + Send + Sync>;
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_reloading(config, None, Ops::default(), shutdown).await
+}
+
+/// Where a running server can be watched and steered from.
+#[derive(Clone, Debug, Default)]
+pub struct Ops {
+    /// `--control unix:PATH`: the control socket (`ferry status`, `ferry ctl reload`).
+    pub control: Option<std::path::PathBuf>,
+    /// `--metrics unix:PATH|tcp:HOST:PORT`: the Prometheus endpoint.
+    pub metrics: Option<ListenAddr>,
+}
+
+/// Runs the server until `shutdown` completes; on SIGHUP, asks `reloader` for the next
+/// configuration and applies it ([`reload::Live::reload`]). A configuration that cannot be
+/// read or used is refused and logged; the running one stays.
+pub async fn run_reloading(
+    config: ServerConfig,
+    reloader: Option<Reloader>,
+    ops: Ops,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(config, reloader, ops, Vec::new(), shutdown).await
+}
+
+/// [`run`], with vhost-user-fs sockets a launcher already bound and passed in: (export name,
+/// listening socket) pairs, as `ferry-virtiofsd --fd N` gets them from libvirt or Kata.
+pub async fn run_with(
+    config: ServerConfig,
+    inherited: Vec<(String, std::os::unix::net::UnixListener)>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(config, None, Ops::default(), inherited, shutdown).await
+}
+
+async fn serve(
+    config: ServerConfig,
+    reloader: Option<Reloader>,
+    ops: Ops,
+    inherited: Vec<(String, std::os::unix::net::UnixListener)>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.listen.is_empty() || !inherited.is_empty(),
+        "no --listen given"
+    );
+    let auth = check_settings_but_listeners(&config)?;
+    let exports = open_exports(&config.exports)?;
     for e in &exports {
         e.set_max_node_fds(config.max_node_fds);
         e.set_max_handles(config.limits.max_handles);
@@ -208,19 +283,10 @@ pub async fn run_with(
         max_queued_change_bytes = config.limits.max_queued_change_bytes,
         "limits"
     );
-    let mut state = ServerState::new(exports, auth, config.limits.clone());
-    state.allow = config.exports.iter().map(|s| s.allow.clone()).collect();
-    for (e, spec) in state.exports.iter().zip(&config.exports) {
-        if let Some(list) = &spec.allow {
-            let list: Vec<String> = list.iter().map(|c| c.to_string()).collect();
-            info!(name = e.name(), allow = list.join(","), "export allow-list");
-        }
-    }
-    let state = Arc::new(state);
+    let live = Arc::new(reload::Live::new(config.clone(), exports.clone(), auth));
     let mut tasks = tokio::task::JoinSet::new();
     for (name, socket) in inherited {
-        let export = state
-            .exports
+        let export = exports
             .iter()
             .find(|e| e.name() == name)
             .with_context(|| format!("inherited vhost-user socket: no export is named {name:?}"))?;
@@ -236,8 +302,7 @@ pub async fn run_with(
     }
     for addr in &config.listen {
         if let ListenAddr::VhostUserFs { socket, export } = addr {
-            let export = state
-                .exports
+            let export = exports
                 .iter()
                 .find(|e| e.name() == export)
                 .with_context(|| format!("{addr}: no --export is named {export:?}"))?;
@@ -259,12 +324,49 @@ pub async fn run_with(
         let listener = Listener::bind(addr, config.socket_mode)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        tasks.spawn(listener.serve(state.clone()));
+        tasks.spawn(listener.serve(live.clone()));
     }
-    shutdown.await;
+    let reloader: control::SharedReloader = Arc::new(reloader);
+    if let Some(path) = ops.control {
+        control::serve_control(path, live.clone(), reloader.clone()).await?;
+    }
+    if let Some(addr) = ops.metrics {
+        control::serve_metrics(addr, live.clone()).await?;
+    }
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => {
+                info!("SIGHUP");
+                let (live, reloader) = (live.clone(), reloader.clone());
+                let _ = tokio::task::spawn_blocking(move || control::reload(&live, &reloader)).await;
+            }
+        }
+    }
     info!("shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// The state connections are served with: `exports` (opened from `config.exports`, in the
+/// same order), `auth`, `config`'s limits and each export's allow-list (logged).
+pub(crate) fn server_state(
+    config: &ServerConfig,
+    exports: Vec<Arc<Export>>,
+    auth: conn::Auth,
+) -> ServerState {
+    let mut state = ServerState::new(exports, auth, config.limits.clone());
+    state.allow = config.exports.iter().map(|s| s.allow.clone()).collect();
+    for (e, spec) in state.exports.iter().zip(&config.exports) {
+        if let Some(list) = &spec.allow {
+            let list: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            info!(name = e.name(), allow = list.join(","), "export allow-list");
+        }
+    }
+    state
 }
 
 /// Completes on SIGINT or SIGTERM.

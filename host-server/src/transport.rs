@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
 
 use crate::config::ListenAddr;
-use crate::conn::{Peer, ServerState, Stream, serve_admitted};
+use crate::conn::{Peer, Stream, serve_admitted};
 
 /// A bound listener.
 pub enum Listener {
@@ -105,7 +105,7 @@ impl Listener {
     }
 
     /// Accepts connections forever, serving each on its own threads.
-    pub async fn serve(self, state: Arc<ServerState>) {
+    pub async fn serve(self, live: Arc<crate::reload::Live>) {
         let name = self.local_addr().to_string();
         info!("listening on {name}");
         loop {
@@ -125,14 +125,14 @@ impl Listener {
                     // Tokio hands out non-blocking sockets; the connection workers block.
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, state.clone(), peer)
+                    spawn_connection(s, live.clone(), peer)
                 }),
                 Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
                     // Small request/reply frames must not wait for Nagle's algorithm.
                     s.set_nodelay(true)?;
                     let s = s.into_std()?;
                     s.set_nonblocking(false)?;
-                    spawn_connection(s, state.clone(), Peer::named(peer.to_string()))
+                    spawn_connection(s, live.clone(), Peer::named(peer.to_string()))
                 }),
                 Listener::Vsock(l, _) => {
                     // An async accept (not a blocking thread parked in accept(2)) is what lets
@@ -146,7 +146,7 @@ impl Listener {
                                 cid: Some(addr.cid()),
                                 uid: None,
                             };
-                            spawn_connection(s, state.clone(), peer)
+                            spawn_connection(s, live.clone(), peer)
                         })
                 }
             };
@@ -164,16 +164,17 @@ impl Listener {
 /// line) without a thread.
 fn spawn_connection<S: Stream>(
     stream: S,
-    state: Arc<ServerState>,
+    live: Arc<crate::reload::Live>,
     peer: Peer,
 ) -> std::io::Result<()> {
+    let state = live.current();
     let Some(admission) = state.admit(&peer) else {
         return Ok(());
     };
     std::thread::Builder::new()
         .name("ferry-conn".into())
         .spawn(move || {
-            let _ = serve_admitted(stream, admission, &peer);
+            let _ = serve_admitted(stream, admission, &peer, Some(&live.stats));
         })?;
     Ok(())
 }

@@ -69,6 +69,7 @@ errnos! {
     EOPNOTSUPP = 95,
     ECONNABORTED = 103,
     ENOTCONN = 107,
+    ESHUTDOWN = 108,
     ETIMEDOUT = 110,
     ESTALE = 116,
     EDQUOT = 122,

@@ -148,6 +148,7 @@ impl Client {
             closed_cv: Condvar::new(),
             closer: Mutex::new(closer),
             changes: DashMap::new(),
+            gone: dashmap::DashSet::new(),
         });
         client.start_reader(reader, buf)?;
         Ok(client)

@@ -184,6 +184,8 @@ pub struct Client {
     closer: Mutex<Option<Closer>>,
     /// Where host changes of each watched export go (see [`Client::watch`]).
     changes: DashMap<u32, Sender<Vec<Change>>>,
+    /// Exports the server has answered ESHUTDOWN for (logged once each).
+    gone: dashmap::DashSet<u32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -225,7 +227,7 @@ impl Client {
             return;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(id, Pending::new(op, done));
+        self.pending.insert(id, Pending::new(op, export, done));
         // close() sets `closed` before draining: either the drain saw our entry, or we see
         // the flag here and fail it ourselves.
         if self.is_closed() {

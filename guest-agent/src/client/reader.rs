@@ -19,14 +19,17 @@ const READ_BUF: usize = 256 * 1024;
 /// A request waiting for its reply.
 pub(super) struct Pending {
     op: Opcode,
+    /// The export the request is for (named in the log when the server has stopped serving it).
+    export: u32,
     /// In a mutex only to make `Pending` (and so `Client`) `Sync`; it is never contended.
     done: Mutex<Done>,
 }
 
 impl Pending {
-    pub(super) fn new(op: Opcode, done: Done) -> Self {
+    pub(super) fn new(op: Opcode, export: u32, done: Done) -> Self {
         Self {
             op,
+            export,
             done: Mutex::new(done),
         }
     }
@@ -118,6 +121,24 @@ impl Client {
         }
     }
 
+    /// The server answered ESHUTDOWN for `export`: a reload removed or replaced it. Said once
+    /// per export, since every later request on its mount gets the same answer.
+    fn export_gone(&self, export: u32) {
+        if self.gone.insert(export) {
+            let name = self
+                .welcome
+                .exports
+                .iter()
+                .find(|e| e.id == export)
+                .map_or("?", |e| e.name.as_str());
+            error!(
+                export = name,
+                "the server no longer serves this export (removed or changed by a reload); \
+                 every request on its mount fails with ESHUTDOWN until it is mounted again"
+            );
+        }
+    }
+
     /// Handles one frame; `Err` means the connection must be closed.
     fn dispatch(&self, bytes: &[u8]) -> Result<(), String> {
         let frame = Frame::parse(bytes).map_err(|e| format!("malformed frame: {e}"))?;
@@ -144,6 +165,9 @@ impl Client {
                         "reply to request {id} is for {:?}, the request was {expected:?}",
                         reply.op
                     ));
+                }
+                if reply.result == Err(Errno::ESHUTDOWN) {
+                    self.export_gone(pending.export);
                 }
                 pending.finish(reply.result);
                 Ok(())

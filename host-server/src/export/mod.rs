@@ -59,6 +59,7 @@ mod owners;
 mod replay;
 pub(crate) mod sys;
 mod watch;
+pub use watch::EventCounts;
 mod xattr;
 
 #[cfg(test)]
@@ -213,6 +214,8 @@ pub struct Export {
     max_lock_owners: AtomicUsize,
     /// Guest threads replaying host changes on a mount of this export (see `replay.rs`).
     replayers: replay::Replayers,
+    /// Set once the server stops serving this export (a reload removed or replaced it).
+    retired: AtomicBool,
     /// Whether a close on the export's filesystem can fail (see `close_reports_errors`).
     close_errors: bool,
 }
@@ -270,6 +273,7 @@ impl Export {
             proc_fd,
             events: Events::default(),
             max_node_fds: AtomicUsize::new(DEFAULT_NODE_FDS),
+            retired: AtomicBool::new(false),
             max_handles: AtomicUsize::new(DEFAULT_HANDLES),
             max_lock_owners: AtomicUsize::new(DEFAULT_LOCK_OWNERS),
             replayers: replay::Replayers::default(),
@@ -304,6 +308,18 @@ impl Export {
     }
 
     /// Whether mutations are refused.
+    /// Marks the export as no longer served: front doors answer every request of its
+    /// existing sessions with ESHUTDOWN from now on. Sessions stay (their descriptors close
+    /// when their guest disconnects); nothing of the host directory changes.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Export::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     pub fn read_only(&self) -> bool {
         self.read_only
     }

@@ -73,7 +73,7 @@ pub(super) fn component(name: &[u8]) -> Result<CString, Errno> {
         return Err(Errno::EINVAL);
     }
     if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        tracing::warn!(name = %String::from_utf8_lossy(name), "refused a name that is not a single path component");
+        ferry_common::warn_limited!(name = %String::from_utf8_lossy(name), "refused a name that is not a single path component");
         return Err(Errno::EINVAL);
     }
     sys::cstring(name)
@@ -503,7 +503,7 @@ impl ExportSession {
         } else if !node.is_file() {
             // The guest kernel opens FIFOs, sockets and device nodes itself and never asks
             // the server; opening them on the host could block or reach a host device.
-            tracing::warn!(ino, "refused to open a special file on the host");
+            ferry_common::warn_limited!(ino, "refused to open a special file on the host");
             return Err(Errno::EPERM);
         }
         let fd = self.as_caller(ctx, &[Over::Node(node.fd())], || {

@@ -99,7 +99,7 @@ type Out = Result<Option<Vec<u8>>, Errno>;
 /// A malformed request is answered EINVAL (so `?` works on decoding too).
 impl From<DecodeError> for Errno {
     fn from(e: DecodeError) -> Self {
-        tracing::warn!("virtio-fs: malformed request: {e}");
+        ferry_common::warn_limited!("virtio-fs: malformed request: {e}");
         Errno::EINVAL
     }
 }
@@ -144,7 +144,7 @@ impl FuseServer {
         let (h, args) = match abi::parse_request(request) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!("virtio-fs: dropped a request: {e}");
+                ferry_common::warn_limited!("virtio-fs: dropped a request: {e}");
                 return None;
             }
         };
@@ -454,7 +454,7 @@ impl FuseServer {
         if i.major < abi::KERNEL_VERSION
             || (i.major == 7 && i.minor < abi::MIN_KERNEL_MINOR_VERSION)
         {
-            tracing::warn!(
+            ferry_common::warn_limited!(
                 major = i.major,
                 minor = i.minor,
                 "virtio-fs: guest kernel FUSE protocol too old"

@@ -758,7 +758,10 @@ impl InodeTable {
         let fd = sys::open_by_handle(base.as_fd(), &h, libc::O_PATH | libc::O_NOFOLLOW)?;
         let st = sys::fstat(fd.as_fd())?;
         if (st.st_dev, st.st_ino) != (node.dev, node.ino) || file_type(&st) != node.kind {
-            tracing::warn!(id = node.id, "a file handle opened another object; refused");
+            ferry_common::warn_limited!(
+                id = node.id,
+                "a file handle opened another object; refused"
+            );
             return Err(Errno::ESTALE);
         }
         Ok(fd)

@@ -79,6 +79,28 @@ pub(crate) struct Events {
     in_flight: [AtomicU64; 2],
     /// The running watcher; dropping it stops the watcher thread.
     watcher: Mutex<Option<TreeWatcher>>,
+    /// What `ferry status` shows of this export's watcher.
+    counts: EventCounters,
+}
+
+/// Running totals of one export's watcher (relaxed atomics, one addition per burst).
+#[derive(Default)]
+struct EventCounters {
+    seen: AtomicU64,
+    coalesced: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// An export's watcher totals: [`Export::event_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Host changes the watcher read (after pairing rename halves).
+    pub seen: u64,
+    /// Changes folded into another change to the same path within a burst.
+    pub coalesced: u64,
+    /// Changes not sent to a watching session because that session made them itself (echoes)
+    /// or knows nothing of the object; counted once per session.
+    pub suppressed: u64,
 }
 
 impl std::fmt::Debug for Events {
@@ -147,6 +169,16 @@ impl Events {
 }
 
 impl Export {
+    /// This export's watcher totals since the server started.
+    pub fn event_counts(&self) -> EventCounts {
+        let c = &self.events.counts;
+        EventCounts {
+            seen: c.seen.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            suppressed: c.suppressed.load(Ordering::Relaxed),
+        }
+    }
+
     /// Starts sending `session`'s changes to `sink` (replacing an earlier sink of the same
     /// session). Starts the export's watcher if it is the first.
     pub(crate) fn subscribe(
@@ -299,7 +331,13 @@ impl Export {
                 // The rename's second half never came: moved out of the export.
                 changes.push(Raw::new(ChangeKind::Removed, from, false));
             }
+            let read = changes.len();
             let changes = coalesce(moved.follow(self.root.as_fd(), changes));
+            let counts = &self.events.counts;
+            counts.seen.fetch_add(read as u64, Ordering::Relaxed);
+            counts
+                .coalesced
+                .fetch_add(read.saturating_sub(changes.len()) as u64, Ordering::Relaxed);
             let changes = collapse(scanned.expand(self.root.as_fd(), changes));
             if changes.iter().any(|c| c.kind == ChangeKind::Overflow) {
                 warn!(
@@ -342,6 +380,10 @@ impl Export {
                 debug!(sid, kind = ?c.kind, path = %String::from_utf8_lossy(&c.path),
                     to = %String::from_utf8_lossy(&c.to), entry = c.entry.map(|e| e.ino), "change sent");
             }
+            self.events.counts.suppressed.fetch_add(
+                changes.len().saturating_sub(out.len()) as u64,
+                Ordering::Relaxed,
+            );
             if !out.is_empty() {
                 sink(out);
             }

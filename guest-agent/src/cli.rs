@@ -1,0 +1,110 @@
+//! The `ferry-agent` command line (clap), in the library so that `ferry man` and
+//! `ferry completions` generate from the same definitions the binary parses with.
+
+use std::path::PathBuf;
+
+use crate::ConnectAddr;
+use clap::Parser;
+
+/// Mount Ferry exports inside the VM with FUSE.
+///
+/// Connects to a ferry-host, mounts each requested export, and serves the mounts until SIGINT or
+/// SIGTERM (or until the server goes away), then unmounts them all (lazily, so open files do
+/// not block the exit).
+#[derive(Parser, Debug)]
+#[command(version = ferry_common::version(), about, long_about = None)]
+pub struct Args {
+    /// The ferry-host to connect to: unix:PATH, tcp:HOST:PORT, vsock:PORT (the host, CID 2)
+    /// or vsock:CID:PORT. Inside a VM use vsock:PORT whatever the VMM: with QEMU/KVM
+    /// (vhost-vsock) it reaches ferry-host --listen vsock:PORT; with Firecracker,
+    /// cloud-hypervisor or vhost-device-vsock the VMM delivers it to the host's Unix socket
+    /// PATH_PORT (ferry-host --listen hybrid-vsock:PATH:PORT). hybrid-vsock:PATH:PORT, run on
+    /// the host, reaches a server listening on vsock port PORT inside the VM whose VMM socket
+    /// is PATH (the CONNECT handshake).
+    #[arg(long, value_name = "ADDR")]
+    pub connect: ConnectAddr,
+
+    /// Export to mount, as NAME=MOUNTPOINT (NAME as given to ferry-host --export). Repeat for
+    /// several mounts.
+    #[arg(long = "mount", value_name = "NAME=MOUNTPOINT", required_unless_present = "events_only",
+          conflicts_with = "events_only", value_parser = parse_mount)]
+    pub mounts: Vec<(String, PathBuf)>,
+
+    /// Mount nothing: for each NAME=MOUNTPOINT given after the options, where MOUNTPOINT is a
+    /// virtio-fs mount of export NAME served by the same ferry-host, replay the export's host
+    /// changes on it, so that programs in this VM get inotify events for host-side changes and
+    /// the kernel's caches of the mount are refreshed (virtio-fs itself has no notification
+    /// path).
+    #[arg(long)]
+    pub events_only: bool,
+
+    /// With --events-only: the virtio-fs mounts to replay host changes on.
+    #[arg(value_name = "NAME=MOUNTPOINT", requires = "events_only", value_parser = parse_mount)]
+    pub targets: Vec<(String, PathBuf)>,
+
+    /// File holding the shared token the server requires (trailing whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// The shared token itself; prefer --token-file, which keeps it out of `ps`.
+    #[arg(
+        long,
+        env = "FERRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// How the guest kernel caches: `cached` (names, attributes and pages kept, made coherent
+    /// by host change events) or `consistent` (nothing cached; every access asks the host).
+    /// Both raise inotify events in the guest for host changes.
+    #[arg(long, value_name = "MODE", default_value = "cached")]
+    pub cache: crate::CacheMode,
+
+    /// In `cached` mode, how long the guest kernel may keep names and attributes without a
+    /// host event, in milliseconds (1000 at most when the server sends no events).
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub attr_timeout_ms: u64,
+
+    /// While the server is not reachable yet (the VM booted first), keep retrying for this
+    /// many seconds, with a backoff of up to 5 s between attempts. 0 tries once.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub connect_timeout: u64,
+
+    /// Who checks permissions on the mounts: `guest` (this kernel checks every access against
+    /// the owners and modes shown, as on a local disk: mount option default_permissions) or
+    /// `host` (anything the server's user may do, every user here may do). By default each
+    /// export follows what ferry-host chose for it (guest, except in squash mode).
+    #[arg(long, value_name = "guest|host", value_parser = parse_permissions)]
+    pub permissions: Option<ferry_protocol::Permissions>,
+
+    /// Let users other than the one running the agent use the mounts (FUSE's allow_other):
+    /// root's services and container runtimes need it. On by default where allowed (as root,
+    /// or where /etc/fuse.conf has user_allow_other); asking for it where not allowed is an
+    /// error.
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Mount over directories that hold files (hidden while mounted); by default a mount
+    /// point must be empty.
+    #[arg(long)]
+    pub nonempty: bool,
+}
+
+pub fn parse_permissions(s: &str) -> Result<ferry_protocol::Permissions, String> {
+    match s {
+        "guest" => Ok(ferry_protocol::Permissions::Guest),
+        "host" => Ok(ferry_protocol::Permissions::Host),
+        _ => Err(format!("{s:?}: expected guest or host")),
+    }
+}
+
+pub fn parse_mount(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --mount {s:?}: expected NAME=MOUNTPOINT"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("invalid --mount {s:?}: expected NAME=MOUNTPOINT"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
