@@ -530,7 +530,7 @@ fn bad_mappings_stop_at_start_naming_the_flag() {
             1000,
             &[],
             &format!(
-                "{} --listen unix:{}/s --export a={} --ids passthrough",
+                "{} --no-auth --listen unix:{}/s --export a={} --ids passthrough",
                 bins().host.display(),
                 dir.path().display(),
                 dir.path().display()

@@ -73,6 +73,17 @@ impl FerryFs {
         self
     }
 
+    /// The caller's `Ctx`, with its supplementary groups when the server wants them: for a
+    /// request sent later on the caller's behalf (a read-only open answered here is opened on
+    /// the host by the first request that needs it, and must be checked as its opener).
+    pub(super) fn ctx_with_groups(&self, req: &Request) -> proto::Ctx {
+        let mut ctx = ctx(req);
+        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 {
+            ctx.groups = caller_groups(ctx.pid);
+        }
+        ctx
+    }
+
     pub(super) fn call<F>(&self, req: &Request, body: Req<'_>, payload: &[u8], done: F)
     where
         F: FnOnce(Result<Reply<'_>, Errno>) + Send + 'static,

@@ -77,7 +77,6 @@ use crate::client::Client;
 use crate::replay::ReplayState;
 use attr::{fopen_flags, set_time};
 use cache::{DirCache, Prefetched};
-use caller::ctx;
 use lazy::{LazyOpens, is_lazy};
 use locks::{Locks, flock_op};
 use reply::{fill_dirplus, refuse, reply_with};
@@ -423,7 +422,7 @@ impl Filesystem for FerryFs {
         };
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         if read_only && self.lazy_open {
-            let fh = self.lazy.open(ino.0, flags.0, ctx(req));
+            let fh = self.lazy.open(ino.0, flags.0, self.ctx_with_groups(req));
             reply.opened(FileHandle(fh), self.open_flags(0));
             return;
         }
