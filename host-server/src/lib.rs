@@ -5,6 +5,7 @@
 //!   sockets, FUSE sessions, vsock or vhost-user.
 //! - [`conn`]: one guest connection, generic over the byte stream: handshake, concurrent
 //!   request dispatch onto the export core, reply framing.
+//! - [`limits`]: `Limits`, the caps on what clients may make the server hold.
 //! - [`transport`]: listeners (Unix socket, TCP, AF_VSOCK, hybrid vsock) that accept streams
 //!   and hand them to `conn`.
 //! - [`virtiofs`]: the export core as a vhost-user-fs backend (the guest kernel speaks FUSE
@@ -31,6 +32,7 @@ pub mod conn;
 pub mod control;
 pub mod export;
 pub mod ids;
+pub mod limits;
 pub mod reload;
 pub mod stats;
 pub mod strip;

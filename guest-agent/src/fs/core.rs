@@ -92,7 +92,7 @@ impl FerryFs {
         // In map mode every request runs as the caller on the host, whose kernel checks
         // permissions (and ACL group entries) against the groups too; requests on an open
         // handle check nothing more, and skip the read of `/proc`.
-        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 && !super::on_open_handle(&body) {
+        if self.caller_groups && ctx.uid != 0 && ctx.pid != 0 && !on_open_handle(&body) {
             ctx.groups = caller_groups(ctx.pid);
         }
         self.client
@@ -138,4 +138,25 @@ impl FerryFs {
             self.forget_nodes(req, nodes);
         }
     }
+}
+
+/// Whether `body` works on a handle the caller already opened (data, sync, locks, release),
+/// where the host checks no permission again and the caller's groups are not needed.
+fn on_open_handle(body: &Req<'_>) -> bool {
+    matches!(
+        body,
+        Req::Read(_)
+            | Req::Write(_)
+            | Req::Flush(_)
+            | Req::Release(_)
+            | Req::Fsync(_)
+            | Req::Readdir(_)
+            | Req::Readdirplus(_)
+            | Req::Releasedir(_)
+            | Req::Fsyncdir(_)
+            | Req::Lseek(_)
+            | Req::Getlk(_)
+            | Req::Setlk(_)
+            | Req::Flock(_)
+    )
 }

@@ -987,24 +987,3 @@ impl Filesystem for FerryFs {
         self.call_fh(req, fh_in.0, make, reply_with("copy_file_range", reply));
     }
 }
-
-/// Whether `body` works on a handle the caller already opened (data, sync, locks, release),
-/// where the host checks no permission again and the caller's groups are not needed.
-fn on_open_handle(body: &Req<'_>) -> bool {
-    matches!(
-        body,
-        Req::Read(_)
-            | Req::Write(_)
-            | Req::Flush(_)
-            | Req::Release(_)
-            | Req::Fsync(_)
-            | Req::Readdir(_)
-            | Req::Readdirplus(_)
-            | Req::Releasedir(_)
-            | Req::Fsyncdir(_)
-            | Req::Lseek(_)
-            | Req::Getlk(_)
-            | Req::Setlk(_)
-            | Req::Flock(_)
-    )
-}
