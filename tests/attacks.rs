@@ -46,9 +46,13 @@ impl HostProc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        // Ready once it accepts connections on its socket.
+        // Ready once it says it listens (its socket is bound and listening by then). Not by
+        // connecting: a probe connection would live on in the server for a while, and tests
+        // that count the server's connections or descriptors would count it too.
+        let said = format!("listening on unix:{}", sock.display());
         let listening = wait_until(Duration::from_secs(20), || {
-            UnixStream::connect(&sock).is_ok() || child.try_wait().unwrap().is_some()
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&said))
+                || child.try_wait().unwrap().is_some()
         });
         assert!(
             listening && child.try_wait().unwrap().is_none(),
