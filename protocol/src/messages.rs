@@ -125,7 +125,8 @@ pub struct Timespec {
 /// File attributes, as `stat` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {
-    /// Node id (not the host inode number).
+    /// The host's inode number, which the guest shows as `st_ino` (not the node id: that is
+    /// the `Entry`'s and the requests' own, and changes when the guest forgets a node).
     pub ino: u64,
     /// Size in bytes.
     pub size: u64,

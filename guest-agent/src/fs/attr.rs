@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_protocol::{Attr, Entry, SetTime, Timespec};
+use ferry_protocol::{Attr, SetTime, Timespec};
 use fuser::{FileAttr, FileType, FopenFlags, INodeNo, TimeOrNow};
 
 /// Protocol time → `SystemTime` (saturating at the epoch on overflow).
@@ -95,13 +95,6 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         blksize: a.blksize,
         flags: 0,
     }
-}
-
-/// The attributes of an [`Entry`], with the node id taken from the entry.
-pub(super) fn entry_attr(e: &Entry) -> FileAttr {
-    let mut attr = file_attr(&e.attr);
-    attr.ino = INodeNo(e.ino);
-    attr
 }
 
 pub(super) fn set_time(t: TimeOrNow) -> SetTime {

@@ -13,7 +13,7 @@ use fuser::{
 };
 use tracing::error;
 
-use super::attr::{entry_attr, file_attr, fopen_flags, mode_from_dtype};
+use super::attr::{file_attr, fopen_flags, mode_from_dtype};
 
 pub(super) fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
@@ -104,8 +104,12 @@ impl<R: Fail, T, U> Fail for (R, T, U) {
 impl Respond for (ReplyEntry, Duration) {
     fn respond(self, r: &Reply<'_>) -> Result<(), Self> {
         let Reply::Entry(e) = r else { return Err(self) };
-        self.0
-            .entry(&self.1, &entry_attr(e), Generation(e.generation));
+        self.0.entry_node(
+            &self.1,
+            INodeNo(e.ino),
+            &file_attr(&e.attr),
+            Generation(e.generation),
+        );
         Ok(())
     }
 }
@@ -126,9 +130,10 @@ impl Respond for (ReplyCreate, Duration, FopenFlags) {
             return Err(self);
         };
         let (reply, ttl, extra) = self;
-        reply.created(
+        reply.created_node(
             &ttl,
-            &entry_attr(&c.entry),
+            INodeNo(c.entry.ino),
+            &file_attr(&c.entry.attr),
             Generation(c.entry.generation),
             FileHandle(c.opened.fh),
             fopen_flags(c.opened.open_flags) | extra,
@@ -238,26 +243,24 @@ pub(super) fn fill_dirplus(
             }
             continue;
         }
+        // The node id is the entry's (0 when not looked up: the kernel then does not link
+        // it); the dirent's inode number is the host's, as `stat` shows it.
         let (attr, generation) = if e.entry.ino != 0 {
-            (entry_attr(&e.entry), e.entry.generation)
+            (file_attr(&e.entry.attr), e.entry.generation)
         } else {
-            // Not looked up: node id 0 tells the kernel not to link it. The kernel ignores the
-            // node id of `.` and `..`, so give those a usable inode number for the dirent.
-            let ino = match (is_dot, e.entry.attr.ino) {
-                (true, 0) => dir,
-                (true, ino) => ino,
-                (false, _) => 0,
-            };
             let mut attr = file_attr(&Attr {
                 mode: mode_from_dtype(e.kind),
                 ..e.entry.attr
             });
-            attr.ino = INodeNo(ino);
+            // The kernel ignores the node id of `.` and `..`; give them a usable inode number.
+            if is_dot && attr.ino.0 == 0 {
+                attr.ino = INodeNo(dir);
+            }
             (attr, 0)
         };
         let name = OsStr::from_bytes(&e.name);
         if reply.add(
-            attr.ino,
+            INodeNo(e.entry.ino),
             e.offset,
             name,
             &ttl,

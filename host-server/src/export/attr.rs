@@ -62,11 +62,13 @@ pub(crate) fn decode_rdev(rdev: u32) -> libc::dev_t {
     libc::makedev(major, minor)
 }
 
-/// Attributes of node `id` from a host stat and how the node looks to the guest (`shown`);
-/// `ino` is the node id, not the host inode number.
-pub(crate) fn from_stat(id: u64, st: &libc::stat, shown: Presented) -> Attr {
+/// Attributes from a host stat and how the node looks to the guest (`shown`). `ino` is the
+/// host's inode number, not the node id: a node id is handed out afresh when the guest kernel
+/// forgets a node and looks it up again, and `st_ino` must stay the same for as long as the
+/// object lives (GNU tar, git and rsync compare it).
+pub(crate) fn from_stat(st: &libc::stat, shown: Presented) -> Attr {
     Attr {
-        ino: id,
+        ino: st.st_ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
         atime: timespec(st.st_atime, st.st_atime_nsec),

@@ -8,7 +8,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use ferry_protocol::sizes::{dirent_size, direntplus_size};
-use ferry_protocol::{Ctx, DirEntry, DirEntryPlus, Entry, Errno, MAX_DATA, Opened};
+use ferry_protocol::{Attr, Ctx, DirEntry, DirEntryPlus, Entry, Errno, MAX_DATA, Opened};
 
 use super::creds::Over;
 use super::handle::{Handle, HandleKind};
@@ -115,7 +115,15 @@ impl ExportSession {
         let dev = Some(parent.dev);
         self.gather_dir(fh, offset, size, direntplus_size, |dirfd, d| {
             let entry = if d.name == b"." || d.name == b".." {
-                Entry::default()
+                // No node; the host's inode number for the dirent, as readdir gives it.
+                let attr = Attr {
+                    ino: d.ino,
+                    ..Attr::default()
+                };
+                Entry {
+                    attr,
+                    ..Entry::default()
+                }
             } else {
                 let name = sys::cstring(d.name)?;
                 match self.lookup_hinted(dirfd, &parent, &name, dev.map(|dev| (dev, d.ino))) {

@@ -207,9 +207,9 @@ impl ExportSession {
         }
     }
 
-    /// Attributes of node `id` as the guest sees them.
-    pub(crate) fn attr(&self, id: u64, fd: BorrowedFd<'_>, st: &libc::stat) -> Attr {
-        attr::from_stat(id, st, self.present(fd, st))
+    /// Attributes of the node open as `fd` as the guest sees them.
+    pub(crate) fn attr(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Attr {
+        attr::from_stat(st, self.present(fd, st))
     }
 
     /// Writes (or, when it says nothing the host does not, removes) the owner record of a node.
@@ -315,7 +315,7 @@ impl ExportSession {
             return Ok(());
         }
         let st = sys::fstat(node.fd())?;
-        let now = self.attr(node.id, node.fd(), &st).mode;
+        let now = self.attr(node.fd(), &st).mode;
         if mode & !now & setid_bits(st.st_mode & libc::S_IFMT) != 0 {
             tracing::info!(
                 export = self.export.name(),
@@ -345,7 +345,7 @@ impl ExportSession {
             return Ok(false);
         }
         let st = sys::fstat(node.fd())?;
-        let mode = self.attr(node.id, node.fd(), &st).mode & 0o7777;
+        let mode = self.attr(node.fd(), &st).mode & 0o7777;
         let mut kill = libc::S_ISUID;
         if mode & libc::S_IXGRP != 0 {
             kill |= libc::S_ISGID;

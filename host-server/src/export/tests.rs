@@ -1,6 +1,7 @@
 //! Tests driving [`ExportSession`] directly on temporary directories. They run as root.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
@@ -104,7 +105,13 @@ fn create_write_read_round_trip() {
     let (entry, fh) = create_file(&s, ROOT_ID, "f", b"hello world");
     assert!(entry.ino > ROOT_ID);
     assert!(is_kind(&entry.attr, libc::S_IFREG));
-    assert_eq!(entry.attr.ino, entry.ino, "attr.ino is the node id");
+    let host_ino = std::fs::symlink_metadata(dir.path().join("f"))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        entry.attr.ino, host_ino,
+        "attr.ino is the host's inode number"
+    );
     assert_eq!(entry.attr.mode & 0o777, 0o644);
     assert_eq!(s.read(entry.ino, fh, 0, 100).unwrap(), b"hello world");
     assert_eq!(s.read(entry.ino, fh, 6, 3).unwrap(), b"wor");
@@ -120,7 +127,7 @@ fn create_write_read_round_trip() {
     assert_eq!(s.lookup_count(entry.ino), Some(2));
     let attr = s.getattr(entry.ino, None).unwrap();
     assert_eq!(attr.size, 11);
-    assert_eq!(attr.ino, entry.ino);
+    assert_eq!(attr.ino, host_ino);
     let meta = std::fs::metadata(dir.path().join("f")).unwrap();
     assert_eq!(attr.blksize as u64, meta.blksize());
     assert_eq!(attr.blocks, meta.blocks());
@@ -402,7 +409,9 @@ fn readdirplus_takes_lookups_that_forget_gives_back() {
             assert_eq!(e.entry.ino, 0, "no lookup for dot entries");
         } else {
             assert!(e.entry.ino > ROOT_ID);
-            assert_eq!(e.entry.attr.ino, e.entry.ino);
+            let path = dir.path().join(OsStr::from_bytes(&e.name));
+            let host_ino = std::fs::symlink_metadata(path).unwrap().ino();
+            assert_eq!(e.entry.attr.ino, host_ino, "the host's inode number");
             assert_eq!(s.lookup_count(e.entry.ino), Some(1));
             ids.push(e.entry.ino);
         }
@@ -1229,7 +1238,7 @@ fn statfs_access_and_getattr_through_handles() {
     s.access(&CTX, ROOT_ID, libc::R_OK | libc::X_OK).unwrap();
     let (f, fh) = create_file(&s, ROOT_ID, "f", b"12345");
     assert_eq!(s.getattr(f.ino, Some(fh)).unwrap().size, 5);
-    assert_eq!(s.getattr(f.ino, Some(fh)).unwrap().ino, f.ino);
+    assert_eq!(s.getattr(f.ino, Some(fh)).unwrap().ino, f.attr.ino);
     let d = s.mkdir(&CTX, ROOT_ID, b"d", 0o755, 0).unwrap();
     assert_eq!(
         s.open(&CTX, d.ino, libc::O_RDONLY).unwrap_err(),

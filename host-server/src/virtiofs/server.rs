@@ -382,7 +382,12 @@ impl FuseServer {
                         self.entry_out_in(ino, &d.entry)
                     };
                     out.extend_from_slice(entry.as_bytes());
-                    let dino = if d.entry.ino == 0 { 1 } else { d.entry.ino };
+                    // The dirent's inode number is the host's, as `stat` shows it.
+                    let dino = match (d.entry.attr.ino, d.entry.ino) {
+                        (0, 0) => 1,
+                        (0, node) => node,
+                        (host, _) => host,
+                    };
                     abi::push_dirent(&mut out, dino, d.offset, u32::from(d.kind), &d.name);
                 }
                 Ok(Some(out))

@@ -243,6 +243,24 @@ impl ReplyEntry {
         ));
     }
 
+    /// Reply to a request with the given entry, whose node id is `node` (Ferry: `attr.ino` is
+    /// then only the inode number `stat` shows).
+    pub fn entry_node(
+        self,
+        ttl: &Duration,
+        node: INodeNo,
+        attr: &FileAttr,
+        generation: Generation,
+    ) {
+        self.reply.send_ll(&ll::ResponseStruct::new_entry(
+            node,
+            generation,
+            &attr.into(),
+            *ttl,
+            *ttl,
+        ));
+    }
+
     /// Reply to a request with the given entry.
     ///
     /// Use this function instead of `ReplyEntry::entry` if the
@@ -510,6 +528,30 @@ impl ReplyCreate {
         assert!(!flags.contains(FopenFlags::FOPEN_PASSTHROUGH));
         self.reply.send_ll(&ll::ResponseStruct::new_create(
             ttl,
+            attr.ino,
+            &attr.into(),
+            generation,
+            fh,
+            flags,
+            0,
+        ));
+    }
+
+    /// As [`ReplyCreate::created`], for the node id `node` (Ferry: `attr.ino` is then only the
+    /// inode number `stat` shows).
+    pub fn created_node(
+        self,
+        ttl: &Duration,
+        node: INodeNo,
+        attr: &FileAttr,
+        generation: Generation,
+        fh: ll::FileHandle,
+        flags: FopenFlags,
+    ) {
+        assert!(!flags.contains(FopenFlags::FOPEN_PASSTHROUGH));
+        self.reply.send_ll(&ll::ResponseStruct::new_create(
+            ttl,
+            node,
             &attr.into(),
             generation,
             fh,
@@ -563,6 +605,7 @@ impl ReplyCreate {
     ) {
         self.reply.send_ll(&ll::ResponseStruct::new_create(
             ttl,
+            attr.ino,
             &attr.into(),
             generation,
             fh,

@@ -20,6 +20,12 @@ use tracing::trace;
 /// Echo fingerprints older than this are dropped (memory bound only; see the module docs).
 pub const ECHO_MAX_AGE: Duration = Duration::from_secs(30);
 
+/// States kept per session and inode. Mutations of one inode run on several workers at once
+/// (the guest kernel writes back pages in parallel with a `utimensat`), so they may record
+/// their states out of order; the host's state when the event is looked at is the newest one,
+/// whichever recorded last.
+const STATES_PER_INODE: usize = 8;
+
 /// What an inode looked like after a server-made change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
@@ -108,7 +114,11 @@ impl Echoes {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         t.gc(now);
         let v = t.inodes.entry(key).or_default();
-        v.retain(|(s, _, _)| *s != sid);
+        if v.iter().filter(|(s, _, _)| *s == sid).count() >= STATES_PER_INODE {
+            if let Some(oldest) = v.iter().position(|(s, _, _)| *s == sid) {
+                v.remove(oldest);
+            }
+        }
         v.push((sid, fp, now));
     }
 
@@ -132,6 +142,15 @@ impl Echoes {
         t.inodes
             .get(&key)
             .is_some_and(|v| v.iter().any(|(s, f, _)| *s == sid && f == fp))
+    }
+
+    /// Whether session `sid` did `op` to `name` in `dir` and no event has been explained by
+    /// that record yet (it is left in place).
+    pub(super) fn has_name_echo(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.names
+            .get(&(dir, name.to_vec(), op))
+            .is_some_and(|v| v.iter().any(|(s, _)| *s == sid))
     }
 
     /// Whether `op` on `name` in `dir` was session `sid`'s doing, taking the record if so: one
@@ -174,13 +193,20 @@ mod tests {
         let mut other = fp;
         other.size = 11;
         assert!(!ev.is_inode_echo(1, (5, 6), &other));
+        // Two mutations of one inode recording out of order: the newer state still matches.
+        ev.note_inode(1, (5, 6), other);
+        ev.note_inode(1, (5, 6), fp);
+        assert!(ev.is_inode_echo(1, (5, 6), &other));
         ev.note_name(1, (5, 1), b"x", NameOp::Removed);
         assert!(!ev.take_name_echo(2, (5, 1), b"x", NameOp::Removed));
         assert!(
             !ev.take_name_echo(1, (5, 1), b"x", NameOp::Created),
             "another operation"
         );
+        assert!(ev.has_name_echo(1, (5, 1), b"x", NameOp::Removed));
+        assert!(!ev.has_name_echo(2, (5, 1), b"x", NameOp::Removed));
         assert!(ev.take_name_echo(1, (5, 1), b"x", NameOp::Removed));
+        assert!(!ev.has_name_echo(1, (5, 1), b"x", NameOp::Removed));
         assert!(
             !ev.take_name_echo(1, (5, 1), b"x", NameOp::Removed),
             "used once"

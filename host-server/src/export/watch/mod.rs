@@ -361,6 +361,11 @@ impl Export {
             .enumerate()
             .map(|(i, c)| Facts::of(self.root.as_fd(), c, &changes[i + 1..], dirs))
             .collect();
+        if changes.iter().zip(&facts).any(|(c, f)| gone(c, f)) {
+            // An object gone since its event may have been removed or renamed by a session
+            // whose mutation has not recorded it yet: wait for it (see `resolve`).
+            self.events.wait_for_mutations();
+        }
         let subs: Vec<(u64, Arc<ExportSession>, Sink)> = {
             let subs = self.events.subs.lock().unwrap_or_else(|e| e.into_inner());
             subs.iter()
@@ -466,6 +471,20 @@ impl Export {
                         return None;
                     }
                 }
+                // Gone from its name since, by this session's own removal or rename (still to
+                // be reported): its state can no longer be compared, and the guest no longer
+                // has the object there, so a replay would raise the event after the guest's
+                // own removal, on a stand-in. Whoever changed it, the guest is not told.
+                if gone(c, f) {
+                    let name = c.path.file_name()?.as_bytes();
+                    let parent = f.parent?;
+                    let echoes = &self.events.echoes;
+                    if echoes.has_name_echo(sid, parent, name, NameOp::Removed)
+                        || echoes.has_name_echo(sid, parent, name, NameOp::RenamedFrom)
+                    {
+                        return None;
+                    }
+                }
                 if c.path.as_os_str().is_empty() {
                     let attr = session.getattr(ROOT_ID, None).ok()?;
                     let entry = Entry {
@@ -531,6 +550,16 @@ impl Export {
             }
         }
     }
+}
+
+/// Whether `c` is a content or attribute change of an object no longer at its path.
+fn gone(c: &Raw, f: &Facts) -> bool {
+    f.obj.is_none()
+        && !c.path.as_os_str().is_empty()
+        && matches!(
+            c.kind,
+            ChangeKind::Data | ChangeKind::DataClosed | ChangeKind::Closed | ChangeKind::Attrib
+        )
 }
 
 /// What `notify` tells how to fix when the watch limit is reached.

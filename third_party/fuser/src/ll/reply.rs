@@ -204,6 +204,7 @@ impl ResponseStruct<abi::fuse_statfs_out> {
 impl ResponseStruct<abi::fuse_create_out> {
     pub(crate) fn new_create(
         ttl: &Duration,
+        nodeid: INodeNo,
         attr: &Attr,
         generation: Generation,
         fh: FileHandle,
@@ -212,7 +213,7 @@ impl ResponseStruct<abi::fuse_create_out> {
     ) -> Self {
         ResponseStruct(abi::fuse_create_out(
             abi::fuse_entry_out {
-                nodeid: attr.attr.ino,
+                nodeid: nodeid.into(),
                 generation: generation.into(),
                 entry_valid: ttl.as_secs(),
                 attr_valid: ttl.as_secs(),
@@ -464,7 +465,7 @@ impl DirEntList {
 
 #[derive(Debug)]
 pub(crate) struct DirEntryPlus<T: AsRef<Path>> {
-    #[allow(unused)] // We use `attr.ino` instead
+    /// The node id (Ferry: `attr.ino` is only the inode number of the dirent and of `stat`).
     ino: INodeNo,
     generation: Generation,
     offset: DirEntOffset,
@@ -518,7 +519,7 @@ impl DirEntPlusList {
         let name = x.name.as_ref().as_os_str().as_bytes();
         let header = abi::fuse_direntplus {
             entry_out: abi::fuse_entry_out {
-                nodeid: x.attr.attr.ino,
+                nodeid: x.ino.into(),
                 generation: x.generation.into(),
                 entry_valid: x.entry_valid.as_secs(),
                 attr_valid: x.attr_valid.as_secs(),
@@ -820,6 +821,7 @@ mod test {
         };
         let r = ResponseStruct::new_create(
             &ttl,
+            attr.ino,
             &attr.into(),
             Generation(0xaa),
             FileHandle(0xbb),
