@@ -371,11 +371,15 @@ impl Replayer {
                 return;
             }
         }
-        let mut view = View::new(c.kind, c.entry.map(|e| e.ino), ft);
+        let mut view = View::new(c.kind, c.entry, ft);
         let result = match c.kind {
             ChangeKind::Overflow => {
-                // The coherence thread has dropped every cached name and attribute.
+                // The coherence thread has dropped every cached name and attribute; the
+                // stream's own names are unknown from here on too.
                 self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                for ino in self.state.model_clear() {
+                    self.forget(ino);
+                }
                 warn!(
                     mountpoint = %self.mountpoint.display(),
                     "the host lost change events; every cached name and attribute was dropped"
