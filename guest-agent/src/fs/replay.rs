@@ -120,6 +120,20 @@ impl FerryFs {
                 reply.error(fuser::Errno::ENOENT);
                 None
             }
+            None if self.replay.stream_names(parent, bytes(name)) => {
+                // Another process: the host's answer, but a missing name is not cached (see
+                // `ReplayState::stream_names`).
+                let ttl = self.ttl;
+                let body = Req::Lookup(proto::Lookup {
+                    parent,
+                    name: bytes(name),
+                });
+                self.call(req, body, &[], move |r| match r {
+                    Err(Errno::ENOENT) => reply.error(fuser::Errno::ENOENT),
+                    r => reply_with("lookup", (reply, ttl))(r),
+                });
+                None
+            }
             _ => Some(reply),
         }
     }

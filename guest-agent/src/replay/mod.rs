@@ -132,6 +132,7 @@ impl Replayer {
         let on_data_change = std::mem::replace(&mut self.on_data_change, Box::new(|_| {}));
         let (tx, batches) = std::sync::mpsc::channel::<Vec<Change>>();
         let coherence = Coherence {
+            state: &self.state,
             kernel: self.kernel.as_ref(),
             raise_events: self.raise_events,
             mountpoint: &self.mountpoint,
@@ -143,6 +144,7 @@ impl Replayer {
                 .spawn_scoped(s, move || {
                     for batch in rx {
                         for c in &batch {
+                            coherence.state.pend(&names_of(c));
                             coherence.invalidate(c);
                         }
                         if tx.send(batch).is_err() {
@@ -185,6 +187,7 @@ impl Replayer {
             let root = self.open_root();
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
+                let _pending = Pending(&self.state, &c);
                 if self.state.stopped.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -512,8 +515,34 @@ impl Replayer {
     }
 }
 
+/// The names a change is about, by the directory node the host gave (for the pending set).
+fn names_of(c: &Change) -> Vec<(u64, &[u8])> {
+    fn last(p: &[u8]) -> &[u8] {
+        p.rsplit(|&b| b == b'/').next().unwrap_or_default()
+    }
+    let mut v = Vec::with_capacity(2);
+    if !c.path.is_empty() {
+        v.push((c.parent, last(&c.path)));
+    }
+    if c.kind == ChangeKind::Renamed && !c.to.is_empty() {
+        v.push((c.to_parent, last(&c.to)));
+    }
+    v
+}
+
+/// Takes a change's names out of the pending set once the replay thread is done with it,
+/// however it returns.
+struct Pending<'a>(&'a ReplayState, &'a Change);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.unpend(&names_of(self.1));
+    }
+}
+
 /// What the coherence thread needs (see [`Replayer::run`]).
 struct Coherence<'a> {
+    state: &'a ReplayState,
     kernel: Option<&'a KernelNotifier>,
     raise_events: bool,
     mountpoint: &'a Path,

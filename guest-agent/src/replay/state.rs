@@ -217,6 +217,8 @@ pub struct ReplayState {
     view: Mutex<Option<View>>,
     /// The stream's names (see [`Model`]).
     model: Mutex<Model>,
+    /// Names of changes received but not replayed yet, counted (see [`ReplayState::pend`]).
+    pending: Mutex<HashMap<(u64, Vec<u8>), u32>>,
     next_synthetic: AtomicU64,
     next_fh: AtomicU64,
     /// Synthetic nodes the kernel holds.
@@ -342,6 +344,44 @@ impl ReplayState {
         let mut forget = Vec::new();
         self.model().clear(&mut forget);
         forget
+    }
+
+    /// Notes the names of a change handed to the replay thread (the coherence thread, as the
+    /// batch arrives); [`ReplayState::unpend`] once it is replayed.
+    pub(super) fn pend(&self, names: &[(u64, &[u8])]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (parent, name) in names {
+            *p.entry((*parent, name.to_vec())).or_default() += 1;
+        }
+    }
+
+    /// The change with these names has been replayed (or skipped).
+    pub(super) fn unpend(&self, names: &[(u64, &[u8])]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (parent, name) in names {
+            let key = (*parent, name.to_vec());
+            if let Some(n) = p.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Whether the replay stream has its own idea of `name` in `parent`: a name it made and
+    /// still holds, or a name of a change not replayed yet. A guest process's lookup of such a
+    /// name is answered from the host but, when missing there, not cached as missing: the
+    /// replay thread's walk must reach this adapter to meet the stream's state, and a cached
+    /// negative entry would fail it without asking (a watcher that stats a name it just heard
+    /// of, while the rename of that name waits to be replayed).
+    pub(crate) fn stream_names(&self, parent: u64, name: &[u8]) -> bool {
+        let key = (parent, name.to_vec());
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+            || self.model().names.contains_key(&key)
     }
 
     /// Notes how the replay thread's lookup of the change's source was answered (`counted`:

@@ -134,6 +134,15 @@ impl Echoes {
             .is_some_and(|v| v.iter().any(|(s, f, _)| *s == sid && f == fp))
     }
 
+    /// Whether session `sid` did `op` on `name` in `dir` and the event has not been looked at
+    /// yet (the record stays).
+    pub(super) fn has_name_echo(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.names
+            .get(&(dir, name.to_vec(), op))
+            .is_some_and(|v| v.iter().any(|(s, _)| *s == sid))
+    }
+
     /// Whether `op` on `name` in `dir` was session `sid`'s doing, taking the record if so: one
     /// record explains one event.
     pub(super) fn take_name_echo(&self, sid: u64, dir: Key, name: &[u8], op: NameOp) -> bool {

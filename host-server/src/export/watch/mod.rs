@@ -465,6 +465,19 @@ impl Export {
                     if self.events.echoes.is_inode_echo(sid, key, &fp) {
                         return None;
                     }
+                } else if let (Some(dir), Some(name)) = (f.parent, c.path.file_name()) {
+                    // Gone, and this session removed or renamed it away itself (the event
+                    // follows): what the removal did to the object (an unlink's link count)
+                    // is its own doing too, and a replay would raise it after the guest's
+                    // own removal, at a name the guest no longer has.
+                    let own = |op| {
+                        self.events
+                            .echoes
+                            .has_name_echo(sid, dir, name.as_bytes(), op)
+                    };
+                    if own(NameOp::Removed) || own(NameOp::RenamedFrom) {
+                        return None;
+                    }
                 }
                 if c.path.as_os_str().is_empty() {
                     let attr = session.getattr(ROOT_ID, None).ok()?;
