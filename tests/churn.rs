@@ -267,6 +267,12 @@ fn run(seed: u64, ops: usize) -> Option<Diff> {
     // Generous: the replay may lag on a loaded machine; this is a wait, not a timing check.
     let n = native.settle(Duration::from_millis(1500));
     let g = guest.settle(Duration::from_millis(3000));
+    if let Some(dir) = std::env::var_os("FERRY_TEST_LOG_DIR") {
+        // Both watchers' lines, for a failure's post-mortem.
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::write(dir.join(format!("churn-{seed}-native.txt")), n.join("\n"));
+        let _ = std::fs::write(dir.join(format!("churn-{seed}-guest.txt")), g.join("\n"));
+    }
     Some(diff(&n, &g, &existed))
 }
 

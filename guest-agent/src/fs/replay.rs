@@ -90,11 +90,12 @@ impl FerryFs {
         };
         if let Some(t) = &target {
             // A name the stream made and has not removed or renamed away: the node it was
-            // handed out as, whatever the host holds now (the model is stream-ordered; names
-            // absent before this change are not in it). Valid for no time, so a guest process
+            // handed out as, whatever the host holds now. Valid for no time, so a guest process
             // walking the name next asks the host.
-            let absent_before = matches!(t.before, Some(Before::Absent));
-            if !absent_before {
+            // The change's own names are answered from the change when it carries a real node
+            // for them, or when they were absent before it.
+            let from_change = matches!(t.before, Some(Before::Absent | Before::Entry(_)));
+            if !from_change {
                 if let Some(e) = self.replay.model_hand_out(parent, bytes(name)) {
                     reply_with("lookup", (reply, Duration::ZERO))(Ok(Reply::Entry(e)));
                     return None;
@@ -371,6 +372,10 @@ impl FerryFs {
     where
         F: FnOnce(Result<Entry, Errno>, &dyn Fn(u64)) + Send + 'static,
     {
+        if is_synthetic(parent) {
+            // A stand-in directory: the host has nothing under it.
+            return done(Err(Errno::ENOENT), &|_| {});
+        }
         let deferred = Arc::clone(&self.deferred_forgets);
         let body = Req::Lookup(proto::Lookup {
             parent,

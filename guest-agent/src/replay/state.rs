@@ -312,29 +312,38 @@ impl ReplayState {
         let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
         let mut model = self.model();
         let to = (to.0, to.1.to_vec());
-        if let Some(e) = model.names.remove(&(from.0, from.1.to_vec())) {
-            // The pin moves with the name.
-            model.remove(&to, forget);
-            model.names.insert(to, e);
-            return;
-        }
-        let Some(view) = view.as_mut() else {
-            model.remove(&to, forget);
-            return;
-        };
-        match (view.source, view.entry) {
-            // The kernel holds the host's answer to its lookup of the source: the model
-            // takes that lookup over.
-            (Some((e, true)), _) => model.insert(to, e, true, forget),
-            (Some((e, false)), _) if is_synthetic(e.ino) => model.insert(to, e, false, forget),
-            // The change's own node, with the server's lookup, unless that went to the kernel.
-            (_, Some(e)) if !view.used => {
-                view.used = true;
-                model.insert(to, e, false, forget);
+        // The name leaves; its pin is released below unless it moves with the name.
+        let old = model.names.remove(&(from.0, from.1.to_vec()));
+        model.remove(&to, forget);
+        let source = view.as_ref().and_then(|v| v.source);
+        match (source, old) {
+            // The kernel was just handed a real node for the source in a reply the host
+            // counted: that node is what the kernel now holds at the target, and the model
+            // takes its lookup over.
+            (Some((e, true)), old) if !is_synthetic(e.ino) => {
+                if let Some(o) = old {
+                    model.unpin(o.ino, forget);
+                }
+                model.insert(to, e, true, forget);
             }
-            _ => {
-                model.remove(&to, forget);
+            // The stream's node for the source moves, with its pin.
+            (_, Some(o)) => {
+                model.names.insert(to, o);
             }
+            (source, None) => match view.as_mut() {
+                // The change's own node, with the server's lookup, unless that went to the
+                // kernel.
+                Some(v) if !v.used && v.entry.is_some() => {
+                    v.used = true;
+                    let e = v.entry.unwrap_or_default();
+                    model.insert(to, e, false, forget);
+                }
+                _ => {
+                    if let Some((e, _)) = source.filter(|(e, _)| is_synthetic(e.ino)) {
+                        model.insert(to, e, false, forget);
+                    }
+                }
+            },
         }
     }
 
@@ -433,7 +442,17 @@ impl ReplayState {
         let found = view
             .names
             .iter()
-            .find(|n| (n.parent == 0 || n.parent == parent) && n.name == name);
+            .find(|n| (n.parent == 0 || n.parent == parent) && n.name == name)
+            .or_else(|| {
+                // The kernel holds a stand-in for the directory where the host, when it sent
+                // the change, had the real one: the name alone tells, when only one of the
+                // change's names has it.
+                let mut same = view.names.iter().filter(|n| n.name == name);
+                match (is_synthetic(parent), same.next(), same.next()) {
+                    (true, Some(n), None) => Some(n),
+                    _ => None,
+                }
+            });
         Some(Target {
             kind: view.kind,
             side: found.map_or(Side::Neither, |n| n.side),
