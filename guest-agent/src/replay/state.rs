@@ -640,4 +640,91 @@ mod tests {
         s.forget_synthetic(synth.ino);
         assert!(s.synthetic_attr(synth.ino).is_none());
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A replayed creation of name `n` handed out node `i` (counted by the host).
+        Made(u8, u8),
+        /// The replay thread looks name `n` up.
+        HandOut(u8),
+        /// A replayed rename of name `n` to name `m` (no lookup of the source in the call).
+        Renamed(u8, u8),
+        /// A replayed or guest removal of name `n`.
+        Removed(u8),
+        /// The kernel forgets up to `k` lookups of node `i`.
+        Forget(u8, u8),
+        /// The host's stream overflowed.
+        Clear,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4u8, 0..4u8).prop_map(|(n, i)| Op::Made(n, i)),
+            (0..4u8).prop_map(Op::HandOut),
+            (0..4u8, 0..4u8).prop_map(|(n, m)| Op::Renamed(n, m)),
+            (0..4u8).prop_map(Op::Removed),
+            (0..4u8, 1..4u8).prop_map(|(i, k)| Op::Forget(i, k)),
+            Just(Op::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the stream and the kernel do, the host is never asked to forget more
+        /// lookups than it counted, a node the kernel holds stays valid on the host, and once
+        /// the kernel has forgotten everything and the model is emptied, every lookup is given
+        /// back: exact accounting, checked against a plain count per node.
+        #[test]
+        fn name_model_lookups_balance(ops in proptest::collection::vec(op(), 0..60)) {
+            let s = ReplayState::default();
+            let ino = |i: u8| u64::from(i) + 10;
+            let name = |n: u8| vec![b'a' + n];
+            let mut host = [0i64; 4];
+            let mut kernel = [0i64; 4];
+            let give_back = |host: &mut [i64; 4], forget: Vec<u64>| {
+                for f in forget {
+                    host[(f - 10) as usize] -= 1;
+                }
+            };
+            for op in ops {
+                let mut forget = Vec::new();
+                match op {
+                    Op::Made(n, i) => {
+                        host[i as usize] += 1;
+                        kernel[i as usize] += 1;
+                        let e = Entry { ino: ino(i), ..Entry::default() };
+                        s.model_made(1, &name(n), e, &mut forget);
+                    }
+                    Op::HandOut(n) => {
+                        if let Some(e) = s.model_hand_out(1, &name(n)) {
+                            kernel[(e.ino - 10) as usize] += 1;
+                        }
+                    }
+                    Op::Renamed(n, m) => s.model_renamed((1, &name(n)), (1, &name(m)), &mut forget),
+                    Op::Removed(n) => s.model_removed(1, &name(n), &mut forget),
+                    Op::Forget(i, k) => {
+                        let k = i64::from(k).min(kernel[i as usize]);
+                        kernel[i as usize] -= k;
+                        let sent = s.kernel_forgets(ino(i), k as u64);
+                        host[i as usize] -= sent as i64;
+                    }
+                    Op::Clear => forget = s.model_clear(),
+                }
+                give_back(&mut host, forget);
+                for i in 0..4 {
+                    proptest::prop_assert!(host[i] >= 0, "over-forgotten: {host:?}");
+                    proptest::prop_assert!(
+                        kernel[i] == 0 || host[i] > 0,
+                        "node {i} held by the kernel but gone on the host: {host:?} {kernel:?}"
+                    );
+                }
+            }
+            give_back(&mut host, s.model_clear());
+            for i in 0..4u8 {
+                let k = kernel[i as usize];
+                host[i as usize] -= s.kernel_forgets(ino(i), k as u64) as i64;
+            }
+            proptest::prop_assert_eq!(host, [0; 4]);
+        }
+    }
 }
