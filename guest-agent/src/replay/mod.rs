@@ -183,6 +183,7 @@ impl Replayer {
         // `let_watchers_see`); kept across batches, since a burst is cut into batches anywhere.
         let mut new_dirs: Vec<Vec<u8>> = Vec::new();
         let mut watches = Watches::default();
+        watches.refresh();
         for batch in batches {
             let root = self.open_root();
             for c in batch {
@@ -213,6 +214,9 @@ impl Replayer {
                 }
                 self.apply(&c, root.as_fd());
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
+                    // A watcher of the mount that started since the last walk of `/proc` is
+                    // then known by the time the directory's contents are replayed.
+                    watches.refresh();
                     if new_dirs.len() >= MAX_NEW_DIRS {
                         new_dirs.remove(0);
                     }
@@ -245,6 +249,7 @@ impl Replayer {
             )
             .ok()
         };
+        let began = std::time::Instant::now();
         let found = std::thread::scope(|s| {
             s.spawn(|| Some((stat(parent)?, stat(dir)?)))
                 .join()
@@ -255,12 +260,15 @@ impl Replayer {
             return;
         };
         let kdev = watches::kernel_dev(child.st_dev);
-        if !watches.watched(kdev, parent.st_ino, true) {
+        let watchers = watches.watching(kdev, parent.st_ino);
+        if watchers.is_empty() {
             return;
         }
         let started = std::time::Instant::now();
-        let seen = watches.wait_watched(kdev, child.st_ino, NEW_DIR_WAIT);
-        debug!(dir = %String::from_utf8_lossy(dir), seen, waited_us = started.elapsed().as_micros() as u64,
+        let seen = Watches::wait_watched(&watchers, kdev, child.st_ino, NEW_DIR_WAIT);
+        debug!(dir = %String::from_utf8_lossy(dir), seen,
+               checked_us = started.duration_since(began).as_micros() as u64,
+               waited_us = started.elapsed().as_micros() as u64,
                "waited for watchers of a new directory");
     }
 
