@@ -224,13 +224,23 @@ pub fn stderr_of(child: &mut Child) -> String {
 }
 
 /// Keeps reading `child`'s piped stderr on a thread of its own, so that a chatty process never
-/// blocks on a full pipe.
+/// blocks on a full pipe. With `FERRY_TEST_LOG_DIR` set, it is kept in `PID.log` there (for
+/// debugging a failure with `RUST_LOG=debug`).
 pub fn drain_stderr(child: &mut Child) {
+    let keep = std::env::var_os("FERRY_TEST_LOG_DIR")
+        .map(|d| PathBuf::from(d).join(format!("{}.log", child.id())));
     if let Some(mut e) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = e.read_to_end(&mut sink);
-        });
+        std::thread::spawn(
+            move || match keep.and_then(|p| std::fs::File::create(p).ok()) {
+                Some(mut f) => {
+                    let _ = std::io::copy(&mut e, &mut f);
+                }
+                None => {
+                    let mut sink = Vec::new();
+                    let _ = e.read_to_end(&mut sink);
+                }
+            },
+        );
     }
 }
 

@@ -19,9 +19,11 @@
 //!   (or a synthetic stand-in when the host no longer has it) for a removal's or a rename's
 //!   source. When something newer than the change holds the name, the host's object answers,
 //!   so the kernel never caches a stale node under a name a program is using.
-//! - A creation hands out the host's object, never a new one; a synthetic node when the host
-//!   no longer has it, or another object holds the name (a removal or rename follows in the
-//!   stream).
+//! - A creation hands out the host's object, never a new one. When the host no longer has it
+//!   under the name, or another object holds the name (a removal or rename follows in the
+//!   stream), it hands out the change's own object if the answerer holds it (the change came
+//!   with a node the answerer holds a lookup of, which stays valid however the host has moved
+//!   on), and a synthetic node otherwise. Later changes to the name then meet the same node.
 //! - A removal or a rename succeeds without touching the host, whatever the host holds now:
 //!   the stream is replayed in order, so the guest's tree passes through the states a native
 //!   watcher saw, and a change the host has since overtaken is followed by the change that
@@ -87,8 +89,11 @@ pub enum Answer {
     Before,
     /// Hand out the host's object (a replayed creation).
     HostObject,
-    /// A synthetic node of the change's file type (valid for no time).
+    /// A synthetic node of the change's file type.
     Synthetic,
+    /// The change's own object, which the answerer holds (a replayed creation the host has
+    /// moved on from).
+    Change,
     /// Succeed without doing anything (the host already shows the outcome).
     Done,
     /// Fail with this errno.
@@ -113,13 +118,15 @@ pub fn lookup(kind: ChangeKind, side: Side, host: Host) -> Answer {
     }
 }
 
-/// The replay thread's MKNOD, MKDIR, SYMLINK or CREATE of a name.
-pub fn create(kind: ChangeKind, side: Side, host: Host) -> Answer {
+/// The replay thread's MKNOD, MKDIR, SYMLINK or CREATE of a name; `held`: the answerer holds
+/// the change's own object (a node the host looked up when it sent the change).
+pub fn create(kind: ChangeKind, side: Side, host: Host, held: bool) -> Answer {
     if (kind, side) != (ChangeKind::Created, Side::From) {
         return Answer::Fail(Errno::EPERM);
     }
     match host {
         Host::Same => Answer::HostObject,
+        Host::Absent | Host::Other if held => Answer::Change,
         Host::Absent | Host::Other => Answer::Synthetic,
         Host::Unknown => Answer::Fail(Errno::EIO),
     }
@@ -174,7 +181,7 @@ pub fn other_change(synthetic: bool) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Answer::{AsUsual, Before, Done, Fail, HostObject, Synthetic};
+    use Answer::{AsUsual, Before, Change, Done, Fail, HostObject, Synthetic};
     use ChangeKind::*;
     use Host::{Absent, Other, Same, Unknown};
 
@@ -206,15 +213,19 @@ mod tests {
 
     #[test]
     fn creations() {
-        let got: Vec<_> = HOSTS.map(|h| create(Created, Side::From, h)).into();
+        let got: Vec<_> = HOSTS.map(|h| create(Created, Side::From, h, false)).into();
         assert_eq!(got, [Synthetic, HostObject, Synthetic, Fail(Errno::EIO)]);
+        // The change's own node, when held, whatever the host has moved on to: later changes
+        // to the name meet the node the creation handed out.
+        let got: Vec<_> = HOSTS.map(|h| create(Created, Side::From, h, true)).into();
+        assert_eq!(got, [Change, HostObject, Change, Fail(Errno::EIO)]);
         for (kind, side) in [
             (Created, Side::Neither),
             (Removed, Side::From),
             (Renamed, Side::To),
         ] {
             for h in HOSTS {
-                assert_eq!(create(kind, side, h), Fail(Errno::EPERM));
+                assert_eq!(create(kind, side, h, true), Fail(Errno::EPERM));
             }
         }
     }

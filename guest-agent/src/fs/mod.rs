@@ -214,7 +214,11 @@ impl Filesystem for FerryFs {
             return;
         }
         self.listings.forget_dir(ino.0);
-        self.forget_nodes(req, vec![(ino.0, nlookup)]);
+        // Lookups the replay handed out without the host counting them stay here.
+        let nlookup = self.replay.kernel_forgets(ino.0, nlookup);
+        if nlookup > 0 {
+            self.forget_nodes(req, vec![(ino.0, nlookup)]);
+        }
     }
 
     // `batch_forget` is not overridden: fuser 0.18 does not export `ForgetOne`, so its
@@ -326,6 +330,7 @@ impl Filesystem for FerryFs {
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
+        self.guest_changes_names(req, &[(parent.0, name)]);
         let body = Req::Unlink(proto::Unlink {
             parent: parent.0,
             name: bytes(name),
@@ -339,6 +344,7 @@ impl Filesystem for FerryFs {
         if self.replaying(req) {
             return self.replay_removed(req, parent.0, name, reply);
         }
+        self.guest_changes_names(req, &[(parent.0, name)]);
         let body = Req::Rmdir(proto::Rmdir {
             parent: parent.0,
             name: bytes(name),
@@ -384,6 +390,7 @@ impl Filesystem for FerryFs {
             let (from, to) = ((parent.0, name), (newparent.0, newname));
             return self.replay_renamed(req, from, to, flags, reply);
         }
+        self.guest_changes_names(req, &[(parent.0, name), (newparent.0, newname)]);
         let body = Req::Rename(proto::Rename {
             parent: parent.0,
             name: bytes(name),

@@ -22,6 +22,7 @@
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ferry_protocol::replay::{self as rule, Answer, Host, Side, is_synthetic};
 use ferry_protocol::{self as proto, Created, Entry, Errno, Opened, Reply, Request as Req};
@@ -33,7 +34,7 @@ use fuser::{
 use super::attr::file_attr;
 use super::reply::{errno, reply_with, wrong};
 use super::{FerryFs, bytes};
-use crate::replay::{REPLAY_FH_BASE, ReplayState, Target};
+use crate::replay::{Before, REPLAY_FH_BASE, ReplayState, Target};
 
 impl FerryFs {
     /// The state the replay thread shares with this adapter.
@@ -44,6 +45,18 @@ impl FerryFs {
     /// Whether `req` comes from the replay thread.
     pub(super) fn replaying(&self, req: &Request) -> bool {
         self.replay.is_replay(req.pid())
+    }
+
+    /// A guest process removes or renames these names itself: the replay stream's names
+    /// there (see `crate::replay`'s name model) are no longer what the guest holds.
+    pub(super) fn guest_changes_names(&self, req: &Request, names: &[(u64, &OsStr)]) {
+        let mut forget = Vec::new();
+        for (parent, name) in names {
+            self.replay.model_removed(*parent, bytes(name), &mut forget);
+        }
+        if !forget.is_empty() {
+            self.forget_nodes(req, forget.into_iter().map(|ino| (ino, 1)).collect());
+        }
     }
 
     /// The errno refusing a request that would change the host in a way no replay does
@@ -75,12 +88,30 @@ impl FerryFs {
         } else {
             None
         };
+        if let Some(t) = &target {
+            // A name the stream made and has not removed or renamed away: the node it was
+            // handed out as, whatever the host holds now. Valid for no time, so a guest process
+            // walking the name next asks the host.
+            // The change's own names are answered from the change when it carries a real node
+            // for them, or when they were absent before it.
+            let from_change = matches!(t.before, Some(Before::Absent | Before::Entry(_)));
+            if !from_change {
+                if let Some(e) = self.replay.model_hand_out(parent, bytes(name)) {
+                    reply_with("lookup", (reply, Duration::ZERO))(Ok(Reply::Entry(e)));
+                    return None;
+                }
+            }
+        }
         match target {
             Some(t) if t.side != Side::Neither => {
                 let ttl = self.ttl;
                 let state = Arc::clone(&self.replay);
                 self.host_lookup(req, parent, name, move |now, forget_later| {
                     let answer = rule::lookup(t.kind, t.side, classify(&now, t.node));
+                    tracing::debug!(?answer, kind = ?t.kind, side = ?t.side, "replayed lookup");
+                    if let (Answer::AsUsual, Side::From, Ok(e)) = (answer, t.side, &now) {
+                        state.note_source(*e, true);
+                    }
                     let entry = entry_for(answer, now, &t, &state, forget_later);
                     reply_with("lookup", (reply, ttl))(entry.map(Reply::Entry));
                 });
@@ -88,6 +119,20 @@ impl FerryFs {
             }
             _ if is_synthetic(parent) => {
                 reply.error(fuser::Errno::ENOENT);
+                None
+            }
+            None if self.replay.stream_names(parent, bytes(name)) => {
+                // Another process: the host's answer, but a missing name is not cached (see
+                // `ReplayState::stream_names`).
+                let ttl = self.ttl;
+                let body = Req::Lookup(proto::Lookup {
+                    parent,
+                    name: bytes(name),
+                });
+                self.call(req, body, &[], move |r| match r {
+                    Err(Errno::ENOENT) => reply.error(fuser::Errno::ENOENT),
+                    r => reply_with("lookup", (reply, ttl))(r),
+                });
                 None
             }
             _ => Some(reply),
@@ -148,13 +193,22 @@ impl FerryFs {
             return done(Err(Errno::EIO));
         };
         let state = Arc::clone(&self.replay);
+        let made = bytes(name).to_vec();
         self.host_lookup(req, parent, name, move |now, forget_later| {
             let host = classify(&now, t.node);
             if rule::overtaken(t.kind, &[host]) {
                 state.note_overtaken();
             }
-            let answer = rule::create(t.kind, t.side, host);
-            done(entry_for(answer, now, &t, &state, forget_later));
+            let answer = rule::create(t.kind, t.side, host, t.entry.is_some());
+            let entry = entry_for(answer, now, &t, &state, forget_later);
+            tracing::debug!(?answer, ino = ?entry.as_ref().map(|e| e.ino), "replayed creation");
+            if let Ok(e) = entry {
+                // Later changes of the stream meet this node under this name.
+                let mut forget = Vec::new();
+                state.model_made(parent, &made, e, &mut forget);
+                forget.into_iter().for_each(forget_later);
+            }
+            done(entry);
         });
     }
 
@@ -170,6 +224,7 @@ impl FerryFs {
             return reply.error(fuser::Errno::EIO);
         };
         let state = Arc::clone(&self.replay);
+        let removed = bytes(name).to_vec();
         self.host_lookup(req, parent, name, move |now, forget_later| {
             let host = classify(&now, t.node);
             if rule::overtaken(t.kind, &[host]) {
@@ -178,6 +233,11 @@ impl FerryFs {
             let answer = rule::remove(t.kind, t.side, host);
             if let Ok(e) = now {
                 forget_later(e.ino);
+            }
+            if answer == Answer::Done {
+                let mut forget = Vec::new();
+                state.model_removed(parent, &removed, &mut forget);
+                forget.into_iter().for_each(forget_later);
             }
             finish(answer, reply);
         });
@@ -203,7 +263,12 @@ impl FerryFs {
         let (kind, sides, node, flags) = (src.kind, (src.side, dst.side), src.node, flags.bits());
         type Seen = (Option<Host>, Option<Host>, Option<ReplyEmpty>);
         let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((None, None, Some(reply))));
+        let names = Arc::new((
+            (from.0, bytes(from.1).to_vec()),
+            (to.0, bytes(to.1).to_vec()),
+        ));
         for (i, (parent, name)) in [from, to].into_iter().enumerate() {
+            let names = Arc::clone(&names);
             let seen = Arc::clone(&seen);
             let state = Arc::clone(&self.replay);
             self.host_lookup(req, parent, name, move |now, forget_later| {
@@ -222,7 +287,14 @@ impl FerryFs {
                         if rule::overtaken(kind, &[src, dst]) {
                             state.note_overtaken();
                         }
-                        finish(rule::rename(kind, sides.0, sides.1, flags, src, dst), reply);
+                        let answer = rule::rename(kind, sides.0, sides.1, flags, src, dst);
+                        if answer == Answer::Done {
+                            let ((fp, fname), (tp, tname)) = &*names;
+                            let mut forget = Vec::new();
+                            state.model_renamed((*fp, fname), (*tp, tname), &mut forget);
+                            forget.into_iter().for_each(forget_later);
+                        }
+                        finish(answer, reply);
                     }
                 }
             });
@@ -300,6 +372,10 @@ impl FerryFs {
     where
         F: FnOnce(Result<Entry, Errno>, &dyn Fn(u64)) + Send + 'static,
     {
+        if is_synthetic(parent) {
+            // A stand-in directory: the host has nothing under it.
+            return done(Err(Errno::ENOENT), &|_| {});
+        }
         let deferred = Arc::clone(&self.deferred_forgets);
         let body = Req::Lookup(proto::Lookup {
             parent,
@@ -353,6 +429,7 @@ fn entry_for(
             .and_then(|b| state.hand_out(b))
             .ok_or(Errno::ENOENT),
         Answer::Synthetic => Ok(state.synthetic(t.file_type)),
+        Answer::Change => t.entry.map(|e| state.hand_out_change(e)).ok_or(Errno::EIO),
         Answer::Fail(e) => Err(e),
         // Not an answer to a request that returns a node.
         Answer::Done => Err(Errno::EIO),
@@ -377,16 +454,17 @@ fn outcome(answer: Answer) -> Result<(), Errno> {
         Answer::Done => Ok(()),
         Answer::Fail(e) => Err(e),
         // Not an answer to a removal or a rename.
-        Answer::AsUsual | Answer::Before | Answer::HostObject | Answer::Synthetic => {
-            Err(Errno::EIO)
-        }
+        Answer::AsUsual
+        | Answer::Before
+        | Answer::HostObject
+        | Answer::Synthetic
+        | Answer::Change => Err(Errno::EIO),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::Before;
     use ferry_protocol::ChangeKind;
     use std::cell::RefCell;
 
@@ -419,6 +497,7 @@ mod tests {
             before: Some(before),
             node: Some(5),
             file_type: libc::S_IFDIR,
+            entry: Some(entry(5)),
         };
         let given_back = RefCell::new(Vec::new());
         let forget = |ino| given_back.borrow_mut().push(ino);

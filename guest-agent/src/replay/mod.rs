@@ -132,6 +132,7 @@ impl Replayer {
         let on_data_change = std::mem::replace(&mut self.on_data_change, Box::new(|_| {}));
         let (tx, batches) = std::sync::mpsc::channel::<Vec<Change>>();
         let coherence = Coherence {
+            state: &self.state,
             kernel: self.kernel.as_ref(),
             raise_events: self.raise_events,
             mountpoint: &self.mountpoint,
@@ -143,6 +144,7 @@ impl Replayer {
                 .spawn_scoped(s, move || {
                     for batch in rx {
                         for c in &batch {
+                            coherence.state.pend(&names_of(c));
                             coherence.invalidate(c);
                         }
                         if tx.send(batch).is_err() {
@@ -181,10 +183,12 @@ impl Replayer {
         // `let_watchers_see`); kept across batches, since a burst is cut into batches anywhere.
         let mut new_dirs: Vec<Vec<u8>> = Vec::new();
         let mut watches = Watches::default();
+        watches.refresh();
         for batch in batches {
             let root = self.open_root();
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
+                let _pending = Pending(&self.state, &c);
                 if self.state.stopped.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -210,6 +214,9 @@ impl Replayer {
                 }
                 self.apply(&c, root.as_fd());
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
+                    // A watcher of the mount that started since the last walk of `/proc` is
+                    // then known by the time the directory's contents are replayed.
+                    watches.refresh();
                     if new_dirs.len() >= MAX_NEW_DIRS {
                         new_dirs.remove(0);
                     }
@@ -242,6 +249,7 @@ impl Replayer {
             )
             .ok()
         };
+        let began = std::time::Instant::now();
         let found = std::thread::scope(|s| {
             s.spawn(|| Some((stat(parent)?, stat(dir)?)))
                 .join()
@@ -252,12 +260,15 @@ impl Replayer {
             return;
         };
         let kdev = watches::kernel_dev(child.st_dev);
-        if !watches.watched(kdev, parent.st_ino, true) {
+        let watchers = watches.watching(kdev, parent.st_ino);
+        if watchers.is_empty() {
             return;
         }
         let started = std::time::Instant::now();
-        let seen = watches.wait_watched(kdev, child.st_ino, NEW_DIR_WAIT);
-        debug!(dir = %String::from_utf8_lossy(dir), seen, waited_us = started.elapsed().as_micros() as u64,
+        let seen = Watches::wait_watched(&watchers, kdev, child.st_ino, NEW_DIR_WAIT);
+        debug!(dir = %String::from_utf8_lossy(dir), seen,
+               checked_us = started.duration_since(began).as_micros() as u64,
+               waited_us = started.elapsed().as_micros() as u64,
                "waited for watchers of a new directory");
     }
 
@@ -371,11 +382,15 @@ impl Replayer {
                 return;
             }
         }
-        let mut view = View::new(c.kind, c.entry.map(|e| e.ino), ft);
+        let mut view = View::new(c.kind, c.entry, ft);
         let result = match c.kind {
             ChangeKind::Overflow => {
-                // The coherence thread has dropped every cached name and attribute.
+                // The coherence thread has dropped every cached name and attribute; the
+                // stream's own names are unknown from here on too.
                 self.state.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                for ino in self.state.model_clear() {
+                    self.forget(ino);
+                }
                 warn!(
                     mountpoint = %self.mountpoint.display(),
                     "the host lost change events; every cached name and attribute was dropped"
@@ -508,8 +523,34 @@ impl Replayer {
     }
 }
 
+/// The names a change is about, by the directory node the host gave (for the pending set).
+fn names_of(c: &Change) -> Vec<(u64, &[u8])> {
+    fn last(p: &[u8]) -> &[u8] {
+        p.rsplit(|&b| b == b'/').next().unwrap_or_default()
+    }
+    let mut v = Vec::with_capacity(2);
+    if !c.path.is_empty() {
+        v.push((c.parent, last(&c.path)));
+    }
+    if c.kind == ChangeKind::Renamed && !c.to.is_empty() {
+        v.push((c.to_parent, last(&c.to)));
+    }
+    v
+}
+
+/// Takes a change's names out of the pending set once the replay thread is done with it,
+/// however it returns.
+struct Pending<'a>(&'a ReplayState, &'a Change);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.unpend(&names_of(self.1));
+    }
+}
+
 /// What the coherence thread needs (see [`Replayer::run`]).
 struct Coherence<'a> {
+    state: &'a ReplayState,
     kernel: Option<&'a KernelNotifier>,
     raise_events: bool,
     mountpoint: &'a Path,

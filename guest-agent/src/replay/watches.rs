@@ -14,17 +14,29 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long the list of inotify instances is trusted before `/proc` is walked again.
 const RESCAN: Duration = Duration::from_millis(500);
 
-/// The inotify instances of the guest, found by walking `/proc`.
+/// The inotify instances of the guest, found by walking `/proc` on a thread of its own: on a
+/// busy guest the walk (a `readlink` per open descriptor of every process) takes long enough
+/// to hold up the replay, so the replay thread asks for a fresh list ahead of need (whenever
+/// it replays the creation of a directory) and works with the latest list it has.
 #[derive(Debug, Default)]
 pub(crate) struct Watches {
+    list: Arc<Mutex<List>>,
+    /// The instances found watching a directory of the mount last time.
+    recent: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct List {
     /// `/proc/PID/fdinfo/FD` of each inotify instance.
     instances: Vec<PathBuf>,
     scanned: Option<Instant>,
+    scanning: bool,
 }
 
 /// The kernel's encoding of a device number (`sb->s_dev`), as fdinfo prints it.
@@ -32,26 +44,85 @@ pub(crate) fn kernel_dev(st_dev: u64) -> u64 {
     (u64::from(libc::major(st_dev)) << 20) | u64::from(libc::minor(st_dev))
 }
 
+/// Whether the inotify instance `p` has a watch on `(kdev, ino)`.
+fn has(p: &PathBuf, kdev: u64, ino: u64) -> bool {
+    std::fs::read(p)
+        .ok()
+        .is_some_and(|info| watches_in(&info).contains(&(kdev, ino)))
+}
+
 impl Watches {
-    /// Whether some inotify watch in the guest is on inode `ino` of filesystem `kdev` (see
-    /// [`kernel_dev`]). `fresh`: walk `/proc` for new instances first if the list is older
-    /// than [`RESCAN`].
-    pub(crate) fn watched(&mut self, kdev: u64, ino: u64, fresh: bool) -> bool {
-        if fresh && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN) {
-            self.rescan();
+    /// Starts walking `/proc` for the inotify instances on a thread of its own, unless the
+    /// list is younger than [`RESCAN`] or a walk is under way.
+    pub(crate) fn refresh(&self) {
+        {
+            let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            if l.scanning || l.scanned.is_some_and(|t| t.elapsed() < RESCAN) {
+                return;
+            }
+            l.scanning = true;
         }
-        self.instances
-            .iter()
-            .filter_map(|p| std::fs::read(p).ok())
-            .any(|info| watches_in(&info).contains(&(kdev, ino)))
+        let list = Arc::clone(&self.list);
+        let walk = move || {
+            let found = scan();
+            let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+            l.instances = found;
+            l.scanned = Some(Instant::now());
+            l.scanning = false;
+        };
+        if std::thread::Builder::new()
+            .name("ferry-watches".into())
+            .spawn(walk)
+            .is_err()
+        {
+            self.list.lock().unwrap_or_else(|e| e.into_inner()).scanning = false;
+        }
     }
 
-    /// Waits until a watch on `(kdev, ino)` appears, polling, for at most `bound`; whether it
-    /// did.
-    pub(crate) fn wait_watched(&mut self, kdev: u64, ino: u64, bound: Duration) -> bool {
+    /// The inotify instances (their fdinfo paths) with a watch on inode `ino` of filesystem
+    /// `kdev` (see [`kernel_dev`]): those that watched a directory of the mount last time
+    /// first, then every instance of the latest list (a fresh one is asked for when none
+    /// does). Never waits for a walk of `/proc`.
+    pub(crate) fn watching(&mut self, kdev: u64, ino: u64) -> Vec<PathBuf> {
+        let found: Vec<PathBuf> = self
+            .recent
+            .iter()
+            .filter(|p| has(p, kdev, ino))
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        let instances = self
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instances
+            .clone();
+        let found: Vec<PathBuf> = instances
+            .into_iter()
+            .filter(|p| has(p, kdev, ino))
+            .collect();
+        if found.is_empty() {
+            self.refresh();
+        } else {
+            self.recent = found.clone();
+        }
+        found
+    }
+
+    /// Waits until one of `instances` watches `(kdev, ino)`, polling, for at most `bound`;
+    /// whether one did. (A recursive watcher adds its watch on a new directory from the
+    /// instance that watches its parent.)
+    pub(crate) fn wait_watched(
+        instances: &[PathBuf],
+        kdev: u64,
+        ino: u64,
+        bound: Duration,
+    ) -> bool {
         let start = Instant::now();
         loop {
-            if self.watched(kdev, ino, false) {
+            if instances.iter().any(|p| has(p, kdev, ino)) {
                 return true;
             }
             if start.elapsed() >= bound {
@@ -60,33 +131,33 @@ impl Watches {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
 
-    fn rescan(&mut self) {
-        self.instances.clear();
-        self.scanned = Some(Instant::now());
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
+/// The fdinfo paths of every inotify instance of the guest but this process's.
+fn scan() -> Vec<PathBuf> {
+    let mut instances = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return instances;
+    };
+    let me = std::process::id().to_string();
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        let Some(pid) = pid.to_str() else { continue };
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
         };
-        let me = std::process::id().to_string();
-        for p in procs.flatten() {
-            let pid = p.file_name();
-            let Some(pid) = pid.to_str() else { continue };
-            if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-                continue;
-            };
-            for fd in fds.flatten() {
-                let is_inotify = std::fs::read_link(fd.path())
-                    .is_ok_and(|l| l.as_os_str().as_encoded_bytes() == b"anon_inode:inotify");
-                if is_inotify {
-                    self.instances
-                        .push(p.path().join("fdinfo").join(fd.file_name()));
-                }
+        for fd in fds.flatten() {
+            let is_inotify = std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.as_os_str().as_encoded_bytes() == b"anon_inode:inotify");
+            if is_inotify {
+                instances.push(p.path().join("fdinfo").join(fd.file_name()));
             }
         }
     }
+    instances
 }
 
 /// The `(sdev, ino)` of every watch listed in one inotify instance's fdinfo.

@@ -142,7 +142,8 @@ impl FuseServer {
                     }
                 };
                 let create = h.opcode == opcode::CREATE;
-                match replay::create(kind, side(ino, name), host(ino, name)) {
+                // A session replaying by path holds no node of the change's.
+                match replay::create(kind, side(ino, name), host(ino, name), false) {
                     Answer::HostObject => self.replayed_creation(h, name, ft, create),
                     // Gone again (a removal or rename follows): the creation is still seen,
                     // and the change after it has a name to replay on.
