@@ -220,57 +220,43 @@ impl Respond for ReplyLseek {
     }
 }
 
-/// Fills a readdirplus reply; returns the `(node, 1)` lookups the kernel will never forget:
-/// entries that did not fit, and `.`/`..` (the kernel does not link those).
-pub(super) fn fill_dirplus(
+/// Adds readdirplus entry `e` of directory `dir` to `reply`. `None`: the reply is full and
+/// the entry was not added (it keeps its lookup); otherwise whether the entry's lookup must be
+/// given back (`.` and `..`, which the kernel does not link).
+pub(super) fn add_dirplus(
     reply: &mut ReplyDirectoryPlus,
     dir: u64,
     ttl: Duration,
-    entries: &[proto::DirEntryPlus],
-) -> Vec<(u64, u64)> {
-    let mut forgets = Vec::new();
-    let mut full = false;
-    for e in entries {
-        let is_dot = e.name == b"." || e.name == b"..";
-        if full {
-            if e.entry.ino != 0 {
-                forgets.push((e.entry.ino, 1));
-            }
-            continue;
-        }
-        let (attr, generation) = if e.entry.ino != 0 {
-            (entry_attr(&e.entry), e.entry.generation)
-        } else {
-            // Not looked up: node id 0 tells the kernel not to link it. The kernel ignores the
-            // node id of `.` and `..`, so give those a usable inode number for the dirent.
-            let ino = match (is_dot, e.entry.attr.ino) {
-                (true, 0) => dir,
-                (true, ino) => ino,
-                (false, _) => 0,
-            };
-            let mut attr = file_attr(&Attr {
-                mode: mode_from_dtype(e.kind),
-                ..e.entry.attr
-            });
-            attr.ino = INodeNo(ino);
-            (attr, 0)
+    e: &proto::DirEntryPlus,
+) -> Option<bool> {
+    let is_dot = e.name == b"." || e.name == b"..";
+    let (attr, generation) = if e.entry.ino != 0 {
+        (entry_attr(&e.entry), e.entry.generation)
+    } else {
+        // Not looked up: node id 0 tells the kernel not to link it. The kernel ignores the
+        // node id of `.` and `..`, so give those a usable inode number for the dirent.
+        let ino = match (is_dot, e.entry.attr.ino) {
+            (true, 0) => dir,
+            (true, ino) => ino,
+            (false, _) => 0,
         };
-        let name = OsStr::from_bytes(&e.name);
-        if reply.add(
-            attr.ino,
-            e.offset,
-            name,
-            &ttl,
-            &attr,
-            Generation(generation),
-        ) {
-            full = true;
-            if e.entry.ino != 0 {
-                forgets.push((e.entry.ino, 1));
-            }
-        } else if is_dot && e.entry.ino != 0 {
-            forgets.push((e.entry.ino, 1));
-        }
+        let mut attr = file_attr(&Attr {
+            mode: mode_from_dtype(e.kind),
+            ..e.entry.attr
+        });
+        attr.ino = INodeNo(ino);
+        (attr, 0)
+    };
+    let name = OsStr::from_bytes(&e.name);
+    if reply.add(
+        attr.ino,
+        e.offset,
+        name,
+        &ttl,
+        &attr,
+        Generation(generation),
+    ) {
+        return None;
     }
-    forgets
+    Some(is_dot && e.entry.ino != 0)
 }
