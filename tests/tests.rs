@@ -35,6 +35,8 @@ mod locks;
 mod special;
 // Warm caches in `cached` mode, dropped by host events; `consistent` mode asks every time.
 mod warm;
+// Xattr probes answered in the guest, and kept coherent by host events.
+mod xattr_cache;
 // Path safety while the host swaps a directory for a symlink to /.
 mod race;
 // Symlinks lead neither the host watcher out of the export nor the replay out of the mount.

@@ -334,7 +334,12 @@ fn serve<S: Stream>(
             return Err(ConnError::Refused(reason));
         }
     };
-    welcome(state, hello.features, &allowed)
+    let welcomed = welcome(state, hello.features, &allowed);
+    let hints = welcomed.features & features::XATTR_HINTS != 0;
+    for s in sessions.iter().flatten() {
+        s.set_xattr_hints(hints);
+    }
+    welcomed
         .encode(&mut out)
         .map_err(|e| ConnError::Protocol(e.to_string()))?;
     writer.write_all(&out)?;

@@ -20,7 +20,8 @@ pub struct Version {
 /// The version this crate speaks. Major 2: `Ctx` carries supplementary groups and
 /// `ExportInfo` the export's permission model.
 /// Minor 1: [`Request::Replay`] ([`features::REPLAY`]).
-pub const VERSION: Version = Version { major: 2, minor: 1 };
+/// Minor 2: [`Attr::NO_XATTRS`] ([`features::XATTR_HINTS`]).
+pub const VERSION: Version = Version { major: 2, minor: 2 };
 
 /// The name a replaying guest looks up through the other front door's mount (see
 /// [`Request::Replay`]): this prefix, then `link` as 16 lowercase hex digits.
@@ -40,8 +41,13 @@ pub mod features {
     /// changes on a mount served by another front door (virtio-fs) says which thread replays
     /// which change.
     pub const REPLAY: u64 = 1 << 4;
+    /// The server marks attributes of objects without guest-visible xattrs
+    /// ([`Attr::NO_XATTRS`](super::Attr::NO_XATTRS)) and keeps to
+    /// [`host_only_xattr`](super::host_only_xattr): the guest may answer those xattr probes
+    /// itself.
+    pub const XATTR_HINTS: u64 = 1 << 5;
     /// Everything this version knows.
-    pub const ALL: u64 = READDIRPLUS | POSIX_LOCKS | FLOCK | CHANGE_EVENTS | REPLAY;
+    pub const ALL: u64 = READDIRPLUS | POSIX_LOCKS | FLOCK | CHANGE_EVENTS | REPLAY | XATTR_HINTS;
 }
 
 /// First frame from the guest.
@@ -150,6 +156,35 @@ pub struct Attr {
     pub rdev: u32,
     /// Preferred I/O size.
     pub blksize: u32,
+}
+
+impl Attr {
+    /// A bit of [`Attr::mode`] above `st_mode`'s 16 bits, set only with
+    /// [`features::XATTR_HINTS`]: the object had no extended attribute the guest may see when
+    /// these attributes were read (every `getxattr` answers ENODATA, `listxattr` an empty
+    /// list) and keeps none until a change event about it says otherwise.
+    pub const NO_XATTRS: u32 = 1 << 31;
+
+    /// Whether [`Attr::NO_XATTRS`] is set.
+    pub fn no_xattrs(&self) -> bool {
+        self.mode & Self::NO_XATTRS != 0
+    }
+
+    /// `mode` without the hint bits: the `st_mode` alone.
+    pub fn st_mode(&self) -> u32 {
+        self.mode & 0xffff
+    }
+}
+
+/// Whether xattr `name` is one a server never shows a guest, whatever the object (it reads
+/// as absent, ENODATA): everything but `user.*`, the two POSIX ACL names and
+/// `security.capability` (which an export may show). With [`features::XATTR_HINTS`] the guest
+/// answers such probes (`security.selinux`, `trusted.*`, ...) itself.
+pub fn host_only_xattr(name: &[u8]) -> bool {
+    !(name.starts_with(b"user.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+        || name == b"security.capability")
 }
 
 /// A looked-up or created node. Each `Entry` the server sends adds one to the node's lookup

@@ -23,6 +23,7 @@ impl FerryFs {
             caller_groups: false,
             deferred_forgets: Arc::default(),
             dir_caches: Arc::default(),
+            plus: Arc::default(),
             prefetched: Arc::default(),
             replay: Arc::default(),
             keep_cache: false,

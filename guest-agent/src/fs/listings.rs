@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use ferry_protocol::{Errno, Reply};
 
 use super::FerryFs;
+use super::xattrs::XattrMarks;
 
 /// Names kept over all listings; past it, every listing is dropped (they are rebuilt by the
 /// next full read of each directory).
@@ -29,6 +30,9 @@ const FETCH_AFTER_MISSES: u32 = 2;
 #[derive(Debug, Default)]
 pub struct Listings {
     inner: Mutex<Inner>,
+    /// Nodes without guest-visible xattrs (`xattrs.rs`), dropped with the rest: a
+    /// notification about a node drops its mark too.
+    pub(super) xattrs: XattrMarks,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +169,7 @@ impl Listings {
 
     /// Drops what is known of directory `dir`'s names.
     pub fn drop_dir(&self, dir: u64) {
+        self.xattrs.drop_node(dir);
         let mut g = self.lock();
         g.epoch += 1;
         g.misses.remove(&dir);
@@ -176,6 +181,7 @@ impl Listings {
     /// The kernel forgot directory `dir`: its listing goes (no name changed, so reads in
     /// progress elsewhere stay valid).
     pub fn forget_dir(&self, dir: u64) {
+        self.xattrs.forget(dir);
         let mut g = self.lock();
         if let Some(old) = g.dirs.remove(&dir) {
             g.names -= old.len();
@@ -184,6 +190,7 @@ impl Listings {
 
     /// Drops every listing.
     pub fn drop_all(&self) {
+        self.xattrs.drop_all();
         let mut g = self.lock();
         g.epoch += 1;
         g.dirs.clear();

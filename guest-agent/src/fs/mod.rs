@@ -33,6 +33,8 @@
 //! - `core`: construction, and sending requests for the handlers.
 //! - `fetch`: listings the agent reads by itself after missing names.
 //! - `cache`: the per-handle caches (readdir entries fetched ahead, prefetched file bytes).
+//! - `dirplus`: READDIRPLUS in large chunks, fetched ahead, whatever the kernel's buffer.
+//! - `xattrs`: xattr probes answered here (names no export shows; nodes marked without any).
 //! - `listings`: complete directory listings that answer lookups of missing names.
 //! - `lazy`: read-only opens answered here, the host file opened when a request needs it.
 //! - `locks`: host locks, revalidation on a granted lock, FLUSH for locked files.
@@ -43,16 +45,19 @@ mod attr;
 mod cache;
 mod caller;
 mod core;
+mod dirplus;
 mod fetch;
 mod lazy;
 mod listings;
 mod locks;
 mod replay;
 mod reply;
+mod xattrs;
 
 pub use attr::{file_attr, kind_from_dtype, kind_from_mode, system_time, timespec};
 pub use cache::{DIR_CHUNK, PREFETCH};
 pub use caller::caller_groups;
+pub use dirplus::{DIRPLUS_CHUNK, DIRPLUS_FIRST};
 pub use fetch::FETCH_CHUNKS;
 pub use listings::Listings;
 
@@ -79,12 +84,7 @@ use attr::{fopen_flags, set_time};
 use cache::{DirCache, Prefetched};
 use lazy::{LazyOpens, is_lazy};
 use locks::{Locks, flock_op};
-use reply::{fill_dirplus, refuse, reply_with};
-
-/// Bytes' worth of entries asked from the server per readdir. fuser 0.18 does not expose the
-/// kernel's buffer size; the kernel asks again when a reply leaves room, and entries that do
-/// not fit are dropped (readdir) or forgotten again (readdirplus).
-pub const DIR_BUF_SIZE: u32 = 4096;
+use reply::{refuse, reply_with};
 
 /// The FUSE adapter for one export.
 #[derive(Debug)]
@@ -100,6 +100,8 @@ pub struct FerryFs {
     /// Entries fetched ahead for plain readdir, per directory handle: the kernel asks for one
     /// page at a time, the server is asked for [`DIR_CHUNK`] bytes' worth at a time.
     dir_caches: Arc<DashMap<u64, DirCache>>,
+    /// Readdirplus chunks per directory handle (see `dirplus`).
+    plus: Arc<dirplus::PlusCaches>,
     /// The first bytes of files, read by the host at open time, per handle (see [`PREFETCH`]).
     prefetched: Arc<DashMap<u64, Prefetched>>,
     /// Host-change replay: recognises the replay thread's requests (see [`crate::replay`]).
@@ -189,7 +191,7 @@ impl Filesystem for FerryFs {
         });
         let ttl = self.ttl;
         let fetch = self.keep_cache.then(|| self.listing_fetcher(req, parent.0));
-        self.call(req, body, &[], move |r| match r {
+        let done = move |r: Result<Reply<'_>, Errno>| match r {
             // A name that is not there is cached as a negative entry (node id 0) for the same
             // TTL as a positive one: tools that probe many missing paths (module resolution,
             // `git status`, PATH lookups) then pay one round trip per name, not one per probe.
@@ -206,7 +208,8 @@ impl Filesystem for FerryFs {
                 reply.entry(&ttl, &negative, Generation(0));
             }
             r => reply_with("lookup", (reply, ttl))(r),
-        });
+        };
+        self.call(req, body, &[], self.noting(done));
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
@@ -232,7 +235,8 @@ impl Filesystem for FerryFs {
             ino: ino.0,
             fh: Self::host_fh(fh),
         });
-        self.call(req, body, &[], reply_with("getattr", (reply, self.ttl)));
+        let done = self.noting(reply_with("getattr", (reply, self.ttl)));
+        self.call(req, body, &[], done);
     }
 
     fn setattr(
@@ -269,7 +273,8 @@ impl Filesystem for FerryFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         });
-        self.call(req, body, &[], reply_with("setattr", (reply, self.ttl)));
+        let done = self.noting(reply_with("setattr", (reply, self.ttl)));
+        self.call(req, body, &[], done);
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -688,41 +693,9 @@ impl Filesystem for FerryFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        self.flush_deferred(req);
-        if offset == 0 && self.keep_cache {
-            self.listings.begin(fh.0, ino.0, self.listings.epoch());
-        }
-        let listings = self.listings.clone();
-        let body = Req::Readdirplus(proto::Readdirplus {
-            ino: ino.0,
-            fh: fh.0,
-            offset,
-            size: DIR_BUF_SIZE,
-        });
-        let ttl = self.ttl;
-        let deferred = self.deferred_forgets.clone();
-        let dir = ino.0;
-        self.call(req, body, &[], move |r| match r {
-            Ok(Reply::DirPlus(entries)) => {
-                let names: Vec<(&[u8], u64)> =
-                    entries.iter().map(|e| (&e.name[..], e.offset)).collect();
-                listings.add(fh.0, offset, &names);
-                let forgets = fill_dirplus(&mut reply, dir, ttl, &entries);
-                reply.ok();
-                if !forgets.is_empty() {
-                    deferred
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(forgets);
-                }
-            }
-            r => {
-                listings.end(fh.0);
-                refuse("readdirplus", reply, r)
-            }
-        });
+        self.readdirplus_chunked(req, ino, fh, offset, reply);
     }
 
     fn releasedir(
@@ -733,6 +706,7 @@ impl Filesystem for FerryFs {
         flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.release_plus(fh.0);
         self.flush_deferred(req);
         self.dir_caches.remove(&fh.0);
         self.listings.end(fh.0);
@@ -789,10 +763,14 @@ impl Filesystem for FerryFs {
             value,
             flags,
         });
-        self.call(req, body, &[], reply_with("setxattr", reply));
+        let done = self.changing_xattrs(ino.0, reply_with("setxattr", reply));
+        self.call(req, body, &[], done);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(reply) = self.getxattr_here(ino.0, name, reply) else {
+            return;
+        };
         let body = Req::Getxattr(proto::Getxattr {
             ino: ino.0,
             name: bytes(name),
@@ -802,6 +780,9 @@ impl Filesystem for FerryFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(reply) = self.listxattr_here(ino.0, size, reply) else {
+            return;
+        };
         let body = Req::Listxattr(proto::Listxattr { ino: ino.0, size });
         self.call(req, body, &[], reply_with("listxattr", (reply, size)));
     }
@@ -814,7 +795,8 @@ impl Filesystem for FerryFs {
             ino: ino.0,
             name: bytes(name),
         });
-        self.call(req, body, &[], reply_with("removexattr", reply));
+        let done = self.changing_xattrs(ino.0, reply_with("removexattr", reply));
+        self.call(req, body, &[], done);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

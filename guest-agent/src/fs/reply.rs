@@ -225,55 +225,41 @@ impl Respond for ReplyLseek {
     }
 }
 
-/// Fills a readdirplus reply; returns the `(node, 1)` lookups the kernel will never forget:
-/// entries that did not fit, and `.`/`..` (the kernel does not link those).
-pub(super) fn fill_dirplus(
+/// Adds readdirplus entry `e` of directory `dir` to `reply`. `None`: the reply is full and
+/// the entry was not added (it keeps its lookup); otherwise whether the entry's lookup must be
+/// given back (`.` and `..`, which the kernel does not link).
+pub(super) fn add_dirplus(
     reply: &mut ReplyDirectoryPlus,
     dir: u64,
     ttl: Duration,
-    entries: &[proto::DirEntryPlus],
-) -> Vec<(u64, u64)> {
-    let mut forgets = Vec::new();
-    let mut full = false;
-    for e in entries {
-        let is_dot = e.name == b"." || e.name == b"..";
-        if full {
-            if e.entry.ino != 0 {
-                forgets.push((e.entry.ino, 1));
-            }
-            continue;
+    e: &proto::DirEntryPlus,
+) -> Option<bool> {
+    let is_dot = e.name == b"." || e.name == b"..";
+    // The node id is the entry's (0 when not looked up: the kernel then does not link it);
+    // the dirent's inode number is the host's, as `stat` shows it.
+    let (attr, generation) = if e.entry.ino != 0 {
+        (file_attr(&e.entry.attr), e.entry.generation)
+    } else {
+        let mut attr = file_attr(&Attr {
+            mode: mode_from_dtype(e.kind),
+            ..e.entry.attr
+        });
+        // The kernel ignores the node id of `.` and `..`; give them a usable inode number.
+        if is_dot && attr.ino.0 == 0 {
+            attr.ino = INodeNo(dir);
         }
-        // The node id is the entry's (0 when not looked up: the kernel then does not link
-        // it); the dirent's inode number is the host's, as `stat` shows it.
-        let (attr, generation) = if e.entry.ino != 0 {
-            (file_attr(&e.entry.attr), e.entry.generation)
-        } else {
-            let mut attr = file_attr(&Attr {
-                mode: mode_from_dtype(e.kind),
-                ..e.entry.attr
-            });
-            // The kernel ignores the node id of `.` and `..`; give them a usable inode number.
-            if is_dot && attr.ino.0 == 0 {
-                attr.ino = INodeNo(dir);
-            }
-            (attr, 0)
-        };
-        let name = OsStr::from_bytes(&e.name);
-        if reply.add(
-            INodeNo(e.entry.ino),
-            e.offset,
-            name,
-            &ttl,
-            &attr,
-            Generation(generation),
-        ) {
-            full = true;
-            if e.entry.ino != 0 {
-                forgets.push((e.entry.ino, 1));
-            }
-        } else if is_dot && e.entry.ino != 0 {
-            forgets.push((e.entry.ino, 1));
-        }
+        (attr, 0)
+    };
+    let name = OsStr::from_bytes(&e.name);
+    if reply.add(
+        INodeNo(e.entry.ino),
+        e.offset,
+        name,
+        &ttl,
+        &attr,
+        Generation(generation),
+    ) {
+        return None;
     }
-    forgets
+    Some(is_dot && e.entry.ino != 0)
 }

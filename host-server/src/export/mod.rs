@@ -435,6 +435,9 @@ pub struct ExportSession {
     locks: LockTable,
     /// Set when the session ends; lock waits give up.
     closed: Arc<AtomicBool>,
+    /// Mark attributes of objects without guest-visible xattrs (`Attr::NO_XATTRS`; the
+    /// guest negotiated `features::XATTR_HINTS`).
+    xattr_hints: AtomicBool,
 }
 
 impl Drop for ExportSession {
@@ -476,6 +479,7 @@ impl ExportSession {
             handles: HandleTable::new(export.max_handles()),
             locks: LockTable::new(export.max_lock_owners()),
             closed: Arc::new(AtomicBool::new(false)),
+            xattr_hints: AtomicBool::new(false),
             export,
         })
     }

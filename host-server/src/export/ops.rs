@@ -98,7 +98,7 @@ impl ExportSession {
         Entry {
             ino: node.id,
             generation: 0,
-            attr: self.attr(node.fd(), st),
+            attr: self.hinted_attr(node.fd(), st),
         }
     }
 
@@ -201,7 +201,7 @@ impl ExportSession {
             Some(fh) => sys::fstat(self.handles.get(fh)?.fd())?,
             None => sys::fstat(node.fd())?,
         };
-        Ok(self.attr(node.fd(), &st))
+        Ok(self.hinted_attr(node.fd(), &st))
     }
 
     /// Changes attributes of `ino` (in the order owner, mode, size, times, so that an explicit
@@ -225,7 +225,7 @@ impl ExportSession {
             self.set_attrs(&node, handle.as_deref(), attrs)
         })?;
         let st = sys::fstat(node.fd())?;
-        let attr = self.attr(node.fd(), &st);
+        let attr = self.hinted_attr(node.fd(), &st);
         m.changed(ino);
         Ok(attr)
     }

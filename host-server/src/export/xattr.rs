@@ -8,10 +8,17 @@
 //! any xattr request of that kind.) The server's own `user.ferry.*` names (see `owners.rs`)
 //! are hidden the same way. POSIX ACL values are translated on their way through, and where
 //! ACLs are off they are absent as on a filesystem mounted `noacl` (see `acl.rs`).
+//!
+//! Hints: for a guest that negotiated `features::XATTR_HINTS`, the attributes of an object
+//! that has no name the guest may see carry `Attr::NO_XATTRS` (`hinted_attr`, one
+//! `listxattr` per reply), so the guest answers `ls -l`'s probes itself until a change event
+//! about the object (a host `setfattr` or `setfacl` is an IN_ATTRIB) drops the hint.
 
 use std::ffi::{CStr, CString};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
 
-use ferry_protocol::{Ctx, Errno};
+use ferry_protocol::{Attr, Ctx, Errno};
 
 use super::creds::Over;
 use super::inode::Node;
@@ -51,15 +58,47 @@ impl ExportSession {
         Ok((node, cname))
     }
 
-    /// Whether the guest may see and change xattr `name` (see the module's documentation).
+    /// Whether the guest may see and change xattr `name` (see the module's documentation;
+    /// the names no export shows are `ferry_protocol::host_only_xattr`'s, which a guest with
+    /// `XATTR_HINTS` answers itself).
     fn guest_xattr(&self, name: &[u8]) -> bool {
-        if owners::is_reserved_xattr(name) {
+        if owners::is_reserved_xattr(name) || ferry_protocol::host_only_xattr(name) {
             return false;
         }
-        name.starts_with(b"user.")
-            || name == b"system.posix_acl_access"
-            || name == b"system.posix_acl_default"
-            || (name == b"security.capability" && self.export.setid())
+        name != b"security.capability" || self.export.setid()
+    }
+
+    /// Has the attributes this session answers with carry `Attr::NO_XATTRS` where it holds
+    /// (the guest negotiated `features::XATTR_HINTS`).
+    pub fn set_xattr_hints(&self, on: bool) {
+        self.xattr_hints.store(on, Ordering::Relaxed);
+    }
+
+    /// [`Self::attr`], with `Attr::NO_XATTRS` when hints are on and the object has no xattr
+    /// the guest may see.
+    pub(super) fn hinted_attr(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Attr {
+        let mut attr = self.attr(fd, st);
+        if self.xattr_hints.load(Ordering::Relaxed) && self.no_guest_xattrs(fd) {
+            attr.mode |= Attr::NO_XATTRS;
+        }
+        attr
+    }
+
+    /// Whether the object behind `fd` has no xattr a guest would see in [`Self::listxattr`]
+    /// or read with [`Self::getxattr`]. A list too long for a small buffer, or an error, says
+    /// no (the guest then asks).
+    fn no_guest_xattrs(&self, fd: BorrowedFd<'_>) -> bool {
+        let mut buf = [0u8; 1024];
+        match sys::listxattr(&sys::proc_path(fd), &mut buf) {
+            Ok(n) => !buf[..n].split(|&b| b == 0).any(|name| {
+                !name.is_empty()
+                    && self.guest_xattr(name)
+                    && (self.acls() || !acl::is_acl_name(name))
+            }),
+            // A host filesystem without xattrs.
+            Err(Errno::EOPNOTSUPP) => true,
+            Err(_) => false,
+        }
     }
 
     /// Value of xattr `name`; `size == 0` asks for its size, a too-small `size` is ERANGE.

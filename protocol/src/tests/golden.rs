@@ -27,8 +27,8 @@ pub(crate) const HELLO_WITH_TOKEN: &[u8] = &[
     0x1B, 0x00, 0x00, 0x00,                         // meta_len = 27
     0x00, 0x00, 0x00, 0x00,                         // aux = 0 (unused)
     0x02,                                           // version.major = 2
-    0x01,                                           // version.minor = 1
-    0x1F,                                           // features = ALL = 0b11111
+    0x02,                                           // version.minor = 2
+    0x3F,                                           // features = ALL = 0b111111
     0x01,                                           // token: Some
     0x06, b's', b'3', b'c', b'r', b'e', b't',       // token: len 6, "s3cret"
     0x0F,                                           // client: len 15
@@ -350,6 +350,26 @@ pub(crate) const REPLY_ATTR: &[u8] = &[
     0x80, 0x20,                                     // blksize = 4096
 ];
 
+/// [`REPLY_ATTR`] with [`Attr::NO_XATTRS`]: the bit above `st_mode` lengthens the mode's varint.
+#[rustfmt::skip]
+pub(crate) const REPLY_ATTR_NO_XATTRS: &[u8] = &[
+    0x32, 0x00, 0x00, 0x00,                         // len = 50
+    0x05, 0x00,                                     // kind = Reply, flags = 0
+    0x03, 0x00,                                     // op = 3 (Getattr)
+    0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 9
+    0x1A, 0x00, 0x00, 0x00,                         // meta_len = 26
+    0x00, 0x00, 0x00, 0x00,                         // aux = 0
+    0x02, 0x05, 0x08,                               // ino 2, size 5, blocks 8
+    0x02, 0x00,                                     // atime: sec 1 (zigzag 2), nsec 0
+    0x04, 0x80, 0xCA, 0xB5, 0xEE, 0x01,             // mtime: sec 2 (zigzag 4), nsec 500_000_000
+    0x00, 0x00,                                     // ctime: 0, 0
+    0xA4, 0x83, 0x82, 0x80, 0x08,                   // mode = 0o100644 | NO_XATTRS = 0x800081A4
+    0x01,                                           // nlink = 1
+    0xE8, 0x07, 0xE8, 0x07,                         // uid = 1000, gid = 1000
+    0x00,                                           // rdev = 0
+    0x80, 0x20,                                     // blksize = 4096
+];
+
 #[rustfmt::skip]
 pub(crate) const REPLY_DATA: &[u8] = &[
     0x21, 0x00, 0x00, 0x00,                         // len = 33
@@ -575,6 +595,17 @@ pub(crate) fn reply_table() -> Vec<(&'static [u8], ReplyFrame<'static>)> {
             ),
         ),
         (REPLY_ATTR, reply(O::Getattr, 9, Ok(Reply::Attr(ATTR)))),
+        (
+            REPLY_ATTR_NO_XATTRS,
+            reply(
+                O::Getattr,
+                9,
+                Ok(Reply::Attr(Attr {
+                    mode: ATTR.mode | Attr::NO_XATTRS,
+                    ..ATTR
+                })),
+            ),
+        ),
         (
             REPLY_DATA,
             reply(O::Read, 10, Ok(Reply::Data(b"file data"))),
