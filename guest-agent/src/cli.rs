@@ -96,7 +96,7 @@ pub struct Args {
     pub nonempty: bool,
 
     /// Answer `ferry-agent status` on this Unix socket (created with mode 0600; it only
-    /// reports numbers), e.g. /run/ferry/agent.sock.
+    /// reports numbers), e.g. /run/ferry-agent/control.sock.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 

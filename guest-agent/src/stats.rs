@@ -710,7 +710,7 @@ impl AgentStatus {
 }
 
 /// Where `ferry-agent status` looks by default (packaging/ferry-agent.service puts it there).
-pub const DEFAULT_CONTROL: &str = "/run/ferry/agent.sock";
+pub const DEFAULT_CONTROL: &str = "/run/ferry-agent/control.sock";
 
 /// Binds a Unix socket at `path` (a stale one is replaced) usable by this user only.
 fn bind_private(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
