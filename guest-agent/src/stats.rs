@@ -885,8 +885,14 @@ mod tests {
                 .answered_here
         };
         assert!(missing(&after) > missing(&before));
-        let r = after.requests.iter().find(|r| r.op == "Lookup").unwrap();
-        assert!(r.p50_us >= 512, "{r:?}");
+        // 300 µs: under 2^9 µs, not under 2^8 (other tests of this process count too).
+        let bucket = |s: &AgentStatus| {
+            s.requests
+                .iter()
+                .find(|r| r.op == "Lookup")
+                .map_or(0, |r| r.buckets[9])
+        };
+        assert!(bucket(&after) > bucket(&before));
 
         // The host said its watcher read the batch 5 ms before sending it.
         a.batch_arrived(4242, 1, 5_000);
