@@ -33,11 +33,15 @@ enum Command {
     /// Show a running ferry-host's numbers, read from its control socket: per connected
     /// guest and export, requests by operation (count, p50 and p99 latency), bytes, open
     /// handles, nodes, descriptors, lock waiters, change events sent and overflowed, and the
-    /// event queue.
+    /// event queue with its lag; with --agent, a running ferry-agent's numbers instead (as
+    /// `ferry-agent status`).
     Status {
         /// The server's control socket (ferry-host --control unix:PATH).
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
         control: PathBuf,
+        /// Read a ferry-agent's control socket (ferry-agent --control PATH) instead.
+        #[arg(long, value_name = "PATH", conflicts_with = "control")]
+        agent: Option<PathBuf>,
         /// Print the numbers as one JSON object.
         #[arg(long)]
         json: bool,
@@ -109,6 +113,8 @@ fn status(path: &std::path::Path, json: bool, watch: bool) -> anyhow::Result<()>
                 print!("\x1b[H\x1b[2J");
             }
             print!("{}", render_status(&st));
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
         }
         if !watch {
             return Ok(());
@@ -140,8 +146,15 @@ fn render_status(st: &ferry_host::stats::Status) -> String {
     for g in &st.guests {
         let _ = writeln!(
             o,
-            "\nguest {} (connected {:.0} s, {} event batch(es) queued)",
+            "\nguest {} (connected {:.0} s, {} B of change events queued)",
             g.peer, g.uptime_seconds, g.events_queued
+        );
+        let _ = writeln!(
+            o,
+            "  event lag (host watcher to notice written): now {:.1} ms, last {:.1} ms, max {:.1} ms",
+            g.event_lag_seconds * 1e3,
+            g.last_event_lag_seconds * 1e3,
+            g.max_event_lag_seconds * 1e3
         );
         for e in &g.exports {
             let _ = writeln!(
@@ -280,9 +293,16 @@ fn main() -> std::process::ExitCode {
         Command::Share(args) => share(args),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
         Command::Status {
+            agent: Some(agent),
+            json,
+            watch,
+            ..
+        } => ferry_agent::stats::print_status(&agent, json, false, watch),
+        Command::Status {
             control,
             json,
             watch,
+            agent: None,
         } => status(&control, json, watch),
         Command::Ctl {
             control: path,

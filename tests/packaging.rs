@@ -116,6 +116,7 @@ fn man_pages_mention_every_option_help_prints() {
         (&b.host, &[], "ferry-host.1"),
         (&b.host, &["strip-owners"], "ferry-host-strip-owners.1"),
         (&b.agent, &[], "ferry-agent.1"),
+        (&b.agent, &["status"], "ferry-agent-status.1"),
     ];
     let mut pages: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

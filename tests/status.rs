@@ -252,3 +252,143 @@ fn debug_log_tells_a_story_and_guest_warnings_are_rate_limited() {
     assert!(terminate(&mut agent).success(), "{}", s.agent_log());
     assert!(terminate(&mut host).success(), "{}", text());
 }
+
+#[test]
+fn status_watch_refreshes_and_shows_the_event_lag() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", "")]);
+    let control = s.path("control.sock");
+    let mut host = s.start_host(&["--control", &format!("unix:{}", control.display())]);
+    assert!(wait_until(Duration::from_secs(20), || control.exists()));
+    let ma = s.path("mnt-a");
+    fs::create_dir(&ma).unwrap();
+    let mut agent = s.start_agent(&[("a", &ma)]);
+    // A host change reaches the guest: its lag is a time, not only bytes queued.
+    fs::write(s.path("a/host-file"), b"x").unwrap();
+    let lag = |st: &serde_json::Value| st["guests"][0]["last_event_lag_seconds"].as_f64();
+    assert!(
+        wait_until(Duration::from_secs(20), || lag(&status(&control))
+            .is_some_and(|l| l > 0.0)),
+        "{}",
+        status(&control)
+    );
+    let st = status(&control);
+    let g = &st["guests"][0];
+    assert!(
+        g["max_event_lag_seconds"].as_f64().unwrap() >= lag(&st).unwrap(),
+        "{g}"
+    );
+    assert!(g["event_lag_seconds"].as_f64().is_some(), "{g}");
+
+    // --watch: a screen per second, each the numbers of the moment, until interrupted.
+    let mut watch = Command::new(&bins().ferry)
+        .args(["status", "--watch", "--control"])
+        .arg(&control)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    // Guest requests between screens make the numbers move.
+    for i in 0..30 {
+        fs::write(ma.join(format!("w{i}")), b"y").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = watch.wait();
+    let text = reader.join().unwrap();
+    let screens: Vec<&str> = text
+        .split("\x1b[H\x1b[2J")
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(screens.len() >= 2, "refreshed: {text}");
+    for screen in &screens {
+        assert!(
+            screen.contains("ferry-host up") && screen.contains("event lag"),
+            "{screen}"
+        );
+    }
+    let creates = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start().starts_with("Create "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        creates(screens.last().unwrap()) > creates(screens[0]),
+        "the numbers moved between screens:\n{}\n---\n{}",
+        screens[0],
+        screens.last().unwrap()
+    );
+    assert!(terminate(&mut agent).success(), "{}", s.agent_log());
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}
+
+#[test]
+fn a_reload_stops_serving_a_removed_vhost_user_fs_export() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", ""), ("b", "")]);
+    let vfs = s.path("b.vfs.sock");
+    let listen = format!("listen = [\"unix:{}\"", s.sock().display());
+    let with_vhost = fs::read_to_string(s.config()).unwrap().replacen(
+        &listen,
+        &format!("{listen}, \"vhost-user-fs:{}:b\"", vfs.display()),
+        1,
+    );
+    fs::write(s.config(), &with_vhost).unwrap();
+    let control = s.path("control.sock");
+    let mut host = s.start_host(&["--control", &format!("unix:{}", control.display())]);
+    assert!(wait_until(Duration::from_secs(20), || vfs.exists() && control.exists()));
+    let ma = s.path("mnt-a");
+    fs::create_dir(&ma).unwrap();
+    let mut agent = s.start_agent(&[("a", &ma)]);
+
+    // The new file drops export b and its vhost-user-fs listener.
+    s.write_config(&[("a", "")]);
+    let out = Command::new(&bins().ferry)
+        .args(["ctl", "--control"])
+        .arg(&control)
+        .arg("reload")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("export b removed") && said.contains("stops serving"),
+        "the reload says what happens to the socket: {said}"
+    );
+    // The listener stops: its socket goes, and no frontend can connect any more.
+    assert!(
+        wait_until(Duration::from_secs(10), || !vfs.exists()),
+        "{} still served:\n{}",
+        vfs.display(),
+        s.host_log()
+    );
+    assert!(UnixStream::connect(&vfs).is_err());
+    assert!(
+        s.host_log().contains("no longer served"),
+        "{}",
+        s.host_log()
+    );
+    // The other export serves on.
+    fs::write(ma.join("after"), b"ok").unwrap();
+    assert_eq!(fs::read(s.path("a/after")).unwrap(), b"ok");
+    assert!(terminate(&mut agent).success(), "{}", s.agent_log());
+    assert!(terminate(&mut host).success(), "{}", s.host_log());
+}

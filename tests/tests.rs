@@ -61,3 +61,5 @@ mod config;
 mod packaging;
 // ferry status, ferry ctl reload and the Prometheus endpoint of a running ferry-host.
 mod status;
+// ferry-agent status: the agent's counters, replay outcomes and event lag, JSON and Prometheus.
+mod agent_status;

@@ -12,8 +12,13 @@ use clap::Parser;
 /// SIGTERM (or until the server goes away), then unmounts them all (lazily, so open files do
 /// not block the exit).
 #[derive(Parser, Debug)]
-#[command(version = ferry_common::version(), about, long_about = None)]
+#[command(version = ferry_common::version(), about, long_about = None,
+          subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Instead of mounting: show a running agent's numbers.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The ferry-host to connect to: unix:PATH, tcp:HOST:PORT, vsock:PORT (the host, CID 2)
     /// or vsock:CID:PORT. Inside a VM use vsock:PORT whatever the VMM: with QEMU/KVM
     /// (vhost-vsock) it reaches ferry-host --listen vsock:PORT; with Firecracker,
@@ -21,8 +26,8 @@ pub struct Args {
     /// PATH_PORT (ferry-host --listen hybrid-vsock:PATH:PORT). hybrid-vsock:PATH:PORT, run on
     /// the host, reaches a server listening on vsock port PORT inside the VM whose VMM socket
     /// is PATH (the CONNECT handshake).
-    #[arg(long, value_name = "ADDR")]
-    pub connect: ConnectAddr,
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub connect: Option<ConnectAddr>,
 
     /// Export to mount, as NAME=MOUNTPOINT (NAME as given to ferry-host --export). Repeat for
     /// several mounts.
@@ -89,6 +94,40 @@ pub struct Args {
     /// point must be empty.
     #[arg(long)]
     pub nonempty: bool,
+
+    /// Answer `ferry-agent status` on this Unix socket (created with mode 0600; it only
+    /// reports numbers), e.g. /run/ferry-agent/control.sock.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Serve the agent's numbers as Prometheus text over HTTP: unix:PATH (mode 0600) or
+    /// tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+/// What `ferry-agent` can do besides mounting.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Show a running agent's numbers, read from its control socket: requests sent to the
+    /// host by operation (count, errors, p50 and p99 latency), what the agent answered itself
+    /// per cache kind, host changes received, and per mount the replays done, skipped and
+    /// failed, the event lag (host watcher to replay done) and the last changes not replayed,
+    /// with why.
+    Status {
+        /// The agent's control socket (ferry-agent --control PATH).
+        #[arg(long, value_name = "PATH", default_value = crate::stats::DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the numbers as one JSON object.
+        #[arg(long, conflicts_with = "metrics")]
+        json: bool,
+        /// Print the Prometheus text.
+        #[arg(long)]
+        metrics: bool,
+        /// Refresh every second, like top, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 pub fn parse_permissions(s: &str) -> Result<ferry_protocol::Permissions, String> {

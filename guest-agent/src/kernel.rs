@@ -80,6 +80,7 @@ impl KernelNotifier {
     }
 
     fn send(&self, code: i32, body: &[u8]) -> io::Result<()> {
+        crate::stats::agent().invalidation();
         let len = 16 + body.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend((len as u32).to_ne_bytes()); // fuse_out_header.len

@@ -12,6 +12,8 @@
 //!   it with `MNT_DETACH` ([`MountHandle`]).
 //! - [`replay`]: the replay thread that turns host changes into guest inotify events (what it
 //!   relies on about the kernel: `guest-agent/REPLAY.md`).
+//! - [`stats`]: the agent's counters, its control socket and metrics endpoint
+//!   (`ferry-agent status`).
 //! - this module: [`AgentConfig`], [`ConnectAddr`], and the agent's main loop ([`run`],
 //!   [`serve_stream`], [`serve`]), the events-only mode for virtio-fs mounts
 //!   ([`run_events_only`]), and the signal helper for the command lines (token files and
@@ -25,6 +27,7 @@ pub mod kernel;
 pub mod mount;
 pub mod preflight;
 pub mod replay;
+pub mod stats;
 
 use std::fmt;
 use std::net::TcpStream;

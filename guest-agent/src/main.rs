@@ -4,7 +4,7 @@ use clap::Parser;
 use std::time::Duration;
 
 use ferry_agent::AgentConfig;
-use ferry_agent::cli::Args;
+use ferry_agent::cli::{Args, Command};
 
 fn main() -> std::process::ExitCode {
     ferry_common::logging::init();
@@ -13,7 +13,25 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Status {
+        control,
+        json,
+        metrics,
+        watch,
+    }) = args.command
+    {
+        return ferry_agent::stats::print_status(&control, json, metrics, watch);
+    }
+    let Some(connect) = args.connect else {
+        anyhow::bail!("--connect ADDR is required");
+    };
     let shutdown = ferry_agent::shutdown_on_signals()?;
+    if let Some(path) = &args.control {
+        ferry_agent::stats::serve_control(path)?;
+    }
+    if let Some(addr) = &args.metrics {
+        ferry_agent::stats::serve_metrics(addr)?;
+    }
     let token = ferry_common::token::load(args.token_file.as_deref(), args.token.as_deref())?;
     if args.events_only && args.targets.is_empty() {
         anyhow::bail!(
@@ -22,7 +40,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         );
     }
     let config = AgentConfig {
-        connect: args.connect,
+        connect,
         token,
         mounts: if args.events_only {
             args.targets

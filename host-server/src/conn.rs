@@ -533,8 +533,9 @@ struct Shared<S: Stream> {
     sessions: Vec<Option<Arc<ExportSession>>>,
     closed: AtomicBool,
     error: Mutex<Option<ConnError>>,
-    /// Change batches on their way to [`Shared::send_changes`], with the export id.
-    notices: Mutex<Sender<(u32, Vec<Change>)>>,
+    /// Change batches on their way to [`Shared::send_changes`], with the export id and when
+    /// the watcher saw the first event of their burst.
+    notices: Mutex<Sender<(u32, Vec<Change>, Instant)>>,
     /// Bytes of change batches queued and not yet written.
     queued_changes: Arc<AtomicUsize>,
     /// What `ferry status` shows of this connection, when the server counts.
@@ -775,13 +776,14 @@ impl<S: Stream> Shared<S> {
         let session: Weak<ExportSession> = Arc::downgrade(session);
         let overflowed = AtomicBool::new(false);
         let stats = self.stats.clone();
+        let lag = self.stats.clone();
         let counted = move |sent: usize, dropped: usize| {
             if let Some(s) = stats.as_ref().and_then(|c| c.session(export as usize)) {
                 s.events_sent(sent);
                 s.events_overflowed(dropped);
             }
         };
-        Arc::new(move |changes: Vec<Change>| {
+        Arc::new(move |changes: Vec<Change>, seen: Instant| {
             if let Some(s) = session.upgrade().filter(|s| s.export().is_retired()) {
                 // Removed by a reload: the guest hears nothing more of this export.
                 for c in &changes {
@@ -833,30 +835,45 @@ impl<S: Stream> Shared<S> {
                 overflow
             };
             let size = batch_bytes(&batch);
-            if tx.send((export, batch)).is_err() {
+            if let Some(s) = &lag {
+                s.batch_queued(seen);
+            }
+            if tx.send((export, batch, seen)).is_err() {
                 queued.fetch_sub(size, Ordering::AcqRel);
+                if let Some(s) = &lag {
+                    s.batch_written(seen);
+                }
             }
         })
     }
 
     /// Writes queued change batches as `Changes` notices until the connection closes.
-    fn send_changes(&self, rx: Receiver<(u32, Vec<Change>)>) {
+    fn send_changes(&self, rx: Receiver<(u32, Vec<Change>, Instant)>) {
         let mut out = Vec::new();
         while !self.closed.load(Ordering::Acquire) {
-            let (export, changes) = match rx.recv_timeout(Duration::from_millis(100)) {
+            let (export, changes, seen) = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(b) => b,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             self.queued_changes
                 .fetch_sub(batch_bytes(&changes), Ordering::AcqRel);
-            self.write_changes(&mut out, export, changes);
+            if let Some(s) = &self.stats {
+                s.batch_written(seen);
+            }
+            // The host's share of the event lag, told to the guest (see `Notice::Changes`).
+            let age_us = seen.elapsed().as_micros().min(u64::MAX as u128) as u64;
+            self.write_changes(&mut out, export, changes, age_us);
         }
     }
 
     /// Writes one batch, split into as many notices as the frame size limit needs.
-    fn write_changes(&self, out: &mut Vec<u8>, export: u32, changes: Vec<Change>) {
-        let notice = Notice::Changes { export, changes };
+    fn write_changes(&self, out: &mut Vec<u8>, export: u32, changes: Vec<Change>, age_us: u64) {
+        let notice = Notice::Changes {
+            export,
+            changes,
+            age_us,
+        };
         match notice.encode(out) {
             Ok(()) => {
                 let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -873,8 +890,8 @@ impl<S: Stream> Shared<S> {
                     return;
                 }
                 let rest = changes.split_off(changes.len() / 2);
-                self.write_changes(out, export, changes);
-                self.write_changes(out, export, rest);
+                self.write_changes(out, export, changes, age_us);
+                self.write_changes(out, export, rest, age_us);
             }
             Err(e) => warn!(export, "cannot encode changes: {e}"),
         }

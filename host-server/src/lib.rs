@@ -292,7 +292,8 @@ async fn serve(
             .iter()
             .find(|e| e.name() == name)
             .with_context(|| format!("inherited vhost-user socket: no export is named {name:?}"))?;
-        let listener = virtiofs::VirtioFsListener::from_listener(export.clone(), socket);
+        let listener = virtiofs::VirtioFsListener::from_listener(export.clone(), socket)
+            .following(successor(&live));
         info!(
             "serving export {name} on the inherited vhost-user socket {}",
             listener.socket().display()
@@ -313,7 +314,8 @@ async fn serve(
                 socket.clone(),
                 config.socket_mode,
             )
-            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?
+            .following(successor(&live));
             info!("listening on {addr}");
             // The vhost-user daemon blocks in accept(2) and on its socket, so it runs on
             // threads of its own; they end with the process.
@@ -351,6 +353,19 @@ async fn serve(
     info!("shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Where a vhost-user-fs listener finds its export after a reload: the export of that name
+/// in the configuration in force.
+fn successor(live: &Arc<reload::Live>) -> virtiofs::Successor {
+    let live = Arc::clone(live);
+    Box::new(move |name| {
+        live.current()
+            .exports
+            .iter()
+            .find(|e| e.name() == name)
+            .cloned()
+    })
 }
 
 /// The state connections are served with: `exports` (opened from `config.exports`, in the

@@ -7,14 +7,16 @@
 //! ([`Export::retire`]): its existing sessions answer ESHUTDOWN from then on, and a changed one
 //! is opened afresh for new connections. A configuration that fails any check is refused as a
 //! whole, and the running state stays. Listeners and the descriptor cap are set at start; a
-//! reload that changes listeners, limits or the socket mode says so and leaves them; tokens,
+//! reload that changes listeners, limits or the socket mode says so and leaves them, except
+//! that a vhost-user-fs listener stops with its export (removing its socket) and serves a
+//! changed export's new version to its next frontend (`virtiofs::VirtioFsListener`); tokens,
 //! `no-auth` and allow-lists apply to connections accepted after the reload.
 
 use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
-use crate::config::{ExportSpec, ServerConfig};
+use crate::config::{ExportSpec, ListenAddr, ServerConfig};
 use crate::conn::{Auth, ServerState};
 use crate::export::Export;
 
@@ -86,13 +88,47 @@ impl Live {
             };
             exports.push((spec.clone(), export));
         }
+        // The vhost-user-fs sockets of the running configuration, by export.
+        let vhost_socket = |name: &str| {
+            running.config.listen.iter().find_map(|l| match l {
+                ListenAddr::VhostUserFs { socket, export } if export == name => {
+                    Some(socket.display().to_string())
+                }
+                _ => None,
+            })
+        };
         for (spec, old) in &running.exports {
             let gone = !exports.iter().any(|(_, e)| Arc::ptr_eq(e, old));
-            if gone && !next.exports.iter().any(|s| s.name == spec.name) {
-                changes.push(format!("export {} removed", spec.name));
+            let removed = gone && !next.exports.iter().any(|s| s.name == spec.name);
+            match (removed, gone, vhost_socket(&spec.name)) {
+                (true, _, None) => changes.push(format!("export {} removed", spec.name)),
+                (true, _, Some(socket)) => changes.push(format!(
+                    "export {} removed; its vhost-user-fs socket {socket} stops serving (its \
+                     guest's requests answer ESHUTDOWN, the socket is removed)",
+                    spec.name
+                )),
+                (false, true, Some(socket)) => changes.push(format!(
+                    "export {}: its vhost-user-fs socket {socket} serves the changed export to \
+                     the next frontend (the connected guest's requests answer ESHUTDOWN)",
+                    spec.name
+                )),
+                _ => {}
             }
         }
-        if next.listen != running.config.listen {
+        // A vhost-user-fs listener of a removed export stops with it: not a listener change.
+        let kept = |listen: &[ListenAddr]| -> Vec<ListenAddr> {
+            listen
+                .iter()
+                .filter(|l| match l {
+                    ListenAddr::VhostUserFs { export, .. } => {
+                        next.exports.iter().any(|s| &s.name == export)
+                    }
+                    _ => true,
+                })
+                .cloned()
+                .collect()
+        };
+        if kept(&next.listen) != kept(&running.config.listen) {
             warn!(
                 "the new configuration changes the listeners; a reload keeps the running ones \
                  (restart ferry-host to change them)"

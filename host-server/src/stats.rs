@@ -1,6 +1,7 @@
 //! The numbers `ferry status` and the Prometheus endpoint show: per connected guest and per
 //! export, requests by operation (count, latency histogram), bytes, handles, nodes,
-//! descriptors, lock waiters, change events sent and overflowed, and the event queue.
+//! descriptors, lock waiters, change events sent and overflowed, and the event queue with its
+//! lag as a time (from the watcher reading a host event to its notice being written).
 //!
 //! Counting is a few relaxed atomic additions per request: a counter, a latency sum and one
 //! histogram bucket (powers of two of microseconds) for the operation, and the bytes moved.
@@ -76,9 +77,7 @@ impl SessionStats {
         s.count.fetch_add(1, Relaxed);
         let nanos = took.as_nanos().min(u64::MAX as u128) as u64;
         s.nanos.fetch_add(nanos, Relaxed);
-        let micros = nanos / 1000;
-        let bucket = (64 - micros.leading_zeros() as usize).min(BUCKETS - 1);
-        s.buckets[bucket].fetch_add(1, Relaxed);
+        s.buckets[bucket_of(nanos / 1000)].fetch_add(1, Relaxed);
         if read > 0 {
             self.bytes_read.fetch_add(read as u64, Relaxed);
         }
@@ -107,6 +106,25 @@ impl SessionStats {
     }
 }
 
+/// How long change batches wait on the host, from the watcher reading the first event of
+/// their burst to the notice being written to the guest.
+#[derive(Default)]
+struct EventLag {
+    /// When the watcher saw each batch still queued (a few entries: one per batch waiting).
+    queued: Mutex<std::collections::VecDeque<Instant>>,
+    /// Age of the last batch written, in µs.
+    last_us: AtomicU64,
+    /// Largest age of a batch written, in µs.
+    max_us: AtomicU64,
+    /// Ages of the batches written, bucketed as request latencies are.
+    buckets: [AtomicU64; BUCKETS],
+}
+
+/// The bucket of a duration of `micros` µs.
+fn bucket_of(micros: u64) -> usize {
+    (64 - micros.leading_zeros() as usize).min(BUCKETS - 1)
+}
+
 /// One connection: its guest and its sessions, in export-id order.
 pub struct ConnStats {
     peer: String,
@@ -116,12 +134,35 @@ pub struct ConnStats {
     /// Bytes of change events queued for the guest and not yet written (the connection's
     /// counter).
     queued: Arc<AtomicUsize>,
+    lag: EventLag,
 }
 
 impl ConnStats {
     /// The stats of session `export` (its id on this connection).
     pub fn session(&self, export: usize) -> Option<&SessionStats> {
         self.sessions.get(export).and_then(Option::as_ref)
+    }
+
+    /// A batch whose burst the watcher saw at `seen` was queued for the guest.
+    pub fn batch_queued(&self, seen: Instant) {
+        self.lag
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(seen);
+    }
+
+    /// That batch was written to the guest (or dropped): its age is the host's event lag.
+    pub fn batch_written(&self, seen: Instant) {
+        let mut q = self.lag.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = q.iter().position(|t| *t == seen) {
+            q.remove(i);
+        }
+        drop(q);
+        let us = seen.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        self.lag.last_us.store(us, Relaxed);
+        self.lag.max_us.fetch_max(us, Relaxed);
+        self.lag.buckets[bucket_of(us)].fetch_add(1, Relaxed);
     }
 }
 
@@ -157,6 +198,7 @@ impl ServerStats {
                 .map(|s| s.as_ref().map(SessionStats::new))
                 .collect(),
             queued,
+            lag: EventLag::default(),
         });
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.retain(|w| w.strong_count() > 0);
@@ -228,8 +270,21 @@ pub struct GuestStatus {
     pub peer: String,
     /// Seconds since it connected.
     pub uptime_seconds: f64,
-    /// Bytes of change events queued for it and not yet written: the event lag.
+    /// Bytes of change events queued for it and not yet written.
     pub events_queued: u64,
+    /// The event lag now, in seconds: how long ago the watcher saw the oldest change still
+    /// queued for this guest (0 when nothing waits).
+    #[serde(default)]
+    pub event_lag_seconds: f64,
+    /// The host's lag of the last batch written: from the watcher seeing it to the notice.
+    #[serde(default)]
+    pub last_event_lag_seconds: f64,
+    /// The largest such lag so far.
+    #[serde(default)]
+    pub max_event_lag_seconds: f64,
+    /// Histogram of those lags: `event_lag_buckets[i]` batches waited less than `2^i` µs.
+    #[serde(default)]
+    pub event_lag_buckets: Vec<u64>,
     /// Its view of each export.
     pub exports: Vec<ExportStatus>,
 }
@@ -278,6 +333,27 @@ pub struct OpStatus {
     pub buckets: Vec<u64>,
 }
 
+/// Writes the samples of one Prometheus histogram whose `buckets[i]` counts durations under
+/// `2^i` µs (the last: any longer); `sum` in seconds, estimated from the buckets when `None`.
+pub fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[u64], sum: Option<f64>) {
+    let mut cumulative = 0;
+    let mut estimate = 0.0;
+    for (i, n) in buckets.iter().enumerate() {
+        cumulative += n;
+        estimate += *n as f64 * (1u64 << i) as f64 / 1e6;
+        if i + 1 < buckets.len() {
+            let le = (1u64 << i) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n{name}_sum{{{labels}}} {}\n\
+         {name}_count{{{labels}}} {cumulative}",
+        sum.unwrap_or(estimate)
+    );
+}
+
 /// The upper bound, in µs, of the bucket holding quantile `q` of `buckets`.
 fn quantile(buckets: &[u64], q: f64) -> u64 {
     let total: u64 = buckets.iter().sum();
@@ -301,6 +377,17 @@ impl ConnStats {
             peer: self.peer.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             events_queued: self.queued.load(Relaxed) as u64,
+            event_lag_seconds: self
+                .lag
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .min()
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            last_event_lag_seconds: self.lag.last_us.load(Relaxed) as f64 / 1e6,
+            max_event_lag_seconds: self.lag.max_us.load(Relaxed) as f64 / 1e6,
+            event_lag_buckets: self.lag.buckets.iter().map(|b| b.load(Relaxed)).collect(),
             exports: self
                 .sessions
                 .iter()
@@ -378,21 +465,12 @@ impl Status {
                         esc(&e.name),
                         r.op
                     );
-                    let mut cumulative = 0;
-                    for (i, n) in r.buckets.iter().enumerate().take(r.buckets.len() - 1) {
-                        cumulative += n;
-                        let le = (1u64 << i) as f64 / 1e6;
-                        let _ = writeln!(
-                            out,
-                            "ferry_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "ferry_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                         ferry_request_duration_seconds_sum{{{labels}}} {}\n\
-                         ferry_request_duration_seconds_count{{{labels}}} {}",
-                        r.count, r.seconds, r.count
+                    histogram(
+                        &mut out,
+                        "ferry_request_duration_seconds",
+                        &labels,
+                        &r.buckets,
+                        Some(r.seconds),
                     );
                 }
             }
@@ -497,6 +575,34 @@ impl Status {
                 "ferry_events_queued{{guest=\"{}\"}} {}",
                 esc(&g.peer),
                 g.events_queued
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_event_lag_seconds Age of the oldest change event queued for a guest.\n\
+             # TYPE ferry_event_lag_seconds gauge"
+        );
+        for g in &self.guests {
+            let _ = writeln!(
+                out,
+                "ferry_event_lag_seconds{{guest=\"{}\"}} {}",
+                esc(&g.peer),
+                g.event_lag_seconds
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_event_delivery_seconds Time from the watcher reading a host change to \
+             its notice being written to the guest.\n# TYPE ferry_event_delivery_seconds histogram"
+        );
+        for g in &self.guests {
+            let labels = format!("guest=\"{}\"", esc(&g.peer));
+            histogram(
+                &mut out,
+                "ferry_event_delivery_seconds",
+                &labels,
+                &g.event_lag_buckets,
+                None,
             );
         }
         out

@@ -829,6 +829,12 @@ pub enum Notice {
         export: u32,
         /// The changes, oldest first.
         changes: Vec<Change>,
+        /// How long ago, in microseconds, the host's watcher saw the oldest of them, measured
+        /// when the notice was written: the host's share of the event lag, a duration, so the
+        /// two machines' clocks never meet. It travels in the header's `id` field, which
+        /// notices otherwise leave 0: a server that does not measure it sends 0, and a guest
+        /// that does not read it ignores it.
+        age_us: u64,
     },
 }
 
@@ -847,11 +853,15 @@ impl Notice {
             Notice::Shutdown { reason } => {
                 encode_frame(out, FrameKind::Notify, notice::SHUTDOWN, 0, 0, reason, 0)
             }
-            Notice::Changes { export, changes } => encode_frame(
+            Notice::Changes {
+                export,
+                changes,
+                age_us,
+            } => encode_frame(
                 out,
                 FrameKind::Notify,
                 notice::CHANGES,
-                0,
+                *age_us,
                 *export,
                 changes,
                 0,
@@ -875,6 +885,7 @@ impl Notice {
             notice::CHANGES => Some(Notice::Changes {
                 export: frame.header.aux,
                 changes: decode_exact(frame.meta)?,
+                age_us: frame.header.id,
             }),
             _ => None,
         })

@@ -23,6 +23,8 @@ pub(super) struct Pending {
     export: u32,
     /// In a mutex only to make `Pending` (and so `Client`) `Sync`; it is never contended.
     done: Mutex<Done>,
+    /// When it was sent (its latency in `crate::stats`).
+    sent: std::time::Instant,
 }
 
 impl Pending {
@@ -31,6 +33,7 @@ impl Pending {
             op,
             export,
             done: Mutex::new(done),
+            sent: std::time::Instant::now(),
         }
     }
 
@@ -169,6 +172,11 @@ impl Client {
                 if reply.result == Err(Errno::ESHUTDOWN) {
                     self.export_gone(pending.export);
                 }
+                crate::stats::agent().request(
+                    pending.op,
+                    pending.sent.elapsed(),
+                    reply.result.is_ok(),
+                );
                 pending.finish(reply.result);
                 Ok(())
             }
@@ -177,10 +185,18 @@ impl Client {
                     warn!("the server is shutting down: {reason}");
                     Ok(())
                 }
-                Ok(Some(Notice::Changes { export, changes })) => {
+                Ok(Some(Notice::Changes {
+                    export,
+                    changes,
+                    age_us,
+                })) => {
                     match self.changes.get(&export) {
                         Some(tx) => {
-                            let _ = tx.send(changes);
+                            let stats = crate::stats::agent();
+                            stats.batch_arrived(export, changes.len(), age_us);
+                            if tx.send(changes).is_err() {
+                                stats.batch_dropped(export);
+                            }
                         }
                         None => debug!(export, "changes for an export nobody watches"),
                     }

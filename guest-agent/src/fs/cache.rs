@@ -124,6 +124,7 @@ impl FerryFs {
             Some(bytes) => {
                 let consumed = offset + bytes.len() as u64 >= p.data.len() as u64;
                 reply.data(bytes);
+                crate::stats::agent().hit(crate::stats::Hit::Page);
                 drop(p);
                 // Reads past the buffer go to the host from now on: free it.
                 if consumed {

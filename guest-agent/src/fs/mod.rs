@@ -183,6 +183,7 @@ impl Filesystem for FerryFs {
                 ..file_attr(&ferry_protocol::Attr::default())
             };
             reply.entry(&self.ttl, &negative, Generation(0));
+            crate::stats::agent().hit(crate::stats::Hit::MissingName);
             return;
         }
         let body = Req::Lookup(proto::Lookup {
@@ -436,6 +437,7 @@ impl Filesystem for FerryFs {
         if read_only && self.lazy_open {
             let fh = self.lazy.open(ino.0, flags.0, self.ctx_with_groups(req));
             reply.opened(FileHandle(fh), self.open_flags(0));
+            crate::stats::agent().hit(crate::stats::Hit::Open);
             return;
         }
         let prefetch = if read_only && !self.ttl.is_zero() {
@@ -656,6 +658,7 @@ impl Filesystem for FerryFs {
             if cache.serves(offset) {
                 cache.fill(&mut reply);
                 reply.ok();
+                crate::stats::agent().hit(crate::stats::Hit::Listing);
                 return;
             }
         }

@@ -111,6 +111,10 @@ impl Replayer {
         }
         let tid = nix::unistd::gettid().as_raw();
         self.state.tid.store(tid, Ordering::Relaxed);
+        let welcome = self.client.welcome();
+        let export = welcome.exports.iter().find(|e| e.id == self.export);
+        let name = export.map_or_else(|| self.export.to_string(), |e| e.name.clone());
+        crate::stats::agent().mount(&name, &self.mountpoint, &self.state);
         if self.bracket {
             // Random per process run: std's hasher keys are.
             let link = std::hash::BuildHasher::hash_one(
@@ -186,6 +190,8 @@ impl Replayer {
         watches.refresh();
         for batch in batches {
             let root = self.open_root();
+            // Where this batch's event lag counts from: the host's watcher reading it.
+            let origin = crate::stats::agent().batch_started(self.export);
             for c in batch {
                 self.state.stats.received.fetch_add(1, Ordering::Relaxed);
                 let _pending = Pending(&self.state, &c);
@@ -198,6 +204,7 @@ impl Replayer {
                         .stats
                         .skipped_unmounted
                         .fetch_add(1, Ordering::Relaxed);
+                    self.not_replayed("skipped", &c, "the mount is gone".into());
                     if let Some(e) = c.entry {
                         self.forget(e.ino);
                     }
@@ -213,6 +220,7 @@ impl Replayer {
                     self.let_watchers_see(root.as_fd(), &dir, &mut watches);
                 }
                 self.apply(&c, root.as_fd());
+                self.state.stats.lag.record(origin);
                 if c.kind == ChangeKind::Created && c.file_type == libc::S_IFDIR {
                     // A watcher of the mount that started since the last walk of `/proc` is
                     // then known by the time the directory's contents are replayed.
@@ -361,6 +369,7 @@ impl Replayer {
                 .stats
                 .skipped_read_only
                 .fetch_add(1, Ordering::Relaxed);
+            self.not_replayed("skipped", c, "read-only mount: caches dropped only".into());
             if let Some(e) = c.entry {
                 if e.ino != ROOT_ID {
                     self.forget(e.ino);
@@ -376,6 +385,7 @@ impl Replayer {
                     .failed_other
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(kind = ?c.kind, path = %path.display(), "the host refused the replay: {e:?}");
+                self.not_replayed("failed", c, format!("the host refused the replay: {e:?}"));
                 if let Some(e) = c.entry {
                     self.forget(e.ino);
                 }
@@ -404,7 +414,7 @@ impl Replayer {
             }
             ChangeKind::Removed => {
                 if ft == libc::S_IFDIR && holds_mount(&path) {
-                    return self.expire(c.parent, &name);
+                    return self.expire(c, c.parent, &name);
                 }
                 view.name(c.parent, &name, Side::From, Before::Synthetic(ft));
                 self.state.install(view);
@@ -416,8 +426,8 @@ impl Replayer {
                 };
                 let to_name = c.to.rsplit(|&b| b == b'/').next().unwrap_or_default();
                 if ft == libc::S_IFDIR && holds_mount(&path) {
-                    self.expire(c.to_parent, to_name);
-                    return self.expire(c.parent, &name);
+                    self.expire_entry(c.to_parent, to_name);
+                    return self.expire(c, c.parent, &name);
                 }
                 view.name(c.parent, &name, Side::From, entry_before());
                 view.name(c.to_parent, to_name, Side::To, Before::Absent);
@@ -466,6 +476,7 @@ impl Replayer {
                     // Never followed: a symlink or a mount where the guest knew a directory.
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     warn!(kind = ?c.kind, path = %path.display(), "replay skipped: {e}");
+                    self.not_replayed("skipped", c, e.to_string());
                 } else {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     match e.errno() {
@@ -480,6 +491,7 @@ impl Replayer {
                     }
                     .fetch_add(1, Ordering::Relaxed);
                     debug!(kind = ?c.kind, path = %path.display(), "replay failed: {e}");
+                    self.not_replayed("failed", c, e.to_string());
                 }
                 // A stale or failed replay: make the names be looked up again.
                 match c.kind {
@@ -512,8 +524,17 @@ impl Replayer {
         );
     }
 
-    /// Expires a name instead of replaying its change (a directory holding a guest mount).
-    fn expire(&self, parent: u64, name: &[u8]) {
+    /// Remembers why change `c` was not replayed (`ferry-agent status`).
+    fn not_replayed(&self, outcome: &'static str, c: &Change, reason: String) {
+        self.state
+            .stats
+            .recent
+            .record(outcome, &c.kind, &c.path, reason);
+    }
+
+    /// Expires a name instead of replaying change `c` (a directory holding a guest mount).
+    fn expire(&self, c: &Change, parent: u64, name: &[u8]) {
+        self.not_replayed("skipped", c, "a guest mount is on this directory".into());
         self.state.stats.skipped.fetch_add(1, Ordering::Relaxed);
         self.state
             .stats

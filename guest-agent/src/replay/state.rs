@@ -204,6 +204,10 @@ pub struct ReplayStats {
     pub overtaken: AtomicU64,
     /// Overflows: every cached name dropped.
     pub overflows: AtomicU64,
+    /// The event lag of each change, host watcher to replay done (`crate::stats`).
+    pub lag: crate::stats::Lag,
+    /// The last changes skipped or failed, with why (`ferry-agent status`).
+    pub recent: crate::stats::Recent,
 }
 
 /// State shared between the replay thread and the FUSE handlers.

@@ -483,7 +483,7 @@ mod tests {
             }
             let (tx, rx) = std::sync::mpsc::channel();
             let tx = Mutex::new(tx);
-            s.watch(Arc::new(move |c| {
+            s.watch(Arc::new(move |c, _| {
                 let _ = tx.lock().unwrap().send(c);
             }))
             .unwrap();

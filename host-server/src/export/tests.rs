@@ -1593,7 +1593,7 @@ fn typed_mutations_record_their_own_echoes() {
     let s = Arc::new(ExportSession::new(export(p, false)).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
-    s.watch(Arc::new(move |c| {
+    s.watch(Arc::new(move |c, _| {
         let _ = tx.lock().unwrap().send(c);
     }))
     .unwrap();

@@ -70,13 +70,32 @@ pub enum VirtioFsError {
 
 /// A bound vhost-user-fs socket serving one export.
 ///
-/// The socket stays bound for the listener's whole life, so a frontend that reconnects (or a
-/// VMM started again) finds it at any time, also between two connections.
-#[derive(Debug)]
+/// The socket stays bound while the export is served, so a frontend that reconnects (or a
+/// VMM started again) finds it at any time, also between two connections. When a reload
+/// retires the export ([`Export::retire`]), the connected frontend's requests answer
+/// ESHUTDOWN (`server.rs`), and the listener either serves the export's successor of the same
+/// name (a changed export; see [`VirtioFsListener::following`]) to the next frontend, or, the
+/// export being removed, stops: its socket file is removed and the thread ends.
 pub struct VirtioFsListener {
     export: Arc<Export>,
     socket: PathBuf,
     listener: std::os::unix::net::UnixListener,
+    /// Whether this listener bound the socket file (and so removes it when it stops).
+    bound: bool,
+    /// The export served now under a name, after a reload (`None`: removed).
+    successor: Option<Successor>,
+}
+
+/// Finds the export a reload put in place of a retired one, by name.
+pub type Successor = Box<dyn Fn(&str) -> Option<Arc<Export>> + Send>;
+
+impl std::fmt::Debug for VirtioFsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioFsListener")
+            .field("export", &self.export.name())
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VirtioFsListener {
@@ -93,7 +112,16 @@ impl VirtioFsListener {
             export,
             socket,
             listener,
+            bound: true,
+            successor: None,
         })
+    }
+
+    /// After a reload retires the export, serve `successor(name)` (the export of the same
+    /// name in the configuration now in force) instead; stop when there is none.
+    pub fn following(mut self, successor: Successor) -> Self {
+        self.successor = Some(successor);
+        self
     }
 
     /// Serves on a socket that is already bound and listening (inherited from a launcher, as
@@ -108,6 +136,8 @@ impl VirtioFsListener {
             export,
             socket,
             listener,
+            bound: false,
+            successor: None,
         }
     }
 
@@ -159,14 +189,69 @@ impl VirtioFsListener {
         }
     }
 
-    /// Serves frontends one after the other, forever.
-    pub fn serve(self) {
+    /// Whether the export is still served, moving on to its successor after a reload
+    /// changed it.
+    fn still_served(&mut self) -> bool {
+        if !self.export.is_retired() {
+            return true;
+        }
+        let name = self.export.name().to_string();
+        match self.successor.as_ref().and_then(|s| s(&name)) {
+            Some(next) if !next.is_retired() => {
+                tracing::info!(
+                    export = name,
+                    "virtio-fs: the export was changed by a reload; the next frontend on {} \
+                     gets the new one",
+                    self.socket.display()
+                );
+                self.export = next;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits until a frontend connects (`true`) or the export stops being served (`false`),
+    /// looking every 200 ms.
+    fn wait_for_frontend(&mut self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        loop {
+            if !self.still_served() {
+                return false;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on a descriptor this listener owns, for the call only.
+            let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+            if n > 0 {
+                return self.still_served();
+            }
+        }
+    }
+
+    /// Serves frontends one after the other, until a reload removes the export.
+    pub fn serve(mut self) {
         loop {
             tracing::info!(
                 export = self.export.name(),
                 "virtio-fs: waiting for a vhost-user frontend on {}",
                 self.socket.display()
             );
+            if !self.wait_for_frontend() {
+                tracing::info!(
+                    export = self.export.name(),
+                    "virtio-fs: the export was removed by a reload; {} is no longer served{}",
+                    self.socket.display(),
+                    if self.bound { " (socket removed)" } else { "" }
+                );
+                if self.bound {
+                    let _ = std::fs::remove_file(&self.socket);
+                }
+                return;
+            }
             match self.serve_once() {
                 Ok(()) => tracing::info!(
                     "virtio-fs: frontend on {} disconnected",
@@ -230,6 +315,53 @@ mod tests {
             VirtioFsListener::bind(export, socket, 0o600),
             Err(VirtioFsError::Bind { .. })
         ));
+    }
+
+    #[test]
+    fn a_removed_export_stops_being_served_and_a_changed_one_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Export::open(ExportConfig {
+                name: "t".into(),
+                path: dir.path().to_path_buf(),
+                read_only: false,
+                ids: crate::ids::IdPolicy::passthrough(),
+                devices: false,
+                acl: true,
+                setid: false,
+            })
+            .unwrap()
+        };
+        // Changed: the listener serves the successor and keeps its socket.
+        let (old, new) = (open(), open());
+        let socket = dir.path().join("changed.sock");
+        let next = new.clone();
+        let listener = VirtioFsListener::bind(old.clone(), socket.clone(), 0o600)
+            .unwrap()
+            .following(Box::new(move |_| Some(next.clone())));
+        let changed = std::thread::spawn(move || listener.serve());
+        old.retire();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!changed.is_finished() && socket.exists());
+        let frontend = Frontend::connect(&socket, NUM_QUEUES_U64).unwrap();
+        frontend.set_owner().unwrap();
+        drop(frontend);
+
+        // Removed: the listener ends and its socket goes.
+        let removed = open();
+        let socket = dir.path().join("removed.sock");
+        let listener = VirtioFsListener::bind(removed.clone(), socket.clone(), 0o600)
+            .unwrap()
+            .following(Box::new(|_| None));
+        let t = std::thread::spawn(move || listener.serve());
+        removed.retire();
+        let start = std::time::Instant::now();
+        while !t.is_finished() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(t.is_finished(), "the listener stopped");
+        assert!(!socket.exists(), "its socket is removed");
+        assert!(Frontend::connect(&socket, NUM_QUEUES_U64).is_err());
     }
 
     const NUM_QUEUES_U64: u64 = vhu_fs::NUM_QUEUES as u64;

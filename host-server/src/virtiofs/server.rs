@@ -187,6 +187,16 @@ impl FuseServer {
     /// Every call into the export core.
     fn serve(&self, h: &InHeader, args: Args<'_>) -> Out {
         let s = &self.session;
+        // Removed or changed by a reload: the guest hears that this export is gone (the
+        // kernel still gives back its nodes).
+        if s.export().is_retired()
+            && !matches!(
+                h.opcode,
+                opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT | opcode::DESTROY
+            )
+        {
+            return Err(Errno::ESHUTDOWN);
+        }
         // A replaying guest's link name: links this session to its replaying session, and is
         // answered ENOENT without a host lookup.
         if h.opcode == opcode::LOOKUP && args.clone().name().is_ok_and(|name| s.link_replayer(name))

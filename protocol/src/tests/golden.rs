@@ -188,7 +188,7 @@ pub(crate) const CHANGES: &[u8] = &[
     0x2B, 0x00, 0x00, 0x00,                         // len = 24 + 19 = 43
     0x06, 0x00,                                     // kind = Notify, flags = 0
     0x02, 0x00,                                     // op = notice::CHANGES = 2
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = 0
+    0xDC, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // id = age_us = 1500
     0x13, 0x00, 0x00, 0x00,                         // meta_len = 1 + 11 + 7 = 19
     0x03, 0x00, 0x00, 0x00,                         // aux = export 3
     0x02,                                           // 2 changes
@@ -229,6 +229,7 @@ fn notice_changes() {
                     entry: None,
                 },
             ],
+            age_us: 1500,
         },
     );
 }

@@ -84,7 +84,7 @@ impl<'a> Wire<'a> for Notice {
     fn header_fields(&self) -> (u16, u64, u32) {
         match self {
             Notice::Shutdown { .. } => (notice::SHUTDOWN, 0, 0),
-            Notice::Changes { export, .. } => (notice::CHANGES, 0, *export),
+            Notice::Changes { export, age_us, .. } => (notice::CHANGES, *age_us, *export),
         }
     }
 }

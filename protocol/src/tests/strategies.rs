@@ -571,8 +571,13 @@ pub(crate) fn refused() -> impl Strategy<Value = Refused> {
 pub(crate) fn notice() -> impl Strategy<Value = Notice> {
     prop_oneof![
         text().prop_map(|reason| Notice::Shutdown { reason }),
-        (u32s(), prop::collection::vec(change(), 0..4))
-            .prop_map(|(export, changes)| Notice::Changes { export, changes }),
+        (u32s(), prop::collection::vec(change(), 0..4), any::<u64>()).prop_map(
+            |(export, changes, age_us)| Notice::Changes {
+                export,
+                changes,
+                age_us
+            }
+        ),
     ]
 }
 

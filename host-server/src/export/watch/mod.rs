@@ -56,8 +56,10 @@ pub const BURST_MAX: Duration = Duration::from_millis(20);
 /// Most raw events in one burst.
 const BURST_EVENTS: usize = 4096;
 
-/// Where a session's changes go: called from the export's watcher thread; must not block.
-pub type Sink = Arc<dyn Fn(Vec<Change>) + Send + Sync>;
+/// Where a session's changes go: called from the export's watcher thread with a batch and
+/// when the watcher read the first host event of its burst (the start of the event lag);
+/// must not block.
+pub type Sink = Arc<dyn Fn(Vec<Change>, Instant) + Send + Sync>;
 
 struct Subscriber {
     sid: u64,
@@ -345,7 +347,7 @@ impl Export {
                     "host events were lost; every guest will drop its caches of this export"
                 );
             }
-            self.deliver(&changes, &mut dirs);
+            self.deliver(&changes, &mut dirs, start);
             for c in &changes {
                 if matches!(c.kind, ChangeKind::Removed | ChangeKind::Renamed) {
                     dirs.forget_tree(&c.path);
@@ -355,7 +357,7 @@ impl Export {
     }
 
     /// Resolves `changes` for every watching session and hands them over.
-    fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys) {
+    fn deliver(&self, changes: &[Raw], dirs: &mut DirKeys, seen: Instant) {
         let facts: Vec<Facts> = changes
             .iter()
             .enumerate()
@@ -390,7 +392,7 @@ impl Export {
                 Ordering::Relaxed,
             );
             if !out.is_empty() {
-                sink(out);
+                sink(out, seen);
             }
         }
     }

@@ -307,6 +307,32 @@ fn create_write_read_lookup_readdir() {
 }
 
 #[test]
+fn a_retired_export_answers_eshutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let s = server(dir.path(), false);
+    let (err, body) = call(&s, opcode::LOOKUP, 1, &[b"f\0"]);
+    assert_eq!(err, 0);
+    let ino = entry(&body).nodeid;
+    s.session().export().retire();
+    let (err, _) = call(&s, opcode::LOOKUP, 1, &[b"f\0"]);
+    assert_eq!(err, libc::ESHUTDOWN, "a removed export says so");
+    let (err, _) = call(
+        &s,
+        opcode::GETATTR,
+        ino,
+        &[abi::GetattrIn::default().as_bytes()],
+    );
+    assert_eq!(err, libc::ESHUTDOWN);
+    // The kernel still gives its nodes back.
+    let forget = abi::ForgetIn { nlookup: 1 };
+    assert!(
+        s.handle(&request(opcode::FORGET, 3, ino, &[forget.as_bytes()]))
+            .is_none()
+    );
+}
+
+#[test]
 fn forget_takes_no_reply_and_drops_the_node() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a"), b"").unwrap();
@@ -803,7 +829,7 @@ fn the_guest_s_own_changes_are_not_replayed_back() {
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
     agent
-        .watch(Arc::new(move |c| {
+        .watch(Arc::new(move |c, _| {
             let _ = tx.lock().unwrap().send(c);
         }))
         .unwrap();
