@@ -59,3 +59,6 @@ mod config;
 mod packaging;
 // ferry status, ferry ctl reload and the Prometheus endpoint of a running ferry-host.
 mod status;
+// The server sandbox: /proc/PID/status of a running ferry-host, a mount through it, Landlock
+// refusing a directory moved out of the export, a reload beyond the sandbox refused.
+mod sandbox;
