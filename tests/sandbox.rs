@@ -283,6 +283,11 @@ fn a_reload_beyond_the_sandbox_is_refused() {
     let s = Setup::new();
     s.write_config(&[("a", "")]);
     let mut host = s.start_host(&[]);
+    // SIGHUP is caught once the server has installed its handler (until then it would end
+    // the process).
+    let hup_caught =
+        || u64::from_str_radix(&status_field(host.id(), "SigCgt"), 16).unwrap() & 1 != 0;
+    assert!(wait_until(Duration::from_secs(20), hup_caught));
     s.write_config(&[("a", ""), ("b", "")]);
     let pid = nix::unistd::Pid::from_raw(host.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();

@@ -134,7 +134,12 @@ pub struct Args {
     /// What a system call off the sandbox's allow-list does: `kill` the server (default; the
     /// kernel's audit log names the call), `log` it and go on, `trap` (SIGSYS), or `none`
     /// (no seccomp filter).
-    #[arg(long, value_name = "kill|log|trap|none", value_parser = crate::sandbox::parse_seccomp)]
+    #[arg(
+        long,
+        env = "FERRY_SECCOMP",
+        value_name = "kill|log|trap|none",
+        value_parser = crate::sandbox::parse_seccomp
+    )]
     pub seccomp: Option<crate::sandbox::SeccompMode>,
 
     #[command(flatten)]

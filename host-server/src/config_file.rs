@@ -952,4 +952,32 @@ allow = ["cid:3", "uid:1000", "token:default"]
         assert!(parts.exports.iter().any(|e| e.allow.is_some()));
         assert!(parts.limits.max_connections.is_some() && parts.socket_mode.is_some());
     }
+
+    #[test]
+    fn sandbox_keys_parse_and_flags_win() {
+        let parts = parse("sandbox = \"none\"\nseccomp = \"log\"\n").unwrap();
+        assert_eq!(parts.sandbox, Some(SandboxMode::None));
+        assert_eq!(parts.seccomp, Some(SeccompMode::Log));
+        let flags = Overrides {
+            sandbox: Some(SandboxMode::On),
+            ..Overrides::default()
+        };
+        let config = flags.apply(parts, None).unwrap();
+        assert_eq!(
+            config.sandbox,
+            Sandbox {
+                mode: SandboxMode::On,
+                seccomp: SeccompMode::Log
+            }
+        );
+        assert_eq!(
+            Overrides::default()
+                .apply(FileParts::default(), None)
+                .unwrap()
+                .sandbox,
+            Sandbox::default()
+        );
+        assert!(err("sandbox = \"chroot\"\n").contains("sandbox: \"chroot\": expected on or none"));
+        assert!(err("seccomp = \"errno\"\n").contains("seccomp:"));
+    }
 }

@@ -9,8 +9,8 @@
 //!    still held;
 //! 2. capabilities: a server running with capabilities keeps only those its exports' id modes
 //!    need ([`needed_caps`]) in its permitted and effective sets, drops every other one from
-//!    its bounding set (needs CAP_SETPCAP, which root has), and empties its inheritable and
-//!    ambient sets;
+//!    its bounding set (where it holds CAP_SETPCAP, as root does outside a unit that bounds
+//!    it), and empties its inheritable and ambient sets;
 //! 3. `no_new_privs`;
 //! 4. Landlock (when the kernel has it, the ABI it has, up to [`LANDLOCK_ABI`]): the file
 //!    system only beneath each export (read-write, or read-only for `:ro` exports; never
@@ -132,6 +132,7 @@ mod cap {
     pub const FSETID: u32 = 4;
     pub const SETGID: u32 = 6;
     pub const SETUID: u32 = 7;
+    pub const SETPCAP: u32 = 8;
     pub const NET_BIND_SERVICE: u32 = 10;
     pub const MKNOD: u32 = 27;
     pub const SETFCAP: u32 = 31;
@@ -217,6 +218,8 @@ pub struct Report {
     pub on: bool,
     /// The capabilities kept, when the server had any to drop.
     pub caps: Option<u64>,
+    /// The bounding set was cut to `caps` too (CAP_SETPCAP was held).
+    pub bounding: bool,
     /// `no_new_privs` is set.
     pub no_new_privs: bool,
     /// Landlock's status, `None` where the kernel has none.
@@ -234,7 +237,16 @@ impl fmt::Display for Report {
         }
         write!(f, "sandbox: ")?;
         match self.caps {
-            Some(c) => write!(f, "capabilities kept: {}", cap_names(c))?,
+            Some(c) => write!(
+                f,
+                "capabilities kept: {}{}",
+                cap_names(c),
+                if self.bounding {
+                    ""
+                } else {
+                    " (bounding set left as given: no CAP_SETPCAP)"
+                }
+            )?,
             None => write!(f, "no capabilities held")?,
         }
         write!(
@@ -353,9 +365,11 @@ fn build(config: &ServerConfig, extra: &Extra) -> anyhow::Result<Report> {
         "the sandbox must be entered before the server starts threads ({threads} running)"
     );
     crate::raise_fd_limit();
+    let (caps, bounding) = drop_caps(needed_caps(config))?;
     let mut report = Report {
         on: true,
-        caps: drop_caps(needed_caps(config))?,
+        caps,
+        bounding,
         ..Report::default()
     };
     // SAFETY: prctl with integer arguments.
@@ -374,19 +388,25 @@ fn build(config: &ServerConfig, extra: &Extra) -> anyhow::Result<Report> {
 }
 
 /// Keeps only `keep` of this process's capabilities (permitted, effective; none inheritable or
-/// ambient; the rest dropped from the bounding set). `None` when it holds none to begin with.
-fn drop_caps(keep: u64) -> anyhow::Result<Option<u64>> {
+/// ambient; the rest dropped from the bounding set where it may). `None` when it holds none
+/// to begin with; with whether the bounding set was cut.
+fn drop_caps(keep: u64) -> anyhow::Result<(Option<u64>, bool)> {
     let (header, mut data) = caps_now()?;
     let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
     if permitted == 0 {
-        return Ok(None);
+        return Ok((None, false));
     }
     let keep = keep & permitted;
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
-    for c in 0..=last {
+    // Without CAP_SETPCAP (a systemd unit's CapabilityBoundingSet may leave it out) the
+    // bounding set stays as the parent left it: with no_new_privs and nothing permitted
+    // beyond `keep`, it matters only to a program this process would execute, and it runs
+    // none.
+    let setpcap = permitted & (1 << cap::SETPCAP) != 0;
+    for c in (0..=last).filter(|_| setpcap) {
         if keep & (1 << c) == 0 {
             // SAFETY: prctl with integer arguments. Fails (EINVAL) only for a number past
             // the kernel's last capability, and (EPERM) without CAP_SETPCAP, checked below.
@@ -416,7 +436,7 @@ fn drop_caps(keep: u64) -> anyhow::Result<Option<u64>> {
         held == keep,
         "capabilities still held after dropping: {held:#x}"
     );
-    for c in 0..=last {
+    for c in (0..=last).filter(|_| setpcap) {
         // SAFETY: prctl with integer arguments.
         let bounded = unsafe { libc::prctl(libc::PR_CAPBSET_READ, c as libc::c_ulong, 0, 0, 0) };
         anyhow::ensure!(
@@ -424,7 +444,7 @@ fn drop_caps(keep: u64) -> anyhow::Result<Option<u64>> {
             "cannot drop capability {c} from the bounding set (CAP_SETPCAP is needed)"
         );
     }
-    Ok(Some(keep))
+    Ok((Some(keep), setpcap))
 }
 
 #[repr(C)]
