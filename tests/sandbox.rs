@@ -326,3 +326,45 @@ fn a_reload_beyond_the_sandbox_is_refused() {
     crate::harness::lazy_unmount(&m);
     terminate(&mut host);
 }
+
+/// A file the guest still knows, whose node descriptor the server evicted and whose dentry
+/// the host then dropped, reopens by handle: a plain handle would give a disconnected
+/// descriptor with no path, which Landlock refuses to open (EACCES); the sandboxed server
+/// keeps connectable handles, reconnected through the parent.
+#[test]
+fn an_evicted_file_reopens_by_handle_under_landlock() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let s = Setup::new();
+    s.write_config(&[("a", "")]);
+    for i in 0..100 {
+        fs::write(s.path(&format!("a/f{i}")), format!("{i}")).unwrap();
+    }
+    let mut host = s.start_host(&["--max-node-fds", "2"]);
+    let m = s.path("mnt-a");
+    fs::create_dir(&m).unwrap();
+    let mut agent = s.start_agent(&[("a", &m)]);
+    // Held by the guest kernel (an O_PATH descriptor keeps the dentry) but not open: the
+    // server may evict its descriptor.
+    let held = nix::fcntl::open(
+        &m.join("f7"),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    for i in 10..100 {
+        fs::metadata(m.join(format!("f{i}"))).unwrap();
+    }
+    nix::unistd::sync();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let reopened = format!("/proc/self/fd/{}", held.as_raw_fd());
+    assert_eq!(fs::read_to_string(&reopened).unwrap(), "7");
+    fs::OpenOptions::new().append(true).open(&reopened).unwrap();
+    assert!(host.try_wait().unwrap().is_none(), "{}", s.host_log());
+    drop(held);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    crate::harness::lazy_unmount(&m);
+    terminate(&mut host);
+}

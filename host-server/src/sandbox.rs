@@ -32,6 +32,13 @@
 //! one needing a capability that was dropped, with an error that says to restart.
 //! `--sandbox=none` (or `sandbox = "none"`) skips all of it.
 //!
+//! Landlock checks paths, and a descriptor `open_by_handle_at` returns for a non-directory
+//! whose dentry the host dropped has none (it is disconnected): opening it for I/O would be
+//! refused. So under Landlock the export core keeps a connectable handle (Linux 6.13) for each
+//! evicted non-directory node, which the kernel reconnects through the parent directory
+//! (`export/inode`); a file a host process moved to another directory meanwhile, or a kernel
+//! without connectable handles, falls back to the plain handle and may then answer EACCES.
+//!
 //! `ferry share` runs the agent's FUSE mount in the same process (mounting and unmounting need
 //! privileges and paths the server never needs), so it does not sandbox itself.
 
@@ -559,6 +566,10 @@ fn landlock(config: &ServerConfig, extra: &Extra, report: &mut Report) -> anyhow
     };
     if report.landlock.is_none() {
         report.allowed.clear();
+    } else {
+        // A node reopened by a plain handle after the host dropped its dentry has no path
+        // Landlock could allow: keep connectable handles (export/inode).
+        crate::export::sys::set_connectable_handles(true);
     }
     Ok(())
 }
