@@ -15,6 +15,9 @@
 //! the same run as a fourth column, `before`).
 //! FERRY_BENCH_IDS (an `--ids` mode for the Ferry mounts, e.g. `map:0:100000:65536`; the
 //! default mode when unset).
+//! FERRY_BENCH_SANDBOX=1: two more targets, `ferry-host` and `ferry-agent` as separate processes
+//! over a Unix socket, with the server's default sandbox and with `--sandbox=none`, and a
+//! second table of their ratio (`ferry share` has no sandbox).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -34,11 +37,14 @@ struct Target {
     name: &'static str,
     root: PathBuf,
     process: Option<Child>,
+    /// A server the mount's process talks to, stopped after it.
+    server: Option<Child>,
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
+        let server = self.server.take();
+        for mut child in self.process.take().into_iter().chain(server) {
             // SIGTERM lets the mount go away cleanly.
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,6 +396,7 @@ fn main() {
         name: "native",
         root: mk("native"),
         process: None,
+        server: None,
     };
 
     let bind_src = mk("bindfs-src");
@@ -407,6 +414,7 @@ fn main() {
         name: "bindfs",
         root: bind_mnt,
         process: Some(bindfs),
+        server: None,
     };
 
     let share = |name: &'static str, bin: &Path| {
@@ -433,6 +441,7 @@ fn main() {
             name,
             root: mnt,
             process: Some(child),
+            server: None,
         }
     };
     let mut targets = vec![
@@ -440,8 +449,68 @@ fn main() {
         bind,
         share("ferry", Path::new(env!("CARGO_BIN_EXE_ferry"))),
     ];
-    if let Ok(before) = std::env::var("FERRY_BENCH_BASELINE") {
+    let with_before = if let Ok(before) = std::env::var("FERRY_BENCH_BASELINE") {
         targets.push(share("before", Path::new(&before)));
+        true
+    } else {
+        false
+    };
+    // ferry-host (sandboxed by default) and ferry-agent as two processes.
+    let split = |name: &'static str, server_args: &[&str]| {
+        let dir = Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap();
+        let src = mk(&format!("{name}-src"));
+        let mnt = mk(&format!("{name}-mnt"));
+        let sock = base.path().join(format!("{name}.sock"));
+        let server = Command::new(dir.join("ferry-host"))
+            .arg("--export")
+            .arg(format!("ex={}", src.display()))
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--no-auth")
+            .args(server_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: ferry-host did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let agent = Command::new(dir.join("ferry-agent"))
+            .arg("--connect")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--mount")
+            .arg(format!("ex={}", mnt.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_mount(&mnt, " ferry:");
+        Target {
+            name,
+            root: mnt,
+            process: Some(agent),
+            server: Some(server),
+        }
+    };
+    let sandbox_first = targets.len();
+    let with_sandbox = std::env::var_os("FERRY_BENCH_SANDBOX").is_some_and(|v| v == "1");
+    if with_sandbox {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "ferry-host", "-p", "ferry-agent"]);
+        if Path::new(env!("CARGO_BIN_EXE_ferry"))
+            .parent()
+            .is_some_and(|d| d.ends_with("release"))
+        {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "cannot build ferry-host");
+        targets.push(split("sandboxed", &[]));
+        targets.push(split("no-sandbox", &["--sandbox=none"]));
     }
     eprintln!(
         "fsbench: {} files, {} MiB sequential, {} rounds (median), target order rotated per round",
@@ -468,7 +537,6 @@ fn main() {
         .collect();
 
     println!();
-    let with_before = targets.len() > 3;
     if with_before {
         println!(
             "| workload ({} files, {} MiB) | native | bindfs | ferry | before | bindfs/native | ferry/native | ferry/bindfs | before/native | before/bindfs |",
@@ -535,6 +603,28 @@ fn main() {
             f / n,
             f / b
         );
+    }
+    if with_sandbox {
+        let (sb, none) = (sandbox_first, sandbox_first + 1);
+        println!();
+        println!(
+            "| workload: ferry-host + ferry-agent | sandboxed | --sandbox=none | sandboxed/none (time) |"
+        );
+        println!("|---|---:|---:|---:|");
+        for (r, name) in rows.iter().enumerate() {
+            let s = med[sb][r].as_secs_f64();
+            let o = med[none][r].as_secs_f64();
+            if r >= fio_first {
+                println!(
+                    "| {name} (ops/s, higher is better) | {:.0} | {:.0} | {:.2}x |",
+                    1.0 / s,
+                    1.0 / o,
+                    s / o
+                );
+            } else {
+                println!("| {name} | {s:.3} s | {o:.3} s | {:.2}x |", s / o);
+            }
+        }
     }
     drop(targets);
 }

@@ -63,3 +63,6 @@ mod packaging;
 mod status;
 // ferry-agent status: the agent's counters, replay outcomes and event lag, JSON and Prometheus.
 mod agent_status;
+// The server sandbox: /proc/PID/status of a running ferry-host, a mount through it, Landlock
+// refusing a directory moved out of the export, a reload beyond the sandbox refused.
+mod sandbox;

@@ -124,6 +124,24 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
+    /// Confine the server once it knows its configuration: keep only the capabilities its id
+    /// modes need, set no_new_privs, restrict its file access to the exports and its sockets
+    /// with Landlock and its system calls to an allow-list with seccomp, each as far as the
+    /// kernel supports it (logged at start). `none` turns all of it off. Default: on.
+    #[arg(long, value_name = "on|none", value_parser = crate::sandbox::parse_sandbox)]
+    pub sandbox: Option<crate::sandbox::SandboxMode>,
+
+    /// What a system call off the sandbox's allow-list does: `kill` the server (default; the
+    /// kernel's audit log names the call), `log` it and go on, `trap` (SIGSYS), or `none`
+    /// (no seccomp filter).
+    #[arg(
+        long,
+        env = "FERRY_SECCOMP",
+        value_name = "kill|log|trap|none",
+        value_parser = crate::sandbox::parse_seccomp
+    )]
+    pub seccomp: Option<crate::sandbox::SeccompMode>,
+
     #[command(flatten)]
     pub ids: IdArgs,
 

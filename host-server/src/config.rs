@@ -400,6 +400,8 @@ pub struct ServerConfig {
     pub max_node_fds: usize,
     /// Bounds on connections and sessions (`--handshake-timeout`, `--max-connections`, ...).
     pub limits: crate::conn::Limits,
+    /// `--sandbox`, `--seccomp`: how the server confines itself at start (`crate::sandbox`).
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// Applies the global owner flags to every export that does not set its own.

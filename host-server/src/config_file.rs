@@ -27,6 +27,7 @@ use crate::config::{Client, ExportSpec, IdOptions, ListenAddr, ServerConfig, val
 use crate::conn::Limits;
 use crate::export::DEFAULT_NODE_FDS;
 use crate::ids::{IDS_SYNTAX, IdMode, parse_permissions};
+use crate::sandbox::{Sandbox, SandboxMode, SeccompMode};
 
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +62,10 @@ pub struct FileConfig {
     control: Option<Spanned<String>>,
     /// `--metrics ADDR` (read at start only).
     metrics: Option<Spanned<String>>,
+    /// `--sandbox on|none` (read at start only).
+    sandbox: Option<Spanned<String>>,
+    /// `--seccomp kill|log|trap|none` (read at start only).
+    seccomp: Option<Spanned<String>>,
 }
 
 /// One `[[export]]` table.
@@ -206,6 +211,18 @@ pub struct FileParts {
     limits: LimitOverrides,
     max_node_fds: Option<usize>,
     ids: IdOptions,
+    sandbox: Option<SandboxMode>,
+    seccomp: Option<SeccompMode>,
+}
+
+impl FileParts {
+    /// The token files the file names (`token-file`, `client-tokens`), which a reload reads
+    /// again (the sandbox lets the server read them).
+    pub fn token_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.token_file.iter().cloned().collect();
+        v.extend(self.client_tokens.iter().map(|(_, p)| p.clone()));
+        v
+    }
 }
 
 impl FileConfig {
@@ -378,7 +395,17 @@ impl FileConfig {
             },
             None => LimitOverrides::default(),
         };
+        let sandbox = self
+            .sandbox
+            .map(|s| s.get_ref().parse().map_err(|w| bad(s.span(), "sandbox", w)))
+            .transpose()?;
+        let seccomp = self
+            .seccomp
+            .map(|s| s.get_ref().parse().map_err(|w| bad(s.span(), "seccomp", w)))
+            .transpose()?;
         Ok(FileParts {
+            sandbox,
+            seccomp,
             client_tokens,
             no_auth: self.no_auth,
             socket_mode,
@@ -445,6 +472,10 @@ pub struct Overrides {
     pub max_node_fds: Option<usize>,
     /// `--ids`, `--persist-owners`, `--permissions`: replace the file's global ones.
     pub ids: IdOptions,
+    /// `--sandbox`: replaces the file's.
+    pub sandbox: Option<SandboxMode>,
+    /// `--seccomp`: replaces the file's.
+    pub seccomp: Option<SeccompMode>,
 }
 
 impl Overrides {
@@ -525,6 +556,10 @@ impl Overrides {
                 .max_node_fds
                 .or(file.max_node_fds)
                 .unwrap_or(DEFAULT_NODE_FDS),
+            sandbox: Sandbox {
+                mode: self.sandbox.or(file.sandbox).unwrap_or_default(),
+                seccomp: self.seccomp.or(file.seccomp).unwrap_or_default(),
+            },
         })
     }
 
@@ -916,5 +951,33 @@ allow = ["cid:3", "uid:1000", "token:default"]
         assert_eq!(parts.client_tokens.len(), 1, "{uncommented}");
         assert!(parts.exports.iter().any(|e| e.allow.is_some()));
         assert!(parts.limits.max_connections.is_some() && parts.socket_mode.is_some());
+    }
+
+    #[test]
+    fn sandbox_keys_parse_and_flags_win() {
+        let parts = parse("sandbox = \"none\"\nseccomp = \"log\"\n").unwrap();
+        assert_eq!(parts.sandbox, Some(SandboxMode::None));
+        assert_eq!(parts.seccomp, Some(SeccompMode::Log));
+        let flags = Overrides {
+            sandbox: Some(SandboxMode::On),
+            ..Overrides::default()
+        };
+        let config = flags.apply(parts, None).unwrap();
+        assert_eq!(
+            config.sandbox,
+            Sandbox {
+                mode: SandboxMode::On,
+                seccomp: SeccompMode::Log
+            }
+        );
+        assert_eq!(
+            Overrides::default()
+                .apply(FileParts::default(), None)
+                .unwrap()
+                .sandbox,
+            Sandbox::default()
+        );
+        assert!(err("sandbox = \"chroot\"\n").contains("sandbox: \"chroot\": expected on or none"));
+        assert!(err("seccomp = \"errno\"\n").contains("seccomp:"));
     }
 }

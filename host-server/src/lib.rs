@@ -22,6 +22,8 @@
 //! - [`reload`]: the live state a SIGHUP replaces: exports added, removed or changed
 //!   without dropping the guests of the others.
 //! - [`strip`]: `strip-owners`, removing persisted-owner xattrs from a host tree.
+//! - [`sandbox`]: how the server confines itself at start (capabilities, no_new_privs,
+//!   Landlock, seccomp).
 //!
 //! [`run`] ties them together; the `ferry-host` binary is a thin CLI over it.
 
@@ -34,6 +36,7 @@ pub mod export;
 pub mod ids;
 pub mod limits;
 pub mod reload;
+pub mod sandbox;
 pub mod stats;
 pub mod strip;
 pub mod transport;

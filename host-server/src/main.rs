@@ -24,6 +24,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         socket_mode: args.socket_mode,
         limits: args.limits.overrides(),
         max_node_fds: args.max_node_fds,
+        sandbox: args.sandbox,
+        seccomp: args.seccomp,
         ids: IdOptions {
             mode: args.ids.mode,
             persist_owners: args.ids.persist_owners,
@@ -49,18 +51,40 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let ops = ferry_host::Ops {
+        control: args.control.or(control),
+        metrics: args.metrics.or(metrics),
+    };
+    // Before the runtime starts its threads: they inherit the sandbox. A reload reads the
+    // configuration file and its token files again.
+    let mut extra = ferry_host::sandbox::Extra::default();
+    if let Some(path) = &args.config {
+        extra.read.push(path.clone());
+        extra
+            .read
+            .extend(ferry_host::config_file::FileConfig::load(path)?.token_files());
+    }
+    extra.read.extend(overrides.token_file.iter().cloned());
+    extra
+        .read
+        .extend(overrides.client_tokens.iter().map(|(_, p)| p.clone()));
+    extra.sockets.extend(ops.control.iter().cloned());
+    match &ops.metrics {
+        Some(ferry_host::ListenAddr::Unix(p)) => extra.sockets.push(p.clone()),
+        Some(ferry_host::ListenAddr::Tcp(a)) => extra.ports.push(a.port()),
+        _ => {}
+    }
+    ferry_host::sandbox::enter(&config, &extra)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry-host")
         .build()?;
     // SIGHUP reads the file again, with the same flags over it.
-    let reloader: Option<ferry_host::Reloader> = args
-        .config
-        .map(|path| Box::new(move || Ok(overrides.load(Some(&path))?)) as ferry_host::Reloader);
-    let ops = ferry_host::Ops {
-        control: args.control.or(control),
-        metrics: args.metrics.or(metrics),
-    };
+    let reloader: Option<ferry_host::Reloader> = args.config.map(|path| {
+        Box::new(move || {
+            ferry_host::sandbox::explain(overrides.load(Some(&path)).map_err(Into::into))
+        }) as ferry_host::Reloader
+    });
     rt.block_on(ferry_host::run_reloading(
         config,
         reloader,

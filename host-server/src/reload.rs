@@ -71,6 +71,7 @@ impl Live {
             let export = match same {
                 Some(e) => e,
                 None => {
+                    crate::sandbox::admits(spec)?;
                     let e = crate::open_exports(std::slice::from_ref(spec))?.remove(0);
                     e.set_max_node_fds(running.config.max_node_fds);
                     e.set_max_handles(running.config.limits.max_handles);
@@ -137,6 +138,9 @@ impl Live {
         if next.max_node_fds != running.config.max_node_fds {
             warn!("max-node-fds is set at start; restart ferry-host to change it");
         }
+        if next.sandbox != running.config.sandbox {
+            warn!("sandbox and seccomp are set at start; restart ferry-host to change them");
+        }
         if next.limits != running.config.limits || next.socket_mode != running.config.socket_mode {
             warn!("limits and socket-mode are set at start; restart ferry-host to change them");
         }
@@ -162,6 +166,7 @@ impl Live {
             max_node_fds: running.config.max_node_fds,
             socket_mode: running.config.socket_mode,
             limits: running.config.limits.clone(),
+            sandbox: running.config.sandbox,
             ..next
         };
         let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());

@@ -77,6 +77,9 @@ pub struct Compat {
     pub ids: IdOptions,
     /// `--ferry-max-node-fds N`.
     pub max_node_fds: usize,
+    /// `--sandbox` (`none` turns Ferry's sandbox off) and `--seccomp` (kill, log, trap,
+    /// none: what a system call off the allow-list does).
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// A command line this front cannot serve.
@@ -156,6 +159,7 @@ struct Reading {
     listen: Vec<ListenAddr>,
     ids: IdOptions,
     max_node_fds: Option<usize>,
+    sandbox: crate::sandbox::Sandbox,
 }
 
 impl Reading {
@@ -189,13 +193,19 @@ impl Reading {
         Ok(())
     }
 
+    /// `--sandbox=namespace|chroot` is Ferry's own sandbox (Landlock, seccomp, capabilities;
+    /// the default); `none` turns it off, as the launcher asked.
     fn sandbox(&mut self, option: &str, v: &str) -> Result<(), CompatError> {
         one_of(option, v, &["namespace", "chroot", "none"])?;
-        if v != "none" {
+        if v == "none" {
+            self.sandbox.mode = crate::sandbox::SandboxMode::None;
+        } else {
+            self.sandbox.mode = crate::sandbox::SandboxMode::On;
             self.note(format!(
-                "{option}={v}: Ferry does not change namespaces or root; it confines every \
-                 guest request to the shared directory itself (openat2 RESOLVE_BENEATH, one \
-                 component at a time, no symlink followed)"
+                "{option}={v}: Ferry does not change namespaces or root; it confines itself \
+                 with Landlock to the shared directory and its socket, a seccomp allow-list \
+                 and the capabilities its id mode needs, and every guest request to the \
+                 shared directory (openat2 RESOLVE_BENEATH, no symlink followed)"
             ));
         }
         Ok(())
@@ -376,11 +386,7 @@ where
             "seccomp" => {
                 let v = value()?;
                 one_of(&option, &v, &["none", "kill", "log", "trap"])?;
-                if v != "none" {
-                    r.note(format!(
-                        "--seccomp={v}: Ferry installs no seccomp filter of its own"
-                    ));
-                }
+                r.sandbox.seccomp = v.parse().map_err(|w: String| bad(&option, w))?;
             }
             "log-level" => {
                 let v = value()?;
@@ -522,6 +528,7 @@ where
         listen: r.listen,
         ids: r.ids,
         max_node_fds: r.max_node_fds.unwrap_or(DEFAULT_NODE_FDS),
+        sandbox: r.sandbox,
     })))
 }
 
@@ -535,7 +542,9 @@ Usage: ferry-virtiofsd --shared-dir DIR (--socket-path PATH | --fd N) [OPTIONS]
 
 Mapped: --shared-dir / -o source, --socket-path / -o vhost_user_socket, --fd, --readonly,
   --log-level / -o log_level / -d, --announce-submounts and --xattr (always on).
-Accepted with a logged note: --cache, --sandbox, --seccomp, --syslog, --posix-acl,
+Sandbox: --sandbox=namespace|chroot (default) is Ferry's own (Landlock, seccomp, capabilities),
+  --sandbox=none turns it off; --seccomp=kill (default)|log|trap|none for calls off its list.
+Accepted with a logged note: --cache, --syslog, --posix-acl,
   --thread-pool-size, --inode-file-handles, --rlimit-nofile, -o flock/posix_lock and the
   other tuning switches.
 Refused: --xattrmap, --translate-uid/--translate-gid (use --ferry-ids), --socket-group, --tag.
@@ -621,7 +630,10 @@ pub fn run(compat: Compat) -> anyhow::Result<()> {
         socket_mode: 0o600,
         max_node_fds: compat.max_node_fds,
         limits: crate::conn::Limits::default(),
+        sandbox: compat.sandbox,
     };
+    // Before the runtime starts its threads: they inherit the sandbox.
+    crate::sandbox::enter(&config, &crate::sandbox::Extra::default())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry-virtiofsd")

@@ -651,6 +651,49 @@ pub(crate) fn name_to_handle(fd: BorrowedFd<'_>) -> Result<KernelHandle, Errno> 
     Ok(h)
 }
 
+/// Whether non-directory nodes also keep a connectable handle ([`name_to_connectable_handle`]):
+/// set by the sandbox when Landlock is in force (`crate::sandbox`).
+static CONNECTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes nodes evicted from now on keep connectable handles too (see [`CONNECTABLE`]).
+pub(crate) fn set_connectable_handles(on: bool) {
+    CONNECTABLE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_connectable_handles`].
+pub(crate) fn connectable_handles() -> bool {
+    CONNECTABLE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `AT_HANDLE_CONNECTABLE` (Linux 6.13): the handle of a non-directory also names its parent.
+const AT_HANDLE_CONNECTABLE: libc::c_int = 0x002;
+
+/// A connectable kernel file handle of the non-directory `fd` refers to: one that also names
+/// its parent directory, so that `open_by_handle_at` returns a descriptor whose path is known
+/// (reconnected through the parent) rather than a disconnected one, which Landlock, checking
+/// paths, refuses to open. The kernel encodes one only from a path, so `fd` is named through
+/// its `/proc/self/fd` entry. EINVAL on kernels before 6.13.
+pub(crate) fn name_to_connectable_handle(fd: BorrowedFd<'_>) -> Result<KernelHandle, Errno> {
+    let mut h = KernelHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        bytes: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let path = proc_path(fd);
+    // SAFETY: as in `name_to_handle`; `path` is a valid string that outlives the call.
+    check(unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            (&mut h as *mut KernelHandle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_SYMLINK_FOLLOW | AT_HANDLE_CONNECTABLE,
+        )
+    })?;
+    Ok(h)
+}
+
 /// Opens the object `handle` names on the filesystem of `mount_fd` with `flags | O_CLOEXEC`
 /// (`open_by_handle_at`: needs CAP_DAC_READ_SEARCH; ESTALE when the object is gone).
 pub(crate) fn open_by_handle(

@@ -136,6 +136,9 @@ enum Reach {
     Untaken,
     /// By this kernel file handle.
     Handle(CompactKernelHandle),
+    /// By a connectable handle (a non-directory under the sandbox: `sys::connectable_handles`),
+    /// with the plain one that identity checks compare: `[plain, connectable]`.
+    HandleWithParent(Box<[CompactKernelHandle; 2]>),
     /// By name beneath its parent (the device gives no handle that can be opened).
     Named(Box<Named>),
 }
@@ -385,16 +388,22 @@ impl InodeTable {
         // Copied out so that no slot lock is held while reopening and filling (which takes
         // the clock first). A pinned node always has its descriptor.
         enum Via {
-            Handle(CompactKernelHandle),
+            Handle(CompactKernelHandle, Option<CompactKernelHandle>),
             Name(Arc<InodeData>, Box<[u8]>, Option<CompactKernelHandle>),
         }
         let via = match &lock(&data.slot).reach {
-            Reach::Handle(h) => Via::Handle(h.clone()),
+            Reach::Handle(h) => Via::Handle(h.clone(), None),
+            Reach::HandleWithParent(b) => Via::Handle(b[0].clone(), Some(b[1].clone())),
             Reach::Named(n) => Via::Name(Arc::clone(&n.parent), n.name.clone(), n.handle.clone()),
             Reach::Pinned | Reach::Untaken => return Err(Errno::ESTALE),
         };
         let fd = match via {
-            Via::Handle(h) => self.reopen(data, &h)?,
+            Via::Handle(h, connectable) => match connectable {
+                // A file moved to another directory is not found through its old parent; its
+                // plain handle still opens it (disconnected, if the dentry was dropped).
+                Some(c) => self.reopen(data, &c).or_else(|_| self.reopen(data, &h))?,
+                None => self.reopen(data, &h)?,
+            },
             Via::Name(parent, name, handle) => {
                 let dir = self.fd_of(&parent)?;
                 self.reopen_named(data, dir.as_fd(), &name, handle.as_ref())?
@@ -449,6 +458,7 @@ impl InodeTable {
                             // by name without one can only compare identity and type.
                             let (known, named) = match &lock(&node.slot).reach {
                                 Reach::Handle(h) => (Some(h.clone()), false),
+                                Reach::HandleWithParent(b) => (Some(b[0].clone()), false),
                                 Reach::Named(n) => (n.handle.clone(), true),
                                 Reach::Pinned | Reach::Untaken => (None, false),
                             };
@@ -629,7 +639,7 @@ impl InodeTable {
             let mut guard = lock(&n.slot);
             let slot = &mut *guard;
             let taken = match &mut slot.reach {
-                Reach::Handle(_) => None,
+                Reach::Handle(_) | Reach::HandleWithParent(_) => None,
                 // Reached by name; its handle, where there is one, checks the reopen.
                 Reach::Named(named) => {
                     if !named.handle_tried {
@@ -658,7 +668,19 @@ impl InodeTable {
                 }
             };
             if let Some(h) = taken {
-                slot.reach = Reach::Handle(h);
+                // Under the sandbox a non-directory also keeps a connectable handle: reopened
+                // by its plain one after the host dropped its dentry, it would come back
+                // disconnected, with no path for Landlock to allow.
+                let connectable = (sys::connectable_handles()
+                    && u32::from(n.kind) != libc::S_IFDIR)
+                    .then_some(slot.fd.as_deref())
+                    .flatten()
+                    .and_then(|fd| sys::name_to_connectable_handle(fd.as_fd()).ok())
+                    .map(|c| CompactKernelHandle::from_kernel(&c));
+                slot.reach = match connectable {
+                    Some(c) => Reach::HandleWithParent(Box::new([h, c])),
+                    None => Reach::Handle(h),
+                };
             }
             slot.fd = None;
             return Some(i);
