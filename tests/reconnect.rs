@@ -1,0 +1,455 @@
+//! Mounts that outlive their server: `ferry-host` killed with SIGKILL and started again while a
+//! separate `ferry-agent` keeps its mount, with files open, a workload running and host edits
+//! made meanwhile; a server that never comes back (EIO after the agent's
+//! `--reconnect-timeout`); and an agent that dies (the mount fails fast, the next agent
+//! cleans it up and mounts again).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::harness::{
+    Need, agent_command, host_command, lazy_unmount, require, wait_mounted, wait_until,
+};
+
+/// A `ferry-host` and a `ferry-agent --connect` over a Unix socket, as separate processes,
+/// each logging to a file in the test's directory.
+struct Pair {
+    dir: tempfile::TempDir,
+    host: Option<Child>,
+    agent: Option<Child>,
+    restarts: u32,
+}
+
+impl Pair {
+    fn start(agent_args: &[&str]) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let mut p = Pair {
+            dir,
+            host: None,
+            agent: None,
+            restarts: 0,
+        };
+        p.start_host();
+        p.start_agent(agent_args);
+        p
+    }
+
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    fn start_host(&mut self) {
+        let _ = std::fs::remove_file(self.sock());
+        let log = File::create(self.dir.path().join(format!("host{}.log", self.restarts))).unwrap();
+        let mut host = host_command(&self.src(), &format!("unix:{}", self.sock().display()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let sock = self.sock();
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket())
+                    || host.try_wait().unwrap().is_some()
+            }) && host.try_wait().unwrap().is_none(),
+            "ferry-host did not listen"
+        );
+        self.host = Some(host);
+    }
+
+    fn start_agent(&mut self, extra: &[&str]) {
+        let mut args = vec![
+            format!("--connect=unix:{}", self.sock().display()),
+            format!("--mount=ex={}", self.mnt().display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log_path())
+            .unwrap();
+        let mut agent = agent_command(&args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        wait_mounted(&self.mnt(), &mut agent);
+        self.agent = Some(agent);
+    }
+
+    fn agent_log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.agent_log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL of ferry-host, reaped.
+    fn kill_host(&mut self) {
+        let mut h = self.host.take().expect("a host runs");
+        h.kill().unwrap();
+        h.wait().unwrap();
+    }
+
+    /// The same ferry-host command again.
+    fn restart_host(&mut self) {
+        self.restarts += 1;
+        self.start_host();
+    }
+
+    /// Waits until the agent has resumed `n` times in all.
+    fn wait_resumed(&self, n: usize) {
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                self.agent_log()
+                    .matches("resumed on the new connection")
+                    .count()
+                    >= n
+            }),
+            "the agent did not resume:\n{}",
+            self.agent_log()
+        );
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        if let Some(mut h) = self.host.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        lazy_unmount(&self.mnt());
+    }
+}
+
+/// Bytes that differ at every offset, so a read from the wrong place shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+#[test]
+fn open_files_carry_on_through_a_host_restart() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let mut p = Pair::start(&[]);
+    let data = pattern(300 * 1024, 7);
+    std::fs::write(p.src().join("data.bin"), &data).unwrap();
+    std::fs::write(p.src().join("log.txt"), b"zero\n").unwrap();
+
+    let mut reader = File::open(p.mnt().join("data.bin")).unwrap();
+    let mut head = vec![0; 100 * 1024];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head, data[..head.len()]);
+    let mut log = OpenOptions::new()
+        .append(true)
+        .open(p.mnt().join("log.txt"))
+        .unwrap();
+    log.write_all(b"one\n").unwrap();
+
+    p.kill_host();
+    // An append made while the server is away waits for it, and lands once.
+    let mut log2 = log.try_clone().unwrap();
+    let gap_append = std::thread::spawn(move || log2.write_all(b"two\n"));
+    std::thread::sleep(Duration::from_millis(500));
+    p.restart_host();
+    gap_append
+        .join()
+        .unwrap()
+        .expect("the append made during the gap succeeds");
+    p.wait_resumed(1);
+
+    log.write_all(b"three\n").unwrap();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        rest.len() + head.len(),
+        data.len(),
+        "the rest of the file is read"
+    );
+    assert!(rest == data[head.len()..], "the rest reads right");
+    reader.seek(SeekFrom::Start(1234)).unwrap();
+    let mut some = vec![0; 4096];
+    reader.read_exact(&mut some).unwrap();
+    assert!(
+        some == data[1234..1234 + 4096],
+        "reads at other offsets too"
+    );
+    drop(log);
+    drop(reader);
+    assert_eq!(
+        std::fs::read_to_string(p.src().join("log.txt")).unwrap(),
+        "zero\none\ntwo\nthree\n",
+        "every append is on the host once, in order"
+    );
+    // The mount is the same one throughout, and still serves.
+    assert_eq!(
+        std::fs::read(p.mnt().join("data.bin")).unwrap().len(),
+        data.len()
+    );
+}
+
+/// The file operations of step `i`, applied both to the mount and to the model.
+fn step(root: &Path, model: &mut BTreeMap<String, Vec<u8>>, i: usize) -> std::io::Result<()> {
+    let dir = format!("d{}", i % 7);
+    if !root.join(&dir).exists() {
+        std::fs::create_dir(root.join(&dir))?;
+    }
+    let name = format!("{dir}/f{i}");
+    let body = pattern(200 + i * 13, i as u8);
+    std::fs::write(root.join(&name), &body)?;
+    model.insert(name.clone(), body);
+    if i % 3 == 0 {
+        let to = format!("d{}/r{i}", (i + 1) % 7);
+        if !root.join(format!("d{}", (i + 1) % 7)).exists() {
+            std::fs::create_dir(root.join(format!("d{}", (i + 1) % 7)))?;
+        }
+        std::fs::rename(root.join(&name), root.join(&to))?;
+        let b = model.remove(&name).unwrap();
+        model.insert(to, b);
+    }
+    if i % 5 == 0 && i >= 5 {
+        let victim = format!("d{}/f{}", (i - 5) % 7, i - 5);
+        if model.remove(&victim).is_some() {
+            std::fs::remove_file(root.join(&victim))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file under `root` with its content, by relative path.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for d in std::fs::read_dir(root).unwrap() {
+        let d = d.unwrap();
+        if d.file_type().unwrap().is_dir() {
+            for f in std::fs::read_dir(d.path()).unwrap() {
+                let f = f.unwrap();
+                let rel = format!(
+                    "{}/{}",
+                    d.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                );
+                out.insert(rel, std::fs::read(f.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_workload_spans_a_host_restart() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let mut p = Pair::start(&[]);
+    let mnt = p.mnt();
+    let work = std::thread::spawn(move || {
+        let mut model = BTreeMap::new();
+        for i in 0..400 {
+            if let Err(e) = step(&mnt, &mut model, i) {
+                return Err(format!("step {i}: {e}"));
+            }
+        }
+        Ok(model)
+    });
+    // Kill the server part-way through.
+    let src = p.src();
+    assert!(wait_until(Duration::from_secs(60), || {
+        tree_len(&src) >= 60 || work.is_finished()
+    }));
+    assert!(
+        !work.is_finished(),
+        "the workload must still run at the kill"
+    );
+    p.kill_host();
+    std::thread::sleep(Duration::from_millis(700));
+    p.restart_host();
+    let model = work
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", p.agent_log()));
+    p.wait_resumed(1);
+    let host = tree(&p.src());
+    assert_eq!(
+        host.keys().collect::<Vec<_>>(),
+        model.keys().collect::<Vec<_>>(),
+        "the host has exactly the files the workload left"
+    );
+    for (name, body) in &model {
+        assert!(host[name] == *body, "{name} has the content written");
+    }
+    // And the guest sees the same tree.
+    assert_eq!(tree(&p.mnt()), host);
+}
+
+fn tree_len(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| std::fs::read_dir(e.path()).map_or(0, |d| d.count()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn host_edits_during_the_gap_are_seen_after_the_restart() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let mut p = Pair::start(&[]);
+    std::fs::create_dir(p.src().join("sub")).unwrap();
+    std::fs::write(p.src().join("sub/a.txt"), b"before\n").unwrap();
+    std::fs::write(p.src().join("sub/gone.txt"), b"x").unwrap();
+    // The guest caches the names, the attributes and the pages.
+    assert_eq!(
+        std::fs::read(p.mnt().join("sub/a.txt")).unwrap(),
+        b"before\n"
+    );
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&p.mnt().join("sub")), ["a.txt", "gone.txt"]);
+    assert!(p.mnt().join("sub/new.txt").metadata().is_err());
+
+    p.kill_host();
+    std::fs::write(p.src().join("sub/a.txt"), b"after, longer\n").unwrap();
+    std::fs::remove_file(p.src().join("sub/gone.txt")).unwrap();
+    std::fs::write(p.src().join("sub/new.txt"), b"new").unwrap();
+    p.restart_host();
+    p.wait_resumed(1);
+
+    assert_eq!(
+        std::fs::read(p.mnt().join("sub/a.txt")).unwrap(),
+        b"after, longer\n",
+        "the file's new content, not the cached pages"
+    );
+    assert_eq!(std::fs::read(p.mnt().join("sub/new.txt")).unwrap(), b"new");
+    assert!(
+        p.mnt().join("sub/gone.txt").metadata().is_err(),
+        "a file removed during the gap is gone"
+    );
+    assert_eq!(names(&p.mnt().join("sub")), ["a.txt", "new.txt"]);
+
+    // The change subscription is renewed: a host edit after the restart raises an inotify
+    // event in the guest.
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    ino.add_watch(
+        &p.mnt().join("sub"),
+        AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY,
+    )
+    .unwrap();
+    std::fs::write(p.src().join("sub/later.txt"), b"later").unwrap();
+    let mut seen = Vec::new();
+    let heard = wait_until(Duration::from_secs(30), || {
+        if let Ok(events) = ino.read_events() {
+            seen.extend(events.into_iter().filter_map(|e| e.name));
+        }
+        seen.iter().any(|n| n == "later.txt")
+    });
+    assert!(
+        heard,
+        "no inotify event for a host file made after the restart (heard {seen:?})"
+    );
+}
+
+#[test]
+fn a_server_that_never_returns_gives_eio_after_the_timeout() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let mut p = Pair::start(&["--reconnect-timeout=2"]);
+    std::fs::write(p.src().join("a.txt"), b"a").unwrap();
+    assert_eq!(std::fs::read(p.mnt().join("a.txt")).unwrap(), b"a");
+    p.kill_host();
+    let mnt = p.mnt();
+    let probe = std::thread::spawn(move || std::fs::metadata(mnt.join("never-seen")));
+    assert!(
+        wait_until(Duration::from_secs(60), || probe.is_finished()),
+        "the request was held past the timeout"
+    );
+    let err = probe.join().unwrap().expect_err("no server, no answer");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        p.agent_log().contains("has not come back within 2 s"),
+        "the agent says why:\n{}",
+        p.agent_log()
+    );
+    // The mount stays; new requests fail at once with EIO.
+    assert!(crate::harness::is_ferry_mount(&p.mnt()));
+    let err = std::fs::metadata(p.mnt().join("other")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // A server that comes back later is still resumed.
+    p.restart_host();
+    p.wait_resumed(1);
+    std::fs::write(p.src().join("b.txt"), b"b").unwrap();
+    assert_eq!(std::fs::read(p.mnt().join("b.txt")).unwrap(), b"b");
+    assert_eq!(std::fs::read(p.mnt().join("a.txt")).unwrap(), b"a");
+}
+
+#[test]
+fn a_dead_agent_fails_fast_and_the_next_one_mounts_again() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let mut p = Pair::start(&[]);
+    std::fs::write(p.src().join("a.txt"), b"a").unwrap();
+    assert_eq!(std::fs::read(p.mnt().join("a.txt")).unwrap(), b"a");
+    let mut a = p.agent.take().unwrap();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // The kernel ends the FUSE connection with the agent's /dev/fuse descriptor: requests
+    // fail with ENOTCONN instead of hanging.
+    let mnt = p.mnt();
+    let probe = std::thread::spawn(move || std::fs::read(mnt.join("a.txt")));
+    assert!(
+        wait_until(Duration::from_secs(20), || probe.is_finished()),
+        "a read on a dead agent's mount hangs"
+    );
+    let err = probe.join().unwrap().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    // The next agent on the same mount point clears the dead mount and mounts again (the
+    // dead mount is still listed until then, so wait for the file rather than the mount).
+    p.start_agent(&[]);
+    let mnt = p.mnt();
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read(mnt.join("a.txt"))
+            .is_ok_and(|b| b == b"a")),
+        "the new agent did not mount:\n{}",
+        p.agent_log()
+    );
+    assert!(p.agent.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(
+        p.agent_log().contains("a dead FUSE mount is left here"),
+        "{}",
+        p.agent_log()
+    );
+}
