@@ -453,3 +453,59 @@ fn a_dead_agent_fails_fast_and_the_next_one_mounts_again() {
         p.agent_log()
     );
 }
+
+/// `flock(LOCK_EX | LOCK_NB)` on `path` by this (host) process: whether it was granted.
+fn host_flock(path: &Path) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).unwrap();
+    // SAFETY: flock on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(f)
+}
+
+#[test]
+fn locks_are_taken_again_and_a_lost_one_is_reported() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let mut p = Pair::start(&[]);
+    std::fs::write(p.src().join("kept"), b"k").unwrap();
+    std::fs::write(p.src().join("taken"), b"t").unwrap();
+    let kept = File::open(p.mnt().join("kept")).unwrap();
+    let taken = File::open(p.mnt().join("taken")).unwrap();
+    for f in [&kept, &taken] {
+        // SAFETY: flock on descriptors the test owns.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, 0, "the guest locks its file");
+    }
+    assert!(
+        host_flock(&p.src().join("kept")).is_none(),
+        "held on the host"
+    );
+
+    p.kill_host();
+    // The server's death released the host locks; a host process takes one meanwhile.
+    let thief = host_flock(&p.src().join("taken")).expect("free while the server is away");
+    p.restart_host();
+    p.wait_resumed(1);
+    assert!(
+        host_flock(&p.src().join("kept")).is_none(),
+        "the guest's lock is held on the host again after the restart"
+    );
+    assert!(
+        p.agent_log().contains("LOCK LOST"),
+        "a lock that could not be taken again is reported:\n{}",
+        p.agent_log()
+    );
+    drop(thief);
+    drop(kept);
+    drop(taken);
+    assert!(
+        wait_until(Duration::from_secs(20), || host_flock(
+            &p.src().join("kept")
+        )
+        .is_some()),
+        "closing the guest's file releases the lock taken again"
+    );
+}
