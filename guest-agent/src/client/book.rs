@@ -577,3 +577,104 @@ pub(super) fn map_ids(
         R::Flock(b) => node(&mut b.ino).and_then(|()| fh(&mut b.fh)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::{Attr, Entry, Getattr, Lookup, Read, Rename};
+
+    fn entry(ino: u64, mode: u32) -> Result<Reply<'static>, Errno> {
+        Ok(Reply::Entry(Entry {
+            ino,
+            generation: 0,
+            attr: Attr {
+                ino,
+                mode,
+                ..Attr::default()
+            },
+        }))
+    }
+
+    fn look(b: &mut Book, parent: u64, name: &[u8], reply: Result<Reply<'static>, Errno>) -> u64 {
+        let note = b.note(
+            0,
+            &Ctx::default(),
+            &Request::Lookup(Lookup { parent, name }),
+        );
+        let mut r = reply;
+        b.on_reply(0, note, &mut r);
+        match r {
+            Ok(Reply::Entry(e)) => e.ino,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn names_follow_renames_and_removals() {
+        let mut b = Book::default();
+        assert_eq!(look(&mut b, ROOT_ID, b"d", entry(2, libc::S_IFDIR)), 2);
+        look(&mut b, 2, b"f", entry(3, libc::S_IFREG));
+        let rename = Request::Rename(Rename {
+            parent: 2,
+            name: b"f",
+            newparent: ROOT_ID,
+            newname: b"g",
+            flags: 0,
+        });
+        let note = b.note(0, &Ctx::default(), &rename);
+        b.on_reply(0, note, &mut Ok(Reply::Empty));
+        let n = &b.nodes[&(0, 3)];
+        assert_eq!((n.parent, n.name.as_slice()), (ROOT_ID, &b"g"[..]));
+        let unlink = Request::Unlink(ferry_protocol::Unlink {
+            parent: ROOT_ID,
+            name: b"g",
+        });
+        let note = b.note(0, &Ctx::default(), &unlink);
+        b.on_reply(0, note, &mut Ok(Reply::Empty));
+        assert!(
+            b.nodes[&(0, 3)].name.is_empty(),
+            "a removed name is not looked up again"
+        );
+    }
+
+    #[test]
+    fn after_a_resume_ids_are_translated_and_lookups_kept_until_the_last_forget() {
+        let mut b = Book::default();
+        look(&mut b, ROOT_ID, b"f", entry(7, libc::S_IFREG));
+        look(&mut b, ROOT_ID, b"f", entry(7, libc::S_IFREG));
+        assert_eq!(
+            b.forget(0, &[(7, 1)], true),
+            [(7, 1)],
+            "identity before a resume"
+        );
+        look(&mut b, ROOT_ID, b"f", entry(7, libc::S_IFREG));
+        // The resume finds node 7 as the new server's 2; the server holds one lookup.
+        b.reset_server();
+        b.node_ids.bind(0, 7, 2);
+        b.nodes.get_mut(&(0, 7)).unwrap().server = 1;
+        let mut read = Request::Read(Read {
+            ino: 7,
+            fh: 1,
+            offset: 0,
+            size: 1,
+        });
+        assert_eq!(
+            b.to_server(0, &mut read),
+            Err(Errno::EBADF),
+            "handle not reopened"
+        );
+        let mut get = Request::Getattr(Getattr { ino: 7, fh: None });
+        b.to_server(0, &mut get).unwrap();
+        assert!(matches!(get, Request::Getattr(Getattr { ino: 2, .. })));
+        let mut gone = Request::Getattr(Getattr { ino: 5, fh: None });
+        assert_eq!(b.to_server(0, &mut gone), Err(Errno::ESTALE));
+        // A node the new server numbers 5 is new to the guest: it gets a fresh id, not 5.
+        let fresh = look(&mut b, ROOT_ID, b"h", entry(5, libc::S_IFREG));
+        assert!(fresh > 7, "{fresh}");
+        // The kernel holds two lookups of 7, the server one: the first forget sends nothing,
+        // the last gives the server its one back.
+        assert!(b.forget(0, &[(7, 1)], true).is_empty());
+        assert_eq!(b.forget(0, &[(7, 1)], true), [(2, 1)]);
+        assert!(!b.nodes.contains_key(&(0, 7)));
+    }
+}

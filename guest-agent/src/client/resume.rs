@@ -40,8 +40,9 @@ use super::{Client, Done, Link, OwnedReply, WriterState};
 /// Opens a new connection to the server, handshake included.
 pub type Dialer = Box<dyn Fn() -> anyhow::Result<Link> + Send + Sync>;
 
-/// Longest wait between two reconnection attempts.
-const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Longest wait between two reconnection attempts: a failed attempt costs one `connect`, and
+/// the pause a guest sees should be the server's downtime plus well under a second.
+const MAX_DELAY: Duration = Duration::from_millis(500);
 /// How long the resume waits for one of its own replies.
 const RESUME_REPLY_WAIT: Duration = Duration::from_secs(30);
 
