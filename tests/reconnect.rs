@@ -509,3 +509,309 @@ fn locks_are_taken_again_and_a_lost_one_is_reported() {
         "closing the guest's file releases the lock taken again"
     );
 }
+
+/// A proxy between the agent and ferry-host that can hold back the changing requests of its
+/// current connection (they never reach the server) or swallow their replies (the server
+/// applies them, the agent never hears), then cut the connection: the two fates of a request
+/// in flight when a server dies, made on purpose.
+struct Proxy {
+    current: std::sync::Arc<std::sync::Mutex<Option<(UnixStream, std::sync::Arc<AtomicU8>)>>>,
+}
+
+const PASS: u8 = 0;
+const HOLD_REQUESTS: u8 = 1;
+const SWALLOW_REPLIES: u8 = 2;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+fn changing(op: u16) -> bool {
+    use ferry_protocol::Opcode as O;
+    O::from_u16(op).is_some_and(|o| {
+        matches!(
+            o,
+            O::Mkdir
+                | O::Mknod
+                | O::Symlink
+                | O::Link
+                | O::Create
+                | O::Unlink
+                | O::Rmdir
+                | O::Rename
+                | O::Write
+        )
+    })
+}
+
+/// Copies whole frames from `from` to `to`, leaving out those `skip` names.
+fn pump(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    skip: impl Fn(&ferry_protocol::FrameHeader) -> bool,
+) {
+    let mut head = [0u8; ferry_protocol::HEADER_LEN];
+    while from.read_exact(&mut head).is_ok() {
+        let Ok(h) = ferry_protocol::FrameHeader::parse(&head) else {
+            return;
+        };
+        let mut rest = vec![0; h.len as usize - head.len()];
+        if from.read_exact(&mut rest).is_err() {
+            return;
+        }
+        if skip(&h) {
+            continue;
+        }
+        if to
+            .write_all(&head)
+            .and_then(|()| to.write_all(&rest))
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+impl Proxy {
+    fn start(listen: &Path, upstream: PathBuf) -> Proxy {
+        let listener = UnixListener::bind(listen).unwrap();
+        let current = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let cur = current.clone();
+        std::thread::spawn(move || {
+            for agent in listener.incoming() {
+                let Ok(agent) = agent else { return };
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                let mode = std::sync::Arc::new(AtomicU8::new(PASS));
+                *cur.lock().unwrap() = Some((agent.try_clone().unwrap(), mode.clone()));
+                let (a2, s2) = (agent.try_clone().unwrap(), server.try_clone().unwrap());
+                let m2 = mode.clone();
+                std::thread::spawn(move || {
+                    pump(agent, server, move |h| {
+                        h.kind == ferry_protocol::FrameKind::Request
+                            && m2.load(Ordering::SeqCst) == HOLD_REQUESTS
+                            && changing(h.op)
+                    })
+                });
+                std::thread::spawn(move || {
+                    pump(s2, a2, move |h| {
+                        h.kind == ferry_protocol::FrameKind::Reply
+                            && mode.load(Ordering::SeqCst) == SWALLOW_REPLIES
+                            && changing(h.op)
+                    })
+                });
+            }
+        });
+        Proxy { current }
+    }
+
+    fn set(&self, mode: u8) {
+        let cur = self.current.lock().unwrap();
+        cur.as_ref()
+            .expect("a connection")
+            .1
+            .store(mode, Ordering::SeqCst);
+    }
+
+    /// Cuts the current connection, as a server's death does.
+    fn cut(&self) {
+        if let Some((s, _)) = self.current.lock().unwrap().take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Runs each named operation on a thread of its own.
+type Op = Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>;
+
+fn spawn_ops(
+    mnt: &Path,
+    ops: Vec<(&'static str, Op)>,
+) -> Vec<(&'static str, std::thread::JoinHandle<std::io::Result<()>>)> {
+    ops.into_iter()
+        .map(|(what, op)| {
+            let m = mnt.to_path_buf();
+            (what, std::thread::spawn(move || op(&m)))
+        })
+        .collect()
+}
+
+/// One changing operation of each kind, each in a directory of its own (the kernel runs one
+/// change at a time per directory). `prefix` names the directories.
+fn changes(prefix: &'static str) -> Vec<(&'static str, Op)> {
+    let n = move |m: &Path, op: &str, s: &str| m.join(format!("{prefix}{op}")).join(s);
+    vec![
+        (
+            "mkdir",
+            Box::new(move |m| std::fs::create_dir(n(m, "mkdir", "dir"))),
+        ),
+        (
+            "create",
+            Box::new(move |m| File::create(n(m, "create", "file"))?.write_all(b"guest")),
+        ),
+        (
+            "unlink",
+            Box::new(move |m| std::fs::remove_file(n(m, "unlink", "un"))),
+        ),
+        (
+            "rmdir",
+            Box::new(move |m| std::fs::remove_dir(n(m, "rmdir", "rd"))),
+        ),
+        (
+            "rename",
+            Box::new(move |m| std::fs::rename(n(m, "rename", "mv"), n(m, "rename", "mv2"))),
+        ),
+        (
+            "symlink",
+            Box::new(move |m| std::os::unix::fs::symlink("target", n(m, "symlink", "ln"))),
+        ),
+        (
+            "link",
+            Box::new(move |m| std::fs::hard_link(n(m, "link", "hl"), n(m, "link", "hl2"))),
+        ),
+    ]
+}
+
+/// Whether every change of [`changes`] with `prefix` is on the host.
+fn changed(src: &Path, prefix: &str) -> bool {
+    let p = |op: &str, s: &str| src.join(format!("{prefix}{op}")).join(s);
+    p("mkdir", "dir").is_dir()
+        && std::fs::read(p("create", "file")).is_ok_and(|b| b == b"guest")
+        && !p("unlink", "un").exists()
+        && !p("rmdir", "rd").exists()
+        && !p("rename", "mv").exists()
+        && std::fs::read(p("rename", "mv2")).is_ok_and(|b| b == b"mv")
+        && std::fs::read_link(p("symlink", "ln")).is_ok_and(|t| t == Path::new("target"))
+        && std::fs::read(p("link", "hl2")).is_ok_and(|b| b == b"hl")
+}
+
+#[test]
+fn requests_in_flight_when_the_connection_drops_are_applied_once() {
+    if !require(&[Need::Fuse]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    for pre in ["a_", "b_"] {
+        for op in [
+            "mkdir", "create", "unlink", "rmdir", "rename", "symlink", "link",
+        ] {
+            std::fs::create_dir(src.join(format!("{pre}{op}"))).unwrap();
+        }
+        std::fs::write(src.join(format!("{pre}unlink/un")), "un").unwrap();
+        std::fs::create_dir(src.join(format!("{pre}rmdir/rd"))).unwrap();
+        std::fs::write(src.join(format!("{pre}rename/mv")), "mv").unwrap();
+        std::fs::write(src.join(format!("{pre}link/hl")), "hl").unwrap();
+    }
+    std::fs::write(src.join("log.txt"), "0\n").unwrap();
+    let sock = dir.path().join("sock");
+    let mut host = host_command(&src, &format!("unix:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || sock.exists()));
+    let proxy = Proxy::start(&dir.path().join("proxy"), sock.clone());
+    let log_path = dir.path().join("agent.log");
+    let mut agent = agent_command(&[
+        format!("--connect=unix:{}", dir.path().join("proxy").display()),
+        format!("--mount=ex={}", mnt.display()),
+    ])
+    .env("RUST_LOG", "info")
+    .stderr(Stdio::from(File::create(&log_path).unwrap()))
+    .spawn()
+    .unwrap();
+    wait_mounted(&mnt, &mut agent);
+    struct Reap(Child, Child, PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for c in [&mut self.0, &mut self.1] {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            lazy_unmount(&self.2);
+        }
+    }
+    let _reap = Reap(agent, host, mnt.clone());
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut log = OpenOptions::new()
+        .append(true)
+        .open(mnt.join("log.txt"))
+        .unwrap();
+
+    // A: the server applies every change, the agent never hears back.
+    proxy.set(SWALLOW_REPLIES);
+    let a = spawn_ops(&mnt, changes("a_"));
+    let mut log2 = log.try_clone().unwrap();
+    let a_append = std::thread::spawn(move || log2.write_all(b"1\n"));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            src.join("a_mkdir/dir").is_dir()
+                && src.join("a_create/file").exists()
+                && !src.join("a_unlink/un").exists()
+                && !src.join("a_rmdir/rd").exists()
+                && src.join("a_rename/mv2").exists()
+                && src.join("a_symlink/ln").is_symlink()
+                && src.join("a_link/hl2").exists()
+                && std::fs::read_to_string(src.join("log.txt")).unwrap() == "0\n1\n"
+        }),
+        "the server did not apply the changes"
+    );
+    proxy.cut();
+    for (what, t) in a {
+        let r = t.join().unwrap();
+        assert!(
+            r.is_ok(),
+            "{what} applied before the drop: {r:?}\n{}",
+            agent_log()
+        );
+    }
+    let err = a_append
+        .join()
+        .unwrap()
+        .expect_err("an append whose fate is unknown fails");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    // B: the changes never reach the server.
+    let waiting = crate::harness::fuse_connection(&mnt)
+        .unwrap()
+        .join("waiting");
+    let waiting_now = || -> usize {
+        std::fs::read_to_string(&waiting)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(30), || agent_log()
+        .contains("resumed on the new connection")));
+    proxy.set(HOLD_REQUESTS);
+    let b = spawn_ops(&mnt, changes("b_"));
+    let b_append = std::thread::spawn(move || log.write_all(b"2\n"));
+    assert!(
+        wait_until(Duration::from_secs(30), || waiting_now() >= 8),
+        "the requests did not all reach the agent"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.cut();
+    for (what, t) in b {
+        let r = t.join().unwrap();
+        assert!(r.is_ok(), "{what} sent again: {r:?}\n{}", agent_log());
+    }
+    let err = b_append
+        .join()
+        .unwrap()
+        .expect_err("an append whose fate is unknown fails");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    // Each change is on the host exactly once.
+    for pre in ["a_", "b_"] {
+        assert!(changed(&src, pre), "{pre}: {}", agent_log());
+    }
+    assert_eq!(
+        std::fs::read_to_string(src.join("log.txt")).unwrap(),
+        "0\n1\n",
+        "the applied append is there once, the held one not at all"
+    );
+}
