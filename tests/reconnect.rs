@@ -515,8 +515,11 @@ fn locks_are_taken_again_and_a_lost_one_is_reported() {
 /// applies them, the agent never hears), then cut the connection: the two fates of a request
 /// in flight when a server dies, made on purpose.
 struct Proxy {
-    current: std::sync::Arc<std::sync::Mutex<Option<(UnixStream, std::sync::Arc<AtomicU8>)>>>,
+    current: Current,
 }
+
+/// The proxy's current connection (its agent side) and that connection's mode.
+type Current = std::sync::Arc<std::sync::Mutex<Option<(UnixStream, std::sync::Arc<AtomicU8>)>>>;
 
 const PASS: u8 = 0;
 const HOLD_REQUESTS: u8 = 1;
@@ -708,7 +711,7 @@ fn requests_in_flight_when_the_connection_drops_are_applied_once() {
     }
     std::fs::write(src.join("log.txt"), "0\n").unwrap();
     let sock = dir.path().join("sock");
-    let mut host = host_command(&src, &format!("unix:{}", sock.display()))
+    let host = host_command(&src, &format!("unix:{}", sock.display()))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
