@@ -410,6 +410,8 @@ fn share(args: ShareArgs) -> anyhow::Result<()> {
         permissions: None,
         allow_other: Some(allow_other || ferry_agent::preflight::allow_other_permitted()),
         nonempty,
+        // One process runs both ends: nothing to reconnect to.
+        reconnect_timeout: Duration::ZERO,
     };
     if !config.allow_other.unwrap_or(true) {
         tracing::info!(

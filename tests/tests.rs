@@ -29,6 +29,8 @@ mod ids;
 mod acl;
 // Generated operation sequences on a mount and a plain directory (proptest).
 mod model;
+// ferry-host killed and restarted under a separate agent's mount; an agent that dies.
+mod reconnect;
 // Locks across the boundary: host processes, two agents, disconnects, SQLite.
 mod locks;
 // mmap, sockets, device nodes and read-only exports through a mount.

@@ -76,6 +76,13 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub connect_timeout: u64,
 
+    /// When the connection to ferry-host drops (a restart or an upgrade), keep the mounts,
+    /// hold requests for up to this many seconds while reconnecting, and resume: open files,
+    /// locks and change events carry on. Past it, requests fail with EIO until the server is
+    /// back. 0 turns reconnection off: the agent unmounts and exits.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub reconnect_timeout: u64,
+
     /// Who checks permissions on the mounts: `guest` (this kernel checks every access against
     /// the owners and modes shown, as on a local disk: mount option default_permissions) or
     /// `host` (anything the server's user may do, every user here may do). By default each

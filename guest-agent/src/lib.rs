@@ -169,21 +169,9 @@ impl ConnectAddr {
         let mut attempts = 0u32;
         let client = loop {
             attempts += 1;
-            let attempt = match self {
-                ConnectAddr::Unix(path) => {
-                    UnixStream::connect(path).map(|s| Client::connect_unix(s, config))
-                }
-                ConnectAddr::Tcp(addr) => {
-                    TcpStream::connect(addr.as_str()).map(|s| Client::connect_tcp(s, config))
-                }
-                ConnectAddr::Vsock { cid, port } => {
-                    vsock::VsockStream::connect_with_cid_port(*cid, *port)
-                        .map(|s| Client::connect_vsock(s, config))
-                }
-                ConnectAddr::HybridVsock { path, port } => {
-                    hybrid::connect(path, *port).map(|s| Client::connect_unix(s, config))
-                }
-            };
+            let attempt = self
+                .dial_io(config)
+                .map(|link| link.and_then(Client::from_link));
             match attempt {
                 Ok(handshake) => {
                     if attempts > 1 {
@@ -227,6 +215,38 @@ impl ConnectAddr {
     }
 }
 
+impl ConnectAddr {
+    /// One connection attempt: the socket (its error when it cannot be had), then the
+    /// handshake.
+    fn dial_io(&self, config: &ClientConfig) -> std::io::Result<Result<client::Link, ClientError>> {
+        Ok(match self {
+            ConnectAddr::Unix(path) => client::Link::over(UnixStream::connect(path)?, config),
+            ConnectAddr::Tcp(addr) => {
+                let s = TcpStream::connect(addr.as_str())?;
+                s.set_nodelay(true)?;
+                client::Link::over(s, config)
+            }
+            ConnectAddr::Vsock { cid, port } => client::Link::over(
+                vsock::VsockStream::connect_with_cid_port(*cid, *port)?,
+                config,
+            ),
+            ConnectAddr::HybridVsock { path, port } => {
+                client::Link::over(hybrid::connect(path, *port)?, config)
+            }
+        })
+    }
+
+    /// A new connection to the same server, for reconnecting ([`Client::enable_reconnect`]).
+    pub fn dialer(&self, config: ClientConfig) -> client::Dialer {
+        let addr = self.clone();
+        Box::new(move || {
+            addr.dial_io(&config)
+                .with_context(|| format!("cannot connect to {addr}"))?
+                .with_context(|| format!("handshake with {addr} failed"))
+        })
+    }
+}
+
 /// Longest wait between two connection attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -265,7 +285,13 @@ pub struct AgentConfig {
     pub allow_other: Option<bool>,
     /// Mount over directories that are not empty.
     pub nonempty: bool,
+    /// When the connection to the server drops, how long to hold requests while reconnecting
+    /// before they fail with EIO; zero: no reconnection (the agent unmounts and exits).
+    pub reconnect_timeout: Duration,
 }
+
+/// The default of [`AgentConfig::reconnect_timeout`]: long enough to upgrade ferry-host.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client name this agent announces.
 pub fn client_name() -> String {
@@ -283,6 +309,12 @@ pub fn run(config: AgentConfig, shutdown: Receiver<()>) -> anyhow::Result<()> {
     let client = config
         .connect
         .connect_within(&client_config(&config), config.connect_timeout)?;
+    if !config.reconnect_timeout.is_zero() {
+        client.enable_reconnect(
+            config.connect.dialer(client_config(&config)),
+            config.reconnect_timeout,
+        );
+    }
     serve(client, &mount_options(&config), shutdown)
 }
 

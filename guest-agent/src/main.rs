@@ -53,6 +53,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         permissions: args.permissions,
         allow_other: args.allow_other.then_some(true),
         nonempty: args.nonempty,
+        reconnect_timeout: Duration::from_secs(args.reconnect_timeout),
     };
     if args.events_only {
         ferry_agent::run_events_only(&config, shutdown)

@@ -160,6 +160,11 @@ pub fn prepare_mountpoint(path: &Path, nonempty: bool) -> Result<(), PreflightEr
         Ok(m) if !m.is_dir() => Err(PreflightError::NotADirectory(path.to_path_buf())),
         Ok(_) => {
             if let Some(fstype) = mounted_type(path) {
+                // A killed server's FUSE mount whose root the kernel still has cached: stat
+                // answers from the cache, statfs always asks the (gone) server.
+                if fstype.starts_with("fuse") && dead_fuse(path) {
+                    return remove_dead(path, nonempty);
+                }
                 return Err(PreflightError::AlreadyMounted {
                     path: path.to_path_buf(),
                     fstype,
@@ -171,15 +176,7 @@ pub fn prepare_mountpoint(path: &Path, nonempty: bool) -> Result<(), PreflightEr
             }
             Ok(())
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(mountpoint = %path.display(),
-                  "a dead FUSE mount is left here by a process that was killed; removing it");
-            detach(path).map_err(|source| PreflightError::Stale {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            prepare_mountpoint(path, nonempty)
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => remove_dead(path, nonempty),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent_ok = path
                 .parent()
@@ -194,6 +191,22 @@ pub fn prepare_mountpoint(path: &Path, nonempty: bool) -> Result<(), PreflightEr
         }
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// Whether the FUSE mount on `path` has lost its server (the kernel answers ENOTCONN).
+fn dead_fuse(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).err() == Some(nix::errno::Errno::ENOTCONN)
+}
+
+/// Detaches the dead FUSE mount on `path`, then prepares what is under it.
+fn remove_dead(path: &Path, nonempty: bool) -> Result<(), PreflightError> {
+    warn!(mountpoint = %path.display(),
+          "a dead FUSE mount is left here by a process that was killed; removing it");
+    detach(path).map_err(|source| PreflightError::Stale {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    prepare_mountpoint(path, nonempty)
 }
 
 /// The filesystem type mounted on `path` itself, if anything is.

@@ -14,6 +14,7 @@ use ferry_protocol::{
 };
 use tracing::info;
 
+use super::resume::LinkState;
 use super::{Client, ClientConfig, ClientError, Closer, WriterState};
 
 /// How long the handshake may take on a socket before the connection attempt is abandoned.
@@ -65,11 +66,83 @@ impl Client {
         stream: S,
         config: &ClientConfig,
     ) -> Result<Arc<Client>, ClientError> {
+        Self::from_link(Link::over(stream, config)?)
+    }
+
+    fn connect_with(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        config: &ClientConfig,
+        closer: Option<Closer>,
+        after_handshake: Option<Box<dyn FnOnce() -> io::Result<()>>>,
+    ) -> Result<Arc<Client>, ClientError> {
+        Self::from_link(Link::handshake(
+            reader,
+            writer,
+            config,
+            closer,
+            after_handshake,
+        )?)
+    }
+
+    /// A client over a connection whose handshake is done; starts the reader thread.
+    pub fn from_link(link: Link) -> Result<Arc<Client>, ClientError> {
+        let Link {
+            welcome,
+            reader,
+            writer,
+            closer,
+            buf,
+        } = link;
+        let client = Arc::new(Client {
+            welcome,
+            writer: Mutex::new(WriterState {
+                out: writer,
+                scratch: Vec::with_capacity(256),
+                generation: 1,
+                state: LinkState::Up,
+            }),
+            pending: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            closed_done: Mutex::new(false),
+            closed_cv: Condvar::new(),
+            closer: Mutex::new(closer),
+            changes: DashMap::new(),
+            gone: dashmap::DashSet::new(),
+            resume: std::sync::OnceLock::new(),
+        });
+        client.start_reader(reader, buf, 1)?;
+        Ok(client)
+    }
+}
+
+/// One connection to a server, its handshake done, not yet serving a [`Client`].
+pub struct Link {
+    pub(super) welcome: Welcome,
+    pub(super) reader: Box<dyn Read + Send>,
+    pub(super) writer: Box<dyn Write + Send>,
+    pub(super) closer: Option<Closer>,
+    pub(super) buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("server", &self.welcome.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// The handshake over a socket (with a [`HANDSHAKE_TIMEOUT`]); shutting the link down
+    /// shuts the socket down.
+    pub fn over<S: Stream>(stream: S, config: &ClientConfig) -> Result<Link, ClientError> {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
         let reset = stream.try_clone()?;
-        Self::connect_with(
+        Self::handshake(
             Box::new(reader),
             Box::new(writer),
             config,
@@ -78,13 +151,18 @@ impl Client {
         )
     }
 
-    fn connect_with(
+    /// The server's handshake answer.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    fn handshake(
         mut reader: Box<dyn Read + Send>,
         mut writer: Box<dyn Write + Send>,
         config: &ClientConfig,
         closer: Option<Closer>,
         after_handshake: Option<Box<dyn FnOnce() -> io::Result<()>>>,
-    ) -> Result<Arc<Client>, ClientError> {
+    ) -> Result<Link, ClientError> {
         let hello = Hello {
             version: VERSION,
             features: features::ALL,
@@ -134,23 +212,12 @@ impl Client {
             exports = welcome.exports.len(),
             "connected to host server"
         );
-
-        let client = Arc::new(Client {
+        Ok(Link {
             welcome,
-            writer: Mutex::new(WriterState {
-                out: writer,
-                scratch: Vec::with_capacity(256),
-            }),
-            pending: DashMap::new(),
-            next_id: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            closed_done: Mutex::new(false),
-            closed_cv: Condvar::new(),
-            closer: Mutex::new(closer),
-            changes: DashMap::new(),
-            gone: dashmap::DashSet::new(),
-        });
-        client.start_reader(reader, buf)?;
-        Ok(client)
+            reader,
+            writer,
+            closer,
+            buf,
+        })
     }
 }

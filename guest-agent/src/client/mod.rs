@@ -14,13 +14,18 @@
 //!
 //! - `connect`: the handshake and the socket constructors.
 //! - `reader`: the reader thread, the pending-request table and reply dispatch.
+//! - `resume`: reconnecting to a restarted server and resuming on the new connection
+//!   ([`Client::enable_reconnect`]), with `book`: what the agent remembers to do so.
 
+mod book;
 mod connect;
 mod reader;
+mod resume;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use connect::HANDSHAKE_TIMEOUT;
+pub use connect::{HANDSHAKE_TIMEOUT, Link};
+pub use resume::Dialer;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,6 +171,10 @@ impl OwnedReply {
 struct WriterState {
     out: Box<dyn Write + Send>,
     scratch: Vec<u8>,
+    /// Which connection `out` is (bumped by each reconnection).
+    generation: u64,
+    /// Whether requests may be sent (always `Up` without reconnection).
+    state: resume::LinkState,
 }
 
 type Closer = Box<dyn FnOnce() + Send>;
@@ -186,6 +195,8 @@ pub struct Client {
     changes: DashMap<u32, Sender<Vec<Change>>>,
     /// Exports the server has answered ESHUTDOWN for (logged once each).
     gone: dashmap::DashSet<u32>,
+    /// Set by [`Client::enable_reconnect`]: how to reconnect, and the book to resume with.
+    resume: std::sync::OnceLock<resume::Resume>,
 }
 
 impl std::fmt::Debug for Client {
@@ -226,6 +237,10 @@ impl Client {
             run_done(done, Err(Errno::ENOTCONN));
             return;
         }
+        if let Some(r) = self.resume.get() {
+            self.call_resumable(r, export, ctx, body, payload, done);
+            return;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.insert(id, Pending::new(op, export, done));
         // close() sets `closed` before draining: either the drain saw our entry, or we see
@@ -253,6 +268,10 @@ impl Client {
     /// One-way send (`Forget`). Errors are logged; a closed connection drops it silently.
     pub fn send_oneway(&self, export: u32, ctx: Ctx, body: &Request<'_>) {
         if self.is_closed() {
+            return;
+        }
+        if let Some(r) = self.resume.get() {
+            self.oneway_resumable(r, export, ctx, body);
             return;
         }
         match self.send_frame(0, export, ctx, body, &[]) {

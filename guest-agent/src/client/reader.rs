@@ -11,6 +11,7 @@ use ferry_common::read_frame;
 use ferry_protocol::{Errno, Frame, FrameKind, Notice, Opcode, Reply, ReplyFrame};
 use tracing::{debug, error, info, warn};
 
+use super::book::Note;
 use super::{Client, Done};
 
 /// Receive buffer of the reader thread.
@@ -20,11 +21,18 @@ const READ_BUF: usize = 256 * 1024;
 pub(super) struct Pending {
     op: Opcode,
     /// The export the request is for (named in the log when the server has stopped serving it).
-    export: u32,
+    pub(super) export: u32,
     /// In a mutex only to make `Pending` (and so `Client`) `Sync`; it is never contended.
     done: Mutex<Done>,
     /// When it was sent (its latency in `crate::stats`).
     sent: std::time::Instant,
+    /// With reconnection (see `resume`): what the book needs from the reply, the request as
+    /// encoded with the guest's ids (to send again), the connection it went out on (0: not
+    /// sent yet), and whether it is the resume's own (its ids are the server's).
+    pub(super) note: Mutex<Note>,
+    pub(super) saved: Option<super::resume::Saved>,
+    pub(super) sent_on: std::sync::atomic::AtomicU64,
+    pub(super) raw: bool,
 }
 
 impl Pending {
@@ -34,10 +42,14 @@ impl Pending {
             export,
             done: Mutex::new(done),
             sent: std::time::Instant::now(),
+            note: Mutex::default(),
+            saved: None,
+            sent_on: 0.into(),
+            raw: false,
         }
     }
 
-    fn finish(self, result: Result<Reply<'_>, Errno>) {
+    pub(super) fn finish(self, result: Result<Reply<'_>, Errno>) {
         run_done(
             self.done.into_inner().unwrap_or_else(|e| e.into_inner()),
             result,
@@ -51,6 +63,7 @@ impl Client {
         self: &Arc<Self>,
         reader: Box<dyn Read + Send>,
         buf: Vec<u8>,
+        generation: u64,
     ) -> io::Result<()> {
         let c = Arc::clone(self);
         std::thread::Builder::new()
@@ -60,6 +73,7 @@ impl Client {
                 c.reader_loop(
                     Box::new(io::BufReader::with_capacity(READ_BUF, reader)),
                     buf,
+                    generation,
                 )
             })?;
         Ok(())
@@ -100,22 +114,29 @@ impl Client {
         self.closed_cv.notify_all();
     }
 
-    fn reader_loop(self: Arc<Self>, mut reader: Box<dyn Read + Send>, mut buf: Vec<u8>) {
+    fn reader_loop(
+        self: Arc<Self>,
+        mut reader: Box<dyn Read + Send>,
+        mut buf: Vec<u8>,
+        generation: u64,
+    ) {
         let (reason, is_error) = loop {
             let len = match read_frame(&mut reader, &mut buf) {
                 Ok(Some(len)) => len,
                 Ok(None) => break ("the server closed the connection".to_string(), false),
                 Err(e) => break (format!("read from server failed: {e}"), true),
             };
-            if self.is_closed() {
+            if self.is_closed() || self.is_stale_reader(generation) {
                 break (String::new(), false);
             }
             if let Err(reason) = self.dispatch(&buf[..len]) {
                 break (reason, true);
             }
         };
-        if self.is_closed() {
+        if self.is_closed() || self.is_stale_reader(generation) {
             debug!("reader thread exits after shutdown");
+        } else if self.resume.get().is_some() {
+            self.link_lost(generation, &reason);
         } else if is_error {
             self.close_with(&reason, true);
         } else {
@@ -177,7 +198,9 @@ impl Client {
                     pending.sent.elapsed(),
                     reply.result.is_ok(),
                 );
-                pending.finish(reply.result);
+                let mut result = reply.result;
+                self.booked(&pending, &mut result);
+                pending.finish(result);
                 Ok(())
             }
             FrameKind::Notify => match Notice::decode(&frame) {
@@ -187,9 +210,12 @@ impl Client {
                 }
                 Ok(Some(Notice::Changes {
                     export,
-                    changes,
+                    mut changes,
                     age_us,
                 })) => {
+                    if let Some(r) = self.resume.get() {
+                        r.lock_book().on_changes(export, &mut changes);
+                    }
                     match self.changes.get(&export) {
                         Some(tx) => {
                             let stats = crate::stats::agent();

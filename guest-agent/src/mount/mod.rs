@@ -370,6 +370,19 @@ fn start_replay(
             return;
         }
     };
+    // After a reconnection, what the host changed during the gap: every known node's pages
+    // and attributes dropped (the resync's overflow drops the names).
+    if let Ok(fd) = session.as_fd().try_clone_to_owned() {
+        let kernel = KernelNotifier::new(fd);
+        client.on_resumed(
+            export,
+            Box::new(move |nodes| {
+                for &ino in nodes {
+                    let _ = kernel.inval_inode(ino, 0, 0);
+                }
+            }),
+        );
+    }
     if read_only {
         info!(
             export = %opts.export,

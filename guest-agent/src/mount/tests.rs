@@ -252,6 +252,7 @@ fn serve_with_readdirplus_until_shutdown() {
         permissions: None,
         allow_other: None,
         nonempty: false,
+        reconnect_timeout: Duration::ZERO,
     };
     let (stop, shutdown) = std::sync::mpsc::channel();
     let agent = std::thread::spawn(move || crate::serve_stream(client_end, &config, shutdown));
