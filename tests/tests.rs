@@ -21,6 +21,8 @@ mod programs;
 mod events;
 // Host churn (fsstress-style) against a native watcher: per-type coverage, nothing invented.
 mod churn;
+// `ferry bench` on a share and a native directory: the JSON's rows, numbers and ratios.
+mod bench_cmd;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.
