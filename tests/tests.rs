@@ -47,6 +47,8 @@ mod fsx;
 mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
+// libvirt's own daemon starts ferry-virtiofsd for a QEMU domain (needs libvirt-daemon-system).
+mod vm_libvirt;
 // ferry-virtiofsd under libvirt's, Kata's, cloud-hypervisor's, Lima's and Podman's argv.
 mod vm_virtiofsd;
 // `ferry share` as an ordinary user: fusermount3, allow_other, newcomers' errors.
