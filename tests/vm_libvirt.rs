@@ -55,10 +55,10 @@ fn libvirtd(logs: &Path) -> Daemons {
     if virsh(&["version"]).0 {
         return Daemons(Vec::new());
     }
-    let mut d = Vec::new();
-    d.push(Proc::spawn("virtlogd", &mut Command::new("virtlogd"), logs));
-    d.push(Proc::spawn("libvirtd", &mut Command::new("libvirtd"), logs));
-    let daemons = Daemons(d);
+    let daemons = Daemons(vec![
+        Proc::spawn("virtlogd", &mut Command::new("virtlogd"), logs),
+        Proc::spawn("libvirtd", &mut Command::new("libvirtd"), logs),
+    ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (ok, out) = virsh(&["version"]);
