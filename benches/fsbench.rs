@@ -11,18 +11,18 @@
 //! with fdatasync), FERRY_BENCH_ROUNDS (default 3; the median is reported),
 //! FERRY_BENCH_GIT_FILES (files of the committed repository `git status` runs in, default
 //! 20000), FERRY_BENCH_FIO_MB (the fio file, default 256) and FERRY_BENCH_FIO_SECS (per fio
-//! job, default 5), FERRY_BENCH_GROUPS (comma-separated subset of
-//! `files,walk,seq,rand,git,fio`, default all: a quick run is
+//! job, default 5), FERRY_BENCH_EVENTS (host changes per round of the `events` rows, default
+//! 50), FERRY_BENCH_GROUPS (comma-separated subset of `files,walk,seq,rand,git,fio,events`,
+//! default all: a quick run is
 //! `FERRY_BENCH_GROUPS=files FERRY_BENCH_FILES=2000 FERRY_BENCH_ROUNDS=1`),
 //! FERRY_BENCH_BASELINE (another `ferry` binary, say a build of the main branch, measured in
 //! the same run as a fourth column, `before`).
 //! FERRY_BENCH_IDS (an `--ids` mode for the Ferry mounts, e.g. `map:0:100000:65536`; the
 //! default mode when unset).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ferry::bench::{Group, Mount, Plan, Sizes, Target};
+use ferry::bench::{Group, Kind, Plan, Sizes, Target};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -51,46 +51,31 @@ fn main() -> anyhow::Result<()> {
             git_files: env_or("FERRY_BENCH_GIT_FILES", 20_000),
             fio_mb: env_or("FERRY_BENCH_FIO_MB", 256).max(1),
             fio_secs: env_or("FERRY_BENCH_FIO_SECS", 5).max(1),
+            events: env_or("FERRY_BENCH_EVENTS", 50).max(1),
         },
         groups: Group::parse_list(
             &std::env::var("FERRY_BENCH_GROUPS")
-                .unwrap_or_else(|_| "files,walk,seq,rand,git,fio".into()),
+                .unwrap_or_else(|_| "files,walk,seq,rand,git,fio,events".into()),
         )?,
         rounds: env_or("FERRY_BENCH_ROUNDS", 3).max(1),
     };
     let base = tempfile::Builder::new()
         .prefix("ferry-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let mk = |n: &str| -> anyhow::Result<PathBuf> {
-        let p = base.path().join(n);
-        fs::create_dir(&p)?;
-        Ok(p)
-    };
     let mut share_args = Vec::new();
     if let Ok(ids) = std::env::var("FERRY_BENCH_IDS") {
         share_args = vec!["--ids".to_string(), ids];
     }
-    let share = |name: &str, bin: &Path| -> anyhow::Result<Target> {
-        let src = mk(&format!("{name}-src"))?;
-        if !share_args.is_empty() {
-            // In map mode the bench (guest root) is a mapped uid on the host, which may write
-            // root's directory only through its mode.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&src, fs::Permissions::from_mode(0o777))?;
-        }
-        let mount = Mount::ferry_share(bin, &src, &mk(&format!("{name}-mnt"))?, &share_args)?;
-        Target::on_mount(name, mount)
-    };
+    let ferry = Path::new(env!("CARGO_BIN_EXE_ferry"));
+    let set_up =
+        |kind, name: &str, bin: &Path| Target::set_up(kind, name, base.path(), bin, &share_args);
     let mut targets = vec![
-        Target::in_dir("native", &mk("native")?)?,
-        Target::on_mount(
-            "bindfs",
-            Mount::bindfs(&mk("bindfs-src")?, &mk("bindfs-mnt")?)?,
-        )?,
-        share("ferry", Path::new(env!("CARGO_BIN_EXE_ferry")))?,
+        set_up(Kind::Native, "native", ferry)?,
+        set_up(Kind::Bindfs, "bindfs", ferry)?,
+        set_up(Kind::Ferry, "ferry", ferry)?,
     ];
     if let Ok(before) = std::env::var("FERRY_BENCH_BASELINE") {
-        targets.push(share("before", Path::new(&before))?);
+        targets.push(set_up(Kind::Ferry, "before", Path::new(&before))?);
     }
     let results = ferry::bench::run(&plan, &targets, 0)?;
     drop(targets);

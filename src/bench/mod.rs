@@ -8,6 +8,8 @@
 //! - `targets.rs`: the directories measured, and the mounts a run starts itself.
 
 pub mod command;
+pub mod events;
+mod svg;
 pub mod targets;
 pub mod workloads;
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
-pub use targets::{Mount, Target};
+pub use targets::{Kind, Mount, Target};
 pub use workloads::{Caches, Group, ROWS, Row, Sizes, rows_of};
 
 /// What a run measures.
@@ -27,31 +29,45 @@ pub struct Plan {
     pub rounds: usize,
 }
 
-/// One row on one target: every round's sample.
+/// One row on one target: every round's sample, `None` where the round had nothing to
+/// measure (an events row on a target that delivers no events).
 #[derive(Debug, Clone)]
 pub struct Cell {
-    pub samples: Vec<Duration>,
+    pub samples: Vec<Option<Duration>>,
 }
 
 impl Cell {
     fn sorted(&self) -> Vec<f64> {
-        let mut v: Vec<f64> = self.samples.iter().map(Duration::as_secs_f64).collect();
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .flatten()
+            .map(Duration::as_secs_f64)
+            .collect();
         v.sort_by(f64::total_cmp);
         v
     }
 
-    /// The median (the upper one of an even count), in seconds.
+    /// No round measured anything.
+    pub fn is_empty(&self) -> bool {
+        self.samples.iter().all(Option::is_none)
+    }
+
+    /// The median (the upper one of an even count) of the samples there are, in seconds;
+    /// NaN when there are none.
     pub fn median(&self) -> f64 {
         let v = self.sorted();
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     }
 
+    /// The smallest sample; NaN when there are none.
     pub fn min(&self) -> f64 {
-        self.sorted()[0]
+        self.sorted().first().copied().unwrap_or(f64::NAN)
     }
 
+    /// The largest sample; NaN when there are none.
     pub fn max(&self) -> f64 {
-        *self.sorted().last().expect("a sample")
+        self.sorted().last().copied().unwrap_or(f64::NAN)
     }
 }
 
@@ -94,9 +110,15 @@ pub fn run(plan: &Plan, targets: &[Target], baseline: usize) -> Result<Results> 
         for k in 0..targets.len() {
             let t = (round + k) % targets.len();
             let target = &targets[t];
-            let samples =
-                workloads::run_round(&plan.sizes, &plan.groups, &target.dir, round, caches)
-                    .with_context(|| format!("round {round} on {}", target.name))?;
+            let samples = workloads::run_round(
+                &plan.sizes,
+                &plan.groups,
+                &target.dir,
+                target.host.as_deref(),
+                round,
+                caches,
+            )
+            .with_context(|| format!("round {round} on {}", target.name))?;
             for (r, d) in samples.into_iter().enumerate() {
                 cells[t][r].samples.push(d);
             }
@@ -123,7 +145,8 @@ pub fn run(plan: &Plan, targets: &[Target], baseline: usize) -> Result<Results> 
 }
 
 impl Results {
-    /// Median of target `t` over the baseline's, for row `r` (above 1: slower).
+    /// Median of target `t` over the baseline's, for row `r` (above 1: slower); NaN where
+    /// either has no sample.
     pub fn ratio(&self, t: usize, r: usize, to: usize) -> f64 {
         self.cells[t][r].median() / self.cells[to][r].median()
     }
@@ -144,10 +167,12 @@ impl Results {
                         "median_s": c.median(),
                         "min_s": c.min(),
                         "max_s": c.max(),
-                        "samples_s": c.samples.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                        "samples_s": c.samples.iter()
+                            .map(|d| d.map(|d| d.as_secs_f64()))
+                            .collect::<Vec<_>>(),
                         "ratio": self.ratio(t, r, self.baseline),
                     });
-                    if row.throughput {
+                    if row.throughput && !c.is_empty() {
                         v["median_ops_per_s"] = json!(1.0 / c.median());
                     }
                     results.insert(name.clone(), v);
@@ -156,7 +181,7 @@ impl Results {
                     "id": row.id,
                     "title": row.title,
                     "group": row.group.name(),
-                    "unit": if row.throughput { "s/op" } else { "s" },
+                    "unit": row.unit(),
                     "results": results,
                 })
             })
@@ -177,10 +202,42 @@ impl Results {
                 "git_files": s.git_files,
                 "fio_mb": s.fio_mb,
                 "fio_secs": s.fio_secs,
+                "events": s.events,
             },
             "ratio_is": "median of the target / median of the baseline (above 1: slower)",
             "workloads": workloads,
         })
+    }
+
+    /// Every sample as CSV, one line per target, workload and round (with a header):
+    /// `workload,group,unit,target,round,seconds`, the seconds empty where the round measured
+    /// nothing (no events heard). `unit` is `s` for a row timed as a whole,
+    /// `s/op` for a throughput (fio) row, `s/event` for an event latency (a round's median).
+    pub fn csv(&self) -> String {
+        let mut o = String::from("workload,group,unit,target,round,seconds\n");
+        for (r, row) in self.rows.iter().enumerate() {
+            for (t, name) in self.targets.iter().enumerate() {
+                for (round, d) in self.cells[t][r].samples.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "{},{},{},{},{},{}",
+                        row.id,
+                        row.group.name(),
+                        row.unit(),
+                        csv_field(name),
+                        round + 1,
+                        d.map(|d| format!("{:e}", d.as_secs_f64()))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        o
+    }
+
+    /// The medians as an SVG bar chart (see `svg.rs`).
+    pub fn svg(&self) -> String {
+        svg::chart(self)
     }
 
     /// A markdown table: per target the median with min-max, then each pair's ratio in
@@ -223,7 +280,9 @@ impl Results {
             let cells: Vec<String> = (0..self.targets.len())
                 .map(|t| {
                     let c = &self.cells[t][r];
-                    if row.throughput {
+                    if c.is_empty() {
+                        "none".to_string()
+                    } else if row.throughput {
                         // Operations per second: the fastest sample is the highest rate.
                         format!(
                             "{:.0} ({:.0}-{:.0})",
@@ -238,12 +297,15 @@ impl Results {
                 .collect();
             let rs: Vec<String> = ratios
                 .iter()
-                .map(|&(t, to)| format!("{:.2}x", self.ratio(t, r, to)))
+                .map(|&(t, to)| match self.ratio(t, r, to) {
+                    x if x.is_finite() => format!("{x:.2}x"),
+                    _ => "-".to_string(),
+                })
                 .collect();
-            let title = if row.throughput {
-                format!("{} (ops/s)", row.title)
-            } else {
-                format!("{} (s)", row.title)
+            let title = match row.unit() {
+                "s/op" => format!("{} (ops/s)", row.title),
+                "s/event" => format!("{} (s, median per event)", row.title),
+                _ => format!("{} (s)", row.title),
             };
             let _ = writeln!(
                 o,
@@ -256,9 +318,20 @@ impl Results {
     }
 }
 
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// Seconds, with more decimals for short times.
 fn secs(v: f64) -> String {
-    if v < 0.01 {
+    if v < 0.001 {
+        format!("{v:.6}")
+    } else if v < 0.01 {
         format!("{v:.4}")
     } else if v < 10.0 {
         format!("{v:.3}")
@@ -274,10 +347,23 @@ mod tests {
     #[test]
     fn median_min_max_of_samples() {
         let c = Cell {
-            samples: [3.0, 1.0, 2.0, 10.0].map(Duration::from_secs_f64).to_vec(),
+            samples: [Some(3.0), Some(1.0), None, Some(2.0), Some(10.0)]
+                .map(|s| s.map(Duration::from_secs_f64))
+                .to_vec(),
         };
         assert_eq!(c.median(), 3.0);
         assert_eq!(c.min(), 1.0);
         assert_eq!(c.max(), 10.0);
+        let none = Cell {
+            samples: vec![None, None],
+        };
+        assert!(none.is_empty() && none.median().is_nan() && none.min().is_nan());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("ferry"), "ferry");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
     }
 }

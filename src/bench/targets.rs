@@ -8,6 +8,54 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+/// The ways of reaching a directory a run can set up itself (`ferry bench --targets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The directory itself.
+    Native,
+    /// A `ferry share` mount of another directory.
+    Ferry,
+    /// A bindfs mount of another directory.
+    Bindfs,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Native, Kind::Ferry, Kind::Bindfs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Native => "native",
+            Kind::Ferry => "ferry",
+            Kind::Bindfs => "bindfs",
+        }
+    }
+
+    /// A comma-separated list such as `native,ferry,bindfs`; unknown names are refused.
+    pub fn parse_list(s: &str) -> Result<Vec<Kind>> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some(k) = Kind::ALL.into_iter().find(|k| k.name() == name) else {
+                bail!(
+                    "unknown target {name:?} (known: {})",
+                    Kind::ALL.map(Kind::name).join(",")
+                );
+            };
+            ensure!(!out.contains(&k), "target {name} is named twice");
+            out.push(k);
+        }
+        ensure!(!out.is_empty(), "no target named in {s:?}");
+        Ok(out)
+    }
+
+    /// The program this kind needs on PATH, if any (`ferry share` is the running binary).
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Kind::Bindfs => Some("bindfs"),
+            _ => None,
+        }
+    }
+}
+
 /// One way of reaching a directory: `name` in the table, `dir` where the rounds run.
 pub struct Target {
     pub name: String,
@@ -15,6 +63,10 @@ pub struct Target {
     pub path: PathBuf,
     /// The benchmark's own directory beneath `path`, removed when dropped.
     pub dir: PathBuf,
+    /// `dir` as the host side of the target sees it, where known: `dir` itself for a native
+    /// directory, the shared directory's counterpart for a mount this run started. The
+    /// `events` rows change files here and listen in `dir`.
+    pub host: Option<PathBuf>,
     /// The mount serving `path`, if this benchmark started it; stopped after `dir` is removed.
     mount: Option<Mount>,
 }
@@ -37,15 +89,69 @@ impl Target {
             name: name.to_string(),
             path: path.to_path_buf(),
             dir,
+            host: None,
             mount: None,
         })
+    }
+
+    /// A native directory: like [`Target::in_dir`], and its host side is itself.
+    pub fn native(name: &str, path: &Path) -> Result<Target> {
+        let mut t = Target::in_dir(name, path)?;
+        t.host = Some(t.dir.clone());
+        Ok(t)
     }
 
     /// A target on a mount this benchmark started, stopped when the target is dropped.
     pub fn on_mount(name: &str, mount: Mount) -> Result<Target> {
         let mut t = Target::in_dir(name, &mount.mountpoint)?;
+        t.host = t
+            .dir
+            .file_name()
+            .map(|leaf| mount.source.join(leaf))
+            .filter(|h| h.is_dir());
         t.mount = Some(mount);
         Ok(t)
+    }
+
+    /// Sets up a target of `kind` named `name` in `base` (a directory of this run's own):
+    /// `base/NAME` is the native directory or the mount point; a mount serves `base/NAME-src`.
+    /// `ferry` is the binary that runs `ferry share`, with `share_args` after its directories;
+    /// when they are given (an id mode, say) the shared directory is made writable by
+    /// everyone, so that a mapped uid may write in it.
+    pub fn set_up(
+        kind: Kind,
+        name: &str,
+        base: &Path,
+        ferry: &Path,
+        share_args: &[String],
+    ) -> Result<Target> {
+        let mk = |leaf: String| -> Result<PathBuf> {
+            let p = base.join(leaf);
+            fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
+            Ok(p)
+        };
+        if let Some(p) = kind.program() {
+            ensure!(
+                super::command::installed(p),
+                "target {name}: {p} is not installed (not on PATH)"
+            );
+        }
+        match kind {
+            Kind::Native => Target::native(name, &mk(name.to_string())?),
+            Kind::Ferry => {
+                let src = mk(format!("{name}-src"))?;
+                if !share_args.is_empty() {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    fs::set_permissions(&src, fs::Permissions::from_mode(0o777))?;
+                }
+                let mount = Mount::ferry_share(ferry, &src, &mk(name.to_string())?, share_args)?;
+                Target::on_mount(name, mount)
+            }
+            Kind::Bindfs => {
+                let mount = Mount::bindfs(&mk(format!("{name}-src"))?, &mk(name.to_string())?)?;
+                Target::on_mount(name, mount)
+            }
+        }
     }
 }
 
@@ -62,6 +168,8 @@ impl Drop for Target {
 /// A FUSE mount served by a child process: `ferry share` or bindfs.
 pub struct Mount {
     pub mountpoint: PathBuf,
+    /// The directory it serves.
+    pub source: PathBuf,
     child: Child,
 }
 
@@ -74,18 +182,21 @@ impl Mount {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        Self::start(cmd, mnt, "ferry share", |src| src.starts_with("ferry:"))
+        Self::start(cmd, src, mnt, "ferry share", |src| {
+            src.starts_with("ferry:")
+        })
     }
 
     /// `bindfs -f --no-allow-other SRC MNT`, mounted.
     pub fn bindfs(src: &Path, mnt: &Path) -> Result<Mount> {
         let mut cmd = Command::new("bindfs");
         cmd.args(["-f", "--no-allow-other"]).arg(src).arg(mnt);
-        Self::start(cmd, mnt, "bindfs", |_| true)
+        Self::start(cmd, src, mnt, "bindfs", |_| true)
     }
 
     fn start(
         mut cmd: Command,
+        src: &Path,
         mnt: &Path,
         what: &str,
         source_ok: fn(&str) -> bool,
@@ -100,6 +211,7 @@ impl Mount {
             if fuse_source(mnt).is_some_and(|s| source_ok(&s)) {
                 return Ok(Mount {
                     mountpoint: mnt.to_path_buf(),
+                    source: src.to_path_buf(),
                     child,
                 });
             }

@@ -30,16 +30,20 @@ pub enum Group {
     Git,
     /// fio with psync (needs fio).
     Fio,
+    /// A change on the host side until an inotify watcher on the target hears of it (needs
+    /// the target's host side: a native directory, or a share this run started).
+    Events,
 }
 
 impl Group {
-    pub const ALL: [Group; 6] = [
+    pub const ALL: [Group; 7] = [
         Group::Files,
         Group::Walk,
         Group::Seq,
         Group::Rand,
         Group::Git,
         Group::Fio,
+        Group::Events,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Group {
             Group::Rand => "rand",
             Group::Git => "git",
             Group::Fio => "fio",
+            Group::Events => "events",
         }
     }
 
@@ -91,6 +96,18 @@ pub struct Row {
     pub group: Group,
     /// A throughput (fio): shown as operations per second; kept as seconds per operation.
     pub throughput: bool,
+}
+
+impl Row {
+    /// What a sample of this row is: `s` (the row timed as a whole), `s/op` (a throughput),
+    /// `s/event` (the median latency of a round's events).
+    pub fn unit(&self) -> &'static str {
+        match (self.throughput, self.group) {
+            (true, _) => "s/op",
+            (false, Group::Events) => "s/event",
+            (false, _) => "s",
+        }
+    }
 }
 
 const fn row(id: &'static str, title: &'static str, group: Group) -> Row {
@@ -157,6 +174,21 @@ pub const ROWS: &[Row] = &[
     fio_row("fio-rand-read", "fio psync 4k random read"),
     fio_row("fio-rand-write", "fio psync 4k random write"),
     fio_row("fio-mix-fsync", "fio psync 4k 70/30 mix, fsync/32"),
+    row(
+        "event-create",
+        "host create until the watcher's IN_CREATE",
+        Group::Events,
+    ),
+    row(
+        "event-modify",
+        "host append until the watcher's IN_MODIFY",
+        Group::Events,
+    ),
+    row(
+        "event-delete",
+        "host unlink until the watcher's IN_DELETE",
+        Group::Events,
+    ),
 ];
 
 /// fio's arguments per fio row, in [`ROWS`] order.
@@ -194,6 +226,9 @@ pub struct Sizes {
     /// MiB of fio's file, and seconds per timed fio job.
     pub fio_mb: usize,
     pub fio_secs: usize,
+    /// Files created, appended to and deleted on the host side per `events` round (each
+    /// `events` sample is the median of this many changes; at least 1).
+    pub events: usize,
 }
 
 /// Listings per readdir sample: one pass of a few thousand entries is too short to time alone.
@@ -227,10 +262,11 @@ fn drop_caches() -> bool {
     fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-fn time(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
+/// A row's sample: how long `f` took.
+fn time(f: impl FnOnce() -> Result<()>) -> Result<Option<Duration>> {
     let t = Instant::now();
     f()?;
-    Ok(t.elapsed())
+    Ok(Some(t.elapsed()))
 }
 
 fn small_file(dir: &Path, i: usize) -> PathBuf {
@@ -516,13 +552,16 @@ fn fio(file: &Path, sizes: &Sizes, args: &str, caches: Caches) -> Result<f64> {
 /// Runs every row of `groups` once in `dir` (a directory of the target's own, kept between
 /// rounds), returning one duration per row in [`rows_of`] order. Round `round` works in names
 /// of its own; the walk tree and the git repository are made once (untimed) and reused.
+/// `host` is `dir` as the host side sees it (itself on a native directory), which the
+/// `events` rows change; without it they cannot run.
 pub fn run_round(
     sizes: &Sizes,
     groups: &[Group],
     dir: &Path,
+    host: Option<&Path>,
     round: usize,
     caches: Caches,
-) -> Result<Vec<Duration>> {
+) -> Result<Vec<Option<Duration>>> {
     let mut out = Vec::new();
     let n = sizes.files;
     for &g in Group::ALL.iter().filter(|g| groups.contains(g)) {
@@ -598,9 +637,25 @@ pub fn run_round(
                 let file = dir.join("fio.dat");
                 for args in FIO_ARGS {
                     let ops = fio(&file, sizes, args, caches)?;
-                    out.push(Duration::from_secs_f64(1.0 / ops));
+                    out.push(Some(Duration::from_secs_f64(1.0 / ops)));
                 }
                 fs::remove_file(&file)?;
+            }
+            Group::Events => {
+                let Some(host) = host else {
+                    bail!(
+                        "the events rows need the host side of {}, which is not known",
+                        dir.display()
+                    );
+                };
+                let name = format!("events{round}");
+                let d = dir.join(&name);
+                fs::create_dir(&d).with_context(|| format!("mkdir {}", d.display()))?;
+                match super::events::round(&d, &host.join(&name), sizes.events)? {
+                    Some(l) => out.extend(l.map(Some)),
+                    None => out.extend([None; 3]),
+                }
+                fs::remove_dir(&d).with_context(|| format!("rmdir {}", d.display()))?;
             }
         }
     }
@@ -647,13 +702,23 @@ mod tests {
             git_files: 0,
             fio_mb: 0,
             fio_secs: 0,
+            events: 2,
         };
-        let groups = [Group::Files, Group::Walk, Group::Seq, Group::Rand];
+        let groups = [
+            Group::Files,
+            Group::Walk,
+            Group::Seq,
+            Group::Rand,
+            Group::Events,
+        ];
         let caches = Caches { droppable: false };
         for round in 0..2 {
-            let s = run_round(&sizes, &groups, dir.path(), round, caches).unwrap();
+            let s =
+                run_round(&sizes, &groups, dir.path(), Some(dir.path()), round, caches).unwrap();
             assert_eq!(s.len(), rows_of(&groups).len());
         }
+        let e = run_round(&sizes, &[Group::Events], dir.path(), None, 2, caches).unwrap_err();
+        assert!(e.to_string().contains("need the host side"), "{e}");
         assert_eq!(walk(&dir.path().join("tree")).unwrap(), tree_entries(120));
     }
 
