@@ -24,6 +24,16 @@ enum Command {
     /// Both halves run in this process and talk the real protocol over a socket pair: what
     /// works here works between a host and a VM.
     Share(ShareArgs),
+    /// Compare filesystem performance: the same workloads (small files, a tree walk,
+    /// sequential and 4 KiB random I/O with fsync variants, git status and fio where
+    /// installed) on a baseline directory and one or more others, in one run, rounds in a
+    /// rotated order. Prints medians with min-max and ratios to the baseline, or JSON.
+    ///
+    /// `ferry bench --share SRC` compares a directory in SRC with a `ferry share` mount it
+    /// starts itself; `ferry bench --baseline DIR --target MNT...` compares directories you
+    /// set up (a mount of any kind). Each runs in a new directory beneath the one given,
+    /// removed afterwards. Root makes "cold" rows cold (it drops the kernel's caches).
+    Bench(ferry::bench::command::BenchArgs),
     /// Remove every kept owner (the user.ferry.owner xattr) from the files and directories
     /// under PATH, without following symlinks or leaving PATH's filesystem.
     StripOwners {
@@ -291,6 +301,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Share(args) => share(args),
+        Command::Bench(args) => std::env::current_exe()
+            .context("cannot find the ferry binary to run `ferry share` with")
+            .and_then(|ferry| ferry::bench::command::run(args, &ferry)),
         Command::StripOwners { path } => ferry_host::strip::run_strip_owners(&path),
         Command::Status {
             agent: Some(agent),

@@ -107,6 +107,7 @@ fn man_pages_mention_every_option_help_prints() {
     let commands: &[(&Path, &[&str], &str)] = &[
         (&b.ferry, &[], "ferry.1"),
         (&b.ferry, &["share"], "ferry-share.1"),
+        (&b.ferry, &["bench"], "ferry-bench.1"),
         (&b.ferry, &["strip-owners"], "ferry-strip-owners.1"),
         (&b.ferry, &["man"], "ferry-man.1"),
         (&b.ferry, &["completions"], "ferry-completions.1"),

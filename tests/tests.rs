@@ -21,6 +21,8 @@ mod programs;
 mod events;
 // Host churn (fsstress-style) against a native watcher: per-type coverage, nothing invented.
 mod churn;
+// `ferry bench` on a share and a native directory: the JSON's rows, numbers and ratios.
+mod bench_cmd;
 // The agent inside a QEMU guest over vsock (needs .ci/vm-tools; SKIPPED without).
 mod vm;
 // Owners: squash, map and passthrough modes with programs running as several users.
@@ -49,6 +51,8 @@ mod fsx;
 mod scale;
 // ferry-host as a vhost-user-fs backend of a QEMU guest (virtio-fs), with an events-only agent.
 mod vm_virtiofs;
+// libvirt's own daemon starts ferry-virtiofsd for a QEMU domain (needs libvirt-daemon-system).
+mod vm_libvirt;
 // ferry-virtiofsd under libvirt's, Kata's, cloud-hypervisor's, Lima's and Podman's argv.
 mod vm_virtiofsd;
 // `ferry share` as an ordinary user: fusermount3, allow_other, newcomers' errors.

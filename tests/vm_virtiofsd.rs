@@ -4,10 +4,9 @@
 //! launcher, and the guest runs the shared file workload on each. libvirt and Kata pass a
 //! socket they bound themselves as a descriptor (`--fd=N`), which the test does the same way.
 //!
-//! libvirt's daemon itself does not drive this test yet: the CI machine is a container whose
-//! PID 1 is not systemd, so libvirtd (Debian 12 has 9.0.0) and the virtlogd it logs through
-//! would have to be installed and started by hand, which has not been tried. The argv is
-//! libvirt's own, taken from its source, with the socket passed the way libvirt passes it.
+//! The libvirt argv here is libvirt's own, taken from its source, with the socket passed the
+//! way libvirt passes it; `tests/vm_libvirt.rs` has libvirt's daemon itself start
+//! `ferry-virtiofsd` for a domain.
 
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;

@@ -56,6 +56,44 @@ fn libvirt() {
     assert!(has_note(&c, "-o cache=none"));
 }
 
+/// libvirt releases after Debian 12's 9.0 run `BINARY --print-capabilities` first
+/// (`qemuVirtioFSPrepareDomain` → `qemuVhostUserFillFSCapabilities`) and, since Ferry answers
+/// `separate-options`, build the Rust virtiofsd's form instead of `-o`
+/// (`qemuVirtioFSBuildCommandLine`): `--fd=N --shared-dir PATH [--cache never|always]
+/// [--sandbox MODE] [--xattr] [--thread-pool-size=N] [--rlimit-nofile=N]
+/// [--log-level debug]`, the path as one argument (no comma escaping). `<lock>` in the
+/// domain is refused by libvirt itself in this form; session (unprivileged) libvirt adds
+/// `--uid-map`/`--gid-map`, which Ferry refuses with the reason.
+#[test]
+fn libvirt_separate_options() {
+    let c = serve(&[
+        "--fd=25",
+        "--shared-dir",
+        "/srv/a,b",
+        "--cache",
+        "always",
+        "--sandbox",
+        "chroot",
+        "--xattr",
+        "--thread-pool-size=16",
+        "--rlimit-nofile=4096",
+        "--log-level",
+        "debug",
+    ]);
+    assert_eq!(c.socket, Socket::Fd(25));
+    assert_eq!(c.shared_dir, PathBuf::from("/srv/a,b"));
+    assert_eq!(c.log_level.as_deref(), Some("debug"));
+    assert!(has_note(&c, "--cache"), "{:?}", c.notes);
+    assert!(has_note(&c, "--sandbox"), "{:?}", c.notes);
+    assert!(has_note(&c, "--thread-pool-size=16"), "{:?}", c.notes);
+    assert!(has_note(&c, "--rlimit-nofile"), "{:?}", c.notes);
+    // cache='none' in the XML becomes --cache never.
+    let c = serve(&["--fd=3", "--shared-dir", "/srv/share", "--cache", "never"]);
+    assert_eq!(c.shared_dir, PathBuf::from("/srv/share"));
+    let e = parse(["--fd=3", "--shared-dir", "/srv/s", "--uid-map=:0:1000:1:"]).unwrap_err();
+    assert!(e.to_string().contains("--ferry-ids"), "{e}");
+}
+
 /// Kata Containers, src/runtime/virtcontainers/virtiofsd.go, `(*virtiofsd).args`
 /// (kata-containers at 7c6ba40c54ea): `--syslog --cache=MODE --shared-dir=PATH --fd=N` and
 /// then `virtio_fs_extra_args`, whose default (src/runtime/Makefile, DEFVIRTIOFSEXTRAARGS) is
