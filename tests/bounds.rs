@@ -570,15 +570,18 @@ fn a_virtiofs_session_that_cannot_start_does_not_end_the_listener() {
         "the backend answers:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    // Out of descriptors when this frontend goes: the next session cannot start.
+    // Out of descriptors when this frontend goes: the session for the next frontend (waiting
+    // in the listener's backlog) cannot start.
     let old = set_nofile(pid, 3);
     drop(frontend);
+    let waiting = UnixStream::connect(&vfs).unwrap();
     let failed = wait_until(Duration::from_secs(20), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("cannot start a session")
     });
     restore_nofile(pid, old);
+    drop(waiting);
     let served = wait_until(Duration::from_secs(20), || {
         vhost_user_frontend(&vfs).is_some()
     });
