@@ -368,6 +368,28 @@ pub fn fuse_connection(path: &Path) -> Option<PathBuf> {
 }
 
 /// Detaches a Ferry mount if one is there.
+/// Aborts the FUSE connection of the mount at `path` (as `echo 1 >
+/// /sys/fs/fuse/connections/N/abort` does): every request waiting on it fails. Needed before
+/// reaping a killed agent: a thread of the agent that was itself inside a request to its own
+/// mount (the replay thread does syscalls there) waits uninterruptibly for an answer nobody
+/// will give, and the process cannot be reaped until the connection ends.
+pub fn abort_fuse(path: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy();
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fuse = l
+            .split(" - ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with("fuse"));
+        if fuse && f.get(4) == Some(&want.as_ref()) {
+            if let Some((_, minor)) = f.get(2).and_then(|d| d.split_once(':')) {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+    }
+}
+
 pub fn lazy_unmount(path: &Path) {
     if is_ferry_mount(path) {
         let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);

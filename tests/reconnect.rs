@@ -131,6 +131,7 @@ impl Drop for Pair {
     fn drop(&mut self) {
         if let Some(mut a) = self.agent.take() {
             let _ = a.kill();
+            crate::harness::abort_fuse(&self.mnt());
             let _ = a.wait();
         }
         if let Some(mut h) = self.host.take() {
@@ -734,6 +735,7 @@ fn requests_in_flight_when_the_connection_drops_are_applied_once() {
         fn drop(&mut self) {
             for c in [&mut self.0, &mut self.1] {
                 let _ = c.kill();
+                crate::harness::abort_fuse(&self.2);
                 let _ = c.wait();
             }
             lazy_unmount(&self.2);
