@@ -239,9 +239,9 @@ fn record(
     for step in STEPS {
         let (ok, out) = sh(work, step);
         assert!(ok, "step {step:?} failed: {out}");
-        // A step's events are over once none came for a second: generous, because CI machines
+        // A step's events are over once none came for 2.5 s: generous, because CI machines
         // are loaded and a replay may lag; this is a wait, not a timing assertion.
-        all.push(normal(watcher.settle(Duration::from_millis(1000))));
+        all.push(normal(watcher.settle(Duration::from_millis(2500))));
     }
     all
 }
