@@ -28,14 +28,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use ferry_common::latency::{self, BUCKETS, bucket_of, quantile};
 use ferry_protocol::Opcode;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::replay::ReplayState;
-
-/// Latency buckets: bucket `i` counts durations under `2^i` µs; the last, anything longer.
-const BUCKETS: usize = 26;
 
 /// How many changes not replayed each mount remembers (the oldest go first).
 pub const RECENT: usize = 32;
@@ -74,11 +72,6 @@ struct OpStat {
     errors: AtomicU64,
     nanos: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
-}
-
-/// The bucket of `micros` µs.
-fn bucket_of(micros: u64) -> usize {
-    (64 - micros.leading_zeros() as usize).min(BUCKETS - 1)
 }
 
 fn op_index(op: Opcode) -> usize {
@@ -450,46 +443,6 @@ pub struct RecentStatus {
     pub reason: String,
 }
 
-/// The upper bound, in µs, of the bucket holding quantile `q` of `buckets`.
-fn quantile(buckets: &[u64], q: f64) -> u64 {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let want = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in buckets.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return 1u64 << i;
-        }
-    }
-    1u64 << (buckets.len() - 1)
-}
-
-/// One Prometheus histogram over `buckets` of powers of two of µs.
-fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[u64], sum: f64) {
-    let mut cumulative = 0;
-    for (i, n) in buckets.iter().enumerate() {
-        cumulative += n;
-        if i + 1 < buckets.len() {
-            let le = (1u64 << i) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n{name}_sum{{{labels}}} {sum}\n\
-         {name}_count{{{labels}}} {cumulative}"
-    );
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl AgentStatus {
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
@@ -512,12 +465,12 @@ impl AgentStatus {
         );
         for r in &self.requests {
             let labels = format!("op=\"{}\"", r.op);
-            histogram(
+            latency::prometheus(
                 &mut out,
                 "ferry_agent_request_duration_seconds",
                 &labels,
                 &r.buckets,
-                r.seconds,
+                Some(r.seconds),
             );
         }
         family(
@@ -598,8 +551,8 @@ impl AgentStatus {
                 let _ = writeln!(
                     out,
                     "ferry_agent_replays_total{{export=\"{}\",mountpoint=\"{}\",outcome=\"{outcome}\"}} {}",
-                    esc(&m.export),
-                    esc(&m.mountpoint),
+                    latency::label(&m.export),
+                    latency::label(&m.mountpoint),
                     field(m)
                 );
             }
@@ -613,8 +566,8 @@ impl AgentStatus {
         for m in &self.mounts {
             let labels = format!(
                 "export=\"{}\",mountpoint=\"{}\"",
-                esc(&m.export),
-                esc(&m.mountpoint)
+                latency::label(&m.export),
+                latency::label(&m.mountpoint)
             );
             let sum = m
                 .lag_buckets
@@ -622,12 +575,12 @@ impl AgentStatus {
                 .enumerate()
                 .map(|(i, n)| *n as f64 * (1u64 << i) as f64 / 1e6)
                 .sum();
-            histogram(
+            latency::prometheus(
                 &mut out,
                 "ferry_agent_event_lag_seconds",
                 &labels,
                 &m.lag_buckets,
-                sum,
+                Some(sum),
             );
         }
         out

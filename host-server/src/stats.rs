@@ -13,14 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use ferry_common::latency::{self, BUCKETS, bucket_of, quantile};
 use ferry_protocol::Opcode;
 use serde::Serialize;
 
 use crate::export::ExportSession;
-
-/// Latency buckets: bucket `i` counts requests that took less than `2^i` µs; the last one
-/// everything slower (`2^(BUCKETS-2)` µs is about 17 s).
-const BUCKETS: usize = 26;
 
 /// One operation's counts on one session.
 #[derive(Default)]
@@ -118,11 +115,6 @@ struct EventLag {
     max_us: AtomicU64,
     /// Ages of the batches written, bucketed as request latencies are.
     buckets: [AtomicU64; BUCKETS],
-}
-
-/// The bucket of a duration of `micros` µs.
-fn bucket_of(micros: u64) -> usize {
-    (64 - micros.leading_zeros() as usize).min(BUCKETS - 1)
 }
 
 /// One connection: its guest and its sessions, in export-id order.
@@ -333,44 +325,6 @@ pub struct OpStatus {
     pub buckets: Vec<u64>,
 }
 
-/// Writes the samples of one Prometheus histogram whose `buckets[i]` counts durations under
-/// `2^i` µs (the last: any longer); `sum` in seconds, estimated from the buckets when `None`.
-pub fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[u64], sum: Option<f64>) {
-    let mut cumulative = 0;
-    let mut estimate = 0.0;
-    for (i, n) in buckets.iter().enumerate() {
-        cumulative += n;
-        estimate += *n as f64 * (1u64 << i) as f64 / 1e6;
-        if i + 1 < buckets.len() {
-            let le = (1u64 << i) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n{name}_sum{{{labels}}} {}\n\
-         {name}_count{{{labels}}} {cumulative}",
-        sum.unwrap_or(estimate)
-    );
-}
-
-/// The upper bound, in µs, of the bucket holding quantile `q` of `buckets`.
-fn quantile(buckets: &[u64], q: f64) -> u64 {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let want = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in buckets.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return 1u64 << i;
-        }
-    }
-    1u64 << (buckets.len() - 1)
-}
-
 impl ConnStats {
     fn snapshot(&self) -> GuestStatus {
         GuestStatus {
@@ -435,11 +389,6 @@ impl Status {
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
         let _ = writeln!(
             out,
             "# HELP ferry_uptime_seconds Seconds since ferry-host started.\n\
@@ -461,11 +410,11 @@ impl Status {
                 for r in &e.requests {
                     let labels = format!(
                         "guest=\"{}\",export=\"{}\",op=\"{}\"",
-                        esc(&g.peer),
-                        esc(&e.name),
+                        latency::label(&g.peer),
+                        latency::label(&e.name),
                         r.op
                     );
-                    histogram(
+                    latency::prometheus(
                         &mut out,
                         "ferry_request_duration_seconds",
                         &labels,
@@ -533,8 +482,8 @@ impl Status {
                     let _ = writeln!(
                         out,
                         "{name}{{guest=\"{}\",export=\"{}\"}} {}",
-                        esc(&g.peer),
-                        esc(&e.name),
+                        latency::label(&g.peer),
+                        latency::label(&e.name),
                         field(e)
                     );
                 }
@@ -561,7 +510,12 @@ impl Status {
         for (name, help, field) in per_server_export {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for e in &self.exports {
-                let _ = writeln!(out, "{name}{{export=\"{}\"}} {}", esc(&e.name), field(e));
+                let _ = writeln!(
+                    out,
+                    "{name}{{export=\"{}\"}} {}",
+                    latency::label(&e.name),
+                    field(e)
+                );
             }
         }
         let _ = writeln!(
@@ -573,7 +527,7 @@ impl Status {
             let _ = writeln!(
                 out,
                 "ferry_events_queued{{guest=\"{}\"}} {}",
-                esc(&g.peer),
+                latency::label(&g.peer),
                 g.events_queued
             );
         }
@@ -586,7 +540,7 @@ impl Status {
             let _ = writeln!(
                 out,
                 "ferry_event_lag_seconds{{guest=\"{}\"}} {}",
-                esc(&g.peer),
+                latency::label(&g.peer),
                 g.event_lag_seconds
             );
         }
@@ -596,8 +550,8 @@ impl Status {
              its notice being written to the guest.\n# TYPE ferry_event_delivery_seconds histogram"
         );
         for g in &self.guests {
-            let labels = format!("guest=\"{}\"", esc(&g.peer));
-            histogram(
+            let labels = format!("guest=\"{}\"", latency::label(&g.peer));
+            latency::prometheus(
                 &mut out,
                 "ferry_event_delivery_seconds",
                 &labels,
@@ -612,17 +566,6 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_are_bucket_upper_bounds() {
-        let mut b = vec![0u64; BUCKETS];
-        assert_eq!(quantile(&b, 0.5), 0);
-        b[3] = 98; // < 8 µs
-        b[10] = 2; // < 1024 µs
-        assert_eq!(quantile(&b, 0.5), 8);
-        assert_eq!(quantile(&b, 0.98), 8);
-        assert_eq!(quantile(&b, 0.99), 1024);
-    }
 
     #[test]
     fn every_opcode_has_its_own_slot() {
