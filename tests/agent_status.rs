@@ -3,9 +3,7 @@
 //! it replayed with their lag, and why a change was not replayed.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,20 +12,11 @@ use crate::config::Setup;
 use crate::harness::{
     Need, agent_command, bins, require, skip_or_fail, terminate, wait_mounted, wait_until,
 };
+use crate::status::{parse_prometheus, sample, scrape, status_json};
 
 /// `ferry-agent status --json --control PATH`, parsed.
 fn agent_status(control: &Path) -> serde_json::Value {
-    let out = Command::new(&bins().agent)
-        .args(["status", "--json", "--control"])
-        .arg(control)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ferry-agent status --json prints JSON")
+    status_json(&bins().agent, control)
 }
 
 /// The cache kind `kind`: (answered here, sent to the host).
@@ -67,58 +56,6 @@ fn start_agent(s: &Setup, mnt: &Path, control: &Path, metrics: &Path) -> Child {
         .unwrap();
     wait_mounted(mnt, &mut agent);
     agent
-}
-
-/// The Prometheus text over HTTP on a Unix socket.
-fn scrape(metrics: &Path) -> String {
-    let mut conn = UnixStream::connect(metrics).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut http = String::new();
-    conn.read_to_string(&mut http).unwrap();
-    let (head, body) = http.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-    body.to_string()
-}
-
-/// Sums of samples by name and labels, read by the Python prometheus_client parser:
-/// `name{k=v,...} value` lines, labels sorted.
-fn parse_prometheus(body: &str) -> Vec<(String, f64)> {
-    let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families as parse\n\
-        for f in parse(sys.stdin.read()):\n\
-        \x20   for s in f.samples:\n\
-        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
-        \x20       print(f'{s.name}{{{labels}}} {s.value}')\n";
-    let mut py = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client could not parse it: {}\n{body}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
-fn sample(samples: &[(String, f64)], key: &str) -> f64 {
-    samples
-        .iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no sample {key} in {samples:?}"))
-        .1
 }
 
 #[test]

@@ -5,15 +5,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::config::Setup;
 use crate::harness::{Need, bins, require, skip_or_fail, terminate, wait_until};
 
-/// `ferry status --json`, parsed.
-fn status(control: &Path) -> serde_json::Value {
-    let out = Command::new(&bins().ferry)
+/// `PROGRAM status --json --control CONTROL` (`ferry` or `ferry-agent`), parsed.
+pub(crate) fn status_json(program: &Path, control: &Path) -> serde_json::Value {
+    let out = Command::new(program)
         .args(["status", "--json", "--control"])
         .arg(control)
         .output()
@@ -23,7 +23,75 @@ fn status(control: &Path) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("ferry status --json prints JSON")
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+/// `ferry status --json`, parsed.
+fn status(control: &Path) -> serde_json::Value {
+    status_json(&bins().ferry, control)
+}
+
+/// The Prometheus text over HTTP on a Unix socket.
+pub(crate) fn scrape(metrics: &Path) -> String {
+    let mut conn = UnixStream::connect(metrics).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut http = String::new();
+    conn.read_to_string(&mut http).unwrap();
+    let (head, body) = http.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    body.to_string()
+}
+
+/// Samples by name and labels, read by the Python prometheus_client parser:
+/// `name{k=v,...} value` lines, labels sorted.
+pub(crate) fn parse_prometheus(body: &str) -> Vec<(String, f64)> {
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as parse\n\
+        for f in parse(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       print(f'{s.name}{{{labels}}} {s.value}')\n";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse it: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The sample `key` (`name{labels}` as [`parse_prometheus`] gives it).
+pub(crate) fn sample(samples: &[(String, f64)], key: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no sample {key} in {samples:?}"))
+        .1
+}
+
+/// The sum of every sample named `name`, whatever its labels.
+fn total(samples: &[(String, f64)], name: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .sum::<f64>() as u64
 }
 
 /// The export `name` of the first guest.
@@ -129,40 +197,14 @@ fn status_and_metrics_follow_a_workload() {
     assert!(ex["events_suppressed"].as_u64().unwrap() >= 20, "{ex}");
 
     // The Prometheus text, over HTTP on the Unix socket, through a real parser.
-    let mut conn = UnixStream::connect(&metrics).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut http = String::new();
-    conn.read_to_string(&mut http).unwrap();
-    let (head, body) = http.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-    let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families as parse\n\
-        n = {}\n\
-        for f in parse(sys.stdin.read()):\n\
-        \x20   for s in f.samples:\n\
-        \x20       n[s.name] = n.get(s.name, 0) + s.value\n\
-        print(int(n['ferry_request_duration_seconds_count']), int(n['ferry_events_sent_total']))\n";
-    let mut py = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client could not parse it: {}\n{body}",
-        String::from_utf8_lossy(&out.stderr)
+    let samples = parse_prometheus(&scrape(&metrics));
+    let requests = total(&samples, "ferry_request_duration_seconds_count");
+    assert!(requests >= 40, "requests counted: {samples:?}");
+    assert_eq!(
+        total(&samples, "ferry_events_sent_total"),
+        base + 10,
+        "events: {samples:?}"
     );
-    let parsed = String::from_utf8(out.stdout).unwrap();
-    let nums: Vec<u64> = parsed
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert!(nums[0] >= 40, "requests counted: {parsed}");
-    assert_eq!(nums[1], base + 10, "events: {parsed}");
 
     // ferry ctl reload over the same socket: the file did not change.
     let out = Command::new(&bins().ferry)
