@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_vmtest::{Initramfs, Proc, run_dir, static_bins};
+use ferry_vmtest::{Proc, run_dir, static_bins};
 
 use crate::harness::{Need, require, vm_tools};
 use crate::vm::{check_guest_writes_on_the_host, prepare_host_tree};
@@ -100,14 +100,7 @@ fn vm_libvirt_starts_ferry_virtiofsd() {
     let bin = bins.host.with_file_name("ferry-virtiofsd");
     let run = run_dir("ferry-libvirt.");
     let initrd = run.path().join("initrd.cpio");
-    Initramfs::new(&tools)
-        .unwrap()
-        .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
-        .unwrap()
-        .bytes("/guest.sh", include_str!("vm/compat.sh"), 0o755)
-        .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
-        .write(&initrd)
-        .unwrap();
+    crate::vm_virtiofsd::compat_initrd(&tools, &initrd);
     let share = run.path().join("share");
     prepare_host_tree(&share);
     let console = run.path().join("console.log");

@@ -153,6 +153,19 @@ fn start(bin: &Path, l: &Launcher, dir: &Path, sock: &Path, logs: &Path) -> Proc
     }
 }
 
+/// Writes to `initrd` the initramfs of the launcher tests: virtio-fs modules, `vm/compat.sh`
+/// as the guest's script and the shared file workload `vm/files.sh`.
+pub(crate) fn compat_initrd(tools: &ferry_vmtest::Tools, initrd: &Path) {
+    Initramfs::new(tools)
+        .unwrap()
+        .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
+        .unwrap()
+        .bytes("/guest.sh", include_str!("vm/compat.sh"), 0o755)
+        .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
+        .write(initrd)
+        .unwrap();
+}
+
 #[test]
 fn vm_virtiofsd_launchers() {
     let Some(tools) = vm_tools() else {
@@ -162,14 +175,7 @@ fn vm_virtiofsd_launchers() {
     let bin = bins.host.with_file_name("ferry-virtiofsd");
     let run = run_dir("ferry-vfsd.");
     let initrd = run.path().join("initrd.cpio");
-    Initramfs::new(&tools)
-        .unwrap()
-        .modules(ferry_vmtest::initramfs::VIRTIOFS_MODULES)
-        .unwrap()
-        .bytes("/guest.sh", include_str!("vm/compat.sh"), 0o755)
-        .bytes("/files.sh", include_str!("vm/files.sh"), 0o644)
-        .write(&initrd)
-        .unwrap();
+    compat_initrd(&tools, &initrd);
     let mut servers = Vec::new();
     let mut devices = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
