@@ -97,18 +97,13 @@ enum CtlAction {
 
 /// One command over the control socket; the whole answer.
 fn control(path: &std::path::Path, command: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+    ferry_common::control::ask(path, command).with_context(|| {
         format!(
             "cannot reach ferry-host's control socket {} (is it running with --control unix:{}?)",
             path.display(),
             path.display()
         )
-    })?;
-    s.write_all(format!("{command}\n").as_bytes())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    Ok(answer)
+    })
 }
 
 fn status(path: &std::path::Path, json: bool, watch: bool) -> anyhow::Result<()> {

@@ -74,19 +74,6 @@ struct OpStat {
     buckets: [AtomicU64; BUCKETS],
 }
 
-fn op_index(op: Opcode) -> usize {
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let max = Opcode::ALL.iter().map(|o| *o as usize).max().unwrap_or(0);
-        let mut t = vec![0u8; max + 1];
-        for (i, o) in Opcode::ALL.iter().enumerate() {
-            t[*o as usize] = i as u8;
-        }
-        t
-    });
-    table[op as usize] as usize
-}
-
 /// A mount whose replay thread runs.
 struct MountEntry {
     export: String,
@@ -124,7 +111,7 @@ pub fn agent() -> &'static AgentStats {
 impl AgentStats {
     /// A reply to `op` arrived `took` after the request was sent.
     pub fn request(&self, op: Opcode, took: Duration, ok: bool) {
-        let s = &self.ops[op_index(op)];
+        let s = &self.ops[op.index()];
         s.count.fetch_add(1, Relaxed);
         if !ok {
             s.errors.fetch_add(1, Relaxed);
@@ -190,7 +177,7 @@ impl AgentStats {
 
     /// What is true now.
     pub fn snapshot(&self) -> AgentStatus {
-        let count = |op: Opcode| self.ops[op_index(op)].count.load(Relaxed);
+        let count = |op: Opcode| self.ops[op.index()].count.load(Relaxed);
         let mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
         AgentStatus {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -771,17 +758,13 @@ pub fn serve_metrics(addr: &str) -> anyhow::Result<()> {
 /// Sends `command` (`status` or `metrics`) to the agent's control socket at `path` and
 /// returns the whole answer.
 pub fn query(path: &Path, command: &str) -> anyhow::Result<String> {
-    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+    ferry_common::control::ask(path, command).with_context(|| {
         format!(
             "cannot reach ferry-agent's control socket {} (is it running with --control {}?)",
             path.display(),
             path.display()
         )
-    })?;
-    s.write_all(format!("{command}\n").as_bytes())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    Ok(answer)
+    })
 }
 
 /// `ferry-agent status`: prints the agent's numbers (`json`: as one JSON object; `metrics`: the

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_common::latency::{self, BUCKETS, bucket_of, quantile};
@@ -25,20 +25,6 @@ struct OpStat {
     count: AtomicU64,
     nanos: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
-}
-
-/// The index of each opcode in a session's table (`Opcode::ALL` order), by opcode number.
-fn op_index(op: Opcode) -> usize {
-    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let max = Opcode::ALL.iter().map(|o| *o as usize).max().unwrap_or(0);
-        let mut t = vec![0u8; max + 1];
-        for (i, o) in Opcode::ALL.iter().enumerate() {
-            t[*o as usize] = i as u8;
-        }
-        t
-    });
-    table[op as usize] as usize
 }
 
 /// One guest session of one export: what its connection counts.
@@ -70,7 +56,7 @@ impl SessionStats {
     /// One request served: its operation, how long it took, and the file bytes it read
     /// (sent to the guest) and wrote (received from it).
     pub fn request(&self, op: Opcode, took: Duration, read: usize, written: usize) {
-        let s = &self.ops[op_index(op)];
+        let s = &self.ops[op.index()];
         s.count.fetch_add(1, Relaxed);
         let nanos = took.as_nanos().min(u64::MAX as u128) as u64;
         s.nanos.fetch_add(nanos, Relaxed);
@@ -560,18 +546,5 @@ impl Status {
             );
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_opcode_has_its_own_slot() {
-        let mut seen: Vec<usize> = Opcode::ALL.iter().map(|o| op_index(*o)).collect();
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), Opcode::ALL.len());
     }
 }

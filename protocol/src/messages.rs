@@ -456,6 +456,31 @@ macro_rules! requests {
             /// Every opcode.
             pub const ALL: &'static [Opcode] = &[$(Opcode::$name,)*];
 
+            /// The opcode's position in [`Opcode::ALL`]: a dense index for per-opcode tables.
+            pub fn index(self) -> usize {
+                const MAX: usize = {
+                    let mut max = 0;
+                    let mut i = 0;
+                    while i < Opcode::ALL.len() {
+                        if Opcode::ALL[i] as usize > max {
+                            max = Opcode::ALL[i] as usize;
+                        }
+                        i += 1;
+                    }
+                    max
+                };
+                const INDEX: [u8; MAX + 1] = {
+                    let mut t = [0u8; MAX + 1];
+                    let mut i = 0;
+                    while i < Opcode::ALL.len() {
+                        t[Opcode::ALL[i] as usize] = i as u8;
+                        i += 1;
+                    }
+                    t
+                };
+                INDEX[self as usize] as usize
+            }
+
             /// Parses an opcode.
             pub fn from_u16(v: u16) -> Option<Self> {
                 match v { $( $code => Some(Opcode::$name), )* _ => None }

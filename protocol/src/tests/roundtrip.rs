@@ -34,6 +34,13 @@ fn each_opcode<T: std::fmt::Debug>(
 }
 
 #[test]
+fn every_opcode_has_its_own_index() {
+    for (i, op) in Opcode::ALL.iter().enumerate() {
+        assert_eq!(op.index(), i, "{op:?}");
+    }
+}
+
+#[test]
 fn requests_of_every_opcode() {
     each_opcode(Opcode::ALL, request_frame_for, |req| {
         let bytes = encode_full(&req);
