@@ -50,6 +50,30 @@ pub(super) struct PlusCache {
     waiting: Option<ReplyDirectoryPlus>,
 }
 
+impl PlusCache {
+    /// Moves entries into `reply` until it is full; returns the node ids of the entries sent
+    /// whose lookups the kernel does not take (`.` and `..`), to be forgotten.
+    fn fill(
+        &mut self,
+        dir: u64,
+        ttl: std::time::Duration,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> Vec<u64> {
+        let mut forgets = Vec::new();
+        while let Some(e) = self.entries.front() {
+            let Some(forget) = add_dirplus(reply, dir, ttl, e) else {
+                break;
+            };
+            if forget {
+                forgets.push(e.entry.ino);
+            }
+            self.offset = e.offset;
+            self.entries.pop_front();
+        }
+        forgets
+    }
+}
+
 /// Shared by the handlers and the fetches' callbacks.
 #[derive(Debug, Default)]
 pub(super) struct PlusCaches {
@@ -127,19 +151,7 @@ impl FerryFs {
 
     /// Moves entries into `reply` until it is full.
     fn fill_from(&self, c: &mut PlusCache, dir: u64, reply: &mut ReplyDirectoryPlus) {
-        let mut forgets = Vec::new();
-        while let Some(e) = c.entries.front() {
-            match add_dirplus(reply, dir, self.ttl, e) {
-                None => break,
-                Some(forget) => {
-                    if forget {
-                        forgets.push(e.entry.ino);
-                    }
-                    c.offset = e.offset;
-                    c.entries.pop_front();
-                }
-            }
-        }
+        let forgets = c.fill(dir, self.ttl, reply);
         self.defer_forgets(forgets);
     }
 
@@ -202,19 +214,7 @@ impl FerryFs {
                     }
                     c.entries.extend(entries);
                     if let Some(mut reply) = c.waiting.take() {
-                        let mut forgets = Vec::new();
-                        while let Some(e) = c.entries.front() {
-                            match add_dirplus(&mut reply, dir, ttl, e) {
-                                None => break,
-                                Some(forget) => {
-                                    if forget {
-                                        forgets.push(e.entry.ino);
-                                    }
-                                    c.offset = e.offset;
-                                    c.entries.pop_front();
-                                }
-                            }
-                        }
+                        let forgets = c.fill(dir, ttl, &mut reply);
                         reply.ok();
                         drop(cache);
                         give_back(&deferred, forgets);
