@@ -26,9 +26,11 @@ enum Command {
     Share(ShareArgs),
     /// Compare filesystem performance: the same workloads (small files, a tree walk,
     /// sequential and 4 KiB random I/O with fsync variants, git status and fio where
-    /// installed) on a baseline directory and one or more others, in one run, rounds in a
-    /// rotated order. Prints medians with min-max and ratios to the baseline, or JSON.
+    /// installed, host change to inotify event latency) on a baseline directory and one or
+    /// more others, in one run, rounds in a rotated order. Prints medians with min-max and
+    /// ratios to the baseline; --json, --csv and --svg write the numbers and a chart.
     ///
+    /// `ferry bench [--targets native,ferry,bindfs] DIR` sets up each target in DIR itself;
     /// `ferry bench --share SRC` compares a directory in SRC with a `ferry share` mount it
     /// starts itself; `ferry bench --baseline DIR --target MNT...` compares directories you
     /// set up (a mount of any kind). Each runs in a new directory beneath the one given,
